@@ -1,0 +1,1 @@
+//! Durable storage: the commit log, per-queue index, flush and retention.
