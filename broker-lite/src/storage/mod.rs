@@ -1,1 +1,103 @@
 //! Durable storage: the commit log, per-queue index, flush and retention.
+//!
+//! # What is on disk
+//!
+//! One directory holds:
+//! - **segment files** named by the log position of their first byte, 20 digits
+//!   (`00000000000000000000`, ...), preallocated to [`StoreConfig::segment_size`]. Records are
+//!   appended to the last (active) one; each is framed with its length and a CRC32C (the frame
+//!   layout is documented in the `record` module source).
+//! - `store.ckpt`, the store checkpoint: the *durable position* (everything below it was fsynced)
+//!   and the first available offset of every queue.
+//! - `cp-<name>.ckpt`, small blobs saved with [`Store::save_checkpoint`] (consumer offsets).
+//!   Checkpoints are replaced atomically: temporary file, fsync, rename, directory fsync.
+//!
+//! The per-(topic, queue) index is kept in memory and rebuilt from the log on
+//! [`Store::open`]. Opening cuts a torn tail (a partly written last batch, or preallocated zeros)
+//! but refuses to start, with [`StorageError::Corrupt`] naming the segment file and offset, when a
+//! record below the durable position is damaged: data that was acknowledged is never skipped
+//! silently.
+//!
+//! # Flushing (safeguards B1, B2)
+//!
+//! A single writer thread appends. It takes every request waiting for it, writes them with one
+//! positional write and, under [`FlushMode::Sync`], covers them all with one fsync (group commit).
+//! - **`FlushMode::Sync`** (`SYNC_FLUSH`): an append returns [`FlushOutcome::Flushed`] after the
+//!   fsync that covers it, or [`FlushOutcome::FlushDiskTimeout`] after
+//!   [`StoreConfig::sync_flush_timeout`] (default 5 s): the record stays written, it is only not
+//!   known durable yet. Readers see only fsynced records.
+//! - **`FlushMode::Async`** (`ASYNC_FLUSH`): an append returns [`FlushOutcome::InMemory`] once
+//!   written to the page cache; a background task fsyncs every `interval` (default 500 ms).
+//!   **Loss window:** a power cut or kernel crash loses what was acknowledged during the last
+//!   `interval` plus the duration of one fsync; a crash of the broker process alone loses nothing
+//!   that was acknowledged, since the page cache survives it. Readers see written records, so a
+//!   consumer may receive a record that is later lost in a power cut.
+//!
+//! An fsync or write error is fatal: the store enters a failed state (see [`Progress::failed`]),
+//! every later append fails with [`StorageError::Failed`], and no pending append is ever answered
+//! `Flushed`. Restart the broker and inspect the disk; recovery then decides from the log itself.
+//!
+//! # Retention (safeguard B5)
+//!
+//! [`Store::enforce_retention`] deletes whole old segments, never the active one: those whose newest
+//! record is older than [`StoreConfig::file_reserved_time`] (default 72 h), and the oldest ones while
+//! the segment files exceed [`StoreConfig::max_disk_usage`]. It reports the queues whose first
+//! available offset moved; [`Store::queue_bounds`] gives the current `min..max` of a queue.
+//!
+//! # Backends
+//!
+//! All I/O goes through a [`backend::StorageBackend`]: [`backend::FileBackend`] for real
+//! directories, [`backend::FaultyBackend`] to test crash consistency (lost unsynced writes, torn
+//! writes, flipped bits, failing fsync).
+//!
+//! # Metrics
+//!
+//! Through the `metrics` facade: `broker_lite_storage_appends_total`,
+//! `broker_lite_storage_fsyncs_total`, `broker_lite_storage_fsync_errors_total`,
+//! `broker_lite_storage_flushed_position`, `broker_lite_storage_batch_records`,
+//! `broker_lite_storage_failures_total`, `broker_lite_storage_retention_removed_segments_total`.
+//!
+//! # Example
+//!
+//! ```
+//! use broker_lite::storage::{FlushOutcome, NewRecord, Store, StoreConfig};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let dir = tempfile::tempdir()?;
+//! let mut config = StoreConfig::default();
+//! config.segment_size = 64 * 1024;
+//! config.max_record_size = 16 * 1024;
+//! let store = Store::open(dir.path(), config).await?;
+//!
+//! let appended = store.append(NewRecord::new("orders", 0, "order 42 created")).await?;
+//! assert_eq!(appended.outcome, FlushOutcome::Flushed);
+//! assert_eq!(appended.queue_offset, 0);
+//!
+//! let records = store.read_queue("orders", 0, 0, 10, 1 << 20).await?;
+//! assert_eq!(&records[0].body[..], b"order 42 created");
+//! store.close().await?;
+//! # Ok(())
+//! # }
+//! ```
+
+pub mod backend;
+mod checkpoint;
+mod config;
+mod error;
+mod flush;
+mod index;
+mod record;
+mod recovery;
+pub mod retention;
+mod segment;
+mod shared;
+mod store;
+
+pub use config::{FlushMode, StoreConfig};
+pub use error::{Result, StorageError};
+pub use index::{QueueAdvance, QueueBounds};
+pub use record::{NewRecord, StoredRecord};
+pub use retention::RetentionReport;
+pub use shared::Progress;
+pub use store::{Appended, FlushOutcome, Store};

@@ -1,0 +1,106 @@
+//! Store configuration.
+
+use std::time::Duration;
+
+use super::error::{Result, StorageError};
+use super::record::MIN_FRAME_SIZE;
+
+/// When appended records are made durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FlushMode {
+    /// `SYNC_FLUSH` (safeguard B1): an append is answered after the fsync that covers it. One fsync
+    /// covers every record that arrived while the previous one ran (group commit).
+    Sync,
+    /// `ASYNC_FLUSH` (safeguard B2): an append is answered once the record is in the page cache; a
+    /// background flush runs every `interval`. Records acknowledged within the last `interval` (plus
+    /// the time one fsync takes) are lost if the machine loses power.
+    Async {
+        /// How often to fsync.
+        interval: Duration,
+    },
+}
+
+impl FlushMode {
+    /// `ASYNC_FLUSH` with the default interval of 500 ms.
+    pub const ASYNC_DEFAULT: FlushMode = FlushMode::Async {
+        interval: Duration::from_millis(500),
+    };
+}
+
+/// Configuration of a [`Store`](super::Store).
+///
+/// ```
+/// use std::time::Duration;
+/// use broker_lite::storage::{FlushMode, StoreConfig};
+///
+/// let mut config = StoreConfig::default();
+/// config.flush_mode = FlushMode::Async { interval: Duration::from_millis(200) };
+/// config.segment_size = 64 * 1024;
+/// config.max_record_size = 16 * 1024;
+/// assert!(config.validate().is_ok());
+/// ```
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct StoreConfig {
+    /// Sync or async flush. Default: [`FlushMode::Sync`].
+    pub flush_mode: FlushMode,
+    /// Under sync flush, how long an append waits for its fsync before it is answered with
+    /// [`FlushOutcome::FlushDiskTimeout`](super::FlushOutcome::FlushDiskTimeout). Default 5 s.
+    pub sync_flush_timeout: Duration,
+    /// Size of each preallocated segment file. Default 1 GiB.
+    pub segment_size: u64,
+    /// Largest encoded record accepted. Default 4 MiB. Must fit in a segment.
+    pub max_record_size: u32,
+    /// How long records are kept (`fileReservedTime`, safeguard B5). Default 72 h.
+    pub file_reserved_time: Duration,
+    /// Upper bound of the bytes of segment files; older segments are deleted past it. Default: none.
+    pub max_disk_usage: Option<u64>,
+    /// How often the durable position is checkpointed. Default 1 s.
+    pub checkpoint_interval: Duration,
+    /// How many append requests may wait for the writer before appends wait for room. Default 4096.
+    pub queue_capacity: usize,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            flush_mode: FlushMode::Sync,
+            sync_flush_timeout: Duration::from_secs(5),
+            segment_size: 1 << 30,
+            max_record_size: 4 << 20,
+            file_reserved_time: Duration::from_secs(72 * 3600),
+            max_disk_usage: None,
+            checkpoint_interval: Duration::from_secs(1),
+            queue_capacity: 4096,
+        }
+    }
+}
+
+impl StoreConfig {
+    /// Checks that the values can work together.
+    ///
+    /// # Errors
+    /// [`StorageError::InvalidConfig`] naming the offending field.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |msg: &str| Err(StorageError::InvalidConfig(msg.to_string()));
+        if (self.max_record_size as usize) < MIN_FRAME_SIZE {
+            return bad("max_record_size is smaller than a record header");
+        }
+        if self.segment_size < u64::from(self.max_record_size) + 8 {
+            return bad("segment_size must exceed max_record_size by at least 8 bytes");
+        }
+        if let FlushMode::Async { interval } = self.flush_mode {
+            if interval.is_zero() {
+                return bad("the async flush interval must be greater than zero");
+            }
+        }
+        if self.checkpoint_interval.is_zero() {
+            return bad("checkpoint_interval must be greater than zero");
+        }
+        if self.queue_capacity == 0 {
+            return bad("queue_capacity must be greater than zero");
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,268 @@
+//! The writer thread: the only code that appends to the log.
+//!
+//! It takes every command waiting in its channel, encodes all their records into one buffer, writes
+//! it with one positional write per touched segment and, under sync flush, makes it durable with one
+//! fsync (group commit). Producers are told where their records went right after the write and wait
+//! for [`Progress::flushed`](super::Progress) to pass them.
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use bytes::{BufMut, BytesMut};
+use tokio::sync::{mpsc, oneshot};
+
+use super::config::FlushMode;
+use super::error::{Result, StorageError};
+use super::index::Entry;
+use super::record::{self, END_LEN, END_MAGIC, END_MARKER_SIZE, NewRecord};
+use super::segment::Segment;
+use super::shared::Shared;
+
+/// At most this many commands go into one group commit.
+const MAX_BATCH: usize = 4096;
+
+/// Where one record went.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Placed {
+    pub(crate) queue_offset: u64,
+    pub(crate) log_position: u64,
+    /// Log position just past the record.
+    pub(crate) end: u64,
+}
+
+/// Where the writer sends the places of one append's records.
+pub(crate) type PlacedReply = oneshot::Sender<Result<Vec<Placed>>>;
+
+pub(crate) enum Command {
+    Append {
+        records: Vec<NewRecord>,
+        reply: PlacedReply,
+    },
+    /// Fsync now; `reply` gets the flushed position. Ticks of the async flusher carry no reply.
+    Flush {
+        reply: Option<oneshot::Sender<Result<u64>>>,
+    },
+    /// Fsync, answer, and stop.
+    Close { reply: oneshot::Sender<Result<u64>> },
+}
+
+/// A run of bytes in the batch buffer bound for one segment.
+struct Chunk {
+    segment: Arc<Segment>,
+    position: u64,
+    bytes: Range<usize>,
+}
+
+pub(crate) struct Writer {
+    shared: Arc<Shared>,
+    active: Arc<Segment>,
+    /// Log position where the next record goes.
+    position: u64,
+    buf: BytesMut,
+    /// Segments written since their last fsync.
+    dirty: Vec<Arc<Segment>>,
+}
+
+impl Writer {
+    pub(crate) fn new(shared: Arc<Shared>, position: u64) -> Self {
+        let active = shared.segments.read().unwrap().last().unwrap().clone();
+        Writer {
+            shared,
+            active,
+            position,
+            buf: BytesMut::with_capacity(1 << 20),
+            dirty: Vec::new(),
+        }
+    }
+
+    /// Runs until a `Close` command or until every sender is gone.
+    pub(crate) fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+        let mut batch = Vec::new();
+        while let Some(first) = rx.blocking_recv() {
+            batch.push(first);
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(cmd) => batch.push(cmd),
+                    Err(_) => break,
+                }
+            }
+            if self.process(&mut batch) {
+                return;
+            }
+        }
+        // Every handle is gone: flush what we have, as a clean close would.
+        let _ = self.sync();
+    }
+
+    /// Handles one batch; returns whether a `Close` was among it.
+    fn process(&mut self, batch: &mut Vec<Command>) -> bool {
+        let mut appends = Vec::new();
+        let mut flushes = Vec::new();
+        let mut close = None;
+        let mut want_sync = self.shared.config.flush_mode == FlushMode::Sync;
+        for cmd in batch.drain(..) {
+            match cmd {
+                Command::Append { records, reply } => appends.push((records, reply)),
+                Command::Flush { reply } => {
+                    want_sync = true;
+                    flushes.extend(reply);
+                }
+                Command::Close { reply } => {
+                    want_sync = true;
+                    close = Some(reply);
+                }
+            }
+        }
+
+        if !appends.is_empty() {
+            match self
+                .shared
+                .check_failed()
+                .and_then(|()| self.write(&appends))
+            {
+                Ok(placed) => {
+                    for ((_, reply), placed) in appends.into_iter().zip(placed) {
+                        let _ = reply.send(Ok(placed));
+                    }
+                }
+                Err(e) => {
+                    let reason = e.to_string();
+                    self.shared.fail(reason.clone());
+                    for (_, reply) in appends {
+                        let _ = reply.send(Err(StorageError::Failed(reason.clone())));
+                    }
+                }
+            }
+        }
+
+        let synced = if want_sync {
+            self.sync()
+        } else {
+            Ok(self.position)
+        };
+        for reply in flushes {
+            let _ = reply.send(clone_result(&synced));
+        }
+        match close {
+            Some(reply) => {
+                let _ = reply.send(synced);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Encodes and writes the records of every append; returns their places, per append.
+    fn write(&mut self, appends: &[(Vec<NewRecord>, PlacedReply)]) -> Result<Vec<Vec<Placed>>> {
+        let stored_ms = record::now_ms();
+        let mut chunks = Vec::new();
+        let mut new_segments = Vec::new();
+        let mut all = Vec::with_capacity(appends.len());
+        let mut count = 0u64;
+        self.buf.clear();
+        let mut chunk_start = (0, self.position);
+        {
+            let mut index = self.shared.index.write().unwrap();
+            for (records, _) in appends {
+                let mut placed = Vec::with_capacity(records.len());
+                for r in records {
+                    let len = r.encoded_len() as u64;
+                    if self.position + len > self.active.end() {
+                        // Close the current segment with a marker and start the next one.
+                        if self.active.end() - self.position >= END_MARKER_SIZE as u64 {
+                            self.buf.put_u32_le(END_LEN);
+                            self.buf.put_u32_le(END_MAGIC);
+                        }
+                        chunks.push(self.chunk(chunk_start));
+                        let next = Segment::create(
+                            &*self.shared.backend,
+                            self.active.end(),
+                            self.shared.config.segment_size,
+                        )?;
+                        tracing::info!(segment = %next.name, "started a new segment");
+                        self.active = Arc::new(next);
+                        new_segments.push(self.active.clone());
+                        self.position = self.active.base;
+                        chunk_start = (self.buf.len(), self.position);
+                    }
+                    let entry = Entry {
+                        position: self.position,
+                        size: len as u32,
+                    };
+                    let queue_offset = index.push(&r.topic, r.queue_id, entry);
+                    record::encode(r, queue_offset, stored_ms, &mut self.buf);
+                    self.position += len;
+                    placed.push(Placed {
+                        queue_offset,
+                        log_position: entry.position,
+                        end: self.position,
+                    });
+                    count += 1;
+                }
+                all.push(placed);
+            }
+        }
+        chunks.push(self.chunk(chunk_start));
+        self.shared.segments.write().unwrap().extend(new_segments);
+        for chunk in chunks {
+            let offset = chunk.position - chunk.segment.base;
+            if let Err(e) = chunk
+                .segment
+                .file
+                .write_all_at(&self.buf[chunk.bytes.clone()], offset)
+            {
+                let reason = format!(
+                    "write to segment file {} at offset {offset} failed: {e}",
+                    chunk.segment.name
+                );
+                self.shared.fail(reason.clone());
+                return Err(StorageError::Failed(reason));
+            }
+            chunk.segment.note_stored(stored_ms);
+            if !self.dirty.iter().any(|s| Arc::ptr_eq(s, &chunk.segment)) {
+                self.dirty.push(chunk.segment);
+            }
+        }
+        let written = self.position;
+        self.shared.progress.send_modify(|p| p.written = written);
+        metrics::counter!("broker_lite_storage_appends_total").increment(count);
+        metrics::histogram!("broker_lite_storage_batch_records").record(count as f64);
+        Ok(all)
+    }
+
+    fn chunk(&self, (start, position): (usize, u64)) -> Chunk {
+        Chunk {
+            segment: self.active.clone(),
+            position,
+            bytes: start..self.buf.len(),
+        }
+    }
+
+    /// Fsyncs every dirty segment and publishes the new flushed position.
+    fn sync(&mut self) -> Result<u64> {
+        self.shared.check_failed()?;
+        let target = self.position;
+        for segment in &self.dirty {
+            metrics::counter!("broker_lite_storage_fsyncs_total").increment(1);
+            if let Err(e) = segment.file.sync_data() {
+                metrics::counter!("broker_lite_storage_fsync_errors_total").increment(1);
+                let reason = format!("fsync of segment file {} failed: {e}", segment.name);
+                self.shared.fail(reason.clone());
+                return Err(StorageError::Failed(reason));
+            }
+        }
+        self.dirty.clear();
+        if self.shared.progress.borrow().flushed != target {
+            self.shared.progress.send_modify(|p| p.flushed = target);
+            metrics::gauge!("broker_lite_storage_flushed_position").set(target as f64);
+        }
+        Ok(target)
+    }
+}
+
+fn clone_result(r: &Result<u64>) -> Result<u64> {
+    match r {
+        Ok(v) => Ok(*v),
+        Err(e) => Err(StorageError::Failed(e.to_string())),
+    }
+}

@@ -1,0 +1,235 @@
+//! Opening the log: scan every segment, rebuild the index, cut a torn tail.
+//!
+//! The scan stops at the first position that does not hold a valid record (zeros, a bad length, a
+//! checksum mismatch, a queue offset that does not follow). If that position is below the durable
+//! position of the store checkpoint, data that was fsynced is damaged and opening fails with
+//! [`StorageError::Corrupt`]. Otherwise it is a torn tail of writes that were never acknowledged as
+//! durable: the rest of that segment is zeroed and later segments are removed.
+
+use std::io;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::backend::StorageBackend;
+use super::checkpoint::{self, STORE_CHECKPOINT, StoreCheckpoint, TMP_SUFFIX};
+use super::config::StoreConfig;
+use super::error::{Result, StorageError};
+use super::index::{Entry, Index};
+use super::record::{self, END_MARKER_SIZE, Header};
+use super::segment::{Segment, parse_segment_name};
+
+/// Bytes read at a time while scanning.
+const SCAN_CHUNK: u64 = 1 << 20;
+
+pub(crate) struct Recovered {
+    pub(crate) segments: Vec<Arc<Segment>>,
+    pub(crate) index: Index,
+    /// End of the valid log: where the next record goes.
+    pub(crate) position: u64,
+}
+
+pub(crate) fn recover(backend: &dyn StorageBackend, config: &StoreConfig) -> Result<Recovered> {
+    let names = backend
+        .list()
+        .map_err(|e| StorageError::io("list the data directory", e))?;
+    for tmp in names.iter().filter(|n| n.ends_with(TMP_SUFFIX)) {
+        tracing::debug!(file = %tmp, "removing a leftover temporary file");
+        let _ = backend.remove(tmp);
+    }
+    let checkpoint = match checkpoint::load(backend, STORE_CHECKPOINT)? {
+        Some(bytes) => {
+            StoreCheckpoint::decode(&bytes).ok_or_else(|| StorageError::CorruptCheckpoint {
+                file: STORE_CHECKPOINT.to_string(),
+                reason: "payload does not decode".to_string(),
+            })?
+        }
+        None => StoreCheckpoint::default(),
+    };
+    let durable = checkpoint.durable;
+
+    let mut bases: Vec<u64> = names.iter().filter_map(|n| parse_segment_name(n)).collect();
+    bases.sort_unstable();
+    let mut segments = Vec::with_capacity(bases.len());
+    for base in bases {
+        let name = super::segment::segment_name(base);
+        let mut segment = Segment::open(backend, &name, base)?;
+        if segment.size == 0 {
+            // Created but never preallocated: nothing in it can matter.
+            segment = Segment::create(backend, base, config.segment_size)?;
+        }
+        segments.push(segment);
+    }
+    if segments.is_empty() {
+        if durable > 0 {
+            return Err(StorageError::Inconsistent(format!(
+                "the checkpoint says {durable} bytes are durable but there is no segment file"
+            )));
+        }
+        segments.push(Segment::create(backend, 0, config.segment_size)?);
+    }
+    for pair in segments.windows(2) {
+        if pair[0].end() != pair[1].base {
+            return Err(StorageError::Inconsistent(format!(
+                "segment file {} ends at log position {} but the next file is {}",
+                pair[0].name,
+                pair[0].end(),
+                pair[1].name
+            )));
+        }
+    }
+
+    let mut index = Index::default();
+    let mut records = 0u64;
+    let mut stop = None;
+    'segments: for (i, segment) in segments.iter().enumerate() {
+        let mut scanner = Scanner::new(segment);
+        let mut pos = segment.base;
+        while segment.end() - pos >= END_MARKER_SIZE as u64 {
+            let head = scanner.get(pos, END_MARKER_SIZE)?;
+            let len = match record::peek_header(&head, segment.end() - pos) {
+                Header::Empty => {
+                    stop = Some((i, pos, "no record where one was expected (zeros)"));
+                    break 'segments;
+                }
+                Header::EndOfSegment => break,
+                Header::Invalid(reason) => {
+                    stop = Some((i, pos, reason));
+                    break 'segments;
+                }
+                Header::Frame(len) => len,
+            };
+            let frame = scanner.get(pos, len)?;
+            let found = record::decode(frame, pos).and_then(|r| {
+                let entry = Entry {
+                    position: pos,
+                    size: len as u32,
+                };
+                index.push_recovered(&r.topic, r.queue_id, r.queue_offset, entry)?;
+                segment.note_stored(r.stored_timestamp_ms);
+                Ok(())
+            });
+            if let Err(reason) = found {
+                stop = Some((i, pos, reason));
+                break 'segments;
+            }
+            records += 1;
+            pos += len as u64;
+        }
+    }
+
+    let last = segments.len() - 1;
+    let position = match stop {
+        None => segments[last].end(),
+        Some((i, pos, reason)) => {
+            let segment = &segments[i];
+            let offset = pos - segment.base;
+            if pos < durable {
+                return Err(StorageError::Corrupt {
+                    segment: segment.name.clone(),
+                    offset,
+                    position: pos,
+                    reason: format!("{reason}, below the durable position {durable}"),
+                });
+            }
+            if i < last || !is_zero_from(segment, offset)? {
+                tracing::warn!(
+                    segment = %segment.name, offset, position = pos, reason,
+                    removed_segments = last - i,
+                    "cutting a torn tail that was never acknowledged as durable"
+                );
+            }
+            let ctx = |e| {
+                StorageError::io(
+                    format!("cut the torn tail of segment file {}", segment.name),
+                    e,
+                )
+            };
+            segment.file.set_len(offset).map_err(ctx)?;
+            segment.file.set_len(segment.size).map_err(ctx)?;
+            segment.file.sync_data().map_err(ctx)?;
+            for later in segments.drain(i + 1..) {
+                backend.remove(&later.name).map_err(|e| {
+                    StorageError::io(format!("remove segment file {}", later.name), e)
+                })?;
+            }
+            backend
+                .sync_dir()
+                .map_err(|e| StorageError::io("sync the data directory", e))?;
+            pos
+        }
+    };
+    if position < durable {
+        return Err(StorageError::Inconsistent(format!(
+            "the log ends at position {position} but the checkpoint says {durable} bytes are durable"
+        )));
+    }
+    // Whatever survived is made durable before anyone is told about it.
+    for segment in segments.iter().filter(|s| s.end() > durable) {
+        segment
+            .file
+            .sync_data()
+            .map_err(|e| StorageError::io(format!("fsync segment file {}", segment.name), e))?;
+    }
+    for (topic, queue_id, min) in &checkpoint.floors {
+        index.set_floor(topic, *queue_id, *min);
+    }
+    tracing::info!(
+        segments = segments.len(),
+        records,
+        position,
+        durable,
+        "commit log recovered"
+    );
+    Ok(Recovered {
+        segments: segments.into_iter().map(Arc::new).collect(),
+        index,
+        position,
+    })
+}
+
+/// Whether the segment holds only zeros from `offset` on (checked on the first chunk only).
+fn is_zero_from(segment: &Segment, offset: u64) -> Result<bool> {
+    let len = (segment.size - offset).min(SCAN_CHUNK) as usize;
+    let bytes = segment.read(segment.base + offset, len)?;
+    Ok(bytes.iter().all(|b| *b == 0))
+}
+
+/// Reads a segment in large chunks.
+struct Scanner<'a> {
+    segment: &'a Segment,
+    start: u64,
+    chunk: Bytes,
+}
+
+impl<'a> Scanner<'a> {
+    fn new(segment: &'a Segment) -> Self {
+        Scanner {
+            segment,
+            start: segment.base,
+            chunk: Bytes::new(),
+        }
+    }
+
+    /// `len` bytes at log position `pos`, which the caller keeps inside the segment.
+    fn get(&mut self, pos: u64, len: usize) -> Result<Bytes> {
+        let chunk_end = self.start + self.chunk.len() as u64;
+        if pos < self.start || pos + len as u64 > chunk_end {
+            let want = (len as u64).max(SCAN_CHUNK).min(self.segment.end() - pos);
+            self.chunk = self.segment.read(pos, want as usize).map_err(|e| match e {
+                StorageError::Io { source, .. }
+                    if source.kind() == io::ErrorKind::UnexpectedEof =>
+                {
+                    StorageError::Inconsistent(format!(
+                        "segment file {} is shorter than expected",
+                        self.segment.name
+                    ))
+                }
+                other => other,
+            })?;
+            self.start = pos;
+        }
+        let from = (pos - self.start) as usize;
+        Ok(self.chunk.slice(from..from + len))
+    }
+}

@@ -1,0 +1,86 @@
+//! Retention (safeguard B5): whole old segments are deleted when their newest record is older than
+//! `file_reserved_time`, or while the segment files take more than `max_disk_usage` bytes. The
+//! active segment is never deleted. Age is judged by the stored timestamps of the records, not by
+//! file times.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use super::error::{Result, StorageError};
+use super::index::QueueAdvance;
+use super::shared::Shared;
+
+/// What one retention pass removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RetentionReport {
+    /// File names of the deleted segments, oldest first.
+    pub removed_segments: Vec<String>,
+    /// Bytes freed.
+    pub removed_bytes: u64,
+    /// Queues whose first available offset moved; consumers behind `new_min` lost those records.
+    pub advanced: Vec<QueueAdvance>,
+}
+
+/// Deletes old segments; see the module docs.
+pub(crate) fn enforce(shared: &Shared, now: SystemTime) -> Result<RetentionReport> {
+    let config = &shared.config;
+    let now_ms = now
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_millis() as u64;
+    let cutoff = now_ms.saturating_sub(config.file_reserved_time.as_millis() as u64);
+    let segments = shared.segments.read().unwrap().clone();
+    let mut total: u64 = segments.iter().map(|s| s.size).sum();
+    let mut doomed = Vec::new();
+    // Never the last (active) segment.
+    for segment in &segments[..segments.len().saturating_sub(1)] {
+        let expired = segment.newest_ms() < cutoff;
+        let over = config.max_disk_usage.is_some_and(|max| total > max);
+        if !expired && !over {
+            break;
+        }
+        total -= segment.size;
+        doomed.push(segment.clone());
+    }
+    let Some(last_doomed) = doomed.last() else {
+        return Ok(RetentionReport::default());
+    };
+    let new_start = last_doomed.end();
+    let advanced = shared.index.write().unwrap().remove_before(new_start);
+    shared
+        .segments
+        .write()
+        .unwrap()
+        .retain(|s| s.base >= new_start);
+    // Record the new queue starts before the files go, so offsets are never reused after a restart.
+    shared.write_checkpoint()?;
+    let mut report = RetentionReport {
+        advanced,
+        ..RetentionReport::default()
+    };
+    for segment in doomed {
+        shared
+            .backend
+            .remove(&segment.name)
+            .map_err(|e| StorageError::io(format!("remove segment file {}", segment.name), e))?;
+        report.removed_bytes += segment.size;
+        report.removed_segments.push(segment.name.clone());
+    }
+    shared
+        .backend
+        .sync_dir()
+        .map_err(|e| StorageError::io("sync the data directory", e))?;
+    metrics::counter!("broker_lite_storage_retention_removed_segments_total")
+        .increment(report.removed_segments.len() as u64);
+    tracing::info!(
+        removed = ?report.removed_segments,
+        bytes = report.removed_bytes,
+        queues_advanced = report.advanced.len(),
+        "retention removed old segments"
+    );
+    for a in &report.advanced {
+        tracing::info!(topic = %a.topic, queue_id = a.queue_id, old_min = a.old_min, new_min = a.new_min,
+            "retention advanced a queue");
+    }
+    Ok(report)
+}

@@ -1,0 +1,107 @@
+//! State shared by the store handle, its writer thread and its background tasks.
+
+use std::sync::{Arc, Mutex, RwLock};
+
+use tokio::sync::watch;
+
+use super::backend::StorageBackend;
+use super::checkpoint::{self, STORE_CHECKPOINT, StoreCheckpoint};
+use super::config::{FlushMode, StoreConfig};
+use super::error::{Result, StorageError};
+use super::index::Index;
+use super::segment::Segment;
+
+/// How far the log has been written and flushed.
+///
+/// Obtained from [`Store::subscribe`](super::Store::subscribe); it changes after every write and
+/// every fsync, so long-polling readers can wait for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct Progress {
+    /// Log position just past the last written record.
+    pub written: u64,
+    /// Log position just past the last fsynced record.
+    pub flushed: u64,
+    /// Whether the store failed after a write or fsync error and refuses all writes.
+    pub failed: bool,
+}
+
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) backend: Arc<dyn StorageBackend>,
+    pub(crate) config: StoreConfig,
+    /// Segments in log order; the last one is the active one.
+    pub(crate) segments: RwLock<Vec<Arc<Segment>>>,
+    pub(crate) index: RwLock<Index>,
+    pub(crate) progress: watch::Sender<Progress>,
+    failure: Mutex<Option<String>>,
+    checkpoint_lock: Mutex<()>,
+}
+
+impl Shared {
+    pub(crate) fn new(
+        backend: Arc<dyn StorageBackend>,
+        config: StoreConfig,
+        segments: Vec<Arc<Segment>>,
+        index: Index,
+        position: u64,
+    ) -> Self {
+        let (progress, _) = watch::channel(Progress {
+            written: position,
+            flushed: position,
+            failed: false,
+        });
+        Shared {
+            backend,
+            config,
+            segments: RwLock::new(segments),
+            index: RwLock::new(index),
+            progress,
+            failure: Mutex::new(None),
+            checkpoint_lock: Mutex::new(()),
+        }
+    }
+
+    /// Records are readable up to this position: flushed under sync flush, written under async.
+    pub(crate) fn visible(&self) -> u64 {
+        let p = *self.progress.borrow();
+        match self.config.flush_mode {
+            FlushMode::Sync => p.flushed,
+            _ => p.written,
+        }
+    }
+
+    /// Puts the store into the failed state for good.
+    pub(crate) fn fail(&self, reason: String) {
+        tracing::error!(%reason, "storage failed; refusing further writes");
+        metrics::counter!("broker_lite_storage_failures_total").increment(1);
+        self.failure.lock().unwrap().get_or_insert(reason);
+        self.progress.send_modify(|p| p.failed = true);
+    }
+
+    /// `Err(Failed)` once the store has failed.
+    pub(crate) fn check_failed(&self) -> Result<()> {
+        match &*self.failure.lock().unwrap() {
+            Some(reason) => Err(StorageError::Failed(reason.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// The segment holding `position`, if it still exists.
+    pub(crate) fn segment_at(&self, position: u64) -> Option<Arc<Segment>> {
+        let segments = self.segments.read().unwrap();
+        let i = segments.partition_point(|s| s.base <= position);
+        let s = segments.get(i.checked_sub(1)?)?;
+        s.contains(position).then(|| s.clone())
+    }
+
+    /// Atomically writes the store checkpoint: the flushed position and every queue's first offset.
+    pub(crate) fn write_checkpoint(&self) -> Result<u64> {
+        let _guard = self.checkpoint_lock.lock().unwrap();
+        let durable = self.progress.borrow().flushed;
+        let floors = self.index.read().unwrap().floors();
+        let payload = StoreCheckpoint { durable, floors }.encode();
+        checkpoint::write_atomic(&*self.backend, STORE_CHECKPOINT, &payload)?;
+        Ok(durable)
+    }
+}

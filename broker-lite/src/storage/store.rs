@@ -1,0 +1,426 @@
+//! The public face of the storage layer.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, MissedTickBehavior, timeout_at};
+
+use super::backend::{FileBackend, StorageBackend};
+use super::checkpoint;
+use super::config::{FlushMode, StoreConfig};
+use super::error::{Result, StorageError};
+use super::flush::{Command, Placed, Writer};
+use super::index::QueueBounds;
+use super::record::{self, HEADER_SIZE, Header, NewRecord, StoredRecord};
+use super::recovery;
+use super::retention::{self, RetentionReport};
+use super::shared::{Progress, Shared};
+
+/// How durable an appended record is when the append returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FlushOutcome {
+    /// Fsynced (sync flush). Maps to `SEND_OK`.
+    Flushed,
+    /// Written to the page cache; the async flusher will fsync it within its interval.
+    InMemory,
+    /// Written, but not fsynced within `sync_flush_timeout`. It may still become durable; the
+    /// producer should treat it as RocketMQ's `FLUSH_DISK_TIMEOUT`.
+    FlushDiskTimeout,
+}
+
+/// Where an appended record went and how durable it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use = "an append that is not checked may not be durable"]
+#[non_exhaustive]
+pub struct Appended {
+    /// Offset of the record within its queue.
+    pub queue_offset: u64,
+    /// Global byte position of the record in the commit log.
+    pub log_position: u64,
+    /// Durability when the append returned.
+    pub outcome: FlushOutcome,
+}
+
+/// The durable commit log with its per-queue index.
+///
+/// Cheap to clone; all clones share one writer. See the [module docs](super) for an example.
+#[derive(Debug, Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    shared: Arc<Shared>,
+    tx: mpsc::Sender<Command>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        for task in self.tasks.lock().unwrap().drain(..) {
+            task.abort();
+        }
+    }
+}
+
+impl Store {
+    /// Opens (or creates) the store in directory `dir` on the local file system.
+    ///
+    /// # Errors
+    /// See [`open_with_backend`](Self::open_with_backend).
+    pub async fn open(dir: impl AsRef<Path>, config: StoreConfig) -> Result<Store> {
+        let backend = FileBackend::new(dir.as_ref()).map_err(|e| {
+            StorageError::io(
+                format!("create the data directory {}", dir.as_ref().display()),
+                e,
+            )
+        })?;
+        Self::open_with_backend(Arc::new(backend), config).await
+    }
+
+    /// Opens the store on `backend`: recovers the log, starts the writer thread and the flush and
+    /// checkpoint tasks. Must run inside a tokio runtime.
+    ///
+    /// # Errors
+    /// [`StorageError::InvalidConfig`]; [`StorageError::Corrupt`] when a record below the durable
+    /// position is damaged (the error names the segment file and offset); I/O errors.
+    pub async fn open_with_backend(
+        backend: Arc<dyn StorageBackend>,
+        config: StoreConfig,
+    ) -> Result<Store> {
+        config.validate()?;
+        let (shared, position) = tokio::task::spawn_blocking(move || {
+            let r = recovery::recover(&*backend, &config)?;
+            let shared = Arc::new(Shared::new(
+                backend, config, r.segments, r.index, r.position,
+            ));
+            shared.write_checkpoint()?;
+            Ok::<_, StorageError>((shared, r.position))
+        })
+        .await
+        .map_err(|e| StorageError::io("recover the commit log", std::io::Error::other(e)))??;
+        let (tx, rx) = mpsc::channel(shared.config.queue_capacity);
+        let writer = Writer::new(shared.clone(), position);
+        std::thread::Builder::new()
+            .name("broker-lite-writer".into())
+            .spawn(move || writer.run(rx))
+            .map_err(|e| StorageError::io("start the writer thread", e))?;
+        let mut tasks = vec![tokio::spawn(checkpoint_task(shared.clone()))];
+        if let FlushMode::Async { interval } = shared.config.flush_mode {
+            tasks.push(tokio::spawn(flush_task(tx.downgrade(), interval)));
+        }
+        Ok(Store {
+            inner: Arc::new(Inner {
+                shared,
+                tx,
+                tasks: Mutex::new(tasks),
+            }),
+        })
+    }
+
+    /// Appends one record. See [`append_batch`](Self::append_batch).
+    ///
+    /// # Errors
+    /// As [`append_batch`](Self::append_batch).
+    pub async fn append(&self, record: NewRecord) -> Result<Appended> {
+        let mut out = self.append_batch(vec![record]).await?;
+        Ok(out.pop().unwrap())
+    }
+
+    /// Appends records, in order, in one group commit.
+    ///
+    /// Under [`FlushMode::Sync`] it returns once an fsync covers the records
+    /// ([`FlushOutcome::Flushed`]) or when `sync_flush_timeout` has passed
+    /// ([`FlushOutcome::FlushDiskTimeout`]); under [`FlushMode::Async`] once they are written
+    /// ([`FlushOutcome::InMemory`]).
+    ///
+    /// # Errors
+    /// [`StorageError::RecordTooLarge`] / [`StorageError::InvalidRecord`] before anything is
+    /// written; [`StorageError::Failed`] when a write or fsync failed (now or earlier; the records'
+    /// durability is unknown); [`StorageError::WriteTimeout`]; [`StorageError::Closed`].
+    ///
+    /// # Cancel safety
+    /// Not cancel safe: once sent to the writer, the records are written even if the future is
+    /// dropped.
+    pub async fn append_batch(&self, records: Vec<NewRecord>) -> Result<Vec<Appended>> {
+        let shared = &self.inner.shared;
+        if records.is_empty() {
+            return Ok(Vec::new());
+        }
+        for r in &records {
+            r.check(shared.config.max_record_size)?;
+        }
+        shared.check_failed()?;
+        let deadline = Instant::now() + shared.config.sync_flush_timeout;
+        let (reply, rx) = oneshot::channel();
+        match timeout_at(
+            deadline,
+            self.inner.tx.send(Command::Append { records, reply }),
+        )
+        .await
+        {
+            Err(_) => return Err(StorageError::WriteTimeout),
+            Ok(Err(_)) => return Err(StorageError::Closed),
+            Ok(Ok(())) => {}
+        }
+        let placed: Vec<Placed> = match timeout_at(deadline, rx).await {
+            Err(_) => return Err(StorageError::WriteTimeout),
+            Ok(Err(_)) => return Err(StorageError::Closed),
+            Ok(Ok(r)) => r?,
+        };
+        let outcome = match shared.config.flush_mode {
+            FlushMode::Sync => {
+                let end = placed.last().map_or(0, |p| p.end);
+                let mut progress = shared.progress.subscribe();
+                match timeout_at(
+                    deadline,
+                    progress.wait_for(|p| p.flushed >= end || p.failed),
+                )
+                .await
+                {
+                    Err(_) => FlushOutcome::FlushDiskTimeout,
+                    Ok(Ok(p)) if p.flushed >= end => FlushOutcome::Flushed,
+                    Ok(_) => {
+                        shared.check_failed()?;
+                        return Err(StorageError::Closed);
+                    }
+                }
+            }
+            _ => FlushOutcome::InMemory,
+        };
+        Ok(placed
+            .into_iter()
+            .map(|p| Appended {
+                queue_offset: p.queue_offset,
+                log_position: p.log_position,
+                outcome,
+            })
+            .collect())
+    }
+
+    /// Reads records of one queue from `from_offset` (raised to the queue's first available offset),
+    /// at most `max_records` and about `max_bytes` (at least one record when any is readable).
+    ///
+    /// Only readable records are returned: fsynced ones under sync flush, written ones under async.
+    ///
+    /// # Errors
+    /// [`StorageError::Corrupt`] when a record fails its checksum; I/O errors.
+    pub async fn read_queue(
+        &self,
+        topic: &str,
+        queue_id: u32,
+        from_offset: u64,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<StoredRecord>> {
+        let shared = self.inner.shared.clone();
+        let visible = shared.visible();
+        let entries = shared.index.read().unwrap().range(
+            topic,
+            queue_id,
+            from_offset,
+            visible,
+            max_records,
+            max_bytes,
+        );
+        if entries.is_empty() {
+            return Ok(Vec::new());
+        }
+        blocking(move || {
+            let mut out = Vec::with_capacity(entries.len());
+            for e in entries {
+                // A segment removed by retention meanwhile: its records are gone, skip them.
+                let Some(segment) = shared.segment_at(e.position) else {
+                    continue;
+                };
+                let frame = segment.read(e.position, e.size as usize)?;
+                out.push(decode_at(&segment, frame, e.position)?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Reads the record whose frame starts at `log_position`.
+    ///
+    /// # Errors
+    /// [`StorageError::NotFound`] when no readable record starts there; [`StorageError::Corrupt`].
+    pub async fn read_at(&self, log_position: u64) -> Result<StoredRecord> {
+        let shared = self.inner.shared.clone();
+        let visible = shared.visible();
+        blocking(move || {
+            let segment = shared
+                .segment_at(log_position)
+                .ok_or(StorageError::NotFound(log_position))?;
+            let room = segment.end() - log_position;
+            if log_position + HEADER_SIZE as u64 > visible || room < 8 {
+                return Err(StorageError::NotFound(log_position));
+            }
+            let head = segment.read(log_position, 8)?;
+            let Header::Frame(len) = record::peek_header(&head, room) else {
+                return Err(StorageError::NotFound(log_position));
+            };
+            if log_position + len as u64 > visible {
+                return Err(StorageError::NotFound(log_position));
+            }
+            let frame = segment.read(log_position, len)?;
+            decode_at(&segment, frame, log_position)
+        })
+        .await
+    }
+
+    /// The readable offsets of a queue; `None` for a queue that never had a record.
+    pub fn queue_bounds(&self, topic: &str, queue_id: u32) -> Option<QueueBounds> {
+        let shared = &self.inner.shared;
+        let visible = shared.visible();
+        shared
+            .index
+            .read()
+            .unwrap()
+            .bounds(topic, queue_id, visible)
+    }
+
+    /// Every (topic, queue id) that has or had records, sorted.
+    pub fn queues(&self) -> Vec<(String, u32)> {
+        self.inner.shared.index.read().unwrap().queues()
+    }
+
+    /// A receiver that changes whenever records are written or flushed; long-polling readers
+    /// wait on it and then call [`read_queue`](Self::read_queue) again.
+    ///
+    /// ```no_run
+    /// # async fn f(store: broker_lite::storage::Store) {
+    /// let mut progress = store.subscribe();
+    /// let _ = progress.changed().await; // new records may be readable now
+    /// # }
+    /// ```
+    pub fn subscribe(&self) -> watch::Receiver<Progress> {
+        self.inner.shared.progress.subscribe()
+    }
+
+    /// The current write and flush positions.
+    pub fn progress(&self) -> Progress {
+        *self.inner.shared.progress.borrow()
+    }
+
+    /// Fsyncs everything written so far and returns the flushed position.
+    ///
+    /// # Errors
+    /// [`StorageError::Failed`] if the fsync fails (the store is then failed for good);
+    /// [`StorageError::Closed`].
+    pub async fn flush(&self) -> Result<u64> {
+        let (reply, rx) = oneshot::channel();
+        self.inner
+            .tx
+            .send(Command::Flush { reply: Some(reply) })
+            .await
+            .map_err(|_| StorageError::Closed)?;
+        rx.await.map_err(|_| StorageError::Closed)?
+    }
+
+    /// Deletes old segments by age and disk usage (see [`retention`](super::retention)); returns
+    /// what was removed and which queue offsets became unavailable. The broker calls it periodically.
+    ///
+    /// # Errors
+    /// I/O errors while writing the checkpoint or removing files.
+    pub async fn enforce_retention(&self, now: SystemTime) -> Result<RetentionReport> {
+        let shared = self.inner.shared.clone();
+        blocking(move || retention::enforce(&shared, now)).await
+    }
+
+    /// Atomically stores a small named blob (consumer offsets, for instance).
+    ///
+    /// # Errors
+    /// [`StorageError::InvalidCheckpointName`]; I/O errors (the old content then stays).
+    pub async fn save_checkpoint(&self, name: &str, bytes: Bytes) -> Result<()> {
+        let file = checkpoint::user_file_name(name)?;
+        let shared = self.inner.shared.clone();
+        blocking(move || checkpoint::write_atomic(&*shared.backend, &file, &bytes)).await
+    }
+
+    /// Loads a blob saved with [`save_checkpoint`](Self::save_checkpoint); `None` if never saved.
+    ///
+    /// # Errors
+    /// [`StorageError::CorruptCheckpoint`]; [`StorageError::InvalidCheckpointName`]; I/O errors.
+    pub async fn load_checkpoint(&self, name: &str) -> Result<Option<Bytes>> {
+        let file = checkpoint::user_file_name(name)?;
+        let shared = self.inner.shared.clone();
+        blocking(move || checkpoint::load(&*shared.backend, &file)).await
+    }
+
+    /// Flushes, checkpoints and stops the writer. Later appends fail with [`StorageError::Closed`].
+    ///
+    /// # Errors
+    /// [`StorageError::Failed`] when the final fsync fails.
+    pub async fn close(&self) -> Result<()> {
+        let (reply, rx) = oneshot::channel();
+        if self.inner.tx.send(Command::Close { reply }).await.is_err() {
+            return Ok(()); // already closed
+        }
+        let flushed = rx.await.map_err(|_| StorageError::Closed)?;
+        for task in self.inner.tasks.lock().unwrap().drain(..) {
+            task.abort();
+        }
+        flushed?;
+        let shared = self.inner.shared.clone();
+        blocking(move || shared.write_checkpoint().map(drop)).await
+    }
+}
+
+fn decode_at(
+    segment: &super::segment::Segment,
+    frame: Bytes,
+    position: u64,
+) -> Result<StoredRecord> {
+    record::decode(frame, position).map_err(|reason| StorageError::Corrupt {
+        segment: segment.name.clone(),
+        offset: position - segment.base,
+        position,
+        reason: reason.to_string(),
+    })
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| StorageError::io("run a blocking storage task", std::io::Error::other(e)))?
+}
+
+/// Sends a flush to the writer every `interval` (async flush).
+async fn flush_task(tx: mpsc::WeakSender<Command>, interval: std::time::Duration) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    ticker.tick().await;
+    loop {
+        ticker.tick().await;
+        let Some(tx) = tx.upgrade() else { return };
+        // A full queue means the writer is busy; the next tick will try again.
+        let _ = tx.try_send(Command::Flush { reply: None });
+    }
+}
+
+/// Checkpoints the flushed position every `checkpoint_interval` when it moved.
+async fn checkpoint_task(shared: Arc<Shared>) {
+    let mut ticker = tokio::time::interval(shared.config.checkpoint_interval);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut last = shared.progress.borrow().flushed;
+    loop {
+        ticker.tick().await;
+        let flushed = shared.progress.borrow().flushed;
+        if flushed == last {
+            continue;
+        }
+        let s = shared.clone();
+        match tokio::task::spawn_blocking(move || s.write_checkpoint()).await {
+            Ok(Ok(durable)) => last = durable,
+            Ok(Err(e)) => tracing::warn!(error = %e, "could not write the store checkpoint"),
+            Err(_) => return,
+        }
+    }
+}
