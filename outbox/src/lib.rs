@@ -1,1 +1,75 @@
-//! Transactional outbox.
+//! The transactional outbox: enqueue messages in your own sqlx transaction, relay them to a broker,
+//! keep what cannot be delivered.
+//!
+//! A message written with [`Outbox::enqueue`] inside a business transaction exists if and only if
+//! that transaction commits (safeguard P7). A [`Relay`] drains the table to any
+//! `tower::Service<Message>` ([`Publisher`]), in per-key order, with backoff between attempts, and
+//! moves what exhausts its attempts to a failure table ([`Failures`], safeguard P6).
+//!
+//! # Example
+//!
+//! ```no_run
+//! use courier_outbox::{Message, Outbox, Relay, MIGRATOR};
+//! use tokio_util::sync::CancellationToken;
+//!
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! let pool = sqlx::PgPool::connect("postgres://postgres@127.0.0.1:5432/postgres").await?;
+//! MIGRATOR.run(&pool).await?;
+//!
+//! // In the application: the message commits with the order.
+//! let mut tx = pool.begin().await?;
+//! Outbox::new()
+//!     .enqueue(&mut *tx, &Message::json("orders.created", &serde_json::json!({"id": 7}))?.with_key("order-7"))
+//!     .await?;
+//! tx.commit().await?;
+//!
+//! // In the relay (same process or a sidecar): publish through any tower service.
+//! let publisher = tower::service_fn(|message: Message| async move {
+//!     println!("{} -> {}", message.id, message.topic);
+//!     Ok::<_, tower::BoxError>(())
+//! });
+//! let shutdown = CancellationToken::new();
+//! Relay::builder(pool, publisher).build()?.run(shutdown).await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Features
+//!
+//! | feature | default | what it adds |
+//! |---|---|---|
+//! | `postgres` | yes | the Postgres store: writer, relay (`SKIP LOCKED`, `LISTEN/NOTIFY`, advisory-lock key partitions), failure table |
+//!
+//! # Tables
+//!
+//! [`MIGRATOR`] creates schema `outbox` with `outbox.messages` and `outbox.failures`
+//! (`migrations/postgres/` in the repository).
+
+#![forbid(unsafe_code)]
+
+mod error;
+mod failures;
+mod limits;
+mod message;
+mod publisher;
+mod relay;
+mod writer;
+
+pub use error::{Error, Result, ValidationError};
+pub use failures::{FailedMessage, FailureFilter, Failures};
+pub use limits::Limits;
+pub use message::Message;
+pub use publisher::{Permanent, Publisher};
+pub use relay::{Backoff, Relay, RelayBuilder, RelayState};
+pub use writer::Outbox;
+
+/// Creates and upgrades the outbox tables (schema `outbox`). Run it at startup or with
+/// `outbox-relay migrate`; it is safe to run concurrently and repeatedly.
+///
+/// ```no_run
+/// # async fn example(pool: sqlx::PgPool) -> Result<(), sqlx::migrate::MigrateError> {
+/// courier_outbox::MIGRATOR.run(&pool).await?;
+/// # Ok(())
+/// # }
+/// ```
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");

@@ -1,0 +1,106 @@
+//! Errors of the outbox crate.
+
+/// Result type of the outbox crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in the outbox.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A message was refused before it reached the database; nothing was written.
+    #[error("invalid message: {0}")]
+    Invalid(#[from] ValidationError),
+    /// The database refused a statement or could not be reached.
+    #[error("outbox database error: {0}")]
+    Database(#[from] sqlx::Error),
+    /// The outbox tables are missing: the migrations have not been run on this database.
+    #[error(
+        "the outbox tables do not exist in this database: run the migrations first \
+         (courier_outbox::MIGRATOR.run(&pool) or `outbox-relay migrate`)"
+    )]
+    NotMigrated,
+    /// The relay configuration is inconsistent.
+    #[error("invalid relay configuration: {0}")]
+    Config(String),
+}
+
+impl Error {
+    /// Maps "relation does not exist" on an outbox table to [`Error::NotMigrated`].
+    pub(crate) fn from_db(error: sqlx::Error) -> Self {
+        if let sqlx::Error::Database(db) = &error {
+            // 42P01 undefined_table, 3F000 invalid_schema_name
+            if matches!(db.code().as_deref(), Some("42P01" | "3F000"))
+                && db.message().contains("outbox")
+            {
+                return Self::NotMigrated;
+            }
+        }
+        Self::Database(error)
+    }
+}
+
+/// Why a message was refused. Each message says what to change.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ValidationError {
+    /// The topic is empty.
+    #[error("the topic is empty: give every message a topic")]
+    EmptyTopic,
+    /// The topic is longer than the limit.
+    #[error("the topic is {len} bytes long, more than the limit of {max}: use a shorter topic name")]
+    TopicTooLong {
+        /// Its length in bytes.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The topic contains a space, a control character or a non-ASCII character.
+    #[error(
+        "the topic {topic:?} contains {character:?}: topics are printable ASCII without spaces"
+    )]
+    InvalidTopic {
+        /// The topic as given.
+        topic: String,
+        /// The first character that is not allowed.
+        character: char,
+    },
+    /// A key or tag is empty or longer than the limit.
+    #[error("the {field} is {len} bytes long; it must be 1 to {max} bytes, or absent")]
+    BadKeyOrTag {
+        /// `"key"` or `"tag"`.
+        field: &'static str,
+        /// Its length in bytes.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The payload is larger than the limit.
+    #[error(
+        "the payload is {len} bytes, more than the limit of {max}: store large bodies elsewhere \
+         and send a reference, or raise Limits::max_payload_bytes"
+    )]
+    PayloadTooLarge {
+        /// Payload size in bytes.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The message has more headers than the limit.
+    #[error("the message has {count} headers, more than the limit of {max}")]
+    TooManyHeaders {
+        /// Number of headers.
+        count: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// One header (name plus value) is larger than the limit.
+    #[error("header `{name}` is {len} bytes (name plus value), more than the limit of {max}")]
+    HeaderTooLarge {
+        /// Header name.
+        name: String,
+        /// Name plus value, in bytes.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+}

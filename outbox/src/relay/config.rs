@@ -1,0 +1,74 @@
+//! Relay settings and their defaults.
+
+use std::time::Duration;
+
+use super::Backoff;
+
+/// Tunables of a [`Relay`](crate::Relay). Set them through [`RelayBuilder`](crate::RelayBuilder).
+#[derive(Debug, Clone)]
+pub(crate) struct RelayConfig {
+    pub(crate) name: String,
+    pub(crate) batch_size: usize,
+    pub(crate) max_in_flight: usize,
+    pub(crate) publish_timeout: Duration,
+    pub(crate) max_attempts: u32,
+    pub(crate) backoff: Backoff,
+    pub(crate) poll_interval: Duration,
+    pub(crate) rebalance_interval: Duration,
+    pub(crate) maintenance_interval: Duration,
+    pub(crate) retention: Option<Duration>,
+    pub(crate) shutdown_grace: Duration,
+    pub(crate) reconnect_backoff: Backoff,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        Self {
+            name: "courier-relay".to_owned(),
+            batch_size: 500,
+            max_in_flight: 64,
+            publish_timeout: Duration::from_secs(10),
+            max_attempts: 16,
+            backoff: Backoff::default(),
+            poll_interval: Duration::from_secs(5),
+            rebalance_interval: Duration::from_secs(5),
+            maintenance_interval: Duration::from_secs(15),
+            retention: None,
+            shutdown_grace: Duration::from_secs(10),
+            reconnect_backoff: Backoff {
+                base: Duration::from_millis(200),
+                factor: 2.0,
+                max: Duration::from_secs(10),
+                jitter: 0.2,
+            },
+        }
+    }
+}
+
+impl RelayConfig {
+    pub(crate) fn validate(&self) -> Result<(), String> {
+        if self.batch_size == 0 || self.batch_size > 100_000 {
+            return Err(format!("batch_size must be 1..=100000, got {}", self.batch_size));
+        }
+        if self.max_in_flight == 0 {
+            return Err("max_in_flight must be at least 1".to_owned());
+        }
+        if self.max_attempts == 0 {
+            return Err("max_attempts must be at least 1".to_owned());
+        }
+        for (name, value) in [
+            ("publish_timeout", self.publish_timeout),
+            ("poll_interval", self.poll_interval),
+            ("rebalance_interval", self.rebalance_interval),
+            ("maintenance_interval", self.maintenance_interval),
+        ] {
+            if value.is_zero() {
+                return Err(format!("{name} must be greater than zero"));
+            }
+        }
+        if self.name.is_empty() {
+            return Err("the relay name must not be empty".to_owned());
+        }
+        self.backoff.validate()
+    }
+}

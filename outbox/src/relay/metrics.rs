@@ -1,0 +1,42 @@
+//! Metric names and recording, through the `metrics` facade.
+//!
+//! | name | kind | labels | meaning |
+//! |---|---|---|---|
+//! | `outbox_published_total` | counter | `topic` | messages the broker accepted |
+//! | `outbox_failed_total` | counter | `topic` | messages moved to the failure table |
+//! | `outbox_publish_attempts_total` | counter | `topic`, `outcome` | every publish attempt |
+//! | `outbox_publish_duration_seconds` | histogram | `topic` | time of one publish call |
+//! | `outbox_backlog` | gauge | | pending messages, due or not |
+//! | `outbox_oldest_due_age_seconds` | gauge | | how long the oldest due message has waited |
+
+use std::time::Duration;
+
+use super::store::Outcome;
+
+pub(crate) fn record_attempt(topic: &str, outcome: &Outcome, took: Duration) {
+    let label = match outcome {
+        Outcome::Published => "published",
+        Outcome::Retry { .. } => "retry",
+        Outcome::Failed { .. } => "failed",
+        Outcome::Held => return,
+    };
+    let topic = topic.to_owned();
+    metrics::counter!("outbox_publish_attempts_total", "topic" => topic.clone(), "outcome" => label)
+        .increment(1);
+    metrics::histogram!("outbox_publish_duration_seconds", "topic" => topic.clone())
+        .record(took.as_secs_f64());
+    match outcome {
+        Outcome::Published => {
+            metrics::counter!("outbox_published_total", "topic" => topic).increment(1);
+        }
+        Outcome::Failed { .. } => {
+            metrics::counter!("outbox_failed_total", "topic" => topic).increment(1);
+        }
+        _ => {}
+    }
+}
+
+pub(crate) fn record_backlog(pending: i64, oldest_due_age_seconds: f64) {
+    metrics::gauge!("outbox_backlog").set(pending as f64);
+    metrics::gauge!("outbox_oldest_due_age_seconds").set(oldest_due_age_seconds);
+}

@@ -1,0 +1,387 @@
+//! The relay: drains the outbox table to a publisher.
+//!
+//! One loop per relay instance, on one dedicated connection that holds both the key-partition
+//! advisory locks and the claim transaction, so that if the relay dies, its ownership and its row
+//! locks end together and nothing is lost:
+//!
+//! 1. claim up to `batch_size` due rows (`FOR UPDATE SKIP LOCKED`, oldest first, only keys in owned
+//!    partitions, never a key whose earlier message is backing off);
+//! 2. publish them: keys in parallel, each key in order, a failure holding that key's later rows;
+//! 3. in the same transaction delete (or mark sent) what was published, push back what failed, move
+//!    what exhausted its attempts to `outbox.failures`; commit.
+//!
+//! When nothing is due the relay waits for a `NOTIFY` from the insert trigger, the poll interval,
+//! the next delayed message or the next rebalance, whichever comes first.
+
+mod backoff;
+mod config;
+mod metrics;
+mod partitions;
+mod publish;
+mod state;
+mod store;
+mod wakeup;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::{Connection, PgConnection, PgPool};
+use tokio::sync::{Notify, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+pub use backoff::Backoff;
+pub use state::RelayState;
+
+use crate::{Error, Publisher, Result};
+use config::RelayConfig;
+use partitions::Partitions;
+use publish::PublishPolicy;
+
+/// Drains the outbox table to a [`Publisher`].
+///
+/// Run as many relays against one database as you like, in-process or as sidecars: rows are
+/// claimed with `SKIP LOCKED`, keys are partitioned among the live relays, and each message is
+/// published once in normal operation. Delivery is at least once: a relay that dies after the
+/// broker accepted a message but before its transaction commits leaves the row to be published
+/// again, so consumers deduplicate on [`Message::id`](crate::Message::id).
+///
+/// # Examples
+///
+/// ```no_run
+/// use courier_outbox::{Message, Relay};
+/// use tokio_util::sync::CancellationToken;
+/// use tower::service_fn;
+///
+/// # async fn example(pool: sqlx::PgPool) -> Result<(), courier_outbox::Error> {
+/// let publisher = service_fn(|message: Message| async move {
+///     // hand the message to your broker client here
+///     Ok::<_, tower::BoxError>(())
+/// });
+/// let relay = Relay::builder(pool, publisher)
+///     .batch_size(200)
+///     .max_attempts(10)
+///     .build()?;
+/// let shutdown = CancellationToken::new();
+/// let task = tokio::spawn(relay.run(shutdown.clone()));
+/// // ... on SIGTERM:
+/// shutdown.cancel();
+/// task.await.expect("relay task panicked")?;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct Relay<P> {
+    pool: PgPool,
+    publisher: P,
+    config: RelayConfig,
+    state: watch::Sender<RelayState>,
+}
+
+/// Configures a [`Relay`]; start from [`Relay::builder`].
+#[derive(Debug)]
+#[must_use = "a builder does nothing until `build` is called"]
+pub struct RelayBuilder<P> {
+    pool: PgPool,
+    publisher: P,
+    config: RelayConfig,
+}
+
+macro_rules! setter {
+    ($(#[$doc:meta])* $name:ident: $ty:ty) => {
+        $(#[$doc])*
+        pub fn $name(mut self, $name: $ty) -> Self {
+            self.config.$name = $name;
+            self
+        }
+    };
+}
+
+impl<P: Publisher> RelayBuilder<P> {
+    /// Names the relay in logs and in `pg_stat_activity.application_name`. Default `courier-relay`.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.config.name = name.into();
+        self
+    }
+
+    setter!(
+        /// Most rows claimed in one transaction. Default 500.
+        batch_size: usize
+    );
+    setter!(
+        /// Most keys published concurrently within a batch. Default 64.
+        max_in_flight: usize
+    );
+    setter!(
+        /// Longest a single publish call may take before it counts as failed. Default 10 s.
+        publish_timeout: Duration
+    );
+    setter!(
+        /// Publish attempts before a message moves to the failure table. Default 16.
+        max_attempts: u32
+    );
+    setter!(
+        /// Delay between attempts of one message. Default 1 s doubling to 5 min, 20 % jitter.
+        backoff: Backoff
+    );
+    setter!(
+        /// Longest idle wait without a notification; the fallback if `NOTIFY` is lost. Default 5 s.
+        poll_interval: Duration
+    );
+    setter!(
+        /// How often the relay recounts its peers and rebalances key partitions. Default 5 s.
+        rebalance_interval: Duration
+    );
+    setter!(
+        /// How often the backlog gauges are refreshed and sent rows purged. Default 15 s.
+        maintenance_interval: Duration
+    );
+    setter!(
+        /// On shutdown, how long the batch in hand may take to finish before it is rolled back.
+        /// Default 10 s.
+        shutdown_grace: Duration
+    );
+
+    /// Keeps published rows (marked `sent_at`) for `retention` instead of deleting them, for
+    /// auditing; the relay purges them afterwards. Default: delete at once.
+    pub fn retention(mut self, retention: Duration) -> Self {
+        self.config.retention = Some(retention);
+        self
+    }
+
+    /// Checks the settings and returns the relay.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] naming the setting that is out of range.
+    pub fn build(self) -> Result<Relay<P>> {
+        self.config.validate().map_err(Error::Config)?;
+        let (state, _) = watch::channel(RelayState::Starting);
+        Ok(Relay {
+            pool: self.pool,
+            publisher: self.publisher,
+            config: self.config,
+            state,
+        })
+    }
+}
+
+/// Why a session on one connection ended.
+enum SessionEnd {
+    /// Shutdown was requested.
+    Shutdown,
+    /// The database failed; reconnect.
+    Lost(sqlx::Error),
+}
+
+impl From<sqlx::Error> for SessionEnd {
+    fn from(error: sqlx::Error) -> Self {
+        Self::Lost(error)
+    }
+}
+
+enum BatchEnd {
+    Empty,
+    Done,
+    Abandoned,
+}
+
+impl<P: Publisher> Relay<P> {
+    /// Starts configuring a relay that claims from `pool`'s database and publishes through
+    /// `publisher`. The relay opens its own connections with the pool's options.
+    pub fn builder(pool: PgPool, publisher: P) -> RelayBuilder<P> {
+        RelayBuilder {
+            pool,
+            publisher,
+            config: RelayConfig::default(),
+        }
+    }
+
+    /// Watches what the relay is doing; useful for readiness probes and tests.
+    pub fn state(&self) -> watch::Receiver<RelayState> {
+        self.state.subscribe()
+    }
+
+    /// Runs until `shutdown` is cancelled. The batch in hand when it is cancelled is finished
+    /// within the shutdown grace period, or rolled back (its messages stay in the outbox).
+    ///
+    /// A database that is down or drops the connection is retried with backoff, forever.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotMigrated`] if the outbox tables are missing.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<()> {
+        let wake = Arc::new(Notify::new());
+        let listener_stop = shutdown.child_token();
+        let listener = wakeup::spawn(
+            self.pool.clone(),
+            self.config.name.clone(),
+            wake.clone(),
+            listener_stop.clone(),
+        );
+        // Stops the listener if this future is dropped (an aborted task) rather than returning.
+        let _listener_guard = listener_stop.clone().drop_guard();
+        let span = tracing::info_span!("outbox.relay", relay = %self.config.name);
+        let result = self.run_sessions(&wake, &shutdown).instrument(span).await;
+        listener_stop.cancel();
+        let _ = listener.await;
+        self.state.send_replace(RelayState::Stopped);
+        result
+    }
+
+    async fn run_sessions(&self, wake: &Notify, shutdown: &CancellationToken) -> Result<()> {
+        let mut failures = 0;
+        loop {
+            self.state.send_replace(RelayState::Starting);
+            match self.session(wake, shutdown, &mut failures).await {
+                Ok(SessionEnd::Shutdown) => return Ok(()),
+                Ok(SessionEnd::Lost(error)) | Err(Error::Database(error)) => {
+                    failures += 1;
+                    let pause = self.config.reconnect_backoff.delay(failures);
+                    tracing::error!(%error, retry_in = ?pause, "outbox relay lost its database connection");
+                    self.state.send_replace(RelayState::Reconnecting);
+                    tokio::select! {
+                        _ = tokio::time::sleep(pause) => {}
+                        _ = shutdown.cancelled() => return Ok(()),
+                    }
+                }
+                Err(error) => return Err(error),
+            }
+        }
+    }
+
+    async fn session(
+        &self,
+        wake: &Notify,
+        shutdown: &CancellationToken,
+        failures: &mut u32,
+    ) -> Result<SessionEnd> {
+        let options = self
+            .pool
+            .connect_options()
+            .as_ref()
+            .clone()
+            .application_name(&self.config.name);
+        let mut conn = PgConnection::connect_with(&options).await?;
+        if !store::is_migrated(&mut conn).await? {
+            return Err(Error::NotMigrated);
+        }
+        let mut partitions = Partitions::join(&mut conn).await?;
+        partitions.rebalance(&mut conn).await?;
+        *failures = 0;
+        tracing::info!(partitions = partitions.owned().len(), "outbox relay started");
+
+        let end = self.drain_loop(&mut conn, &mut partitions, wake, shutdown).await;
+        if matches!(end, SessionEnd::Shutdown) {
+            let _ = conn.close().await;
+        }
+        Ok(end)
+    }
+
+    async fn drain_loop(
+        &self,
+        conn: &mut PgConnection,
+        partitions: &mut Partitions,
+        wake: &Notify,
+        shutdown: &CancellationToken,
+    ) -> SessionEnd {
+        let config = &self.config;
+        let mut next_rebalance = Instant::now() + config.rebalance_interval;
+        let mut next_maintenance = Instant::now();
+        loop {
+            if shutdown.is_cancelled() {
+                return SessionEnd::Shutdown;
+            }
+            let now = Instant::now();
+            if now >= next_rebalance {
+                if let Err(error) = partitions.rebalance(conn).await {
+                    return error.into();
+                }
+                next_rebalance = now + config.rebalance_interval;
+            }
+            if now >= next_maintenance {
+                if let Err(error) = self.maintain(conn).await {
+                    return error.into();
+                }
+                next_maintenance = now + config.maintenance_interval;
+            }
+            match self.batch(conn, partitions, shutdown).await {
+                Ok(BatchEnd::Done) => continue,
+                Ok(BatchEnd::Abandoned) => return SessionEnd::Shutdown,
+                Ok(BatchEnd::Empty) => {}
+                Err(error) => return error.into(),
+            }
+
+            let next_due = match store::next_due(conn).await {
+                Ok(due) => due,
+                Err(error) => return error.into(),
+            };
+            let mut deadline = (Instant::now() + config.poll_interval)
+                .min(next_rebalance)
+                .min(next_maintenance);
+            if let Some(due) = next_due {
+                deadline = deadline.min(Instant::now() + due + Duration::from_millis(2));
+            }
+            self.state.send_replace(RelayState::Idle);
+            tokio::select! {
+                _ = wake.notified() => {}
+                _ = tokio::time::sleep_until(deadline) => {}
+                _ = shutdown.cancelled() => return SessionEnd::Shutdown,
+            }
+        }
+    }
+
+    async fn batch(
+        &self,
+        conn: &mut PgConnection,
+        partitions: &Partitions,
+        shutdown: &CancellationToken,
+    ) -> sqlx::Result<BatchEnd> {
+        let mut tx = conn.begin().await?;
+        let claimed = store::claim(&mut tx, &partitions.owned(), self.config.batch_size).await?;
+        if claimed.is_empty() {
+            tx.commit().await?;
+            return Ok(BatchEnd::Empty);
+        }
+        self.state.send_replace(RelayState::Draining);
+        let size = claimed.len();
+        let span = tracing::info_span!("outbox.batch", size);
+        let policy = PublishPolicy {
+            timeout: self.config.publish_timeout,
+            max_attempts: self.config.max_attempts,
+            backoff: self.config.backoff,
+            max_in_flight: self.config.max_in_flight,
+        };
+        let publishing = publish::publish_batch(&self.publisher, claimed, policy).instrument(span);
+        tokio::pin!(publishing);
+        let outcomes = tokio::select! {
+            outcomes = &mut publishing => outcomes,
+            _ = shutdown.cancelled() => {
+                match tokio::time::timeout(self.config.shutdown_grace, publishing).await {
+                    Ok(outcomes) => outcomes,
+                    Err(_) => {
+                        tracing::warn!(size, "shutdown grace elapsed; rolling the batch back, its messages stay in the outbox");
+                        tx.rollback().await?;
+                        return Ok(BatchEnd::Abandoned);
+                    }
+                }
+            }
+        };
+        store::record(&mut tx, &outcomes, self.config.retention.is_some()).await?;
+        tx.commit().await?;
+        Ok(BatchEnd::Done)
+    }
+
+    async fn maintain(&self, conn: &mut PgConnection) -> sqlx::Result<()> {
+        let (pending, oldest_due_age) = store::backlog(conn).await?;
+        metrics::record_backlog(pending, oldest_due_age);
+        if let Some(retention) = self.config.retention {
+            let purged = store::purge_sent(conn, retention, 10_000).await?;
+            if purged > 0 {
+                tracing::debug!(purged, "purged sent outbox rows past their retention");
+            }
+        }
+        Ok(())
+    }
+}
