@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 
 use super::{BackendFile, StorageBackend};
 
@@ -43,6 +43,10 @@ struct Faults {
     fail_sync: AtomicBool,
     fail_write: AtomicBool,
     syncs: AtomicU64,
+    /// While true, `sync_data` waits (a stalled disk).
+    hold_sync: Mutex<bool>,
+    hold_released: Condvar,
+    syncs_waiting: AtomicU64,
     /// The most recent write not yet covered by a sync: (file id, offset, bytes).
     last_write: Mutex<Option<(u64, u64, Vec<u8>)>>,
     next_id: AtomicU64,
@@ -75,6 +79,18 @@ impl FaultyBackend {
     /// Makes every later `write_all_at` fail (or succeed again).
     pub fn fail_write(&self, fail: bool) {
         self.inner.faults.fail_write.store(fail, Ordering::SeqCst);
+    }
+
+    /// While `hold` is set, every `sync_data` blocks until it is cleared (a stalled disk).
+    pub fn hold_sync(&self, hold: bool) {
+        let faults = &self.inner.faults;
+        *faults.hold_sync.lock().unwrap() = hold;
+        faults.hold_released.notify_all();
+    }
+
+    /// How many `sync_data` calls are blocked by [`hold_sync`](Self::hold_sync) right now.
+    pub fn syncs_waiting(&self) -> u64 {
+        self.inner.faults.syncs_waiting.load(Ordering::SeqCst)
     }
 
     /// How many `sync_data` calls succeeded so far.
@@ -176,6 +192,15 @@ impl BackendFile for MemFile {
     }
 
     fn sync_data(&self) -> io::Result<()> {
+        let mut held = self.faults.hold_sync.lock().unwrap();
+        if *held {
+            self.faults.syncs_waiting.fetch_add(1, Ordering::SeqCst);
+            while *held {
+                held = self.faults.hold_released.wait(held).unwrap();
+            }
+            self.faults.syncs_waiting.fetch_sub(1, Ordering::SeqCst);
+        }
+        drop(held);
         if self.faults.fail_sync.load(Ordering::SeqCst) {
             return Err(io::Error::other("injected fsync failure"));
         }
