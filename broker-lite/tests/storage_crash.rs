@@ -12,6 +12,9 @@ use futures::future::join_all;
 use tokio::sync::Notify;
 use uuid::Uuid;
 
+/// (message id, queue id, queue offset, body) of an acknowledged append.
+type Acked = (Uuid, u32, u64, bytes::Bytes);
+
 const FIRST_SEGMENT: &str = "00000000000000000000";
 
 fn config() -> StoreConfig {
@@ -47,7 +50,7 @@ async fn every_flushed_append_survives_a_crash() -> anyhow::Result<()> {
     for keep in [0usize, 1, 37, 200, 5000] {
         let backend = FaultyBackend::new();
         let store = open(&backend, config()).await?;
-        let acked: Arc<Mutex<Vec<(Uuid, u32, u64, bytes::Bytes)>>> = Arc::default();
+        let acked: Arc<Mutex<Vec<Acked>>> = Arc::default();
         let progress = Arc::new(Notify::new());
         let producers: Vec<_> = (0..8u64)
             .map(|p| {
