@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
+use super::codec::MIN_FRAME_SIZE;
 use super::error::{Result, StorageError};
-use super::record::MIN_FRAME_SIZE;
 
 /// When appended records are made durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

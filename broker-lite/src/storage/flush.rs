@@ -11,10 +11,11 @@ use std::sync::Arc;
 use bytes::{BufMut, BytesMut};
 use tokio::sync::{mpsc, oneshot};
 
+use super::codec::{self, END_LEN, END_MAGIC, END_MARKER_SIZE};
 use super::config::FlushMode;
 use super::error::{Result, StorageError};
 use super::index::Entry;
-use super::record::{self, END_LEN, END_MAGIC, END_MARKER_SIZE, NewRecord};
+use super::record::{self, NewRecord};
 use super::segment::Segment;
 use super::shared::Shared;
 
@@ -190,7 +191,7 @@ impl Writer {
                         size: len as u32,
                     };
                     let queue_offset = index.push(&r.topic, r.queue_id, entry);
-                    record::encode(r, queue_offset, stored_ms, &mut self.buf);
+                    codec::encode(r, queue_offset, stored_ms, &mut self.buf);
                     self.position += len;
                     placed.push(Placed {
                         queue_offset,

@@ -6,7 +6,7 @@
 //! - **segment files** named by the log position of their first byte, 20 digits
 //!   (`00000000000000000000`, ...), preallocated to [`StoreConfig::segment_size`]. Records are
 //!   appended to the last (active) one; each is framed with its length and a CRC32C (the frame
-//!   layout is documented in the `record` module source).
+//!   layout is documented in the `codec` module source).
 //! - `store.ckpt`, the store checkpoint: the *durable position* (everything below it was fsynced)
 //!   and the first available offset of every queue.
 //! - `cp-<name>.ckpt`, small blobs saved with [`Store::save_checkpoint`] (consumer offsets).
@@ -83,6 +83,7 @@
 
 pub mod backend;
 mod checkpoint;
+mod codec;
 mod config;
 mod error;
 mod flush;
@@ -93,6 +94,7 @@ pub mod retention;
 mod segment;
 mod shared;
 mod store;
+mod tasks;
 
 pub use config::{FlushMode, StoreConfig};
 pub use error::{Result, StorageError};

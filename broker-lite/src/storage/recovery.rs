@@ -13,10 +13,10 @@ use bytes::Bytes;
 
 use super::backend::StorageBackend;
 use super::checkpoint::{self, STORE_CHECKPOINT, StoreCheckpoint, TMP_SUFFIX};
+use super::codec::{self, END_MARKER_SIZE, Header};
 use super::config::StoreConfig;
 use super::error::{Result, StorageError};
 use super::index::{Entry, Index};
-use super::record::{self, END_MARKER_SIZE, Header};
 use super::segment::{Segment, parse_segment_name};
 
 /// Bytes read at a time while scanning.
@@ -87,7 +87,7 @@ pub(crate) fn recover(backend: &dyn StorageBackend, config: &StoreConfig) -> Res
         let mut pos = segment.base;
         while segment.end() - pos >= END_MARKER_SIZE as u64 {
             let head = scanner.get(pos, END_MARKER_SIZE)?;
-            let len = match record::peek_header(&head, segment.end() - pos) {
+            let len = match codec::peek_header(&head, segment.end() - pos) {
                 Header::Empty => {
                     stop = Some((i, pos, "no record where one was expected (zeros)"));
                     break 'segments;
@@ -100,7 +100,7 @@ pub(crate) fn recover(backend: &dyn StorageBackend, config: &StoreConfig) -> Res
                 Header::Frame(len) => len,
             };
             let frame = scanner.get(pos, len)?;
-            let found = record::decode(frame, pos).and_then(|r| {
+            let found = codec::decode(frame, pos).and_then(|r| {
                 let entry = Entry {
                     position: pos,
                     size: len as u32,

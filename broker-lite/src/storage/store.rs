@@ -7,18 +7,20 @@ use std::time::SystemTime;
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
-use tokio::time::{Instant, MissedTickBehavior, timeout_at};
+use tokio::time::{Instant, timeout_at};
 
 use super::backend::{FileBackend, StorageBackend};
 use super::checkpoint;
+use super::codec::{self, HEADER_SIZE, Header};
 use super::config::{FlushMode, StoreConfig};
 use super::error::{Result, StorageError};
 use super::flush::{Command, Placed, Writer};
 use super::index::QueueBounds;
-use super::record::{self, HEADER_SIZE, Header, NewRecord, StoredRecord};
+use super::record::{NewRecord, StoredRecord};
 use super::recovery;
 use super::retention::{self, RetentionReport};
 use super::shared::{Progress, Shared};
+use super::tasks;
 
 /// How durable an appended record is when the append returns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,9 +113,9 @@ impl Store {
             .name("broker-lite-writer".into())
             .spawn(move || writer.run(rx))
             .map_err(|e| StorageError::io("start the writer thread", e))?;
-        let mut tasks = vec![tokio::spawn(checkpoint_task(shared.clone()))];
+        let mut tasks = vec![tokio::spawn(tasks::checkpoint_task(shared.clone()))];
         if let FlushMode::Async { interval } = shared.config.flush_mode {
-            tasks.push(tokio::spawn(flush_task(tx.downgrade(), interval)));
+            tasks.push(tokio::spawn(tasks::flush_task(tx.downgrade(), interval)));
         }
         Ok(Store {
             inner: Arc::new(Inner {
@@ -263,7 +265,7 @@ impl Store {
                 return Err(StorageError::NotFound(log_position));
             }
             let head = segment.read(log_position, 8)?;
-            let Header::Frame(len) = record::peek_header(&head, room) else {
+            let Header::Frame(len) = codec::peek_header(&head, room) else {
                 return Err(StorageError::NotFound(log_position));
             };
             if log_position + len as u64 > visible {
@@ -378,7 +380,7 @@ fn decode_at(
     frame: Bytes,
     position: u64,
 ) -> Result<StoredRecord> {
-    record::decode(frame, position).map_err(|reason| StorageError::Corrupt {
+    codec::decode(frame, position).map_err(|reason| StorageError::Corrupt {
         segment: segment.name.clone(),
         offset: position - segment.base,
         position,
@@ -390,37 +392,4 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| StorageError::io("run a blocking storage task", std::io::Error::other(e)))?
-}
-
-/// Sends a flush to the writer every `interval` (async flush).
-async fn flush_task(tx: mpsc::WeakSender<Command>, interval: std::time::Duration) {
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    ticker.tick().await;
-    loop {
-        ticker.tick().await;
-        let Some(tx) = tx.upgrade() else { return };
-        // A full queue means the writer is busy; the next tick will try again.
-        let _ = tx.try_send(Command::Flush { reply: None });
-    }
-}
-
-/// Checkpoints the flushed position every `checkpoint_interval` when it moved.
-async fn checkpoint_task(shared: Arc<Shared>) {
-    let mut ticker = tokio::time::interval(shared.config.checkpoint_interval);
-    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut last = shared.progress.borrow().flushed;
-    loop {
-        ticker.tick().await;
-        let flushed = shared.progress.borrow().flushed;
-        if flushed == last {
-            continue;
-        }
-        let s = shared.clone();
-        match tokio::task::spawn_blocking(move || s.write_checkpoint()).await {
-            Ok(Ok(durable)) => last = durable,
-            Ok(Err(e)) => tracing::warn!(error = %e, "could not write the store checkpoint"),
-            Err(_) => return,
-        }
-    }
 }

@@ -1,0 +1,44 @@
+//! Background tasks of a store: the async-flush ticker and the checkpoint ticker. Both run on
+//! tokio timers, so tests with paused time control them.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::time::MissedTickBehavior;
+
+use super::flush::Command;
+use super::shared::Shared;
+
+/// Sends a flush to the writer every `interval` (async flush).
+pub(crate) async fn flush_task(tx: mpsc::WeakSender<Command>, interval: Duration) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    ticker.tick().await;
+    loop {
+        ticker.tick().await;
+        let Some(tx) = tx.upgrade() else { return };
+        // A full queue means the writer is busy; the next tick will try again.
+        let _ = tx.try_send(Command::Flush { reply: None });
+    }
+}
+
+/// Checkpoints the flushed position every `checkpoint_interval` when it moved.
+pub(crate) async fn checkpoint_task(shared: Arc<Shared>) {
+    let mut ticker = tokio::time::interval(shared.config.checkpoint_interval);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut last = shared.progress.borrow().flushed;
+    loop {
+        ticker.tick().await;
+        let flushed = shared.progress.borrow().flushed;
+        if flushed == last {
+            continue;
+        }
+        let s = shared.clone();
+        match tokio::task::spawn_blocking(move || s.write_checkpoint()).await {
+            Ok(Ok(durable)) => last = durable,
+            Ok(Err(e)) => tracing::warn!(error = %e, "could not write the store checkpoint"),
+            Err(_) => return,
+        }
+    }
+}
