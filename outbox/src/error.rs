@@ -47,7 +47,9 @@ pub enum ValidationError {
     #[error("the topic is empty: give every message a topic")]
     EmptyTopic,
     /// The topic is longer than the limit.
-    #[error("the topic is {len} bytes long, more than the limit of {max}: use a shorter topic name")]
+    #[error(
+        "the topic is {len} bytes long, more than the limit of {max}: use a shorter topic name"
+    )]
     TopicTooLong {
         /// Its length in bytes.
         len: usize,

@@ -94,7 +94,10 @@ impl FailureFilter {
     fn push_selection(&self, query: &mut QueryBuilder<'_, Postgres>) {
         query.push("SELECT id FROM outbox.failures WHERE true");
         if let Some(ids) = &self.ids {
-            query.push(" AND id = ANY(").push_bind(ids.clone()).push(")");
+            query
+                .push(" AND id = ANY(")
+                .push_bind(ids.clone())
+                .push(")");
         }
         if let Some(topic) = &self.topic {
             query.push(" AND topic = ").push_bind(topic.clone());
@@ -233,7 +236,10 @@ impl Failures {
     ///
     /// As [`replay`](Self::replay).
     pub async fn replay_one<'e, E: PgExecutor<'e>>(&self, executor: E, id: Uuid) -> Result<bool> {
-        Ok(self.replay(executor, &FailureFilter::all().ids([id])).await? > 0)
+        Ok(self
+            .replay(executor, &FailureFilter::all().ids([id]))
+            .await?
+            > 0)
     }
 
     /// Deletes the failures matching `filter` for good and returns how many were deleted.

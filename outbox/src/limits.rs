@@ -117,7 +117,10 @@ mod tests {
 
     #[test]
     fn rejects_empty_long_and_spaced_topics() {
-        assert!(matches!(check(Message::new("", "")), Err(ValidationError::EmptyTopic)));
+        assert!(matches!(
+            check(Message::new("", "")),
+            Err(ValidationError::EmptyTopic)
+        ));
         assert!(matches!(
             check(Message::new("x".repeat(250), "")),
             Err(ValidationError::TopicTooLong { len: 250, max: 249 })
@@ -139,7 +142,10 @@ mod tests {
         for i in 0..65 {
             many = many.with_header(format!("h{i}"), "v");
         }
-        assert!(matches!(check(many), Err(ValidationError::TooManyHeaders { count: 65, .. })));
+        assert!(matches!(
+            check(many),
+            Err(ValidationError::TooManyHeaders { count: 65, .. })
+        ));
         let large = Message::new("t", "").with_header("h", "v".repeat(5000));
         let error = check(large).unwrap_err();
         assert!(error.to_string().contains("header `h`"), "{error}");

@@ -33,7 +33,10 @@ pub trait Publisher:
 }
 
 impl<S> Publisher for S where
-    S: Service<Message, Response: Send, Error: Into<BoxError>, Future: Send> + Clone + Send + 'static
+    S: Service<Message, Response: Send, Error: Into<BoxError>, Future: Send>
+        + Clone
+        + Send
+        + 'static
 {
 }
 

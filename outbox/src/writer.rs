@@ -117,11 +117,26 @@ impl Outbox {
         let column = |f: fn(&Message) -> Option<&str>| messages.iter().map(f).collect::<Vec<_>>();
         let done = sqlx::query(INSERT_MANY)
             .bind(messages.iter().map(|m| m.id).collect::<Vec<_>>())
-            .bind(messages.iter().map(|m| m.topic.as_str()).collect::<Vec<_>>())
+            .bind(
+                messages
+                    .iter()
+                    .map(|m| m.topic.as_str())
+                    .collect::<Vec<_>>(),
+            )
             .bind(column(|m| m.key.as_deref()))
             .bind(column(|m| m.tag.as_deref()))
-            .bind(messages.iter().map(|m| Json(&m.headers)).collect::<Vec<_>>())
-            .bind(messages.iter().map(|m| m.payload.as_ref()).collect::<Vec<_>>())
+            .bind(
+                messages
+                    .iter()
+                    .map(|m| Json(&m.headers))
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                messages
+                    .iter()
+                    .map(|m| m.payload.as_ref())
+                    .collect::<Vec<_>>(),
+            )
             .bind(messages.iter().map(|m| m.created_at).collect::<Vec<_>>())
             .bind(messages.iter().map(|m| m.available_at).collect::<Vec<_>>())
             .bind(messages.iter().map(delay_micros).collect::<Vec<_>>())

@@ -18,15 +18,21 @@ async fn committed_message_is_stored_with_its_envelope(pool: PgPool) {
     let id = Outbox::new().enqueue(&mut *tx, &message).await.unwrap();
     tx.commit().await.unwrap();
 
-    let (topic, key, tag, tenant, payload, attempts): (String, String, String, String, Vec<u8>, i32) =
-        sqlx::query_as(
-            "SELECT topic, key, tag, headers->>'tenant', payload, attempts
+    let (topic, key, tag, tenant, payload, attempts): (
+        String,
+        String,
+        String,
+        String,
+        Vec<u8>,
+        i32,
+    ) = sqlx::query_as(
+        "SELECT topic, key, tag, headers->>'tenant', payload, attempts
              FROM outbox.messages WHERE id = $1",
-        )
-        .bind(id)
-        .fetch_one(&pool)
-        .await
-        .unwrap();
+    )
+    .bind(id)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
     assert_eq!(
         (topic.as_str(), key.as_str(), tag.as_str(), tenant.as_str()),
         ("orders.created", "order-7", "created", "acme")
@@ -43,7 +49,10 @@ async fn rolled_back_transaction_leaves_nothing(pool: PgPool) {
         .await
         .unwrap();
     Outbox::new()
-        .enqueue_batch(&mut *tx, &[Message::new("orders", "y"), Message::new("orders", "z")])
+        .enqueue_batch(
+            &mut *tx,
+            &[Message::new("orders", "y"), Message::new("orders", "z")],
+        )
         .await
         .unwrap();
     tx.rollback().await.unwrap();
@@ -92,14 +101,23 @@ async fn invalid_message_in_a_batch_writes_none(pool: PgPool) {
         ..Limits::default()
     });
     let error = outbox
-        .enqueue_batch(&pool, &[Message::new("t", "ok"), Message::new("t", "far too long")])
+        .enqueue_batch(
+            &pool,
+            &[Message::new("t", "ok"), Message::new("t", "far too long")],
+        )
         .await
         .unwrap_err();
     assert!(
-        matches!(error, Error::Invalid(ValidationError::PayloadTooLarge { len: 12, max: 8 })),
+        matches!(
+            error,
+            Error::Invalid(ValidationError::PayloadTooLarge { len: 12, max: 8 })
+        ),
         "{error}"
     );
-    let error = outbox.enqueue(&pool, &Message::new("", "")).await.unwrap_err();
+    let error = outbox
+        .enqueue(&pool, &Message::new("", ""))
+        .await
+        .unwrap_err();
     assert!(error.to_string().contains("the topic is empty"), "{error}");
     let count: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox.messages")
         .fetch_one(&pool)

@@ -58,10 +58,16 @@ impl Backoff {
 
     pub(crate) fn validate(&self) -> Result<(), String> {
         if !(self.factor >= 1.0 && self.factor.is_finite()) {
-            return Err(format!("backoff factor must be at least 1.0, got {}", self.factor));
+            return Err(format!(
+                "backoff factor must be at least 1.0, got {}",
+                self.factor
+            ));
         }
         if !(0.0..=1.0).contains(&self.jitter) {
-            return Err(format!("backoff jitter must be within 0.0..=1.0, got {}", self.jitter));
+            return Err(format!(
+                "backoff jitter must be within 0.0..=1.0, got {}",
+                self.jitter
+            ));
         }
         if self.base > self.max {
             return Err(format!(
@@ -106,7 +112,21 @@ mod tests {
 
     #[test]
     fn rejects_nonsense() {
-        assert!(Backoff { factor: 0.5, ..Backoff::default() }.validate().is_err());
-        assert!(Backoff { jitter: 2.0, ..Backoff::default() }.validate().is_err());
+        assert!(
+            Backoff {
+                factor: 0.5,
+                ..Backoff::default()
+            }
+            .validate()
+            .is_err()
+        );
+        assert!(
+            Backoff {
+                jitter: 2.0,
+                ..Backoff::default()
+            }
+            .validate()
+            .is_err()
+        );
     }
 }

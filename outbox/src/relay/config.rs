@@ -48,7 +48,10 @@ impl Default for RelayConfig {
 impl RelayConfig {
     pub(crate) fn validate(&self) -> Result<(), String> {
         if self.batch_size == 0 || self.batch_size > 100_000 {
-            return Err(format!("batch_size must be 1..=100000, got {}", self.batch_size));
+            return Err(format!(
+                "batch_size must be 1..=100000, got {}",
+                self.batch_size
+            ));
         }
         if self.max_in_flight == 0 {
             return Err("max_in_flight must be at least 1".to_owned());

@@ -270,9 +270,14 @@ impl<P: Publisher> Relay<P> {
         let mut partitions = Partitions::join(&mut conn).await?;
         partitions.rebalance(&mut conn).await?;
         *failures = 0;
-        tracing::info!(partitions = partitions.owned().len(), "outbox relay started");
+        tracing::info!(
+            partitions = partitions.owned().len(),
+            "outbox relay started"
+        );
 
-        let end = self.drain_loop(&mut conn, &mut partitions, wake, shutdown).await;
+        let end = self
+            .drain_loop(&mut conn, &mut partitions, wake, shutdown)
+            .await;
         if matches!(end, SessionEnd::Shutdown) {
             let _ = conn.close().await;
         }

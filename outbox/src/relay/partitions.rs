@@ -88,7 +88,11 @@ impl Partitions {
                 self.owned.insert(partition);
             }
         }
-        tracing::debug!(members, owned = self.owned.len(), "outbox partitions rebalanced");
+        tracing::debug!(
+            members,
+            owned = self.owned.len(),
+            "outbox partitions rebalanced"
+        );
         Ok(())
     }
 }

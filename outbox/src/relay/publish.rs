@@ -167,9 +167,18 @@ mod tests {
             max_in_flight: 1,
         };
         let permanent: BoxError = Box::new(Permanent::new("no such topic"));
-        assert!(matches!(classify(Err(permanent), 1, &policy), Outcome::Failed { .. }));
-        assert!(matches!(classify(Err("down".into()), 3, &policy), Outcome::Failed { .. }));
-        assert!(matches!(classify(Err("down".into()), 2, &policy), Outcome::Retry { .. }));
+        assert!(matches!(
+            classify(Err(permanent), 1, &policy),
+            Outcome::Failed { .. }
+        ));
+        assert!(matches!(
+            classify(Err("down".into()), 3, &policy),
+            Outcome::Failed { .. }
+        ));
+        assert!(matches!(
+            classify(Err("down".into()), 2, &policy),
+            Outcome::Retry { .. }
+        ));
         assert!(matches!(classify(Ok(()), 3, &policy), Outcome::Published));
     }
 

@@ -106,7 +106,10 @@ pub(crate) async fn record(
         } else {
             "DELETE FROM outbox.messages WHERE seq = ANY($1)"
         };
-        sqlx::query(sql).bind(&published).execute(&mut *conn).await?;
+        sqlx::query(sql)
+            .bind(&published)
+            .execute(&mut *conn)
+            .await?;
     }
     if !retry_seq.is_empty() {
         sqlx::query(

@@ -117,10 +117,9 @@ impl Service<Message> for Recorder {
                     Ok(())
                 }
                 Behaviour::Fail => Err("injected failure".into()),
-                Behaviour::FailPermanently => Err(courier_outbox::Permanent::new(
-                    "injected permanent failure",
-                )
-                .into()),
+                Behaviour::FailPermanently => {
+                    Err(courier_outbox::Permanent::new("injected permanent failure").into())
+                }
                 Behaviour::Hang => {
                     this.changed.send_modify(|n| *n += 1);
                     std::future::pending::<()>().await;

@@ -66,7 +66,9 @@ pub fn ensure_database_url() {
     };
     let port = match container.get_host_port_ipv4(5432) {
         Ok(port) => port,
-        Err(error) => fail(&format!("the Postgres container has no mapped port: {error}")),
+        Err(error) => fail(&format!(
+            "the Postgres container has no mapped port: {error}"
+        )),
     };
     let url = format!("postgres://postgres@127.0.0.1:{port}/postgres");
     let _ = CONTAINER.set(container);
@@ -86,6 +88,9 @@ fn docker_available() -> bool {
 }
 
 fn fail(reason: &str) -> ! {
-    let _ = writeln!(std::io::stderr(), "error: {reason}\n{HOW_TO_SET_DATABASE_URL}");
+    let _ = writeln!(
+        std::io::stderr(),
+        "error: {reason}\n{HOW_TO_SET_DATABASE_URL}"
+    );
     std::process::exit(2);
 }
