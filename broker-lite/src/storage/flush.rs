@@ -225,7 +225,12 @@ impl Writer {
             }
         }
         let written = self.position;
-        self.shared.progress.send_modify(|p| p.written = written);
+        // Under sync flush nothing becomes readable before the fsync: update without waking anyone.
+        let wake = self.shared.config.flush_mode != FlushMode::Sync;
+        self.shared.progress.send_if_modified(|p| {
+            p.written = written;
+            wake
+        });
         metrics::counter!("broker_lite_storage_appends_total").increment(count);
         metrics::histogram!("broker_lite_storage_batch_records").record(count as f64);
         Ok(all)

@@ -249,7 +249,9 @@ impl Store {
         .await
     }
 
-    /// Reads the record whose frame starts at `log_position`.
+    /// Reads the record whose frame starts at `log_position`, as returned in [`Appended`] or
+    /// [`StoredRecord`]. A position inside a record is reported as corrupt, since it cannot be told
+    /// apart from a damaged record.
     ///
     /// # Errors
     /// [`StorageError::NotFound`] when no readable record starts there; [`StorageError::Corrupt`].
@@ -365,7 +367,9 @@ impl Store {
         if self.inner.tx.send(Command::Close { reply }).await.is_err() {
             return Ok(()); // already closed
         }
-        let flushed = rx.await.map_err(|_| StorageError::Closed)?;
+        let Ok(flushed) = rx.await else {
+            return Ok(()); // closed concurrently
+        };
         for task in self.inner.tasks.lock().unwrap().drain(..) {
             task.abort();
         }
