@@ -345,3 +345,35 @@ async fn leftover_temporary_files_are_removed_on_open() -> anyhow::Result<()> {
     store.close().await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_lost_batch_across_a_segment_roll_is_cut_with_its_new_segment() -> anyhow::Result<()> {
+    let backend = FaultyBackend::new();
+    let store = open(&backend, async_config()).await?;
+    let big = |i: u64| NewRecord::new("t", 0, format!("{i:04}").repeat(1000));
+    for i in 0..15 {
+        let _ = store.append(big(i)).await?;
+    }
+    store.flush().await?;
+    let durable = store.progress().flushed;
+    // One unsynced batch that fills the first segment and starts the second.
+    let appended = store.append_batch((15..20).map(big).collect()).await?;
+    assert!(appended.last().unwrap().log_position >= 64 * 1024);
+    let after = backend.crash();
+    assert_eq!(
+        after.list()?.iter().filter(|n| n.len() == 20).count(),
+        2,
+        "the new segment file exists"
+    );
+
+    let reopened = open(&after, async_config()).await?;
+    assert_eq!(
+        reopened.queue_bounds("t", 0),
+        Some(QueueBounds { min: 0, max: 15 })
+    );
+    assert_eq!(reopened.progress().written, durable);
+    assert_eq!(after.list()?.iter().filter(|n| n.len() == 20).count(), 1);
+    let a = reopened.append(big(15)).await?;
+    assert_eq!((a.queue_offset, a.log_position), (15, durable));
+    Ok(())
+}

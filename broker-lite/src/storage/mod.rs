@@ -16,7 +16,10 @@
 //! [`Store::open`]. Opening cuts a torn tail (a partly written last batch, or preallocated zeros)
 //! but refuses to start, with [`StorageError::Corrupt`] naming the segment file and offset, when a
 //! record below the durable position is damaged: data that was acknowledged is never skipped
-//! silently.
+//! silently. The durable position is checkpointed every [`StoreConfig::checkpoint_interval`]
+//! (default 1 s), on [`Store::close`] and after retention, not after every fsync (that would double
+//! the fsyncs); a record fsynced after the last checkpoint is protected by its CRC, and damage there
+//! is handled like a torn tail (cut, with a warning event).
 //!
 //! # Flushing (safeguards B1, B2)
 //!
