@@ -199,13 +199,22 @@ async fn async_flush_fsyncs_on_its_interval() -> anyhow::Result<()> {
     c.flush_mode = FlushMode::ASYNC_DEFAULT;
     c.sync_flush_timeout = Duration::from_secs(3600);
     let store = Store::open_with_backend(Arc::new(backend.clone()), c).await?;
+    let syncs = backend.sync_count();
     let a = store.append(NewRecord::new("t", 0, "one")).await?;
     assert_eq!(a.outcome, FlushOutcome::InMemory);
     let end = store.progress().written;
-    let syncs = backend.sync_count();
-    // Paused time jumps to the next flush tick once the test is idle.
-    store.subscribe().wait_for(|p| p.flushed >= end).await?;
+    // Nobody calls flush: paused time jumps to the next flush tick once the test is idle (possibly
+    // already while the append waited for the writer thread).
+    let mut progress = store.subscribe();
+    let waited = progress.wait_for(|p| p.flushed >= end);
+    tokio::time::timeout(Duration::from_secs(60), waited).await??;
     assert!(backend.sync_count() > syncs);
+    assert!(
+        backend
+            .crash()
+            .contents("00000000000000000000")
+            .is_some_and(|s| s.windows(3).any(|w| w == b"one"))
+    );
     Ok(())
 }
 

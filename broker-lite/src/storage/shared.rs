@@ -22,6 +22,8 @@ pub struct Progress {
     pub written: u64,
     /// Log position just past the last fsynced record.
     pub flushed: u64,
+    /// The durable position recorded in the store checkpoint: damage below it stops recovery.
+    pub checkpointed: u64,
     /// Whether the store failed after a write or fsync error and refuses all writes.
     pub failed: bool,
 }
@@ -49,6 +51,7 @@ impl Shared {
         let (progress, _) = watch::channel(Progress {
             written: position,
             flushed: position,
+            checkpointed: 0,
             failed: false,
         });
         Shared {
@@ -102,6 +105,11 @@ impl Shared {
         let floors = self.index.read().unwrap().floors();
         let payload = StoreCheckpoint { durable, floors }.encode();
         checkpoint::write_atomic(&*self.backend, STORE_CHECKPOINT, &payload)?;
+        self.progress.send_if_modified(|p| {
+            let moved = p.checkpointed != durable;
+            p.checkpointed = durable;
+            moved
+        });
         Ok(durable)
     }
 }

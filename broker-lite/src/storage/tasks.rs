@@ -27,16 +27,17 @@ pub(crate) async fn flush_task(tx: mpsc::WeakSender<Command>, interval: Duration
 pub(crate) async fn checkpoint_task(shared: Arc<Shared>) {
     let mut ticker = tokio::time::interval(shared.config.checkpoint_interval);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut last = shared.progress.borrow().flushed;
     loop {
         ticker.tick().await;
-        let flushed = shared.progress.borrow().flushed;
-        if flushed == last {
+        // Compare with what the checkpoint holds, not with a value seen when this task started:
+        // the store may have flushed before this task was first polled.
+        let p = *shared.progress.borrow();
+        if p.flushed == p.checkpointed {
             continue;
         }
         let s = shared.clone();
         match tokio::task::spawn_blocking(move || s.write_checkpoint()).await {
-            Ok(Ok(durable)) => last = durable,
+            Ok(Ok(_)) => {}
             Ok(Err(e)) => tracing::warn!(error = %e, "could not write the store checkpoint"),
             Err(_) => return,
         }
