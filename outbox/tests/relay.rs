@@ -291,6 +291,27 @@ async fn listener_comes_back_after_its_connection_is_killed(pool: PgPool) {
 }
 
 #[sqlx::test(migrator = "courier_outbox::MIGRATOR")]
+async fn relay_reconnects_after_its_claim_connection_is_killed(pool: PgPool) {
+    let recorder = Recorder::default();
+    let mut running = Running::start(relay(&pool, &recorder, "lazarus"));
+    running.wait_for_state(RelayState::Idle).await;
+    sqlx::query(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+         WHERE application_name = 'lazarus' AND datname = current_database()",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+
+    let message = Message::new("t", "after the relay reconnects");
+    enqueue(&pool, std::slice::from_ref(&message)).await;
+    recorder.wait_for_accepted(1).await;
+    running.stop().await;
+    assert_eq!(recorder.accepted_ids(), vec![message.id]);
+    assert_eq!(pending(&pool).await, 0);
+}
+
+#[sqlx::test(migrator = "courier_outbox::MIGRATOR")]
 async fn delayed_message_waits_for_its_time(pool: PgPool) {
     let later = Message::new("t", "later").with_delay(Duration::from_secs(3600));
     let now = Message::new("t", "now");
