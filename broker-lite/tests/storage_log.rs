@@ -241,3 +241,20 @@ async fn subscribers_are_woken_by_new_records() -> anyhow::Result<()> {
     assert_eq!(&reader.await?[0].body[..], b"wake up");
     Ok(())
 }
+
+#[tokio::test]
+async fn a_data_directory_is_used_by_one_store_at_a_time() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let store = Store::open(dir.path(), config()).await?;
+    let err = Store::open(dir.path(), config()).await.unwrap_err();
+    assert!(matches!(err, StorageError::Locked { .. }), "{err}");
+    store.close().await?;
+    assert!(matches!(
+        store.save_checkpoint("x", Bytes::new()).await,
+        Err(StorageError::Closed)
+    ));
+    let again = Store::open(dir.path(), config()).await?;
+    drop(again);
+    let _third = Store::open(dir.path(), config()).await?;
+    Ok(())
+}

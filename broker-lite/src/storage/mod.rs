@@ -2,7 +2,8 @@
 //!
 //! # What is on disk
 //!
-//! One directory holds:
+//! One directory holds (and [`Store::open`] locks it with `flock` on its `LOCK` file, so that
+//! two stores never share it):
 //! - **segment files** named by the log position of their first byte, 20 digits
 //!   (`00000000000000000000`, ...), preallocated to [`StoreConfig::segment_size`]. Records are
 //!   appended to the last (active) one; each is framed with its length and a CRC32C (the frame
@@ -91,6 +92,7 @@ mod config;
 mod error;
 mod flush;
 mod index;
+mod lock;
 mod record;
 mod recovery;
 pub mod retention;

@@ -1,6 +1,7 @@
 //! The public face of the storage layer.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
@@ -16,6 +17,7 @@ use super::config::{FlushMode, StoreConfig};
 use super::error::{Result, StorageError};
 use super::flush::{Command, Placed, Writer};
 use super::index::QueueBounds;
+use super::lock::DirLock;
 use super::record::{NewRecord, StoredRecord};
 use super::recovery;
 use super::retention::{self, RetentionReport};
@@ -61,6 +63,9 @@ struct Inner {
     shared: Arc<Shared>,
     tx: mpsc::Sender<Command>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// Set by `close`; the directory lock (if any) is then released.
+    closed: AtomicBool,
+    lock: Mutex<Option<DirLock>>,
 }
 
 impl Drop for Inner {
@@ -75,15 +80,18 @@ impl Store {
     /// Opens (or creates) the store in directory `dir` on the local file system.
     ///
     /// # Errors
-    /// See [`open_with_backend`](Self::open_with_backend).
+    /// See [`open_with_backend`](Self::open_with_backend); also [`StorageError::Locked`] when
+    /// another store holds the directory.
     pub async fn open(dir: impl AsRef<Path>, config: StoreConfig) -> Result<Store> {
+        config.validate()?;
         let backend = FileBackend::new(dir.as_ref()).map_err(|e| {
             StorageError::io(
                 format!("create the data directory {}", dir.as_ref().display()),
                 e,
             )
         })?;
-        Self::open_with_backend(Arc::new(backend), config).await
+        let lock = DirLock::acquire(dir.as_ref())?;
+        Self::open_inner(Arc::new(backend), config, Some(lock)).await
     }
 
     /// Opens the store on `backend`: recovers the log, starts the writer thread and the flush and
@@ -95,6 +103,14 @@ impl Store {
     pub async fn open_with_backend(
         backend: Arc<dyn StorageBackend>,
         config: StoreConfig,
+    ) -> Result<Store> {
+        Self::open_inner(backend, config, None).await
+    }
+
+    async fn open_inner(
+        backend: Arc<dyn StorageBackend>,
+        config: StoreConfig,
+        lock: Option<DirLock>,
     ) -> Result<Store> {
         config.validate()?;
         let (shared, position) = tokio::task::spawn_blocking(move || {
@@ -122,6 +138,8 @@ impl Store {
                 shared,
                 tx,
                 tasks: Mutex::new(tasks),
+                closed: AtomicBool::new(false),
+                lock: Mutex::new(lock),
             }),
         })
     }
@@ -334,6 +352,7 @@ impl Store {
     /// # Errors
     /// I/O errors while writing the checkpoint or removing files.
     pub async fn enforce_retention(&self, now: SystemTime) -> Result<RetentionReport> {
+        self.check_open()?;
         let shared = self.inner.shared.clone();
         blocking(move || retention::enforce(&shared, now)).await
     }
@@ -343,6 +362,7 @@ impl Store {
     /// # Errors
     /// [`StorageError::InvalidCheckpointName`]; I/O errors (the old content then stays).
     pub async fn save_checkpoint(&self, name: &str, bytes: Bytes) -> Result<()> {
+        self.check_open()?;
         let file = checkpoint::user_file_name(name)?;
         let shared = self.inner.shared.clone();
         blocking(move || checkpoint::write_atomic(&*shared.backend, &file, &bytes)).await
@@ -353,12 +373,14 @@ impl Store {
     /// # Errors
     /// [`StorageError::CorruptCheckpoint`]; [`StorageError::InvalidCheckpointName`]; I/O errors.
     pub async fn load_checkpoint(&self, name: &str) -> Result<Option<Bytes>> {
+        self.check_open()?;
         let file = checkpoint::user_file_name(name)?;
         let shared = self.inner.shared.clone();
         blocking(move || checkpoint::load(&*shared.backend, &file)).await
     }
 
-    /// Flushes, checkpoints and stops the writer. Later appends fail with [`StorageError::Closed`].
+    /// Flushes, checkpoints, stops the writer and releases the directory lock. Later calls fail
+    /// with [`StorageError::Closed`].
     ///
     /// # Errors
     /// [`StorageError::Failed`] when the final fsync fails.
@@ -375,7 +397,17 @@ impl Store {
         }
         flushed?;
         let shared = self.inner.shared.clone();
-        blocking(move || shared.write_checkpoint().map(drop)).await
+        let written = blocking(move || shared.write_checkpoint().map(drop)).await;
+        self.inner.closed.store(true, Ordering::SeqCst);
+        self.inner.lock.lock().unwrap().take();
+        written
+    }
+
+    fn check_open(&self) -> Result<()> {
+        if self.inner.closed.load(Ordering::SeqCst) {
+            return Err(StorageError::Closed);
+        }
+        Ok(())
     }
 }
 
