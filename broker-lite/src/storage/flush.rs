@@ -127,8 +127,14 @@ impl Writer {
                     }
                 }
                 Err(e) => {
-                    let reason = e.to_string();
-                    self.shared.fail(reason.clone());
+                    let reason = match e {
+                        StorageError::Failed(reason) => reason,
+                        other => {
+                            let reason = other.to_string();
+                            self.shared.fail(reason.clone());
+                            reason
+                        }
+                    };
                     for (_, reply) in appends {
                         let _ = reply.send(Err(StorageError::Failed(reason.clone())));
                     }
@@ -269,6 +275,7 @@ impl Writer {
 fn clone_result(r: &Result<u64>) -> Result<u64> {
     match r {
         Ok(v) => Ok(*v),
+        Err(StorageError::Failed(reason)) => Err(StorageError::Failed(reason.clone())),
         Err(e) => Err(StorageError::Failed(e.to_string())),
     }
 }

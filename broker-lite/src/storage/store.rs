@@ -395,12 +395,16 @@ impl Store {
         for task in self.inner.tasks.lock().unwrap().drain(..) {
             task.abort();
         }
-        flushed?;
-        let shared = self.inner.shared.clone();
-        let written = blocking(move || shared.write_checkpoint().map(drop)).await;
+        let result = match flushed {
+            Ok(_) => {
+                let shared = self.inner.shared.clone();
+                blocking(move || shared.write_checkpoint().map(drop)).await
+            }
+            Err(e) => Err(e),
+        };
         self.inner.closed.store(true, Ordering::SeqCst);
         self.inner.lock.lock().unwrap().take();
-        written
+        result
     }
 
     fn check_open(&self) -> Result<()> {
