@@ -46,7 +46,9 @@
 //! [`Store::enforce_retention`] deletes whole old segments, never the active one: those whose newest
 //! record is older than [`StoreConfig::file_reserved_time`] (default 72 h), and the oldest ones while
 //! the segment files exceed [`StoreConfig::max_disk_usage`]. It reports the queues whose first
-//! available offset moved; [`Store::queue_bounds`] gives the current `min..max` of a queue.
+//! available offset moved; [`Store::queue_bounds`] gives the current `min..max` of a queue, and
+//! [`Store::preview_retention`] tells ahead of time which offsets a later pass would remove, so the
+//! broker can warn about consumers that are about to lose unconsumed messages.
 //!
 //! # Backends
 //!

@@ -357,6 +357,13 @@ impl Store {
         blocking(move || retention::enforce(&shared, now)).await
     }
 
+    /// What [`enforce_retention`](Self::enforce_retention) would remove at `now`, without removing
+    /// anything. Call it with a time ahead (`now + warning window`) to warn about consumers whose
+    /// next offset is below a queue's future `new_min` (safeguard B5).
+    pub fn preview_retention(&self, now: SystemTime) -> RetentionReport {
+        retention::preview(&self.inner.shared, now)
+    }
+
     /// Atomically stores a small named blob (consumer offsets, for instance).
     ///
     /// # Errors
