@@ -19,8 +19,10 @@ use super::record::{self, NewRecord};
 use super::segment::Segment;
 use super::shared::Shared;
 
-/// At most this many commands go into one group commit.
+/// At most this many commands go into one group commit...
 const MAX_BATCH: usize = 4096;
+/// ...and about this many bytes of records, which bounds the writer's buffer.
+const MAX_BATCH_BYTES: usize = 8 << 20;
 
 /// Where one record went.
 #[derive(Debug, Clone, Copy)]
@@ -45,6 +47,16 @@ pub(crate) enum Command {
     },
     /// Fsync, answer, and stop.
     Close { reply: oneshot::Sender<Result<u64>> },
+}
+
+impl Command {
+    /// Encoded size of the records it carries.
+    fn bytes(&self) -> usize {
+        match self {
+            Command::Append { records, .. } => records.iter().map(NewRecord::encoded_len).sum(),
+            _ => 0,
+        }
+    }
 }
 
 /// A run of bytes in the batch buffer bound for one segment.
@@ -80,15 +92,23 @@ impl Writer {
     pub(crate) fn run(mut self, mut rx: mpsc::Receiver<Command>) {
         let mut batch = Vec::new();
         while let Some(first) = rx.blocking_recv() {
+            let mut bytes = first.bytes();
             batch.push(first);
-            while batch.len() < MAX_BATCH {
+            while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
                 match rx.try_recv() {
-                    Ok(cmd) => batch.push(cmd),
+                    Ok(cmd) => {
+                        bytes += cmd.bytes();
+                        batch.push(cmd);
+                    }
                     Err(_) => break,
                 }
             }
             if self.process(&mut batch) {
                 return;
+            }
+            if self.buf.capacity() > 2 * MAX_BATCH_BYTES {
+                // One huge batch should not pin its buffer for good.
+                self.buf = BytesMut::with_capacity(1 << 20);
             }
         }
         // Every handle is gone: flush what we have, as a clean close would.

@@ -109,4 +109,4 @@ pub use index::{QueueAdvance, QueueBounds};
 pub use record::{NewRecord, StoredRecord};
 pub use retention::RetentionReport;
 pub use shared::Progress;
-pub use store::{Appended, FlushOutcome, Store};
+pub use store::{Appended, FlushOutcome, MAX_APPEND_BYTES, Store};

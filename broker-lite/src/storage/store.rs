@@ -24,6 +24,9 @@ use super::retention::{self, RetentionReport};
 use super::shared::{Progress, Shared};
 use super::tasks;
 
+/// Largest total encoded size of one [`Store::append_batch`] call (64 MiB).
+pub const MAX_APPEND_BYTES: usize = 64 << 20;
+
 /// How durable an appended record is when the append returns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -161,8 +164,8 @@ impl Store {
     /// ([`FlushOutcome::InMemory`]).
     ///
     /// # Errors
-    /// [`StorageError::RecordTooLarge`] / [`StorageError::InvalidRecord`] before anything is
-    /// written; [`StorageError::Failed`] when a write or fsync failed (now or earlier; the records'
+    /// [`StorageError::RecordTooLarge`] / [`StorageError::InvalidRecord`] (also for a batch over
+    /// [`MAX_APPEND_BYTES`]) before anything is written; [`StorageError::Failed`] when a write or fsync failed (now or earlier; the records'
     /// durability is unknown); [`StorageError::WriteTimeout`]; [`StorageError::Closed`].
     ///
     /// # Cancel safety
@@ -173,8 +176,14 @@ impl Store {
         if records.is_empty() {
             return Ok(Vec::new());
         }
+        let mut total = 0;
         for r in &records {
-            r.check(shared.config.max_record_size)?;
+            total += r.check(shared.config.max_record_size)?;
+        }
+        if total > MAX_APPEND_BYTES {
+            return Err(StorageError::InvalidRecord(format!(
+                "a batch of {total} bytes exceeds the limit of {MAX_APPEND_BYTES} bytes per append; split it"
+            )));
         }
         shared.check_failed()?;
         let deadline = Instant::now() + shared.config.sync_flush_timeout;
