@@ -95,6 +95,7 @@ mod error;
 mod flush;
 mod index;
 mod lock;
+mod reads;
 mod record;
 mod recovery;
 pub mod retention;
