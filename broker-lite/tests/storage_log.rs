@@ -258,3 +258,17 @@ async fn a_data_directory_is_used_by_one_store_at_a_time() -> anyhow::Result<()>
     let _third = Store::open(dir.path(), config()).await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_store_frees_its_directory_for_the_next_one() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut c = config();
+    c.checkpoint_interval = Duration::from_millis(1);
+    for i in 0..20u64 {
+        // Dropping waits for the dropped store's I/O, so reopening at once is safe.
+        let store = Store::open(dir.path(), c.clone()).await?;
+        assert_eq!(store.queue_bounds("t", 0).map_or(0, |b| b.max), i);
+        let _ = store.append(NewRecord::new("t", 0, "x")).await?;
+    }
+    Ok(())
+}

@@ -50,6 +50,16 @@ pub(crate) enum Command {
 }
 
 impl Command {
+    /// Answers `Closed`.
+    fn refuse(self) {
+        match self {
+            Command::Append { reply, .. } => drop(reply.send(Err(StorageError::Closed))),
+            Command::Flush { reply: Some(reply) } => drop(reply.send(Err(StorageError::Closed))),
+            Command::Flush { reply: None } => {}
+            Command::Close { reply } => drop(reply.send(Err(StorageError::Closed))),
+        }
+    }
+
     /// Encoded size of the records it carries.
     fn bytes(&self) -> usize {
         match self {
@@ -103,6 +113,14 @@ impl Writer {
                     Err(_) => break,
                 }
             }
+            let shared = self.shared.clone();
+            let Ok(_open) = shared.open_gate() else {
+                // Closed or dropped: answer and stop without touching the files again.
+                for cmd in batch.drain(..) {
+                    cmd.refuse();
+                }
+                return;
+            };
             if self.process(&mut batch) {
                 return;
             }
@@ -112,7 +130,10 @@ impl Writer {
             }
         }
         // Every handle is gone: flush what we have, as a clean close would.
-        let _ = self.sync();
+        let shared = self.shared.clone();
+        if let Ok(_open) = shared.open_gate() {
+            let _ = self.sync();
+        }
     }
 
     /// Handles one batch; returns whether a `Close` was among it.

@@ -67,6 +67,7 @@ pub(crate) fn preview(shared: &Shared, now: SystemTime) -> RetentionReport {
 
 /// Deletes old segments; see the module docs.
 pub(crate) fn enforce(shared: &Shared, now: SystemTime) -> Result<RetentionReport> {
+    let _open = shared.open_gate()?;
     let doomed = doomed(shared, now);
     let Some(last_doomed) = doomed.last() else {
         return Ok(RetentionReport::default());
@@ -79,7 +80,7 @@ pub(crate) fn enforce(shared: &Shared, now: SystemTime) -> Result<RetentionRepor
         .unwrap()
         .retain(|s| s.base >= new_start);
     // Record the new queue starts before the files go, so offsets are never reused after a restart.
-    shared.write_checkpoint()?;
+    shared.write_checkpoint_gated()?;
     let mut report = RetentionReport {
         advanced,
         ..RetentionReport::default()

@@ -1,6 +1,6 @@
 //! State shared by the store handle, its writer thread and its background tasks.
 
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 
 use tokio::sync::watch;
 
@@ -38,6 +38,10 @@ pub(crate) struct Shared {
     pub(crate) progress: watch::Sender<Progress>,
     failure: Mutex<Option<String>>,
     checkpoint_lock: Mutex<()>,
+    /// `true` once the store is closed or dropped. Every file change holds a read guard, so after
+    /// [`shut_down`](Self::shut_down) returns this store never touches the directory again, even
+    /// from a writer thread or a blocking task that outlives the handle.
+    gate: RwLock<bool>,
 }
 
 impl Shared {
@@ -62,6 +66,7 @@ impl Shared {
             progress,
             failure: Mutex::new(None),
             checkpoint_lock: Mutex::new(()),
+            gate: RwLock::new(false),
         }
     }
 
@@ -98,8 +103,28 @@ impl Shared {
         s.contains(position).then(|| s.clone())
     }
 
+    /// A guard that keeps the store open while held; `Err(Closed)` once it is shut down.
+    pub(crate) fn open_gate(&self) -> Result<RwLockReadGuard<'_, bool>> {
+        let gate = self.gate.read().unwrap();
+        if *gate {
+            return Err(StorageError::Closed);
+        }
+        Ok(gate)
+    }
+
+    /// Waits for file changes in progress, then refuses all later ones.
+    pub(crate) fn shut_down(&self) {
+        *self.gate.write().unwrap() = true;
+    }
+
     /// Atomically writes the store checkpoint: the flushed position and every queue's first offset.
     pub(crate) fn write_checkpoint(&self) -> Result<u64> {
+        let _open = self.open_gate()?;
+        self.write_checkpoint_gated()
+    }
+
+    /// [`write_checkpoint`](Self::write_checkpoint) for a caller that holds [`open_gate`](Self::open_gate).
+    pub(crate) fn write_checkpoint_gated(&self) -> Result<u64> {
         let _guard = self.checkpoint_lock.lock().unwrap();
         let durable = self.progress.borrow().flushed;
         let floors = self.index.read().unwrap().floors();

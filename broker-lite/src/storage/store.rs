@@ -1,7 +1,6 @@
 //! The public face of the storage layer.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
@@ -64,16 +63,18 @@ pub(super) struct Inner {
     pub(super) shared: Arc<Shared>,
     tx: mpsc::Sender<Command>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
-    /// Set by `close`; the directory lock (if any) is then released.
-    closed: AtomicBool,
+    /// Released by `close` or drop, after the store shut down its file I/O.
     lock: Mutex<Option<DirLock>>,
 }
 
 impl Drop for Inner {
+    /// Like a crash of the store alone: no final checkpoint. It waits for a write or fsync in
+    /// progress, so that no I/O of this store can follow the release of the directory lock.
     fn drop(&mut self) {
         for task in self.tasks.lock().unwrap().drain(..) {
             task.abort();
         }
+        self.shared.shut_down();
     }
 }
 
@@ -139,7 +140,6 @@ impl Store {
                 shared,
                 tx,
                 tasks: Mutex::new(tasks),
-                closed: AtomicBool::new(false),
                 lock: Mutex::new(lock),
             }),
         })
@@ -290,7 +290,11 @@ impl Store {
         self.check_open()?;
         let file = checkpoint::user_file_name(name)?;
         let shared = self.inner.shared.clone();
-        blocking(move || checkpoint::write_atomic(&*shared.backend, &file, &bytes)).await
+        blocking(move || {
+            let _open = shared.open_gate()?;
+            checkpoint::write_atomic(&*shared.backend, &file, &bytes)
+        })
+        .await
     }
 
     /// Loads a blob saved with [`save_checkpoint`](Self::save_checkpoint); `None` if never saved.
@@ -320,23 +324,19 @@ impl Store {
         for task in self.inner.tasks.lock().unwrap().drain(..) {
             task.abort();
         }
-        let result = match flushed {
-            Ok(_) => {
-                let shared = self.inner.shared.clone();
-                blocking(move || shared.write_checkpoint().map(drop)).await
-            }
-            Err(e) => Err(e),
-        };
-        self.inner.closed.store(true, Ordering::SeqCst);
+        let shared = self.inner.shared.clone();
+        let result = blocking(move || {
+            let written = flushed.and_then(|_| shared.write_checkpoint().map(drop));
+            shared.shut_down();
+            written
+        })
+        .await;
         self.inner.lock.lock().unwrap().take();
         result
     }
 
     fn check_open(&self) -> Result<()> {
-        if self.inner.closed.load(Ordering::SeqCst) {
-            return Err(StorageError::Closed);
-        }
-        Ok(())
+        self.inner.shared.open_gate().map(drop)
     }
 }
 
