@@ -53,6 +53,11 @@ pub struct Appended {
 /// The durable commit log with its per-queue index.
 ///
 /// Cheap to clone; all clones share one writer. See the [module docs](super) for an example.
+///
+/// Call [`close`](Self::close) to flush and checkpoint. Dropping the last clone without closing
+/// behaves like a crash of the store alone: the writer fsyncs what it has, no checkpoint is
+/// written, and the drop waits for a write or fsync in progress so that nothing of this store
+/// touches the directory after its lock is released.
 #[derive(Debug, Clone)]
 pub struct Store {
     pub(super) inner: Arc<Inner>,
