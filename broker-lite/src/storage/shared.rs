@@ -13,8 +13,8 @@ use super::segment::Segment;
 
 /// How far the log has been written and flushed.
 ///
-/// Obtained from [`Store::subscribe`](super::Store::subscribe); it changes after every write and
-/// every fsync, so long-polling readers can wait for it.
+/// Obtained from [`Store::subscribe`](super::Store::subscribe) and [`Store::progress`](super::Store::progress);
+/// see there for when subscribers are notified.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub struct Progress {

@@ -236,8 +236,9 @@ impl Store {
             .collect())
     }
 
-    /// A receiver that changes whenever records are written or flushed; long-polling readers
-    /// wait on it and then call [`read_queue`](Self::read_queue) again.
+    /// A receiver that is notified whenever records become readable (after each write under async
+    /// flush, after each fsync under sync flush) and when the store checkpoints or fails;
+    /// long-polling readers wait on it and then call [`read_queue`](Self::read_queue) again.
     ///
     /// ```no_run
     /// # async fn f(store: broker_lite::storage::Store) {
