@@ -6,6 +6,8 @@
 
 use std::collections::BTreeMap;
 
+use uuid::Uuid;
+
 /// The state of one delivered, not yet committed offset.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Slot {
@@ -29,6 +31,8 @@ pub(crate) struct Pending {
     pub(crate) reconsume_times: u32,
     /// When it was first delivered, ms since the epoch.
     pub(crate) first_delivered_ms: u64,
+    /// The message id, once read (for the trace).
+    pub(crate) message_id: Option<Uuid>,
 }
 
 /// An offset reserved for delivery.
@@ -177,6 +181,7 @@ impl Cursor {
                     attempts: 1,
                     reconsume_times: 0,
                     first_delivered_ms: to.now_ms,
+                    message_id: None,
                 },
             );
             out.push(Reserved {
@@ -188,6 +193,18 @@ impl Cursor {
         }
         self.next = self.next.max(end);
         out
+    }
+
+    /// Remembers the id of the message at `offset`.
+    pub(crate) fn set_message_id(&mut self, offset: u64, id: Uuid) {
+        if let Some(p) = self.pending.get_mut(&offset) {
+            p.message_id = Some(id);
+        }
+    }
+
+    /// The id of the message at a pending `offset`, when known.
+    pub(crate) fn message_id(&self, offset: u64) -> Option<Uuid> {
+        self.pending.get(&offset).and_then(|p| p.message_id)
     }
 
     /// Settles `offset` (any attempt: a late ack of an older delivery still counts).

@@ -17,6 +17,9 @@ use crate::storage::StoredRecord;
 /// How often a long poll re-checks due redeliveries while nothing else wakes it.
 const RECHECK: Duration = Duration::from_millis(500);
 
+/// About how many bytes one storage read returns.
+const READ_BYTES: usize = 16 << 20;
+
 /// Offsets of one queue reserved for this pull.
 struct Plan {
     queue_id: u32,
@@ -207,9 +210,15 @@ impl Broker {
                 }
             }
         }
-        if !skipped.is_empty() {
+        {
             let mut state = self.inner.state.lock().unwrap();
             if let Some(g) = state.groups.get_mut(group) {
+                for d in &deliveries {
+                    let key = g.key(topic, d.queue_id, client);
+                    if let Some(c) = g.cursors.get_mut(&key) {
+                        c.set_message_id(d.queue_offset, d.message_id);
+                    }
+                }
                 for (queue_id, offset, _) in &skipped {
                     let key = g.key(topic, *queue_id, client);
                     if let Some(c) = g.cursors.get_mut(&key) {
@@ -217,7 +226,8 @@ impl Broker {
                     }
                 }
             }
-            drop(state);
+        }
+        if !skipped.is_empty() {
             self.mark_dirty();
             for (_, _, id) in skipped {
                 if let Some(id) = id {
@@ -257,7 +267,7 @@ impl Broker {
 
     /// The records of a plan, one per reservation (`None`: no longer stored).
     async fn read_plan(&self, topic: &str, plan: &Plan) -> Result<Vec<Option<StoredRecord>>> {
-        let mut out = Vec::with_capacity(plan.reserved.len());
+        let mut found = std::collections::HashMap::with_capacity(plan.reserved.len());
         let mut i = 0;
         while i < plan.reserved.len() {
             // Read runs of consecutive offsets at once.
@@ -266,18 +276,35 @@ impl Broker {
             while i + n < plan.reserved.len() && plan.reserved[i + n].offset == first + n as u64 {
                 n += 1;
             }
-            let records = self
-                .inner
-                .store
-                .read_queue(topic, plan.queue_id, first, n, usize::MAX)
-                .await?;
-            for k in 0..n as u64 {
-                let offset = first + k;
-                out.push(records.iter().find(|r| r.queue_offset == offset).cloned());
+            let end = first + n as u64;
+            let mut from = first;
+            while from < end {
+                let records = self
+                    .inner
+                    .store
+                    .read_queue(
+                        topic,
+                        plan.queue_id,
+                        from,
+                        (end - from) as usize,
+                        READ_BYTES,
+                    )
+                    .await?;
+                let Some(last) = records.last() else { break };
+                from = last.queue_offset + 1;
+                for r in records {
+                    if r.queue_offset < end {
+                        found.insert(r.queue_offset, r);
+                    }
+                }
             }
             i += n;
         }
-        Ok(out)
+        Ok(plan
+            .reserved
+            .iter()
+            .map(|r| found.remove(&r.offset))
+            .collect())
     }
 
     /// Whether the member wants the record: tag filter, and redriven messages are for their
