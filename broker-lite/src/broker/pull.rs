@@ -57,6 +57,7 @@ impl Broker {
     /// # Ok(())
     /// # }
     /// ```
+    #[tracing::instrument(level = "debug", skip_all, fields(group = %request.group, client_id = %request.client_id, topic = %request.topic))]
     pub async fn pull(&self, request: PullRequest) -> Result<Vec<Delivery>> {
         self.check_open()?;
         let max = request

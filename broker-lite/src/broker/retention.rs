@@ -47,6 +47,7 @@ impl Broker {
     ///
     /// # Errors
     /// [`BrokerError::Storage`](super::BrokerError::Storage) when segments cannot be removed.
+    #[tracing::instrument(level = "debug", skip_all)]
     pub async fn enforce_retention(&self) -> Result<RetentionOutcome> {
         self.check_open()?;
         let now = self.now_ms();

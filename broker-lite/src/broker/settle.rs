@@ -26,6 +26,7 @@ impl Broker {
     /// # Errors
     /// [`BrokerError::UnknownGroup`]; [`BrokerError::StaleReceipt`] when the receipt names a
     /// message that was never delivered.
+    #[tracing::instrument(level = "debug", skip_all, fields(group = %receipt.group, topic = %receipt.topic, queue_id = receipt.queue_id, offset = receipt.queue_offset))]
     pub async fn ack(&self, receipt: &Receipt) -> Result<()> {
         self.check_open()?;
         let (key, known_id) = {
@@ -83,6 +84,7 @@ impl Broker {
     /// # Ok(())
     /// # }
     /// ```
+    #[tracing::instrument(level = "debug", skip_all, fields(group = %receipt.group, topic = %receipt.topic, queue_id = receipt.queue_id, offset = receipt.queue_offset))]
     pub async fn nack(&self, receipt: &Receipt, delay_level: Option<u8>) -> Result<NackOutcome> {
         self.check_open()?;
         let config = &self.inner.config;
