@@ -152,8 +152,9 @@ impl Cursor {
         out
     }
 
-    /// Reserves up to `limit` new offsets below `available` for `client_id`. Ordered: one, and
-    /// only when nothing is unsettled. Never lets more than `cap` offsets be unsettled.
+    /// Reserves up to `limit` new offsets below `available` for `to`. Ordered: one, and only
+    /// when nothing is unsettled. Never lets `next` run more than `cap` offsets ahead of the
+    /// committed one.
     pub(crate) fn reserve_new(
         &mut self,
         available: u64,
@@ -162,12 +163,14 @@ impl Cursor {
         cap: usize,
         to: Holder<'_>,
     ) -> Vec<Reserved> {
-        let unsettled = self.unsettled();
-        if ordered && unsettled > 0 {
+        if ordered && self.unsettled() > 0 {
             return Vec::new();
         }
         let limit = if ordered { limit.min(1) } else { limit };
-        let limit = limit.min(cap.saturating_sub(unsettled)) as u64;
+        // The span from the committed offset to the next one bounds the pending map, acked
+        // entries included (RocketMQ's consumeConcurrentlyMaxSpan).
+        let span = (self.next - self.committed()) as usize;
+        let limit = limit.min(cap.saturating_sub(span)) as u64;
         let end = available.min(self.next.saturating_add(limit));
         let mut out = Vec::new();
         for offset in self.next..end {
@@ -371,6 +374,21 @@ mod tests {
         assert_eq!(r.len(), 3);
         assert!(c.current(0, 1, "a").is_none(), "the old receipt is stale");
         assert!(c.current(0, 2, "b").is_some());
+    }
+
+    #[test]
+    fn a_stuck_head_bounds_the_span() {
+        let mut c = Cursor::at(0);
+        c.reserve_new(10, 1, false, 3, h("a", 0, 100));
+        c.wait(0, 1_000_000, true);
+        let r = c.reserve_new(10, 10, false, 3, h("a", 0, 100));
+        assert_eq!(r.len(), 2);
+        for r in r {
+            c.ack(r.offset);
+        }
+        assert!(c.reserve_new(10, 10, false, 3, h("a", 0, 100)).is_empty());
+        c.ack(0);
+        assert_eq!(c.reserve_new(10, 10, false, 3, h("a", 0, 100)).len(), 3);
     }
 
     #[test]

@@ -74,7 +74,7 @@
 //! ```
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
@@ -137,6 +137,8 @@ struct Inner {
     wake: Notify,
     round_robin: AtomicU32,
     offsets_dirty: AtomicBool,
+    /// Broker-clock time of the last housekeeping run started by a pull.
+    last_housekeeping_ms: AtomicU64,
     /// Serializes checkpoint writes so an older snapshot never overwrites a newer one.
     save_lock: tokio::sync::Mutex<()>,
     closed: AtomicBool,
@@ -206,6 +208,7 @@ impl Broker {
                 wake: Notify::new(),
                 round_robin: AtomicU32::new(0),
                 offsets_dirty: AtomicBool::new(false),
+                last_housekeeping_ms: AtomicU64::new(0),
                 save_lock: tokio::sync::Mutex::new(()),
                 closed: AtomicBool::new(false),
                 tasks: Mutex::new(Vec::new()),

@@ -1,5 +1,6 @@
 //! Pulling: picking due redeliveries and new messages from a member's queues, long polling.
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -16,6 +17,9 @@ use crate::storage::StoredRecord;
 
 /// How often a long poll re-checks due redeliveries while nothing else wakes it.
 const RECHECK: Duration = Duration::from_millis(500);
+
+/// Pulls run housekeeping (timeouts, evictions) at most this often, by the broker clock.
+const PULL_HOUSEKEEPING_MS: u64 = 100;
 
 /// About how many bytes one storage read returns.
 const READ_BYTES: usize = 16 << 20;
@@ -69,7 +73,7 @@ impl Broker {
         loop {
             // A pull is a heartbeat: refresh it before silent members are evicted.
             let _ = self.heartbeat(&request.group, &request.client_id).await;
-            self.housekeeping().await?;
+            self.housekeeping_from_pull().await?;
             let mut progress = self.inner.store.subscribe();
             progress.borrow_and_update();
             let notified = self.inner.wake.notified();
@@ -93,6 +97,18 @@ impl Broker {
                 _ = tokio::time::sleep_until(deadline.min(now + RECHECK)) => {}
             }
         }
+    }
+
+    /// Housekeeping before a pull, at most every [`PULL_HOUSEKEEPING_MS`] so that busy pulls do
+    /// not rescan every cursor each time.
+    async fn housekeeping_from_pull(&self) -> Result<()> {
+        let now = self.now_ms();
+        let last = self.inner.last_housekeeping_ms.load(Ordering::SeqCst);
+        if now >= last && now - last < PULL_HOUSEKEEPING_MS {
+            return Ok(());
+        }
+        self.inner.last_housekeeping_ms.store(now, Ordering::SeqCst);
+        self.housekeeping().await
     }
 
     /// One attempt: reserve under the lock, read outside it, settle filtered ones. Returns the
