@@ -36,11 +36,16 @@
 //!
 //! Every broker timer (delay levels, consume timeout, heartbeat timeout) reads
 //! [`BrokerConfig::clock`]. Tests inject a [`ManualClock`] and move it; the broker checks due
-//! work on every pull and in a background task.
+//! work on every pull (at most every 100 ms of broker-clock time) and in a background task.
+//!
+//! Do not send under paused tokio time (`start_paused`): the store's writer is a plain thread,
+//! so while an append waits for it the runtime looks idle, tokio auto-advances to the append's
+//! `sync_flush_timeout`, and the send fails with a write timeout. Move the [`ManualClock`]
+//! instead; pausing tokio time *after* the sends (to drive the background tasks) is fine.
 //!
 //! # Metrics (safeguards L3, L5)
 //!
-//! `broker_lite_sends_total{status}`, `broker_lite_send_errors_total`,
+//! `broker_lite_sends_total{status}`, `broker_lite_send_errors_total`, `broker_lite_pulls_total`,
 //! `broker_lite_deliveries_total{group}`, `broker_lite_acks_total{group}`,
 //! `broker_lite_nacks_total{group}`, `broker_lite_redeliveries_total{group}`,
 //! `broker_lite_consume_timeouts_total{group}`, `broker_lite_dead_letters_total{group}`,

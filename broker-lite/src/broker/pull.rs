@@ -73,7 +73,10 @@ impl Broker {
         loop {
             // A pull is a heartbeat: refresh it before silent members are evicted.
             let _ = self.heartbeat(&request.group, &request.client_id).await;
-            self.housekeeping_from_pull().await?;
+            if let Err(e) = self.housekeeping_from_pull().await {
+                // Another message's dead letter failed; this pull can still go on.
+                tracing::warn!(error = %e, "housekeeping before a pull failed");
+            }
             let mut progress = self.inner.store.subscribe();
             progress.borrow_and_update();
             let notified = self.inner.wake.notified();
