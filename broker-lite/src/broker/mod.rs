@@ -21,7 +21,9 @@
 //!   [`BrokerConfig::max_reconsume_times`] redeliveries it moves to the group's dead-letter topic
 //!   `%DLQ%<group>`, where it can be listed and re-driven.
 //! - **Ordered** members get at most one message per queue in flight; a nack redelivers the same
-//!   message in place after its delay, so the order is kept.
+//!   message in place after its delay, so the order is kept. Past `max_reconsume_times` it is
+//!   dead-lettered like any other message and the queue moves on (RocketMQ would suspend the
+//!   queue forever).
 //!
 //! A nacked or timed-out message is redelivered *in place*: its queue's committed offset (the
 //! lowest unsettled one) does not move past it until it is acked or dead-lettered. The committed

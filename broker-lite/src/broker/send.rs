@@ -60,7 +60,8 @@ impl Broker {
     }
 
     /// Sends messages in one group commit (one fsync under sync flush); results in request
-    /// order. Either every message is validated and handed to the store, or none is.
+    /// order. Every message is validated before any is handed to the store: an invalid one fails
+    /// the whole batch and nothing is stored (topics auto-created meanwhile stay).
     ///
     /// # Errors
     /// As [`send`](Self::send).
