@@ -249,3 +249,24 @@ async fn consume_from_latest_skips_history_and_one_member_can_consume_two_topics
     assert_eq!(groups[0].topics, ["a", "b"]);
     assert_eq!(groups[0].members[0].queues.len(), 8);
 }
+
+#[tokio::test]
+async fn close_ends_a_waiting_long_poll() {
+    let env = Env::new().await;
+    let b = env.broker.clone();
+    env.join("g", "c", "t").await;
+    let waiter = tokio::spawn({
+        let b = b.clone();
+        async move {
+            b.pull(PullRequest::new("g", "c", "t").with_long_poll(Duration::from_secs(30)))
+                .await
+        }
+    });
+    tokio::task::yield_now().await;
+    b.close().await.unwrap();
+    match waiter.await.unwrap() {
+        Err(BrokerError::Closed) => {}
+        Ok(d) => assert!(d.is_empty()),
+        Err(e) => panic!("unexpected {e}"),
+    }
+}

@@ -34,6 +34,15 @@
 //! between two saves can repeat acked messages and forget reconsume counts of the last interval,
 //! never lose a message.
 //!
+//! Why in place rather than RocketMQ's `%RETRY%<group>` topic: a retry topic copies every
+//! nacked message into the log and needs a second cursor per group; keeping the message where it
+//! is and remembering (offset, reconsume count, due time) in the offsets checkpoint gives the same
+//! guarantees with one cursor per queue, keeps ordered consumption trivially in order, and a
+//! restart can never lose the message since the committed offset has not passed it. The cost: a
+//! message waiting for a long delay holds its queue's committed offset back, so lag includes it,
+//! and a queue whose oldest message is stuck stops after
+//! [`BrokerConfig::max_pending_per_queue`] newer ones (RocketMQ's `consumeConcurrentlyMaxSpan`).
+//!
 //! # Time
 //!
 //! Every broker timer (delay levels, consume timeout, heartbeat timeout) reads
