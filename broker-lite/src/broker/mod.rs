@@ -203,7 +203,8 @@ impl Broker {
         Self::open_with_store(store, config).await
     }
 
-    /// Opens a broker over an open `store` (whose own configuration wins over `config.store`):
+    /// Opens a broker over an open `store` (whose own configuration wins over `config.store`;
+    /// keep their `file_reserved_time` equal, the retention warning reads `config.store`):
     /// loads topics and consumer offsets, rebuilds the message index from the log and starts the
     /// background tasks (unless [`BrokerConfig::background_tasks`] is off).
     ///
