@@ -144,7 +144,12 @@ impl Broker {
                     status,
                 },
             );
-            tracing::debug!(%message_id, topic, queue_id, queue_offset = a.queue_offset, ?status, "message stored");
+            if status.is_ok() {
+                tracing::debug!(%message_id, topic, queue_id, queue_offset = a.queue_offset, "message stored");
+            } else {
+                tracing::warn!(%message_id, topic, queue_id, queue_offset = a.queue_offset, ?status,
+                    "message stored but not known durable (P1): the producer must not treat it as sent");
+            }
             results.push(SendResult {
                 status,
                 message_id,
