@@ -9,4 +9,9 @@
 //! | `protocol` | length-prefixed binary frames and the commands they carry |
 //! | `server` / `client` | the TCP server and the producer, consumer and admin clients |
 
+#![forbid(unsafe_code)]
+
+pub mod broker;
 pub mod storage;
+
+pub use broker::{Broker, BrokerConfig, BrokerError};
