@@ -11,7 +11,7 @@
 
 use std::time::Duration;
 
-use super::store::Outcome;
+use super::claim::Outcome;
 
 pub(crate) fn record_attempt(topic: &str, outcome: &Outcome, took: Duration) {
     let label = match outcome {

@@ -19,12 +19,13 @@
 //! spaced re-polls after registering catch it.
 
 mod backoff;
+mod claim;
 mod config;
+mod housekeeping;
 mod metrics;
 mod partitions;
 mod publish;
 mod state;
-mod store;
 mod wakeup;
 
 use std::sync::Arc;
@@ -283,12 +284,12 @@ impl<P: Publisher> Relay<P> {
             .clone()
             .application_name(&self.config.name);
         let mut conn = PgConnection::connect_with(&options).await?;
-        if !store::is_migrated(&mut conn).await? {
+        if !housekeeping::is_migrated(&mut conn).await? {
             return Err(Error::NotMigrated);
         }
         // A reused backend pid may carry a crashed relay's mark.
-        store::unmark_idle(&mut conn).await?;
-        store::forget_dead_relays(&mut conn).await?;
+        housekeeping::unmark_idle(&mut conn).await?;
+        housekeeping::forget_dead_relays(&mut conn).await?;
         let mut partitions = Partitions::join(&mut conn).await?;
         partitions.rebalance(&mut conn).await?;
         *failures = 0;
@@ -301,7 +302,7 @@ impl<P: Publisher> Relay<P> {
             .drain_loop(&mut conn, &mut partitions, wake, shutdown)
             .await;
         if matches!(end, SessionEnd::Shutdown) {
-            let _ = store::unmark_idle(&mut conn).await;
+            let _ = housekeeping::unmark_idle(&mut conn).await;
             let _ = conn.close().await;
         }
         Ok(end)
@@ -341,7 +342,7 @@ impl<P: Publisher> Relay<P> {
                 Ok(BatchEnd::Done) => {
                     last_work = Some(Instant::now());
                     if marked_idle {
-                        if let Err(error) = store::unmark_idle(conn).await {
+                        if let Err(error) = housekeeping::unmark_idle(conn).await {
                             return error.into();
                         }
                         marked_idle = false;
@@ -361,7 +362,7 @@ impl<P: Publisher> Relay<P> {
             if busy {
                 deadline = deadline.min(now + config.busy_poll_interval);
             } else if !marked_idle {
-                if let Err(error) = store::mark_idle(conn).await {
+                if let Err(error) = housekeeping::mark_idle(conn).await {
                     return error.into();
                 }
                 marked_idle = true;
@@ -371,7 +372,7 @@ impl<P: Publisher> Relay<P> {
             } else if let Some(&factor) = settle_polls.next() {
                 deadline = deadline.min(now + config.busy_poll_interval * factor);
             }
-            match store::next_due(conn).await {
+            match housekeeping::next_due(conn).await {
                 Ok(Some(due)) => deadline = deadline.min(now + due + Duration::from_millis(2)),
                 Ok(None) => {}
                 Err(error) => return error.into(),
@@ -392,7 +393,7 @@ impl<P: Publisher> Relay<P> {
         shutdown: &CancellationToken,
     ) -> sqlx::Result<BatchEnd> {
         let mut tx = conn.begin().await?;
-        let claimed = store::claim(&mut tx, &partitions.owned(), self.config.batch_size).await?;
+        let claimed = claim::claim(&mut tx, &partitions.owned(), self.config.batch_size).await?;
         if claimed.is_empty() {
             tx.commit().await?;
             return Ok(BatchEnd::Empty);
@@ -406,7 +407,7 @@ impl<P: Publisher> Relay<P> {
             backoff: self.config.backoff,
             max_in_flight: self.config.max_in_flight,
         };
-        let publishing = publish::publish_batch(&self.publisher, claimed, policy).instrument(span);
+        let publishing = publish::publish_batch(&self.publisher, &claimed, policy).instrument(span);
         tokio::pin!(publishing);
         let outcomes = tokio::select! {
             outcomes = &mut publishing => outcomes,
@@ -421,17 +422,23 @@ impl<P: Publisher> Relay<P> {
                 }
             }
         };
-        store::record(&mut tx, &outcomes, self.config.retention.is_some()).await?;
+        claim::record(
+            &mut tx,
+            &claimed,
+            &outcomes,
+            self.config.retention.is_some(),
+        )
+        .await?;
         tx.commit().await?;
         Ok(BatchEnd::Done)
     }
 
     async fn maintain(&self, conn: &mut PgConnection) -> sqlx::Result<()> {
-        let (pending, oldest_due_age) = store::backlog(conn).await?;
+        let (pending, oldest_due_age) = housekeeping::backlog(conn).await?;
         metrics::record_backlog(pending, oldest_due_age);
-        store::forget_dead_relays(conn).await?;
+        housekeeping::forget_dead_relays(conn).await?;
         if let Some(retention) = self.config.retention {
-            let purged = store::purge_sent(conn, retention, 10_000).await?;
+            let purged = housekeeping::purge_sent(conn, retention, 10_000).await?;
             if purged > 0 {
                 tracing::debug!(purged, "purged sent outbox rows past their retention");
             }

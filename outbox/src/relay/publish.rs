@@ -1,13 +1,14 @@
 //! Publishing one claimed batch: keys in parallel, each key's messages in order.
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use tower::{BoxError, ServiceExt};
 use tracing::Instrument;
 
+use super::claim::{Claimed, Outcome};
 use super::metrics;
-use super::store::{Claimed, Outcome};
 use crate::{Backoff, Permanent, Publisher};
 
 /// How the relay treats publish results.
@@ -19,35 +20,42 @@ pub(crate) struct PublishPolicy {
     pub(crate) max_in_flight: usize,
 }
 
-/// Publishes `batch` and returns one outcome per row.
+/// Publishes `batch` and returns one outcome per row, in the batch's order.
 ///
 /// Rows are grouped by key in sequence order; groups run concurrently, and inside a group a failure
 /// holds every later row of that key so none overtakes it. Unkeyed rows are groups of one.
 pub(crate) async fn publish_batch<P: Publisher>(
     publisher: &P,
-    batch: Vec<Claimed>,
+    batch: &[Claimed],
     policy: PublishPolicy,
-) -> Vec<(i64, Outcome)> {
-    let groups = group_by_key(batch);
-    futures::stream::iter(groups)
-        .map(|group| publish_group(publisher.clone(), group, policy))
-        .buffer_unordered(policy.max_in_flight)
-        .flat_map(futures::stream::iter)
+) -> Vec<Outcome> {
+    let mut outcomes: Vec<Option<Outcome>> = batch.iter().map(|_| None).collect();
+    let mut results = futures::stream::iter(group_by_key(batch))
+        .map(|group| publish_group(publisher.clone(), batch, group, policy))
+        .buffer_unordered(policy.max_in_flight);
+    while let Some(group) = results.next().await {
+        for (index, outcome) in group {
+            outcomes[index] = Some(outcome);
+        }
+    }
+    outcomes
+        .into_iter()
+        .map(|outcome| outcome.unwrap_or(Outcome::Held))
         .collect()
-        .await
 }
 
-fn group_by_key(batch: Vec<Claimed>) -> Vec<Vec<Claimed>> {
-    let mut groups: Vec<Vec<Claimed>> = Vec::new();
-    let mut by_key: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
-    for row in batch {
-        match row.message.key.clone() {
-            None => groups.push(vec![row]),
-            Some(key) => match by_key.get(&key) {
-                Some(&index) => groups[index].push(row),
+/// Indices of `batch`, grouped by key, each group in batch (sequence) order.
+fn group_by_key(batch: &[Claimed]) -> Vec<Vec<usize>> {
+    let mut groups: Vec<Vec<usize>> = Vec::new();
+    let mut by_key: HashMap<&str, usize> = HashMap::new();
+    for (index, row) in batch.iter().enumerate() {
+        match row.message.key.as_deref() {
+            None => groups.push(vec![index]),
+            Some(key) => match by_key.get(key) {
+                Some(&group) => groups[group].push(index),
                 None => {
                     by_key.insert(key, groups.len());
-                    groups.push(vec![row]);
+                    groups.push(vec![index]);
                 }
             },
         }
@@ -57,18 +65,19 @@ fn group_by_key(batch: Vec<Claimed>) -> Vec<Vec<Claimed>> {
 
 async fn publish_group<P: Publisher>(
     mut publisher: P,
-    group: Vec<Claimed>,
+    batch: &[Claimed],
+    group: Vec<usize>,
     policy: PublishPolicy,
-) -> Vec<(i64, Outcome)> {
+) -> Vec<(usize, Outcome)> {
     let mut outcomes = Vec::with_capacity(group.len());
     let mut held = false;
-    for Claimed { seq, message } in group {
+    for index in group {
         if held {
-            outcomes.push((seq, Outcome::Held));
+            outcomes.push((index, Outcome::Held));
             continue;
         }
+        let message = &batch[index].message;
         let attempt = message.attempts + 1;
-        let topic = message.topic.clone();
         let span = tracing::info_span!(
             "outbox.publish",
             message.id = %message.id,
@@ -79,7 +88,7 @@ async fn publish_group<P: Publisher>(
         let started = Instant::now();
         let result = async {
             let ready = publisher.ready().await.map_err(Into::into)?;
-            match tokio::time::timeout(policy.timeout, ready.call(message)).await {
+            match tokio::time::timeout(policy.timeout, ready.call(message.clone())).await {
                 Ok(result) => result.map(drop).map_err(Into::into),
                 Err(_) => Err(BoxError::from(format!(
                     "publish timed out after {:?}",
@@ -90,9 +99,9 @@ async fn publish_group<P: Publisher>(
         .instrument(span.clone())
         .await;
         let outcome = classify(result, attempt, &policy);
-        span.in_scope(|| metrics::record_attempt(&topic, &outcome, started.elapsed()));
+        span.in_scope(|| metrics::record_attempt(&message.topic, &outcome, started.elapsed()));
         held = !matches!(outcome, Outcome::Published);
-        outcomes.push((seq, outcome));
+        outcomes.push((index, outcome));
     }
     outcomes
 }
@@ -139,21 +148,26 @@ mod tests {
     fn row(seq: i64, key: Option<&str>) -> Claimed {
         let mut message = Message::new("t", "");
         message.key = key.map(str::to_owned);
-        Claimed { seq, message }
+        Claimed {
+            seq,
+            message,
+            last_error: None,
+            last_attempt_at: None,
+        }
     }
 
     #[test]
     fn groups_keep_sequence_order_per_key() {
-        let groups = group_by_key(vec![
+        let batch = [
             row(1, Some("a")),
             row(2, None),
             row(3, Some("b")),
             row(4, Some("a")),
             row(5, None),
-        ]);
-        let seqs: Vec<Vec<i64>> = groups
+        ];
+        let seqs: Vec<Vec<i64>> = group_by_key(&batch)
             .iter()
-            .map(|g| g.iter().map(|c| c.seq).collect())
+            .map(|g| g.iter().map(|&i| batch[i].seq).collect())
             .collect();
         assert_eq!(seqs, vec![vec![1, 4], vec![2], vec![3], vec![5]]);
     }

@@ -1,0 +1,233 @@
+//! Claiming due rows and recording what became of them, in one transaction.
+//!
+//! The claim *deletes* the rows it takes (`DELETE … WHERE seq IN (SELECT … FOR UPDATE SKIP
+//! LOCKED) RETURNING …`): the deletion stays invisible until commit, other relays skip the rows as
+//! locked, and a relay that dies rolls the deletion back. A published row then costs one tuple
+//! write, as in a bare `DELETE … RETURNING` loop. Rows that were not published (retry, held behind
+//! a failed key, or kept for a retention period) are inserted again with their original sequence
+//! number before the commit; rows that failed for good are inserted into `outbox.failures`.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::types::Json;
+use sqlx::{PgConnection, Row};
+
+use crate::Message;
+
+/// A claimed row: the envelope plus what the relay must restore if it puts the row back.
+#[derive(Debug)]
+pub(crate) struct Claimed {
+    pub(crate) seq: i64,
+    pub(crate) message: Message,
+    pub(crate) last_error: Option<String>,
+    pub(crate) last_attempt_at: Option<DateTime<Utc>>,
+}
+
+/// What happened to one claimed row.
+#[derive(Debug)]
+pub(crate) enum Outcome {
+    /// The broker has it: gone (or kept as sent, with a retention period).
+    Published,
+    /// Failed; try again after the delay.
+    Retry { error: String, delay: Duration },
+    /// Failed for good: move to the failure table.
+    Failed { error: String },
+    /// Not attempted because an earlier message with the same key failed; put back untouched.
+    Held,
+}
+
+const CLAIM: &str = "\
+DELETE FROM outbox.messages
+WHERE seq IN (
+    SELECT m.seq FROM outbox.messages m
+    WHERE m.sent_at IS NULL
+      AND m.available_at <= now()
+      AND (m.partition IS NULL OR m.partition = ANY($1))
+      AND (m.key IS NULL OR NOT EXISTS (
+            SELECT 1 FROM outbox.messages e
+            WHERE e.key = m.key AND e.seq < m.seq AND e.sent_at IS NULL AND e.available_at > now()))
+    ORDER BY m.seq
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED)
+RETURNING seq, id, topic, key, tag, headers, payload, created_at, available_at, attempts,
+          last_error, last_attempt_at";
+
+/// Takes up to `limit` due rows in `conn`'s open transaction, oldest first.
+pub(crate) async fn claim(
+    conn: &mut PgConnection,
+    partitions: &[i16],
+    limit: usize,
+) -> sqlx::Result<Vec<Claimed>> {
+    let rows = sqlx::query(CLAIM)
+        .bind(partitions)
+        .bind(limit as i64)
+        .fetch_all(conn)
+        .await?;
+    let mut claimed = rows
+        .into_iter()
+        .map(|row| {
+            let Json(headers) = row.try_get("headers")?;
+            let payload: Vec<u8> = row.try_get("payload")?;
+            let attempts: i32 = row.try_get("attempts")?;
+            Ok(Claimed {
+                seq: row.try_get("seq")?,
+                message: Message {
+                    id: row.try_get("id")?,
+                    topic: row.try_get("topic")?,
+                    key: row.try_get("key")?,
+                    tag: row.try_get("tag")?,
+                    headers,
+                    payload: payload.into(),
+                    created_at: row.try_get("created_at")?,
+                    available_at: Some(row.try_get("available_at")?),
+                    delay: None,
+                    attempts: attempts.max(0) as u32,
+                },
+                last_error: row.try_get("last_error")?,
+                last_attempt_at: row.try_get("last_attempt_at")?,
+            })
+        })
+        .collect::<sqlx::Result<Vec<_>>>()?;
+    // RETURNING gives no order; per-key publishing needs sequence order.
+    claimed.sort_unstable_by_key(|c| c.seq);
+    Ok(claimed)
+}
+
+const PUT_BACK: &str = "\
+INSERT INTO outbox.messages
+    (seq, id, topic, key, tag, headers, payload, created_at, available_at, attempts, last_error,
+     last_attempt_at, sent_at)
+OVERRIDING SYSTEM VALUE
+SELECT seq, id, topic, key, tag, headers, payload, created_at,
+       CASE WHEN delay_us IS NULL THEN available_at
+            ELSE clock_timestamp() + delay_us * interval '1 microsecond' END,
+       attempts, last_error,
+       CASE WHEN attempted THEN clock_timestamp() ELSE last_attempt_at END,
+       CASE WHEN sent THEN now() END
+FROM UNNEST($1::int8[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::jsonb[], $7::bytea[],
+            $8::timestamptz[], $9::timestamptz[], $10::int8[], $11::int4[], $12::text[],
+            $13::timestamptz[], $14::bool[], $15::bool[])
+     AS u(seq, id, topic, key, tag, headers, payload, created_at, available_at, delay_us, attempts,
+          last_error, last_attempt_at, attempted, sent)";
+
+const MOVE_TO_FAILURES: &str = "\
+INSERT INTO outbox.failures
+    (id, seq, topic, key, tag, headers, payload, created_at, attempts, last_error, failed_at)
+SELECT id, seq, topic, key, tag, headers, payload, created_at, attempts, last_error, clock_timestamp()
+FROM UNNEST($1::int8[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::jsonb[], $7::bytea[],
+            $8::timestamptz[], $9::int4[], $10::text[])
+     AS u(seq, id, topic, key, tag, headers, payload, created_at, attempts, last_error)
+ON CONFLICT (id) DO UPDATE SET
+    attempts = EXCLUDED.attempts, last_error = EXCLUDED.last_error, failed_at = EXCLUDED.failed_at";
+
+/// One row to write back, as columns.
+#[derive(Default)]
+struct Rows<'a> {
+    seq: Vec<i64>,
+    id: Vec<uuid::Uuid>,
+    topic: Vec<&'a str>,
+    key: Vec<Option<&'a str>>,
+    tag: Vec<Option<&'a str>>,
+    headers: Vec<Json<&'a std::collections::BTreeMap<String, String>>>,
+    payload: Vec<&'a [u8]>,
+    created_at: Vec<DateTime<Utc>>,
+    available_at: Vec<Option<DateTime<Utc>>>,
+    delay_us: Vec<Option<i64>>,
+    attempts: Vec<i32>,
+    last_error: Vec<Option<&'a str>>,
+    last_attempt_at: Vec<Option<DateTime<Utc>>>,
+    attempted: Vec<bool>,
+    sent: Vec<bool>,
+}
+
+impl<'a> Rows<'a> {
+    fn push(&mut self, row: &'a Claimed, attempted: bool, error: Option<&'a str>) {
+        let message = &row.message;
+        self.seq.push(row.seq);
+        self.id.push(message.id);
+        self.topic.push(&message.topic);
+        self.key.push(message.key.as_deref());
+        self.tag.push(message.tag.as_deref());
+        self.headers.push(Json(&message.headers));
+        self.payload.push(&message.payload);
+        self.created_at.push(message.created_at);
+        self.available_at.push(message.available_at);
+        let attempts = message.attempts + u32::from(attempted);
+        self.attempts
+            .push(i32::try_from(attempts).unwrap_or(i32::MAX));
+        self.last_error.push(error.or(row.last_error.as_deref()));
+        self.last_attempt_at.push(row.last_attempt_at);
+        self.attempted.push(attempted);
+    }
+}
+
+/// Writes the outcomes of a batch in `conn`'s open transaction. `claimed` and `outcomes` are in
+/// the same order.
+pub(crate) async fn record(
+    conn: &mut PgConnection,
+    claimed: &[Claimed],
+    outcomes: &[Outcome],
+    keep_sent: bool,
+) -> sqlx::Result<()> {
+    let mut back = Rows::default();
+    let mut failed = Rows::default();
+    for (row, outcome) in claimed.iter().zip(outcomes) {
+        match outcome {
+            Outcome::Published if !keep_sent => {}
+            Outcome::Published => {
+                back.push(row, true, None);
+                back.delay_us.push(None);
+                back.sent.push(true);
+            }
+            Outcome::Retry { error, delay } => {
+                back.push(row, true, Some(error));
+                back.delay_us
+                    .push(Some(i64::try_from(delay.as_micros()).unwrap_or(i64::MAX)));
+                back.sent.push(false);
+            }
+            Outcome::Held => {
+                back.push(row, false, None);
+                back.delay_us.push(None);
+                back.sent.push(false);
+            }
+            Outcome::Failed { error } => failed.push(row, true, Some(error)),
+        }
+    }
+    if !back.seq.is_empty() {
+        sqlx::query(PUT_BACK)
+            .bind(&back.seq)
+            .bind(&back.id)
+            .bind(&back.topic)
+            .bind(&back.key)
+            .bind(&back.tag)
+            .bind(&back.headers)
+            .bind(&back.payload)
+            .bind(&back.created_at)
+            .bind(&back.available_at)
+            .bind(&back.delay_us)
+            .bind(&back.attempts)
+            .bind(&back.last_error)
+            .bind(&back.last_attempt_at)
+            .bind(&back.attempted)
+            .bind(&back.sent)
+            .execute(&mut *conn)
+            .await?;
+    }
+    if !failed.seq.is_empty() {
+        sqlx::query(MOVE_TO_FAILURES)
+            .bind(&failed.seq)
+            .bind(&failed.id)
+            .bind(&failed.topic)
+            .bind(&failed.key)
+            .bind(&failed.tag)
+            .bind(&failed.headers)
+            .bind(&failed.payload)
+            .bind(&failed.created_at)
+            .bind(&failed.attempts)
+            .bind(&failed.last_error)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}
