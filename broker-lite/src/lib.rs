@@ -9,4 +9,5 @@
 //! | `protocol` | length-prefixed binary frames and the commands they carry |
 //! | `server` / `client` | the TCP server and the producer, consumer and admin clients |
 
+pub mod protocol;
 pub mod storage;
