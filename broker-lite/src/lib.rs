@@ -9,5 +9,7 @@
 //! | `protocol` | length-prefixed binary frames and the commands they carry |
 //! | `server` / `client` | the TCP server and the producer, consumer and admin clients |
 
+pub mod client;
 pub mod protocol;
+pub mod server;
 pub mod storage;
