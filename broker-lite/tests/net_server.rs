@@ -172,6 +172,7 @@ async fn a_long_poll_does_not_block_other_requests_on_the_connection() {
     let pull = Request::Pull(broker_lite::protocol::PullRequest {
         group: "g".into(),
         consumer_id: "c".into(),
+        topic: "t".into(),
         max_messages: 1,
         long_poll_ms: 60_000,
     });
@@ -203,6 +204,7 @@ async fn graceful_shutdown_finishes_requests_in_flight() {
     let pull = Request::Pull(broker_lite::protocol::PullRequest {
         group: "g".into(),
         consumer_id: "c".into(),
+        topic: "t".into(),
         max_messages: 1,
         long_poll_ms: 60_000,
     });

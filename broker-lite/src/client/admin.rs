@@ -150,15 +150,21 @@ impl Admin {
         )
     }
 
-    /// The messages of `topic` with `key`.
+    /// Up to `max` messages of `topic` with `key`.
     ///
     /// # Errors
     ///
     /// A connection error or the broker's refusal.
-    pub async fn lookup_by_key(&self, topic: &str, key: &str) -> Result<Vec<MessageView>> {
+    pub async fn lookup_by_key(
+        &self,
+        topic: &str,
+        key: &str,
+        max: u32,
+    ) -> Result<Vec<MessageView>> {
         let request = Request::LookupByKey {
             topic: topic.to_string(),
             key: key.to_string(),
+            max,
         };
         expect!(self.call(request).await?, Messages, "lookup by key")
     }
@@ -185,14 +191,16 @@ impl Admin {
         expect!(self.call(request).await?, Messages, "dead letters")
     }
 
-    /// Sends the dead letters of `group` back for consumption; returns how many.
+    /// Sends the dead letters of `group` back for consumption (only those in `ids`, or all
+    /// when `ids` is empty); returns how many.
     ///
     /// # Errors
     ///
     /// A connection error or the broker's refusal.
-    pub async fn redrive_dead_letters(&self, group: &str) -> Result<u64> {
+    pub async fn redrive_dead_letters(&self, group: &str, ids: Vec<Uuid>) -> Result<u64> {
         let request = Request::RedriveDeadLetters {
             group: group.to_string(),
+            ids,
         };
         expect!(self.call(request).await?, Redriven, "redrive dead letters")
     }

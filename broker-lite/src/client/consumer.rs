@@ -9,8 +9,8 @@ use uuid::Uuid;
 use super::endpoints::{Addresses, ConnectOptions, Endpoints};
 use super::error::{ClientError, Result};
 use crate::protocol::{
-    AckRequest, ConsumeModel, DEFAULT_MAX_FRAME_SIZE, Delivery, Member, NackRequest, PullRequest,
-    Request, Response, Subscription,
+    AckRequest, ConsumeModel, DEFAULT_MAX_FRAME_SIZE, Delivery, Member, NackRequest, NackResult,
+    PullRequest, Request, Response, Subscription,
 };
 
 /// Consumer settings.
@@ -25,8 +25,10 @@ pub struct ConsumerConfig {
     pub consumer_id: String,
     /// Clustering (default) or broadcasting (C5).
     pub model: ConsumeModel,
-    /// Only messages with this tag. Default: all.
-    pub tag_filter: Option<String>,
+    /// Only messages with one of these tags. Default: empty, all messages.
+    pub tags: Vec<String>,
+    /// Ordered consumption: at most one message per queue in flight. Default false.
+    pub ordered: bool,
     /// How often the membership is renewed. Default 10 s.
     pub heartbeat_interval: Duration,
     /// How long a request other than the long poll itself may take. Default 5 s.
@@ -45,7 +47,8 @@ impl ConsumerConfig {
             topic: topic.into(),
             consumer_id: Uuid::now_v7().to_string(),
             model: ConsumeModel::Clustering,
-            tag_filter: None,
+            tags: Vec::new(),
+            ordered: false,
             heartbeat_interval: Duration::from_secs(10),
             request_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(3),
@@ -126,6 +129,7 @@ impl Consumer {
         let request = Request::Pull(PullRequest {
             group: self.config.group.clone(),
             consumer_id: self.config.consumer_id.clone(),
+            topic: self.config.topic.clone(),
             max_messages: max,
             long_poll_ms: long_poll.as_millis() as u64,
         });
@@ -153,18 +157,26 @@ impl Consumer {
     }
 
     /// Asks for `delivery` to be redelivered later (`RECONSUME_LATER`); `delay_level` `None`
-    /// lets the broker pick the next level by the reconsume count.
+    /// lets the broker pick the next level by the reconsume count. Tells whether the message
+    /// will be redelivered or went to the dead-letter topic.
     ///
     /// # Errors
     ///
     /// A connection error or the broker's refusal.
-    pub async fn nack(&self, delivery: &Delivery, delay_level: Option<u32>) -> Result<()> {
+    pub async fn nack(&self, delivery: &Delivery, delay_level: Option<u32>) -> Result<NackResult> {
         let request = Request::Nack(NackRequest {
             group: self.config.group.clone(),
             receipt: delivery.receipt.clone(),
             delay_level,
         });
-        self.done(&request, "nack").await
+        match self
+            .endpoints
+            .call_failover(&request, self.config.request_timeout)
+            .await?
+        {
+            Response::Nacked(result) => Ok(result),
+            _ => Err(ClientError::UnexpectedResponse("nack")),
+        }
     }
 
     /// Leaves the group and stops the heartbeats.
@@ -203,7 +215,8 @@ async fn subscribe(endpoints: &Endpoints, config: &ConsumerConfig) -> Result<()>
         topic: config.topic.clone(),
         consumer_id: config.consumer_id.clone(),
         model: config.model,
-        tag_filter: config.tag_filter.clone(),
+        tags: config.tags.clone(),
+        ordered: config.ordered,
     });
     endpoints
         .call_failover(&request, config.request_timeout)

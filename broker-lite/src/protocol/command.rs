@@ -181,6 +181,8 @@ pub enum Request {
         topic: String,
         /// Key.
         key: String,
+        /// At most this many.
+        max: u32,
     },
     /// [`CommandCode::Trace`] of a message id.
     Trace(Uuid),
@@ -195,6 +197,8 @@ pub enum Request {
     RedriveDeadLetters {
         /// Consumer group.
         group: String,
+        /// Only these message ids (empty: all).
+        ids: Vec<Uuid>,
     },
 }
 
@@ -237,13 +241,16 @@ impl Request {
             Request::Ack(a) => a.put(&mut buf),
             Request::Nack(n) => n.put(&mut buf),
             Request::CreateTopic(t) => t.put(&mut buf),
-            Request::Lag { group } | Request::RedriveDeadLetters { group } => {
-                put_str(&mut buf, group)
+            Request::Lag { group } => put_str(&mut buf, group),
+            Request::RedriveDeadLetters { group, ids } => {
+                put_str(&mut buf, group);
+                put_list(&mut buf, ids, put_uuid);
             }
             Request::LookupById(id) | Request::Trace(id) => put_uuid(&mut buf, id),
-            Request::LookupByKey { topic, key } => {
+            Request::LookupByKey { topic, key, max } => {
                 put_str(&mut buf, topic);
                 put_str(&mut buf, key);
+                buf.put_u32(*max);
             }
             Request::DeadLetters { group, max } => {
                 put_str(&mut buf, group);
@@ -281,6 +288,7 @@ impl Request {
             CommandCode::LookupByKey => Request::LookupByKey {
                 topic: get_str(b, "topic")?,
                 key: get_str(b, "key")?,
+                max: get_u32(b, "max")?,
             },
             CommandCode::Trace => Request::Trace(get_uuid(b, "message id")?),
             CommandCode::DeadLetters => Request::DeadLetters {
@@ -289,6 +297,7 @@ impl Request {
             },
             CommandCode::RedriveDeadLetters => Request::RedriveDeadLetters {
                 group: get_str(b, "group")?,
+                ids: get_list(b, 16, "message ids", |b| get_uuid(b, "message id"))?,
             },
         };
         ensure_empty(&body)?;
@@ -346,6 +355,9 @@ impl Request {
             }
             Request::Pull(p) => {
                 check_group(&p.group)?;
+                if p.topic.is_empty() {
+                    return invalid("the topic must not be empty".into());
+                }
                 if p.max_messages == 0 || p.max_messages > limits.max_batch {
                     return invalid(format!("max messages must be 1 to {}", limits.max_batch));
                 }
@@ -359,9 +371,17 @@ impl Request {
             }
             Request::Heartbeat(m) | Request::Unsubscribe(m) => check_group(&m.group),
             Request::Ack(a) => check_group(&a.group),
-            Request::Nack(n) => check_group(&n.group),
+            Request::Nack(n) => {
+                check_group(&n.group)?;
+                if n.delay_level
+                    .is_some_and(|l| l == 0 || l > u32::from(u8::MAX))
+                {
+                    return invalid("the delay level must be 1 to 255".into());
+                }
+                Ok(())
+            }
             Request::Lag { group }
-            | Request::RedriveDeadLetters { group }
+            | Request::RedriveDeadLetters { group, .. }
             | Request::DeadLetters { group, .. } => check_group(group),
             _ => Ok(()),
         }
@@ -372,8 +392,10 @@ impl Request {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Response {
-    /// Nothing to return (ping, subscribe, heartbeat, unsubscribe, ack, nack, create topic).
+    /// Nothing to return (ping, subscribe, heartbeat, unsubscribe, ack, create topic).
     Done,
+    /// What a nack did.
+    Nacked(NackResult),
     /// Answer to a send.
     Send(SendResult),
     /// Answer to a batch send, one result per message in order.
@@ -402,6 +424,7 @@ impl Response {
         let mut buf = BytesMut::new();
         match self {
             Response::Done => {}
+            Response::Nacked(n) => n.put(&mut buf),
             Response::Send(r) => r.put(&mut buf),
             Response::SendBatch(rs) => put_list(&mut buf, rs, |b, r| r.put(b)),
             Response::Pull(ds) => put_list(&mut buf, ds, |b, d| d.put(b)),
@@ -436,8 +459,8 @@ impl Response {
             | CommandCode::Heartbeat
             | CommandCode::Unsubscribe
             | CommandCode::Ack
-            | CommandCode::Nack
             | CommandCode::CreateTopic => Response::Done,
+            CommandCode::Nack => Response::Nacked(NackResult::get(b)?),
             CommandCode::Send => Response::Send(SendResult::get(b)?),
             CommandCode::SendBatch => {
                 Response::SendBatch(get_list(b, 29, "send results", SendResult::get)?)
@@ -445,7 +468,7 @@ impl Response {
             CommandCode::Pull => Response::Pull(get_list(b, 40, "deliveries", Delivery::get)?),
             CommandCode::ListTopics => Response::Topics(get_list(b, 8, "topics", TopicInfo::get)?),
             CommandCode::ListGroups => Response::Groups(get_list(b, 13, "groups", GroupInfo::get)?),
-            CommandCode::Lag => Response::Lag(get_list(b, 32, "lag", QueueLag::get)?),
+            CommandCode::Lag => Response::Lag(get_list(b, 41, "lag", QueueLag::get)?),
             CommandCode::LookupById => Response::Message(if get_bool(b, "message presence")? {
                 Some(MessageView::get(b)?)
             } else {

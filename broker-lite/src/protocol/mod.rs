@@ -54,5 +54,5 @@ pub use frame::{
 };
 pub use types::{
     AckRequest, ConsumeModel, Delivery, GroupInfo, Member, Message, MessageView, NackRequest,
-    PullRequest, QueueLag, SendResult, SendStatus, Subscription, TopicInfo, TraceEvent,
+    NackResult, PullRequest, QueueLag, SendResult, SendStatus, Subscription, TopicInfo, TraceEvent,
 };

@@ -243,8 +243,10 @@ pub struct Subscription {
     pub consumer_id: String,
     /// Clustering or broadcasting.
     pub model: ConsumeModel,
-    /// Only messages with this tag are delivered (`None`: all).
-    pub tag_filter: Option<String>,
+    /// Only messages with one of these tags are delivered (empty: all).
+    pub tags: Vec<String>,
+    /// Ordered consumption: at most one message per queue in flight.
+    pub ordered: bool,
 }
 
 impl Wire for Subscription {
@@ -253,7 +255,8 @@ impl Wire for Subscription {
         put_str(buf, &self.topic);
         put_str(buf, &self.consumer_id);
         self.model.put(buf);
-        put_opt_str(buf, self.tag_filter.as_deref());
+        put_list(buf, &self.tags, |b, t| put_str(b, t));
+        buf.put_u8(u8::from(self.ordered));
     }
 
     fn get(buf: &mut Bytes) -> Result<Self, DecodeError> {
@@ -262,7 +265,8 @@ impl Wire for Subscription {
             topic: get_str(buf, "topic")?,
             consumer_id: get_str(buf, "consumer id")?,
             model: ConsumeModel::get(buf)?,
-            tag_filter: get_opt_str(buf, "tag filter")?,
+            tags: get_list(buf, 4, "tags", |b| get_str(b, "tag"))?,
+            ordered: get_bool(buf, "ordered")?,
         })
     }
 }
@@ -297,6 +301,8 @@ pub struct PullRequest {
     pub group: String,
     /// The member's id.
     pub consumer_id: String,
+    /// Topic.
+    pub topic: String,
     /// At most this many deliveries.
     pub max_messages: u32,
     /// How long the broker may wait for a message when none is ready, in milliseconds.
@@ -307,6 +313,7 @@ impl Wire for PullRequest {
     fn put(&self, buf: &mut BytesMut) {
         put_str(buf, &self.group);
         put_str(buf, &self.consumer_id);
+        put_str(buf, &self.topic);
         buf.put_u32(self.max_messages);
         buf.put_u64(self.long_poll_ms);
     }
@@ -315,6 +322,7 @@ impl Wire for PullRequest {
         Ok(PullRequest {
             group: get_str(buf, "group")?,
             consumer_id: get_str(buf, "consumer id")?,
+            topic: get_str(buf, "topic")?,
             max_messages: get_u32(buf, "max messages")?,
             long_poll_ms: get_u64(buf, "long poll")?,
         })
@@ -518,64 +526,106 @@ impl Wire for TopicInfo {
 pub struct GroupInfo {
     /// Group name.
     pub name: String,
-    /// Subscribed topic.
-    pub topic: String,
     /// Clustering or broadcasting.
     pub model: ConsumeModel,
-    /// Live members.
-    pub members: u32,
+    /// Topics the group subscribed to.
+    pub topics: Vec<String>,
+    /// Ids of the live members.
+    pub members: Vec<String>,
 }
 
 impl Wire for GroupInfo {
     fn put(&self, buf: &mut BytesMut) {
         put_str(buf, &self.name);
-        put_str(buf, &self.topic);
         self.model.put(buf);
-        buf.put_u32(self.members);
+        put_list(buf, &self.topics, |b, t| put_str(b, t));
+        put_list(buf, &self.members, |b, m| put_str(b, m));
     }
 
     fn get(buf: &mut Bytes) -> Result<Self, DecodeError> {
         Ok(GroupInfo {
             name: get_str(buf, "group")?,
-            topic: get_str(buf, "topic")?,
             model: ConsumeModel::get(buf)?,
-            members: get_u32(buf, "members")?,
+            topics: get_list(buf, 4, "topics", |b| get_str(b, "topic"))?,
+            members: get_list(buf, 4, "members", |b| get_str(b, "member"))?,
         })
     }
 }
 
-/// The lag of a group on one queue (safeguard L5).
+/// The lag of a group (or of one broadcasting member) on one queue (safeguard L5).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QueueLag {
     /// Topic.
     pub topic: String,
     /// Queue.
     pub queue_id: u32,
-    /// Next offset the broker will assign.
-    pub max_offset: u64,
-    /// Next offset the group will consume.
-    pub consumer_offset: u64,
-    /// Messages not yet consumed.
+    /// The member, for broadcasting groups.
+    pub consumer_id: Option<String>,
+    /// The committed offset: the lowest one not acked.
+    pub committed: u64,
+    /// One past the newest readable offset.
+    pub max: u64,
+    /// `max - committed`: messages not yet consumed, in flight included.
     pub lag: u64,
+    /// Delivered but not settled yet.
+    pub unsettled: u64,
 }
 
 impl Wire for QueueLag {
     fn put(&self, buf: &mut BytesMut) {
         put_str(buf, &self.topic);
         buf.put_u32(self.queue_id);
-        buf.put_u64(self.max_offset);
-        buf.put_u64(self.consumer_offset);
+        put_opt_str(buf, self.consumer_id.as_deref());
+        buf.put_u64(self.committed);
+        buf.put_u64(self.max);
         buf.put_u64(self.lag);
+        buf.put_u64(self.unsettled);
     }
 
     fn get(buf: &mut Bytes) -> Result<Self, DecodeError> {
         Ok(QueueLag {
             topic: get_str(buf, "topic")?,
             queue_id: get_u32(buf, "queue id")?,
-            max_offset: get_u64(buf, "max offset")?,
-            consumer_offset: get_u64(buf, "consumer offset")?,
+            consumer_id: get_opt_str(buf, "consumer id")?,
+            committed: get_u64(buf, "committed offset")?,
+            max: get_u64(buf, "max offset")?,
             lag: get_u64(buf, "lag")?,
+            unsettled: get_u64(buf, "unsettled")?,
         })
+    }
+}
+
+/// What a nack did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NackResult {
+    /// The message will be delivered again after this many milliseconds.
+    Redeliver {
+        /// Delay in milliseconds.
+        after_ms: u64,
+    },
+    /// It had been redelivered the maximum number of times and went to the dead-letter topic.
+    DeadLettered,
+}
+
+impl Wire for NackResult {
+    fn put(&self, buf: &mut BytesMut) {
+        match self {
+            NackResult::Redeliver { after_ms } => {
+                buf.put_u8(0);
+                buf.put_u64(*after_ms);
+            }
+            NackResult::DeadLettered => buf.put_u8(1),
+        }
+    }
+
+    fn get(buf: &mut Bytes) -> Result<Self, DecodeError> {
+        match get_u8(buf, "nack result")? {
+            0 => Ok(NackResult::Redeliver {
+                after_ms: get_u64(buf, "redelivery delay")?,
+            }),
+            1 => Ok(NackResult::DeadLettered),
+            _ => Err(DecodeError::Invalid("nack result")),
+        }
     }
 }
 

@@ -116,26 +116,34 @@ fn request() -> impl Strategy<Value = Request> {
         message().prop_map(Request::Send),
         proptest::collection::vec(message(), 0..4).prop_map(Request::SendBatch),
         message().prop_map(Request::SendOneway),
-        (s(), s(), s(), model(), proptest::option::of(s())).prop_map(
-            |(group, topic, consumer_id, model, tag_filter)| {
+        (
+            s(),
+            s(),
+            s(),
+            model(),
+            proptest::collection::vec(s(), 0..3),
+            any::<bool>()
+        )
+            .prop_map(|(group, topic, consumer_id, model, tags, ordered)| {
                 Request::Subscribe(Subscription {
                     group,
                     topic,
                     consumer_id,
                     model,
-                    tag_filter,
+                    tags,
+                    ordered,
                 })
-            }
-        ),
+            }),
         (s(), s())
             .prop_map(|(group, consumer_id)| Request::Heartbeat(Member { group, consumer_id })),
         (s(), s())
             .prop_map(|(group, consumer_id)| Request::Unsubscribe(Member { group, consumer_id })),
-        (s(), s(), any::<u32>(), any::<u64>()).prop_map(
-            |(group, consumer_id, max_messages, long_poll_ms)| {
+        (s(), s(), s(), any::<u32>(), any::<u64>()).prop_map(
+            |(group, consumer_id, topic, max_messages, long_poll_ms)| {
                 Request::Pull(PullRequest {
                     group,
                     consumer_id,
+                    topic,
                     max_messages,
                     long_poll_ms,
                 })
@@ -155,10 +163,15 @@ fn request() -> impl Strategy<Value = Request> {
         Just(Request::ListGroups),
         s().prop_map(|group| Request::Lag { group }),
         uuid().prop_map(Request::LookupById),
-        (s(), s()).prop_map(|(topic, key)| Request::LookupByKey { topic, key }),
+        (s(), s(), any::<u32>()).prop_map(|(topic, key, max)| Request::LookupByKey {
+            topic,
+            key,
+            max
+        }),
         uuid().prop_map(Request::Trace),
         (s(), any::<u32>()).prop_map(|(group, max)| Request::DeadLetters { group, max }),
-        s().prop_map(|group| Request::RedriveDeadLetters { group }),
+        (s(), proptest::collection::vec(uuid(), 0..3))
+            .prop_map(|(group, ids)| Request::RedriveDeadLetters { group, ids }),
     ]
 }
 
@@ -190,15 +203,24 @@ fn response() -> impl Strategy<Value = (CommandCode, Response)> {
                 ),
             )
         }),
-        proptest::collection::vec((s(), s(), model(), any::<u32>()), 0..3).prop_map(|gs| {
+        proptest::collection::vec(
+            (
+                s(),
+                model(),
+                proptest::collection::vec(s(), 0..3),
+                proptest::collection::vec(s(), 0..3)
+            ),
+            0..3
+        )
+        .prop_map(|gs| {
             (
                 CommandCode::ListGroups,
                 Response::Groups(
                     gs.into_iter()
-                        .map(|(name, topic, model, members)| GroupInfo {
+                        .map(|(name, model, topics, members)| GroupInfo {
                             name,
-                            topic,
                             model,
+                            topics,
                             members,
                         })
                         .collect(),
@@ -206,7 +228,15 @@ fn response() -> impl Strategy<Value = (CommandCode, Response)> {
             )
         }),
         proptest::collection::vec(
-            (s(), any::<u32>(), any::<u64>(), any::<u64>(), any::<u64>()),
+            (
+                s(),
+                any::<u32>(),
+                proptest::option::of(s()),
+                any::<u64>(),
+                any::<u64>(),
+                any::<u64>(),
+                any::<u64>()
+            ),
             0..3
         )
         .prop_map(|ls| {
@@ -215,18 +245,30 @@ fn response() -> impl Strategy<Value = (CommandCode, Response)> {
                 Response::Lag(
                     ls.into_iter()
                         .map(
-                            |(topic, queue_id, max_offset, consumer_offset, lag)| QueueLag {
-                                topic,
-                                queue_id,
-                                max_offset,
-                                consumer_offset,
-                                lag,
+                            |(topic, queue_id, consumer_id, committed, max, lag, unsettled)| {
+                                QueueLag {
+                                    topic,
+                                    queue_id,
+                                    consumer_id,
+                                    committed,
+                                    max,
+                                    lag,
+                                    unsettled,
+                                }
                             },
                         )
                         .collect(),
                 ),
             )
         }),
+        any::<u64>().prop_map(|after_ms| (
+            CommandCode::Nack,
+            Response::Nacked(NackResult::Redeliver { after_ms })
+        )),
+        Just((
+            CommandCode::Nack,
+            Response::Nacked(NackResult::DeadLettered)
+        )),
         proptest::option::of(view()).prop_map(|m| (CommandCode::LookupById, Response::Message(m))),
         proptest::collection::vec(view(), 0..3)
             .prop_map(|ms| (CommandCode::LookupByKey, Response::Messages(ms))),
