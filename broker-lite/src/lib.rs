@@ -9,7 +9,12 @@
 //! | `protocol` | length-prefixed binary frames and the commands they carry |
 //! | `server` / `client` | the TCP server and the producer, consumer and admin clients |
 
+#![forbid(unsafe_code)]
+
+pub mod broker;
 pub mod client;
 pub mod protocol;
 pub mod server;
 pub mod storage;
+
+pub use broker::{Broker, BrokerConfig, BrokerError};

@@ -1,0 +1,188 @@
+//! What consumers send and receive: subscriptions, pulls, deliveries and settlements.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use uuid::Uuid;
+
+pub use super::receipt::Receipt;
+
+/// How a group's members share a topic (safeguard C5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[non_exhaustive]
+pub enum MessageModel {
+    /// CLUSTERING: each message goes to one member; the topic's queues are balanced across the
+    /// live members.
+    Clustering,
+    /// BROADCASTING: every member gets every message, with offsets kept per member. Handlers
+    /// with side effects must be idempotent: each member applies them.
+    Broadcasting,
+}
+
+/// A member joining (or refreshing its place in) a consumer group for one topic.
+///
+/// ```
+/// use broker_lite::broker::{ConsumerSpec, MessageModel};
+///
+/// let spec = ConsumerSpec::new("billing", "billing-1", "orders")
+///     .with_tags(["created", "paid"])
+///     .ordered(true);
+/// assert_eq!(spec.model, MessageModel::Clustering);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ConsumerSpec {
+    /// Consumer group.
+    pub group: String,
+    /// This member's id, unique within the group.
+    pub client_id: String,
+    /// Topic to consume.
+    pub topic: String,
+    /// Clustering or broadcasting; all members of a group must agree.
+    pub model: MessageModel,
+    /// Only messages with one of these tags; `None` (or a list holding `"*"`) takes all. Skipped
+    /// messages count as consumed.
+    pub tag_filter: Option<Vec<String>>,
+    /// Ordered consumption: at most one message per queue in flight, the next one only after the
+    /// ack; a nack redelivers the same message in place after its delay.
+    pub ordered: bool,
+}
+
+impl ConsumerSpec {
+    /// A clustering, unordered member taking every tag.
+    pub fn new(
+        group: impl Into<String>,
+        client_id: impl Into<String>,
+        topic: impl Into<String>,
+    ) -> Self {
+        ConsumerSpec {
+            group: group.into(),
+            client_id: client_id.into(),
+            topic: topic.into(),
+            model: MessageModel::Clustering,
+            tag_filter: None,
+            ordered: false,
+        }
+    }
+
+    /// Sets the message model.
+    pub fn with_model(mut self, model: MessageModel) -> Self {
+        self.model = model;
+        self
+    }
+
+    /// Takes only messages with one of `tags`.
+    pub fn with_tags<I: IntoIterator<Item = S>, S: Into<String>>(mut self, tags: I) -> Self {
+        self.tag_filter = Some(tags.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Sets ordered consumption.
+    pub fn ordered(mut self, ordered: bool) -> Self {
+        self.ordered = ordered;
+        self
+    }
+}
+
+/// A request for messages.
+///
+/// ```
+/// use std::time::Duration;
+/// use broker_lite::broker::PullRequest;
+///
+/// let pull = PullRequest::new("billing", "billing-1", "orders")
+///     .with_max_messages(16)
+///     .with_long_poll(Duration::from_secs(20));
+/// assert_eq!(pull.max_messages, 16);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PullRequest {
+    /// Consumer group.
+    pub group: String,
+    /// The pulling member.
+    pub client_id: String,
+    /// Topic.
+    pub topic: String,
+    /// Most messages to return (safeguard C6: default 1 for precise control).
+    pub max_messages: usize,
+    /// How long to wait for a message when none is ready (capped by `max_long_poll`).
+    pub long_poll: Duration,
+}
+
+impl PullRequest {
+    /// A pull of one message without waiting.
+    pub fn new(
+        group: impl Into<String>,
+        client_id: impl Into<String>,
+        topic: impl Into<String>,
+    ) -> Self {
+        PullRequest {
+            group: group.into(),
+            client_id: client_id.into(),
+            topic: topic.into(),
+            max_messages: 1,
+            long_poll: Duration::ZERO,
+        }
+    }
+
+    /// Sets the batch size.
+    pub fn with_max_messages(mut self, max: usize) -> Self {
+        self.max_messages = max;
+        self
+    }
+
+    /// Sets the long-poll wait.
+    pub fn with_long_poll(mut self, wait: Duration) -> Self {
+        self.long_poll = wait;
+        self
+    }
+}
+
+/// A message handed to a consumer. Settle it with [`Broker::ack`](super::Broker::ack) or
+/// [`Broker::nack`](super::Broker::nack) using its [`receipt`](Delivery::receipt).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Delivery {
+    /// Message id (the same on every redelivery).
+    pub message_id: Uuid,
+    /// Topic.
+    pub topic: String,
+    /// Queue.
+    pub queue_id: u32,
+    /// Offset within the queue.
+    pub queue_offset: u64,
+    /// Key.
+    pub key: Option<String>,
+    /// Tag.
+    pub tag: Option<String>,
+    /// Properties.
+    pub properties: BTreeMap<String, String>,
+    /// Payload.
+    pub body: Bytes,
+    /// When the producer created it, ms since the Unix epoch.
+    pub born_timestamp_ms: u64,
+    /// When the broker stored it, ms since the Unix epoch.
+    pub stored_timestamp_ms: u64,
+    /// How many times it was redelivered after a nack or consume timeout (0 the first time).
+    pub reconsume_times: u32,
+    /// When this group first had it delivered, ms since the Unix epoch.
+    pub first_delivered_at_ms: u64,
+    /// The handle to settle this delivery with.
+    pub receipt: Receipt,
+}
+
+/// What a nack did (RECONSUME_LATER, safeguard C1/C8).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use]
+#[non_exhaustive]
+pub enum NackOutcome {
+    /// The message will be delivered again after this delay.
+    Redeliver {
+        /// The delay of the chosen level.
+        after: Duration,
+    },
+    /// It was redelivered `max_reconsume_times` times already and moved to `%DLQ%<group>`.
+    DeadLettered,
+}

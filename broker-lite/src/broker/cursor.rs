@@ -1,0 +1,368 @@
+//! One consumer's position in one queue: the committed offset plus the messages between it and
+//! the read position that are in flight, waiting for redelivery, or acked out of order.
+//!
+//! Pure bookkeeping, no I/O: the broker reserves offsets here under its lock, reads the records
+//! outside it, and settles them here again.
+
+use std::collections::BTreeMap;
+
+/// The state of one delivered, not yet committed offset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Slot {
+    /// Delivered to `client_id`, attempt `attempt`; redelivered at `deadline_ms` (consume timeout).
+    InFlight { client_id: String, deadline_ms: u64 },
+    /// To be delivered again at `due_ms` (after a nack, a timeout, a rebalance or a restart).
+    Waiting { due_ms: u64 },
+    /// Being moved to the dead-letter topic; not delivered meanwhile.
+    Parked,
+    /// Settled, but an older offset is not yet.
+    Acked,
+}
+
+/// One offset between `committed` and `next`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Pending {
+    pub(crate) slot: Slot,
+    /// Deliveries so far; the receipt of the latest one carries this number.
+    pub(crate) attempts: u32,
+    /// Redeliveries after a nack or a consume timeout.
+    pub(crate) reconsume_times: u32,
+    /// When it was first delivered, ms since the epoch.
+    pub(crate) first_delivered_ms: u64,
+}
+
+/// An offset reserved for delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Reserved {
+    pub(crate) offset: u64,
+    pub(crate) attempt: u32,
+    pub(crate) reconsume_times: u32,
+    pub(crate) first_delivered_ms: u64,
+}
+
+/// Who a delivery goes to, and when.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Holder<'a> {
+    pub(crate) client_id: &'a str,
+    pub(crate) now_ms: u64,
+    /// When the consume timeout expires.
+    pub(crate) deadline_ms: u64,
+}
+
+/// What an ack found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AckResult {
+    /// Settled now.
+    Acked,
+    /// Already settled (idempotent ack).
+    AlreadySettled,
+    /// The offset was never delivered.
+    NeverDelivered,
+}
+
+/// A consumer's position in one queue.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Cursor {
+    /// The next offset never delivered.
+    pub(crate) next: u64,
+    /// Delivered offsets at or above the committed one, by offset.
+    pub(crate) pending: BTreeMap<u64, Pending>,
+}
+
+impl Cursor {
+    /// A cursor whose next undelivered offset is `offset`.
+    pub(crate) fn at(offset: u64) -> Self {
+        Cursor {
+            next: offset,
+            pending: BTreeMap::new(),
+        }
+    }
+
+    /// The lowest offset not acked: consumption resumes here after a restart.
+    pub(crate) fn committed(&self) -> u64 {
+        self.pending
+            .iter()
+            .find(|(_, p)| p.slot != Slot::Acked)
+            .map_or(self.next, |(o, _)| *o)
+    }
+
+    /// Offsets delivered and not settled.
+    pub(crate) fn unsettled(&self) -> usize {
+        self.pending
+            .values()
+            .filter(|p| p.slot != Slot::Acked)
+            .count()
+    }
+
+    fn compact(&mut self) {
+        while let Some(entry) = self.pending.first_entry() {
+            if entry.get().slot != Slot::Acked {
+                break;
+            }
+            entry.remove();
+        }
+    }
+
+    fn in_flight(&self) -> bool {
+        self.pending
+            .values()
+            .any(|p| matches!(p.slot, Slot::InFlight { .. } | Slot::Parked))
+    }
+
+    /// Waiting offsets that are due, turned in flight for `client_id`. Ordered: only the lowest
+    /// unsettled offset, and only when nothing is in flight.
+    pub(crate) fn take_due(
+        &mut self,
+        to: Holder<'_>,
+        limit: usize,
+        ordered: bool,
+    ) -> Vec<Reserved> {
+        if ordered && self.in_flight() {
+            return Vec::new();
+        }
+        let limit = if ordered { limit.min(1) } else { limit };
+        let mut out = Vec::new();
+        for (offset, p) in &mut self.pending {
+            if out.len() >= limit {
+                break;
+            }
+            match p.slot {
+                Slot::Waiting { due_ms } if due_ms <= to.now_ms => {
+                    p.slot = Slot::InFlight {
+                        client_id: to.client_id.to_string(),
+                        deadline_ms: to.deadline_ms,
+                    };
+                    p.attempts += 1;
+                    out.push(Reserved {
+                        offset: *offset,
+                        attempt: p.attempts,
+                        reconsume_times: p.reconsume_times,
+                        first_delivered_ms: p.first_delivered_ms,
+                    });
+                }
+                Slot::Acked => {}
+                _ if ordered => break,
+                _ => {}
+            }
+        }
+        out
+    }
+
+    /// Reserves up to `limit` new offsets below `available` for `client_id`. Ordered: one, and
+    /// only when nothing is unsettled. Never lets more than `cap` offsets be unsettled.
+    pub(crate) fn reserve_new(
+        &mut self,
+        available: u64,
+        limit: usize,
+        ordered: bool,
+        cap: usize,
+        to: Holder<'_>,
+    ) -> Vec<Reserved> {
+        let unsettled = self.unsettled();
+        if ordered && unsettled > 0 {
+            return Vec::new();
+        }
+        let limit = if ordered { limit.min(1) } else { limit };
+        let limit = limit.min(cap.saturating_sub(unsettled)) as u64;
+        let end = available.min(self.next.saturating_add(limit));
+        let mut out = Vec::new();
+        for offset in self.next..end {
+            self.pending.insert(
+                offset,
+                Pending {
+                    slot: Slot::InFlight {
+                        client_id: to.client_id.to_string(),
+                        deadline_ms: to.deadline_ms,
+                    },
+                    attempts: 1,
+                    reconsume_times: 0,
+                    first_delivered_ms: to.now_ms,
+                },
+            );
+            out.push(Reserved {
+                offset,
+                attempt: 1,
+                reconsume_times: 0,
+                first_delivered_ms: to.now_ms,
+            });
+        }
+        self.next = self.next.max(end);
+        out
+    }
+
+    /// Settles `offset` (any attempt: a late ack of an older delivery still counts).
+    pub(crate) fn ack(&mut self, offset: u64) -> AckResult {
+        if offset >= self.next {
+            return AckResult::NeverDelivered;
+        }
+        let result = match self.pending.get_mut(&offset) {
+            None
+            | Some(Pending {
+                slot: Slot::Acked, ..
+            }) => AckResult::AlreadySettled,
+            Some(p) => {
+                p.slot = Slot::Acked;
+                AckResult::Acked
+            }
+        };
+        self.compact();
+        result
+    }
+
+    /// The pending entry of the current delivery `attempt` of `offset` to `client_id`, if that
+    /// delivery is still in flight.
+    pub(crate) fn current(
+        &mut self,
+        offset: u64,
+        attempt: u32,
+        client_id: &str,
+    ) -> Option<&mut Pending> {
+        self.pending.get_mut(&offset).filter(|p| {
+            p.attempts == attempt
+                && matches!(&p.slot, Slot::InFlight { client_id: c, .. } if c == client_id)
+        })
+    }
+
+    /// Puts `offset` back for redelivery at `due_ms`, counting a redelivery when `bump`.
+    pub(crate) fn wait(&mut self, offset: u64, due_ms: u64, bump: bool) {
+        if let Some(p) = self.pending.get_mut(&offset) {
+            if p.slot != Slot::Acked {
+                p.slot = Slot::Waiting { due_ms };
+                if bump {
+                    p.reconsume_times += 1;
+                }
+            }
+        }
+    }
+
+    /// Keeps `offset` from being delivered while it is moved to the dead-letter topic.
+    pub(crate) fn park(&mut self, offset: u64) {
+        if let Some(p) = self.pending.get_mut(&offset) {
+            p.slot = Slot::Parked;
+        }
+    }
+
+    /// In-flight offsets whose consume timeout passed: `(offset, client_id, reconsume_times)`.
+    pub(crate) fn timed_out(&self, now_ms: u64) -> Vec<(u64, String, u32)> {
+        self.pending
+            .iter()
+            .filter_map(|(o, p)| match &p.slot {
+                Slot::InFlight {
+                    client_id,
+                    deadline_ms,
+                } if *deadline_ms <= now_ms => Some((*o, client_id.clone(), p.reconsume_times)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Puts every in-flight offset not held by `owner` back for immediate redelivery (its member
+    /// left or lost the queue in a rebalance). Returns how many.
+    pub(crate) fn release_others(&mut self, owner: Option<&str>, now_ms: u64) -> usize {
+        let mut n = 0;
+        for p in self.pending.values_mut() {
+            if let Slot::InFlight { client_id, .. } = &p.slot {
+                if Some(client_id.as_str()) != owner {
+                    p.slot = Slot::Waiting { due_ms: now_ms };
+                    n += 1;
+                }
+            }
+        }
+        n
+    }
+
+    /// Skips everything below `min` (removed by retention); returns how many unsettled offsets
+    /// were lost.
+    pub(crate) fn skip_to(&mut self, min: u64) -> u64 {
+        let committed = self.committed();
+        if committed >= min {
+            return 0;
+        }
+        let kept = self.pending.split_off(&min);
+        let lost_pending = self.pending.len() as u64;
+        let acked_lost = self
+            .pending
+            .values()
+            .filter(|p| p.slot == Slot::Acked)
+            .count() as u64;
+        self.pending = kept;
+        let never_delivered = min.saturating_sub(self.next);
+        self.next = self.next.max(min);
+        lost_pending - acked_lost + never_delivered
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h(client_id: &str, now_ms: u64, deadline_ms: u64) -> Holder<'_> {
+        Holder {
+            client_id,
+            now_ms,
+            deadline_ms,
+        }
+    }
+
+    #[test]
+    fn committed_follows_the_lowest_unacked_offset() {
+        let mut c = Cursor::at(5);
+        let r = c.reserve_new(10, 3, false, 100, h("a", 0, 1000));
+        assert_eq!(r.iter().map(|r| r.offset).collect::<Vec<_>>(), [5, 6, 7]);
+        assert_eq!(c.committed(), 5);
+        assert_eq!(c.ack(6), AckResult::Acked);
+        assert_eq!(c.committed(), 5);
+        assert_eq!(c.ack(5), AckResult::Acked);
+        assert_eq!(c.committed(), 7);
+        assert_eq!(c.ack(5), AckResult::AlreadySettled);
+        assert_eq!(c.ack(9), AckResult::NeverDelivered);
+        assert_eq!(c.ack(7), AckResult::Acked);
+        assert_eq!(c.committed(), 8);
+        assert!(c.pending.is_empty());
+    }
+
+    #[test]
+    fn ordered_delivers_one_at_a_time_and_redelivers_in_place() {
+        let mut c = Cursor::at(0);
+        assert_eq!(c.reserve_new(10, 5, true, 100, h("a", 0, 1000)).len(), 1);
+        assert!(c.reserve_new(10, 5, true, 100, h("a", 0, 1000)).is_empty());
+        assert!(c.current(0, 1, "a").is_some());
+        c.wait(0, 50, true);
+        assert!(c.reserve_new(10, 5, true, 100, h("a", 0, 1000)).is_empty());
+        assert!(c.take_due(h("a", 49, 1000), 5, true).is_empty());
+        let again = c.take_due(h("a", 50, 1000), 5, true);
+        assert_eq!(again[0].offset, 0);
+        assert_eq!(again[0].attempt, 2);
+        assert_eq!(again[0].reconsume_times, 1);
+        c.ack(0);
+        assert_eq!(
+            c.reserve_new(10, 5, true, 100, h("a", 0, 1000))[0].offset,
+            1
+        );
+    }
+
+    #[test]
+    fn timeouts_rebalance_and_caps() {
+        let mut c = Cursor::at(0);
+        c.reserve_new(10, 4, false, 3, h("a", 0, 100));
+        assert_eq!(c.unsettled(), 3);
+        assert!(c.reserve_new(10, 4, false, 3, h("a", 0, 100)).is_empty());
+        assert_eq!(c.timed_out(99).len(), 0);
+        assert_eq!(c.timed_out(100).len(), 3);
+        assert_eq!(c.release_others(Some("b"), 5), 3);
+        let r = c.take_due(h("b", 5, 200), 10, false);
+        assert_eq!(r.len(), 3);
+        assert!(c.current(0, 1, "a").is_none(), "the old receipt is stale");
+        assert!(c.current(0, 2, "b").is_some());
+    }
+
+    #[test]
+    fn retention_skips_lost_offsets() {
+        let mut c = Cursor::at(0);
+        c.reserve_new(10, 2, false, 10, h("a", 0, 100));
+        c.ack(1);
+        assert_eq!(c.skip_to(5), 1 + 3);
+        assert_eq!(c.committed(), 5);
+        assert_eq!(c.skip_to(3), 0);
+    }
+}

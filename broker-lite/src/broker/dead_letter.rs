@@ -1,0 +1,228 @@
+//! Dead letters (safeguard C8): messages redelivered `max_reconsume_times` times move to the
+//! group's dead-letter topic `%DLQ%<group>` (one queue), where they can be listed and re-driven.
+
+use std::collections::HashSet;
+
+use uuid::Uuid;
+
+use super::Broker;
+use super::error::{BrokerError, Result};
+use super::group::CursorKey;
+use super::message::{StoredMessage, props};
+use super::send::queue_for_key;
+use super::topics::dlq_topic;
+use super::trace::TraceKind;
+use crate::storage::{NewRecord, StoredRecord};
+
+/// Most dead letters looked at by one listing or re-drive.
+const SCAN_LIMIT: usize = 100_000;
+
+impl Broker {
+    /// Moves the parked message at `offset` of a cursor's queue to `%DLQ%<group>`, then settles
+    /// it. On failure the message becomes due again.
+    pub(crate) async fn dead_letter(
+        &self,
+        group: &str,
+        key: &CursorKey,
+        offset: u64,
+        reconsume_times: u32,
+    ) -> Result<()> {
+        let result = self
+            .write_dead_letter(group, key, offset, reconsume_times)
+            .await;
+        let now = self.now_ms();
+        {
+            let mut state = self.inner.state.lock().unwrap();
+            if let Some(c) = state
+                .groups
+                .get_mut(group)
+                .and_then(|g| g.cursors.get_mut(key))
+            {
+                match &result {
+                    Ok(_) => {
+                        c.ack(offset);
+                    }
+                    Err(_) => c.wait(offset, now, false),
+                }
+            }
+        }
+        self.mark_dirty();
+        self.inner.wake.notify_waiters();
+        match result {
+            Ok(Some(id)) => {
+                metrics::counter!("broker_lite_dead_letters_total", "group" => group.to_string())
+                    .increment(1);
+                tracing::warn!(group, topic = %key.topic, queue_id = key.queue_id, offset, %id,
+                    reconsume_times, "message moved to the dead-letter topic (C8)");
+                self.record(
+                    id,
+                    TraceKind::DeadLettered {
+                        group: group.to_string(),
+                    },
+                );
+                Ok(())
+            }
+            Ok(None) => Ok(()),
+            Err(e) => {
+                tracing::warn!(group, error = %e, "could not write a dead letter; it will be redelivered");
+                Err(e)
+            }
+        }
+    }
+
+    async fn write_dead_letter(
+        &self,
+        group: &str,
+        key: &CursorKey,
+        offset: u64,
+        reconsume_times: u32,
+    ) -> Result<Option<Uuid>> {
+        let records = self
+            .inner
+            .store
+            .read_queue(&key.topic, key.queue_id, offset, 1, usize::MAX)
+            .await?;
+        let Some(r) = records.into_iter().find(|r| r.queue_offset == offset) else {
+            tracing::warn!(group, topic = %key.topic, offset, "message to dead-letter was removed by retention");
+            return Ok(None);
+        };
+        let dlq = dlq_topic(group);
+        self.create_topic_unchecked(&dlq, 1).await?;
+        let mut record = NewRecord::new(dlq, 0, r.body);
+        record.message_id = r.message_id;
+        record.key = r.key;
+        record.tag = r.tag;
+        record.born_timestamp_ms = r.born_timestamp_ms;
+        record.properties = r.properties;
+        record.properties.remove(props::TARGET_GROUP);
+        record
+            .properties
+            .insert(props::ORIGIN_TOPIC.into(), r.topic.clone());
+        record
+            .properties
+            .insert(props::ORIGIN_QUEUE.into(), r.queue_id.to_string());
+        record
+            .properties
+            .insert(props::ORIGIN_OFFSET.into(), offset.to_string());
+        record
+            .properties
+            .insert(props::RECONSUME_TIMES.into(), reconsume_times.to_string());
+        self.append(vec![record]).await?;
+        Ok(Some(r.message_id))
+    }
+
+    /// Dead letters of `group` not yet re-driven, oldest first, at most `limit`. Each carries its
+    /// origin in the properties `%ORIGIN_TOPIC%`, `%ORIGIN_QUEUE%`, `%ORIGIN_OFFSET%` and
+    /// `%RECONSUME_TIMES%`.
+    ///
+    /// # Errors
+    /// [`BrokerError::Storage`] when the dead-letter topic cannot be read.
+    pub async fn dead_letters(&self, group: &str, limit: usize) -> Result<Vec<StoredMessage>> {
+        self.check_open()?;
+        Ok(self
+            .pending_dead_letters(group, limit)
+            .await?
+            .into_iter()
+            .map(StoredMessage::from)
+            .collect())
+    }
+
+    async fn pending_dead_letters(&self, group: &str, limit: usize) -> Result<Vec<StoredRecord>> {
+        let dlq = dlq_topic(group);
+        let redriven = match self.inner.state.lock().unwrap().groups.get(group) {
+            Some(g) => g.redriven.clone(),
+            None => return Err(BrokerError::UnknownGroup(group.into())),
+        };
+        let Some(bounds) = self.inner.store.queue_bounds(&dlq, 0) else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        let mut from = bounds.min;
+        let mut scanned = 0;
+        while from < bounds.max && out.len() < limit && scanned < SCAN_LIMIT {
+            let records = self
+                .inner
+                .store
+                .read_queue(&dlq, 0, from, 1024, 16 << 20)
+                .await?;
+            let Some(last) = records.last() else { break };
+            from = last.queue_offset + 1;
+            scanned += records.len();
+            out.extend(
+                records
+                    .into_iter()
+                    .filter(|r| !redriven.contains(&r.queue_offset)),
+            );
+        }
+        out.truncate(limit);
+        Ok(out)
+    }
+
+    /// Sends dead letters of `group` back to their original topic (all of them, or those with
+    /// the given ids), with the reconsume count reset. Only `group` receives them again; other
+    /// groups on the topic skip them. Returns how many were re-driven.
+    ///
+    /// # Errors
+    /// [`BrokerError::UnknownGroup`]; [`BrokerError::Storage`] (nothing is marked re-driven
+    /// then; a retry may repeat messages that were written).
+    pub async fn redrive_dead_letters(
+        &self,
+        group: &str,
+        message_ids: Option<Vec<Uuid>>,
+    ) -> Result<u64> {
+        self.check_open()?;
+        let wanted: Option<HashSet<Uuid>> = message_ids.map(|ids| ids.into_iter().collect());
+        let letters: Vec<StoredRecord> = self
+            .pending_dead_letters(group, SCAN_LIMIT)
+            .await?
+            .into_iter()
+            .filter(|r| wanted.as_ref().is_none_or(|w| w.contains(&r.message_id)))
+            .collect();
+        if letters.is_empty() {
+            return Ok(0);
+        }
+        let mut records = Vec::with_capacity(letters.len());
+        let mut offsets = Vec::with_capacity(letters.len());
+        for r in letters {
+            let Some(topic) = r.properties.get(props::ORIGIN_TOPIC).cloned() else {
+                continue;
+            };
+            let queues = self.ensure_topic(&topic).await?;
+            let origin_queue = r
+                .properties
+                .get(props::ORIGIN_QUEUE)
+                .and_then(|q| q.parse::<u32>().ok())
+                .filter(|q| *q < queues);
+            let queue_id = origin_queue
+                .or_else(|| r.key.as_deref().map(|k| queue_for_key(k, queues)))
+                .unwrap_or(0);
+            let mut record = NewRecord::new(topic, queue_id, r.body);
+            record.message_id = r.message_id;
+            record.key = r.key;
+            record.tag = r.tag;
+            record.born_timestamp_ms = r.born_timestamp_ms;
+            record.properties = r.properties;
+            record.properties.retain(|k, _| !k.starts_with('%'));
+            record
+                .properties
+                .insert(props::TARGET_GROUP.into(), group.to_string());
+            records.push(record);
+            offsets.push((r.queue_offset, r.message_id));
+        }
+        self.append(records).await?;
+        if let Some(g) = self.inner.state.lock().unwrap().groups.get_mut(group) {
+            g.redriven.extend(offsets.iter().map(|(o, _)| *o));
+        }
+        self.mark_dirty();
+        for (_, id) in &offsets {
+            self.record(
+                *id,
+                TraceKind::Redriven {
+                    group: group.to_string(),
+                },
+            );
+        }
+        tracing::info!(group, count = offsets.len(), "dead letters re-driven");
+        Ok(offsets.len() as u64)
+    }
+}

@@ -1,0 +1,186 @@
+//! Joining, heartbeating and leaving consumer groups, and the periodic eviction of silent members.
+
+use super::consumer::{ConsumerSpec, MessageModel};
+use super::cursor::Cursor;
+use super::error::{BrokerError, Result};
+use super::group::{Group, Member, Subscription};
+use super::topics::check_name;
+use super::{Broker, ConsumeFrom};
+
+impl Broker {
+    /// Registers `spec.client_id` as a member of `spec.group` consuming `spec.topic`, or refreshes
+    /// its subscription and heartbeat. In a clustering group the topic's queues are rebalanced.
+    ///
+    /// # Errors
+    /// [`BrokerError::InvalidName`]; [`BrokerError::UnknownTopic`] (when topics are not created
+    /// automatically); [`BrokerError::ModelMismatch`] when the group uses the other model.
+    ///
+    /// # Examples
+    /// ```
+    /// # async fn f(broker: broker_lite::broker::Broker) -> broker_lite::broker::Result<()> {
+    /// use broker_lite::broker::{ConsumerSpec, MessageModel};
+    /// broker.subscribe(ConsumerSpec::new("billing", "billing-1", "orders")).await?;
+    /// broker
+    ///     .subscribe(ConsumerSpec::new("cache", "node-1", "orders").with_model(MessageModel::Broadcasting))
+    ///     .await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn subscribe(&self, spec: ConsumerSpec) -> Result<()> {
+        self.check_open()?;
+        check_name(&spec.group)?;
+        if spec.client_id.is_empty() || spec.client_id.len() > 255 {
+            return Err(BrokerError::InvalidRequest(
+                "the client id must be 1 to 255 bytes long".into(),
+            ));
+        }
+        let queues = self.ensure_topic(&spec.topic).await?;
+        let now = self.now_ms();
+        let mut state = self.inner.state.lock().unwrap();
+        let group = state
+            .groups
+            .entry(spec.group.clone())
+            .or_insert_with(|| Group::new(spec.model));
+        if group.model != spec.model {
+            return Err(BrokerError::ModelMismatch {
+                group: spec.group,
+                existing: group.model,
+            });
+        }
+        if spec.model == MessageModel::Broadcasting {
+            tracing::warn!(group = %spec.group, client_id = %spec.client_id,
+                "broadcasting: every member applies every message, handlers must be idempotent (C5)");
+        }
+        let member = group
+            .members
+            .entry(spec.client_id.clone())
+            .or_insert_with(|| Member {
+                subscriptions: Default::default(),
+                last_seen_ms: now,
+            });
+        member.last_seen_ms = now;
+        member.subscriptions.insert(
+            spec.topic.clone(),
+            Subscription {
+                tag_filter: spec.tag_filter,
+                ordered: spec.ordered,
+            },
+        );
+        group.topics.insert(spec.topic.clone());
+        for q in 0..queues {
+            let key = group.key(&spec.topic, q, &spec.client_id);
+            group
+                .cursors
+                .entry(key)
+                .or_insert_with(|| Cursor::at(self.start_offset(&spec.topic, q)));
+        }
+        if group.rebalance(&spec.topic, queues, now) {
+            metrics::counter!("broker_lite_rebalances_total", "group" => spec.group.clone())
+                .increment(1);
+        }
+        drop(state);
+        tracing::debug!(group = %spec.group, client_id = %spec.client_id, topic = %spec.topic, "member subscribed");
+        self.mark_dirty();
+        self.inner.wake.notify_waiters();
+        Ok(())
+    }
+
+    /// Refreshes a member's heartbeat (a pull does too). Members silent for longer than
+    /// [`heartbeat_timeout`](super::BrokerConfig::heartbeat_timeout) are evicted.
+    ///
+    /// # Errors
+    /// [`BrokerError::UnknownGroup`], [`BrokerError::UnknownMember`] (for instance after an
+    /// eviction: subscribe again).
+    pub async fn heartbeat(&self, group: &str, client_id: &str) -> Result<()> {
+        self.check_open()?;
+        let now = self.now_ms();
+        let mut state = self.inner.state.lock().unwrap();
+        let g = state
+            .groups
+            .get_mut(group)
+            .ok_or_else(|| BrokerError::UnknownGroup(group.into()))?;
+        let m = g
+            .members
+            .get_mut(client_id)
+            .ok_or_else(|| BrokerError::UnknownMember {
+                group: group.into(),
+                client_id: client_id.into(),
+                topic: String::new(),
+            })?;
+        m.last_seen_ms = now;
+        Ok(())
+    }
+
+    /// Removes a member from its group; its queues go to the other members, and its in-flight
+    /// messages are redelivered to them.
+    ///
+    /// # Errors
+    /// [`BrokerError::UnknownGroup`], [`BrokerError::UnknownMember`].
+    pub async fn unsubscribe(&self, group: &str, client_id: &str) -> Result<()> {
+        self.check_open()?;
+        let now = self.now_ms();
+        let mut state = self.inner.state.lock().unwrap();
+        let topics = state.topics.clone();
+        let g = state
+            .groups
+            .get_mut(group)
+            .ok_or_else(|| BrokerError::UnknownGroup(group.into()))?;
+        let member = g
+            .members
+            .remove(client_id)
+            .ok_or_else(|| BrokerError::UnknownMember {
+                group: group.into(),
+                client_id: client_id.into(),
+                topic: String::new(),
+            })?;
+        for topic in member.subscriptions.keys() {
+            let queues = topics.get(topic).copied().unwrap_or(0);
+            if g.rebalance(topic, queues, now) {
+                metrics::counter!("broker_lite_rebalances_total", "group" => group.to_string())
+                    .increment(1);
+            }
+        }
+        drop(state);
+        tracing::info!(group, client_id, "member left");
+        self.mark_dirty();
+        self.inner.wake.notify_waiters();
+        Ok(())
+    }
+
+    /// Evicts members whose heartbeat timed out and rebalances their groups.
+    pub(crate) fn evict_silent_members(&self, now: u64) {
+        let timeout = self.inner.config.heartbeat_timeout.as_millis() as u64;
+        let mut state = self.inner.state.lock().unwrap();
+        let topics = state.topics.clone();
+        let mut changed = false;
+        for (name, g) in &mut state.groups {
+            let gone = g.evict_silent(now, timeout);
+            if gone.is_empty() {
+                continue;
+            }
+            tracing::warn!(group = %name, members = ?gone, "evicted members after missed heartbeats");
+            for topic in g.topics.clone() {
+                let queues = topics.get(&topic).copied().unwrap_or(0);
+                if g.rebalance(&topic, queues, now) {
+                    metrics::counter!("broker_lite_rebalances_total", "group" => name.clone())
+                        .increment(1);
+                }
+            }
+            changed = true;
+        }
+        drop(state);
+        if changed {
+            self.mark_dirty();
+            self.inner.wake.notify_waiters();
+        }
+    }
+
+    /// Where a group starts on a queue it never consumed.
+    pub(crate) fn start_offset(&self, topic: &str, queue_id: u32) -> u64 {
+        let bounds = self.inner.store.queue_bounds(topic, queue_id);
+        match self.inner.config.consume_from {
+            ConsumeFrom::Latest => bounds.map_or(0, |b| b.max),
+            _ => bounds.map_or(0, |b| b.min),
+        }
+    }
+}

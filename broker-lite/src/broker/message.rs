@@ -1,0 +1,192 @@
+//! Messages as producers send them and as admins read them back.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use uuid::Uuid;
+
+use crate::storage::StoredRecord;
+
+/// A message to send.
+///
+/// ```
+/// use broker_lite::broker::SendRequest;
+///
+/// let request = SendRequest::new("orders", "order 42 created")
+///     .with_key("order-42")
+///     .with_tag("created")
+///     .with_property("trace-id", "abc");
+/// assert_eq!(request.queue_id, None);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SendRequest {
+    /// Topic name.
+    pub topic: String,
+    /// The queue; `None` picks it from the key's hash (one key stays in one queue, in order), or
+    /// round robin when there is no key.
+    pub queue_id: Option<u32>,
+    /// Message id (UUIDv7 by default); kept through redelivery and dead lettering.
+    pub message_id: Uuid,
+    /// Optional key: ordering and lookup.
+    pub key: Option<String>,
+    /// Optional tag: consumer-side filtering.
+    pub tag: Option<String>,
+    /// String properties (headers). Names starting with `%` are reserved for the broker.
+    pub properties: BTreeMap<String, String>,
+    /// Payload.
+    pub body: Bytes,
+    /// When the producer created the message, ms since the Unix epoch; `0` means "now".
+    pub born_timestamp_ms: u64,
+}
+
+impl SendRequest {
+    /// A message with a fresh UUIDv7 id, no key, tag or properties.
+    pub fn new(topic: impl Into<String>, body: impl Into<Bytes>) -> Self {
+        SendRequest {
+            topic: topic.into(),
+            queue_id: None,
+            message_id: Uuid::now_v7(),
+            key: None,
+            tag: None,
+            properties: BTreeMap::new(),
+            body: body.into(),
+            born_timestamp_ms: 0,
+        }
+    }
+
+    /// Sets the message id.
+    pub fn with_message_id(mut self, id: Uuid) -> Self {
+        self.message_id = id;
+        self
+    }
+
+    /// Sets the queue explicitly.
+    pub fn with_queue(mut self, queue_id: u32) -> Self {
+        self.queue_id = Some(queue_id);
+        self
+    }
+
+    /// Sets the key.
+    pub fn with_key(mut self, key: impl Into<String>) -> Self {
+        self.key = Some(key.into());
+        self
+    }
+
+    /// Sets the tag.
+    pub fn with_tag(mut self, tag: impl Into<String>) -> Self {
+        self.tag = Some(tag.into());
+        self
+    }
+
+    /// Adds a property.
+    pub fn with_property(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.properties.insert(name.into(), value.into());
+        self
+    }
+
+    /// Sets the born timestamp (ms since the Unix epoch).
+    pub fn with_born_timestamp_ms(mut self, ms: u64) -> Self {
+        self.born_timestamp_ms = ms;
+        self
+    }
+}
+
+/// The outcome of a send that reached the store (safeguard P1).
+///
+/// Anything but [`SendOk`](SendStatus::SendOk) means the message was written but is not known
+/// to be as durable as configured: the producer should treat it as a failure (and retry, accepting
+/// a possible duplicate) unless configured otherwise.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SendStatus {
+    /// Stored as durably as configured (fsynced under sync flush, in the page cache under async).
+    SendOk,
+    /// Written, but the fsync did not finish within the sync flush timeout.
+    FlushDiskTimeout,
+    /// Stored locally, but the follower did not confirm in time (replication, later issue).
+    FlushSlaveTimeout,
+    /// Stored locally, but no follower is available (replication, later issue).
+    SlaveNotAvailable,
+}
+
+impl SendStatus {
+    /// Whether this is [`SendStatus::SendOk`].
+    pub fn is_ok(self) -> bool {
+        self == SendStatus::SendOk
+    }
+}
+
+/// Where a sent message went and how durable it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[must_use = "check the send status: anything but SendOk is not known durable (safeguard P1, P8)"]
+#[non_exhaustive]
+pub struct SendResult {
+    /// Durability status.
+    pub status: SendStatus,
+    /// The message id.
+    pub message_id: Uuid,
+    /// The topic.
+    pub topic: String,
+    /// The queue the message went to.
+    pub queue_id: u32,
+    /// Its offset in the queue.
+    pub queue_offset: u64,
+}
+
+/// A message read back from the log (admin lookups, dead letters).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StoredMessage {
+    /// Message id.
+    pub message_id: Uuid,
+    /// Topic it is stored in (`%DLQ%<group>` for dead letters).
+    pub topic: String,
+    /// Queue.
+    pub queue_id: u32,
+    /// Offset in the queue.
+    pub queue_offset: u64,
+    /// Key.
+    pub key: Option<String>,
+    /// Tag.
+    pub tag: Option<String>,
+    /// Properties, including the broker's `%`-prefixed ones (origin of a dead letter ...).
+    pub properties: BTreeMap<String, String>,
+    /// Payload.
+    pub body: Bytes,
+    /// When the producer created it, ms since the Unix epoch.
+    pub born_timestamp_ms: u64,
+    /// When the broker stored it, ms since the Unix epoch.
+    pub stored_timestamp_ms: u64,
+}
+
+impl From<StoredRecord> for StoredMessage {
+    fn from(r: StoredRecord) -> Self {
+        StoredMessage {
+            message_id: r.message_id,
+            topic: r.topic,
+            queue_id: r.queue_id,
+            queue_offset: r.queue_offset,
+            key: r.key,
+            tag: r.tag,
+            properties: r.properties,
+            body: r.body,
+            born_timestamp_ms: r.born_timestamp_ms,
+            stored_timestamp_ms: r.stored_timestamp_ms,
+        }
+    }
+}
+
+/// Broker property names (all start with `%`).
+pub(crate) mod props {
+    /// Topic a dead letter came from.
+    pub(crate) const ORIGIN_TOPIC: &str = "%ORIGIN_TOPIC%";
+    /// Queue a dead letter came from.
+    pub(crate) const ORIGIN_QUEUE: &str = "%ORIGIN_QUEUE%";
+    /// Offset a dead letter came from.
+    pub(crate) const ORIGIN_OFFSET: &str = "%ORIGIN_OFFSET%";
+    /// Redeliveries before dead lettering.
+    pub(crate) const RECONSUME_TIMES: &str = "%RECONSUME_TIMES%";
+    /// A redriven message is delivered to this group only.
+    pub(crate) const TARGET_GROUP: &str = "%TARGET_GROUP%";
+}

@@ -1,0 +1,316 @@
+//! Pulling: picking due redeliveries and new messages from a member's queues, long polling.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::Broker;
+use super::consumer::{Delivery, PullRequest};
+use super::cursor::{Cursor, Holder, Reserved};
+use super::error::{BrokerError, Result};
+use super::group::Subscription;
+use super::message::props;
+use super::receipt::Receipt;
+use super::trace::TraceKind;
+use crate::storage::StoredRecord;
+
+/// How often a long poll re-checks due redeliveries while nothing else wakes it.
+const RECHECK: Duration = Duration::from_millis(500);
+
+/// Offsets of one queue reserved for this pull.
+struct Plan {
+    queue_id: u32,
+    reserved: Vec<Reserved>,
+}
+
+impl Broker {
+    /// Returns up to `max_messages` messages from the queues assigned to the member: first those
+    /// due for redelivery, then new ones. When none is ready it waits up to `long_poll` (capped
+    /// by [`max_long_poll`](super::BrokerConfig::max_long_poll)) and returns an empty list on
+    /// timeout. A pull counts as a heartbeat.
+    ///
+    /// Every returned message is in flight until acked or nacked; after the consume timeout it is
+    /// delivered again.
+    ///
+    /// # Errors
+    /// [`BrokerError::UnknownTopic`], [`BrokerError::UnknownGroup`],
+    /// [`BrokerError::UnknownMember`] (not subscribed to the topic, or evicted);
+    /// [`BrokerError::Storage`] when records cannot be read.
+    ///
+    /// # Cancel safety
+    /// Cancel safe while waiting; a pull dropped after it reserved messages leaves them in flight
+    /// until the consume timeout redelivers them.
+    ///
+    /// # Examples
+    /// ```
+    /// # async fn f(broker: broker_lite::broker::Broker) -> broker_lite::broker::Result<()> {
+    /// use std::time::Duration;
+    /// use broker_lite::broker::PullRequest;
+    /// let pull = PullRequest::new("billing", "billing-1", "orders").with_long_poll(Duration::from_secs(20));
+    /// for delivery in broker.pull(pull).await? {
+    ///     // handle it, then:
+    ///     broker.ack(&delivery.receipt).await?;
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn pull(&self, request: PullRequest) -> Result<Vec<Delivery>> {
+        self.check_open()?;
+        let max = request
+            .max_messages
+            .clamp(1, self.inner.config.max_pull_batch);
+        let wait = request.long_poll.min(self.inner.config.max_long_poll);
+        let deadline = Instant::now() + wait;
+        metrics::counter!("broker_lite_pulls_total").increment(1);
+        loop {
+            self.housekeeping().await?;
+            let mut progress = self.inner.store.subscribe();
+            progress.borrow_and_update();
+            let notified = self.inner.wake.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let (deliveries, progressed) = self.try_pull(&request, max).await?;
+            if !deliveries.is_empty() {
+                return Ok(deliveries);
+            }
+            if progressed {
+                continue; // everything reserved was filtered out: look further
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(Vec::new());
+            }
+            self.check_open()?;
+            tokio::select! {
+                _ = progress.changed() => {}
+                _ = notified => {}
+                _ = tokio::time::sleep_until(deadline.min(now + RECHECK)) => {}
+            }
+        }
+    }
+
+    /// One attempt: reserve under the lock, read outside it, settle filtered ones. Returns the
+    /// deliveries and whether anything was reserved.
+    async fn try_pull(&self, request: &PullRequest, max: usize) -> Result<(Vec<Delivery>, bool)> {
+        let (group, client, topic) = (&request.group, &request.client_id, &request.topic);
+        let now = self.now_ms();
+        let deadline_ms = now + self.inner.config.consume_timeout.as_millis() as u64;
+        let (plans, sub) = {
+            let mut state = self.inner.state.lock().unwrap();
+            let queues = *state
+                .topics
+                .get(topic)
+                .ok_or_else(|| BrokerError::UnknownTopic(topic.clone()))?;
+            let g = state
+                .groups
+                .get_mut(group)
+                .ok_or_else(|| BrokerError::UnknownGroup(group.clone()))?;
+            let member = g.members.get_mut(client);
+            let Some(sub) = member
+                .as_ref()
+                .and_then(|m| m.subscriptions.get(topic))
+                .cloned()
+            else {
+                return Err(BrokerError::UnknownMember {
+                    group: group.clone(),
+                    client_id: client.clone(),
+                    topic: topic.clone(),
+                });
+            };
+            if let Some(m) = member {
+                m.last_seen_ms = now;
+            }
+            let mut plans = Vec::new();
+            let mut left = max;
+            for queue_id in g.queues_of(topic, queues, client) {
+                if left == 0 {
+                    break;
+                }
+                let key = g.key(topic, queue_id, client);
+                let cursor = g
+                    .cursors
+                    .entry(key)
+                    .or_insert_with(|| Cursor::at(self.start_offset(topic, queue_id)));
+                let to = Holder {
+                    client_id: client,
+                    now_ms: now,
+                    deadline_ms,
+                };
+                let mut reserved = cursor.take_due(to, left, sub.ordered);
+                left -= reserved.len();
+                if left > 0 {
+                    let available = self
+                        .inner
+                        .store
+                        .queue_bounds(topic, queue_id)
+                        .map_or(0, |b| b.max);
+                    let new = cursor.reserve_new(
+                        available,
+                        left,
+                        sub.ordered,
+                        self.inner.config.max_pending_per_queue,
+                        to,
+                    );
+                    left -= new.len();
+                    reserved.extend(new);
+                }
+                if !reserved.is_empty() {
+                    plans.push(Plan { queue_id, reserved });
+                }
+            }
+            (plans, sub)
+        };
+        if plans.is_empty() {
+            return Ok((Vec::new(), false));
+        }
+        let mut deliveries = Vec::new();
+        let mut skipped: Vec<(u32, u64, Option<uuid::Uuid>)> = Vec::new();
+        let mut failure = None;
+        for plan in &plans {
+            match self.read_plan(topic, plan).await {
+                Ok(records) => {
+                    for (r, record) in plan.reserved.iter().zip(records) {
+                        match record {
+                            Some(rec) if self.wanted(&sub, group, &rec) => {
+                                deliveries.push(self.delivery(request, r, rec));
+                            }
+                            Some(rec) => {
+                                skipped.push((plan.queue_id, r.offset, Some(rec.message_id)))
+                            }
+                            None => {
+                                tracing::warn!(
+                                    group,
+                                    topic,
+                                    queue_id = plan.queue_id,
+                                    offset = r.offset,
+                                    "message removed by retention before it was consumed; skipping it"
+                                );
+                                skipped.push((plan.queue_id, r.offset, None));
+                            }
+                        }
+                    }
+                }
+                Err(e) => {
+                    failure = Some(e);
+                    // Give the reservations back: they are delivered again at once.
+                    let mut state = self.inner.state.lock().unwrap();
+                    if let Some(g) = state.groups.get_mut(group) {
+                        let key = g.key(topic, plan.queue_id, client);
+                        if let Some(c) = g.cursors.get_mut(&key) {
+                            for r in &plan.reserved {
+                                c.wait(r.offset, now, false);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        if !skipped.is_empty() {
+            let mut state = self.inner.state.lock().unwrap();
+            if let Some(g) = state.groups.get_mut(group) {
+                for (queue_id, offset, _) in &skipped {
+                    let key = g.key(topic, *queue_id, client);
+                    if let Some(c) = g.cursors.get_mut(&key) {
+                        c.ack(*offset);
+                    }
+                }
+            }
+            drop(state);
+            self.mark_dirty();
+            for (_, _, id) in skipped {
+                if let Some(id) = id {
+                    self.record(
+                        id,
+                        TraceKind::Filtered {
+                            group: group.clone(),
+                        },
+                    );
+                }
+            }
+        }
+        if let Some(e) = failure {
+            if deliveries.is_empty() {
+                return Err(e);
+            }
+            tracing::warn!(error = %e, "a pull could read only part of its messages");
+        }
+        for d in &deliveries {
+            self.record(
+                d.message_id,
+                TraceKind::Delivered {
+                    group: group.clone(),
+                    client_id: client.clone(),
+                    attempt: d.receipt.attempt,
+                },
+            );
+            if d.reconsume_times > 0 || d.receipt.attempt > 1 {
+                metrics::counter!("broker_lite_redeliveries_total", "group" => group.clone())
+                    .increment(1);
+            }
+        }
+        metrics::counter!("broker_lite_deliveries_total", "group" => group.clone())
+            .increment(deliveries.len() as u64);
+        Ok((deliveries, true))
+    }
+
+    /// The records of a plan, one per reservation (`None`: no longer stored).
+    async fn read_plan(&self, topic: &str, plan: &Plan) -> Result<Vec<Option<StoredRecord>>> {
+        let mut out = Vec::with_capacity(plan.reserved.len());
+        let mut i = 0;
+        while i < plan.reserved.len() {
+            // Read runs of consecutive offsets at once.
+            let first = plan.reserved[i].offset;
+            let mut n = 1;
+            while i + n < plan.reserved.len() && plan.reserved[i + n].offset == first + n as u64 {
+                n += 1;
+            }
+            let records = self
+                .inner
+                .store
+                .read_queue(topic, plan.queue_id, first, n, usize::MAX)
+                .await?;
+            for k in 0..n as u64 {
+                let offset = first + k;
+                out.push(records.iter().find(|r| r.queue_offset == offset).cloned());
+            }
+            i += n;
+        }
+        Ok(out)
+    }
+
+    /// Whether the member wants the record: tag filter, and redriven messages are for their
+    /// group only.
+    fn wanted(&self, sub: &Subscription, group: &str, record: &StoredRecord) -> bool {
+        if let Some(target) = record.properties.get(props::TARGET_GROUP) {
+            if target != group {
+                return false;
+            }
+        }
+        sub.accepts(record.tag.as_deref())
+    }
+
+    fn delivery(&self, request: &PullRequest, r: &Reserved, rec: StoredRecord) -> Delivery {
+        Delivery {
+            message_id: rec.message_id,
+            topic: rec.topic,
+            queue_id: rec.queue_id,
+            queue_offset: rec.queue_offset,
+            key: rec.key,
+            tag: rec.tag,
+            properties: rec.properties,
+            body: rec.body,
+            born_timestamp_ms: rec.born_timestamp_ms,
+            stored_timestamp_ms: rec.stored_timestamp_ms,
+            reconsume_times: r.reconsume_times,
+            first_delivered_at_ms: r.first_delivered_ms,
+            receipt: Receipt {
+                group: request.group.clone(),
+                client_id: request.client_id.clone(),
+                topic: request.topic.clone(),
+                queue_id: rec.queue_id,
+                queue_offset: r.offset,
+                attempt: r.attempt,
+            },
+        }
+    }
+}
