@@ -63,6 +63,8 @@ impl Broker {
         let deadline = Instant::now() + wait;
         metrics::counter!("broker_lite_pulls_total").increment(1);
         loop {
+            // A pull is a heartbeat: refresh it before silent members are evicted.
+            let _ = self.heartbeat(&request.group, &request.client_id).await;
             self.housekeeping().await?;
             let mut progress = self.inner.store.subscribe();
             progress.borrow_and_update();

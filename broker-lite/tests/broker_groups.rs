@@ -1,0 +1,184 @@
+//! Consumer groups: clustering rebalance, broadcasting, tag filters, long polling.
+
+mod broker_common;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use broker_common::{Env, bodies};
+use broker_lite::broker::{
+    BrokerError, ConsumerSpec, MessageModel, PullRequest, SendRequest, TraceKind,
+};
+
+async fn send_to_every_queue(env: &Env, topic: &str, per_queue: u32) {
+    for q in 0..4 {
+        for i in 0..per_queue {
+            let r = env
+                .broker
+                .send(SendRequest::new(topic, format!("q{q}-{i}")).with_queue(q))
+                .await
+                .unwrap();
+            assert!(r.status.is_ok());
+        }
+    }
+}
+
+fn queues_of(env: &Env, group: &str, client: &str) -> BTreeSet<u32> {
+    env.broker
+        .groups()
+        .into_iter()
+        .find(|g| g.group == group)
+        .unwrap()
+        .members
+        .into_iter()
+        .find(|m| m.client_id == client)
+        .map(|m| m.queues.into_iter().map(|(_, q)| q).collect())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn clustering_splits_queues_and_moves_them_when_a_member_leaves() {
+    let env = Env::new().await;
+    let b = &env.broker;
+    send_to_every_queue(&env, "t", 2).await;
+    env.join("g", "a", "t").await;
+    env.join("g", "b", "t").await;
+    assert_eq!(queues_of(&env, "g", "a"), BTreeSet::from([0, 1]));
+    assert_eq!(queues_of(&env, "g", "b"), BTreeSet::from([2, 3]));
+    let from_a = env.pull("g", "a", "t", 100).await;
+    let from_b = env.pull("g", "b", "t", 100).await;
+    assert_eq!(from_a.len(), 4);
+    assert_eq!(from_b.len(), 4);
+    assert!(from_a.iter().all(|d| d.queue_id < 2));
+    // b acks one message, then leaves with three in flight.
+    b.ack(&from_b[0].receipt).await.unwrap();
+    b.unsubscribe("g", "b").await.unwrap();
+    assert_eq!(queues_of(&env, "g", "a"), BTreeSet::from([0, 1, 2, 3]));
+    let moved = env.pull("g", "a", "t", 100).await;
+    let expected: BTreeSet<_> = bodies(&from_b[1..]).into_iter().collect();
+    assert_eq!(
+        bodies(&moved).into_iter().collect::<BTreeSet<_>>(),
+        expected
+    );
+    assert!(moved.iter().all(|d| d.receipt.attempt() == 2));
+    // b's old receipts are stale for nack.
+    assert!(matches!(
+        b.nack(&from_b[1].receipt, None).await,
+        Err(BrokerError::StaleReceipt { .. })
+    ));
+    assert!(matches!(
+        b.pull(PullRequest::new("g", "b", "t")).await,
+        Err(BrokerError::UnknownMember { .. })
+    ));
+}
+
+#[tokio::test]
+async fn a_member_that_misses_heartbeats_is_evicted_and_its_messages_go_to_the_survivor() {
+    let env = Env::with(|c| c.heartbeat_timeout = Duration::from_secs(30)).await;
+    let b = &env.broker;
+    send_to_every_queue(&env, "t", 1).await;
+    env.join("g", "a", "t").await;
+    env.join("g", "b", "t").await;
+    let from_b = env.pull("g", "b", "t", 100).await;
+    assert_eq!(from_b.len(), 2);
+    env.advance(Duration::from_secs(20));
+    b.heartbeat("g", "a").await.unwrap();
+    env.advance(Duration::from_secs(20));
+    // a pulls (a heartbeat too); b has been silent for 40 s.
+    let got = env.pull("g", "a", "t", 100).await;
+    assert_eq!(queues_of(&env, "g", "a"), BTreeSet::from([0, 1, 2, 3]));
+    let ids: BTreeSet<_> = got.iter().map(|d| d.message_id).collect();
+    assert!(
+        from_b.iter().all(|d| ids.contains(&d.message_id)),
+        "b's un-acked messages redelivered to a"
+    );
+    assert_eq!(got.len(), 4);
+    let groups = b.groups();
+    assert_eq!(groups[0].members.len(), 1);
+    assert!(matches!(
+        b.heartbeat("g", "b").await,
+        Err(BrokerError::UnknownMember { .. })
+    ));
+}
+
+#[tokio::test]
+async fn broadcasting_reaches_every_member() {
+    let env = Env::new().await;
+    let b = &env.broker;
+    for c in ["a", "b", "c"] {
+        b.subscribe(ConsumerSpec::new("cache", c, "t").with_model(MessageModel::Broadcasting))
+            .await
+            .unwrap();
+    }
+    assert!(matches!(
+        b.subscribe(ConsumerSpec::new("cache", "d", "t")).await,
+        Err(BrokerError::ModelMismatch { .. })
+    ));
+    send_to_every_queue(&env, "t", 2).await;
+    for c in ["a", "b", "c"] {
+        let d = env.pull("cache", c, "t", 100).await;
+        assert_eq!(d.len(), 8, "member {c} gets every message");
+        for d in &d[..7] {
+            b.ack(&d.receipt).await.unwrap();
+        }
+    }
+    // Offsets are per member: each one has its own single unsettled message.
+    let lag = b.lag("cache").unwrap();
+    assert_eq!(lag.len(), 12);
+    assert_eq!(lag.iter().map(|l| l.unsettled).sum::<u64>(), 3);
+    assert!(lag.iter().all(|l| l.client_id.is_some()));
+}
+
+#[tokio::test]
+async fn tag_filter_skips_other_tags_as_consumed() {
+    let env = Env::new().await;
+    let b = &env.broker;
+    b.create_topic("t", 1).await.unwrap();
+    let mut ids = Vec::new();
+    for (i, tag) in ["created", "paid", "created", "shipped"].iter().enumerate() {
+        let r = b
+            .send(SendRequest::new("t", format!("m{i}")).with_tag(*tag))
+            .await
+            .unwrap();
+        ids.push(r.message_id);
+    }
+    b.subscribe(ConsumerSpec::new("g", "c", "t").with_tags(["created", "shipped"]))
+        .await
+        .unwrap();
+    let d = env.pull("g", "c", "t", 1).await;
+    assert_eq!(bodies(&d), ["m0"]);
+    b.ack(&d[0].receipt).await.unwrap();
+    let d = env.pull("g", "c", "t", 10).await;
+    assert_eq!(bodies(&d), ["m2", "m3"]);
+    for d in &d {
+        b.ack(&d.receipt).await.unwrap();
+    }
+    assert_eq!(
+        b.lag("g").unwrap()[0].lag,
+        0,
+        "the skipped message counts as consumed"
+    );
+    assert!(
+        b.trace(ids[1])
+            .iter()
+            .any(|e| matches!(e.kind, TraceKind::Filtered { .. }))
+    );
+}
+
+#[tokio::test]
+async fn long_poll_returns_when_a_message_arrives() {
+    let env = Env::new().await;
+    let b = env.broker.clone();
+    env.join("g", "c", "t").await;
+    let waiter = tokio::spawn({
+        let b = b.clone();
+        async move {
+            b.pull(PullRequest::new("g", "c", "t").with_long_poll(Duration::from_secs(30)))
+                .await
+        }
+    });
+    tokio::task::yield_now().await;
+    env.send("t", "late").await;
+    let got = waiter.await.unwrap().unwrap();
+    assert_eq!(bodies(&got), ["late"]);
+}
