@@ -9,8 +9,8 @@ use uuid::Uuid;
 use super::endpoints::{Addresses, ConnectOptions, Endpoints};
 use super::error::{ClientError, Result};
 use crate::protocol::{
-    AckRequest, ConsumeModel, DEFAULT_MAX_FRAME_SIZE, Delivery, Member, NackRequest, NackResult,
-    PullRequest, Request, Response, Subscription,
+    AckRequest, ConsumeModel, DEFAULT_MAX_FRAME_SIZE, Delivery, ErrorCode, Member, NackRequest,
+    NackResult, PullRequest, Request, Response, Subscription,
 };
 
 /// Consumer settings.
@@ -133,11 +133,17 @@ impl Consumer {
             max_messages: max,
             long_poll_ms: long_poll.as_millis() as u64,
         });
-        match self
-            .endpoints
-            .call_failover(&request, long_poll + self.config.request_timeout)
-            .await?
-        {
+        let timeout = long_poll + self.config.request_timeout;
+        let response = match self.endpoints.call_failover(&request, timeout).await {
+            // The broker forgot this member (restart, failover, missed heartbeats): join again.
+            Err(ClientError::Server(reply)) if reply.code == ErrorCode::NotFound => {
+                tracing::warn!(group = %self.config.group, error = %reply, "subscribing again before pulling");
+                subscribe(&self.endpoints, &self.config).await?;
+                self.endpoints.call_failover(&request, timeout).await?
+            }
+            other => other?,
+        };
+        match response {
             Response::Pull(deliveries) => Ok(deliveries),
             _ => Err(ClientError::UnexpectedResponse("pull")),
         }

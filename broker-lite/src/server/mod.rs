@@ -20,6 +20,7 @@
 //! `broker_lite_server_errors_total{command}`, `broker_lite_server_rejected_requests_total{code}`,
 //! `broker_lite_server_request_seconds{command}`.
 
+mod broker;
 mod config;
 mod connection;
 mod handler;
@@ -34,11 +35,29 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
+pub use broker::BrokerHandler;
 pub use config::ServerConfig;
 pub use handler::Handler;
 
 use crate::protocol::{ErrorCode, ErrorReply};
 use connection::Stop;
+
+/// Serves `broker` on `listener` until `shutdown` completes, then shuts down gracefully.
+///
+/// The broker is not closed: the caller owns it (see [`embedded`](crate::embedded) for the
+/// whole lifecycle).
+///
+/// # Errors
+///
+/// Only if reading the listener's local address fails.
+pub async fn run(
+    listener: TcpListener,
+    broker: crate::broker::Broker,
+    config: ServerConfig,
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<()> {
+    serve(listener, BrokerHandler::new(broker), config, shutdown).await
+}
 
 /// Serves `listener` with `handler` until `shutdown` completes, then shuts down gracefully.
 ///
