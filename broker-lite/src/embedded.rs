@@ -61,7 +61,7 @@ pub enum EmbeddedError {
     #[error(transparent)]
     Broker(#[from] BrokerError),
     /// The listen address could not be bound.
-    #[error("could not listen on {addr}: {source}")]
+    #[error("could not listen on {addr}")]
     Bind {
         /// The address.
         addr: SocketAddr,

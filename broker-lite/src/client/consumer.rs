@@ -241,9 +241,9 @@ async fn heartbeat_loop(endpoints: Arc<Endpoints>, config: Arc<ConsumerConfig>) 
             .call_failover(&request, config.request_timeout)
             .await
         {
-            tracing::warn!(group = %config.group, %error, "heartbeat failed; subscribing again");
+            tracing::warn!(group = %config.group, error = %super::error::chain(&error), "heartbeat failed; subscribing again");
             if let Err(error) = subscribe(&endpoints, &config).await {
-                tracing::warn!(group = %config.group, %error, "subscribing again failed");
+                tracing::warn!(group = %config.group, error = %super::error::chain(&error), "subscribing again failed");
             }
         }
     }

@@ -146,7 +146,7 @@ impl Endpoints {
                     return Ok(conn);
                 }
                 Err(e) => {
-                    tracing::warn!(%addr, error = %e, "broker address unreachable, trying the next one");
+                    tracing::warn!(%addr, error = %super::error::chain(&e), "broker address unreachable, trying the next one");
                     last = Some(e);
                 }
             }
@@ -189,7 +189,7 @@ impl Endpoints {
                 Err(e @ (ClientError::ConnectionLost { .. } | ClientError::Connect { .. }))
                     if attempt < self.addresses.len() =>
                 {
-                    tracing::debug!(error = %e, "retrying on the next broker address");
+                    tracing::debug!(error = %super::error::chain(&e), "retrying on the next broker address");
                 }
                 other => return other,
             }

@@ -16,7 +16,7 @@ pub enum ClientError {
     #[error("invalid broker address list: {0}")]
     InvalidAddress(String),
     /// Connecting to an address failed.
-    #[error("could not connect to broker at {addr}: {source}")]
+    #[error("could not connect to broker at {addr}")]
     Connect {
         /// The address.
         addr: String,
@@ -37,10 +37,10 @@ pub enum ClientError {
     Elapsed(Duration),
     /// The broker answered with an error.
     #[error("the broker refused the request: {0}")]
-    Server(#[from] ErrorReply),
+    Server(ErrorReply),
     /// The broker's answer could not be decoded.
     #[error("could not decode the broker's answer: {0}")]
-    Decode(#[from] DecodeError),
+    Decode(DecodeError),
     /// The broker answered with a response of the wrong shape.
     #[error("unexpected response from the broker to a {0} request")]
     UnexpectedResponse(&'static str),
@@ -48,7 +48,7 @@ pub enum ClientError {
     #[error("refused by the client: {0}")]
     Refused(String),
     /// Every attempt failed; the last error is the source.
-    #[error("{attempts} attempts failed, the last one with: {last}")]
+    #[error("{attempts} attempts failed")]
     RetriesExhausted {
         /// How many attempts were made.
         attempts: u32,
@@ -71,13 +71,37 @@ impl ClientError {
     }
 }
 
+impl From<ErrorReply> for ClientError {
+    fn from(reply: ErrorReply) -> Self {
+        ClientError::Server(reply)
+    }
+}
+
+impl From<DecodeError> for ClientError {
+    fn from(e: DecodeError) -> Self {
+        ClientError::Decode(e)
+    }
+}
+
 /// A send failed; the message is given back so that it is never dropped silently.
 #[derive(Debug, thiserror::Error)]
-#[error("send to topic {topic} failed: {error}", topic = message.topic)]
+#[error("send to topic {topic} failed", topic = message.topic)]
 pub struct SendError {
     /// The message that was not (known to be) stored.
     pub message: Message,
     /// Why.
     #[source]
     pub error: ClientError,
+}
+
+/// `error` and its sources joined with `": "`, for log lines.
+pub(crate) fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        source = e.source();
+    }
+    text
 }

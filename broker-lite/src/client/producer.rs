@@ -131,7 +131,7 @@ impl Producer {
             Err(error) => {
                 metrics::counter!("broker_lite_client_sends_total", "outcome" => "failed")
                     .increment(1);
-                warn!(topic = %message.topic, message_id = ?message.message_id, %error, "send failed");
+                warn!(topic = %message.topic, message_id = ?message.message_id, error = %super::error::chain(&error), "send failed");
                 Err(SendError { message, error })
             }
         }
@@ -208,7 +208,7 @@ impl Inner {
                 Ok(response) => return Ok(response),
                 Err(e) => e,
             };
-            debug!(attempt, attempts, %error, "send attempt failed");
+            debug!(attempt, attempts, error = %super::error::chain(&error), "send attempt failed");
             if !error.is_retryable() {
                 return Err(error);
             }
