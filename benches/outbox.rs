@@ -34,6 +34,7 @@ async fn main() -> anyhow::Result<()> {
     println!("# command: cargo bench --bench outbox -- {messages}");
 
     enqueue_cost(&pool, 2_000).await?;
+    concurrent_enqueue(&pool, 16, 4_000).await?;
 
     fill(&pool, messages).await?;
     let raw = raw_drain(&pool).await?;
@@ -56,7 +57,7 @@ async fn fresh_database(url: &str) -> anyhow::Result<PgPool> {
         .await?;
     admin.execute("CREATE DATABASE courier_bench").await?;
     let pool = PgPoolOptions::new()
-        .max_connections(8)
+        .max_connections(20)
         .connect_with(options.database("courier_bench"))
         .await?;
     MIGRATOR.run(&pool).await?;
@@ -114,6 +115,62 @@ async fn enqueue_cost(pool: &PgPool, rounds: usize) -> anyhow::Result<()> {
             "enqueue {variant:<18} {:>8.1} µs/tx  ({:.2}x hand INSERT)",
             per_tx.as_secs_f64() * 1e6,
             per_tx.as_secs_f64() / hand
+        );
+    }
+    Ok(())
+}
+
+/// `clients` connections committing one message per transaction at once: a hand-written INSERT
+/// into a copy of the table without the trigger, `enqueue` while every relay is busy, and
+/// `enqueue` while a relay is idle (the trigger then sends NOTIFY, which serialises commits).
+async fn concurrent_enqueue(pool: &PgPool, clients: usize, total: usize) -> anyhow::Result<()> {
+    let mut rates = Vec::new();
+    for variant in ["hand INSERT", "enqueue, relay busy", "enqueue, relay idle"] {
+        if variant == "enqueue, relay idle" {
+            sqlx::query("INSERT INTO outbox.idle_relays (pid) VALUES (0)")
+                .execute(pool)
+                .await?;
+        }
+        let started = Instant::now();
+        let mut tasks = Vec::new();
+        for _ in 0..clients {
+            let pool = pool.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut conn = pool.acquire().await?;
+                for _ in 0..total / clients {
+                    let message = Message::new("orders.created", vec![b'x'; PAYLOAD]);
+                    let mut tx = conn.begin().await?;
+                    if variant == "hand INSERT" {
+                        sqlx::query(
+                            "INSERT INTO hand_outbox (id, topic, headers, payload, created_at)
+                             VALUES ($1, $2, '{}', $3, $4)",
+                        )
+                        .bind(message.id)
+                        .bind(&message.topic)
+                        .bind(message.payload.as_ref())
+                        .bind(message.created_at)
+                        .execute(&mut *tx)
+                        .await?;
+                    } else {
+                        Outbox::new().enqueue(&mut *tx, &message).await?;
+                    }
+                    tx.commit().await?;
+                }
+                anyhow::Ok(())
+            }));
+        }
+        for task in tasks {
+            task.await??;
+        }
+        rates.push((variant, total as f64 / started.elapsed().as_secs_f64()));
+    }
+    pool.execute("DELETE FROM outbox.idle_relays; TRUNCATE outbox.messages, hand_outbox")
+        .await?;
+    let hand = rates[0].1;
+    for (variant, rate) in rates {
+        println!(
+            "enqueue {clients} clients, {variant:<20} {rate:>8.0} tx/s  ({:.2}x hand INSERT)",
+            rate / hand
         );
     }
     Ok(())

@@ -66,8 +66,9 @@ async fn retention_warns_about_expiring_messages_and_reports_lost_ones() {
     let b = &env.broker;
     env.join("g", "c", "t").await;
     let body = "x".repeat(1500);
+    let mut ids = Vec::new();
     for _ in 0..20 {
-        env.send("t", &body).await;
+        ids.push(env.send("t", &body).await);
     }
     // 67 h later: inside the warning margin, nothing deleted yet.
     env.advance(Duration::from_secs(67 * 3600));
@@ -90,4 +91,6 @@ async fn retention_warns_about_expiring_messages_and_reports_lost_ones() {
     );
     let d = env.pull("g", "c", "t", 100).await;
     assert_eq!(d.len() as u64, 20 - lost);
+    assert!(b.lookup(ids[0]).await.unwrap().is_none(), "deleted");
+    assert!(b.lookup(ids[19]).await.unwrap().is_some(), "kept");
 }

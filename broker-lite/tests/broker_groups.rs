@@ -127,6 +127,9 @@ async fn broadcasting_reaches_every_member() {
     assert_eq!(lag.len(), 12);
     assert_eq!(lag.iter().map(|l| l.unsettled).sum::<u64>(), 3);
     assert!(lag.iter().all(|l| l.client_id.is_some()));
+    // Leaving on purpose drops that member's offsets.
+    b.unsubscribe("cache", "c").await.unwrap();
+    assert_eq!(b.lag("cache").unwrap().len(), 8);
 }
 
 #[tokio::test]

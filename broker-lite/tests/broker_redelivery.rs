@@ -184,3 +184,25 @@ async fn ordered_consumption_keeps_order_through_a_nack() {
     }
     assert_eq!(seen, ["m0", "m1", "m2", "m3"]);
 }
+
+#[tokio::test]
+async fn repeated_consume_timeouts_end_in_the_dead_letter_topic() {
+    let env = Env::with(|c| {
+        c.max_reconsume_times = 1;
+        c.consume_timeout = Duration::from_secs(60);
+    })
+    .await;
+    let b = &env.broker;
+    let id = env.send("t", "stuck").await;
+    env.join("g", "c", "t").await;
+    for round in 0..2 {
+        let d = env.pull("g", "c", "t", 1).await;
+        assert_eq!(d[0].reconsume_times, round);
+        env.advance(Duration::from_secs(60));
+    }
+    assert!(env.pull("g", "c", "t", 1).await.is_empty());
+    let dead = b.dead_letters("g", 10).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].message_id, id);
+    assert!(b.lag("g").unwrap().iter().all(|l| l.lag == 0));
+}

@@ -199,13 +199,22 @@ async fn async_flush_fsyncs_on_its_interval() -> anyhow::Result<()> {
     c.flush_mode = FlushMode::ASYNC_DEFAULT;
     c.sync_flush_timeout = Duration::from_secs(3600);
     let store = Store::open_with_backend(Arc::new(backend.clone()), c).await?;
+    let syncs = backend.sync_count();
     let a = store.append(NewRecord::new("t", 0, "one")).await?;
     assert_eq!(a.outcome, FlushOutcome::InMemory);
     let end = store.progress().written;
-    let syncs = backend.sync_count();
-    // Paused time jumps to the next flush tick once the test is idle.
-    store.subscribe().wait_for(|p| p.flushed >= end).await?;
+    // Nobody calls flush: paused time jumps to the next flush tick once the test is idle (possibly
+    // already while the append waited for the writer thread).
+    let mut progress = store.subscribe();
+    let waited = progress.wait_for(|p| p.flushed >= end);
+    tokio::time::timeout(Duration::from_secs(60), waited).await??;
     assert!(backend.sync_count() > syncs);
+    assert!(
+        backend
+            .crash()
+            .contents("00000000000000000000")
+            .is_some_and(|s| s.windows(3).any(|w| w == b"one"))
+    );
     Ok(())
 }
 
@@ -230,5 +239,36 @@ async fn subscribers_are_woken_by_new_records() -> anyhow::Result<()> {
     };
     let _ = store.append(NewRecord::new("t", 0, "wake up")).await?;
     assert_eq!(&reader.await?[0].body[..], b"wake up");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_data_directory_is_used_by_one_store_at_a_time() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let store = Store::open(dir.path(), config()).await?;
+    let err = Store::open(dir.path(), config()).await.unwrap_err();
+    assert!(matches!(err, StorageError::Locked { .. }), "{err}");
+    store.close().await?;
+    assert!(matches!(
+        store.save_checkpoint("x", Bytes::new()).await,
+        Err(StorageError::Closed)
+    ));
+    let again = Store::open(dir.path(), config()).await?;
+    drop(again);
+    let _third = Store::open(dir.path(), config()).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_store_frees_its_directory_for_the_next_one() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut c = config();
+    c.checkpoint_interval = Duration::from_millis(1);
+    for i in 0..20u64 {
+        // Dropping waits for the dropped store's I/O, so reopening at once is safe.
+        let store = Store::open(dir.path(), c.clone()).await?;
+        assert_eq!(store.queue_bounds("t", 0).map_or(0, |b| b.max), i);
+        let _ = store.append(NewRecord::new("t", 0, "x")).await?;
+    }
     Ok(())
 }

@@ -57,7 +57,11 @@ async fn old_segments_expire_by_time_but_the_active_one_stays() -> anyhow::Resul
     );
 
     let later = SystemTime::now() + Duration::from_secs(73 * 3600);
+    let preview = store.preview_retention(later);
+    assert_eq!(segments(&backend), before, "a preview removes nothing");
+    assert_eq!(store.queue_bounds("t", 1).unwrap().min, 0);
     let report = store.enforce_retention(later).await?;
+    assert_eq!(preview, report);
     assert_eq!(report.removed_segments, before[..before.len() - 1].to_vec());
     assert_eq!(segments(&backend), vec![before.last().unwrap().clone()]);
 

@@ -38,11 +38,22 @@ CREATE INDEX messages_pending_due ON outbox.messages (available_at)
 CREATE INDEX messages_sent ON outbox.messages (sent_at)
     WHERE sent_at IS NOT NULL;
 
--- One wake-up per inserting statement, delivered only when the inserting transaction commits
--- (Postgres queues NOTIFY until commit and folds duplicates within a transaction).
+-- Relays waiting for a wake-up, one row per relay connection (its backend pid). A relay that is
+-- draining or has found work recently polls on its own and removes its row, so under load the
+-- insert trigger stays silent: a transaction that sent NOTIFY takes a database-wide lock at commit,
+-- which would serialise every concurrent committer (measured: 3-5x fewer commits/s at 16 clients).
+CREATE UNLOGGED TABLE outbox.idle_relays (
+    pid   integer     PRIMARY KEY,
+    since timestamptz NOT NULL DEFAULT now()
+);
+
+-- One wake-up per inserting statement while some relay is idle, delivered only when the inserting
+-- transaction commits (Postgres queues NOTIFY until commit and folds duplicates in a transaction).
 CREATE FUNCTION outbox.notify_relay() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    PERFORM pg_notify('outbox_messages', '');
+    IF EXISTS (SELECT 1 FROM outbox.idle_relays) THEN
+        PERFORM pg_notify('outbox_messages', '');
+    END IF;
     RETURN NULL;
 END;
 $$;

@@ -238,8 +238,10 @@ async fn relay_aborted_mid_batch_loses_nothing(pool: PgPool) {
 #[sqlx::test(migrator = "courier_outbox::MIGRATOR")]
 async fn notify_wakes_an_idle_relay_long_before_its_poll(pool: PgPool) {
     let recorder = Recorder::default();
-    // The poll interval is an hour: only the NOTIFY sent on commit can explain a publish.
-    let mut running = Running::start(relay(&pool, &recorder, "sleeper"));
+    // Both poll intervals are an hour: only the NOTIFY sent on commit can explain a publish.
+    let mut running = Running::start(
+        relay(&pool, &recorder, "sleeper").busy_poll_interval(Duration::from_secs(3600)),
+    );
     running.wait_for_state(RelayState::Idle).await;
     let message = Message::new("t", "wake up");
     let mut tx = pool.begin().await.unwrap();
@@ -251,9 +253,54 @@ async fn notify_wakes_an_idle_relay_long_before_its_poll(pool: PgPool) {
 }
 
 #[sqlx::test(migrator = "courier_outbox::MIGRATOR")]
+async fn inserts_notify_only_while_a_relay_is_idle(pool: PgPool) {
+    let mut listener = sqlx::postgres::PgListener::connect_with(&pool)
+        .await
+        .unwrap();
+    listener.listen("outbox_messages").await.unwrap();
+    // No relay waits: the insert must not take NOTIFY's commit lock.
+    enqueue(&pool, &[Message::new("t", "busy")]).await;
+    sqlx::query("NOTIFY outbox_messages, 'marker'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    // A relay registers as idle: now the insert notifies.
+    sqlx::query("INSERT INTO outbox.idle_relays (pid) VALUES (pg_backend_pid())")
+        .execute(&pool)
+        .await
+        .unwrap();
+    enqueue(&pool, &[Message::new("t", "quiet")]).await;
+
+    // Notifications arrive in commit order.
+    let first = listener.recv().await.unwrap();
+    assert_eq!(
+        first.payload(),
+        "marker",
+        "the insert notified with no relay idle"
+    );
+    let second = listener.recv().await.unwrap();
+    assert_eq!(second.payload(), "");
+}
+
+#[sqlx::test(migrator = "courier_outbox::MIGRATOR")]
+async fn relay_registers_as_idle_only_while_quiet(pool: PgPool) {
+    let marks = "SELECT count(*) FROM outbox.idle_relays";
+    let recorder = Recorder::default();
+    let mut running = Running::start(relay(&pool, &recorder, "marker"));
+    running.wait_for_state(RelayState::Idle).await;
+    let count: i64 = sqlx::query_scalar(marks).fetch_one(&pool).await.unwrap();
+    assert_eq!(count, 1, "a quiet relay asks for NOTIFY");
+    running.stop().await;
+    let count: i64 = sqlx::query_scalar(marks).fetch_one(&pool).await.unwrap();
+    assert_eq!(count, 0, "a stopped relay withdraws its mark");
+}
+
+#[sqlx::test(migrator = "courier_outbox::MIGRATOR")]
 async fn listener_comes_back_after_its_connection_is_killed(pool: PgPool) {
     let recorder = Recorder::default();
-    let mut running = Running::start(relay(&pool, &recorder, "phoenix"));
+    let mut running = Running::start(
+        relay(&pool, &recorder, "phoenix").busy_poll_interval(Duration::from_secs(3600)),
+    );
     running.wait_for_state(RelayState::Idle).await;
     let listener_pid = "SELECT pid FROM pg_stat_activity
                         WHERE application_name = 'phoenix-listener' AND datname = current_database()";
@@ -288,6 +335,27 @@ async fn listener_comes_back_after_its_connection_is_killed(pool: PgPool) {
     recorder.wait_for_accepted(1).await;
     running.stop().await;
     assert_eq!(recorder.accepted_ids(), vec![message.id]);
+}
+
+#[sqlx::test(migrator = "courier_outbox::MIGRATOR")]
+async fn relay_reconnects_after_its_claim_connection_is_killed(pool: PgPool) {
+    let recorder = Recorder::default();
+    let mut running = Running::start(relay(&pool, &recorder, "lazarus"));
+    running.wait_for_state(RelayState::Idle).await;
+    sqlx::query(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+         WHERE application_name = 'lazarus' AND datname = current_database()",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+
+    let message = Message::new("t", "after the relay reconnects");
+    enqueue(&pool, std::slice::from_ref(&message)).await;
+    recorder.wait_for_accepted(1).await;
+    running.stop().await;
+    assert_eq!(recorder.accepted_ids(), vec![message.id]);
+    assert_eq!(pending(&pool).await, 0);
 }
 
 #[sqlx::test(migrator = "courier_outbox::MIGRATOR")]

@@ -92,8 +92,10 @@ pub struct BrokerConfig {
     pub max_long_poll: Duration,
     /// Upper bound of messages returned by one pull. Default 1024.
     pub max_pull_batch: usize,
-    /// Upper bound of un-acked (in flight or waiting) messages per consumed queue; a queue at the
-    /// bound delivers nothing new until some are acked. Default 10 000.
+    /// Upper bound of the span between a consumed queue's committed offset (its oldest unsettled
+    /// message) and the next message to deliver (RocketMQ's `consumeConcurrentlyMaxSpan`): a
+    /// queue whose oldest message is stuck that far behind delivers nothing new until it is
+    /// settled. It bounds the memory and checkpoint size per queue. Default 10 000.
     pub max_pending_per_queue: usize,
     /// Where a group starts on a queue it never consumed. Default [`ConsumeFrom::Earliest`].
     pub consume_from: ConsumeFrom,

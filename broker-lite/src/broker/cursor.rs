@@ -6,6 +6,8 @@
 
 use std::collections::BTreeMap;
 
+use uuid::Uuid;
+
 /// The state of one delivered, not yet committed offset.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Slot {
@@ -29,6 +31,8 @@ pub(crate) struct Pending {
     pub(crate) reconsume_times: u32,
     /// When it was first delivered, ms since the epoch.
     pub(crate) first_delivered_ms: u64,
+    /// The message id, once read (for the trace).
+    pub(crate) message_id: Option<Uuid>,
 }
 
 /// An offset reserved for delivery.
@@ -148,8 +152,9 @@ impl Cursor {
         out
     }
 
-    /// Reserves up to `limit` new offsets below `available` for `client_id`. Ordered: one, and
-    /// only when nothing is unsettled. Never lets more than `cap` offsets be unsettled.
+    /// Reserves up to `limit` new offsets below `available` for `to`. Ordered: one, and only
+    /// when nothing is unsettled. Never lets `next` run more than `cap` offsets ahead of the
+    /// committed one.
     pub(crate) fn reserve_new(
         &mut self,
         available: u64,
@@ -158,12 +163,14 @@ impl Cursor {
         cap: usize,
         to: Holder<'_>,
     ) -> Vec<Reserved> {
-        let unsettled = self.unsettled();
-        if ordered && unsettled > 0 {
+        if ordered && self.unsettled() > 0 {
             return Vec::new();
         }
         let limit = if ordered { limit.min(1) } else { limit };
-        let limit = limit.min(cap.saturating_sub(unsettled)) as u64;
+        // The span from the committed offset to the next one bounds the pending map, acked
+        // entries included (RocketMQ's consumeConcurrentlyMaxSpan).
+        let span = (self.next - self.committed()) as usize;
+        let limit = limit.min(cap.saturating_sub(span)) as u64;
         let end = available.min(self.next.saturating_add(limit));
         let mut out = Vec::new();
         for offset in self.next..end {
@@ -177,6 +184,7 @@ impl Cursor {
                     attempts: 1,
                     reconsume_times: 0,
                     first_delivered_ms: to.now_ms,
+                    message_id: None,
                 },
             );
             out.push(Reserved {
@@ -188,6 +196,18 @@ impl Cursor {
         }
         self.next = self.next.max(end);
         out
+    }
+
+    /// Remembers the id of the message at `offset`.
+    pub(crate) fn set_message_id(&mut self, offset: u64, id: Uuid) {
+        if let Some(p) = self.pending.get_mut(&offset) {
+            p.message_id = Some(id);
+        }
+    }
+
+    /// The id of the message at a pending `offset`, when known.
+    pub(crate) fn message_id(&self, offset: u64) -> Option<Uuid> {
+        self.pending.get(&offset).and_then(|p| p.message_id)
     }
 
     /// Settles `offset` (any attempt: a late ack of an older delivery still counts).
@@ -354,6 +374,21 @@ mod tests {
         assert_eq!(r.len(), 3);
         assert!(c.current(0, 1, "a").is_none(), "the old receipt is stale");
         assert!(c.current(0, 2, "b").is_some());
+    }
+
+    #[test]
+    fn a_stuck_head_bounds_the_span() {
+        let mut c = Cursor::at(0);
+        c.reserve_new(10, 1, false, 3, h("a", 0, 100));
+        c.wait(0, 1_000_000, true);
+        let r = c.reserve_new(10, 10, false, 3, h("a", 0, 100));
+        assert_eq!(r.len(), 2);
+        for r in r {
+            c.ack(r.offset);
+        }
+        assert!(c.reserve_new(10, 10, false, 3, h("a", 0, 100)).is_empty());
+        c.ack(0);
+        assert_eq!(c.reserve_new(10, 10, false, 3, h("a", 0, 100)).len(), 3);
     }
 
     #[test]

@@ -136,6 +136,10 @@ impl Broker {
         let Some(bounds) = self.inner.store.queue_bounds(&dlq, 0) else {
             return Ok(Vec::new());
         };
+        // Forget re-driven offsets that retention removed.
+        if let Some(g) = self.inner.state.lock().unwrap().groups.get_mut(group) {
+            g.redriven = g.redriven.split_off(&bounds.min);
+        }
         let mut out = Vec::new();
         let mut from = bounds.min;
         let mut scanned = 0;
@@ -165,6 +169,7 @@ impl Broker {
     /// # Errors
     /// [`BrokerError::UnknownGroup`]; [`BrokerError::Storage`] (nothing is marked re-driven
     /// then; a retry may repeat messages that were written).
+    #[tracing::instrument(level = "info", skip(self, message_ids))]
     pub async fn redrive_dead_letters(
         &self,
         group: &str,

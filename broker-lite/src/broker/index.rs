@@ -34,6 +34,15 @@ impl MessageIndex {
         }
     }
 
+    /// Forgets every position below `start` (removed by retention).
+    pub(crate) fn prune_below(&mut self, start: u64) {
+        self.by_id.retain(|_, p| *p >= start);
+        self.by_key.retain(|_, positions| {
+            positions.retain(|p| *p >= start);
+            !positions.is_empty()
+        });
+    }
+
     pub(crate) fn by_id(&self, id: &Uuid) -> Option<u64> {
         self.by_id.get(id).copied()
     }

@@ -26,6 +26,7 @@ impl Broker {
     /// # Ok(())
     /// # }
     /// ```
+    #[tracing::instrument(level = "debug", skip_all, fields(group = %spec.group, client_id = %spec.client_id, topic = %spec.topic))]
     pub async fn subscribe(&self, spec: ConsumerSpec) -> Result<()> {
         self.check_open()?;
         check_name(&spec.group)?;
@@ -111,8 +112,9 @@ impl Broker {
         Ok(())
     }
 
-    /// Removes a member from its group; its queues go to the other members, and its in-flight
-    /// messages are redelivered to them.
+    /// Removes a member from its group. Clustering: its queues go to the other members, and its
+    /// in-flight messages are redelivered to them. Broadcasting: its own offsets are dropped (a
+    /// member evicted for missed heartbeats keeps them and resumes when it subscribes again).
     ///
     /// # Errors
     /// [`BrokerError::UnknownGroup`], [`BrokerError::UnknownMember`].
@@ -133,6 +135,11 @@ impl Broker {
                 client_id: client_id.into(),
                 topic: String::new(),
             })?;
+        if g.model == MessageModel::Broadcasting {
+            // Leaving on purpose ends this member's offsets; an evicted member keeps them.
+            g.cursors
+                .retain(|k, _| k.member.as_deref() != Some(client_id));
+        }
         for topic in member.subscriptions.keys() {
             let queues = topics.get(topic).copied().unwrap_or(0);
             if g.rebalance(topic, queues, now) {

@@ -36,11 +36,16 @@
 //!
 //! Every broker timer (delay levels, consume timeout, heartbeat timeout) reads
 //! [`BrokerConfig::clock`]. Tests inject a [`ManualClock`] and move it; the broker checks due
-//! work on every pull and in a background task.
+//! work on every pull (at most every 100 ms of broker-clock time) and in a background task.
+//!
+//! Do not send under paused tokio time (`start_paused`): the store's writer is a plain thread,
+//! so while an append waits for it the runtime looks idle, tokio auto-advances to the append's
+//! `sync_flush_timeout`, and the send fails with a write timeout. Move the [`ManualClock`]
+//! instead; pausing tokio time *after* the sends (to drive the background tasks) is fine.
 //!
 //! # Metrics (safeguards L3, L5)
 //!
-//! `broker_lite_sends_total{status}`, `broker_lite_send_errors_total`,
+//! `broker_lite_sends_total{status}`, `broker_lite_send_errors_total`, `broker_lite_pulls_total`,
 //! `broker_lite_deliveries_total{group}`, `broker_lite_acks_total{group}`,
 //! `broker_lite_nacks_total{group}`, `broker_lite_redeliveries_total{group}`,
 //! `broker_lite_consume_timeouts_total{group}`, `broker_lite_dead_letters_total{group}`,
@@ -74,7 +79,7 @@
 //! ```
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
@@ -137,6 +142,8 @@ struct Inner {
     wake: Notify,
     round_robin: AtomicU32,
     offsets_dirty: AtomicBool,
+    /// Broker-clock time of the last housekeeping run started by a pull.
+    last_housekeeping_ms: AtomicU64,
     /// Serializes checkpoint writes so an older snapshot never overwrites a newer one.
     save_lock: tokio::sync::Mutex<()>,
     closed: AtomicBool,
@@ -206,6 +213,7 @@ impl Broker {
                 wake: Notify::new(),
                 round_robin: AtomicU32::new(0),
                 offsets_dirty: AtomicBool::new(false),
+                last_housekeeping_ms: AtomicU64::new(0),
                 save_lock: tokio::sync::Mutex::new(()),
                 closed: AtomicBool::new(false),
                 tasks: Mutex::new(Vec::new()),

@@ -52,6 +52,8 @@ struct SavedPending {
     attempts: u32,
     reconsume_times: u32,
     first_delivered_ms: u64,
+    #[serde(default)]
+    message_id: Option<uuid::Uuid>,
 }
 
 fn corrupt(reason: impl ToString) -> BrokerError {
@@ -90,6 +92,7 @@ pub(crate) async fn load(store: &Store) -> Result<BTreeMap<String, Group>> {
                         attempts: p.attempts,
                         reconsume_times: p.reconsume_times,
                         first_delivered_ms: p.first_delivered_ms,
+                        message_id: p.message_id,
                     },
                 );
             }
@@ -130,6 +133,7 @@ fn snapshot(groups: &BTreeMap<String, Group>) -> Saved {
                             attempts: p.attempts,
                             reconsume_times: p.reconsume_times,
                             first_delivered_ms: p.first_delivered_ms,
+                            message_id: p.message_id,
                         })
                         .collect(),
                 })

@@ -1,5 +1,6 @@
 //! Pulling: picking due redeliveries and new messages from a member's queues, long polling.
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -16,6 +17,12 @@ use crate::storage::StoredRecord;
 
 /// How often a long poll re-checks due redeliveries while nothing else wakes it.
 const RECHECK: Duration = Duration::from_millis(500);
+
+/// Pulls run housekeeping (timeouts, evictions) at most this often, by the broker clock.
+const PULL_HOUSEKEEPING_MS: u64 = 100;
+
+/// About how many bytes one storage read returns.
+const READ_BYTES: usize = 16 << 20;
 
 /// Offsets of one queue reserved for this pull.
 struct Plan {
@@ -54,6 +61,7 @@ impl Broker {
     /// # Ok(())
     /// # }
     /// ```
+    #[tracing::instrument(level = "debug", skip_all, fields(group = %request.group, client_id = %request.client_id, topic = %request.topic))]
     pub async fn pull(&self, request: PullRequest) -> Result<Vec<Delivery>> {
         self.check_open()?;
         let max = request
@@ -65,7 +73,10 @@ impl Broker {
         loop {
             // A pull is a heartbeat: refresh it before silent members are evicted.
             let _ = self.heartbeat(&request.group, &request.client_id).await;
-            self.housekeeping().await?;
+            if let Err(e) = self.housekeeping_from_pull().await {
+                // Another message's dead letter failed; this pull can still go on.
+                tracing::warn!(error = %e, "housekeeping before a pull failed");
+            }
             let mut progress = self.inner.store.subscribe();
             progress.borrow_and_update();
             let notified = self.inner.wake.notified();
@@ -89,6 +100,18 @@ impl Broker {
                 _ = tokio::time::sleep_until(deadline.min(now + RECHECK)) => {}
             }
         }
+    }
+
+    /// Housekeeping before a pull, at most every [`PULL_HOUSEKEEPING_MS`] so that busy pulls do
+    /// not rescan every cursor each time.
+    async fn housekeeping_from_pull(&self) -> Result<()> {
+        let now = self.now_ms();
+        let last = self.inner.last_housekeeping_ms.load(Ordering::SeqCst);
+        if now >= last && now - last < PULL_HOUSEKEEPING_MS {
+            return Ok(());
+        }
+        self.inner.last_housekeeping_ms.store(now, Ordering::SeqCst);
+        self.housekeeping().await
     }
 
     /// One attempt: reserve under the lock, read outside it, settle filtered ones. Returns the
@@ -207,9 +230,15 @@ impl Broker {
                 }
             }
         }
-        if !skipped.is_empty() {
+        {
             let mut state = self.inner.state.lock().unwrap();
             if let Some(g) = state.groups.get_mut(group) {
+                for d in &deliveries {
+                    let key = g.key(topic, d.queue_id, client);
+                    if let Some(c) = g.cursors.get_mut(&key) {
+                        c.set_message_id(d.queue_offset, d.message_id);
+                    }
+                }
                 for (queue_id, offset, _) in &skipped {
                     let key = g.key(topic, *queue_id, client);
                     if let Some(c) = g.cursors.get_mut(&key) {
@@ -217,7 +246,8 @@ impl Broker {
                     }
                 }
             }
-            drop(state);
+        }
+        if !skipped.is_empty() {
             self.mark_dirty();
             for (_, _, id) in skipped {
                 if let Some(id) = id {
@@ -257,7 +287,7 @@ impl Broker {
 
     /// The records of a plan, one per reservation (`None`: no longer stored).
     async fn read_plan(&self, topic: &str, plan: &Plan) -> Result<Vec<Option<StoredRecord>>> {
-        let mut out = Vec::with_capacity(plan.reserved.len());
+        let mut found = std::collections::HashMap::with_capacity(plan.reserved.len());
         let mut i = 0;
         while i < plan.reserved.len() {
             // Read runs of consecutive offsets at once.
@@ -266,18 +296,35 @@ impl Broker {
             while i + n < plan.reserved.len() && plan.reserved[i + n].offset == first + n as u64 {
                 n += 1;
             }
-            let records = self
-                .inner
-                .store
-                .read_queue(topic, plan.queue_id, first, n, usize::MAX)
-                .await?;
-            for k in 0..n as u64 {
-                let offset = first + k;
-                out.push(records.iter().find(|r| r.queue_offset == offset).cloned());
+            let end = first + n as u64;
+            let mut from = first;
+            while from < end {
+                let records = self
+                    .inner
+                    .store
+                    .read_queue(
+                        topic,
+                        plan.queue_id,
+                        from,
+                        (end - from) as usize,
+                        READ_BYTES,
+                    )
+                    .await?;
+                let Some(last) = records.last() else { break };
+                from = last.queue_offset + 1;
+                for r in records {
+                    if r.queue_offset < end {
+                        found.insert(r.queue_offset, r);
+                    }
+                }
             }
             i += n;
         }
-        Ok(out)
+        Ok(plan
+            .reserved
+            .iter()
+            .map(|r| found.remove(&r.offset))
+            .collect())
     }
 
     /// Whether the member wants the record: tag filter, and redriven messages are for their

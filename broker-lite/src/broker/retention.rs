@@ -47,6 +47,7 @@ impl Broker {
     ///
     /// # Errors
     /// [`BrokerError::Storage`](super::BrokerError::Storage) when segments cannot be removed.
+    #[tracing::instrument(level = "debug", skip_all)]
     pub async fn enforce_retention(&self) -> Result<RetentionOutcome> {
         self.check_open()?;
         let now = self.now_ms();
@@ -86,6 +87,9 @@ impl Broker {
             }
         }
         let report = self.inner.store.enforce_retention(system_time(now)).await?;
+        if !report.removed_segments.is_empty() {
+            self.prune_index().await?;
+        }
         let mut lost = Vec::new();
         if !report.advanced.is_empty() {
             let mut state = self.inner.state.lock().unwrap();
@@ -122,6 +126,32 @@ impl Broker {
             expiring,
             lost,
         })
+    }
+}
+
+impl Broker {
+    /// Drops index entries of records removed by retention: everything below the oldest record
+    /// still stored in any queue.
+    async fn prune_index(&self) -> Result<()> {
+        let mut start = u64::MAX;
+        for (topic, queue_id) in self.inner.store.queues() {
+            let Some(bounds) = self.inner.store.queue_bounds(&topic, queue_id) else {
+                continue;
+            };
+            let first = self
+                .inner
+                .store
+                .read_queue(&topic, queue_id, bounds.min, 1, usize::MAX)
+                .await?;
+            if let Some(r) = first.first() {
+                start = start.min(r.log_position);
+            }
+        }
+        if start == u64::MAX {
+            start = self.inner.store.progress().written;
+        }
+        self.inner.index.lock().unwrap().prune_below(start);
+        Ok(())
     }
 }
 

@@ -64,6 +64,7 @@ impl Broker {
     ///
     /// # Errors
     /// As [`send`](Self::send).
+    #[tracing::instrument(level = "debug", skip_all, fields(messages = requests.len()))]
     pub async fn send_batch(&self, requests: Vec<SendRequest>) -> Result<Vec<SendResult>> {
         self.check_open()?;
         let now = self.now_ms();

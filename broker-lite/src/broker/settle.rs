@@ -26,9 +26,10 @@ impl Broker {
     /// # Errors
     /// [`BrokerError::UnknownGroup`]; [`BrokerError::StaleReceipt`] when the receipt names a
     /// message that was never delivered.
+    #[tracing::instrument(level = "debug", skip_all, fields(group = %receipt.group, topic = %receipt.topic, queue_id = receipt.queue_id, offset = receipt.queue_offset))]
     pub async fn ack(&self, receipt: &Receipt) -> Result<()> {
         self.check_open()?;
-        let message_id = {
+        let (key, known_id) = {
             let mut state = self.inner.state.lock().unwrap();
             let g = state
                 .groups
@@ -36,18 +37,18 @@ impl Broker {
                 .ok_or_else(|| BrokerError::UnknownGroup(receipt.group.clone()))?;
             let key = g.key(&receipt.topic, receipt.queue_id, &receipt.client_id);
             let cursor = g.cursors.get_mut(&key).ok_or_else(|| stale(receipt))?;
+            let known_id = cursor.message_id(receipt.queue_offset);
             match cursor.ack(receipt.queue_offset) {
                 AckResult::NeverDelivered => return Err(stale(receipt)),
                 AckResult::AlreadySettled => return Ok(()),
                 AckResult::Acked => {}
             }
-            // The id is only needed for the trace; it is looked up lazily below.
-            key
+            (key, known_id)
         };
         self.mark_dirty();
         self.inner.wake.notify_waiters();
         metrics::counter!("broker_lite_acks_total", "group" => receipt.group.clone()).increment(1);
-        if let Some(id) = self.message_id_at(&message_id, receipt.queue_offset).await {
+        if let Some(id) = self.id_of(known_id, &key, receipt.queue_offset).await {
             self.record(
                 id,
                 TraceKind::Acked {
@@ -83,11 +84,12 @@ impl Broker {
     /// # Ok(())
     /// # }
     /// ```
+    #[tracing::instrument(level = "debug", skip_all, fields(group = %receipt.group, topic = %receipt.topic, queue_id = receipt.queue_id, offset = receipt.queue_offset))]
     pub async fn nack(&self, receipt: &Receipt, delay_level: Option<u8>) -> Result<NackOutcome> {
         self.check_open()?;
         let config = &self.inner.config;
         let now = self.now_ms();
-        let (key, outcome, reconsume_times) = {
+        let (key, outcome, reconsume_times, known_id) = {
             let mut state = self.inner.state.lock().unwrap();
             let g = state
                 .groups
@@ -99,19 +101,25 @@ impl Broker {
                 .current(receipt.queue_offset, receipt.attempt, &receipt.client_id)
                 .ok_or_else(|| stale(receipt))?;
             let reconsume_times = pending.reconsume_times;
+            let known_id = pending.message_id;
             if reconsume_times >= config.max_reconsume_times {
                 cursor.park(receipt.queue_offset);
-                (key, NackOutcome::DeadLettered, reconsume_times)
+                (key, NackOutcome::DeadLettered, reconsume_times, known_id)
             } else {
                 let level = delay_level.unwrap_or_else(|| config.level_for_retry(reconsume_times));
                 let after = config.delay_for(level);
                 cursor.wait(receipt.queue_offset, now + after.as_millis() as u64, true);
-                (key, NackOutcome::Redeliver { after }, reconsume_times)
+                (
+                    key,
+                    NackOutcome::Redeliver { after },
+                    reconsume_times,
+                    known_id,
+                )
             }
         };
         self.mark_dirty();
         metrics::counter!("broker_lite_nacks_total", "group" => receipt.group.clone()).increment(1);
-        let id = self.message_id_at(&key, receipt.queue_offset).await;
+        let id = self.id_of(known_id, &key, receipt.queue_offset).await;
         match outcome {
             NackOutcome::Redeliver { after } => {
                 if let Some(id) = id {
@@ -168,13 +176,14 @@ impl Broker {
             for (name, g) in &mut state.groups {
                 for (key, cursor) in &mut g.cursors {
                     for (offset, client_id, reconsume_times) in cursor.timed_out(now) {
+                        let id = cursor.message_id(offset);
                         if reconsume_times >= max {
                             cursor.park(offset);
                             doomed.push((name.clone(), key.clone(), offset, reconsume_times));
                         } else {
                             cursor.wait(offset, now, true);
                         }
-                        timed_out.push((name.clone(), key.clone(), offset, client_id));
+                        timed_out.push((name.clone(), key.clone(), offset, client_id, id));
                     }
                 }
             }
@@ -183,12 +192,12 @@ impl Broker {
             return Ok(());
         }
         self.mark_dirty();
-        for (group, key, offset, client_id) in timed_out {
+        for (group, key, offset, client_id, id) in timed_out {
             tracing::warn!(%group, topic = %key.topic, queue_id = key.queue_id, offset, %client_id,
                 "consume timeout: redelivering (C3)");
             metrics::counter!("broker_lite_consume_timeouts_total", "group" => group.clone())
                 .increment(1);
-            if let Some(id) = self.message_id_at(&key, offset).await {
+            if let Some(id) = self.id_of(id, &key, offset).await {
                 self.record(id, TraceKind::TimedOut { group, client_id });
             }
         }
@@ -200,8 +209,17 @@ impl Broker {
         Ok(())
     }
 
-    /// The id of the message at `offset` of a cursor's queue (for the trace).
-    pub(crate) async fn message_id_at(&self, key: &CursorKey, offset: u64) -> Option<uuid::Uuid> {
+    /// The id of the message at `offset` of a cursor's queue (for the trace): `known` when the
+    /// cursor remembered it, else read from the log.
+    pub(crate) async fn id_of(
+        &self,
+        known: Option<uuid::Uuid>,
+        key: &CursorKey,
+        offset: u64,
+    ) -> Option<uuid::Uuid> {
+        if known.is_some() {
+            return known;
+        }
         let records = self
             .inner
             .store

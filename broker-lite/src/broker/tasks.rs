@@ -1,5 +1,5 @@
 //! The broker's background tasks: saving offsets, housekeeping (heartbeat eviction, consume
-//! timeouts) and retention. They hold only a weak reference, so dropping every `Broker` clone
+//! timeouts, lag gauges) and retention. They hold only a weak reference, so dropping every `Broker` clone
 //! ends them.
 
 use std::future::Future;
@@ -22,6 +22,19 @@ pub(crate) fn spawn(broker: &Broker) -> Vec<JoinHandle<()>> {
         every(broker, c.housekeeping_interval, |b| async move {
             if let Err(e) = b.housekeeping().await {
                 tracing::warn!(error = %e, "housekeeping failed");
+            }
+            // Refresh the lag gauges (L5).
+            let groups: Vec<String> = b
+                .inner
+                .state
+                .lock()
+                .unwrap()
+                .groups
+                .keys()
+                .cloned()
+                .collect();
+            for g in groups {
+                let _ = b.lag(&g);
             }
         }),
         every(broker, c.retention_interval, |b| async move {

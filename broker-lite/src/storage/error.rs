@@ -80,6 +80,14 @@ pub enum StorageError {
          check disk health"
     )]
     WriteTimeout,
+    /// Another store holds the data directory.
+    #[error(
+        "the data directory {dir} is in use by another store; stop the other broker or choose another directory"
+    )]
+    Locked {
+        /// The directory.
+        dir: String,
+    },
     /// The store was closed.
     #[error("the store is closed; open it again to continue")]
     Closed,

@@ -19,8 +19,10 @@ use super::record::{self, NewRecord};
 use super::segment::Segment;
 use super::shared::Shared;
 
-/// At most this many commands go into one group commit.
+/// At most this many commands go into one group commit...
 const MAX_BATCH: usize = 4096;
+/// ...and about this many bytes of records, which bounds the writer's buffer.
+const MAX_BATCH_BYTES: usize = 8 << 20;
 
 /// Where one record went.
 #[derive(Debug, Clone, Copy)]
@@ -45,6 +47,26 @@ pub(crate) enum Command {
     },
     /// Fsync, answer, and stop.
     Close { reply: oneshot::Sender<Result<u64>> },
+}
+
+impl Command {
+    /// Answers `Closed`.
+    fn refuse(self) {
+        match self {
+            Command::Append { reply, .. } => drop(reply.send(Err(StorageError::Closed))),
+            Command::Flush { reply: Some(reply) } => drop(reply.send(Err(StorageError::Closed))),
+            Command::Flush { reply: None } => {}
+            Command::Close { reply } => drop(reply.send(Err(StorageError::Closed))),
+        }
+    }
+
+    /// Encoded size of the records it carries.
+    fn bytes(&self) -> usize {
+        match self {
+            Command::Append { records, .. } => records.iter().map(NewRecord::encoded_len).sum(),
+            _ => 0,
+        }
+    }
 }
 
 /// A run of bytes in the batch buffer bound for one segment.
@@ -80,19 +102,38 @@ impl Writer {
     pub(crate) fn run(mut self, mut rx: mpsc::Receiver<Command>) {
         let mut batch = Vec::new();
         while let Some(first) = rx.blocking_recv() {
+            let mut bytes = first.bytes();
             batch.push(first);
-            while batch.len() < MAX_BATCH {
+            while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
                 match rx.try_recv() {
-                    Ok(cmd) => batch.push(cmd),
+                    Ok(cmd) => {
+                        bytes += cmd.bytes();
+                        batch.push(cmd);
+                    }
                     Err(_) => break,
                 }
             }
+            let shared = self.shared.clone();
+            let Ok(_open) = shared.open_gate() else {
+                // Closed or dropped: answer and stop without touching the files again.
+                for cmd in batch.drain(..) {
+                    cmd.refuse();
+                }
+                return;
+            };
             if self.process(&mut batch) {
                 return;
             }
+            if self.buf.capacity() > 2 * MAX_BATCH_BYTES {
+                // One huge batch should not pin its buffer for good.
+                self.buf = BytesMut::with_capacity(1 << 20);
+            }
         }
         // Every handle is gone: flush what we have, as a clean close would.
-        let _ = self.sync();
+        let shared = self.shared.clone();
+        if let Ok(_open) = shared.open_gate() {
+            let _ = self.sync();
+        }
     }
 
     /// Handles one batch; returns whether a `Close` was among it.
@@ -127,8 +168,14 @@ impl Writer {
                     }
                 }
                 Err(e) => {
-                    let reason = e.to_string();
-                    self.shared.fail(reason.clone());
+                    let reason = match e {
+                        StorageError::Failed(reason) => reason,
+                        other => {
+                            let reason = other.to_string();
+                            self.shared.fail(reason.clone());
+                            reason
+                        }
+                    };
                     for (_, reply) in appends {
                         let _ = reply.send(Err(StorageError::Failed(reason.clone())));
                     }
@@ -269,6 +316,7 @@ impl Writer {
 fn clone_result(r: &Result<u64>) -> Result<u64> {
     match r {
         Ok(v) => Ok(*v),
+        Err(StorageError::Failed(reason)) => Err(StorageError::Failed(reason.clone())),
         Err(e) => Err(StorageError::Failed(e.to_string())),
     }
 }

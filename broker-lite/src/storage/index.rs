@@ -145,19 +145,28 @@ impl Index {
 
     /// Drops every entry below log position `position` and reports the queues that moved.
     pub(crate) fn remove_before(&mut self, position: u64) -> Vec<QueueAdvance> {
+        let moved = self.preview_remove_before(position);
+        for a in &moved {
+            let q = self.queue_mut(&a.topic, a.queue_id);
+            q.entries.drain(..(a.new_min - a.old_min) as usize);
+            q.first = a.new_min;
+        }
+        moved
+    }
+
+    /// What [`remove_before`](Self::remove_before) would report, without changing anything.
+    pub(crate) fn preview_remove_before(&self, position: u64) -> Vec<QueueAdvance> {
         let mut moved = Vec::new();
-        for (topic, queues) in &mut self.queues {
-            for (queue_id, q) in queues.iter_mut() {
-                let n = q.entries.partition_point(|e| e.position < position);
+        for (topic, queues) in &self.queues {
+            for (queue_id, q) in queues {
+                let n = q.entries.partition_point(|e| e.position < position) as u64;
                 if n > 0 {
-                    q.entries.drain(..n);
                     moved.push(QueueAdvance {
                         topic: topic.clone(),
                         queue_id: *queue_id,
                         old_min: q.first,
-                        new_min: q.first + n as u64,
+                        new_min: q.first + n,
                     });
-                    q.first += n as u64;
                 }
             }
         }

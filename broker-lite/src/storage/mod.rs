@@ -2,7 +2,8 @@
 //!
 //! # What is on disk
 //!
-//! One directory holds:
+//! One directory holds (and [`Store::open`] locks it with `flock` on its `LOCK` file, so that
+//! two stores never share it):
 //! - **segment files** named by the log position of their first byte, 20 digits
 //!   (`00000000000000000000`, ...), preallocated to [`StoreConfig::segment_size`]. Records are
 //!   appended to the last (active) one; each is framed with its length and a CRC32C (the frame
@@ -45,7 +46,9 @@
 //! [`Store::enforce_retention`] deletes whole old segments, never the active one: those whose newest
 //! record is older than [`StoreConfig::file_reserved_time`] (default 72 h), and the oldest ones while
 //! the segment files exceed [`StoreConfig::max_disk_usage`]. It reports the queues whose first
-//! available offset moved; [`Store::queue_bounds`] gives the current `min..max` of a queue.
+//! available offset moved; [`Store::queue_bounds`] gives the current `min..max` of a queue, and
+//! [`Store::preview_retention`] tells ahead of time which offsets a later pass would remove, so the
+//! broker can warn about consumers that are about to lose unconsumed messages.
 //!
 //! # Backends
 //!
@@ -91,6 +94,8 @@ mod config;
 mod error;
 mod flush;
 mod index;
+mod lock;
+mod reads;
 mod record;
 mod recovery;
 pub mod retention;
@@ -105,4 +110,4 @@ pub use index::{QueueAdvance, QueueBounds};
 pub use record::{NewRecord, StoredRecord};
 pub use retention::RetentionReport;
 pub use shared::Progress;
-pub use store::{Appended, FlushOutcome, Store};
+pub use store::{Appended, FlushOutcome, MAX_APPEND_BYTES, Store};

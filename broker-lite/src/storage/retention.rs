@@ -3,10 +3,12 @@
 //! active segment is never deleted. Age is judged by the stored timestamps of the records, not by
 //! file times.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::error::{Result, StorageError};
 use super::index::QueueAdvance;
+use super::segment::Segment;
 use super::shared::Shared;
 
 /// What one retention pass removed.
@@ -21,8 +23,8 @@ pub struct RetentionReport {
     pub advanced: Vec<QueueAdvance>,
 }
 
-/// Deletes old segments; see the module docs.
-pub(crate) fn enforce(shared: &Shared, now: SystemTime) -> Result<RetentionReport> {
+/// The segments retention would delete now, oldest first.
+fn doomed(shared: &Shared, now: SystemTime) -> Vec<Arc<Segment>> {
     let config = &shared.config;
     let now_ms = now
         .duration_since(UNIX_EPOCH)
@@ -42,6 +44,31 @@ pub(crate) fn enforce(shared: &Shared, now: SystemTime) -> Result<RetentionRepor
         total -= segment.size;
         doomed.push(segment.clone());
     }
+    doomed
+}
+
+/// What [`enforce`] would remove at `now`, without removing anything.
+pub(crate) fn preview(shared: &Shared, now: SystemTime) -> RetentionReport {
+    let doomed = doomed(shared, now);
+    let Some(last_doomed) = doomed.last() else {
+        return RetentionReport::default();
+    };
+    let advanced = shared
+        .index
+        .read()
+        .unwrap()
+        .preview_remove_before(last_doomed.end());
+    RetentionReport {
+        removed_bytes: doomed.iter().map(|s| s.size).sum(),
+        removed_segments: doomed.iter().map(|s| s.name.clone()).collect(),
+        advanced,
+    }
+}
+
+/// Deletes old segments; see the module docs.
+pub(crate) fn enforce(shared: &Shared, now: SystemTime) -> Result<RetentionReport> {
+    let _open = shared.open_gate()?;
+    let doomed = doomed(shared, now);
     let Some(last_doomed) = doomed.last() else {
         return Ok(RetentionReport::default());
     };
@@ -53,7 +80,7 @@ pub(crate) fn enforce(shared: &Shared, now: SystemTime) -> Result<RetentionRepor
         .unwrap()
         .retain(|s| s.base >= new_start);
     // Record the new queue starts before the files go, so offsets are never reused after a restart.
-    shared.write_checkpoint()?;
+    shared.write_checkpoint_gated()?;
     let mut report = RetentionReport {
         advanced,
         ..RetentionReport::default()

@@ -1,6 +1,6 @@
 //! State shared by the store handle, its writer thread and its background tasks.
 
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 
 use tokio::sync::watch;
 
@@ -13,8 +13,8 @@ use super::segment::Segment;
 
 /// How far the log has been written and flushed.
 ///
-/// Obtained from [`Store::subscribe`](super::Store::subscribe); it changes after every write and
-/// every fsync, so long-polling readers can wait for it.
+/// Obtained from [`Store::subscribe`](super::Store::subscribe) and [`Store::progress`](super::Store::progress);
+/// see there for when subscribers are notified.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub struct Progress {
@@ -22,6 +22,8 @@ pub struct Progress {
     pub written: u64,
     /// Log position just past the last fsynced record.
     pub flushed: u64,
+    /// The durable position recorded in the store checkpoint: damage below it stops recovery.
+    pub checkpointed: u64,
     /// Whether the store failed after a write or fsync error and refuses all writes.
     pub failed: bool,
 }
@@ -36,6 +38,10 @@ pub(crate) struct Shared {
     pub(crate) progress: watch::Sender<Progress>,
     failure: Mutex<Option<String>>,
     checkpoint_lock: Mutex<()>,
+    /// `true` once the store is closed or dropped. Every file change holds a read guard, so after
+    /// [`shut_down`](Self::shut_down) returns this store never touches the directory again, even
+    /// from a writer thread or a blocking task that outlives the handle.
+    gate: RwLock<bool>,
 }
 
 impl Shared {
@@ -49,6 +55,7 @@ impl Shared {
         let (progress, _) = watch::channel(Progress {
             written: position,
             flushed: position,
+            checkpointed: 0,
             failed: false,
         });
         Shared {
@@ -59,6 +66,7 @@ impl Shared {
             progress,
             failure: Mutex::new(None),
             checkpoint_lock: Mutex::new(()),
+            gate: RwLock::new(false),
         }
     }
 
@@ -95,13 +103,38 @@ impl Shared {
         s.contains(position).then(|| s.clone())
     }
 
+    /// A guard that keeps the store open while held; `Err(Closed)` once it is shut down.
+    pub(crate) fn open_gate(&self) -> Result<RwLockReadGuard<'_, bool>> {
+        let gate = self.gate.read().unwrap();
+        if *gate {
+            return Err(StorageError::Closed);
+        }
+        Ok(gate)
+    }
+
+    /// Waits for file changes in progress, then refuses all later ones.
+    pub(crate) fn shut_down(&self) {
+        *self.gate.write().unwrap() = true;
+    }
+
     /// Atomically writes the store checkpoint: the flushed position and every queue's first offset.
     pub(crate) fn write_checkpoint(&self) -> Result<u64> {
+        let _open = self.open_gate()?;
+        self.write_checkpoint_gated()
+    }
+
+    /// [`write_checkpoint`](Self::write_checkpoint) for a caller that holds [`open_gate`](Self::open_gate).
+    pub(crate) fn write_checkpoint_gated(&self) -> Result<u64> {
         let _guard = self.checkpoint_lock.lock().unwrap();
         let durable = self.progress.borrow().flushed;
         let floors = self.index.read().unwrap().floors();
         let payload = StoreCheckpoint { durable, floors }.encode();
         checkpoint::write_atomic(&*self.backend, STORE_CHECKPOINT, &payload)?;
+        self.progress.send_if_modified(|p| {
+            let moved = p.checkpointed != durable;
+            p.checkpointed = durable;
+            moved
+        });
         Ok(durable)
     }
 }

@@ -11,16 +11,18 @@ use tokio::time::{Instant, timeout_at};
 
 use super::backend::{FileBackend, StorageBackend};
 use super::checkpoint;
-use super::codec::{self, HEADER_SIZE, Header};
 use super::config::{FlushMode, StoreConfig};
 use super::error::{Result, StorageError};
 use super::flush::{Command, Placed, Writer};
-use super::index::QueueBounds;
-use super::record::{NewRecord, StoredRecord};
+use super::lock::DirLock;
+use super::record::NewRecord;
 use super::recovery;
 use super::retention::{self, RetentionReport};
 use super::shared::{Progress, Shared};
 use super::tasks;
+
+/// Largest total encoded size of one [`Store::append_batch`] call (64 MiB).
+pub const MAX_APPEND_BYTES: usize = 64 << 20;
 
 /// How durable an appended record is when the append returns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,23 +53,33 @@ pub struct Appended {
 /// The durable commit log with its per-queue index.
 ///
 /// Cheap to clone; all clones share one writer. See the [module docs](super) for an example.
+///
+/// Call [`close`](Self::close) to flush and checkpoint. Dropping the last clone without closing
+/// behaves like a crash of the store alone: the writer fsyncs what it has, no checkpoint is
+/// written, and the drop waits for a write or fsync in progress so that nothing of this store
+/// touches the directory after its lock is released.
 #[derive(Debug, Clone)]
 pub struct Store {
-    inner: Arc<Inner>,
+    pub(super) inner: Arc<Inner>,
 }
 
 #[derive(Debug)]
-struct Inner {
-    shared: Arc<Shared>,
+pub(super) struct Inner {
+    pub(super) shared: Arc<Shared>,
     tx: mpsc::Sender<Command>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// Released by `close` or drop, after the store shut down its file I/O.
+    lock: Mutex<Option<DirLock>>,
 }
 
 impl Drop for Inner {
+    /// Like a crash of the store alone: no final checkpoint. It waits for a write or fsync in
+    /// progress, so that no I/O of this store can follow the release of the directory lock.
     fn drop(&mut self) {
         for task in self.tasks.lock().unwrap().drain(..) {
             task.abort();
         }
+        self.shared.shut_down();
     }
 }
 
@@ -75,15 +87,18 @@ impl Store {
     /// Opens (or creates) the store in directory `dir` on the local file system.
     ///
     /// # Errors
-    /// See [`open_with_backend`](Self::open_with_backend).
+    /// See [`open_with_backend`](Self::open_with_backend); also [`StorageError::Locked`] when
+    /// another store holds the directory.
     pub async fn open(dir: impl AsRef<Path>, config: StoreConfig) -> Result<Store> {
+        config.validate()?;
         let backend = FileBackend::new(dir.as_ref()).map_err(|e| {
             StorageError::io(
                 format!("create the data directory {}", dir.as_ref().display()),
                 e,
             )
         })?;
-        Self::open_with_backend(Arc::new(backend), config).await
+        let lock = DirLock::acquire(dir.as_ref())?;
+        Self::open_inner(Arc::new(backend), config, Some(lock)).await
     }
 
     /// Opens the store on `backend`: recovers the log, starts the writer thread and the flush and
@@ -95,6 +110,14 @@ impl Store {
     pub async fn open_with_backend(
         backend: Arc<dyn StorageBackend>,
         config: StoreConfig,
+    ) -> Result<Store> {
+        Self::open_inner(backend, config, None).await
+    }
+
+    async fn open_inner(
+        backend: Arc<dyn StorageBackend>,
+        config: StoreConfig,
+        lock: Option<DirLock>,
     ) -> Result<Store> {
         config.validate()?;
         let (shared, position) = tokio::task::spawn_blocking(move || {
@@ -122,6 +145,7 @@ impl Store {
                 shared,
                 tx,
                 tasks: Mutex::new(tasks),
+                lock: Mutex::new(lock),
             }),
         })
     }
@@ -143,8 +167,8 @@ impl Store {
     /// ([`FlushOutcome::InMemory`]).
     ///
     /// # Errors
-    /// [`StorageError::RecordTooLarge`] / [`StorageError::InvalidRecord`] before anything is
-    /// written; [`StorageError::Failed`] when a write or fsync failed (now or earlier; the records'
+    /// [`StorageError::RecordTooLarge`] / [`StorageError::InvalidRecord`] (also for a batch over
+    /// [`MAX_APPEND_BYTES`]) before anything is written; [`StorageError::Failed`] when a write or fsync failed (now or earlier; the records'
     /// durability is unknown); [`StorageError::WriteTimeout`]; [`StorageError::Closed`].
     ///
     /// # Cancel safety
@@ -155,8 +179,14 @@ impl Store {
         if records.is_empty() {
             return Ok(Vec::new());
         }
+        let mut total = 0;
         for r in &records {
-            r.check(shared.config.max_record_size)?;
+            total += r.check(shared.config.max_record_size)?;
+        }
+        if total > MAX_APPEND_BYTES {
+            return Err(StorageError::InvalidRecord(format!(
+                "a batch of {total} bytes exceeds the limit of {MAX_APPEND_BYTES} bytes per append; split it"
+            )));
         }
         shared.check_failed()?;
         let deadline = Instant::now() + shared.config.sync_flush_timeout;
@@ -206,97 +236,9 @@ impl Store {
             .collect())
     }
 
-    /// Reads records of one queue from `from_offset` (raised to the queue's first available offset),
-    /// at most `max_records` and about `max_bytes` (at least one record when any is readable).
-    ///
-    /// Only readable records are returned: fsynced ones under sync flush, written ones under async.
-    ///
-    /// # Errors
-    /// [`StorageError::Corrupt`] when a record fails its checksum; I/O errors.
-    pub async fn read_queue(
-        &self,
-        topic: &str,
-        queue_id: u32,
-        from_offset: u64,
-        max_records: usize,
-        max_bytes: usize,
-    ) -> Result<Vec<StoredRecord>> {
-        let shared = self.inner.shared.clone();
-        let visible = shared.visible();
-        let entries = shared.index.read().unwrap().range(
-            topic,
-            queue_id,
-            from_offset,
-            visible,
-            max_records,
-            max_bytes,
-        );
-        if entries.is_empty() {
-            return Ok(Vec::new());
-        }
-        blocking(move || {
-            let mut out = Vec::with_capacity(entries.len());
-            for e in entries {
-                // A segment removed by retention meanwhile: its records are gone, skip them.
-                let Some(segment) = shared.segment_at(e.position) else {
-                    continue;
-                };
-                let frame = segment.read(e.position, e.size as usize)?;
-                out.push(decode_at(&segment, frame, e.position)?);
-            }
-            Ok(out)
-        })
-        .await
-    }
-
-    /// Reads the record whose frame starts at `log_position`, as returned in [`Appended`] or
-    /// [`StoredRecord`]. A position inside a record is reported as corrupt, since it cannot be told
-    /// apart from a damaged record.
-    ///
-    /// # Errors
-    /// [`StorageError::NotFound`] when no readable record starts there; [`StorageError::Corrupt`].
-    pub async fn read_at(&self, log_position: u64) -> Result<StoredRecord> {
-        let shared = self.inner.shared.clone();
-        let visible = shared.visible();
-        blocking(move || {
-            let segment = shared
-                .segment_at(log_position)
-                .ok_or(StorageError::NotFound(log_position))?;
-            let room = segment.end() - log_position;
-            if log_position + HEADER_SIZE as u64 > visible || room < 8 {
-                return Err(StorageError::NotFound(log_position));
-            }
-            let head = segment.read(log_position, 8)?;
-            let Header::Frame(len) = codec::peek_header(&head, room) else {
-                return Err(StorageError::NotFound(log_position));
-            };
-            if log_position + len as u64 > visible {
-                return Err(StorageError::NotFound(log_position));
-            }
-            let frame = segment.read(log_position, len)?;
-            decode_at(&segment, frame, log_position)
-        })
-        .await
-    }
-
-    /// The readable offsets of a queue; `None` for a queue that never had a record.
-    pub fn queue_bounds(&self, topic: &str, queue_id: u32) -> Option<QueueBounds> {
-        let shared = &self.inner.shared;
-        let visible = shared.visible();
-        shared
-            .index
-            .read()
-            .unwrap()
-            .bounds(topic, queue_id, visible)
-    }
-
-    /// Every (topic, queue id) that has or had records, sorted.
-    pub fn queues(&self) -> Vec<(String, u32)> {
-        self.inner.shared.index.read().unwrap().queues()
-    }
-
-    /// A receiver that changes whenever records are written or flushed; long-polling readers
-    /// wait on it and then call [`read_queue`](Self::read_queue) again.
+    /// A receiver that is notified whenever records become readable (after each write under async
+    /// flush, after each fsync under sync flush) and when the store checkpoints or fails;
+    /// long-polling readers wait on it and then call [`read_queue`](Self::read_queue) again.
     ///
     /// ```no_run
     /// # async fn f(store: broker_lite::storage::Store) {
@@ -334,8 +276,16 @@ impl Store {
     /// # Errors
     /// I/O errors while writing the checkpoint or removing files.
     pub async fn enforce_retention(&self, now: SystemTime) -> Result<RetentionReport> {
+        self.check_open()?;
         let shared = self.inner.shared.clone();
         blocking(move || retention::enforce(&shared, now)).await
+    }
+
+    /// What [`enforce_retention`](Self::enforce_retention) would remove at `now`, without removing
+    /// anything. Call it with a time ahead (`now + warning window`) to warn about consumers whose
+    /// next offset is below a queue's future `new_min` (safeguard B5).
+    pub fn preview_retention(&self, now: SystemTime) -> RetentionReport {
+        retention::preview(&self.inner.shared, now)
     }
 
     /// Atomically stores a small named blob (consumer offsets, for instance).
@@ -343,9 +293,14 @@ impl Store {
     /// # Errors
     /// [`StorageError::InvalidCheckpointName`]; I/O errors (the old content then stays).
     pub async fn save_checkpoint(&self, name: &str, bytes: Bytes) -> Result<()> {
+        self.check_open()?;
         let file = checkpoint::user_file_name(name)?;
         let shared = self.inner.shared.clone();
-        blocking(move || checkpoint::write_atomic(&*shared.backend, &file, &bytes)).await
+        blocking(move || {
+            let _open = shared.open_gate()?;
+            checkpoint::write_atomic(&*shared.backend, &file, &bytes)
+        })
+        .await
     }
 
     /// Loads a blob saved with [`save_checkpoint`](Self::save_checkpoint); `None` if never saved.
@@ -353,12 +308,14 @@ impl Store {
     /// # Errors
     /// [`StorageError::CorruptCheckpoint`]; [`StorageError::InvalidCheckpointName`]; I/O errors.
     pub async fn load_checkpoint(&self, name: &str) -> Result<Option<Bytes>> {
+        self.check_open()?;
         let file = checkpoint::user_file_name(name)?;
         let shared = self.inner.shared.clone();
         blocking(move || checkpoint::load(&*shared.backend, &file)).await
     }
 
-    /// Flushes, checkpoints and stops the writer. Later appends fail with [`StorageError::Closed`].
+    /// Flushes, checkpoints, stops the writer and releases the directory lock. Later calls fail
+    /// with [`StorageError::Closed`].
     ///
     /// # Errors
     /// [`StorageError::Failed`] when the final fsync fails.
@@ -373,26 +330,25 @@ impl Store {
         for task in self.inner.tasks.lock().unwrap().drain(..) {
             task.abort();
         }
-        flushed?;
         let shared = self.inner.shared.clone();
-        blocking(move || shared.write_checkpoint().map(drop)).await
+        let result = blocking(move || {
+            let written = flushed.and_then(|_| shared.write_checkpoint().map(drop));
+            shared.shut_down();
+            written
+        })
+        .await;
+        self.inner.lock.lock().unwrap().take();
+        result
+    }
+
+    fn check_open(&self) -> Result<()> {
+        self.inner.shared.open_gate().map(drop)
     }
 }
 
-fn decode_at(
-    segment: &super::segment::Segment,
-    frame: Bytes,
-    position: u64,
-) -> Result<StoredRecord> {
-    codec::decode(frame, position).map_err(|reason| StorageError::Corrupt {
-        segment: segment.name.clone(),
-        offset: position - segment.base,
-        position,
-        reason: reason.to_string(),
-    })
-}
-
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+pub(super) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| StorageError::io("run a blocking storage task", std::io::Error::other(e)))?

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::MissedTickBehavior;
 
 use super::flush::Command;
@@ -18,8 +18,16 @@ pub(crate) async fn flush_task(tx: mpsc::WeakSender<Command>, interval: Duration
     loop {
         ticker.tick().await;
         let Some(tx) = tx.upgrade() else { return };
+        let (reply, done) = oneshot::channel();
         // A full queue means the writer is busy; the next tick will try again.
-        let _ = tx.try_send(Command::Flush { reply: None });
+        if tx.try_send(Command::Flush { reply: Some(reply) }).is_err() {
+            continue;
+        }
+        drop(tx);
+        // Wait for this flush before the next tick, from the blocking pool: the writer is a plain
+        // thread, and tokio's paused test clock does not jump ahead while a blocking task runs,
+        // so tests with paused time see each flush complete at its tick.
+        let _ = tokio::task::spawn_blocking(move || done.blocking_recv()).await;
     }
 }
 
@@ -27,16 +35,17 @@ pub(crate) async fn flush_task(tx: mpsc::WeakSender<Command>, interval: Duration
 pub(crate) async fn checkpoint_task(shared: Arc<Shared>) {
     let mut ticker = tokio::time::interval(shared.config.checkpoint_interval);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut last = shared.progress.borrow().flushed;
     loop {
         ticker.tick().await;
-        let flushed = shared.progress.borrow().flushed;
-        if flushed == last {
+        // Compare with what the checkpoint holds, not with a value seen when this task started:
+        // the store may have flushed before this task was first polled.
+        let p = *shared.progress.borrow();
+        if p.flushed == p.checkpointed {
             continue;
         }
         let s = shared.clone();
         match tokio::task::spawn_blocking(move || s.write_checkpoint()).await {
-            Ok(Ok(durable)) => last = durable,
+            Ok(Ok(_)) => {}
             Ok(Err(e)) => tracing::warn!(error = %e, "could not write the store checkpoint"),
             Err(_) => return,
         }

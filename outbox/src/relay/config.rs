@@ -14,6 +14,8 @@ pub(crate) struct RelayConfig {
     pub(crate) max_attempts: u32,
     pub(crate) backoff: Backoff,
     pub(crate) poll_interval: Duration,
+    pub(crate) busy_poll_interval: Duration,
+    pub(crate) linger: Duration,
     pub(crate) rebalance_interval: Duration,
     pub(crate) maintenance_interval: Duration,
     pub(crate) retention: Option<Duration>,
@@ -31,6 +33,8 @@ impl Default for RelayConfig {
             max_attempts: 16,
             backoff: Backoff::default(),
             poll_interval: Duration::from_secs(5),
+            busy_poll_interval: Duration::from_millis(5),
+            linger: Duration::from_millis(250),
             rebalance_interval: Duration::from_secs(5),
             maintenance_interval: Duration::from_secs(15),
             retention: None,
@@ -62,6 +66,7 @@ impl RelayConfig {
         for (name, value) in [
             ("publish_timeout", self.publish_timeout),
             ("poll_interval", self.poll_interval),
+            ("busy_poll_interval", self.busy_poll_interval),
             ("rebalance_interval", self.rebalance_interval),
             ("maintenance_interval", self.maintenance_interval),
         ] {

@@ -10,8 +10,13 @@
 //! 3. in the same transaction delete (or mark sent) what was published, push back what failed, move
 //!    what exhausted its attempts to `outbox.failures`; commit.
 //!
-//! When nothing is due the relay waits for a `NOTIFY` from the insert trigger, the poll interval,
-//! the next delayed message or the next rebalance, whichever comes first.
+//! Wake-ups adapt to the load. While work keeps arriving (within `linger` of the last batch) the
+//! relay polls every `busy_poll_interval` and the insert trigger stays silent, because a NOTIFY
+//! takes a database-wide lock at commit that would serialise the application's transactions. Once
+//! quiet, the relay registers in `outbox.idle_relays`, which makes the trigger notify, and waits for
+//! that `NOTIFY`, the poll interval, the next delayed message or the next rebalance. A transaction
+//! that inserted just before the registration and commits just after it sent no NOTIFY; a few
+//! spaced re-polls after registering catch it.
 
 mod backoff;
 mod config;
@@ -130,6 +135,16 @@ impl<P: Publisher> RelayBuilder<P> {
         poll_interval: Duration
     );
     setter!(
+        /// While busy, how often the relay looks for new messages without waiting for a NOTIFY.
+        /// Default 5 ms.
+        busy_poll_interval: Duration
+    );
+    setter!(
+        /// How long after the last message found the relay stays busy (polling) before it asks
+        /// for NOTIFY wake-ups again. Default 250 ms.
+        linger: Duration
+    );
+    setter!(
         /// How often the relay recounts its peers and rebalances key partitions. Default 5 s.
         rebalance_interval: Duration
     );
@@ -166,6 +181,10 @@ impl<P: Publisher> RelayBuilder<P> {
         })
     }
 }
+
+/// Re-polls after registering as idle, in multiples of the busy poll interval: they catch
+/// transactions that inserted before the registration (so sent no NOTIFY) and commit after it.
+const SETTLE_POLLS: [u32; 4] = [2, 10, 50, 200];
 
 /// Why a session on one connection ended.
 enum SessionEnd {
@@ -267,6 +286,9 @@ impl<P: Publisher> Relay<P> {
         if !store::is_migrated(&mut conn).await? {
             return Err(Error::NotMigrated);
         }
+        // A reused backend pid may carry a crashed relay's mark.
+        store::unmark_idle(&mut conn).await?;
+        store::forget_dead_relays(&mut conn).await?;
         let mut partitions = Partitions::join(&mut conn).await?;
         partitions.rebalance(&mut conn).await?;
         *failures = 0;
@@ -279,6 +301,7 @@ impl<P: Publisher> Relay<P> {
             .drain_loop(&mut conn, &mut partitions, wake, shutdown)
             .await;
         if matches!(end, SessionEnd::Shutdown) {
+            let _ = store::unmark_idle(&mut conn).await;
             let _ = conn.close().await;
         }
         Ok(end)
@@ -294,6 +317,9 @@ impl<P: Publisher> Relay<P> {
         let config = &self.config;
         let mut next_rebalance = Instant::now() + config.rebalance_interval;
         let mut next_maintenance = Instant::now();
+        let mut last_work: Option<Instant> = None;
+        let mut marked_idle = false;
+        let mut settle_polls = SETTLE_POLLS.iter();
         loop {
             if shutdown.is_cancelled() {
                 return SessionEnd::Shutdown;
@@ -312,21 +338,43 @@ impl<P: Publisher> Relay<P> {
                 next_maintenance = now + config.maintenance_interval;
             }
             match self.batch(conn, partitions, shutdown).await {
-                Ok(BatchEnd::Done) => continue,
+                Ok(BatchEnd::Done) => {
+                    last_work = Some(Instant::now());
+                    if marked_idle {
+                        if let Err(error) = store::unmark_idle(conn).await {
+                            return error.into();
+                        }
+                        marked_idle = false;
+                    }
+                    continue;
+                }
                 Ok(BatchEnd::Abandoned) => return SessionEnd::Shutdown,
                 Ok(BatchEnd::Empty) => {}
                 Err(error) => return error.into(),
             }
 
-            let next_due = match store::next_due(conn).await {
-                Ok(due) => due,
-                Err(error) => return error.into(),
-            };
-            let mut deadline = (Instant::now() + config.poll_interval)
+            let busy = last_work.is_some_and(|at| at.elapsed() < config.linger);
+            let now = Instant::now();
+            let mut deadline = (now + config.poll_interval)
                 .min(next_rebalance)
                 .min(next_maintenance);
-            if let Some(due) = next_due {
-                deadline = deadline.min(Instant::now() + due + Duration::from_millis(2));
+            if busy {
+                deadline = deadline.min(now + config.busy_poll_interval);
+            } else if !marked_idle {
+                if let Err(error) = store::mark_idle(conn).await {
+                    return error.into();
+                }
+                marked_idle = true;
+                settle_polls = SETTLE_POLLS.iter();
+                // Rows committed before the mark sent no NOTIFY: look once more before waiting.
+                continue;
+            } else if let Some(&factor) = settle_polls.next() {
+                deadline = deadline.min(now + config.busy_poll_interval * factor);
+            }
+            match store::next_due(conn).await {
+                Ok(Some(due)) => deadline = deadline.min(now + due + Duration::from_millis(2)),
+                Ok(None) => {}
+                Err(error) => return error.into(),
             }
             self.state.send_replace(RelayState::Idle);
             tokio::select! {
@@ -381,6 +429,7 @@ impl<P: Publisher> Relay<P> {
     async fn maintain(&self, conn: &mut PgConnection) -> sqlx::Result<()> {
         let (pending, oldest_due_age) = store::backlog(conn).await?;
         metrics::record_backlog(pending, oldest_due_age);
+        store::forget_dead_relays(conn).await?;
         if let Some(retention) = self.config.retention {
             let purged = store::purge_sent(conn, retention, 10_000).await?;
             if purged > 0 {

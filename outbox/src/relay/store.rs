@@ -204,3 +204,32 @@ pub(crate) async fn is_migrated(conn: &mut PgConnection) -> sqlx::Result<bool> {
     .fetch_one(conn)
     .await
 }
+
+/// Asks the insert trigger to send NOTIFY: this relay is about to wait for one.
+pub(crate) async fn mark_idle(conn: &mut PgConnection) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO outbox.idle_relays (pid) VALUES (pg_backend_pid()) ON CONFLICT DO NOTHING",
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// This relay polls on its own for now; the trigger need not notify on its behalf.
+pub(crate) async fn unmark_idle(conn: &mut PgConnection) -> sqlx::Result<()> {
+    sqlx::query("DELETE FROM outbox.idle_relays WHERE pid = pg_backend_pid()")
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Removes the idle marks of relay connections that no longer exist (a crashed relay), which
+/// would otherwise keep the trigger notifying for nobody.
+pub(crate) async fn forget_dead_relays(conn: &mut PgConnection) -> sqlx::Result<()> {
+    sqlx::query(
+        "DELETE FROM outbox.idle_relays WHERE pid NOT IN (SELECT pid FROM pg_stat_activity)",
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,100 @@
+//! A real `kill -9` of a process appending under sync flush: every append that was acknowledged
+//! `Flushed` before the kill is in the log afterwards, intact, at its queue offset.
+//!
+//! The test runs its own binary again as the child (selected by an environment variable).
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use broker_lite::storage::{FlushOutcome, NewRecord, Store, StoreConfig};
+
+const CHILD_DIR: &str = "BROKER_LITE_KILL_TEST_DIR";
+const TEST_NAME: &str = "kill_9_loses_no_acknowledged_record";
+
+fn config() -> StoreConfig {
+    let mut c = StoreConfig::default();
+    c.segment_size = 256 * 1024;
+    c.max_record_size = 16 * 1024;
+    c.checkpoint_interval = Duration::from_millis(5);
+    c
+}
+
+/// The child: four producers append until killed (or 20 000 records, as a safety bound).
+fn child(dir: &str) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let store = Store::open(dir, config()).await.unwrap();
+        let tasks: Vec<_> = (0..4u32)
+            .map(|q| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    for i in 0..5_000u32 {
+                        let body = format!("q{q} i{i} {}", "x".repeat((i % 2000) as usize));
+                        let r = NewRecord::new("kill", q, body);
+                        let id = r.message_id;
+                        let a = store.append(r).await.unwrap();
+                        if a.outcome == FlushOutcome::Flushed {
+                            println!("ACK {q} {} {id}", a.queue_offset);
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+    });
+}
+
+#[test]
+fn kill_9_loses_no_acknowledged_record() -> anyhow::Result<()> {
+    if let Ok(dir) = std::env::var(CHILD_DIR) {
+        child(&dir);
+        return Ok(());
+    }
+    let dir = tempfile::tempdir()?;
+    let mut proc = Command::new(std::env::current_exe()?)
+        .args([TEST_NAME, "--exact", "--nocapture", "--test-threads=1"])
+        .env(CHILD_DIR, dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let mut acked = Vec::new();
+    for line in BufReader::new(proc.stdout.take().unwrap()).lines() {
+        let line = line?;
+        let Some(rest) = line.strip_prefix("ACK ") else {
+            continue;
+        };
+        let parts: Vec<&str> = rest.split(' ').collect();
+        acked.push((
+            parts[0].parse::<u32>()?,
+            parts[1].parse::<u64>()?,
+            parts[2].to_string(),
+        ));
+        if acked.len() == 400 {
+            break;
+        }
+    }
+    proc.kill()?; // SIGKILL
+    proc.wait()?;
+    assert_eq!(
+        acked.len(),
+        400,
+        "the child acknowledged too little before exiting"
+    );
+
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async {
+        let store = Store::open(dir.path(), config()).await?;
+        for (q, offset, id) in &acked {
+            let got = store.read_queue("kill", *q, *offset, 1, usize::MAX).await?;
+            assert_eq!(got[0].queue_offset, *offset);
+            assert_eq!(got[0].message_id.to_string(), *id);
+        }
+        // And the log keeps going.
+        let a = store.append(NewRecord::new("kill", 0, "after")).await?;
+        assert_eq!(a.outcome, FlushOutcome::Flushed);
+        anyhow::Ok(())
+    })
+}
