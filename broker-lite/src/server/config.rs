@@ -29,6 +29,10 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// Longest long poll a pull may ask for; longer ones are shortened. Default 30 s.
     pub max_long_poll: Duration,
+    /// A long poll is served as a series of handler pulls of at most this wait, and shutdown is
+    /// checked between them, so that shutdown never cancels a pull that may already have
+    /// reserved messages (they would stay in flight until the consume timeout). Default 500 ms.
+    pub long_poll_slice: Duration,
 }
 
 impl Default for ServerConfig {
@@ -39,6 +43,7 @@ impl Default for ServerConfig {
             max_in_flight_per_connection: 1024,
             shutdown_grace: Duration::from_secs(10),
             max_long_poll: Duration::from_secs(30),
+            long_poll_slice: Duration::from_millis(500),
         }
     }
 }

@@ -163,26 +163,44 @@ where
         _ = stop.hard.cancelled() => tasks.abort_all(),
     }
     drop(tx);
-    let _ = writer.await;
+    // The writer ends once the answers are out; a peer that does not read them is cut off at
+    // the hard stop.
+    let mut writer = writer;
+    tokio::select! {
+        _ = &mut writer => {}
+        _ = stop.hard.cancelled() => writer.abort(),
+    }
 }
 
 async fn handle<H: Handler>(
     handler: &H,
-    mut request: Request,
+    request: Request,
     config: &ServerConfig,
     shutdown: &CancellationToken,
 ) -> Result<Response, ErrorReply> {
-    if let Request::Pull(pull) = &mut request {
-        pull.long_poll_ms = pull
-            .long_poll_ms
-            .min(config.max_long_poll.as_millis() as u64);
-        // A long poll must not hold up shutdown; a cancelled pull answers no deliveries.
-        return tokio::select! {
-            r = handler.handle(request) => r,
-            _ = shutdown.cancelled() => Ok(Response::Pull(Vec::new())),
-        };
+    let Request::Pull(pull) = request else {
+        return handler.handle(request).await;
+    };
+    // Long poll in slices, never cancelling a handler call: a pull dropped after it reserved
+    // messages would leave them in flight until the consume timeout. Between slices, stop
+    // waiting when shutdown begins.
+    let slice = (config.long_poll_slice.as_millis() as u64).max(1);
+    let mut remaining = pull
+        .long_poll_ms
+        .min(config.max_long_poll.as_millis() as u64);
+    loop {
+        let wait = remaining.min(slice);
+        remaining -= wait;
+        let mut part = pull.clone();
+        part.long_poll_ms = wait;
+        let result = handler.handle(Request::Pull(part)).await;
+        match &result {
+            Ok(Response::Pull(d)) if d.is_empty() && remaining > 0 && !shutdown.is_cancelled() => {
+                continue;
+            }
+            _ => return result,
+        }
     }
-    handler.handle(request).await
 }
 
 fn error_frame(request_id: u64, code: u16, reply: &ErrorReply) -> Frame {

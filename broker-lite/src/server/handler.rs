@@ -10,8 +10,9 @@ use crate::protocol::{ErrorReply, Request, Response};
 /// own through [`serve`](super::serve).
 pub trait Handler: Clone + Send + Sync + 'static {
     /// Handles one request. A [`Request::SendOneway`] is handled like a send whose answer is
-    /// dropped. A [`Request::Pull`] may wait up to its long poll; the server cancels it (answering
-    /// no deliveries) when shutdown begins.
+    /// dropped. A [`Request::Pull`] may wait up to its long poll; the server splits long polls
+    /// into slices of [`ServerConfig::long_poll_slice`](super::ServerConfig::long_poll_slice) and
+    /// never drops a call before it completes, except at the hard stop after the grace period.
     fn handle(&self, request: Request)
     -> impl Future<Output = Result<Response, ErrorReply>> + Send;
 }

@@ -12,7 +12,8 @@
 //! - **Connection limit**: past [`ServerConfig::max_connections`] a new connection gets a
 //!   `TooManyConnections` error frame and is closed.
 //! - **Graceful shutdown**: when the `shutdown` future completes the server stops accepting,
-//!   connections stop reading, long polls answer with no deliveries, and requests in flight get
+//!   connections stop reading, long polls answer with no deliveries after their current slice
+//!   ([`ServerConfig::long_poll_slice`]), and requests in flight get
 //!   [`ServerConfig::shutdown_grace`] to finish and be answered; then everything is closed.
 //!
 //! Metrics: `broker_lite_server_connections` (gauge), `broker_lite_server_connections_total`,

@@ -14,7 +14,7 @@ use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 /// Answers pings and sends; a send to topic `slow` waits for [`Mock::release`]; a pull waits
-/// forever; sends to topic `bad` are refused.
+/// its long poll and answers nothing; sends to topic `bad` are refused.
 #[derive(Clone)]
 pub struct Mock {
     offsets: Arc<AtomicU64>,
@@ -44,7 +44,10 @@ impl Handler for Mock {
                     queue_offset: self.offsets.fetch_add(1, Ordering::SeqCst),
                 }))
             }
-            Request::Pull(_) => std::future::pending().await,
+            Request::Pull(p) => {
+                tokio::time::sleep(std::time::Duration::from_millis(p.long_poll_ms)).await;
+                Ok(Response::Pull(Vec::new()))
+            }
             _ => Ok(Response::Done),
         }
     }
@@ -60,7 +63,8 @@ pub struct MockServer {
 }
 
 impl MockServer {
-    pub async fn start(config: ServerConfig) -> MockServer {
+    pub async fn start(mut config: ServerConfig) -> MockServer {
+        config.long_poll_slice = std::time::Duration::from_millis(5);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (started_tx, started) = mpsc::unbounded_channel();
