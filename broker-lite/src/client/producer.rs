@@ -205,7 +205,14 @@ impl Inner {
         loop {
             attempt += 1;
             let error = match self.endpoints.call(request, self.config.send_timeout).await {
-                Ok(response) => return Ok(response),
+                Ok(response) => {
+                    debug!(
+                        attempt,
+                        command = request.code().name(),
+                        "send attempt answered"
+                    );
+                    return Ok(response);
+                }
                 Err(e) => e,
             };
             debug!(attempt, attempts, error = %super::error::chain(&error), "send attempt failed");
@@ -265,6 +272,21 @@ impl Future for SendHandle {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn defaults_match_rocketmq() {
+        let config = ProducerConfig::default();
+        assert_eq!(
+            config.send_timeout,
+            Duration::from_secs(3),
+            "sendMsgTimeout (P5)"
+        );
+        assert_eq!(config.retries, 2, "retryTimesWhenSendFailed (P4)");
+        assert!(
+            config.oneway_topics.is_empty(),
+            "one-way sends are opt-in (P3)"
+        );
+    }
 
     #[test]
     fn backoff_grows_and_is_capped() {
