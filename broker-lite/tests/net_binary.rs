@@ -148,7 +148,10 @@ async fn kill_9_under_load() {
     }
     let acked = acked.lock().unwrap().clone();
     assert!(acked.len() >= N / 4);
-    eprintln!("{} of {N} sends answered SEND_OK before the kill", acked.len());
+    eprintln!(
+        "{} of {N} sends answered SEND_OK before the kill",
+        acked.len()
+    );
 
     let (mut restarted, addr) = spawn_broker(dir.path()).await;
     let admin = Admin::connect(addr.as_str(), AdminConfig::default())

@@ -236,3 +236,23 @@ async fn producer_fails_over_from_a_stopped_broker_to_a_live_one() {
     );
     second.broker.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn an_evicted_consumer_subscribes_again_when_it_pulls() {
+    let env = start(|_| {}).await;
+    let (producer, consumer, admin) = clients(&env, "billing").await;
+    let sent = producer
+        .send(Message::new("orders", "after eviction"))
+        .await
+        .unwrap();
+    assert!(sent.is_ok());
+    // Silent past the heartbeat timeout: the broker evicts the member.
+    env.clock.advance(Duration::from_secs(31));
+    env.broker.broker().run_housekeeping().await.unwrap();
+    assert!(admin.groups().await.unwrap()[0].members.is_empty());
+
+    let deliveries = consumer.pull(1, Duration::ZERO).await.unwrap();
+    assert_eq!(deliveries.len(), 1);
+    assert_eq!(deliveries[0].message.message_id, sent.message_id);
+    env.broker.shutdown().await.unwrap();
+}
