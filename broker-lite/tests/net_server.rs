@@ -237,3 +237,35 @@ async fn graceful_shutdown_finishes_requests_in_flight() {
         "no longer accepting"
     );
 }
+
+#[tokio::test]
+async fn a_response_over_the_frame_limit_becomes_an_error_and_the_connection_stays_open() {
+    let mut config = ServerConfig::default();
+    config.limits.max_frame_size = 4096;
+    let server = MockServer::start(config).await;
+    let conn = client(&server).await;
+    let small = Request::DeadLetters {
+        group: "g".into(),
+        max: 2,
+    };
+    assert!(
+        matches!(conn.request(&small, TIMEOUT).await, Ok(Response::Messages(m)) if m.len() == 2)
+    );
+    let big = Request::DeadLetters {
+        group: "g".into(),
+        max: 100,
+    };
+    match conn.request(&big, TIMEOUT).await {
+        Err(ClientError::Server(reply)) => {
+            assert_eq!(reply.code, ErrorCode::Internal);
+            assert!(
+                reply
+                    .message
+                    .contains("exceeds the frame limit of 4096 bytes"),
+                "{reply}"
+            );
+        }
+        other => panic!("expected an error reply, got {other:?}"),
+    }
+    conn.request(&Request::Ping, TIMEOUT).await.unwrap();
+}

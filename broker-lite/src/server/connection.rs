@@ -14,7 +14,7 @@ use super::config::ServerConfig;
 use super::handler::Handler;
 use crate::protocol::{
     CONNECTION_REQUEST_ID, CommandCode, DecodeError, ErrorCode, ErrorReply, Frame, FrameKind,
-    FrameReader, FrameWriter, ReadError, Request, Response,
+    FrameReader, FrameWriter, HEADER_LEN, ReadError, Request, Response,
 };
 
 /// Tokens that tell a connection to stop.
@@ -138,12 +138,31 @@ where
             metrics::counter!("broker_lite_server_requests_total", "command" => command.name()).increment(1);
             let frame = match result {
                 Ok(_) if oneway => return,
-                Ok(response) => Frame {
-                    kind: FrameKind::Response,
-                    request_id,
-                    code: command as u16,
-                    body: response.encode_body(),
-                },
+                Ok(response) => {
+                    let body = response.encode_body();
+                    let limit = config.limits.max_frame_size as usize;
+                    if body.len() + HEADER_LEN > limit {
+                        // The peer would refuse the frame and drop the connection with every
+                        // request on it; answer this request with an error instead.
+                        warn!(command = command.name(), size = body.len(), limit,
+                            "response exceeds the frame limit; deliveries of a pull stay in flight until the consume timeout");
+                        let reply = ErrorReply::new(
+                            ErrorCode::Internal,
+                            format!(
+                                "the response of {} bytes exceeds the frame limit of {limit} bytes; ask for fewer messages",
+                                body.len()
+                            ),
+                        );
+                        error_frame(request_id, command as u16, &reply)
+                    } else {
+                        Frame {
+                            kind: FrameKind::Response,
+                            request_id,
+                            code: command as u16,
+                            body,
+                        }
+                    }
+                }
                 Err(reply) => {
                     metrics::counter!("broker_lite_server_errors_total", "command" => command.name()).increment(1);
                     if oneway {

@@ -6,7 +6,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use broker_lite::protocol::{ErrorCode, ErrorReply, Request, Response, SendResult, SendStatus};
+use broker_lite::protocol::{
+    ErrorCode, ErrorReply, MessageView, Request, Response, SendResult, SendStatus,
+};
 use broker_lite::server::{self, Handler, ServerConfig};
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, mpsc, oneshot};
@@ -48,6 +50,20 @@ impl Handler for Mock {
                 tokio::time::sleep(std::time::Duration::from_millis(p.long_poll_ms)).await;
                 Ok(Response::Pull(Vec::new()))
             }
+            // `max` messages of 100 bytes each: lets tests make responses of any size.
+            Request::DeadLetters { max, .. } => Ok(Response::Messages(
+                (0..max)
+                    .map(|i| {
+                        MessageView::new(
+                            "%DLQ%g",
+                            0,
+                            u64::from(i),
+                            Uuid::now_v7(),
+                            vec![0u8; 100].into(),
+                        )
+                    })
+                    .collect(),
+            )),
             _ => Ok(Response::Done),
         }
     }
