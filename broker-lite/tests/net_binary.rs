@@ -71,6 +71,72 @@ async fn invalid_configuration_exits_non_zero_with_a_clear_error() {
 }
 
 #[tokio::test]
+async fn a_config_file_configures_serve_and_admin_subcommands_reach_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("broker.toml");
+    let data = dir.path().join("data");
+    std::fs::write(
+        &file,
+        format!(
+            "listen = \"127.0.0.1:0\"\ndata_dir = {data:?}\nflush = \"async\"\nflush_interval_ms = 100\nsegment_bytes = 16777216\n"
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(BIN)
+        .arg("serve")
+        .arg("--config")
+        .arg(&file)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .await
+        .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("broker-lite listening on ")
+        .unwrap()
+        .to_string();
+    assert!(data.is_dir(), "the data directory comes from the file");
+
+    let admin = |args: &[&str]| {
+        let mut command = Command::new(BIN);
+        command.arg("--addr").arg(&addr).args(args);
+        command
+    };
+    let created = admin(&["topics", "create", "orders", "--queues", "3"])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        created.status.success(),
+        "{}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+    let listed = admin(&["topics", "list"]).output().await.unwrap();
+    let listed = String::from_utf8_lossy(&listed.stdout);
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.starts_with("orders") && l.ends_with('3')),
+        "{listed}"
+    );
+    let missing = admin(&["lookup", "--id", "0190c6f2-0000-7000-8000-000000000000"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("no such message"));
+
+    child.start_kill().unwrap();
+    child.wait().await.unwrap();
+}
+
+#[tokio::test]
 async fn sigterm_shuts_down_gracefully() {
     let dir = tempfile::tempdir().unwrap();
     let (mut child, addr) = spawn_broker(dir.path()).await;
