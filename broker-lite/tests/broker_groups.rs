@@ -185,3 +185,88 @@ async fn long_poll_returns_when_a_message_arrives() {
     let got = waiter.await.unwrap().unwrap();
     assert_eq!(bodies(&got), ["late"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_members_each_get_every_message_exactly_once() {
+    let env = Env::new().await;
+    let b = env.broker.clone();
+    b.create_topic("t", 8).await.unwrap();
+    let total = 400;
+    let results = b
+        .send_batch(
+            (0..total)
+                .map(|i| SendRequest::new("t", format!("m{i}")).with_key(format!("k{}", i % 32)))
+                .collect(),
+        )
+        .await
+        .unwrap();
+    assert!(results.iter().all(|r| r.status.is_ok()));
+    for c in ["a", "b", "c"] {
+        env.join("g", c, "t").await;
+    }
+    let mut workers = Vec::new();
+    for c in ["a", "b", "c"] {
+        let b = b.clone();
+        workers.push(tokio::spawn(async move {
+            let mut got = Vec::new();
+            loop {
+                let d = b
+                    .pull(PullRequest::new("g", c, "t").with_max_messages(7))
+                    .await
+                    .unwrap();
+                if d.is_empty() {
+                    return got;
+                }
+                for d in d {
+                    b.ack(&d.receipt).await.unwrap();
+                    got.push(d.message_id);
+                }
+            }
+        }));
+    }
+    let mut all = Vec::new();
+    for w in workers {
+        all.extend(w.await.unwrap());
+    }
+    let unique: BTreeSet<_> = all.iter().collect();
+    assert_eq!(all.len(), total);
+    assert_eq!(unique.len(), total);
+    assert!(b.lag("g").unwrap().iter().all(|l| l.lag == 0));
+}
+
+#[tokio::test]
+async fn consume_from_latest_skips_history_and_one_member_can_consume_two_topics() {
+    let env = Env::with(|c| c.consume_from = broker_lite::broker::ConsumeFrom::Latest).await;
+    let b = &env.broker;
+    env.send("a", "old").await;
+    env.join("g", "c", "a").await;
+    env.join("g", "c", "b").await;
+    env.send("a", "new-a").await;
+    env.send("b", "new-b").await;
+    assert_eq!(bodies(&env.pull("g", "c", "a", 10).await), ["new-a"]);
+    assert_eq!(bodies(&env.pull("g", "c", "b", 10).await), ["new-b"]);
+    let groups = b.groups();
+    assert_eq!(groups[0].topics, ["a", "b"]);
+    assert_eq!(groups[0].members[0].queues.len(), 8);
+}
+
+#[tokio::test]
+async fn close_ends_a_waiting_long_poll() {
+    let env = Env::new().await;
+    let b = env.broker.clone();
+    env.join("g", "c", "t").await;
+    let waiter = tokio::spawn({
+        let b = b.clone();
+        async move {
+            b.pull(PullRequest::new("g", "c", "t").with_long_poll(Duration::from_secs(30)))
+                .await
+        }
+    });
+    tokio::task::yield_now().await;
+    b.close().await.unwrap();
+    match waiter.await.unwrap() {
+        Err(BrokerError::Closed) => {}
+        Ok(d) => assert!(d.is_empty()),
+        Err(e) => panic!("unexpected {e}"),
+    }
+}

@@ -90,7 +90,8 @@ impl Broker {
     }
 
     /// The lag of `group` on every queue it consumed, sorted by topic and queue; also exported
-    /// as the gauge `broker_lite_consumer_lag{group,topic,queue}`.
+    /// as the gauge `broker_lite_consumer_lag{group,topic,queue}` (plus `member` for
+    /// broadcasting groups).
     ///
     /// # Errors
     /// [`BrokerError::UnknownGroup`].
@@ -123,9 +124,14 @@ impl Broker {
             })
             .collect();
         for l in &lags {
-            metrics::gauge!("broker_lite_consumer_lag", "group" => group.to_string(),
-                "topic" => l.topic.clone(), "queue" => l.queue_id.to_string())
-            .set(l.lag as f64);
+            let gauge = match &l.client_id {
+                None => metrics::gauge!("broker_lite_consumer_lag", "group" => group.to_string(),
+                    "topic" => l.topic.clone(), "queue" => l.queue_id.to_string()),
+                Some(member) => metrics::gauge!("broker_lite_consumer_lag",
+                    "group" => group.to_string(), "topic" => l.topic.clone(),
+                    "queue" => l.queue_id.to_string(), "member" => member.clone()),
+            };
+            gauge.set(l.lag as f64);
         }
         Ok(lags)
     }

@@ -176,6 +176,11 @@ impl BrokerConfig {
         if self.delay_levels.is_empty() {
             return bad("delay_levels must not be empty");
         }
+        if self.max_message_size >= self.store.max_record_size as usize {
+            return bad(
+                "max_message_size must be smaller than store.max_record_size (headers need room)",
+            );
+        }
         if self.max_pull_batch == 0 || self.max_pending_per_queue == 0 {
             return bad("max_pull_batch and max_pending_per_queue must be at least 1");
         }
@@ -194,6 +199,17 @@ impl BrokerConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn validation() {
+        assert!(BrokerConfig::default().validate().is_ok());
+        let mut c = BrokerConfig::default();
+        c.max_message_size = c.store.max_record_size as usize;
+        assert!(c.validate().is_err());
+        let mut c = BrokerConfig::default();
+        c.delay_levels.clear();
+        assert!(c.validate().is_err());
+    }
 
     #[test]
     fn retry_levels_follow_rocketmq() {

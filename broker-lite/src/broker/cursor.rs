@@ -391,6 +391,92 @@ mod tests {
         assert_eq!(c.reserve_new(10, 10, false, 3, h("a", 0, 100)).len(), 3);
     }
 
+    mod model {
+        use std::collections::BTreeSet;
+
+        use proptest::prelude::*;
+
+        use super::super::*;
+        use super::h;
+
+        #[derive(Debug, Clone)]
+        enum Op {
+            Reserve(usize),
+            Ack(u64),
+            Nack(u64),
+            TakeDue,
+            Advance(u64),
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            prop_oneof![
+                (1usize..5).prop_map(Op::Reserve),
+                (0u64..40).prop_map(Op::Ack),
+                (0u64..40).prop_map(Op::Nack),
+                Just(Op::TakeDue),
+                (1u64..200).prop_map(Op::Advance),
+            ]
+        }
+
+        proptest! {
+            /// The committed offset is always the lowest offset not acked, every offset is
+            /// delivered before it is committed, and the span stays within the cap.
+            #[test]
+            fn committed_is_the_lowest_unacked(ops in proptest::collection::vec(op(), 1..80), ordered: bool) {
+                let mut c = Cursor::at(0);
+                let mut now = 0;
+                let mut delivered = BTreeSet::new();
+                let mut acked = BTreeSet::new();
+                let mut attempts = std::collections::HashMap::new();
+                for op in ops {
+                    match op {
+                        Op::Reserve(n) => {
+                            for r in c.reserve_new(40, n, ordered, 8, h("a", now, now + 100)) {
+                                prop_assert!(delivered.insert(r.offset), "new offsets are new");
+                                attempts.insert(r.offset, r.attempt);
+                            }
+                        }
+                        Op::Ack(o) => {
+                            let before = c.ack(o);
+                            if delivered.contains(&o) {
+                                prop_assert_ne!(before, AckResult::NeverDelivered);
+                                acked.insert(o);
+                            } else {
+                                prop_assert_eq!(before, AckResult::NeverDelivered);
+                            }
+                        }
+                        Op::Nack(o) => {
+                            let attempt = attempts.get(&o).copied().unwrap_or(0);
+                            if c.current(o, attempt, "a").is_some() {
+                                c.wait(o, now + 10, true);
+                            }
+                        }
+                        Op::TakeDue => {
+                            for r in c.take_due(h("a", now, now + 100), 5, ordered) {
+                                prop_assert!(delivered.contains(&r.offset));
+                                prop_assert!(!acked.contains(&r.offset));
+                                attempts.insert(r.offset, r.attempt);
+                            }
+                        }
+                        Op::Advance(ms) => {
+                            now += ms;
+                            for (o, _, _) in c.timed_out(now) {
+                                c.wait(o, now, true);
+                            }
+                        }
+                    }
+                    let lowest = (0..c.next).find(|o| !acked.contains(o)).unwrap_or(c.next);
+                    prop_assert_eq!(c.committed(), lowest);
+                    prop_assert!(c.next - c.committed() <= 8);
+                    if ordered {
+                        let in_flight = c.pending.values().filter(|p| matches!(p.slot, Slot::InFlight { .. })).count();
+                        prop_assert!(in_flight <= 1);
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn retention_skips_lost_offsets() {
         let mut c = Cursor::at(0);

@@ -21,7 +21,9 @@
 //!   [`BrokerConfig::max_reconsume_times`] redeliveries it moves to the group's dead-letter topic
 //!   `%DLQ%<group>`, where it can be listed and re-driven.
 //! - **Ordered** members get at most one message per queue in flight; a nack redelivers the same
-//!   message in place after its delay, so the order is kept.
+//!   message in place after its delay, so the order is kept. Past `max_reconsume_times` it is
+//!   dead-lettered like any other message and the queue moves on (RocketMQ would suspend the
+//!   queue forever).
 //!
 //! A nacked or timed-out message is redelivered *in place*: its queue's committed offset (the
 //! lowest unsettled one) does not move past it until it is acked or dead-lettered. The committed
@@ -31,6 +33,15 @@
 //! every message not acked before the last save is delivered again (at least once). A crash
 //! between two saves can repeat acked messages and forget reconsume counts of the last interval,
 //! never lose a message.
+//!
+//! Why in place rather than RocketMQ's `%RETRY%<group>` topic: a retry topic copies every
+//! nacked message into the log and needs a second cursor per group; keeping the message where it
+//! is and remembering (offset, reconsume count, due time) in the offsets checkpoint gives the same
+//! guarantees with one cursor per queue, keeps ordered consumption trivially in order, and a
+//! restart can never lose the message since the committed offset has not passed it. The cost: a
+//! message waiting for a long delay holds its queue's committed offset back, so lag includes it,
+//! and a queue whose oldest message is stuck stops after
+//! [`BrokerConfig::max_pending_per_queue`] newer ones (RocketMQ's `consumeConcurrentlyMaxSpan`).
 //!
 //! # Time
 //!
@@ -192,7 +203,8 @@ impl Broker {
         Self::open_with_store(store, config).await
     }
 
-    /// Opens a broker over an open `store` (whose own configuration wins over `config.store`):
+    /// Opens a broker over an open `store` (whose own configuration wins over `config.store`;
+    /// keep their `file_reserved_time` equal, the retention warning reads `config.store`):
     /// loads topics and consumer offsets, rebuilds the message index from the log and starts the
     /// background tasks (unless [`BrokerConfig::background_tasks`] is off).
     ///

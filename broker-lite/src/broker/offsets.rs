@@ -1,6 +1,6 @@
-//! Consumer offsets on disk: every group's cursors (committed position, acked-out-of-order
-//! offsets, reconsume counts and due times of messages waiting for redelivery), saved as one
-//! atomic checkpoint.
+//! Consumer offsets on disk: every group's cursors (next offset, the unsettled offsets with their
+//! reconsume counts and due times, and the offsets acked out of order as ranges), saved as one
+//! atomic JSON checkpoint (`broker-offsets`).
 //!
 //! On load, messages that were in flight become due at once: they are delivered again (at least
 //! once).
@@ -40,13 +40,16 @@ struct SavedCursor {
     queue_id: u32,
     member: Option<String>,
     next: u64,
+    /// Unsettled offsets.
     pending: Vec<SavedPending>,
+    /// Offsets acked above the committed one, as `[start, end)` ranges.
+    #[serde(default)]
+    acked: Vec<(u64, u64)>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
 struct SavedPending {
     offset: u64,
-    acked: bool,
     /// When it is due again; 0 for "at once".
     due_ms: u64,
     attempts: u32,
@@ -79,16 +82,25 @@ pub(crate) async fn load(store: &Store) -> Result<BTreeMap<String, Group>> {
         group.redriven = g.redriven.into_iter().collect();
         for c in g.cursors {
             let mut cursor = Cursor::at(c.next);
+            for (start, end) in c.acked {
+                for offset in start..end.min(c.next) {
+                    cursor.pending.insert(
+                        offset,
+                        Pending {
+                            slot: Slot::Acked,
+                            attempts: 0,
+                            reconsume_times: 0,
+                            first_delivered_ms: 0,
+                            message_id: None,
+                        },
+                    );
+                }
+            }
             for p in c.pending {
-                let slot = if p.acked {
-                    Slot::Acked
-                } else {
-                    Slot::Waiting { due_ms: p.due_ms }
-                };
                 cursor.pending.insert(
                     p.offset,
                     Pending {
-                        slot,
+                        slot: Slot::Waiting { due_ms: p.due_ms },
                         attempts: p.attempts,
                         reconsume_times: p.reconsume_times,
                         first_delivered_ms: p.first_delivered_ms,
@@ -108,6 +120,21 @@ pub(crate) async fn load(store: &Store) -> Result<BTreeMap<String, Group>> {
     Ok(groups)
 }
 
+/// The acked offsets of a cursor as `[start, end)` ranges.
+fn acked_ranges(c: &Cursor) -> Vec<(u64, u64)> {
+    let mut ranges: Vec<(u64, u64)> = Vec::new();
+    for (offset, p) in &c.pending {
+        if p.slot != Slot::Acked {
+            continue;
+        }
+        match ranges.last_mut() {
+            Some((_, end)) if *end == *offset => *end += 1,
+            _ => ranges.push((*offset, offset + 1)),
+        }
+    }
+    ranges
+}
+
 fn snapshot(groups: &BTreeMap<String, Group>) -> Saved {
     let groups = groups
         .iter()
@@ -120,12 +147,13 @@ fn snapshot(groups: &BTreeMap<String, Group>) -> Saved {
                     queue_id: k.queue_id,
                     member: k.member.clone(),
                     next: c.next,
+                    acked: acked_ranges(c),
                     pending: c
                         .pending
                         .iter()
+                        .filter(|(_, p)| p.slot != Slot::Acked)
                         .map(|(offset, p)| SavedPending {
                             offset: *offset,
-                            acked: p.slot == Slot::Acked,
                             due_ms: match p.slot {
                                 Slot::Waiting { due_ms } => due_ms,
                                 _ => 0,
@@ -188,5 +216,41 @@ impl Broker {
             self.save_offsets_now().await?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::cursor::Holder;
+
+    #[test]
+    fn snapshot_round_trip_keeps_acked_ranges_and_retries() {
+        let mut c = Cursor::at(0);
+        let to = Holder {
+            client_id: "a",
+            now_ms: 5,
+            deadline_ms: 100,
+        };
+        c.reserve_new(10, 6, false, 100, to);
+        for o in [1, 2, 4] {
+            c.ack(o);
+        }
+        c.wait(3, 77, true);
+        let mut g = Group::new(MessageModel::Clustering);
+        let key = CursorKey {
+            topic: "t".into(),
+            queue_id: 0,
+            member: None,
+        };
+        g.cursors.insert(key.clone(), c.clone());
+        let saved = snapshot(&BTreeMap::from([("g".to_string(), g)]));
+        let cursor = &saved.groups["g"].cursors[0];
+        assert_eq!(cursor.acked, [(1, 3), (4, 5)]);
+        assert_eq!(cursor.pending.len(), 3);
+        let json = serde_json::to_vec(&saved).unwrap();
+        let back: Saved = serde_json::from_slice(&json).unwrap();
+        assert_eq!(back.groups["g"].cursors[0].next, 6);
+        assert_eq!(back.groups["g"].cursors[0].pending[1].due_ms, 77);
     }
 }

@@ -71,6 +71,7 @@ impl Broker {
         let deadline = Instant::now() + wait;
         metrics::counter!("broker_lite_pulls_total").increment(1);
         loop {
+            self.check_open()?;
             // A pull is a heartbeat: refresh it before silent members are evicted.
             let _ = self.heartbeat(&request.group, &request.client_id).await;
             if let Err(e) = self.housekeeping_from_pull().await {
@@ -93,7 +94,6 @@ impl Broker {
             if now >= deadline {
                 return Ok(Vec::new());
             }
-            self.check_open()?;
             tokio::select! {
                 _ = progress.changed() => {}
                 _ = notified => {}

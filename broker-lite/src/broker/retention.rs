@@ -51,7 +51,7 @@ impl Broker {
     pub async fn enforce_retention(&self) -> Result<RetentionOutcome> {
         self.check_open()?;
         let now = self.now_ms();
-        let reserved = self.inner.store_config_reserved_ms();
+        let reserved = self.inner.config.store.file_reserved_time.as_millis() as u64;
         let margin = self.inner.config.retention_warning_margin.as_millis() as u64;
         let warn_before = now.saturating_sub(reserved.saturating_sub(margin));
         let mut expiring = Vec::new();
@@ -152,11 +152,5 @@ impl Broker {
         }
         self.inner.index.lock().unwrap().prune_below(start);
         Ok(())
-    }
-}
-
-impl super::Inner {
-    fn store_config_reserved_ms(&self) -> u64 {
-        self.config.store.file_reserved_time.as_millis() as u64
     }
 }

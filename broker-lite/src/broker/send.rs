@@ -60,7 +60,8 @@ impl Broker {
     }
 
     /// Sends messages in one group commit (one fsync under sync flush); results in request
-    /// order. Either every message is validated and handed to the store, or none is.
+    /// order. Every message is validated before any is handed to the store: an invalid one fails
+    /// the whole batch and nothing is stored (topics auto-created meanwhile stay).
     ///
     /// # Errors
     /// As [`send`](Self::send).
@@ -143,7 +144,12 @@ impl Broker {
                     status,
                 },
             );
-            tracing::debug!(%message_id, topic, queue_id, queue_offset = a.queue_offset, ?status, "message stored");
+            if status.is_ok() {
+                tracing::debug!(%message_id, topic, queue_id, queue_offset = a.queue_offset, "message stored");
+            } else {
+                tracing::warn!(%message_id, topic, queue_id, queue_offset = a.queue_offset, ?status,
+                    "message stored but not known durable (P1): the producer must not treat it as sent");
+            }
             results.push(SendResult {
                 status,
                 message_id,

@@ -130,8 +130,10 @@ impl Trace {
 }
 
 impl Broker {
-    /// The recorded life of message `id`, oldest event first; empty when unknown or forgotten
-    /// (the trace is in memory and bounded, see the [module docs](self)).
+    /// The recorded life of message `id` (safeguard L4), oldest event first; empty when unknown
+    /// or forgotten. The trace is kept in memory and bounded: the events of at most
+    /// [`trace_capacity`](super::BrokerConfig::trace_capacity) message ids (oldest forgotten
+    /// first), 256 events each; a restart starts it empty.
     pub fn trace(&self, id: Uuid) -> Vec<TraceEvent> {
         self.inner.trace.lock().unwrap().get(&id)
     }
