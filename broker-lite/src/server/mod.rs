@@ -34,7 +34,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
+use tracing::{Instrument, info, warn};
 
 pub use broker::BrokerHandler;
 pub use config::ServerConfig;
@@ -111,13 +111,17 @@ pub async fn serve<H: Handler>(
         metrics::counter!("broker_lite_server_connections_total").increment(1);
         metrics::gauge!("broker_lite_server_connections").increment(1.0);
         let (handler, config, stop) = (handler.clone(), config.clone(), stop.clone());
-        tracker.spawn(async move {
-            tracing::debug!(%peer, "connection opened");
-            connection::serve_connection(stream, handler, config, stop).await;
-            metrics::gauge!("broker_lite_server_connections").decrement(1.0);
-            tracing::debug!(%peer, "connection closed");
-            drop(permit);
-        });
+        let span = tracing::debug_span!("connection", %peer);
+        tracker.spawn(
+            async move {
+                tracing::debug!("connection opened");
+                connection::serve_connection(stream, handler, config, stop).await;
+                metrics::gauge!("broker_lite_server_connections").decrement(1.0);
+                tracing::debug!("connection closed");
+                drop(permit);
+            }
+            .instrument(span),
+        );
     }
 
     drop(listener);
