@@ -1,0 +1,179 @@
+//! Admin subcommands, through the [`Admin`] client.
+
+use anyhow::{Context, Result};
+use broker_lite::client::{Admin, AdminConfig};
+use clap::Subcommand;
+use uuid::Uuid;
+
+/// Topic commands.
+#[derive(Debug, Subcommand)]
+pub(crate) enum TopicsCommand {
+    /// Create a topic.
+    Create {
+        /// Topic name.
+        name: String,
+        /// Number of queues.
+        #[arg(long, default_value_t = 4)]
+        queues: u32,
+    },
+    /// List topics with their queue counts.
+    List,
+}
+
+/// Dead-letter commands.
+#[derive(Debug, Subcommand)]
+pub(crate) enum DlqCommand {
+    /// List a group's dead letters.
+    List {
+        /// Consumer group.
+        group: String,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        max: u32,
+    },
+    /// Send a group's dead letters back for consumption.
+    Redrive {
+        /// Consumer group.
+        group: String,
+        /// Only these message ids (repeatable); all when absent.
+        #[arg(long = "id")]
+        ids: Vec<Uuid>,
+    },
+}
+
+/// An admin command.
+#[derive(Debug, Subcommand)]
+pub(crate) enum AdminCommand {
+    /// Create or list topics.
+    #[command(subcommand)]
+    Topics(TopicsCommand),
+    /// List consumer groups.
+    Groups,
+    /// Lag of a consumer group per queue.
+    Lag {
+        /// Consumer group.
+        group: String,
+    },
+    /// Find a message by id or by key.
+    Lookup {
+        /// Message id.
+        #[arg(long, conflicts_with = "key", required_unless_present = "key")]
+        id: Option<Uuid>,
+        /// Message key (needs --topic).
+        #[arg(long, requires = "topic")]
+        key: Option<String>,
+        /// Topic of the key.
+        #[arg(long)]
+        topic: Option<String>,
+    },
+    /// The life of one message.
+    Trace {
+        /// Message id.
+        id: Uuid,
+    },
+    /// Dead letters.
+    #[command(subcommand)]
+    Dlq(DlqCommand),
+}
+
+/// Runs `command` against the brokers at `addresses`.
+pub(crate) async fn run(addresses: &str, command: AdminCommand) -> Result<()> {
+    let admin = Admin::connect(addresses, AdminConfig::default())
+        .await
+        .with_context(|| format!("cannot reach a broker at {addresses}"))?;
+    match command {
+        AdminCommand::Topics(TopicsCommand::Create { name, queues }) => {
+            admin.create_topic(&name, queues).await?;
+            println!("created topic {name} with {queues} queues");
+        }
+        AdminCommand::Topics(TopicsCommand::List) => {
+            println!("{:<40} {:>6}", "TOPIC", "QUEUES");
+            for t in admin.topics().await? {
+                println!("{:<40} {:>6}", t.name, t.queues);
+            }
+        }
+        AdminCommand::Groups => {
+            println!("{:<30} {:<12} {:<30} MEMBERS", "GROUP", "MODEL", "TOPICS");
+            for g in admin.groups().await? {
+                let model = format!("{:?}", g.model).to_lowercase();
+                println!(
+                    "{:<30} {:<12} {:<30} {}",
+                    g.name,
+                    model,
+                    g.topics.join(","),
+                    g.members.join(",")
+                );
+            }
+        }
+        AdminCommand::Lag { group } => {
+            let lags = admin.lag(&group).await?;
+            println!(
+                "{:<30} {:>5} {:>12} {:>12} {:>10} {:>10} MEMBER",
+                "TOPIC", "QUEUE", "COMMITTED", "MAX", "LAG", "UNSETTLED"
+            );
+            for l in &lags {
+                println!(
+                    "{:<30} {:>5} {:>12} {:>12} {:>10} {:>10} {}",
+                    l.topic,
+                    l.queue_id,
+                    l.committed,
+                    l.max,
+                    l.lag,
+                    l.unsettled,
+                    l.consumer_id.as_deref().unwrap_or("-")
+                );
+            }
+            println!("total lag: {}", lags.iter().map(|l| l.lag).sum::<u64>());
+        }
+        AdminCommand::Lookup { id, key, topic } => {
+            let messages = match (id, key, topic) {
+                (Some(id), _, _) => admin.lookup_by_id(id).await?.into_iter().collect(),
+                (None, Some(key), Some(topic)) => admin.lookup_by_key(&topic, &key, 100).await?,
+                _ => anyhow::bail!("pass --id, or --key with --topic"),
+            };
+            if messages.is_empty() {
+                anyhow::bail!("no such message");
+            }
+            for m in messages {
+                println!(
+                    "{} {}:{}@{} key={} tag={} stored_ms={} body={}",
+                    m.message_id,
+                    m.topic,
+                    m.queue_id,
+                    m.queue_offset,
+                    m.key.as_deref().unwrap_or("-"),
+                    m.tag.as_deref().unwrap_or("-"),
+                    m.stored_timestamp_ms,
+                    String::from_utf8_lossy(&m.body)
+                );
+            }
+        }
+        AdminCommand::Trace { id } => {
+            let events = admin.trace(id).await?;
+            if events.is_empty() {
+                println!(
+                    "no trace for {id} (the trace is in memory and starts empty after a restart)"
+                );
+            }
+            for e in events {
+                println!("{} {:<14} {}", e.timestamp_ms, e.event, e.detail);
+            }
+        }
+        AdminCommand::Dlq(DlqCommand::List { group, max }) => {
+            for m in admin.dead_letters(&group, max).await? {
+                println!(
+                    "{} {}@{} {}",
+                    m.message_id,
+                    m.topic,
+                    m.queue_offset,
+                    String::from_utf8_lossy(&m.body)
+                );
+            }
+        }
+        AdminCommand::Dlq(DlqCommand::Redrive { group, ids }) => {
+            let n = admin.redrive_dead_letters(&group, ids).await?;
+            println!("redrove {n} dead letters of group {group}");
+        }
+    }
+    Ok(())
+}

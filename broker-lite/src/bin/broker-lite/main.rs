@@ -1,0 +1,129 @@
+//! `broker-lite`: run the broker (`serve`) or administer a running one.
+//!
+//! ```text
+//! broker-lite serve --data-dir /var/lib/broker-lite --listen 0.0.0.0:9876 --flush sync
+//! broker-lite serve --config /etc/broker-lite.toml
+//! broker-lite --addr "10.0.0.1:9876;10.0.0.2:9876" topics create orders --queues 8
+//! broker-lite lag billing
+//! broker-lite lookup --id 0190c6f2-...
+//! broker-lite dlq redrive billing
+//! ```
+//!
+//! Exit codes: 0 success, 1 runtime failure, 2 invalid command line or configuration.
+
+mod admin;
+mod settings;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+use admin::AdminCommand;
+use settings::Settings;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "broker-lite",
+    version,
+    about = "A durable single-node message broker with RocketMQ's reliability semantics"
+)]
+struct Cli {
+    /// Broker addresses for admin commands, `;`-separated; the first reachable one is used.
+    #[arg(
+        long,
+        global = true,
+        env = "BROKER_LITE_ADDR",
+        default_value = "127.0.0.1:9876"
+    )]
+    addr: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the broker until SIGTERM or SIGINT, then shut down gracefully.
+    Serve {
+        /// A TOML file with the same settings as the flags (flags win).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[command(flatten)]
+        settings: Settings,
+    },
+    #[command(flatten)]
+    Admin(AdminCommand),
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match cli.command {
+        Command::Serve { config, settings } => {
+            let built = config
+                .as_deref()
+                .map(Settings::from_file)
+                .transpose()
+                .and_then(|file| settings.over(file.unwrap_or_default()).build());
+            let (dir, config) = match built {
+                Ok(built) => built,
+                Err(e) => {
+                    eprintln!("error: invalid configuration: {e:#}");
+                    return ExitCode::from(2);
+                }
+            };
+            report(runtime.block_on(serve(dir, config)))
+        }
+        Command::Admin(command) => report(runtime.block_on(admin::run(&cli.addr, command))),
+    }
+}
+
+fn report(result: Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn serve(dir: PathBuf, config: broker_lite::embedded::EmbeddedConfig) -> Result<()> {
+    let broker = broker_lite::embedded::start(&dir, config).await?;
+    // Scripts and tests read the bound address (useful with port 0) from this line.
+    println!("broker-lite listening on {}", broker.addr());
+    tracing::info!(addr = %broker.addr(), dir = %dir.display(), "broker-lite started");
+    shutdown_signal().await?;
+    tracing::info!("signal received; shutting down");
+    broker.shutdown().await?;
+    Ok(())
+}
+
+async fn shutdown_signal() -> Result<()> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate())?;
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => r?,
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    tokio::signal::ctrl_c().await?;
+    Ok(())
+}

@@ -1,0 +1,269 @@
+//! `serve` settings: command-line flags over an optional TOML file, validated.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use broker_lite::embedded::EmbeddedConfig;
+use broker_lite::storage::FlushMode;
+use clap::{Args, ValueEnum};
+use serde::Deserialize;
+
+/// `flushDiskType`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum Flush {
+    /// SYNC_FLUSH: answer after the fsync (group commit).
+    Sync,
+    /// ASYNC_FLUSH: answer from the page cache, fsync every interval.
+    Async,
+}
+
+/// Every setting of `serve`. Flags win over the file given with `--config`; unset values take
+/// the defaults. The file uses the same names with underscores, e.g.:
+///
+/// ```toml
+/// listen = "0.0.0.0:9876"
+/// data_dir = "/var/lib/broker-lite"
+/// flush = "sync"
+/// sync_flush_timeout_ms = 5000
+/// retention_hours = 72
+/// ```
+#[derive(Debug, Default, Clone, Args, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Settings {
+    /// Address to listen on [default: 127.0.0.1:9876].
+    #[arg(long)]
+    pub(crate) listen: Option<String>,
+    /// Data directory (required, here or in the file).
+    #[arg(long)]
+    pub(crate) data_dir: Option<PathBuf>,
+    /// Flush mode [default: sync].
+    #[arg(long, value_enum)]
+    pub(crate) flush: Option<Flush>,
+    /// Async flush interval in milliseconds [default: 500].
+    #[arg(long)]
+    pub(crate) flush_interval_ms: Option<u64>,
+    /// Sync flush timeout in milliseconds (then FLUSH_DISK_TIMEOUT) [default: 5000].
+    #[arg(long)]
+    pub(crate) sync_flush_timeout_ms: Option<u64>,
+    /// Retention of old segments in hours (fileReservedTime) [default: 72].
+    #[arg(long)]
+    pub(crate) retention_hours: Option<u64>,
+    /// Disk-usage ceiling of the segment files in bytes [default: none].
+    #[arg(long)]
+    pub(crate) max_disk_bytes: Option<u64>,
+    /// Segment file size in bytes [default: 1 GiB].
+    #[arg(long)]
+    pub(crate) segment_bytes: Option<u64>,
+    /// Largest message body in bytes [default: 4 MiB - 64 KiB].
+    #[arg(long)]
+    pub(crate) max_message_bytes: Option<u32>,
+    /// Largest frame in bytes [default: 8 MiB].
+    #[arg(long)]
+    pub(crate) max_frame_bytes: Option<u32>,
+    /// Most messages per batch send or pull [default: 1024].
+    #[arg(long)]
+    pub(crate) max_batch: Option<u32>,
+    /// Most simultaneous connections [default: 1024].
+    #[arg(long)]
+    pub(crate) max_connections: Option<usize>,
+    /// Grace period for requests in flight at shutdown, in milliseconds [default: 10000].
+    #[arg(long)]
+    pub(crate) shutdown_grace_ms: Option<u64>,
+}
+
+macro_rules! merge {
+    ($flags:ident, $file:ident, $($field:ident),*) => {
+        Settings { $($field: $flags.$field.or($file.$field)),* }
+    };
+}
+
+impl Settings {
+    /// Reads `path` as TOML.
+    pub(crate) fn from_file(path: &std::path::Path) -> Result<Settings> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("invalid config file {}", path.display()))
+    }
+
+    /// `self` (flags) over `file`.
+    pub(crate) fn over(self, file: Settings) -> Settings {
+        let flags = self;
+        merge!(
+            flags,
+            file,
+            listen,
+            data_dir,
+            flush,
+            flush_interval_ms,
+            sync_flush_timeout_ms,
+            retention_hours,
+            max_disk_bytes,
+            segment_bytes,
+            max_message_bytes,
+            max_frame_bytes,
+            max_batch,
+            max_connections,
+            shutdown_grace_ms
+        )
+    }
+
+    /// Checks the values and builds the data directory and embedded configuration.
+    pub(crate) fn build(self) -> Result<(PathBuf, EmbeddedConfig)> {
+        let mut config = EmbeddedConfig::default();
+        let listen = self.listen.as_deref().unwrap_or("127.0.0.1:9876");
+        config.listen = listen
+            .parse::<SocketAddr>()
+            .with_context(|| format!("listen address {listen:?} is not an ip:port"))?;
+        let Some(data_dir) = self.data_dir else {
+            bail!("no data directory: pass --data-dir or set data_dir in the config file");
+        };
+        let store = &mut config.broker.store;
+        store.flush_mode = match self.flush.unwrap_or(Flush::Sync) {
+            Flush::Sync => FlushMode::Sync,
+            Flush::Async => {
+                let ms = self.flush_interval_ms.unwrap_or(500);
+                if ms == 0 {
+                    bail!("flush_interval_ms must be greater than zero");
+                }
+                FlushMode::Async {
+                    interval: Duration::from_millis(ms),
+                }
+            }
+        };
+        if let Some(ms) = self.sync_flush_timeout_ms {
+            if ms == 0 {
+                bail!("sync_flush_timeout_ms must be greater than zero");
+            }
+            store.sync_flush_timeout = Duration::from_millis(ms);
+        }
+        if let Some(hours) = self.retention_hours {
+            if hours == 0 {
+                bail!("retention_hours must be at least 1");
+            }
+            store.file_reserved_time = Duration::from_secs(hours * 3600);
+        }
+        if let Some(bytes) = self.max_disk_bytes {
+            store.max_disk_usage = Some(bytes);
+        }
+        if let Some(bytes) = self.segment_bytes {
+            store.segment_size = bytes;
+        }
+        let limits = &mut config.server.limits;
+        if let Some(bytes) = self.max_frame_bytes {
+            if bytes < 4096 {
+                bail!("max_frame_bytes must be at least 4096");
+            }
+            limits.max_frame_size = bytes;
+        }
+        let message = self.max_message_bytes.unwrap_or(
+            limits.max_body_size.min(
+                (config.broker.max_message_size)
+                    .try_into()
+                    .unwrap_or(u32::MAX),
+            ),
+        );
+        if message == 0 || u64::from(message) + 64 * 1024 > u64::from(limits.max_frame_size) {
+            bail!(
+                "max_message_bytes ({message}) must be at least 1 and leave 64 KiB of the frame size ({}) for headers",
+                limits.max_frame_size
+            );
+        }
+        limits.max_body_size = message;
+        config.broker.max_message_size = message as usize;
+        config.broker.store.max_record_size =
+            config.broker.store.max_record_size.max(message + 64 * 1024);
+        if let Some(batch) = self.max_batch {
+            if batch == 0 || batch > 65_536 {
+                bail!("max_batch must be 1 to 65536");
+            }
+            limits.max_batch = batch;
+            config.broker.max_pull_batch = batch as usize;
+        }
+        if let Some(n) = self.max_connections {
+            if n == 0 {
+                bail!("max_connections must be at least 1");
+            }
+            config.server.max_connections = n;
+        }
+        if let Some(ms) = self.shutdown_grace_ms {
+            config.server.shutdown_grace = Duration::from_millis(ms);
+        }
+        config
+            .broker
+            .validate()
+            .context("invalid broker configuration")?;
+        Ok((data_dir, config))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_dir() -> Settings {
+        Settings {
+            data_dir: Some("/tmp/x".into()),
+            ..Settings::default()
+        }
+    }
+
+    #[test]
+    fn defaults_are_valid_with_a_data_dir() {
+        let (dir, config) = with_dir().build().unwrap();
+        assert_eq!(dir, PathBuf::from("/tmp/x"));
+        assert_eq!(config.listen.port(), 9876);
+        assert_eq!(config.broker.store.flush_mode, FlushMode::Sync);
+    }
+
+    #[test]
+    fn flags_win_over_the_file() {
+        let file: Settings =
+            toml::from_str("data_dir = \"/a\"\nflush = \"async\"\nflush_interval_ms = 200\n")
+                .unwrap();
+        let flags = Settings {
+            data_dir: Some("/b".into()),
+            ..Settings::default()
+        };
+        let (dir, config) = flags.over(file).build().unwrap();
+        assert_eq!(dir, PathBuf::from("/b"));
+        assert_eq!(
+            config.broker.store.flush_mode,
+            FlushMode::Async {
+                interval: Duration::from_millis(200)
+            }
+        );
+    }
+
+    #[test]
+    fn invalid_values_are_refused_with_clear_errors() {
+        let err = Settings::default().build().unwrap_err();
+        assert!(err.to_string().contains("no data directory"), "{err}");
+        let mut s = with_dir();
+        s.listen = Some("nowhere".into());
+        assert!(format!("{:#}", s.build().unwrap_err()).contains("not an ip:port"));
+        let mut s = with_dir();
+        s.flush = Some(Flush::Async);
+        s.flush_interval_ms = Some(0);
+        assert!(
+            s.build()
+                .unwrap_err()
+                .to_string()
+                .contains("flush_interval_ms")
+        );
+        let mut s = with_dir();
+        s.max_message_bytes = Some(9 << 20);
+        assert!(
+            s.build()
+                .unwrap_err()
+                .to_string()
+                .contains("max_message_bytes")
+        );
+        assert!(
+            toml::from_str::<Settings>("colour = \"blue\"").is_err(),
+            "unknown keys are refused"
+        );
+    }
+}

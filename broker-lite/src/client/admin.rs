@@ -1,0 +1,207 @@
+//! The admin client: topics, groups, lag, lookups, traces, dead letters.
+
+use std::time::Duration;
+
+use uuid::Uuid;
+
+use super::endpoints::{Addresses, ConnectOptions, Endpoints};
+use super::error::{ClientError, Result};
+use crate::protocol::{
+    DEFAULT_MAX_FRAME_SIZE, GroupInfo, MessageView, QueueLag, Request, Response, TopicInfo,
+    TraceEvent,
+};
+
+/// Admin client settings.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct AdminConfig {
+    /// How long one request may take. Default 10 s.
+    pub request_timeout: Duration,
+    /// How long connecting to one address may take. Default 3 s.
+    pub connect_timeout: Duration,
+    /// Largest frame accepted from the broker. Default 8 MiB.
+    pub max_frame_size: u32,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            request_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(3),
+            max_frame_size: DEFAULT_MAX_FRAME_SIZE,
+        }
+    }
+}
+
+/// Administers a broker.
+///
+/// ```no_run
+/// use broker_lite::client::{Admin, AdminConfig};
+///
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// let admin = Admin::connect("127.0.0.1:9876", AdminConfig::default()).await?;
+/// admin.create_topic("orders", 4).await?;
+/// for lag in admin.lag("billing").await? {
+///     println!("{} queue {}: {} behind", lag.topic, lag.queue_id, lag.lag);
+/// }
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct Admin {
+    endpoints: Endpoints,
+    config: AdminConfig,
+}
+
+macro_rules! expect {
+    ($response:expr, $variant:ident, $what:literal) => {
+        match $response {
+            Response::$variant(v) => Ok(v),
+            _ => Err(ClientError::UnexpectedResponse($what)),
+        }
+    };
+}
+
+impl Admin {
+    /// Connects to the first reachable address.
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError::InvalidAddress`] or [`ClientError::Connect`].
+    pub async fn connect(addresses: impl Into<Addresses>, config: AdminConfig) -> Result<Admin> {
+        let options = ConnectOptions {
+            connect_timeout: config.connect_timeout,
+            max_frame_size: config.max_frame_size,
+        };
+        let endpoints = Endpoints::new(addresses.into(), options)?;
+        endpoints.connection().await?;
+        Ok(Admin { endpoints, config })
+    }
+
+    async fn call(&self, request: Request) -> Result<Response> {
+        self.endpoints
+            .call_failover(&request, self.config.request_timeout)
+            .await
+    }
+
+    /// Checks that the broker answers.
+    ///
+    /// # Errors
+    ///
+    /// A connection error.
+    pub async fn ping(&self) -> Result<()> {
+        self.call(Request::Ping).await.map(|_| ())
+    }
+
+    /// Creates `topic` with `queues` queues.
+    ///
+    /// # Errors
+    ///
+    /// A connection error or the broker's refusal.
+    pub async fn create_topic(&self, topic: &str, queues: u32) -> Result<()> {
+        self.call(Request::CreateTopic(TopicInfo {
+            name: topic.to_string(),
+            queues,
+        }))
+        .await
+        .map(|_| ())
+    }
+
+    /// Lists topics with their queue counts.
+    ///
+    /// # Errors
+    ///
+    /// A connection error or the broker's refusal.
+    pub async fn topics(&self) -> Result<Vec<TopicInfo>> {
+        expect!(self.call(Request::ListTopics).await?, Topics, "list topics")
+    }
+
+    /// Lists consumer groups.
+    ///
+    /// # Errors
+    ///
+    /// A connection error or the broker's refusal.
+    pub async fn groups(&self) -> Result<Vec<GroupInfo>> {
+        expect!(self.call(Request::ListGroups).await?, Groups, "list groups")
+    }
+
+    /// The lag of `group` per queue (L5).
+    ///
+    /// # Errors
+    ///
+    /// A connection error or the broker's refusal (unknown group).
+    pub async fn lag(&self, group: &str) -> Result<Vec<QueueLag>> {
+        let request = Request::Lag {
+            group: group.to_string(),
+        };
+        expect!(self.call(request).await?, Lag, "lag")
+    }
+
+    /// The message with id `id`, if the broker still has it.
+    ///
+    /// # Errors
+    ///
+    /// A connection error or the broker's refusal.
+    pub async fn lookup_by_id(&self, id: Uuid) -> Result<Option<MessageView>> {
+        expect!(
+            self.call(Request::LookupById(id)).await?,
+            Message,
+            "lookup by id"
+        )
+    }
+
+    /// Up to `max` messages of `topic` with `key`.
+    ///
+    /// # Errors
+    ///
+    /// A connection error or the broker's refusal.
+    pub async fn lookup_by_key(
+        &self,
+        topic: &str,
+        key: &str,
+        max: u32,
+    ) -> Result<Vec<MessageView>> {
+        let request = Request::LookupByKey {
+            topic: topic.to_string(),
+            key: key.to_string(),
+            max,
+        };
+        expect!(self.call(request).await?, Messages, "lookup by key")
+    }
+
+    /// The life of message `id`: stored, delivered, acked, retried, dead-lettered (L4).
+    ///
+    /// # Errors
+    ///
+    /// A connection error or the broker's refusal.
+    pub async fn trace(&self, id: Uuid) -> Result<Vec<TraceEvent>> {
+        expect!(self.call(Request::Trace(id)).await?, Trace, "trace")
+    }
+
+    /// Up to `max` dead letters of `group` (C8).
+    ///
+    /// # Errors
+    ///
+    /// A connection error or the broker's refusal.
+    pub async fn dead_letters(&self, group: &str, max: u32) -> Result<Vec<MessageView>> {
+        let request = Request::DeadLetters {
+            group: group.to_string(),
+            max,
+        };
+        expect!(self.call(request).await?, Messages, "dead letters")
+    }
+
+    /// Sends the dead letters of `group` back for consumption (only those in `ids`, or all
+    /// when `ids` is empty); returns how many.
+    ///
+    /// # Errors
+    ///
+    /// A connection error or the broker's refusal.
+    pub async fn redrive_dead_letters(&self, group: &str, ids: Vec<Uuid>) -> Result<u64> {
+        let request = Request::RedriveDeadLetters {
+            group: group.to_string(),
+            ids,
+        };
+        expect!(self.call(request).await?, Redriven, "redrive dead letters")
+    }
+}

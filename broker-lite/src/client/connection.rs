@@ -1,0 +1,271 @@
+//! One multiplexed connection shared by the producer, consumer and admin clients.
+//!
+//! Requests get increasing ids and are written by a writer task; a reader task matches answers
+//! to the waiting callers through a map of pending ids to oneshot senders. Answers may come in
+//! any order.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use super::error::{ClientError, Result};
+use crate::protocol::{
+    CONNECTION_REQUEST_ID, ErrorReply, Frame, FrameKind, FrameReader, FrameWriter, Request,
+    Response,
+};
+
+type Answer = std::result::Result<Frame, ClientError>;
+
+/// A connection to one broker, cheap to clone; requests on it may run concurrently.
+#[derive(Debug, Clone)]
+pub struct Connection {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    addr: String,
+    tx: mpsc::Sender<Frame>,
+    pending: Arc<Mutex<Pending>>,
+    next_id: AtomicU64,
+    tasks: [JoinHandle<()>; 2],
+}
+
+#[derive(Debug, Default)]
+struct Pending {
+    waiting: HashMap<u64, oneshot::Sender<Answer>>,
+    /// Set once the connection is unusable; new requests fail with it.
+    closed: Option<String>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// Removes a pending entry when the caller stops waiting (timeout, cancellation).
+struct PendingGuard<'a> {
+    pending: &'a Mutex<Pending>,
+    id: u64,
+}
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        self.pending.lock().unwrap().waiting.remove(&self.id);
+    }
+}
+
+impl Connection {
+    /// Connects to `addr` (`host:port`) within `timeout`.
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError::Connect`] when the address cannot be reached in time.
+    pub async fn connect(addr: &str, timeout: Duration, max_frame_size: u32) -> Result<Connection> {
+        let connect_error = |source| ClientError::Connect {
+            addr: addr.to_string(),
+            source,
+        };
+        let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => return Err(connect_error(e)),
+            Err(_) => return Err(connect_error(std::io::ErrorKind::TimedOut.into())),
+        };
+        let _ = stream.set_nodelay(true);
+        let (rd, wr) = stream.into_split();
+        let (tx, rx) = mpsc::channel::<Frame>(1024);
+        let pending = Arc::new(Mutex::new(Pending::default()));
+        let writer = tokio::spawn(write_loop(
+            FrameWriter::new(wr),
+            rx,
+            pending.clone(),
+            addr.to_string(),
+        ));
+        let reader = tokio::spawn(read_loop(
+            FrameReader::new(rd, max_frame_size),
+            pending.clone(),
+            addr.to_string(),
+        ));
+        Ok(Connection {
+            inner: Arc::new(Inner {
+                addr: addr.to_string(),
+                tx,
+                pending,
+                next_id: AtomicU64::new(1),
+                tasks: [writer, reader],
+            }),
+        })
+    }
+
+    /// The address this connection goes to.
+    pub fn addr(&self) -> &str {
+        &self.inner.addr
+    }
+
+    /// Whether `self` and `other` are the same connection.
+    pub fn same(&self, other: &Connection) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+
+    /// Whether the connection has failed or been closed by the broker.
+    pub fn is_closed(&self) -> bool {
+        self.inner.pending.lock().unwrap().closed.is_some()
+    }
+
+    /// Sends `request` and waits up to `timeout` for its answer.
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError::Elapsed`] on timeout, [`ClientError::ConnectionLost`] when the connection
+    /// fails, [`ClientError::Server`] when the broker answers with an error.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future forgets the request; the broker may still carry it out.
+    pub async fn request(&self, request: &Request, timeout: Duration) -> Result<Response> {
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let (answer_tx, answer_rx) = oneshot::channel();
+        {
+            let mut pending = self.inner.pending.lock().unwrap();
+            if let Some(reason) = &pending.closed {
+                return Err(self.lost(reason.clone()));
+            }
+            pending.waiting.insert(id, answer_tx);
+        }
+        let _guard = PendingGuard {
+            pending: &self.inner.pending,
+            id,
+        };
+        let code = request.code();
+        let frame = Frame {
+            kind: FrameKind::Request,
+            request_id: id,
+            code: code as u16,
+            body: request.encode_body(),
+        };
+        let exchange = async {
+            self.inner
+                .tx
+                .send(frame)
+                .await
+                .map_err(|_| self.lost("the connection is closed".into()))?;
+            answer_rx
+                .await
+                .map_err(|_| self.lost("the connection is closed".into()))?
+        };
+        let frame = tokio::time::timeout(timeout, exchange)
+            .await
+            .map_err(|_| ClientError::Elapsed(timeout))??;
+        match frame.kind {
+            FrameKind::Response => Ok(Response::decode(code as u16, frame.body)?),
+            FrameKind::Error => Err(ClientError::Server(ErrorReply::decode(frame.body)?)),
+            _ => Err(ClientError::UnexpectedResponse(code.name())),
+        }
+    }
+
+    /// Sends `request` as a one-way frame: no answer, no confirmation that it arrived.
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError::ConnectionLost`] when the connection is known to be closed.
+    pub async fn send_oneway(&self, request: &Request) -> Result<()> {
+        if let Some(reason) = &self.inner.pending.lock().unwrap().closed {
+            return Err(self.lost(reason.clone()));
+        }
+        let frame = Frame {
+            kind: FrameKind::Oneway,
+            request_id: self.inner.next_id.fetch_add(1, Ordering::Relaxed),
+            code: request.code() as u16,
+            body: request.encode_body(),
+        };
+        self.inner
+            .tx
+            .send(frame)
+            .await
+            .map_err(|_| self.lost("the connection is closed".into()))
+    }
+
+    fn lost(&self, reason: String) -> ClientError {
+        ClientError::ConnectionLost {
+            addr: self.inner.addr.clone(),
+            reason,
+        }
+    }
+}
+
+fn fail_all(pending: &Mutex<Pending>, addr: &str, reason: String) {
+    let mut pending = pending.lock().unwrap();
+    for (_, tx) in pending.waiting.drain() {
+        let _ = tx.send(Err(ClientError::ConnectionLost {
+            addr: addr.to_string(),
+            reason: reason.clone(),
+        }));
+    }
+    pending.closed.get_or_insert(reason);
+}
+
+async fn read_loop(
+    mut reader: FrameReader<tokio::net::tcp::OwnedReadHalf>,
+    pending: Arc<Mutex<Pending>>,
+    addr: String,
+) {
+    let reason = loop {
+        match reader.read_frame().await {
+            Ok(Some(frame))
+                if frame.request_id == CONNECTION_REQUEST_ID && frame.kind == FrameKind::Error =>
+            {
+                // An error about the whole connection: every waiting request gets it.
+                let reply = match ErrorReply::decode(frame.body) {
+                    Ok(reply) => reply,
+                    Err(e) => break format!("undecodable error frame: {e}"),
+                };
+                tracing::warn!(error = %reply, "the broker closed the connection");
+                let mut p = pending.lock().unwrap();
+                p.closed.get_or_insert(reply.to_string());
+                for (_, tx) in p.waiting.drain() {
+                    let _ = tx.send(Err(ClientError::Server(reply.clone())));
+                }
+                continue;
+            }
+            Ok(Some(frame)) => {
+                let tx = pending.lock().unwrap().waiting.remove(&frame.request_id);
+                if let Some(tx) = tx {
+                    let _ = tx.send(Ok(frame));
+                }
+            }
+            Ok(None) => break "closed by the broker".to_string(),
+            Err(e) => break e.to_string(),
+        }
+    };
+    fail_all(&pending, &addr, reason);
+}
+
+async fn write_loop(
+    mut writer: FrameWriter<tokio::net::tcp::OwnedWriteHalf>,
+    mut rx: mpsc::Receiver<Frame>,
+    pending: Arc<Mutex<Pending>>,
+    addr: String,
+) {
+    while let Some(frame) = rx.recv().await {
+        let written = async {
+            writer.write_frame(&frame).await?;
+            if rx.is_empty() {
+                writer.flush().await?;
+            }
+            std::io::Result::Ok(())
+        };
+        if let Err(e) = written.await {
+            let reason = format!("write failed: {e}");
+            fail_all(&pending, &addr, reason);
+            return;
+        }
+    }
+}

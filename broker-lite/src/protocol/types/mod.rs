@@ -1,0 +1,23 @@
+//! The data carried by commands, with their binary encodings.
+
+use bytes::{Bytes, BytesMut};
+
+use super::error::DecodeError;
+
+mod admin;
+mod consumer;
+mod message;
+
+pub use admin::{GroupInfo, QueueLag, TopicInfo, TraceEvent};
+pub use consumer::{
+    AckRequest, ConsumeModel, Delivery, Member, NackRequest, NackResult, PullRequest, Subscription,
+};
+pub use message::{Message, MessageView, SendResult, SendStatus};
+
+/// A type with a compact binary encoding.
+pub(crate) trait Wire: Sized {
+    /// Appends the encoding.
+    fn put(&self, buf: &mut BytesMut);
+    /// Reads one value.
+    fn get(buf: &mut Bytes) -> Result<Self, DecodeError>;
+}

@@ -1,0 +1,277 @@
+//! The [`Handler`] that answers requests with a [`Broker`]: the mapping between wire types and
+//! broker types.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::handler::Handler;
+use crate::broker::{
+    self, Broker, BrokerError, ConsumerSpec, MessageModel, NackOutcome, Receipt, SendRequest,
+    StoredMessage, TraceKind,
+};
+use crate::protocol::{
+    ConsumeModel, Delivery, ErrorCode, ErrorReply, GroupInfo, Message, MessageView, NackResult,
+    QueueLag, Request, Response, SendResult, SendStatus, TopicInfo, TraceEvent,
+};
+
+/// Answers requests with a [`Broker`].
+#[derive(Debug, Clone)]
+pub struct BrokerHandler {
+    broker: Broker,
+}
+
+impl BrokerHandler {
+    /// A handler over `broker`.
+    pub fn new(broker: Broker) -> Self {
+        BrokerHandler { broker }
+    }
+}
+
+impl Handler for BrokerHandler {
+    async fn handle(&self, request: Request) -> Result<Response, ErrorReply> {
+        self.dispatch(request).await.map_err(to_reply)
+    }
+}
+
+impl BrokerHandler {
+    async fn dispatch(&self, request: Request) -> Result<Response, BrokerError> {
+        let b = &self.broker;
+        Ok(match request {
+            Request::Ping => Response::Done,
+            Request::Send(m) => Response::Send(send_result(b.send(send_request(m)).await?)),
+            Request::SendOneway(m) => {
+                metrics::counter!("broker_lite_server_oneway_sends_total").increment(1);
+                let result = b.send(send_request(m)).await?;
+                if !result.status.is_ok() {
+                    tracing::warn!(status = ?result.status, message_id = %result.message_id,
+                        "one-way send not stored as configured; the producer is not told");
+                }
+                Response::Done
+            }
+            Request::SendBatch(ms) => Response::SendBatch(
+                b.send_batch(ms.into_iter().map(send_request).collect())
+                    .await?
+                    .into_iter()
+                    .map(send_result)
+                    .collect(),
+            ),
+            Request::Subscribe(s) => {
+                let mut spec = ConsumerSpec::new(s.group, s.consumer_id, s.topic)
+                    .with_model(match s.model {
+                        ConsumeModel::Clustering => MessageModel::Clustering,
+                        ConsumeModel::Broadcasting => MessageModel::Broadcasting,
+                    })
+                    .ordered(s.ordered);
+                if !s.tags.is_empty() {
+                    spec = spec.with_tags(s.tags);
+                }
+                b.subscribe(spec).await?;
+                Response::Done
+            }
+            Request::Heartbeat(m) => {
+                b.heartbeat(&m.group, &m.consumer_id).await?;
+                Response::Done
+            }
+            Request::Unsubscribe(m) => {
+                b.unsubscribe(&m.group, &m.consumer_id).await?;
+                Response::Done
+            }
+            Request::Pull(p) => {
+                let pull = broker::PullRequest::new(p.group, p.consumer_id, p.topic)
+                    .with_max_messages(p.max_messages as usize)
+                    .with_long_poll(Duration::from_millis(p.long_poll_ms));
+                Response::Pull(b.pull(pull).await?.into_iter().map(delivery).collect())
+            }
+            Request::Ack(a) => {
+                b.ack(&Receipt::from_bytes(&a.receipt)?).await?;
+                Response::Done
+            }
+            Request::Nack(n) => {
+                let level = n.delay_level.map(|l| u8::try_from(l).unwrap_or(u8::MAX));
+                Response::Nacked(
+                    match b.nack(&Receipt::from_bytes(&n.receipt)?, level).await? {
+                        NackOutcome::Redeliver { after } => NackResult::Redeliver {
+                            after_ms: after.as_millis() as u64,
+                        },
+                        NackOutcome::DeadLettered => NackResult::DeadLettered,
+                    },
+                )
+            }
+            Request::CreateTopic(t) => {
+                b.create_topic(&t.name, t.queues).await?;
+                Response::Done
+            }
+            Request::ListTopics => Response::Topics(
+                b.topics()
+                    .into_iter()
+                    .map(|t| TopicInfo {
+                        name: t.name,
+                        queues: t.queues,
+                    })
+                    .collect(),
+            ),
+            Request::ListGroups => Response::Groups(
+                b.groups()
+                    .into_iter()
+                    .map(|g| GroupInfo {
+                        name: g.group,
+                        model: match g.model {
+                            MessageModel::Broadcasting => ConsumeModel::Broadcasting,
+                            MessageModel::Clustering => ConsumeModel::Clustering,
+                        },
+                        topics: g.topics,
+                        members: g.members.into_iter().map(|m| m.client_id).collect(),
+                    })
+                    .collect(),
+            ),
+            Request::Lag { group } => Response::Lag(
+                b.lag(&group)?
+                    .into_iter()
+                    .map(|l| QueueLag {
+                        topic: l.topic,
+                        queue_id: l.queue_id,
+                        consumer_id: l.client_id,
+                        committed: l.committed,
+                        max: l.max,
+                        lag: l.lag,
+                        unsettled: l.unsettled,
+                    })
+                    .collect(),
+            ),
+            Request::LookupById(id) => Response::Message(b.lookup(id).await?.map(view)),
+            Request::LookupByKey { topic, key, max } => Response::Messages(
+                b.lookup_by_key(&topic, &key, max as usize)
+                    .await?
+                    .into_iter()
+                    .map(view)
+                    .collect(),
+            ),
+            Request::Trace(id) => {
+                Response::Trace(b.trace(id).into_iter().map(trace_event).collect())
+            }
+            Request::DeadLetters { group, max } => Response::Messages(
+                b.dead_letters(&group, max as usize)
+                    .await?
+                    .into_iter()
+                    .map(view)
+                    .collect(),
+            ),
+            Request::RedriveDeadLetters { group, ids } => {
+                let ids = if ids.is_empty() { None } else { Some(ids) };
+                Response::Redriven(b.redrive_dead_letters(&group, ids).await?)
+            }
+        })
+    }
+}
+
+fn to_reply(e: BrokerError) -> ErrorReply {
+    let code = match &e {
+        BrokerError::UnknownTopic(_)
+        | BrokerError::UnknownGroup(_)
+        | BrokerError::UnknownMember { .. }
+        | BrokerError::UnknownQueue { .. } => ErrorCode::NotFound,
+        BrokerError::Closed => ErrorCode::ShuttingDown,
+        BrokerError::Storage(_) | BrokerError::CorruptState { .. } => ErrorCode::Internal,
+        _ => ErrorCode::InvalidRequest,
+    };
+    ErrorReply::new(code, e.to_string())
+}
+
+fn send_request(m: Message) -> SendRequest {
+    let mut r = SendRequest::new(m.topic, m.body);
+    if let Some(id) = m.message_id {
+        r = r.with_message_id(id);
+    }
+    if let Some(q) = m.queue_id {
+        r = r.with_queue(q);
+    }
+    if let Some(k) = m.key {
+        r = r.with_key(k);
+    }
+    if let Some(t) = m.tag {
+        r = r.with_tag(t);
+    }
+    for (k, v) in m.properties {
+        r = r.with_property(k, v);
+    }
+    r
+}
+
+fn send_result(r: broker::SendResult) -> SendResult {
+    SendResult {
+        status: match r.status {
+            broker::SendStatus::SendOk => SendStatus::SendOk,
+            broker::SendStatus::FlushDiskTimeout => SendStatus::FlushDiskTimeout,
+            broker::SendStatus::FlushSlaveTimeout => SendStatus::FlushSlaveTimeout,
+            broker::SendStatus::SlaveNotAvailable => SendStatus::SlaveNotAvailable,
+        },
+        message_id: r.message_id,
+        queue_id: r.queue_id,
+        queue_offset: r.queue_offset,
+    }
+}
+
+fn view(m: StoredMessage) -> MessageView {
+    let mut v = MessageView::new(m.topic, m.queue_id, m.queue_offset, m.message_id, m.body);
+    v.key = m.key;
+    v.tag = m.tag;
+    v.properties = m.properties;
+    v.born_timestamp_ms = m.born_timestamp_ms;
+    v.stored_timestamp_ms = m.stored_timestamp_ms;
+    v
+}
+
+fn delivery(d: broker::Delivery) -> Delivery {
+    let mut v = MessageView::new(d.topic, d.queue_id, d.queue_offset, d.message_id, d.body);
+    v.key = d.key;
+    v.tag = d.tag;
+    v.properties = d.properties;
+    v.born_timestamp_ms = d.born_timestamp_ms;
+    v.stored_timestamp_ms = d.stored_timestamp_ms;
+    Delivery::new(v, Bytes::from(d.receipt.to_bytes()), d.reconsume_times)
+}
+
+fn trace_event(e: broker::TraceEvent) -> TraceEvent {
+    let (event, detail) = match e.kind {
+        TraceKind::Stored {
+            topic,
+            queue_id,
+            queue_offset,
+            status,
+        } => (
+            "stored",
+            format!("{topic}:{queue_id}@{queue_offset} status {status:?}"),
+        ),
+        TraceKind::Delivered {
+            group,
+            client_id,
+            attempt,
+        } => (
+            "delivered",
+            format!("group {group} member {client_id} attempt {attempt}"),
+        ),
+        TraceKind::Acked { group, client_id } => {
+            ("acked", format!("group {group} member {client_id}"))
+        }
+        TraceKind::Filtered { group } => ("filtered", format!("group {group}")),
+        TraceKind::Nacked {
+            group,
+            client_id,
+            redeliver_after,
+        } => (
+            "nacked",
+            format!("group {group} member {client_id} redeliver after {redeliver_after:?}"),
+        ),
+        TraceKind::TimedOut { group, client_id } => {
+            ("timed-out", format!("group {group} member {client_id}"))
+        }
+        TraceKind::DeadLettered { group } => ("dead-lettered", format!("group {group}")),
+        TraceKind::Redriven { group } => ("redriven", format!("group {group}")),
+    };
+    TraceEvent {
+        timestamp_ms: e.at_ms,
+        event: event.to_string(),
+        detail,
+    }
+}
