@@ -1,3 +1,31 @@
 //! Tower layers for reliable producers and consumers.
 //!
 //! Work in progress: see issue 4.
+
+#![forbid(unsafe_code)]
+
+mod consumer;
+mod delivery;
+mod error;
+mod source;
+mod trace_context;
+
+pub use consumer::catch_panic::{CatchPanic, CatchPanicLayer};
+pub use consumer::metrics::{ConsumeMetrics, ConsumeMetricsLayer};
+pub use consumer::retry::{LocalRetry, LocalRetryLayer, LocalRetryPolicy};
+pub use consumer::timeout::{ConsumeTimeout, ConsumeTimeoutLayer, DEFAULT_CONSUME_TIMEOUT};
+pub use consumer::trace::{Trace, TraceLayer};
+pub use delivery::{AsDelivery, Delivery};
+pub use error::{Disposition, Elapsed, Panicked, Reject, Retry};
+pub use source::{ConsumeModel, DeliverySource, NackOutcome, Pulled};
+pub use tower::BoxError;
+pub use trace_context::{TRACEPARENT, TraceParent};
+
+/// The response futures of the consumer layers.
+pub mod future {
+    pub use crate::consumer::catch_panic::future::ResponseFuture as CatchPanicFuture;
+    pub use crate::consumer::metrics::future::ResponseFuture as ConsumeMetricsFuture;
+    pub use crate::consumer::retry::future::ResponseFuture as LocalRetryFuture;
+    pub use crate::consumer::timeout::future::ResponseFuture as ConsumeTimeoutFuture;
+    pub use crate::consumer::trace::future::ResponseFuture as TraceFuture;
+}
