@@ -7,8 +7,12 @@
 mod consumer;
 mod delivery;
 mod error;
+#[cfg(feature = "postgres")]
+mod idempotency;
 mod source;
 mod trace_context;
+#[cfg(feature = "postgres")]
+mod tx;
 
 pub use consumer::catch_panic::{CatchPanic, CatchPanicLayer};
 pub use consumer::metrics::{ConsumeMetrics, ConsumeMetricsLayer};
@@ -17,9 +21,15 @@ pub use consumer::timeout::{ConsumeTimeout, ConsumeTimeoutLayer, DEFAULT_CONSUME
 pub use consumer::trace::{Trace, TraceLayer};
 pub use delivery::{AsDelivery, Delivery};
 pub use error::{Disposition, Elapsed, Panicked, Reject, Retry};
+#[cfg(feature = "postgres")]
+pub use idempotency::{
+    DEFAULT_IDEMPOTENCY_WINDOW, Handled, Idempotency, IdempotencyKey, IdempotencyLayer,
+};
 pub use source::{ConsumeModel, DeliverySource, NackOutcome, Pulled};
 pub use tower::BoxError;
 pub use trace_context::{TRACEPARENT, TraceParent};
+#[cfg(feature = "postgres")]
+pub use tx::{PgTx, PgTxGuard, TxDelivery};
 
 /// The response futures of the consumer layers.
 pub mod future {
@@ -28,4 +38,6 @@ pub mod future {
     pub use crate::consumer::retry::future::ResponseFuture as LocalRetryFuture;
     pub use crate::consumer::timeout::future::ResponseFuture as ConsumeTimeoutFuture;
     pub use crate::consumer::trace::future::ResponseFuture as TraceFuture;
+    #[cfg(feature = "postgres")]
+    pub use crate::idempotency::future::ResponseFuture as IdempotencyFuture;
 }
