@@ -9,6 +9,8 @@ mod delivery;
 mod error;
 #[cfg(feature = "postgres")]
 mod idempotency;
+mod memory;
+mod runtime;
 mod source;
 mod trace_context;
 #[cfg(feature = "postgres")]
@@ -25,6 +27,8 @@ pub use error::{Disposition, Elapsed, Panicked, Reject, Retry};
 pub use idempotency::{
     DEFAULT_IDEMPOTENCY_WINDOW, Handled, Idempotency, IdempotencyKey, IdempotencyLayer,
 };
+pub use memory::{MemoryReceipt, MemorySource};
+pub use runtime::{Consumer, ConsumerBuilder, DEFAULT_CONCURRENCY, DEFAULT_MAX_DELIVERIES};
 pub use source::{ConsumeModel, DeliverySource, NackOutcome, Pulled};
 pub use tower::BoxError;
 pub use trace_context::{TRACEPARENT, TraceParent};

@@ -1,0 +1,307 @@
+//! The consumer runtime against the in-memory delivery source, on paused tokio time.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use courier_middleware::{
+    ConsumeModel, Consumer, Delivery, DeliverySource, MemorySource, Reject, Retry,
+};
+use courier_outbox::Message;
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tower::{BoxError, Service};
+
+/// Every call the handler saw: (message payload, attempt).
+type Calls = Arc<Mutex<Vec<(String, u32)>>>;
+
+fn recording<F>(
+    calls: &Calls,
+    decide: F,
+) -> impl Service<Delivery, Response = (), Error = BoxError, Future: Send> + Clone + Send + 'static
+where
+    F: Fn(&Delivery) -> Result<(), BoxError> + Clone + Send + Sync + 'static,
+{
+    let calls = calls.clone();
+    tower::service_fn(move |delivery: Delivery| {
+        let calls = calls.clone();
+        let decide = decide.clone();
+        async move {
+            let payload = String::from_utf8(delivery.message.payload.to_vec()).unwrap();
+            calls.lock().unwrap().push((payload, delivery.attempt));
+            decide(&delivery)
+        }
+    })
+}
+
+fn start<S, H>(consumer: Consumer<S, H>) -> (CancellationToken, JoinHandle<()>)
+where
+    S: DeliverySource,
+    H: Service<Delivery> + Clone + Send + 'static,
+    H::Error: Into<BoxError>,
+    H::Future: Send + 'static,
+    H::Response: Send + 'static,
+{
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(consumer.run(shutdown.clone()));
+    (shutdown, task)
+}
+
+fn calls_of(calls: &Calls) -> Vec<(String, u32)> {
+    calls.lock().unwrap().clone()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_delivery_is_redelivered_and_then_acked() {
+    let source = MemorySource::new("billing");
+    source.push(Message::new("orders", "m1"));
+    let calls = Calls::default();
+    let handler = recording(&calls, |d| {
+        if d.attempt == 1 {
+            Err("database unavailable".into())
+        } else {
+            Ok(())
+        }
+    });
+    let (shutdown, task) = start(Consumer::builder(source.clone(), handler).build());
+
+    source.wait_until(|s| s.acked().len() == 1).await;
+    shutdown.cancel();
+    task.await.unwrap();
+    assert_eq!(calls_of(&calls), vec![("m1".into(), 1), ("m1".into(), 2)]);
+    assert!(source.dead_letters().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_retry_with_a_delay_is_nacked_with_that_delay() {
+    let source = MemorySource::new("billing").with_redelivery_delay(Duration::from_secs(1));
+    source.push(Message::new("orders", "m1"));
+    let calls = Calls::default();
+    let handler = recording(&calls, |d| {
+        if d.attempt == 1 {
+            Err(Retry::after(Duration::from_secs(30), "rate limited").into())
+        } else {
+            Ok(())
+        }
+    });
+    let started = tokio::time::Instant::now();
+    let (shutdown, task) = start(Consumer::builder(source.clone(), handler).build());
+    source.wait_until(|s| s.acked().len() == 1).await;
+    // Paused time only moves to the next timer, so the second delivery came at the asked delay.
+    assert!(started.elapsed() >= Duration::from_secs(30));
+    shutdown.cancel();
+    task.await.unwrap();
+    assert_eq!(calls_of(&calls).len(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_message_is_dead_lettered_after_max_deliveries() {
+    let source = MemorySource::new("billing");
+    source.push(Message::new("orders", "poison"));
+    let calls = Calls::default();
+    let handler = recording(&calls, |_| Err("always fails".into()));
+    let consumer = Consumer::builder(source.clone(), handler)
+        .max_deliveries(3)
+        .build();
+    let (shutdown, task) = start(consumer);
+
+    source.wait_until(|s| s.dead_letters().len() == 1).await;
+    shutdown.cancel();
+    task.await.unwrap();
+    let attempts: Vec<u32> = calls_of(&calls).iter().map(|(_, a)| *a).collect();
+    assert_eq!(attempts, vec![1, 2, 3]);
+    assert!(source.acked().is_empty());
+    assert_eq!(source.dead_letters()[0].1, "always fails");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rejected_message_is_dead_lettered_at_once() {
+    let source = MemorySource::new("billing");
+    source.push(Message::new("orders", "malformed"));
+    let calls = Calls::default();
+    let handler = recording(&calls, |_| Err(Reject::new("not JSON").into()));
+    let (shutdown, task) = start(Consumer::builder(source.clone(), handler).build());
+
+    source.wait_until(|s| s.dead_letters().len() == 1).await;
+    shutdown.cancel();
+    task.await.unwrap();
+    assert_eq!(calls_of(&calls).len(), 1);
+    assert!(source.acked().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_panicking_handler_is_redelivered_not_acked() {
+    let source = MemorySource::new("billing");
+    source.push(Message::new("orders", "m1"));
+    let calls = Calls::default();
+    let handler = recording(&calls, |d| {
+        assert!(d.attempt > 1, "first delivery panics");
+        Ok(())
+    });
+    let (shutdown, task) = start(Consumer::builder(source.clone(), handler).build());
+
+    source.wait_until(|s| s.acked().len() == 1).await;
+    shutdown.cancel();
+    task.await.unwrap();
+    assert_eq!(calls_of(&calls), vec![("m1".into(), 1), ("m1".into(), 2)]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn ordered_mode_keeps_the_order_of_each_key() {
+    let source = MemorySource::new("billing");
+    for n in 0..30 {
+        let key = format!("order-{}", n % 3);
+        source.push(Message::new("orders", format!("{key}/{n}")).with_key(key));
+    }
+    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+    let handler = {
+        let seen = seen.clone();
+        tower::service_fn(move |delivery: Delivery| {
+            let seen = seen.clone();
+            async move {
+                let payload = String::from_utf8(delivery.message.payload.to_vec()).unwrap();
+                let n: u64 = payload.rsplit('/').next().unwrap().parse().unwrap();
+                // Earlier messages take longer, so without ordering later ones would overtake.
+                tokio::time::sleep(Duration::from_millis(300 - n * 10)).await;
+                seen.lock().unwrap().push(payload);
+                Ok::<_, BoxError>(())
+            }
+        })
+    };
+    let consumer = Consumer::builder(source.clone(), handler)
+        .concurrency(8)
+        .batch_size(8)
+        .ordered(true)
+        .build();
+    let (shutdown, task) = start(consumer);
+
+    source.wait_until(|s| s.acked().len() == 30).await;
+    shutdown.cancel();
+    task.await.unwrap();
+    let mut per_key: HashMap<String, Vec<u64>> = HashMap::new();
+    for payload in seen.lock().unwrap().iter() {
+        let (key, n) = payload.split_once('/').unwrap();
+        per_key
+            .entry(key.into())
+            .or_default()
+            .push(n.parse().unwrap());
+    }
+    assert_eq!(per_key.len(), 3);
+    for (key, order) in per_key {
+        let mut sorted = order.clone();
+        sorted.sort_unstable();
+        assert_eq!(order, sorted, "{key} was handled out of order");
+        assert_eq!(order.len(), 10);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn concurrency_bounds_the_deliveries_in_flight() {
+    let source = MemorySource::new("billing");
+    for n in 0..20 {
+        source.push(Message::new("orders", format!("{n}")));
+    }
+    let gate = Arc::new(Semaphore::new(0));
+    let handler = {
+        let gate = gate.clone();
+        tower::service_fn(move |_: Delivery| {
+            let gate = gate.clone();
+            async move {
+                gate.acquire().await?.forget();
+                Ok::<_, BoxError>(())
+            }
+        })
+    };
+    let consumer = Consumer::builder(source.clone(), handler)
+        .concurrency(4)
+        .batch_size(4)
+        .build();
+    // (batch_size 4 lets one pull fetch all four.)
+    let (shutdown, task) = start(consumer);
+
+    source.wait_until(|s| s.in_flight() == 4).await;
+    // Let time pass: no fifth delivery is pulled while four are in flight.
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(source.in_flight(), 4);
+    assert_eq!(source.waiting(), 16);
+    gate.add_permits(20);
+    source.wait_until(|s| s.acked().len() == 20).await;
+    shutdown.cancel();
+    task.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn batch_size_one_is_the_default() {
+    let source = MemorySource::new("billing");
+    for n in 0..5 {
+        source.push(Message::new("orders", format!("{n}")));
+    }
+    let calls = Calls::default();
+    let (shutdown, task) =
+        start(Consumer::builder(source.clone(), recording(&calls, |_| Ok(()))).build());
+    source.wait_until(|s| s.acked().len() == 5).await;
+    shutdown.cancel();
+    task.await.unwrap();
+    // Never more than one delivery per pull.
+    assert_eq!(source.largest_pull(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn graceful_shutdown_stops_pulling_and_finishes_the_deliveries_in_flight() {
+    let source = MemorySource::new("billing");
+    source.push(Message::new("orders", "in flight"));
+    let gate = Arc::new(Semaphore::new(0));
+    let handler = {
+        let gate = gate.clone();
+        tower::service_fn(move |_: Delivery| {
+            let gate = gate.clone();
+            async move {
+                gate.acquire().await?.forget();
+                Ok::<_, BoxError>(())
+            }
+        })
+    };
+    let (shutdown, task) = start(
+        Consumer::builder(source.clone(), handler)
+            .concurrency(2)
+            .build(),
+    );
+    source.wait_until(|s| s.in_flight() == 1).await;
+
+    shutdown.cancel();
+    source.push(Message::new("orders", "arrives after shutdown"));
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert!(
+        !task.is_finished(),
+        "the runtime returned with a delivery in flight"
+    );
+    gate.add_permits(1);
+    task.await.unwrap();
+
+    let acked: Vec<_> = source.acked().iter().map(|m| m.payload.clone()).collect();
+    assert_eq!(acked, vec!["in flight"]);
+    assert_eq!(source.waiting(), 1);
+    assert_eq!(source.in_flight(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_broadcasting_consumer_knows_whether_its_handler_is_idempotent() {
+    let calls = Calls::default();
+    let source = MemorySource::new("billing").with_model(ConsumeModel::Broadcasting);
+    let plain = Consumer::builder(source.clone(), recording(&calls, |_| Ok(()))).build();
+    assert!(!plain.is_idempotent());
+    let declared = Consumer::builder(source.clone(), recording(&calls, |_| Ok(())))
+        .declare_idempotent()
+        .build();
+    assert!(declared.is_idempotent());
+
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .connect_lazy("postgres://unused@127.0.0.1/unused")
+        .unwrap();
+    let guarded = tower::ServiceBuilder::new()
+        .layer(courier_middleware::IdempotencyLayer::new(pool))
+        .service_fn(|_: courier_middleware::TxDelivery| async { Ok::<_, BoxError>(()) });
+    let guarded = Consumer::builder(source, guarded).build();
+    assert!(guarded.is_idempotent());
+}
