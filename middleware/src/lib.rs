@@ -9,6 +9,8 @@ mod delivery;
 mod error;
 #[cfg(feature = "postgres")]
 mod idempotency;
+#[cfg(feature = "postgres")]
+mod inbox;
 mod memory;
 mod runtime;
 mod source;
@@ -27,6 +29,8 @@ pub use error::{Disposition, Elapsed, Panicked, Reject, Retry};
 pub use idempotency::{
     DEFAULT_IDEMPOTENCY_WINDOW, Handled, Idempotency, IdempotencyKey, IdempotencyLayer,
 };
+#[cfg(feature = "postgres")]
+pub use inbox::{Inbox, InboxDeadLetter, InboxStore, InboxWorker, Stored};
 pub use memory::{MemoryReceipt, MemorySource};
 pub use runtime::{Consumer, ConsumerBuilder, DEFAULT_CONCURRENCY, DEFAULT_MAX_DELIVERIES};
 pub use source::{ConsumeModel, DeliverySource, NackOutcome, Pulled};
@@ -44,4 +48,6 @@ pub mod future {
     pub use crate::consumer::trace::future::ResponseFuture as TraceFuture;
     #[cfg(feature = "postgres")]
     pub use crate::idempotency::future::ResponseFuture as IdempotencyFuture;
+    #[cfg(feature = "postgres")]
+    pub use crate::inbox::future::ResponseFuture as InboxStoreFuture;
 }
