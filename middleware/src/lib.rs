@@ -4,6 +4,7 @@
 
 #![forbid(unsafe_code)]
 
+mod boxed;
 mod consumer;
 mod delivery;
 mod error;
@@ -12,6 +13,7 @@ mod idempotency;
 #[cfg(feature = "postgres")]
 mod inbox;
 mod memory;
+mod producer;
 mod runtime;
 mod source;
 mod trace_context;
@@ -32,6 +34,16 @@ pub use idempotency::{
 #[cfg(feature = "postgres")]
 pub use inbox::{Inbox, InboxDeadLetter, InboxStore, InboxWorker, Stored};
 pub use memory::{MemoryReceipt, MemorySource};
+#[cfg(feature = "postgres")]
+pub use producer::fallback::{FailureFallback, FailureFallbackLayer, NotParked, Parked};
+pub use producer::oneway::{OneWay, OneWayLayer, OneWayRefused};
+pub use producer::retry::SendRetryLayer;
+pub use producer::send::{Producer, SendHandle};
+pub use producer::status::{
+    HasSendStatus, NotSendOk, RequireSendOk, RequireSendOkLayer, SendStatus,
+};
+pub use producer::timeout::{DEFAULT_SEND_TIMEOUT, SendTimeout, SendTimeoutLayer};
+pub use producer::trace::{TracePublish, TracePublishLayer};
 pub use runtime::{Consumer, ConsumerBuilder, DEFAULT_CONCURRENCY, DEFAULT_MAX_DELIVERIES};
 pub use source::{ConsumeModel, DeliverySource, NackOutcome, Pulled};
 pub use tower::BoxError;
@@ -39,8 +51,10 @@ pub use trace_context::{TRACEPARENT, TraceParent};
 #[cfg(feature = "postgres")]
 pub use tx::{PgTx, PgTxGuard, TxDelivery};
 
-/// The response futures of the consumer layers.
+/// The response futures of the layers. `SendTimeout` shares `ConsumeTimeoutFuture`, the send retry
+/// shares `LocalRetryFuture`.
 pub mod future {
+    pub use crate::boxed::BoxResponseFuture;
     pub use crate::consumer::catch_panic::future::ResponseFuture as CatchPanicFuture;
     pub use crate::consumer::metrics::future::ResponseFuture as ConsumeMetricsFuture;
     pub use crate::consumer::retry::future::ResponseFuture as LocalRetryFuture;
@@ -50,4 +64,6 @@ pub mod future {
     pub use crate::idempotency::future::ResponseFuture as IdempotencyFuture;
     #[cfg(feature = "postgres")]
     pub use crate::inbox::future::ResponseFuture as InboxStoreFuture;
+    pub use crate::producer::status::ResponseFuture as RequireSendOkFuture;
+    pub use crate::producer::trace::ResponseFuture as TracePublishFuture;
 }
