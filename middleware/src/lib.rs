@@ -100,7 +100,8 @@ pub use delivery::{AsDelivery, Delivery};
 pub use error::{Disposition, Elapsed, Panicked, Reject, Retry};
 #[cfg(feature = "postgres")]
 pub use idempotency::{
-    DEFAULT_IDEMPOTENCY_WINDOW, Handled, Idempotency, IdempotencyKey, IdempotencyLayer,
+    BatchedIdempotency, BatchedIdempotencyLayer, DEFAULT_IDEMPOTENCY_WINDOW, Handled, Idempotency,
+    IdempotencyKey, IdempotencyLayer,
 };
 #[cfg(feature = "postgres")]
 pub use inbox::{Inbox, InboxDeadLetter, InboxStore, InboxWorker, Stored};

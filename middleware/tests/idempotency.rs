@@ -269,3 +269,99 @@ async fn a_window_shorter_than_the_redelivery_horizon_is_reported() {
     assert!(!layer.check_horizon(Duration::from_secs(3600)));
     assert!(layer.check_horizon(Duration::from_secs(30)));
 }
+
+#[sqlx::test(migrator = "courier_outbox::MIGRATOR")]
+async fn batched_concurrent_deliveries_give_one_effect_per_message(pool: PgPool) {
+    effects_table(&pool).await;
+    let handler = Handler::default();
+    let service = IdempotencyLayer::new(pool.clone())
+        .batched(16)
+        .workers(2)
+        .layer(handler.service());
+    let messages: Vec<Message> = (0..20)
+        .map(|n| Message::new("payments", format!("{n}")))
+        .collect();
+    let mut calls = Vec::new();
+    for round in 0..3 {
+        for message in &messages[..if round == 0 { 20 } else { 15 }] {
+            let delivery = delivery(message).with_attempt(round + 1);
+            calls.push(tokio::spawn(service.clone().oneshot(delivery)));
+        }
+    }
+    let mut processed = 0;
+    let mut duplicates = 0;
+    for call in calls {
+        match call.await.unwrap().unwrap() {
+            Handled::Processed(()) => processed += 1,
+            Handled::Duplicate => duplicates += 1,
+        }
+    }
+    assert_eq!((processed, duplicates), (20, 30));
+    assert_eq!(handler.calls(), 20);
+    assert_eq!(effects(&pool).await, 20);
+}
+
+#[sqlx::test(migrator = "courier_outbox::MIGRATOR")]
+async fn batched_a_failing_handler_rolls_back_only_its_own_delivery(pool: PgPool) {
+    effects_table(&pool).await;
+    let fail_once = Arc::new(AtomicU32::new(1));
+    let calls = Arc::new(AtomicU32::new(0));
+    let inner = {
+        let fail_once = fail_once.clone();
+        let calls = calls.clone();
+        tower::service_fn(move |request: TxDelivery| {
+            let fail_once = fail_once.clone();
+            let calls = calls.clone();
+            async move {
+                calls.fetch_add(1, Ordering::SeqCst);
+                let mut conn = request.tx().lock().await;
+                sqlx::query("INSERT INTO effects (message_id, consumer_group) VALUES ($1, $2)")
+                    .bind(request.delivery.message.id)
+                    .bind(&request.delivery.group)
+                    .execute(&mut *conn)
+                    .await?;
+                if request.delivery.message.payload.as_ref() == b"fail"
+                    && fail_once
+                        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                        .is_ok()
+                {
+                    // A failed statement aborts the transaction: the batch must start over.
+                    let _ = sqlx::query("SELECT 1/0").execute(&mut *conn).await;
+                    return Err::<(), BoxError>("injected failure".into());
+                }
+                Ok(())
+            }
+        })
+    };
+    let service = IdempotencyLayer::new(pool.clone()).batched(16).layer(inner);
+    let failing = Message::new("payments", "fail");
+    let others = [Message::new("payments", "a"), Message::new("payments", "b")];
+
+    // The three calls are queued before the batch worker runs (the test runtime has one thread,
+    // and the worker is woken after them), so they share one batch: the failure rolls the batch
+    // back and the other two run again in a fresh transaction.
+    let first = tokio::spawn(service.clone().oneshot(delivery(&failing)));
+    let rest: Vec<_> = others
+        .iter()
+        .map(|m| tokio::spawn(service.clone().oneshot(delivery(m))))
+        .collect();
+    assert!(first.await.unwrap().is_err());
+    for call in rest {
+        assert_eq!(call.await.unwrap().unwrap(), Handled::Processed(()));
+    }
+    assert_eq!(effects(&pool).await, 2);
+    let records: i64 = sqlx::query_scalar("SELECT count(*) FROM courier_inbox.processed")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(records, 2);
+
+    let redelivered = service
+        .clone()
+        .oneshot(delivery(&failing).with_attempt(2))
+        .await
+        .unwrap();
+    assert_eq!(redelivered, Handled::Processed(()));
+    assert_eq!(effects(&pool).await, 3);
+    assert_eq!(calls.load(Ordering::SeqCst), 4);
+}

@@ -1,7 +1,10 @@
 //! Idempotent consumption on Postgres (safeguard C7).
 
+mod batch;
 pub(crate) mod future;
 mod store;
+
+pub use batch::{BatchedIdempotency, BatchedIdempotencyLayer};
 
 use std::sync::Arc;
 use std::task::{Context, Poll};

@@ -1,5 +1,6 @@
 //! The SQL of the idempotency records.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use sqlx::{PgConnection, PgPool};
@@ -32,4 +33,24 @@ pub(super) async fn purge(pool: &PgPool, window: Duration) -> Result<u64, sqlx::
     .execute(pool)
     .await?;
     Ok(done.rows_affected())
+}
+
+/// Inserts many records in key order; returns the (group, key) pairs that were new.
+pub(super) async fn record_many(
+    conn: &mut PgConnection,
+    keys: &[(String, String)],
+) -> Result<HashSet<(String, String)>, sqlx::Error> {
+    let (groups, keys): (Vec<&str>, Vec<&str>) =
+        keys.iter().map(|(g, k)| (g.as_str(), k.as_str())).unzip();
+    let rows: Vec<(String, String)> = sqlx::query_as(
+        "INSERT INTO courier_inbox.processed (consumer_group, key)
+         SELECT DISTINCT g, k FROM unnest($1::text[], $2::text[]) AS t(g, k) ORDER BY g, k
+         ON CONFLICT DO NOTHING
+         RETURNING consumer_group, key",
+    )
+    .bind(groups)
+    .bind(keys)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows.into_iter().collect())
 }
