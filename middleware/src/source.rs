@@ -56,8 +56,8 @@ pub enum ConsumeModel {
 /// |---|---|---|---|
 /// | `pull(max, wait)` | `pull(max, long_poll)` | `fetch().max_messages(max).expires(wait)` | `basic_get` / prefetch `max` |
 /// | `ack` | `ack(receipt)` | `ack()` | `basic_ack(tag)` |
-/// | `nack(delay)` | `nack(receipt, delay)` | `ack_with(Nak(delay))` | `basic_nack(requeue)` + delay queue |
-/// | `dead_letter` | `nack` past max redeliveries / DLQ topic | `ack_with(Term)` + advisory | `basic_reject(requeue=false)` with a DLX |
+/// | `nack(delay)` | `nack(receipt, delay level ≥ delay)` | `ack_with(Nak(delay))` | `basic_nack(requeue)` + delay queue |
+/// | `dead_letter` | default (`nack` until the broker moves it to `%DLQ%<group>`) | `ack_with(Term)` + advisory | `basic_reject(requeue=false)` with a DLX |
 ///
 /// Receipts are consumed by `ack`, `nack` and `dead_letter`, so a delivery is settled at most
 /// once. A source that fails to settle leaves the message to the broker's redelivery timer: nothing
@@ -89,11 +89,19 @@ pub trait DeliverySource: Send + Sync + 'static {
 
     /// The handler failed for good: move the message to the group's dead-letter queue now, with
     /// `reason`.
+    ///
+    /// The default, for brokers without an immediate dead-letter operation, is a [`nack`](Self::nack)
+    /// without delay: the message comes back until the broker dead-letters it after its maximum
+    /// deliveries. Slower, never lossy.
     fn dead_letter(
         &self,
         receipt: Self::Receipt,
         reason: String,
-    ) -> impl Future<Output = Result<(), Self::Error>> + Send;
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send {
+        let _ = reason;
+        let nacked = self.nack(receipt, None);
+        async move { nacked.await.map(|_| ()) }
+    }
 
     /// How the group shares messages; clustering unless the source says otherwise.
     fn model(&self) -> ConsumeModel {

@@ -305,3 +305,50 @@ async fn a_broadcasting_consumer_knows_whether_its_handler_is_idempotent() {
     let guarded = Consumer::builder(source, guarded).build();
     assert!(guarded.is_idempotent());
 }
+
+/// A broker without an immediate dead-letter operation: only pull, ack and nack.
+struct NoDeadLetterOp(MemorySource);
+
+impl DeliverySource for NoDeadLetterOp {
+    type Receipt = courier_middleware::MemoryReceipt;
+    type Error = std::convert::Infallible;
+
+    async fn pull(
+        &self,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<courier_middleware::Pulled<Self::Receipt>>, Self::Error> {
+        self.0.pull(max, wait).await
+    }
+
+    async fn ack(&self, receipt: Self::Receipt) -> Result<(), Self::Error> {
+        self.0.ack(receipt).await
+    }
+
+    async fn nack(
+        &self,
+        receipt: Self::Receipt,
+        delay: Option<Duration>,
+    ) -> Result<courier_middleware::NackOutcome, Self::Error> {
+        self.0.nack(receipt, delay).await
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rejection_on_a_broker_without_dead_letter_op_is_nacked_until_the_broker_dead_letters_it()
+{
+    let memory = MemorySource::new("billing").with_max_deliveries(4);
+    memory.push(Message::new("orders", "malformed"));
+    let calls = Calls::default();
+    let handler = recording(&calls, |_| Err(Reject::new("not JSON").into()));
+    let (shutdown, task) =
+        start(Consumer::builder(NoDeadLetterOp(memory.clone()), handler).build());
+
+    memory.wait_until(|s| s.dead_letters().len() == 1).await;
+    shutdown.cancel();
+    task.await.unwrap();
+    // Never acked; the broker's own limit moved it to its dead-letter queue.
+    assert!(memory.acked().is_empty());
+    assert_eq!(calls_of(&calls).len(), 4);
+    assert_eq!(memory.dead_letters()[0].1, "maximum deliveries reached");
+}
