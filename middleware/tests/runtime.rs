@@ -352,3 +352,45 @@ async fn a_rejection_on_a_broker_without_dead_letter_op_is_nacked_until_the_brok
     assert_eq!(calls_of(&calls).len(), 4);
     assert_eq!(memory.dead_letters()[0].1, "maximum deliveries reached");
 }
+
+#[tokio::test(start_paused = true)]
+async fn ordered_mode_retries_a_failure_in_place_and_keeps_the_order() {
+    let source = MemorySource::new("billing");
+    for n in 0..5 {
+        source.push(Message::new("orders", format!("{n}")).with_key("order-1"));
+    }
+    let calls = Calls::default();
+    let handler = recording(&calls, |d| {
+        if d.message.payload.as_ref() == b"0" && d.attempt < 3 {
+            Err("not yet".into())
+        } else {
+            Ok(())
+        }
+    });
+    let consumer = Consumer::builder(source.clone(), handler)
+        .concurrency(5)
+        .batch_size(5)
+        .ordered(true)
+        .build();
+    let (shutdown, task) = start(consumer);
+
+    source.wait_until(|s| s.acked().len() == 5).await;
+    shutdown.cancel();
+    task.await.unwrap();
+    let seen = calls_of(&calls);
+    let expected: Vec<(String, u32)> = [
+        ("0", 1),
+        ("0", 2),
+        ("0", 3),
+        ("1", 1),
+        ("2", 1),
+        ("3", 1),
+        ("4", 1),
+    ]
+    .into_iter()
+    .map(|(p, a)| (p.to_owned(), a))
+    .collect();
+    assert_eq!(seen, expected);
+    let acked: Vec<_> = source.acked().iter().map(|m| m.payload.clone()).collect();
+    assert_eq!(acked, vec!["0", "1", "2", "3", "4"]);
+}

@@ -7,6 +7,7 @@ mod settle;
 use std::sync::Arc;
 use std::time::Duration;
 
+use courier_outbox::Backoff;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -23,6 +24,7 @@ struct Config {
     batch_size: usize,
     poll_wait: Duration,
     ordered: bool,
+    ordered_backoff: Backoff,
     max_deliveries: u32,
     declared_idempotent: bool,
 }
@@ -39,9 +41,10 @@ struct Config {
 /// - **Bounded concurrency**: at most `concurrency` deliveries in flight (default 16); the runtime
 ///   pulls only as many as it has room for, at most `batch_size` per pull (default 1, C6).
 /// - **Ordered mode**: one delivery in flight per ordering key (the message key, else the queue),
-///   in the order the source handed them out. A failed delivery goes back to the broker, so strict
-///   order under failures also needs the broker to hold the key (or a
-///   [`LocalRetryLayer`](crate::LocalRetryLayer), which retries while holding it).
+///   in the order the source handed them out. A retryable failure is retried in place after a
+///   backoff (1 s doubling to 60 s, or the delay of a [`Retry`](crate::Retry)), holding the key,
+///   so later messages of the key cannot overtake it; after `max_deliveries` attempts it is
+///   dead-lettered and the key moves on.
 /// - **Graceful shutdown**: when the token is cancelled the runtime stops pulling (an outstanding
 ///   long poll is dropped, so `pull` must be cancel safe), lets every delivery in flight finish and
 ///   settle, then returns.
@@ -121,6 +124,12 @@ where
                 batch_size: 1,
                 poll_wait: Duration::from_secs(5),
                 ordered: false,
+                ordered_backoff: Backoff {
+                    base: Duration::from_secs(1),
+                    factor: 2.0,
+                    max: Duration::from_secs(60),
+                    jitter: 0.0,
+                },
                 max_deliveries: DEFAULT_MAX_DELIVERIES,
                 declared_idempotent: false,
             },
@@ -255,6 +264,12 @@ where
     /// One delivery in flight per ordering key (message key, else queue). Default off.
     pub fn ordered(mut self, ordered: bool) -> Self {
         self.config.ordered = ordered;
+        self
+    }
+
+    /// The pause before an ordered delivery is retried in place. Default 1 s doubling to 60 s.
+    pub fn ordered_backoff(mut self, backoff: Backoff) -> Self {
+        self.config.ordered_backoff = backoff;
         self
     }
 
