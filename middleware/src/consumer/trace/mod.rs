@@ -108,3 +108,78 @@ impl<S> Layer<S> for TraceLayer {
         Trace::new(inner)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::{Arc, Mutex};
+
+    use courier_outbox::Message;
+    use tower::ServiceExt;
+    use tracing::field::{Field, Visit};
+    use tracing::span::{Attributes, Id, Record};
+    use tracing_subscriber::layer::{Context as LayerContext, SubscriberExt};
+
+    use super::*;
+    use crate::{Delivery, Reject};
+
+    type Fields = Arc<Mutex<BTreeMap<String, String>>>;
+
+    /// Collects the fields of `courier.consume` spans, as given and as recorded later.
+    struct Capture(Fields);
+
+    struct Visitor<'a>(&'a mut BTreeMap<String, String>);
+
+    impl Visit for Visitor<'_> {
+        fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+            self.0.insert(field.name().to_owned(), format!("{value:?}"));
+        }
+
+        fn record_str(&mut self, field: &Field, value: &str) {
+            self.0.insert(field.name().to_owned(), value.to_owned());
+        }
+    }
+
+    impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Capture {
+        fn on_new_span(&self, attrs: &Attributes<'_>, _: &Id, _: LayerContext<'_, S>) {
+            if attrs.metadata().name() == "courier.consume" {
+                attrs.record(&mut Visitor(&mut self.0.lock().unwrap()));
+            }
+        }
+
+        fn on_record(&self, _: &Id, values: &Record<'_>, _: LayerContext<'_, S>) {
+            values.record(&mut Visitor(&mut self.0.lock().unwrap()));
+        }
+    }
+
+    #[tokio::test]
+    async fn the_span_continues_the_producers_trace_and_records_the_outcome() {
+        let fields = Fields::default();
+        let subscriber = tracing_subscriber::registry().with(Capture(fields.clone()));
+        let _default = tracing::subscriber::set_default(subscriber);
+
+        let message = Message::new("orders", "x").with_header(
+            TRACEPARENT,
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        );
+        let delivery = Delivery::new(message.clone(), "billing").with_attempt(2);
+        let handler =
+            tower::service_fn(|_: Delivery| async { Err::<(), _>(Reject::new("malformed")) });
+        assert!(
+            TraceLayer::new()
+                .layer(handler)
+                .oneshot(delivery)
+                .await
+                .is_err()
+        );
+
+        let fields = fields.lock().unwrap();
+        assert_eq!(fields["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(fields["parent_span_id"], "00f067aa0ba902b7");
+        assert_eq!(fields["message.id"], message.id.to_string());
+        assert_eq!(fields["topic"], "orders");
+        assert_eq!(fields["group"], "billing");
+        assert_eq!(fields["attempt"], "2");
+        assert_eq!(fields["outcome"], "dead_letter");
+    }
+}
