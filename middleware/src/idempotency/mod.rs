@@ -62,7 +62,7 @@ impl IdempotencyKey {
     }
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Config {
     pool: PgPool,
     key: IdempotencyKey,
@@ -226,7 +226,7 @@ impl IdempotencyLayer {
     }
 
     fn config_mut(&mut self) -> &mut Config {
-        Arc::get_mut(&mut self.config).expect("configure the layer before cloning it")
+        Arc::make_mut(&mut self.config)
     }
 
     /// Deduplicates on `key` instead of the message id.
