@@ -365,3 +365,50 @@ async fn batched_a_failing_handler_rolls_back_only_its_own_delivery(pool: PgPool
     assert_eq!(effects(&pool).await, 3);
     assert_eq!(calls.load(Ordering::SeqCst), 4);
 }
+
+#[sqlx::test(migrator = "courier_outbox::MIGRATOR")]
+async fn a_handler_killed_mid_transaction_leaves_no_record_and_the_redelivery_runs_it(
+    pool: PgPool,
+) {
+    effects_table(&pool).await;
+    let started = Arc::new(tokio::sync::Notify::new());
+    let hanging = {
+        let started = started.clone();
+        let service = Handler::default().service();
+        tower::service_fn(move |request: TxDelivery| {
+            let started = started.clone();
+            let mut service = service.clone();
+            async move {
+                service.call(request).await?;
+                started.notify_one();
+                std::future::pending::<()>().await;
+                Ok::<(), BoxError>(())
+            }
+        })
+    };
+    let message = Message::new("payments", "p");
+    // Dropping the call (a consume timeout, a shutdown, a crash) rolls its transaction back.
+    let call = tokio::spawn(
+        IdempotencyLayer::new(pool.clone())
+            .layer(hanging)
+            .oneshot(delivery(&message)),
+    );
+    tokio::time::timeout(PATIENCE, started.notified())
+        .await
+        .expect("the handler never ran");
+    call.abort();
+    assert!(call.await.unwrap_err().is_cancelled());
+
+    let handler = Handler::default();
+    let service = IdempotencyLayer::new(pool.clone()).layer(handler.service());
+    let redelivered = tokio::time::timeout(
+        PATIENCE,
+        service.oneshot(delivery(&message).with_attempt(2)),
+    )
+    .await
+    .expect("the redelivery waited on the killed call's lock")
+    .unwrap();
+    assert_eq!(redelivered, Handled::Processed(()));
+    assert_eq!(handler.calls(), 1);
+    assert_eq!(effects(&pool).await, 1);
+}
