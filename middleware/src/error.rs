@@ -40,8 +40,9 @@ impl Disposition {
         }
     }
 
-    /// Classifies an error: the first [`Reject`] (or `courier_outbox::Permanent`) or [`Retry`] in the
-    /// source chain decides; any other error redelivers with the broker's delay.
+    /// Classifies an error: the first [`Reject`] (or `courier_outbox::Permanent`), [`Retry`] or
+    /// [`BatchFailed`](crate::BatchFailed) in the source chain decides; any other error redelivers
+    /// with the broker's delay.
     ///
     /// ```
     /// use courier_middleware::{Disposition, Reject, Retry};
@@ -67,6 +68,9 @@ impl Disposition {
             }
             if let Some(retry) = error.downcast_ref::<Retry>() {
                 return Self::Redeliver { after: retry.after };
+            }
+            if let Some(failed) = error.downcast_ref::<crate::BatchFailed>() {
+                return failed.disposition();
             }
             next = error.source();
         }

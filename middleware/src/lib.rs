@@ -48,7 +48,7 @@
 //! | C3 | [`ConsumeTimeout`], 15 minutes by default |
 //! | C4 | [`Inbox`]: [`InboxStore`] stores and acks, [`InboxWorker`] processes with retries and dead letters |
 //! | C5 | [`ConsumeModel`]; the runtime warns about broadcasting without [`Idempotency`] |
-//! | C6 | [`ConsumerBuilder::batch_size`], 1 by default |
+//! | C6 | [`ConsumerBuilder::batch_size`], 1 by default; [`BatchLayer`] for handlers of `Vec<Delivery>` |
 //! | C7 | [`Idempotency`]: the record and the handler's writes in one Postgres transaction |
 //! | C8 | [`ConsumerBuilder::max_deliveries`] (16), [`Reject`], [`DeliverySource::dead_letter`] |
 //! | P1 | [`RequireSendOk`] with [`SendStatus`] |
@@ -91,6 +91,7 @@ mod trace_context;
 #[cfg(feature = "postgres")]
 mod tx;
 
+pub use consumer::batch::{Batch, BatchFailed, BatchLayer};
 pub use consumer::catch_panic::{CatchPanic, CatchPanicLayer};
 pub use consumer::metrics::{ConsumeMetrics, ConsumeMetricsLayer};
 pub use consumer::retry::{LocalRetry, LocalRetryLayer, LocalRetryPolicy};

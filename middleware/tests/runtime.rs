@@ -394,3 +394,48 @@ async fn ordered_mode_retries_a_failure_in_place_and_keeps_the_order() {
     let acked: Vec<_> = source.acked().iter().map(|m| m.payload.clone()).collect();
     assert_eq!(acked, vec!["0", "1", "2", "3", "4"]);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_batch_handler_gets_up_to_its_maximum_and_the_batch_is_settled_as_a_whole() {
+    let source = MemorySource::new("billing");
+    for n in 0..8 {
+        source.push(Message::new("orders", format!("{n}")));
+    }
+    source.push(Message::new("orders", "poison"));
+    let sizes: Arc<Mutex<Vec<usize>>> = Arc::default();
+    let handler = tower::ServiceBuilder::new()
+        .layer(courier_middleware::BatchLayer::new(4))
+        .service_fn({
+            let sizes = sizes.clone();
+            move |batch: Vec<Delivery>| {
+                let sizes = sizes.clone();
+                async move {
+                    sizes.lock().unwrap().push(batch.len());
+                    if batch
+                        .iter()
+                        .any(|d| d.message.payload.as_ref() == b"poison")
+                    {
+                        return Err::<(), BoxError>(Reject::new("poison in the batch").into());
+                    }
+                    Ok(())
+                }
+            }
+        });
+    let consumer = Consumer::builder(source.clone(), handler)
+        .concurrency(8)
+        .batch_size(8)
+        .build();
+    let (shutdown, task) = start(consumer);
+
+    source
+        .wait_until(|s| s.acked().len() + s.dead_letters().len() == 9)
+        .await;
+    shutdown.cancel();
+    task.await.unwrap();
+    // The first pull brought 8: two batches of 4; the poison came alone in the next pull.
+    assert_eq!(*sizes.lock().unwrap(), vec![4, 4, 1]);
+    assert_eq!(source.acked().len(), 8);
+    let dead = source.dead_letters();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].1, "the batch failed: rejected: poison in the batch");
+}

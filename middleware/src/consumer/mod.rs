@@ -5,6 +5,7 @@
 //! [`ConsumeTimeout`](timeout::ConsumeTimeout), then the handler (or the idempotency layer and the
 //! handler).
 
+pub(crate) mod batch;
 pub(crate) mod catch_panic;
 pub(crate) mod metrics;
 pub(crate) mod retry;
