@@ -276,3 +276,47 @@ async fn a_crash_during_processing_is_processed_after_restart(pool: PgPool) {
             .unwrap();
     assert_eq!(attempts, 2);
 }
+
+#[sqlx::test(migrator = "courier_outbox::MIGRATOR")]
+async fn an_idle_worker_wakes_on_the_insert_notification(pool: PgPool) {
+    effects_table(&pool).await;
+    // Polling alone would not find the row within the test's patience.
+    let inbox = inbox(&pool).poll_interval(Duration::from_secs(3600));
+    let calls = Arc::new(AtomicU32::new(0));
+    let shutdown = CancellationToken::new();
+    let working = tokio::spawn(
+        inbox
+            .worker(GROUP, handler(&calls, 0))
+            .run(shutdown.clone()),
+    );
+    eventually("the worker to listen", || async {
+        sqlx::query_scalar::<_, bool>(
+            "SELECT count(*) > 0 FROM pg_stat_activity
+             WHERE datname = current_database() AND query LIKE 'LISTEN%'",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+    })
+    .await;
+    // Another group's row is not this worker's to process.
+    inbox
+        .insert(
+            &pool,
+            &Delivery::new(Message::new("orders", "other"), "shipping"),
+        )
+        .await
+        .unwrap();
+    inbox
+        .insert(&pool, &Delivery::new(Message::new("orders", "m"), GROUP))
+        .await
+        .unwrap();
+    eventually("the row to be processed", || async {
+        inbox.pending(GROUP).await.unwrap() == 0
+    })
+    .await;
+    shutdown.cancel();
+    working.await.unwrap();
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    assert_eq!(inbox.pending("shipping").await.unwrap(), 1);
+}

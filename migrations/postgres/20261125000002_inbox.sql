@@ -64,3 +64,16 @@ CREATE TABLE courier_inbox.dead_letters (
     failed_at       timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (consumer_group, id)
 );
+
+-- Wakes idle inbox workers when rows arrive (delivered on commit, folded per transaction); the
+-- payload is the consumer group.
+CREATE FUNCTION courier_inbox.notify_workers() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('courier_inbox', NEW.consumer_group);
+    RETURN NULL;
+END;
+$$;
+
+CREATE TRIGGER messages_notify_workers
+    AFTER INSERT ON courier_inbox.messages
+    FOR EACH ROW EXECUTE FUNCTION courier_inbox.notify_workers();

@@ -140,7 +140,8 @@ impl Inbox {
         self
     }
 
-    /// How often an idle worker looks for due rows.
+    /// How often an idle worker looks for due rows when no notification woke it (retries that
+    /// become due, a lost notification connection).
     #[must_use]
     pub fn poll_interval(mut self, every: Duration) -> Self {
         self.config_mut().poll_interval = every;

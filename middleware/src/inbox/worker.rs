@@ -1,9 +1,13 @@
 //! The inbox worker: claims stored rows and runs a transactional handler on them.
 
 use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::FutureExt;
+use sqlx::PgPool;
+use sqlx::postgres::PgListener;
+use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tower::{BoxError, Service, ServiceExt};
@@ -34,8 +38,17 @@ where
     H::Response: Send + 'static,
 {
     /// Processes rows until `shutdown` is cancelled, then finishes the rows in hand and returns.
-    /// Database errors are logged and retried after the poll interval.
+    /// Idle loops wake on a `NOTIFY` from the insert trigger, and poll as a fallback. Database
+    /// errors are logged and retried after the poll interval.
     pub async fn run(self, shutdown: CancellationToken) {
+        let wake = Arc::new(Notify::new());
+        let listener = tokio::spawn(listen(
+            self.inbox.pool.clone(),
+            self.group.clone(),
+            wake.clone(),
+            self.inbox.config.poll_interval,
+            shutdown.clone(),
+        ));
         let mut loops = JoinSet::new();
         for _ in 0..self.inbox.config.concurrency {
             let this = Self {
@@ -43,30 +56,34 @@ where
                 group: self.group.clone(),
                 handler: self.handler.clone(),
             };
-            let shutdown = shutdown.clone();
-            loops.spawn(async move { this.work(shutdown).await });
+            loops.spawn(this.work(wake.clone(), shutdown.clone()));
         }
         while let Some(joined) = loops.join_next().await {
             if let Err(error) = joined {
                 tracing::error!(%error, "an inbox worker loop failed");
             }
         }
+        listener.abort();
     }
 
-    async fn work(mut self, shutdown: CancellationToken) {
+    async fn work(mut self, wake: Arc<Notify>, shutdown: CancellationToken) {
         let idle = self.inbox.config.poll_interval;
         while !shutdown.is_cancelled() {
-            let pause = match self.step().await {
+            // Listen before looking, so a row inserted meanwhile is not missed.
+            let woken = wake.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            match self.step().await {
                 Ok(Step::Worked) => continue,
-                Ok(Step::Idle) => idle,
+                Ok(Step::Idle) => {}
                 Err(error) => {
                     tracing::warn!(%error, group = %self.group, "inbox worker: database error");
-                    idle
                 }
-            };
+            }
             tokio::select! {
                 () = shutdown.cancelled() => return,
-                () = tokio::time::sleep(pause) => {}
+                () = woken => {}
+                () = tokio::time::sleep(idle) => {}
             }
         }
     }
@@ -152,5 +169,45 @@ impl<H> InboxWorker<H> {
     /// How long an idle worker waits before looking again.
     pub fn poll_interval(&self) -> Duration {
         self.inbox.config.poll_interval
+    }
+}
+
+/// Wakes the idle loops whenever a row of `group` is inserted; reconnects after failures.
+async fn listen(
+    pool: PgPool,
+    group: String,
+    wake: Arc<Notify>,
+    pause: Duration,
+    shutdown: CancellationToken,
+) {
+    while !shutdown.is_cancelled() {
+        let mut listener = match PgListener::connect_with(&pool).await {
+            Ok(listener) => listener,
+            Err(error) => {
+                tracing::warn!(%error, "inbox worker: cannot listen for new rows; polling");
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tokio::time::sleep(pause) => continue,
+                }
+            }
+        };
+        if let Err(error) = listener.listen("courier_inbox").await {
+            tracing::warn!(%error, "inbox worker: LISTEN failed; polling");
+        }
+        // Rows may have arrived before the LISTEN took effect.
+        wake.notify_waiters();
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                received = listener.recv() => match received {
+                    Ok(notification) if notification.payload() == group => wake.notify_waiters(),
+                    Ok(_) => {}
+                    Err(error) => {
+                        tracing::warn!(%error, "inbox worker: lost the notification connection");
+                        break;
+                    }
+                },
+            }
+        }
     }
 }
