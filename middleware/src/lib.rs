@@ -45,7 +45,7 @@
 //! |---|---|
 //! | C1 | [`Disposition`]: `Ok` acks, errors redeliver or dead-letter; [`Consumer`] holds the receipts |
 //! | C2 | [`CatchPanic`] (and the runtime itself) turn panics into redeliveries |
-//! | C3 | [`ConsumeTimeout`], 15 minutes by default |
+//! | C3 | the runtime abandons and redelivers a call after 15 minutes ([`ConsumerBuilder::consume_timeout`]); [`ConsumeTimeout`] per handler |
 //! | C4 | [`Inbox`]: [`InboxStore`] stores and acks, [`InboxWorker`] processes with retries and dead letters |
 //! | C5 | [`ConsumeModel`]; the runtime warns about broadcasting without [`Idempotency`] |
 //! | C6 | [`ConsumerBuilder::batch_size`], 1 by default; [`BatchLayer`] for handlers of `Vec<Delivery>` |

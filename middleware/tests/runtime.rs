@@ -439,3 +439,36 @@ async fn a_batch_handler_gets_up_to_its_maximum_and_the_batch_is_settled_as_a_wh
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].1, "the batch failed: rejected: poison in the batch");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_handler_that_never_answers_is_redelivered_after_the_default_consume_timeout() {
+    let source = MemorySource::new("billing");
+    source.push(Message::new("orders", "m1"));
+    let calls = Calls::default();
+    let handler = {
+        let calls = calls.clone();
+        tower::service_fn(move |delivery: Delivery| {
+            let calls = calls.clone();
+            async move {
+                calls
+                    .lock()
+                    .unwrap()
+                    .push((String::new(), delivery.attempt));
+                if delivery.attempt == 1 {
+                    std::future::pending::<()>().await;
+                }
+                Ok::<_, BoxError>(())
+            }
+        })
+    };
+    let started = tokio::time::Instant::now();
+    let (shutdown, task) = start(Consumer::builder(source.clone(), handler).build());
+
+    source.wait_until(|s| s.acked().len() == 1).await;
+    shutdown.cancel();
+    task.await.unwrap();
+    let attempts: Vec<u32> = calls_of(&calls).iter().map(|(_, a)| *a).collect();
+    assert_eq!(attempts, vec![1, 2]);
+    // Paused time jumps from timer to timer: the first call was abandoned at the 15-minute mark.
+    assert!(started.elapsed() >= courier_middleware::DEFAULT_CONSUME_TIMEOUT);
+}

@@ -26,6 +26,7 @@ struct Config {
     ordered: bool,
     ordered_backoff: Backoff,
     max_deliveries: u32,
+    consume_timeout: Duration,
     declared_idempotent: bool,
 }
 
@@ -35,7 +36,8 @@ struct Config {
 ///   [`Disposition`](crate::Disposition): retryable errors nack (with the delay the handler asked
 ///   for), [`Reject`](crate::Reject) dead-letters at once, and a retryable failure of the
 ///   `max_deliveries`-th delivery (default 16) dead-letters too. A panic is caught here as well (add
-///   [`CatchPanicLayer`](crate::CatchPanicLayer) to see it in your own layers) and redelivers. No
+///   [`CatchPanicLayer`](crate::CatchPanicLayer) to see it in your own layers) and redelivers, and
+///   so is a call that outlives the consume timeout (15 minutes by default, C3). No
 ///   path acks a failed delivery. If settling itself fails the broker keeps the message and
 ///   redelivers it after its own timeout.
 /// - **Bounded concurrency**: at most `concurrency` deliveries in flight (default 16); the runtime
@@ -131,6 +133,7 @@ where
                     jitter: 0.0,
                 },
                 max_deliveries: DEFAULT_MAX_DELIVERIES,
+                consume_timeout: crate::DEFAULT_CONSUME_TIMEOUT,
                 declared_idempotent: false,
             },
         }
@@ -277,6 +280,15 @@ where
     /// [`DEFAULT_MAX_DELIVERIES`].
     pub fn max_deliveries(mut self, n: u32) -> Self {
         self.config.max_deliveries = n.max(1);
+        self
+    }
+
+    /// A handler call running longer than `timeout` is abandoned (its future dropped) and the
+    /// delivery redelivered (C3). Default [`DEFAULT_CONSUME_TIMEOUT`](crate::DEFAULT_CONSUME_TIMEOUT),
+    /// 15 minutes; a [`ConsumeTimeoutLayer`](crate::ConsumeTimeoutLayer) in the stack can set a
+    /// shorter one per handler.
+    pub fn consume_timeout(mut self, timeout: Duration) -> Self {
+        self.config.consume_timeout = timeout;
         self
     }
 

@@ -1,6 +1,7 @@
 //! One delivery: call the handler, then ack, nack or dead-letter.
 
 use std::panic::AssertUnwindSafe;
+use std::time::Duration;
 
 use futures::FutureExt;
 use tower::{BoxError, Service, ServiceExt};
@@ -22,7 +23,7 @@ where
     let group = delivery.group.clone();
     let (disposition, reason, attempt) = loop {
         let attempt = delivery.attempt;
-        let result = call(handler.clone(), delivery.clone()).await;
+        let result = call(handler.clone(), delivery.clone(), config.consume_timeout).await;
         let (disposition, reason) = match &result {
             Ok(()) => (Disposition::Ack, None),
             Err(error) => (
@@ -82,13 +83,14 @@ where
     }
 }
 
-/// Calls the handler once, turning a panic into an error; the response is not needed.
-async fn call<H>(handler: H, delivery: Delivery) -> Result<(), BoxError>
+/// Calls the handler once, turning a panic or the consume timeout into an error; the response
+/// is not needed.
+async fn call<H>(handler: H, delivery: Delivery, timeout: Duration) -> Result<(), BoxError>
 where
     H: Service<Delivery>,
     H::Error: Into<BoxError>,
 {
-    let call = async move { handler.oneshot(delivery).await.map_err(Into::into) };
+    let call = crate::ConsumeTimeout::new(handler, timeout).oneshot(delivery);
     match AssertUnwindSafe(call).catch_unwind().await {
         Ok(result) => result.map(drop),
         Err(payload) => Err(BoxError::from(Panicked::from_payload(payload.as_ref()))),
