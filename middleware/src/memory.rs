@@ -296,4 +296,9 @@ impl DeliverySource for MemorySource {
     fn model(&self) -> ConsumeModel {
         self.shared.model
     }
+
+    /// The redelivery delay times the redeliveries allowed (nacks without a delay of their own).
+    fn redelivery_horizon(&self) -> Option<Duration> {
+        Some(self.shared.redelivery_delay * self.shared.max_deliveries.saturating_sub(1))
+    }
 }

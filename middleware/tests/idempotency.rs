@@ -268,6 +268,11 @@ async fn a_window_shorter_than_the_redelivery_horizon_is_reported() {
     let layer = IdempotencyLayer::new(pool).window(Duration::from_secs(60));
     assert!(!layer.check_horizon(Duration::from_secs(3600)));
     assert!(layer.check_horizon(Duration::from_secs(30)));
+    // 15 redeliveries 10 s apart outlast a 60 s window.
+    let source = courier_middleware::MemorySource::new("billing")
+        .with_redelivery_delay(Duration::from_secs(10))
+        .with_max_deliveries(16);
+    assert!(!layer.check_source(&source));
 }
 
 #[sqlx::test(migrator = "courier_outbox::MIGRATOR")]

@@ -262,6 +262,14 @@ impl IdempotencyLayer {
         true
     }
 
+    /// [`check_horizon`](Self::check_horizon) with the source's
+    /// [`redelivery_horizon`](crate::DeliverySource::redelivery_horizon), when it knows one.
+    pub fn check_source<S: crate::DeliverySource>(&self, source: &S) -> bool {
+        source
+            .redelivery_horizon()
+            .is_none_or(|horizon| self.check_horizon(horizon))
+    }
+
     /// The deduplication window.
     pub fn window_length(&self) -> Duration {
         self.config.window
