@@ -10,12 +10,15 @@ use courier_outbox::Message;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::{ConsumeModel, Delivery, DeliverySource, NackOutcome, Pulled};
+use crate::{ConsumeModel, Delivery, DeliverySource, NackOutcome, Pulled, SendStatus};
 
 /// A [`DeliverySource`] in memory, with a broker's consumer-side behaviour: deliveries in push
 /// order, receipts, nack with a delay (default 1 s), a maximum number of deliveries after which a
 /// nack dead-letters (default 16), and a dead-letter list. Time is tokio time, so tests can pause
 /// it.
+///
+/// It is also a publisher (`tower::Service<Message>` answering [`SendStatus::SendOk`]), so a
+/// relay or a [`Producer`](crate::Producer) can feed it in tests.
 ///
 /// Cloning gives another handle on the same queue.
 ///
@@ -300,5 +303,23 @@ impl DeliverySource for MemorySource {
     /// The redelivery delay times the redeliveries allowed (nacks without a delay of their own).
     fn redelivery_horizon(&self) -> Option<Duration> {
         Some(self.shared.redelivery_delay * self.shared.max_deliveries.saturating_sub(1))
+    }
+}
+
+impl tower::Service<Message> for MemorySource {
+    type Response = SendStatus;
+    type Error = Infallible;
+    type Future = std::future::Ready<Result<SendStatus, Infallible>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Infallible>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, message: Message) -> Self::Future {
+        self.push(message);
+        std::future::ready(Ok(SendStatus::SendOk))
     }
 }
