@@ -72,7 +72,11 @@ where
     }
 
     fn call(&mut self, request: Request) -> Self::Future {
-        ResponseFuture::new(self.inner.call(request), self.timeout)
+        ResponseFuture::new(
+            self.inner.call(request),
+            self.timeout,
+            "send timed out: the broker may or may not have the message",
+        )
     }
 }
 

@@ -20,15 +20,18 @@ pin_project! {
         #[pin]
         sleep: Sleep,
         timeout: Duration,
+        what: &'static str,
     }
 }
 
 impl<F> ResponseFuture<F> {
-    pub(crate) fn new(response: F, timeout: Duration) -> Self {
+    /// `what` is logged when the timeout passes.
+    pub(crate) fn new(response: F, timeout: Duration, what: &'static str) -> Self {
         Self {
             response,
             sleep: tokio::time::sleep(timeout),
             timeout,
+            what,
         }
     }
 }
@@ -48,7 +51,7 @@ where
         match this.sleep.poll(cx) {
             Poll::Pending => Poll::Pending,
             Poll::Ready(()) => {
-                tracing::warn!(timeout = ?this.timeout, "handler timed out; the delivery will be redelivered");
+                tracing::warn!(timeout = ?this.timeout, "{}", this.what);
                 Poll::Ready(Err(Elapsed::new(*this.timeout).into()))
             }
         }

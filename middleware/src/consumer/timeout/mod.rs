@@ -77,7 +77,11 @@ where
     }
 
     fn call(&mut self, request: Request) -> Self::Future {
-        ResponseFuture::new(self.inner.call(request), self.timeout)
+        ResponseFuture::new(
+            self.inner.call(request),
+            self.timeout,
+            "handler timed out; the delivery will be redelivered",
+        )
     }
 }
 
