@@ -1,3 +1,142 @@
-//! Tower layers for reliable producers and consumers.
+//! Tower layers for reliable producers and consumers, and a consumer runtime.
 //!
-//! Work in progress: see issue 4.
+//! A consumer handler is a `tower::Service<Delivery>`: `Ok` acks, any error asks for a
+//! redelivery, [`Reject`] dead-letters at once, a panic or a timeout redelivers. There is no way to
+//! ack a failed delivery: only the [`Consumer`] runtime holds the broker receipt, and it acks only
+//! after `Ok`.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+//! use courier_middleware::{
+//!     CatchPanicLayer, ConsumeMetricsLayer, ConsumeTimeoutLayer, Consumer, Delivery,
+//!     LocalRetryLayer, MemorySource, Reject, TraceLayer,
+//! };
+//! use courier_outbox::Message;
+//! use tokio_util::sync::CancellationToken;
+//! use tower::ServiceBuilder;
+//!
+//! let source = MemorySource::new("billing"); // broker-lite, NATS, RabbitMQ: a DeliverySource
+//! source.push(Message::json("orders.created", &serde_json::json!({"id": 7})).unwrap());
+//! source.push(Message::new("orders.created", "not json"));
+//!
+//! let handler = ServiceBuilder::new()
+//!     .layer(TraceLayer::new())
+//!     .layer(ConsumeMetricsLayer::new())
+//!     .layer(LocalRetryLayer::default())
+//!     .layer(CatchPanicLayer::new())
+//!     .layer(ConsumeTimeoutLayer::default())
+//!     .service_fn(|delivery: Delivery| async move {
+//!         let order: serde_json::Value = delivery.message.payload_json().map_err(Reject::new)?;
+//!         println!("order {}", order["id"]);
+//!         Ok::<_, tower::BoxError>(())
+//!     });
+//!
+//! let shutdown = CancellationToken::new();
+//! let running = tokio::spawn(Consumer::builder(source.clone(), handler).build().run(shutdown.clone()));
+//! source.wait_until(|s| s.acked().len() == 1 && s.dead_letters().len() == 1).await;
+//! shutdown.cancel();
+//! running.await.unwrap();
+//! # }
+//! ```
+//!
+//! # What is in it, by safeguard (`SAFEGUARDS.md`)
+//!
+//! | id | feature |
+//! |---|---|
+//! | C1 | [`Disposition`]: `Ok` acks, errors redeliver or dead-letter; [`Consumer`] holds the receipts |
+//! | C2 | [`CatchPanic`] (and the runtime itself) turn panics into redeliveries |
+//! | C3 | the runtime abandons and redelivers a call after 15 minutes ([`ConsumerBuilder::consume_timeout`]); [`ConsumeTimeout`] per handler |
+//! | C4 | [`Inbox`]: [`InboxStore`] stores and acks, [`InboxWorker`] processes with retries and dead letters |
+//! | C5 | [`ConsumeModel`]; the runtime warns about broadcasting without [`Idempotency`] |
+//! | C6 | [`ConsumerBuilder::batch_size`], 1 by default; [`BatchLayer`] for handlers of `Vec<Delivery>` |
+//! | C7 | [`Idempotency`]: the record and the handler's writes in one Postgres transaction |
+//! | C8 | [`ConsumerBuilder::max_deliveries`] (16), [`Reject`], [`DeliverySource::dead_letter`] |
+//! | P1 | [`RequireSendOk`] with [`SendStatus`] |
+//! | P2, P8 | [`Producer`]: `send`, `send_async` ([`SendHandle`], `#[must_use]`), `send_with_callback` |
+//! | P3 | [`OneWay`]: only topics declared loss-tolerant, never critical ones; counted and logged |
+//! | P4 | [`SendRetryLayer`], 2 retries with exponential backoff and jitter |
+//! | P5 | [`SendTimeout`], 3 s by default |
+//! | P6 | [`FailureFallback`] into `outbox.failures` |
+//! | L1, L4 | [`Trace`] (consumer span continuing `traceparent`), [`TracePublish`] (injects it) |
+//! | L3 | [`ConsumeMetrics`] and the runtime's ack / redelivery / dead-letter counters |
+//!
+//! # Brokers
+//!
+//! A broker plugs in as a [`DeliverySource`] (consumer side: pull, ack, nack with a delay,
+//! dead-letter) and as a `tower::Service<courier_outbox::Message>` whose response implements
+//! [`HasSendStatus`] (producer side). [`MemorySource`] is an in-process source for tests and
+//! examples.
+//!
+//! # Features
+//!
+//! | feature | default | what it adds |
+//! |---|---|---|
+//! | `postgres` | yes | [`Idempotency`], [`Inbox`], [`FailureFallback`] (tables in schema `courier_inbox`, created by `courier_outbox::MIGRATOR`) |
+
+#![forbid(unsafe_code)]
+
+mod boxed;
+mod consumer;
+mod delivery;
+mod error;
+#[cfg(feature = "postgres")]
+mod idempotency;
+#[cfg(feature = "postgres")]
+mod inbox;
+mod memory;
+mod producer;
+mod runtime;
+mod source;
+mod trace_context;
+#[cfg(feature = "postgres")]
+mod tx;
+
+pub use consumer::batch::{Batch, BatchFailed, BatchLayer};
+pub use consumer::catch_panic::{CatchPanic, CatchPanicLayer};
+pub use consumer::metrics::{ConsumeMetrics, ConsumeMetricsLayer};
+pub use consumer::retry::{LocalRetry, LocalRetryLayer, LocalRetryPolicy};
+pub use consumer::timeout::{ConsumeTimeout, ConsumeTimeoutLayer, DEFAULT_CONSUME_TIMEOUT};
+pub use consumer::trace::{Trace, TraceLayer};
+pub use delivery::{AsDelivery, Delivery};
+pub use error::{Disposition, Elapsed, Panicked, Reject, Retry};
+#[cfg(feature = "postgres")]
+pub use idempotency::{
+    BatchedIdempotency, BatchedIdempotencyLayer, DEFAULT_IDEMPOTENCY_WINDOW, Handled, Idempotency,
+    IdempotencyKey, IdempotencyLayer,
+};
+#[cfg(feature = "postgres")]
+pub use inbox::{Inbox, InboxDeadLetter, InboxStore, InboxWorker, Stored};
+pub use memory::{MemoryReceipt, MemorySource};
+#[cfg(feature = "postgres")]
+pub use producer::fallback::{FailureFallback, FailureFallbackLayer, NotParked, Parked};
+pub use producer::oneway::{OneWay, OneWayLayer, OneWayRefused};
+pub use producer::retry::SendRetryLayer;
+pub use producer::send::{Producer, SendHandle};
+pub use producer::status::{
+    HasSendStatus, NotSendOk, RequireSendOk, RequireSendOkLayer, SendStatus,
+};
+pub use producer::timeout::{DEFAULT_SEND_TIMEOUT, SendTimeout, SendTimeoutLayer};
+pub use producer::trace::{TracePublish, TracePublishLayer};
+pub use runtime::{Consumer, ConsumerBuilder, DEFAULT_CONCURRENCY, DEFAULT_MAX_DELIVERIES};
+pub use source::{ConsumeModel, DeliverySource, NackOutcome, Pulled};
+pub use tower::BoxError;
+pub use trace_context::{TRACEPARENT, TraceParent};
+#[cfg(feature = "postgres")]
+pub use tx::{PgTx, PgTxGuard, TxDelivery};
+
+/// The response futures of the layers. `SendTimeout` shares `ConsumeTimeoutFuture`, the send retry
+/// shares `LocalRetryFuture`.
+pub mod future {
+    pub use crate::boxed::BoxResponseFuture;
+    pub use crate::consumer::catch_panic::future::ResponseFuture as CatchPanicFuture;
+    pub use crate::consumer::metrics::future::ResponseFuture as ConsumeMetricsFuture;
+    pub use crate::consumer::retry::future::ResponseFuture as LocalRetryFuture;
+    pub use crate::consumer::timeout::future::ResponseFuture as ConsumeTimeoutFuture;
+    pub use crate::consumer::trace::future::ResponseFuture as TraceFuture;
+    #[cfg(feature = "postgres")]
+    pub use crate::idempotency::future::ResponseFuture as IdempotencyFuture;
+    #[cfg(feature = "postgres")]
+    pub use crate::inbox::future::ResponseFuture as InboxStoreFuture;
+    pub use crate::producer::status::ResponseFuture as RequireSendOkFuture;
+    pub use crate::producer::trace::ResponseFuture as TracePublishFuture;
+}

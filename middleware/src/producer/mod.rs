@@ -1,0 +1,16 @@
+//! Producer-side tower layers around a publisher (`tower::Service<Message>`), and send helpers.
+//!
+//! A typical stack, outermost first: [`TracePublish`](trace::TracePublish) (injects `traceparent`),
+//! [`FailureFallback`](fallback::FailureFallback) (applications sending directly; the relay keeps
+//! its own failure table), the retry of [`SendRetryLayer`](retry::SendRetryLayer),
+//! [`SendTimeout`](timeout::SendTimeout), [`RequireSendOk`](status::RequireSendOk), then the broker
+//! client.
+
+#[cfg(feature = "postgres")]
+pub(crate) mod fallback;
+pub(crate) mod oneway;
+pub(crate) mod retry;
+pub(crate) mod send;
+pub(crate) mod status;
+pub(crate) mod timeout;
+pub(crate) mod trace;

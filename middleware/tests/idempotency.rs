@@ -1,0 +1,419 @@
+//! Idempotency layer against real Postgres (safeguard C7).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use courier_middleware::{
+    Delivery, Handled, Idempotency, IdempotencyKey, IdempotencyLayer, TxDelivery,
+};
+use courier_outbox::Message;
+use sqlx::PgPool;
+use tokio::sync::Semaphore;
+use tower::{BoxError, Layer, Service, ServiceExt};
+
+courier_test_support::postgres_for_tests!();
+
+const PATIENCE: Duration = Duration::from_secs(30);
+
+async fn effects_table(pool: &PgPool) {
+    sqlx::query("CREATE TABLE effects (message_id uuid NOT NULL, consumer_group text NOT NULL)")
+        .execute(pool)
+        .await
+        .unwrap();
+}
+
+async fn effects(pool: &PgPool) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM effects")
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+/// Writes one effect row in the delivery's transaction; counts calls; fails while `failures` > 0.
+#[derive(Clone, Default)]
+struct Handler {
+    calls: Arc<AtomicU32>,
+    failures: Arc<AtomicU32>,
+}
+
+impl Handler {
+    fn service(
+        &self,
+    ) -> impl Service<TxDelivery, Response = (), Error = BoxError, Future: Send> + Clone + Send + 'static
+    {
+        let this = self.clone();
+        tower::service_fn(move |request: TxDelivery| {
+            let this = this.clone();
+            async move {
+                this.calls.fetch_add(1, Ordering::SeqCst);
+                let mut conn = request.tx().lock().await;
+                sqlx::query("INSERT INTO effects (message_id, consumer_group) VALUES ($1, $2)")
+                    .bind(request.delivery.message.id)
+                    .bind(&request.delivery.group)
+                    .execute(&mut *conn)
+                    .await?;
+                let failing = this
+                    .failures
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                    .is_ok();
+                if failing {
+                    return Err::<(), BoxError>("injected failure after the write".into());
+                }
+                Ok(())
+            }
+        })
+    }
+
+    fn calls(&self) -> u32 {
+        self.calls.load(Ordering::SeqCst)
+    }
+}
+
+fn delivery(message: &Message) -> Delivery {
+    Delivery::new(message.clone(), "billing")
+}
+
+#[sqlx::test(migrator = "courier_outbox::MIGRATOR")]
+async fn a_duplicate_delivery_runs_the_handler_once(pool: PgPool) {
+    effects_table(&pool).await;
+    let handler = Handler::default();
+    let service = IdempotencyLayer::new(pool.clone()).layer(handler.service());
+    let message = Message::new("payments", "p");
+
+    let first = service.clone().oneshot(delivery(&message)).await.unwrap();
+    let second = service
+        .clone()
+        .oneshot(delivery(&message).with_attempt(2))
+        .await
+        .unwrap();
+
+    assert_eq!(first, Handled::Processed(()));
+    assert_eq!(second, Handled::Duplicate);
+    assert_eq!(handler.calls(), 1);
+    assert_eq!(effects(&pool).await, 1);
+}
+
+#[sqlx::test(migrator = "courier_outbox::MIGRATOR")]
+async fn a_handler_error_rolls_the_record_back_so_the_redelivery_runs_it_again(pool: PgPool) {
+    effects_table(&pool).await;
+    let handler = Handler::default();
+    handler.failures.store(1, Ordering::SeqCst);
+    let service = IdempotencyLayer::new(pool.clone()).layer(handler.service());
+    let message = Message::new("payments", "p");
+
+    let failed = service.clone().oneshot(delivery(&message)).await;
+    assert!(failed.is_err());
+    // The failed attempt's write went with the record.
+    assert_eq!(effects(&pool).await, 0);
+    let records: i64 = sqlx::query_scalar("SELECT count(*) FROM courier_inbox.processed")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(records, 0);
+
+    let redelivered = service
+        .clone()
+        .oneshot(delivery(&message).with_attempt(2))
+        .await
+        .unwrap();
+    assert_eq!(redelivered, Handled::Processed(()));
+    assert_eq!(handler.calls(), 2);
+    assert_eq!(effects(&pool).await, 1);
+}
+
+/// Rows waiting on a lock held by another transaction of this test's database.
+async fn lock_waiters(pool: &PgPool) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity
+         WHERE datname = current_database() AND wait_event_type = 'Lock'",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+#[sqlx::test(migrator = "courier_outbox::MIGRATOR")]
+async fn two_concurrent_deliveries_of_one_message_give_exactly_one_effect(pool: PgPool) {
+    effects_table(&pool).await;
+    let handler = Handler::default();
+    // The first handler call holds its transaction open until the test lets it go.
+    let gate = Arc::new(Semaphore::new(0));
+    let inner = {
+        let gate = gate.clone();
+        let service = handler.service();
+        tower::service_fn(move |request: TxDelivery| {
+            let gate = gate.clone();
+            let mut service = service.clone();
+            async move {
+                service.call(request).await?;
+                gate.acquire().await?.forget();
+                Ok::<(), BoxError>(())
+            }
+        })
+    };
+    let service = IdempotencyLayer::new(pool.clone()).layer(inner);
+    let message = Message::new("payments", "p");
+
+    let first = tokio::spawn(service.clone().oneshot(delivery(&message)));
+    wait_for("the first handler call", || handler.calls() == 1).await;
+    let second = tokio::spawn(service.clone().oneshot(delivery(&message).with_attempt(2)));
+    // The second delivery blocks on the first one's idempotency record.
+    tokio::time::timeout(PATIENCE, async {
+        while lock_waiters(&pool).await == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the second delivery never waited on the first one's record");
+    gate.add_permits(2);
+
+    let mut outcomes = vec![
+        first.await.unwrap().unwrap(),
+        second.await.unwrap().unwrap(),
+    ];
+    outcomes.sort_by_key(Handled::is_duplicate);
+    assert_eq!(outcomes, vec![Handled::Processed(()), Handled::Duplicate]);
+    assert_eq!(handler.calls(), 1);
+    assert_eq!(effects(&pool).await, 1);
+}
+
+async fn wait_for(what: &str, condition: impl Fn() -> bool) {
+    tokio::time::timeout(PATIENCE, async {
+        while !condition() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("gave up waiting for {what}"));
+}
+
+#[sqlx::test(migrator = "courier_outbox::MIGRATOR")]
+async fn a_declared_idempotency_key_header_deduplicates_across_message_ids(pool: PgPool) {
+    effects_table(&pool).await;
+    let handler = Handler::default();
+    let service = IdempotencyLayer::new(pool.clone())
+        .key(IdempotencyKey::Header("idempotency-key".into()))
+        .layer(handler.service());
+    let one = Message::new("payments", "p").with_header("idempotency-key", "charge-42");
+    let same_event_other_id =
+        Message::new("payments", "p").with_header("idempotency-key", "charge-42");
+    let unkeyed = Message::new("payments", "p");
+
+    for message in [&one, &same_event_other_id, &unkeyed, &unkeyed] {
+        service.clone().oneshot(delivery(message)).await.unwrap();
+    }
+    assert_eq!(handler.calls(), 2);
+    assert_eq!(effects(&pool).await, 2);
+}
+
+#[sqlx::test(migrator = "courier_outbox::MIGRATOR")]
+async fn each_consumer_group_handles_a_message_once(pool: PgPool) {
+    effects_table(&pool).await;
+    let handler = Handler::default();
+    let service: Idempotency<_> = IdempotencyLayer::new(pool.clone()).layer(handler.service());
+    let message = Message::new("payments", "p");
+    for group in ["billing", "shipping", "billing", "shipping"] {
+        service
+            .clone()
+            .oneshot(Delivery::new(message.clone(), group))
+            .await
+            .unwrap();
+    }
+    assert_eq!(handler.calls(), 2);
+}
+
+#[sqlx::test(migrator = "courier_outbox::MIGRATOR")]
+async fn expired_records_are_purged_and_a_late_redelivery_runs_again(pool: PgPool) {
+    effects_table(&pool).await;
+    let handler = Handler::default();
+    let layer = IdempotencyLayer::new(pool.clone()).window(Duration::from_secs(3600));
+    let service = layer.layer(handler.service());
+    let old = Message::new("payments", "old");
+    let fresh = Message::new("payments", "fresh");
+    service.clone().oneshot(delivery(&old)).await.unwrap();
+    service.clone().oneshot(delivery(&fresh)).await.unwrap();
+    sqlx::query(
+        "UPDATE courier_inbox.processed SET processed_at = now() - interval '2 hours' WHERE key = $1",
+    )
+    .bind(old.id.to_string())
+    .execute(&pool)
+    .await
+    .unwrap();
+
+    assert_eq!(layer.purge_expired().await.unwrap(), 1);
+    assert!(
+        !service
+            .clone()
+            .oneshot(delivery(&old))
+            .await
+            .unwrap()
+            .is_duplicate()
+    );
+    assert!(
+        service
+            .clone()
+            .oneshot(delivery(&fresh))
+            .await
+            .unwrap()
+            .is_duplicate()
+    );
+}
+
+#[tokio::test]
+async fn a_window_shorter_than_the_redelivery_horizon_is_reported() {
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .connect_lazy("postgres://unused@127.0.0.1/unused")
+        .unwrap();
+    let layer = IdempotencyLayer::new(pool).window(Duration::from_secs(60));
+    assert!(!layer.check_horizon(Duration::from_secs(3600)));
+    assert!(layer.check_horizon(Duration::from_secs(30)));
+    // 15 redeliveries 10 s apart outlast a 60 s window.
+    let source = courier_middleware::MemorySource::new("billing")
+        .with_redelivery_delay(Duration::from_secs(10))
+        .with_max_deliveries(16);
+    assert!(!layer.check_source(&source));
+}
+
+#[sqlx::test(migrator = "courier_outbox::MIGRATOR")]
+async fn batched_concurrent_deliveries_give_one_effect_per_message(pool: PgPool) {
+    effects_table(&pool).await;
+    let handler = Handler::default();
+    let service = IdempotencyLayer::new(pool.clone())
+        .batched(16)
+        .workers(2)
+        .layer(handler.service());
+    let messages: Vec<Message> = (0..20)
+        .map(|n| Message::new("payments", format!("{n}")))
+        .collect();
+    let mut calls = Vec::new();
+    for round in 0..3 {
+        for message in &messages[..if round == 0 { 20 } else { 15 }] {
+            let delivery = delivery(message).with_attempt(round + 1);
+            calls.push(tokio::spawn(service.clone().oneshot(delivery)));
+        }
+    }
+    let mut processed = 0;
+    let mut duplicates = 0;
+    for call in calls {
+        match call.await.unwrap().unwrap() {
+            Handled::Processed(()) => processed += 1,
+            Handled::Duplicate => duplicates += 1,
+        }
+    }
+    assert_eq!((processed, duplicates), (20, 30));
+    assert_eq!(handler.calls(), 20);
+    assert_eq!(effects(&pool).await, 20);
+}
+
+#[sqlx::test(migrator = "courier_outbox::MIGRATOR")]
+async fn batched_a_failing_handler_rolls_back_only_its_own_delivery(pool: PgPool) {
+    effects_table(&pool).await;
+    let fail_once = Arc::new(AtomicU32::new(1));
+    let calls = Arc::new(AtomicU32::new(0));
+    let inner = {
+        let fail_once = fail_once.clone();
+        let calls = calls.clone();
+        tower::service_fn(move |request: TxDelivery| {
+            let fail_once = fail_once.clone();
+            let calls = calls.clone();
+            async move {
+                calls.fetch_add(1, Ordering::SeqCst);
+                let mut conn = request.tx().lock().await;
+                sqlx::query("INSERT INTO effects (message_id, consumer_group) VALUES ($1, $2)")
+                    .bind(request.delivery.message.id)
+                    .bind(&request.delivery.group)
+                    .execute(&mut *conn)
+                    .await?;
+                if request.delivery.message.payload.as_ref() == b"fail"
+                    && fail_once
+                        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                        .is_ok()
+                {
+                    // A failed statement aborts the transaction: the batch must start over.
+                    let _ = sqlx::query("SELECT 1/0").execute(&mut *conn).await;
+                    return Err::<(), BoxError>("injected failure".into());
+                }
+                Ok(())
+            }
+        })
+    };
+    let service = IdempotencyLayer::new(pool.clone()).batched(16).layer(inner);
+    let failing = Message::new("payments", "fail");
+    let others = [Message::new("payments", "a"), Message::new("payments", "b")];
+
+    // The three calls are queued before the batch worker runs (the test runtime has one thread,
+    // and the worker is woken after them), so they share one batch: the failure rolls the batch
+    // back and the other two run again in a fresh transaction.
+    let first = tokio::spawn(service.clone().oneshot(delivery(&failing)));
+    let rest: Vec<_> = others
+        .iter()
+        .map(|m| tokio::spawn(service.clone().oneshot(delivery(m))))
+        .collect();
+    assert!(first.await.unwrap().is_err());
+    for call in rest {
+        assert_eq!(call.await.unwrap().unwrap(), Handled::Processed(()));
+    }
+    assert_eq!(effects(&pool).await, 2);
+    let records: i64 = sqlx::query_scalar("SELECT count(*) FROM courier_inbox.processed")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(records, 2);
+
+    let redelivered = service
+        .clone()
+        .oneshot(delivery(&failing).with_attempt(2))
+        .await
+        .unwrap();
+    assert_eq!(redelivered, Handled::Processed(()));
+    assert_eq!(effects(&pool).await, 3);
+    assert_eq!(calls.load(Ordering::SeqCst), 4);
+}
+
+#[sqlx::test(migrator = "courier_outbox::MIGRATOR")]
+async fn a_handler_killed_mid_transaction_leaves_no_record_and_the_redelivery_runs_it(
+    pool: PgPool,
+) {
+    effects_table(&pool).await;
+    let started = Arc::new(tokio::sync::Notify::new());
+    let hanging = {
+        let started = started.clone();
+        let service = Handler::default().service();
+        tower::service_fn(move |request: TxDelivery| {
+            let started = started.clone();
+            let mut service = service.clone();
+            async move {
+                service.call(request).await?;
+                started.notify_one();
+                std::future::pending::<()>().await;
+                Ok::<(), BoxError>(())
+            }
+        })
+    };
+    let message = Message::new("payments", "p");
+    // Dropping the call (a consume timeout, a shutdown, a crash) rolls its transaction back.
+    let call = tokio::spawn(
+        IdempotencyLayer::new(pool.clone())
+            .layer(hanging)
+            .oneshot(delivery(&message)),
+    );
+    tokio::time::timeout(PATIENCE, started.notified())
+        .await
+        .expect("the handler never ran");
+    call.abort();
+    assert!(call.await.unwrap_err().is_cancelled());
+
+    let handler = Handler::default();
+    let service = IdempotencyLayer::new(pool.clone()).layer(handler.service());
+    let redelivered = tokio::time::timeout(
+        PATIENCE,
+        service.oneshot(delivery(&message).with_attempt(2)),
+    )
+    .await
+    .expect("the redelivery waited on the killed call's lock")
+    .unwrap();
+    assert_eq!(redelivered, Handled::Processed(()));
+    assert_eq!(handler.calls(), 1);
+    assert_eq!(effects(&pool).await, 1);
+}

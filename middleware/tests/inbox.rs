@@ -1,0 +1,322 @@
+//! The durable inbox against real Postgres (safeguard C4).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use courier_middleware::{Consumer, Delivery, Inbox, MemorySource, Reject, Stored, TxDelivery};
+use courier_outbox::{Backoff, Message};
+use sqlx::PgPool;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tower::BoxError;
+
+courier_test_support::postgres_for_tests!();
+
+const PATIENCE: Duration = Duration::from_secs(30);
+const GROUP: &str = "billing";
+
+async fn effects_table(pool: &PgPool) {
+    sqlx::query("CREATE TABLE effects (message_id uuid NOT NULL)")
+        .execute(pool)
+        .await
+        .unwrap();
+}
+
+async fn effects(pool: &PgPool) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM effects")
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+fn inbox(pool: &PgPool) -> Inbox {
+    Inbox::new(pool.clone())
+        .poll_interval(Duration::from_millis(10))
+        .backoff(Backoff {
+            base: Duration::ZERO,
+            factor: 1.0,
+            max: Duration::ZERO,
+            jitter: 0.0,
+        })
+}
+
+async fn write_effect(request: &TxDelivery) -> Result<(), BoxError> {
+    let mut conn = request.tx().lock().await;
+    sqlx::query("INSERT INTO effects (message_id) VALUES ($1)")
+        .bind(request.delivery.message.id)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// A handler that writes one effect, then fails while `failures` is positive.
+fn handler(
+    calls: &Arc<AtomicU32>,
+    failures: u32,
+) -> impl tower::Service<TxDelivery, Response = (), Error = BoxError, Future: Send>
++ Clone
++ Send
++ 'static {
+    let calls = calls.clone();
+    let failures = Arc::new(AtomicU32::new(failures));
+    tower::service_fn(move |request: TxDelivery| {
+        let calls = calls.clone();
+        let failures = failures.clone();
+        async move {
+            calls.fetch_add(1, Ordering::SeqCst);
+            write_effect(&request).await?;
+            if failures
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok()
+            {
+                return Err("injected failure".into());
+            }
+            Ok(())
+        }
+    })
+}
+
+async fn eventually<F: std::future::Future<Output = bool>>(what: &str, check: impl Fn() -> F) {
+    tokio::time::timeout(PATIENCE, async {
+        while !check().await {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("gave up waiting for {what}"));
+}
+
+#[sqlx::test(migrator = "courier_outbox::MIGRATOR")]
+async fn a_delivery_is_acked_once_stored_and_processed_later(pool: PgPool) {
+    effects_table(&pool).await;
+    let inbox = inbox(&pool);
+    let source = MemorySource::new(GROUP);
+    source.push(Message::new("orders", "long work"));
+    let shutdown = CancellationToken::new();
+    let consumer = Consumer::builder(source.clone(), inbox.store()).build();
+    let consuming = tokio::spawn(consumer.run(shutdown.clone()));
+
+    source.wait_until(|s| s.acked().len() == 1).await;
+    // Acked, and nothing processed yet: the row waits in the inbox.
+    assert_eq!(inbox.pending(GROUP).await.unwrap(), 1);
+    assert_eq!(effects(&pool).await, 0);
+
+    let calls = Arc::new(AtomicU32::new(0));
+    let working = tokio::spawn(
+        inbox
+            .worker(GROUP, handler(&calls, 0))
+            .run(shutdown.clone()),
+    );
+    eventually("the row to be processed", || async {
+        inbox.pending(GROUP).await.unwrap() == 0
+    })
+    .await;
+    shutdown.cancel();
+    consuming.await.unwrap();
+    working.await.unwrap();
+    assert_eq!(effects(&pool).await, 1);
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
+
+#[sqlx::test(migrator = "courier_outbox::MIGRATOR")]
+async fn a_redelivered_message_is_stored_once(pool: PgPool) {
+    let inbox = inbox(&pool);
+    let delivery = Delivery::new(Message::new("orders", "m"), GROUP);
+    assert_eq!(inbox.insert(&pool, &delivery).await.unwrap(), Stored::New);
+    let again = delivery.clone().with_attempt(2);
+    assert_eq!(
+        inbox.insert(&pool, &again).await.unwrap(),
+        Stored::Duplicate
+    );
+    assert_eq!(inbox.pending(GROUP).await.unwrap(), 1);
+}
+
+#[sqlx::test(migrator = "courier_outbox::MIGRATOR")]
+async fn a_failed_row_is_retried_and_its_failed_writes_roll_back(pool: PgPool) {
+    effects_table(&pool).await;
+    let inbox = inbox(&pool);
+    inbox
+        .insert(&pool, &Delivery::new(Message::new("orders", "m"), GROUP))
+        .await
+        .unwrap();
+    let calls = Arc::new(AtomicU32::new(0));
+    let shutdown = CancellationToken::new();
+    let working = tokio::spawn(
+        inbox
+            .worker(GROUP, handler(&calls, 2))
+            .run(shutdown.clone()),
+    );
+    eventually("the row to be processed", || async {
+        inbox.pending(GROUP).await.unwrap() == 0
+    })
+    .await;
+    shutdown.cancel();
+    working.await.unwrap();
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+    // Two failed attempts wrote and rolled back; the third committed.
+    assert_eq!(effects(&pool).await, 1);
+}
+
+#[sqlx::test(migrator = "courier_outbox::MIGRATOR")]
+async fn a_row_is_dead_lettered_after_max_attempts_and_can_be_replayed(pool: PgPool) {
+    effects_table(&pool).await;
+    let inbox = inbox(&pool).max_attempts(3);
+    let message = Message::new("orders", "poison").with_header("h", "v");
+    inbox
+        .insert(&pool, &Delivery::new(message.clone(), GROUP))
+        .await
+        .unwrap();
+    let calls = Arc::new(AtomicU32::new(0));
+    let shutdown = CancellationToken::new();
+    let working = tokio::spawn(
+        inbox
+            .worker(GROUP, handler(&calls, u32::MAX))
+            .run(shutdown.clone()),
+    );
+    eventually("the dead letter", || async {
+        inbox.dead_letters(GROUP).await.unwrap().len() == 1
+    })
+    .await;
+    shutdown.cancel();
+    working.await.unwrap();
+
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+    assert_eq!(effects(&pool).await, 0);
+    let dead = inbox.dead_letters(GROUP).await.unwrap().remove(0);
+    assert_eq!(dead.message.id, message.id);
+    assert_eq!(dead.message.headers["h"], "v");
+    assert_eq!(dead.attempts, 3);
+    assert_eq!(dead.last_error, "injected failure");
+    // A redelivery of a dead-lettered message is not stored again.
+    let redelivered = Delivery::new(message.clone(), GROUP).with_attempt(2);
+    assert_eq!(
+        inbox.insert(&pool, &redelivered).await.unwrap(),
+        Stored::Duplicate
+    );
+
+    assert_eq!(inbox.replay(GROUP, &[message.id]).await.unwrap(), 1);
+    assert_eq!(inbox.pending(GROUP).await.unwrap(), 1);
+    assert!(inbox.dead_letters(GROUP).await.unwrap().is_empty());
+}
+
+#[sqlx::test(migrator = "courier_outbox::MIGRATOR")]
+async fn a_rejected_row_is_dead_lettered_at_once(pool: PgPool) {
+    let inbox = inbox(&pool).max_attempts(10);
+    inbox
+        .insert(&pool, &Delivery::new(Message::new("orders", "bad"), GROUP))
+        .await
+        .unwrap();
+    let shutdown = CancellationToken::new();
+    let reject =
+        tower::service_fn(|_: TxDelivery| async { Err::<(), _>(Reject::new("malformed")) });
+    let working = tokio::spawn(inbox.worker(GROUP, reject).run(shutdown.clone()));
+    eventually("the dead letter", || async {
+        inbox.dead_letters(GROUP).await.unwrap().len() == 1
+    })
+    .await;
+    shutdown.cancel();
+    working.await.unwrap();
+    assert_eq!(inbox.dead_letters(GROUP).await.unwrap()[0].attempts, 1);
+}
+
+#[sqlx::test(migrator = "courier_outbox::MIGRATOR")]
+async fn a_crash_during_processing_is_processed_after_restart(pool: PgPool) {
+    effects_table(&pool).await;
+    let inbox = inbox(&pool).lease(Duration::ZERO);
+    let message = Message::new("orders", "m");
+    inbox
+        .insert(&pool, &Delivery::new(message.clone(), GROUP))
+        .await
+        .unwrap();
+
+    // The first worker writes its effect, then hangs until it is killed.
+    let started = Arc::new(Notify::new());
+    let hanging = {
+        let started = started.clone();
+        tower::service_fn(move |request: TxDelivery| {
+            let started = started.clone();
+            async move {
+                write_effect(&request).await?;
+                started.notify_one();
+                std::future::pending::<()>().await;
+                Ok::<(), BoxError>(())
+            }
+        })
+    };
+    let crashed = tokio::spawn(inbox.worker(GROUP, hanging).run(CancellationToken::new()));
+    tokio::time::timeout(PATIENCE, started.notified())
+        .await
+        .expect("the first worker never started");
+    crashed.abort();
+    assert!(crashed.await.unwrap_err().is_cancelled());
+
+    // Restart.
+    let calls = Arc::new(AtomicU32::new(0));
+    let shutdown = CancellationToken::new();
+    let working = tokio::spawn(
+        inbox
+            .worker(GROUP, handler(&calls, 0))
+            .run(shutdown.clone()),
+    );
+    eventually("the row to be processed after the restart", || async {
+        inbox.pending(GROUP).await.unwrap() == 0
+    })
+    .await;
+    shutdown.cancel();
+    working.await.unwrap();
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    // The crashed attempt's write rolled back; only the restarted one's remains.
+    assert_eq!(effects(&pool).await, 1);
+    let attempts: i32 =
+        sqlx::query_scalar("SELECT attempts FROM courier_inbox.messages WHERE id = $1")
+            .bind(message.id)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(attempts, 2);
+}
+
+#[sqlx::test(migrator = "courier_outbox::MIGRATOR")]
+async fn an_idle_worker_wakes_on_the_insert_notification(pool: PgPool) {
+    effects_table(&pool).await;
+    // Polling alone would not find the row within the test's patience.
+    let inbox = inbox(&pool).poll_interval(Duration::from_secs(3600));
+    let calls = Arc::new(AtomicU32::new(0));
+    let shutdown = CancellationToken::new();
+    let working = tokio::spawn(
+        inbox
+            .worker(GROUP, handler(&calls, 0))
+            .run(shutdown.clone()),
+    );
+    eventually("the worker to listen", || async {
+        sqlx::query_scalar::<_, bool>(
+            "SELECT count(*) > 0 FROM pg_stat_activity
+             WHERE datname = current_database() AND query LIKE 'LISTEN%'",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+    })
+    .await;
+    // Another group's row is not this worker's to process.
+    inbox
+        .insert(
+            &pool,
+            &Delivery::new(Message::new("orders", "other"), "shipping"),
+        )
+        .await
+        .unwrap();
+    inbox
+        .insert(&pool, &Delivery::new(Message::new("orders", "m"), GROUP))
+        .await
+        .unwrap();
+    eventually("the row to be processed", || async {
+        inbox.pending(GROUP).await.unwrap() == 0
+    })
+    .await;
+    shutdown.cancel();
+    working.await.unwrap();
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    assert_eq!(inbox.pending("shipping").await.unwrap(), 1);
+}
