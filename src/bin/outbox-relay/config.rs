@@ -1,0 +1,165 @@
+//! The sidecar's settings: a TOML file, overridden by environment variables and flags.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde::Deserialize;
+
+/// Everything `outbox-relay` can be told. Durations are in milliseconds unless named otherwise.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct Config {
+    /// The application's Postgres, where the outbox tables live.
+    pub(crate) database_url: Option<String>,
+    pub(crate) broker: BrokerSettings,
+    pub(crate) relay: RelaySettings,
+    pub(crate) http: HttpSettings,
+}
+
+/// Where messages go.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct BrokerSettings {
+    /// broker-lite addresses, `host:port;host:port` (P9).
+    pub(crate) addresses: String,
+    /// Per-attempt send timeout (P5).
+    pub(crate) send_timeout_ms: u64,
+    /// Extra attempts after a failed send (P4).
+    pub(crate) retries: u32,
+    /// Topics whose loss would be a business failure; `check` warns about risky settings for them.
+    pub(crate) critical_topics: BTreeSet<String>,
+    /// Topics allowed to use one-way sends (P3); never a critical topic.
+    pub(crate) oneway_topics: BTreeSet<String>,
+}
+
+/// How the relay drains the outbox.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct RelaySettings {
+    pub(crate) name: String,
+    pub(crate) batch_size: usize,
+    pub(crate) max_attempts: u32,
+    pub(crate) poll_interval_ms: u64,
+    pub(crate) publish_timeout_ms: u64,
+    pub(crate) backoff_base_ms: u64,
+    pub(crate) backoff_max_ms: u64,
+    /// Keep published rows this many hours instead of deleting them.
+    pub(crate) retention_hours: Option<u64>,
+    pub(crate) shutdown_grace_ms: u64,
+}
+
+/// The health and metrics endpoint.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct HttpSettings {
+    /// `/healthz`, `/readyz` and `/metrics`; `"off"` disables the endpoint.
+    pub(crate) listen: String,
+}
+
+impl Default for BrokerSettings {
+    fn default() -> Self {
+        Self {
+            addresses: "127.0.0.1:9876".to_owned(),
+            send_timeout_ms: 3_000,
+            retries: 2,
+            critical_topics: BTreeSet::new(),
+            oneway_topics: BTreeSet::new(),
+        }
+    }
+}
+
+impl Default for RelaySettings {
+    fn default() -> Self {
+        Self {
+            name: "outbox-relay".to_owned(),
+            batch_size: 500,
+            max_attempts: 16,
+            poll_interval_ms: 5_000,
+            publish_timeout_ms: 10_000,
+            backoff_base_ms: 1_000,
+            backoff_max_ms: 300_000,
+            retention_hours: None,
+            shutdown_grace_ms: 10_000,
+        }
+    }
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:9400".to_owned(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads `path` (if given) over the defaults.
+    pub(crate) fn load(path: Option<&Path>) -> anyhow::Result<Self> {
+        let Some(path) = path else {
+            return Ok(Self::default());
+        };
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the config file {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("invalid config file {}", path.display()))
+    }
+
+    /// The database URL, or an error that says how to give one.
+    pub(crate) fn database_url(&self) -> anyhow::Result<&str> {
+        self.database_url.as_deref().context(
+            "no database URL: pass --database-url, set DATABASE_URL, or set database_url in the config file",
+        )
+    }
+
+    /// The HTTP listen address, `None` when disabled.
+    pub(crate) fn http_listen(&self) -> anyhow::Result<Option<SocketAddr>> {
+        if self.http.listen == "off" {
+            return Ok(None);
+        }
+        self.http.listen.parse().map(Some).with_context(|| {
+            format!(
+                "http.listen {:?} is not host:port or \"off\"",
+                self.http.listen
+            )
+        })
+    }
+
+    /// Checks what the types cannot.
+    pub(crate) fn validate(&self) -> anyhow::Result<()> {
+        if self
+            .broker
+            .addresses
+            .split(';')
+            .all(|a| a.trim().is_empty())
+        {
+            bail!("broker.addresses is empty: give at least one host:port");
+        }
+        if let Some(topic) = self
+            .broker
+            .oneway_topics
+            .intersection(&self.broker.critical_topics)
+            .next()
+        {
+            bail!(
+                "topic {topic:?} is both critical and one-way: one-way sends can lose messages (P3)"
+            );
+        }
+        if self.relay.batch_size == 0 {
+            bail!("relay.batch_size must be at least 1");
+        }
+        if self.relay.max_attempts == 0 {
+            bail!("relay.max_attempts must be at least 1");
+        }
+        if self.relay.backoff_base_ms > self.relay.backoff_max_ms {
+            bail!("relay.backoff_base_ms is larger than relay.backoff_max_ms");
+        }
+        self.http_listen()?;
+        Ok(())
+    }
+
+    pub(crate) fn send_timeout(&self) -> Duration {
+        Duration::from_millis(self.broker.send_timeout_ms)
+    }
+}

@@ -1,0 +1,154 @@
+//! `outbox-relay`: the relay as a sidecar process. It drains an application's outbox table to
+//! broker-lite, serves `/healthz`, `/readyz` and `/metrics`, and manages the failure table.
+//!
+//! ```sh
+//! outbox-relay --database-url postgres://postgres@127.0.0.1:5432/app migrate
+//! outbox-relay --database-url postgres://postgres@127.0.0.1:5432/app --broker 127.0.0.1:9876 check
+//! outbox-relay --config relay.toml run
+//! outbox-relay --config relay.toml failures list --topic payments
+//! outbox-relay --config relay.toml failures replay --error "connection refused"
+//! ```
+//!
+//! Settings come from the TOML file (`--config`), then the environment, then flags; see
+//! `config.rs` for every key. Exit status: 0 on success, 1 on a runtime error (database or
+//! broker unreachable, missing migrations), 2 on invalid configuration.
+
+mod check;
+mod config;
+mod database;
+mod failures;
+mod http;
+mod publisher;
+mod run;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use config::Config;
+use failures::FailuresCommand;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "outbox-relay",
+    version,
+    about = "Drains a transactional outbox to broker-lite."
+)]
+struct Cli {
+    /// TOML configuration file.
+    #[arg(long, env = "OUTBOX_RELAY_CONFIG")]
+    config: Option<PathBuf>,
+    /// The application's Postgres (overrides `database_url` in the file).
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
+    /// broker-lite addresses, `host:port;host:port` (overrides `broker.addresses`).
+    #[arg(long, env = "OUTBOX_RELAY_BROKER")]
+    broker: Option<String>,
+    /// Address for /healthz, /readyz and /metrics, or "off" (overrides `http.listen`).
+    #[arg(long, env = "OUTBOX_RELAY_HTTP")]
+    http_listen: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create or upgrade the outbox tables.
+    Migrate,
+    /// Relay messages until SIGTERM or SIGINT.
+    Run,
+    /// Inspect, replay or purge the failure table.
+    #[command(subcommand)]
+    Failures(FailuresCommand),
+    /// Validate the configuration, reach the database and the broker, print the durability profile.
+    Check,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let config = match settings(&cli) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(execute(cli.command, config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn settings(cli: &Cli) -> anyhow::Result<Config> {
+    let mut config = Config::load(cli.config.as_deref())?;
+    if let Some(url) = &cli.database_url {
+        config.database_url = Some(url.clone());
+    }
+    if let Some(broker) = &cli.broker {
+        config.broker.addresses = broker.clone();
+    }
+    if let Some(listen) = &cli.http_listen {
+        config.http.listen = listen.clone();
+    }
+    config.validate()?;
+    Ok(config)
+}
+
+async fn execute(command: Command, config: Config) -> anyhow::Result<()> {
+    match command {
+        Command::Migrate => {
+            let pool = database::connect(&config).await?;
+            courier::outbox::MIGRATOR.run(&pool).await?;
+            println!("outbox tables are up to date");
+            Ok(())
+        }
+        Command::Run => {
+            let shutdown = CancellationToken::new();
+            tokio::spawn(stop_on_signal(shutdown.clone()));
+            run::run(&config, shutdown).await
+        }
+        Command::Failures(command) => {
+            let pool = database::connect(&config).await?;
+            database::ensure_migrated(&pool).await?;
+            failures::run(&pool, command).await
+        }
+        Command::Check => check::run(&config).await,
+    }
+}
+
+/// Cancels `shutdown` on SIGTERM or SIGINT.
+async fn stop_on_signal(shutdown: CancellationToken) {
+    let mut terminate =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    let term = async {
+        match terminate.as_mut() {
+            Some(signal) => {
+                signal.recv().await;
+            }
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: finishing the batch in hand"),
+        _ = term => tracing::info!("SIGTERM: finishing the batch in hand"),
+    }
+    shutdown.cancel();
+}

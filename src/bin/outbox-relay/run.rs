@@ -1,0 +1,48 @@
+//! `outbox-relay run`: drain the outbox to the broker until SIGTERM or SIGINT.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use courier::outbox::{Backoff, Relay};
+use metrics_exporter_prometheus::PrometheusBuilder;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::{database, http, publisher};
+
+pub(crate) async fn run(config: &Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let metrics = PrometheusBuilder::new()
+        .install_recorder()
+        .context("cannot install the Prometheus metrics recorder")?;
+    let pool = database::connect(config).await?;
+    database::ensure_migrated(&pool).await?;
+    let producer = publisher::connect(config).await?;
+
+    let settings = &config.relay;
+    let mut builder = Relay::builder(pool, publisher::broker_lite(producer))
+        .name(settings.name.clone())
+        .batch_size(settings.batch_size)
+        .max_attempts(settings.max_attempts)
+        .poll_interval(Duration::from_millis(settings.poll_interval_ms))
+        .publish_timeout(Duration::from_millis(settings.publish_timeout_ms))
+        .shutdown_grace(Duration::from_millis(settings.shutdown_grace_ms))
+        .backoff(Backoff {
+            base: Duration::from_millis(settings.backoff_base_ms),
+            max: Duration::from_millis(settings.backoff_max_ms),
+            ..Backoff::default()
+        });
+    if let Some(hours) = settings.retention_hours {
+        builder = builder.retention(Duration::from_secs(hours * 3600));
+    }
+    let relay = builder.build()?;
+
+    if let Some(listen) = config.http_listen()? {
+        let bound = http::serve(listen, metrics, relay.state(), shutdown.clone()).await?;
+        tracing::info!(%bound, "serving /healthz, /readyz and /metrics");
+        println!("outbox-relay http on {bound}");
+    }
+    tracing::info!(broker = %config.broker.addresses, "outbox relay running");
+    relay.run(shutdown).await?;
+    tracing::info!("outbox relay stopped");
+    Ok(())
+}

@@ -1,0 +1,201 @@
+//! The `outbox-relay` binary as users run it: a separate process between the application's
+//! Postgres and a broker-lite server.
+
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use broker_lite::client::{Consumer, ConsumerConfig};
+use broker_lite::embedded::{self, EmbeddedConfig};
+use courier::outbox::{Message, Outbox};
+use sqlx::{ConnectOptions, PgPool};
+use uuid::Uuid;
+
+courier_test_support::postgres_for_tests!();
+
+const RELAY: &str = env!("CARGO_BIN_EXE_outbox-relay");
+
+fn database_url(pool: &PgPool) -> String {
+    pool.connect_options().to_url_lossy().to_string()
+}
+
+fn relay(args: &[&str]) -> Output {
+    Command::new(RELAY)
+        .args(args)
+        .env_remove("DATABASE_URL")
+        .output()
+        .expect("the outbox-relay binary runs")
+}
+
+/// Sends SIGTERM and waits; the relay must exit 0 after finishing its batch.
+fn terminate(mut child: Child) {
+    let pid = child.id().to_string();
+    let status = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(status.success());
+    let status = child.wait().unwrap();
+    assert!(
+        status.success(),
+        "outbox-relay exited with {status} after SIGTERM"
+    );
+}
+
+fn http_get(addr: &str, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response[9..12].parse().unwrap();
+    (status, response)
+}
+
+#[sqlx::test(migrator = "courier_outbox::MIGRATOR")]
+async fn relays_committed_messages_to_broker_lite_and_stops_on_sigterm(pool: PgPool) {
+    let data = tempfile::tempdir().unwrap();
+    let broker = embedded::start(data.path(), EmbeddedConfig::default())
+        .await
+        .unwrap();
+    broker.broker().create_topic("orders", 4).await.unwrap();
+    let addr = broker.addr().to_string();
+
+    let outbox = Outbox::new();
+    let committed: Vec<Message> = (0..20)
+        .map(|i| Message::new("orders", format!("order {i}")).with_key(format!("order-{}", i % 5)))
+        .collect();
+    outbox.enqueue_batch(&pool, &committed).await.unwrap();
+    let mut rolled_back = pool.begin().await.unwrap();
+    outbox
+        .enqueue(&mut *rolled_back, &Message::new("orders", "never"))
+        .await
+        .unwrap();
+    rolled_back.rollback().await.unwrap();
+
+    let url = database_url(&pool);
+    let mut child = Command::new(RELAY)
+        .args([
+            "--database-url",
+            &url,
+            "--broker",
+            &addr,
+            "--http-listen",
+            "127.0.0.1:0",
+            "run",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    let http = line
+        .trim()
+        .strip_prefix("outbox-relay http on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_owned();
+
+    let consumer = Consumer::connect(addr.as_str(), ConsumerConfig::new("sidecar-test", "orders"))
+        .await
+        .unwrap();
+    let mut received = HashSet::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while received.len() < committed.len() && tokio::time::Instant::now() < deadline {
+        for delivery in consumer.pull(32, Duration::from_millis(500)).await.unwrap() {
+            received.insert(delivery.message.message_id);
+            consumer.ack(&delivery).await.unwrap();
+        }
+    }
+    let expected: HashSet<Uuid> = committed.iter().map(|m| m.id).collect();
+    assert_eq!(received, expected);
+
+    let (status, body) = tokio::task::spawn_blocking({
+        let http = http.clone();
+        move || http_get(&http, "/readyz")
+    })
+    .await
+    .unwrap();
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = tokio::task::spawn_blocking(move || http_get(&http, "/metrics"))
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    assert!(body.contains("outbox_published_total"), "{body}");
+
+    tokio::task::spawn_blocking(move || terminate(child))
+        .await
+        .unwrap();
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox.messages")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(left, 0);
+    broker.shutdown().await.unwrap();
+}
+
+#[sqlx::test]
+async fn missing_migrations_are_a_clear_error(pool: PgPool) {
+    let url = database_url(&pool);
+    let output = relay(&["--database-url", &url, "failures", "list"]);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("run `outbox-relay migrate` first"),
+        "{stderr}"
+    );
+
+    let output = relay(&["--database-url", &url, "migrate"]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let output = relay(&["--database-url", &url, "failures", "list"]);
+    assert!(output.status.success());
+    assert!(String::from_utf8_lossy(&output.stdout).contains("0 failed message(s)"));
+}
+
+#[test]
+fn bad_settings_exit_non_zero_with_a_message() {
+    let output = relay(&["--database-url", "mysql://root@127.0.0.1/x", "migrate"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("is not a postgres:// URL"));
+
+    let output = relay(&[
+        "--database-url",
+        "postgres://nobody:secret@127.0.0.1:1/x",
+        "migrate",
+    ]);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("Connection refused"), "{stderr}");
+    assert!(!stderr.contains("secret"), "the password leaked: {stderr}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("relay.toml");
+    std::fs::write(&file, "[relay]\nbatch_size = 0\n").unwrap();
+    let output = relay(&["--config", file.to_str().unwrap(), "check"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("relay.batch_size"));
+
+    std::fs::write(&file, "[broker]\nadress = \"typo\"\n").unwrap();
+    let output = relay(&["--config", file.to_str().unwrap(), "check"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("unknown field `adress`"));
+}
+
+#[sqlx::test(migrator = "courier_outbox::MIGRATOR")]
+async fn check_reports_an_unreachable_broker(pool: PgPool) {
+    let url = database_url(&pool);
+    let output = relay(&["--database-url", &url, "--broker", "127.0.0.1:1", "check"]);
+    assert_eq!(output.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("outbox tables present"), "{stdout}");
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("cannot reach broker-lite at 127.0.0.1:1")
+    );
+}
