@@ -29,6 +29,9 @@ use crate::{ConsumeModel, Delivery, DeliverySource, NackOutcome, Pulled};
 /// level 3, 16 redeliveries) unless told otherwise with
 /// [`with_broker_config`](Self::with_broker_config).
 ///
+/// Dropping the source leaves the group (in the background), so its queues move to the other
+/// members at once.
+///
 /// A pull dropped by the runtime's shutdown may leave deliveries the broker handed out but nobody
 /// received; the broker redelivers them after its consume timeout (15 min by default).
 ///
@@ -59,8 +62,26 @@ use crate::{ConsumeModel, Delivery, DeliverySource, NackOutcome, Pulled};
 /// ```
 #[derive(Debug)]
 pub struct BrokerLiteSource {
-    consumer: Consumer,
+    /// `None` only once dropped or unwrapped.
+    consumer: Option<Consumer>,
     schedule: Schedule,
+}
+
+impl Drop for BrokerLiteSource {
+    /// Leaves the group in the background (when a tokio runtime is still running), so that the
+    /// member's queues move to the others at once instead of after the heartbeat timeout.
+    fn drop(&mut self) {
+        let Some(consumer) = self.consumer.take() else {
+            return;
+        };
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                if let Err(error) = consumer.close().await {
+                    tracing::debug!(%error, "leaving the broker-lite group failed; the broker evicts the member after its heartbeat timeout");
+                }
+            });
+        }
+    }
 }
 
 /// The broker's redelivery settings, as far as the source needs them.
@@ -109,7 +130,7 @@ impl BrokerLiteSource {
     /// redelivery settings.
     pub fn new(consumer: Consumer) -> Self {
         Self {
-            consumer,
+            consumer: Some(consumer),
             schedule: Schedule::default(),
         }
     }
@@ -140,13 +161,21 @@ impl BrokerLiteSource {
 
     /// The consumer.
     pub fn get_ref(&self) -> &Consumer {
-        &self.consumer
+        self.consumer()
     }
 
-    /// Unwraps the consumer (to [`close`](Consumer::close) it: leave the group at once rather than
-    /// after the heartbeat timeout).
-    pub fn into_inner(self) -> Consumer {
+    /// Unwraps the consumer; it stays in the group until [`close`](Consumer::close)d (or evicted
+    /// after the heartbeat timeout once dropped). Dropping the source instead leaves the group.
+    pub fn into_inner(mut self) -> Consumer {
         self.consumer
+            .take()
+            .expect("the consumer is present until drop")
+    }
+
+    fn consumer(&self) -> &Consumer {
+        self.consumer
+            .as_ref()
+            .expect("the consumer is present until drop")
     }
 
     /// The delay level (1-based) a nack asking for `delay` uses: the first level at least as long,
@@ -209,9 +238,9 @@ impl DeliverySource for BrokerLiteSource {
             return Ok(Vec::new());
         }
         let max = u32::try_from(max.min(1024)).unwrap_or(1024);
-        let group = &self.consumer.config().group;
+        let group = &self.consumer().config().group;
         Ok(self
-            .consumer
+            .consumer()
             .pull(max, wait)
             .await?
             .into_iter()
@@ -220,7 +249,7 @@ impl DeliverySource for BrokerLiteSource {
     }
 
     async fn ack(&self, receipt: BrokerLiteReceipt) -> Result<(), ClientError> {
-        self.consumer.ack(&receipt.delivery).await
+        self.consumer().ack(&receipt.delivery).await
     }
 
     async fn nack(
@@ -229,10 +258,12 @@ impl DeliverySource for BrokerLiteSource {
         delay: Option<Duration>,
     ) -> Result<NackOutcome, ClientError> {
         let level = delay.map(|delay| self.delay_level_for(delay));
-        Ok(match self.consumer.nack(&receipt.delivery, level).await? {
-            NackResult::DeadLettered => NackOutcome::DeadLettered,
-            NackResult::Redeliver { .. } => NackOutcome::Redelivered,
-        })
+        Ok(
+            match self.consumer().nack(&receipt.delivery, level).await? {
+                NackResult::DeadLettered => NackOutcome::DeadLettered,
+                NackResult::Redeliver { .. } => NackOutcome::Redelivered,
+            },
+        )
     }
 
     async fn dead_letter(
@@ -241,11 +272,11 @@ impl DeliverySource for BrokerLiteSource {
         reason: String,
     ) -> Result<(), ClientError> {
         let reason = (!reason.is_empty()).then_some(reason.as_str());
-        self.consumer.dead_letter(&receipt.delivery, reason).await
+        self.consumer().dead_letter(&receipt.delivery, reason).await
     }
 
     fn model(&self) -> ConsumeModel {
-        match self.consumer.config().model {
+        match self.consumer().config().model {
             protocol::ConsumeModel::Broadcasting => ConsumeModel::Broadcasting,
             protocol::ConsumeModel::Clustering => ConsumeModel::Clustering,
         }
