@@ -272,6 +272,47 @@ async fn a_delivery_that_keeps_failing_is_dead_lettered_after_max_attempts() {
 }
 
 #[tokio::test]
+async fn the_runtimes_own_limit_dead_letters_through_the_immediate_operation() {
+    // The broker would allow 16 redeliveries; the runtime gives up after 2 deliveries.
+    let env = start_broker(|_| {}).await;
+    let id = env.publish(Message::new("orders", "poison")).await;
+    let source = env.source(ConsumerConfig::new("billing", "orders")).await;
+    let calls = Calls::default();
+    let handler = recording(&calls, |_| Err("still failing".into()));
+    let (shutdown, running) = run(Consumer::builder(source, handler)
+        .group("billing")
+        .max_deliveries(2)
+        .poll_wait(Duration::from_millis(200))
+        .build());
+
+    eventually("the first nack", || async {
+        env.count(id, |k| matches!(k, TraceKind::Nacked { .. })) == 1
+    })
+    .await;
+    env.clock.advance(Duration::from_secs(10));
+    eventually("the dead letter", || async {
+        env.count(id, |k| matches!(k, TraceKind::DeadLettered { .. })) == 1
+    })
+    .await;
+    stop(shutdown, running).await;
+
+    assert_eq!(
+        calls_of(&calls).iter().map(|c| c.1).collect::<Vec<_>>(),
+        [1, 2]
+    );
+    let dead = env
+        .broker
+        .broker()
+        .dead_letters("billing", 10)
+        .await
+        .unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].properties["%RECONSUME_TIMES%"], "1");
+    assert_eq!(dead[0].properties["%DEAD_LETTER_REASON%"], "still failing");
+    env.broker.shutdown().await.unwrap();
+}
+
+#[tokio::test]
 async fn a_rejected_delivery_is_dead_lettered_at_once() {
     let env = start_broker(|_| {}).await;
     let poison = env.publish(Message::new("orders", "not json")).await;
