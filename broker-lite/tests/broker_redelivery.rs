@@ -150,6 +150,118 @@ async fn dead_letter_after_max_reconsume_then_redrive() {
 }
 
 #[tokio::test]
+async fn dead_letter_moves_a_delivery_to_the_dlq_at_once_with_its_reason() {
+    let env = Env::new().await;
+    let b = &env.broker;
+    let sent = b
+        .send(
+            SendRequest::new("t", "not json")
+                .with_key("k")
+                .with_property("tenant", "acme"),
+        )
+        .await
+        .unwrap();
+    env.send("t", "fine").await;
+    env.join("g", "c", "t").await;
+    let d = env.pull("g", "c", "t", 10).await;
+    let poison = d.iter().find(|d| d.message_id == sent.message_id).unwrap();
+    b.dead_letter(&poison.receipt, Some("not valid JSON".into()))
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            b.dead_letter(&poison.receipt, None).await,
+            Err(BrokerError::StaleReceipt { .. })
+        ),
+        "a settled delivery cannot be dead-lettered twice"
+    );
+    assert!(
+        matches!(
+            b.nack(&poison.receipt, None).await,
+            Err(BrokerError::StaleReceipt { .. })
+        ),
+        "nor nacked after"
+    );
+    for other in d.iter().filter(|d| d.message_id != sent.message_id) {
+        b.ack(&other.receipt).await.unwrap();
+    }
+
+    // No redelivery, whatever the time; the queue's committed offset moved past it.
+    env.advance(Duration::from_secs(3 * 3600));
+    assert!(env.pull("g", "c", "t", 10).await.is_empty());
+    assert!(b.lag("g").unwrap().iter().all(|l| l.lag == 0));
+
+    let dead = b.dead_letters("g", 10).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].message_id, sent.message_id);
+    assert_eq!(dead[0].topic, "%DLQ%g");
+    assert_eq!(dead[0].key.as_deref(), Some("k"));
+    assert_eq!(dead[0].properties["tenant"], "acme");
+    assert_eq!(dead[0].properties["%ORIGIN_TOPIC%"], "t");
+    assert_eq!(dead[0].properties["%RECONSUME_TIMES%"], "0");
+    assert_eq!(dead[0].properties["%DEAD_LETTER_REASON%"], "not valid JSON");
+
+    let kinds: Vec<_> = b
+        .trace(sent.message_id)
+        .into_iter()
+        .map(|e| e.kind)
+        .collect();
+    let rejected = kinds.iter().position(|k| {
+        matches!(k, TraceKind::Rejected { group, client_id, reason }
+            if group == "g" && client_id == "c" && reason.as_deref() == Some("not valid JSON"))
+    });
+    let dead_lettered = kinds
+        .iter()
+        .position(|k| matches!(k, TraceKind::DeadLettered { group } if group == "g"));
+    assert!(
+        rejected.is_some() && rejected < dead_lettered,
+        "rejected, then dead-lettered: {kinds:?}"
+    );
+
+    // A re-drive brings it back without the broker's properties.
+    assert_eq!(b.redrive_dead_letters("g", None).await.unwrap(), 1);
+    let back = env.pull("g", "c", "t", 10).await;
+    assert_eq!(bodies(&back), ["not json"]);
+    assert!(!back[0].properties.contains_key("%DEAD_LETTER_REASON%"));
+    assert_eq!(back[0].properties["tenant"], "acme");
+}
+
+#[tokio::test]
+async fn dead_letter_in_ordered_mode_lets_the_queue_move_on() {
+    let env = Env::new().await;
+    let b = &env.broker;
+    b.create_topic("seq", 1).await.unwrap();
+    for i in 0..3 {
+        env.send("seq", &format!("m{i}")).await;
+    }
+    b.subscribe(ConsumerSpec::new("g", "c", "seq").ordered(true))
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let d = env.pull("g", "c", "seq", 10).await.remove(0);
+        let body = String::from_utf8(d.body.to_vec()).unwrap();
+        if body == "m1" {
+            b.dead_letter(&d.receipt, None).await.unwrap();
+        } else {
+            b.ack(&d.receipt).await.unwrap();
+        }
+        seen.push(body);
+    }
+    assert_eq!(seen, ["m0", "m1", "m2"]);
+    let dead = b.dead_letters("g", 10).await.unwrap();
+    assert_eq!(bodies_of(&dead), ["m1"]);
+    assert!(!dead[0].properties.contains_key("%DEAD_LETTER_REASON%"));
+}
+
+fn bodies_of(messages: &[broker_lite::broker::StoredMessage]) -> Vec<String> {
+    messages
+        .iter()
+        .map(|m| String::from_utf8(m.body.to_vec()).unwrap())
+        .collect()
+}
+
+#[tokio::test]
 async fn ordered_consumption_keeps_order_through_a_nack() {
     let env = Env::new().await;
     let b = &env.broker;

@@ -176,6 +176,44 @@ async fn dead_letters_can_be_listed_and_redriven() {
 }
 
 #[tokio::test]
+async fn a_consumer_dead_letters_a_delivery_at_once_over_tcp() {
+    let env = start(|_| {}).await;
+    let (producer, consumer, admin) = clients(&env, "billing").await;
+    let sent = producer
+        .send(Message::new("orders", "poison"))
+        .await
+        .unwrap();
+    assert!(sent.is_ok());
+    let d = consumer.pull(1, Duration::ZERO).await.unwrap().remove(0);
+    assert_eq!(d.reconsume_times, 0);
+    assert!(
+        d.first_delivered_at_ms > 0,
+        "the first delivery time travels"
+    );
+    consumer.dead_letter(&d, Some("unparseable")).await.unwrap();
+    assert!(
+        consumer.dead_letter(&d, None).await.is_err(),
+        "the receipt is settled"
+    );
+
+    env.clock.advance(Duration::from_secs(3 * 3600));
+    assert!(consumer.pull(1, Duration::ZERO).await.unwrap().is_empty());
+    let dead = admin.dead_letters("billing", 10).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].message_id, sent.message_id);
+    assert_eq!(dead[0].properties["%DEAD_LETTER_REASON%"], "unparseable");
+    let trace = admin.trace(sent.message_id).await.unwrap();
+    let events: Vec<&str> = trace.iter().map(|e| e.event.as_str()).collect();
+    // Rejected by the member, stored in %DLQ%billing, then settled as dead-lettered.
+    assert!(
+        events.ends_with(&["rejected", "stored", "dead-lettered"]),
+        "{events:?}"
+    );
+    assert!(trace[events.len() - 3].detail.contains("unparseable"));
+    env.broker.shutdown().await.unwrap();
+}
+
+#[tokio::test]
 async fn a_long_poll_is_answered_when_a_message_arrives() {
     let env = start(|_| {}).await;
     let (producer, consumer, admin) = clients(&env, "billing").await;

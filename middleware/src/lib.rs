@@ -67,15 +67,21 @@
 //! [`HasSendStatus`] (producer side). [`MemorySource`] is an in-process source for tests and
 //! examples.
 //!
+//! | broker | feature | publisher | source |
+//! |---|---|---|---|
+//! | broker-lite (bundled) | `broker-lite` | `BrokerLitePublisher` | `BrokerLiteSource` (immediate dead letters, delay levels) |
+//!
 //! # Features
 //!
 //! | feature | default | what it adds |
 //! |---|---|---|
 //! | `postgres` | yes | [`Idempotency`], [`Inbox`], [`FailureFallback`] (tables in schema `courier_inbox`, created by `courier_outbox::MIGRATOR`) |
+//! | `broker-lite` | yes | `BrokerLitePublisher` and `BrokerLiteSource` for the bundled broker (adds the `broker-lite` crate) |
 
 #![forbid(unsafe_code)]
 
 mod boxed;
+mod brokers;
 mod consumer;
 mod delivery;
 mod error;
@@ -91,6 +97,10 @@ mod trace_context;
 #[cfg(feature = "postgres")]
 mod tx;
 
+#[cfg(feature = "broker-lite")]
+pub use brokers::broker_lite::{
+    BROKER_LITE_CREATED_AT, BrokerLitePublisher, BrokerLiteReceipt, BrokerLiteSource,
+};
 pub use consumer::batch::{Batch, BatchFailed, BatchLayer};
 pub use consumer::catch_panic::{CatchPanic, CatchPanicLayer};
 pub use consumer::metrics::{ConsumeMetrics, ConsumeMetricsLayer};

@@ -57,7 +57,7 @@ pub enum ConsumeModel {
 /// | `pull(max, wait)` | `pull(max, long_poll)` | `fetch().max_messages(max).expires(wait)` | `basic_get` / prefetch `max` |
 /// | `ack` | `ack(receipt)` | `ack()` | `basic_ack(tag)` |
 /// | `nack(delay)` | `nack(receipt, delay level ≥ delay)` | `ack_with(Nak(delay))` | `basic_nack(requeue)` + delay queue |
-/// | `dead_letter` | default (`nack` until the broker moves it to `%DLQ%<group>`) | `ack_with(Term)` + advisory | `basic_reject(requeue=false)` with a DLX |
+/// | `dead_letter` | `dead_letter(receipt, reason)`: to `%DLQ%<group>` at once | `ack_with(Term)` + advisory | `basic_reject(requeue=false)` with a DLX |
 ///
 /// Receipts are consumed by `ack`, `nack` and `dead_letter`, so a delivery is settled at most
 /// once. A source that fails to settle leaves the message to the broker's redelivery timer: nothing

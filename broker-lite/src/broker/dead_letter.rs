@@ -1,15 +1,18 @@
 //! Dead letters (safeguard C8): messages redelivered `max_reconsume_times` times move to the
-//! group's dead-letter topic `%DLQ%<group>` (one queue), where they can be listed and re-driven.
+//! group's dead-letter topic `%DLQ%<group>` (one queue), where they can be listed and re-driven;
+//! a consumer can also dead-letter a delivery at once ([`Broker::dead_letter`]).
 
 use std::collections::HashSet;
 
 use uuid::Uuid;
 
 use super::Broker;
+use super::consumer::Receipt;
 use super::error::{BrokerError, Result};
 use super::group::CursorKey;
 use super::message::{StoredMessage, props};
 use super::send::queue_for_key;
+use super::settle::stale;
 use super::topics::dlq_topic;
 use super::trace::TraceKind;
 use crate::storage::{NewRecord, StoredRecord};
@@ -18,17 +21,80 @@ use crate::storage::{NewRecord, StoredRecord};
 const SCAN_LIMIT: usize = 100_000;
 
 impl Broker {
+    /// Dead-letters a delivery at once (the consumer's permanent failure, safeguard C8): the
+    /// message moves to the group's dead-letter topic `%DLQ%<group>` exactly as after
+    /// [`max_reconsume_times`](super::BrokerConfig::max_reconsume_times) redeliveries, without
+    /// waiting for them, and is settled for the group. `reason` is kept with the dead letter in
+    /// the property `%DEAD_LETTER_REASON%` and in the trace ([`TraceKind::Rejected`], then
+    /// [`TraceKind::DeadLettered`]).
+    ///
+    /// # Errors
+    /// [`BrokerError::UnknownGroup`]; [`BrokerError::StaleReceipt`] when this delivery is no longer
+    /// the current one (it timed out and was redelivered, or was settled);
+    /// [`BrokerError::Storage`] when the dead letter could not be written (the message is then
+    /// redelivered, nothing is lost).
+    ///
+    /// # Examples
+    /// ```
+    /// # async fn f(broker: broker_lite::broker::Broker, d: broker_lite::broker::Delivery) -> broker_lite::broker::Result<()> {
+    /// // The body can never be handled: do not retry it 16 times.
+    /// broker.dead_letter(&d.receipt, Some("not valid JSON".into())).await?;
+    /// let dead = broker.dead_letters(d.receipt.group(), 10).await?;
+    /// assert_eq!(dead[0].properties["%DEAD_LETTER_REASON%"], "not valid JSON");
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[tracing::instrument(level = "debug", skip_all, fields(group = %receipt.group, topic = %receipt.topic, queue_id = receipt.queue_id, offset = receipt.queue_offset))]
+    pub async fn dead_letter(&self, receipt: &Receipt, reason: Option<String>) -> Result<()> {
+        self.check_open()?;
+        let (key, reconsume_times, known_id) = {
+            let mut state = self.inner.state.lock().unwrap();
+            let g = state
+                .groups
+                .get_mut(&receipt.group)
+                .ok_or_else(|| BrokerError::UnknownGroup(receipt.group.clone()))?;
+            let key = g.key(&receipt.topic, receipt.queue_id, &receipt.client_id);
+            let cursor = g.cursors.get_mut(&key).ok_or_else(|| stale(receipt))?;
+            let pending = cursor
+                .current(receipt.queue_offset, receipt.attempt, &receipt.client_id)
+                .ok_or_else(|| stale(receipt))?;
+            let found = (pending.reconsume_times, pending.message_id);
+            cursor.park(receipt.queue_offset);
+            (key, found.0, found.1)
+        };
+        self.mark_dirty();
+        if let Some(id) = self.id_of(known_id, &key, receipt.queue_offset).await {
+            self.record(
+                id,
+                TraceKind::Rejected {
+                    group: receipt.group.clone(),
+                    client_id: receipt.client_id.clone(),
+                    reason: reason.clone(),
+                },
+            );
+        }
+        self.move_to_dead_letters(
+            &receipt.group,
+            &key,
+            receipt.queue_offset,
+            reconsume_times,
+            reason.as_deref(),
+        )
+        .await
+    }
+
     /// Moves the parked message at `offset` of a cursor's queue to `%DLQ%<group>`, then settles
     /// it. On failure the message becomes due again.
-    pub(crate) async fn dead_letter(
+    pub(crate) async fn move_to_dead_letters(
         &self,
         group: &str,
         key: &CursorKey,
         offset: u64,
         reconsume_times: u32,
+        reason: Option<&str>,
     ) -> Result<()> {
         let result = self
-            .write_dead_letter(group, key, offset, reconsume_times)
+            .write_dead_letter(group, key, offset, reconsume_times, reason)
             .await;
         let now = self.now_ms();
         {
@@ -76,6 +142,7 @@ impl Broker {
         key: &CursorKey,
         offset: u64,
         reconsume_times: u32,
+        reason: Option<&str>,
     ) -> Result<Option<Uuid>> {
         let records = self
             .inner
@@ -107,6 +174,11 @@ impl Broker {
         record
             .properties
             .insert(props::RECONSUME_TIMES.into(), reconsume_times.to_string());
+        if let Some(reason) = reason {
+            record
+                .properties
+                .insert(props::DEAD_LETTER_REASON.into(), reason.to_string());
+        }
         self.append(vec![record]).await?;
         Ok(Some(r.message_id))
     }

@@ -187,6 +187,8 @@ pub(crate) mod props {
     pub(crate) const ORIGIN_OFFSET: &str = "%ORIGIN_OFFSET%";
     /// Redeliveries before dead lettering.
     pub(crate) const RECONSUME_TIMES: &str = "%RECONSUME_TIMES%";
+    /// Why a consumer dead-lettered the message at once (`Broker::dead_letter`).
+    pub(crate) const DEAD_LETTER_REASON: &str = "%DEAD_LETTER_REASON%";
     /// A redriven message is delivered to this group only.
     pub(crate) const TARGET_GROUP: &str = "%TARGET_GROUP%";
 }

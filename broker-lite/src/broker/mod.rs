@@ -20,6 +20,9 @@
 //!   (level 3 = 10 s the first time, one level up each time after), and after
 //!   [`BrokerConfig::max_reconsume_times`] redeliveries it moves to the group's dead-letter topic
 //!   `%DLQ%<group>`, where it can be listed and re-driven.
+//! - **Dead letter now** (a permanent failure, safeguard C8): [`dead_letter`](Broker::dead_letter)
+//!   moves a delivery to `%DLQ%<group>` at once, with the consumer's reason, instead of retrying
+//!   a message that can never be handled `max_reconsume_times` times.
 //! - **Ordered** members get at most one message per queue in flight; a nack redelivers the same
 //!   message in place after its delay, so the order is kept. Past `max_reconsume_times` it is
 //!   dead-lettered like any other message and the queue moves on (RocketMQ would suspend the

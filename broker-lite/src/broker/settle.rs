@@ -9,7 +9,7 @@ use super::error::{BrokerError, Result};
 use super::group::CursorKey;
 use super::trace::TraceKind;
 
-fn stale(receipt: &Receipt) -> BrokerError {
+pub(crate) fn stale(receipt: &Receipt) -> BrokerError {
     BrokerError::StaleReceipt {
         topic: receipt.topic.clone(),
         queue_id: receipt.queue_id,
@@ -146,8 +146,14 @@ impl Broker {
                         },
                     );
                 }
-                self.dead_letter(&receipt.group, &key, receipt.queue_offset, reconsume_times)
-                    .await?;
+                self.move_to_dead_letters(
+                    &receipt.group,
+                    &key,
+                    receipt.queue_offset,
+                    reconsume_times,
+                    None,
+                )
+                .await?;
             }
         }
         Ok(outcome)
@@ -202,7 +208,7 @@ impl Broker {
             }
         }
         for (group, key, offset, reconsume_times) in doomed {
-            self.dead_letter(&group, &key, offset, reconsume_times)
+            self.move_to_dead_letters(&group, &key, offset, reconsume_times, None)
                 .await?;
         }
         self.inner.wake.notify_waiters();

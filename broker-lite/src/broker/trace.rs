@@ -77,6 +77,16 @@ pub enum TraceKind {
         /// Member that held it.
         client_id: String,
     },
+    /// Rejected by a member for good ([`Broker::dead_letter`]): it goes to the dead-letter topic
+    /// at once, without further redeliveries.
+    Rejected {
+        /// Group.
+        group: String,
+        /// Member.
+        client_id: String,
+        /// Why, as the consumer said.
+        reason: Option<String>,
+    },
     /// Moved to the group's dead-letter topic.
     DeadLettered {
         /// Group.

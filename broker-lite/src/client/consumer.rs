@@ -9,8 +9,8 @@ use uuid::Uuid;
 use super::endpoints::{Addresses, ConnectOptions, Endpoints};
 use super::error::{ClientError, Result};
 use crate::protocol::{
-    AckRequest, ConsumeModel, DEFAULT_MAX_FRAME_SIZE, Delivery, ErrorCode, Member, NackRequest,
-    NackResult, PullRequest, Request, Response, Subscription,
+    AckRequest, ConsumeModel, DEFAULT_MAX_FRAME_SIZE, DeadLetterRequest, Delivery, ErrorCode,
+    Member, NackRequest, NackResult, PullRequest, Request, Response, Subscription,
 };
 
 /// Consumer settings.
@@ -183,6 +183,24 @@ impl Consumer {
             Response::Nacked(result) => Ok(result),
             _ => Err(ClientError::UnexpectedResponse("nack")),
         }
+    }
+
+    /// Moves `delivery` to the group's dead-letter topic `%DLQ%<group>` at once, with `reason`:
+    /// the work failed for good (a malformed message), so redelivering it cannot help (C8).
+    /// It can be listed and re-driven like any dead letter
+    /// ([`Admin::dead_letters`](super::Admin::dead_letters)).
+    ///
+    /// # Errors
+    ///
+    /// A connection error or the broker's refusal (unknown or expired receipt); the message is
+    /// then redelivered as after a consume timeout, never lost.
+    pub async fn dead_letter(&self, delivery: &Delivery, reason: Option<&str>) -> Result<()> {
+        let request = Request::DeadLetter(DeadLetterRequest {
+            group: self.config.group.clone(),
+            receipt: delivery.receipt.clone(),
+            reason: reason.map(str::to_string),
+        });
+        self.done(&request, "dead letter").await
     }
 
     /// Leaves the group and stops the heartbeats.

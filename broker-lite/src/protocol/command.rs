@@ -51,11 +51,13 @@ pub enum CommandCode {
     DeadLetters = 18,
     /// Send a group's dead letters back for consumption.
     RedriveDeadLetters = 19,
+    /// Dead-letter one delivery at once (a permanent consumer failure).
+    DeadLetter = 20,
 }
 
 impl CommandCode {
     /// Every command.
-    pub const ALL: [CommandCode; 19] = [
+    pub const ALL: [CommandCode; 20] = [
         CommandCode::Ping,
         CommandCode::Send,
         CommandCode::SendBatch,
@@ -75,6 +77,7 @@ impl CommandCode {
         CommandCode::Trace,
         CommandCode::DeadLetters,
         CommandCode::RedriveDeadLetters,
+        CommandCode::DeadLetter,
     ];
 
     /// From the wire value.
@@ -112,6 +115,7 @@ impl CommandCode {
             CommandCode::Trace => "trace",
             CommandCode::DeadLetters => "dead_letters",
             CommandCode::RedriveDeadLetters => "redrive_dead_letters",
+            CommandCode::DeadLetter => "dead_letter",
         }
     }
 }
@@ -162,6 +166,8 @@ pub enum Request {
     Ack(AckRequest),
     /// [`CommandCode::Nack`].
     Nack(NackRequest),
+    /// [`CommandCode::DeadLetter`].
+    DeadLetter(DeadLetterRequest),
     /// [`CommandCode::CreateTopic`].
     CreateTopic(TopicInfo),
     /// [`CommandCode::ListTopics`].
@@ -216,6 +222,7 @@ impl Request {
             Request::Pull(_) => CommandCode::Pull,
             Request::Ack(_) => CommandCode::Ack,
             Request::Nack(_) => CommandCode::Nack,
+            Request::DeadLetter(_) => CommandCode::DeadLetter,
             Request::CreateTopic(_) => CommandCode::CreateTopic,
             Request::ListTopics => CommandCode::ListTopics,
             Request::ListGroups => CommandCode::ListGroups,
@@ -240,6 +247,7 @@ impl Request {
             Request::Pull(p) => p.put(&mut buf),
             Request::Ack(a) => a.put(&mut buf),
             Request::Nack(n) => n.put(&mut buf),
+            Request::DeadLetter(d) => d.put(&mut buf),
             Request::CreateTopic(t) => t.put(&mut buf),
             Request::Lag { group } => put_str(&mut buf, group),
             Request::RedriveDeadLetters { group, ids } => {
@@ -278,6 +286,7 @@ impl Request {
             CommandCode::Pull => Request::Pull(PullRequest::get(b)?),
             CommandCode::Ack => Request::Ack(AckRequest::get(b)?),
             CommandCode::Nack => Request::Nack(NackRequest::get(b)?),
+            CommandCode::DeadLetter => Request::DeadLetter(DeadLetterRequest::get(b)?),
             CommandCode::CreateTopic => Request::CreateTopic(TopicInfo::get(b)?),
             CommandCode::ListTopics => Request::ListTopics,
             CommandCode::ListGroups => Request::ListGroups,
@@ -371,6 +380,7 @@ impl Request {
             }
             Request::Heartbeat(m) | Request::Unsubscribe(m) => check_group(&m.group),
             Request::Ack(a) => check_group(&a.group),
+            Request::DeadLetter(d) => check_group(&d.group),
             Request::Nack(n) => {
                 check_group(&n.group)?;
                 if n.delay_level
@@ -392,7 +402,8 @@ impl Request {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Response {
-    /// Nothing to return (ping, subscribe, heartbeat, unsubscribe, ack, create topic).
+    /// Nothing to return (ping, subscribe, heartbeat, unsubscribe, ack, dead letter, create
+    /// topic).
     Done,
     /// What a nack did.
     Nacked(NackResult),
@@ -459,6 +470,7 @@ impl Response {
             | CommandCode::Heartbeat
             | CommandCode::Unsubscribe
             | CommandCode::Ack
+            | CommandCode::DeadLetter
             | CommandCode::CreateTopic => Response::Done,
             CommandCode::Nack => Response::Nacked(NackResult::get(b)?),
             CommandCode::Send => Response::Send(SendResult::get(b)?),

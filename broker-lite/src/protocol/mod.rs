@@ -53,6 +53,7 @@ pub use frame::{
     CONNECTION_REQUEST_ID, DEFAULT_MAX_FRAME_SIZE, Frame, FrameKind, HEADER_LEN, PROTOCOL_VERSION,
 };
 pub use types::{
-    AckRequest, ConsumeModel, Delivery, GroupInfo, Member, Message, MessageView, NackRequest,
-    NackResult, PullRequest, QueueLag, SendResult, SendStatus, Subscription, TopicInfo, TraceEvent,
+    AckRequest, ConsumeModel, DeadLetterRequest, Delivery, GroupInfo, Member, Message, MessageView,
+    NackRequest, NackResult, PullRequest, QueueLag, SendResult, SendStatus, Subscription,
+    TopicInfo, TraceEvent,
 };

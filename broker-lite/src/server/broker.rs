@@ -98,6 +98,11 @@ impl BrokerHandler {
                     },
                 )
             }
+            Request::DeadLetter(d) => {
+                b.dead_letter(&Receipt::from_bytes(&d.receipt)?, d.reason)
+                    .await?;
+                Response::Done
+            }
             Request::CreateTopic(t) => {
                 b.create_topic(&t.name, t.queues).await?;
                 Response::Done
@@ -230,6 +235,7 @@ fn delivery(d: broker::Delivery) -> Delivery {
     v.born_timestamp_ms = d.born_timestamp_ms;
     v.stored_timestamp_ms = d.stored_timestamp_ms;
     Delivery::new(v, Bytes::from(d.receipt.to_bytes()), d.reconsume_times)
+        .with_first_delivered_at_ms(d.first_delivered_at_ms)
 }
 
 fn trace_event(e: broker::TraceEvent) -> TraceEvent {
@@ -266,6 +272,17 @@ fn trace_event(e: broker::TraceEvent) -> TraceEvent {
         TraceKind::TimedOut { group, client_id } => {
             ("timed-out", format!("group {group} member {client_id}"))
         }
+        TraceKind::Rejected {
+            group,
+            client_id,
+            reason,
+        } => (
+            "rejected",
+            match reason {
+                Some(reason) => format!("group {group} member {client_id}: {reason}"),
+                None => format!("group {group} member {client_id}"),
+            },
+        ),
         TraceKind::DeadLettered { group } => ("dead-lettered", format!("group {group}")),
         TraceKind::Redriven { group } => ("redriven", format!("group {group}")),
     };

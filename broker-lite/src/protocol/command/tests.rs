@@ -157,6 +157,13 @@ fn request() -> impl Strategy<Value = Request> {
                 delay_level
             })
         ),
+        (s(), bytes(), proptest::option::of(s())).prop_map(|(group, receipt, reason)| {
+            Request::DeadLetter(DeadLetterRequest {
+                group,
+                receipt,
+                reason,
+            })
+        }),
         (s(), any::<u32>())
             .prop_map(|(name, queues)| Request::CreateTopic(TopicInfo { name, queues })),
         Just(Request::ListTopics),
@@ -180,19 +187,24 @@ fn response() -> impl Strategy<Value = (CommandCode, Response)> {
     prop_oneof![
         Just((CommandCode::Ping, Response::Done)),
         Just((CommandCode::Ack, Response::Done)),
+        Just((CommandCode::DeadLetter, Response::Done)),
         send_result().prop_map(|r| (CommandCode::Send, Response::Send(r))),
         proptest::collection::vec(send_result(), 0..4)
             .prop_map(|r| (CommandCode::SendBatch, Response::SendBatch(r))),
-        proptest::collection::vec((view(), bytes(), any::<u32>()), 0..3).prop_map(|ds| {
-            (
-                CommandCode::Pull,
-                Response::Pull(
-                    ds.into_iter()
-                        .map(|(m, r, n)| Delivery::new(m, r, n))
-                        .collect(),
-                ),
-            )
-        }),
+        proptest::collection::vec((view(), bytes(), any::<u32>(), any::<u64>()), 0..3).prop_map(
+            |ds| {
+                (
+                    CommandCode::Pull,
+                    Response::Pull(
+                        ds.into_iter()
+                            .map(|(m, r, n, at)| {
+                                Delivery::new(m, r, n).with_first_delivered_at_ms(at)
+                            })
+                            .collect(),
+                    ),
+                )
+            }
+        ),
         proptest::collection::vec((s(), any::<u32>()), 0..3).prop_map(|ts| {
             (
                 CommandCode::ListTopics,

@@ -140,18 +140,29 @@ pub struct Delivery {
     pub message: MessageView,
     /// Opaque receipt for [`AckRequest`] / [`NackRequest`].
     pub receipt: Bytes,
-    /// How many times it was delivered before (0 on the first delivery).
+    /// How many times it was redelivered after a nack or consume timeout (0 on the first
+    /// delivery).
     pub reconsume_times: u32,
+    /// When the group first had it delivered, ms since the Unix epoch (broker clock); 0 when
+    /// unknown.
+    pub first_delivered_at_ms: u64,
 }
 
 impl Delivery {
-    /// A delivery of `message` with `receipt`.
+    /// A delivery of `message` with `receipt`; the first delivery time is unknown (0).
     pub fn new(message: MessageView, receipt: Bytes, reconsume_times: u32) -> Self {
         Delivery {
             message,
             receipt,
             reconsume_times,
+            first_delivered_at_ms: 0,
         }
+    }
+
+    /// Sets when the group first had the message delivered, ms since the Unix epoch.
+    pub fn with_first_delivered_at_ms(mut self, at_ms: u64) -> Self {
+        self.first_delivered_at_ms = at_ms;
+        self
     }
 }
 
@@ -160,6 +171,7 @@ impl Wire for Delivery {
         self.message.put(buf);
         put_bytes(buf, &self.receipt);
         buf.put_u32(self.reconsume_times);
+        buf.put_u64(self.first_delivered_at_ms);
     }
 
     fn get(buf: &mut Bytes) -> Result<Self, DecodeError> {
@@ -167,6 +179,7 @@ impl Wire for Delivery {
             message: MessageView::get(buf)?,
             receipt: get_bytes(buf, "receipt")?,
             reconsume_times: get_u32(buf, "reconsume times")?,
+            first_delivered_at_ms: get_u64(buf, "first delivery time")?,
         })
     }
 }
@@ -217,6 +230,33 @@ impl Wire for NackRequest {
             group: get_str(buf, "group")?,
             receipt: get_bytes(buf, "receipt")?,
             delay_level: get_opt_u32(buf, "delay level")?,
+        })
+    }
+}
+
+/// Dead-letters a delivery at once: the consumer's permanent failure (safeguard C8).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetterRequest {
+    /// Consumer group.
+    pub group: String,
+    /// The delivery's receipt.
+    pub receipt: Bytes,
+    /// Why, kept with the dead letter.
+    pub reason: Option<String>,
+}
+
+impl Wire for DeadLetterRequest {
+    fn put(&self, buf: &mut BytesMut) {
+        put_str(buf, &self.group);
+        put_bytes(buf, &self.receipt);
+        put_opt_str(buf, self.reason.as_deref());
+    }
+
+    fn get(buf: &mut Bytes) -> Result<Self, DecodeError> {
+        Ok(DeadLetterRequest {
+            group: get_str(buf, "group")?,
+            receipt: get_bytes(buf, "receipt")?,
+            reason: get_opt_str(buf, "reason")?,
         })
     }
 }

@@ -10,7 +10,8 @@ mod message;
 
 pub use admin::{GroupInfo, QueueLag, TopicInfo, TraceEvent};
 pub use consumer::{
-    AckRequest, ConsumeModel, Delivery, Member, NackRequest, NackResult, PullRequest, Subscription,
+    AckRequest, ConsumeModel, DeadLetterRequest, Delivery, Member, NackRequest, NackResult,
+    PullRequest, Subscription,
 };
 pub use message::{Message, MessageView, SendResult, SendStatus};
 

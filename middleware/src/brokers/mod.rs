@@ -1,0 +1,5 @@
+//! Publishers and delivery sources for each broker, one folder per broker, each behind its cargo
+//! feature.
+
+#[cfg(feature = "broker-lite")]
+pub(crate) mod broker_lite;
