@@ -1,50 +1,26 @@
-//! The relay's publisher: broker-lite's producer as a `tower::Service<Message>`.
-
-use std::future::Future;
-use std::pin::Pin;
+//! The relay's publisher: broker-lite's producer, with anything but `SEND_OK` an error.
 
 use anyhow::Context as _;
-use broker_lite::client::{Producer, ProducerConfig};
-use broker_lite::protocol::{self, SendStatus};
-use courier::outbox::Message;
-use tower::BoxError;
+use broker_lite::client::ProducerConfig;
+use courier_middleware::{BrokerLitePublisher, RequireSendOk};
 
 use crate::config::Config;
 
-/// Connects a producer with the configured timeouts, retries and one-way topics.
-pub(crate) async fn connect(config: &Config) -> anyhow::Result<Producer> {
+/// Connects to broker-lite with the configured timeouts, retries and one-way topics, and wraps
+/// the producer so that any status other than `SEND_OK` fails the publish (P1): the relay then
+/// retries the message instead of deleting it.
+pub(crate) async fn connect(config: &Config) -> anyhow::Result<RequireSendOk<BrokerLitePublisher>> {
     let mut settings = ProducerConfig::default();
     settings.send_timeout = config.send_timeout();
     settings.retries = config.broker.retries;
     settings.oneway_topics = config.broker.oneway_topics.iter().cloned().collect();
-    Producer::connect(config.broker.addresses.as_str(), settings)
+    let publisher = BrokerLitePublisher::connect(config.broker.addresses.as_str(), settings)
         .await
         .with_context(|| {
             format!(
                 "cannot reach broker-lite at {}: start it, or fix broker.addresses",
                 config.broker.addresses
             )
-        })
-}
-
-/// A publisher that succeeds only on `SEND_OK` (P1): any other status is an error, so the relay
-/// retries the message rather than deleting it.
-pub(crate) fn broker_lite(producer: Producer) -> impl courier::outbox::Publisher {
-    tower::service_fn(move |message: Message| {
-        let producer = producer.clone();
-        let sending: Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send>> =
-            Box::pin(async move {
-                let mut outgoing = protocol::Message::new(message.topic, message.payload);
-                outgoing.message_id = Some(message.id);
-                outgoing.key = message.key;
-                outgoing.tag = message.tag;
-                outgoing.properties = message.headers;
-                let result = producer.send(outgoing).await.map_err(|e| e.error)?;
-                match result.status {
-                    SendStatus::SendOk => Ok(()),
-                    status => Err(format!("broker answered {status:?}, not SEND_OK").into()),
-                }
-            });
-        sending
-    })
+        })?;
+    Ok(RequireSendOk::new(publisher))
 }

@@ -16,10 +16,10 @@ pub(crate) async fn run(config: &Config, shutdown: CancellationToken) -> anyhow:
         .context("cannot install the Prometheus metrics recorder")?;
     let pool = database::connect(config).await?;
     database::ensure_migrated(&pool).await?;
-    let producer = publisher::connect(config).await?;
+    let publisher = publisher::connect(config).await?;
 
     let settings = &config.relay;
-    let mut builder = Relay::builder(pool, publisher::broker_lite(producer))
+    let mut builder = Relay::builder(pool, publisher)
         .name(settings.name.clone())
         .batch_size(settings.batch_size)
         .max_attempts(settings.max_attempts)
