@@ -131,6 +131,19 @@ async fn a_config_file_configures_serve_and_admin_subcommands_reach_it() {
         .unwrap();
     assert_eq!(missing.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&missing.stderr).contains("no such message"));
+    let described = admin(&["describe"]).output().await.unwrap();
+    assert!(described.status.success());
+    let described = String::from_utf8_lossy(&described.stdout);
+    assert!(
+        described
+            .lines()
+            .any(|l| l.starts_with("flush mode:") && l.contains("ASYNC_FLUSH; fsync every 100 ms")),
+        "the flush mode comes from the file: {described}"
+    );
+    assert!(
+        described.contains("retention:           72 h"),
+        "{described}"
+    );
 
     child.start_kill().unwrap();
     child.wait().await.unwrap();

@@ -6,7 +6,8 @@ use std::time::Duration;
 use broker_lite::broker::ManualClock;
 use broker_lite::client::{Admin, AdminConfig, Consumer, ConsumerConfig, Producer, ProducerConfig};
 use broker_lite::embedded::{self, EmbeddedBroker, EmbeddedConfig};
-use broker_lite::protocol::{Message, NackResult, SendStatus};
+use broker_lite::protocol::{FlushMode, Message, NackResult, Replication, SendStatus};
+use broker_lite::storage;
 
 struct Env {
     _dir: tempfile::TempDir,
@@ -292,5 +293,53 @@ async fn an_evicted_consumer_subscribes_again_when_it_pulls() {
     let deliveries = consumer.pull(1, Duration::ZERO).await.unwrap();
     assert_eq!(deliveries.len(), 1);
     assert_eq!(deliveries[0].message.message_id, sent.message_id);
+    env.broker.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn describe_reports_sync_flush_over_tcp() {
+    let env = start(|c| {
+        c.broker.store.flush_mode = storage::FlushMode::Sync;
+        c.broker.store.sync_flush_timeout = Duration::from_millis(2_500);
+        c.broker.store.file_reserved_time = Duration::from_secs(48 * 3600);
+        c.broker.store.max_disk_usage = Some(1 << 30);
+        c.broker.max_reconsume_times = 5;
+    })
+    .await;
+    let admin = Admin::connect(env.broker.addr(), AdminConfig::default())
+        .await
+        .unwrap();
+    let d = admin.describe().await.unwrap();
+    assert_eq!(d.version, env!("CARGO_PKG_VERSION"));
+    assert_eq!(d.flush_mode, FlushMode::Sync);
+    assert_eq!(d.sync_flush_timeout_ms, 2_500);
+    assert_eq!(d.replication, Replication::None);
+    assert_eq!(d.retention_ms, 48 * 3_600_000);
+    assert_eq!(d.max_disk_bytes, Some(1 << 30));
+    assert_eq!(d.max_message_size, 32 * 1024);
+    assert_eq!(d.consume_timeout_ms, 15 * 60 * 1000);
+    assert_eq!(d.max_reconsume_times, 5);
+    env.broker.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn describe_reports_async_flush_over_tcp() {
+    let env = start(|c| {
+        c.broker.store.flush_mode = storage::FlushMode::Async {
+            interval: Duration::from_millis(200),
+        };
+    })
+    .await;
+    let admin = Admin::connect(env.broker.addr(), AdminConfig::default())
+        .await
+        .unwrap();
+    let d = admin.describe().await.unwrap();
+    assert_eq!(d.flush_mode, FlushMode::Async { interval_ms: 200 });
+    assert_eq!(
+        d.retention_ms,
+        72 * 3_600_000,
+        "the default fileReservedTime"
+    );
+    assert_eq!(d.max_disk_bytes, None);
     env.broker.shutdown().await.unwrap();
 }

@@ -7,8 +7,8 @@ use uuid::Uuid;
 use super::endpoints::{Addresses, ConnectOptions, Endpoints};
 use super::error::{ClientError, Result};
 use crate::protocol::{
-    DEFAULT_MAX_FRAME_SIZE, GroupInfo, MessageView, QueueLag, Request, Response, TopicInfo,
-    TraceEvent,
+    BrokerDescription, DEFAULT_MAX_FRAME_SIZE, GroupInfo, MessageView, QueueLag, Request, Response,
+    TopicInfo, TraceEvent,
 };
 
 /// Admin client settings.
@@ -91,6 +91,32 @@ impl Admin {
     /// A connection error.
     pub async fn ping(&self) -> Result<()> {
         self.call(Request::Ping).await.map(|_| ())
+    }
+
+    /// The broker's version and durability settings: flush mode, replication, retention, disk
+    /// ceiling (safeguards B1-B5, audited by L2).
+    ///
+    /// ```no_run
+    /// use broker_lite::client::{Admin, AdminConfig};
+    /// use broker_lite::protocol::FlushMode;
+    ///
+    /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// let admin = Admin::connect("127.0.0.1:9876", AdminConfig::default()).await?;
+    /// let description = admin.describe().await?;
+    /// if let FlushMode::Async { interval_ms } = description.flush_mode {
+    ///     println!("ASYNC_FLUSH: up to {interval_ms} ms of acknowledged messages can be lost");
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// A connection error, or [`ClientError::Server`] with
+    /// [`ErrorCode::UnknownCommand`](crate::protocol::ErrorCode::UnknownCommand) from a broker
+    /// older than this command.
+    pub async fn describe(&self) -> Result<BrokerDescription> {
+        expect!(self.call(Request::Describe).await?, Described, "describe")
     }
 
     /// Creates `topic` with `queues` queues.

@@ -8,6 +8,10 @@ use super::frame::ensure_empty;
 use super::types::*;
 use super::wire::*;
 
+mod response;
+
+pub use response::Response;
+
 /// The command code in a frame header. Stable on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u16)]
@@ -53,11 +57,13 @@ pub enum CommandCode {
     RedriveDeadLetters = 19,
     /// Dead-letter one delivery at once (a permanent consumer failure).
     DeadLetter = 20,
+    /// The broker's version and durability settings (L2).
+    Describe = 21,
 }
 
 impl CommandCode {
     /// Every command.
-    pub const ALL: [CommandCode; 20] = [
+    pub const ALL: [CommandCode; 21] = [
         CommandCode::Ping,
         CommandCode::Send,
         CommandCode::SendBatch,
@@ -78,6 +84,7 @@ impl CommandCode {
         CommandCode::DeadLetters,
         CommandCode::RedriveDeadLetters,
         CommandCode::DeadLetter,
+        CommandCode::Describe,
     ];
 
     /// From the wire value.
@@ -116,6 +123,7 @@ impl CommandCode {
             CommandCode::DeadLetters => "dead_letters",
             CommandCode::RedriveDeadLetters => "redrive_dead_letters",
             CommandCode::DeadLetter => "dead_letter",
+            CommandCode::Describe => "describe",
         }
     }
 }
@@ -206,6 +214,8 @@ pub enum Request {
         /// Only these message ids (empty: all).
         ids: Vec<Uuid>,
     },
+    /// [`CommandCode::Describe`].
+    Describe,
 }
 
 impl Request {
@@ -232,6 +242,7 @@ impl Request {
             Request::Trace(_) => CommandCode::Trace,
             Request::DeadLetters { .. } => CommandCode::DeadLetters,
             Request::RedriveDeadLetters { .. } => CommandCode::RedriveDeadLetters,
+            Request::Describe => CommandCode::Describe,
         }
     }
 
@@ -239,7 +250,7 @@ impl Request {
     pub fn encode_body(&self) -> Bytes {
         let mut buf = BytesMut::new();
         match self {
-            Request::Ping | Request::ListTopics | Request::ListGroups => {}
+            Request::Ping | Request::ListTopics | Request::ListGroups | Request::Describe => {}
             Request::Send(m) | Request::SendOneway(m) => m.put(&mut buf),
             Request::SendBatch(ms) => put_list(&mut buf, ms, |b, m| m.put(b)),
             Request::Subscribe(s) => s.put(&mut buf),
@@ -290,6 +301,7 @@ impl Request {
             CommandCode::CreateTopic => Request::CreateTopic(TopicInfo::get(b)?),
             CommandCode::ListTopics => Request::ListTopics,
             CommandCode::ListGroups => Request::ListGroups,
+            CommandCode::Describe => Request::Describe,
             CommandCode::Lag => Request::Lag {
                 group: get_str(b, "group")?,
             },
@@ -395,105 +407,6 @@ impl Request {
             | Request::DeadLetters { group, .. } => check_group(group),
             _ => Ok(()),
         }
-    }
-}
-
-/// A successful response, decoded.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Response {
-    /// Nothing to return (ping, subscribe, heartbeat, unsubscribe, ack, dead letter, create
-    /// topic).
-    Done,
-    /// What a nack did.
-    Nacked(NackResult),
-    /// Answer to a send.
-    Send(SendResult),
-    /// Answer to a batch send, one result per message in order.
-    SendBatch(Vec<SendResult>),
-    /// Deliveries of a pull (possibly none after the long poll).
-    Pull(Vec<Delivery>),
-    /// Topics.
-    Topics(Vec<TopicInfo>),
-    /// Groups.
-    Groups(Vec<GroupInfo>),
-    /// Lag per queue.
-    Lag(Vec<QueueLag>),
-    /// A message found by id, if any.
-    Message(Option<MessageView>),
-    /// Messages (lookup by key, dead letters).
-    Messages(Vec<MessageView>),
-    /// The trace of a message.
-    Trace(Vec<TraceEvent>),
-    /// How many dead letters were re-driven.
-    Redriven(u64),
-}
-
-impl Response {
-    /// Encodes the body.
-    pub fn encode_body(&self) -> Bytes {
-        let mut buf = BytesMut::new();
-        match self {
-            Response::Done => {}
-            Response::Nacked(n) => n.put(&mut buf),
-            Response::Send(r) => r.put(&mut buf),
-            Response::SendBatch(rs) => put_list(&mut buf, rs, |b, r| r.put(b)),
-            Response::Pull(ds) => put_list(&mut buf, ds, |b, d| d.put(b)),
-            Response::Topics(ts) => put_list(&mut buf, ts, |b, t| t.put(b)),
-            Response::Groups(gs) => put_list(&mut buf, gs, |b, g| g.put(b)),
-            Response::Lag(ls) => put_list(&mut buf, ls, |b, l| l.put(b)),
-            Response::Message(m) => match m {
-                Some(m) => {
-                    buf.put_u8(1);
-                    m.put(&mut buf);
-                }
-                None => buf.put_u8(0),
-            },
-            Response::Messages(ms) => put_list(&mut buf, ms, |b, m| m.put(b)),
-            Response::Trace(es) => put_list(&mut buf, es, |b, e| e.put(b)),
-            Response::Redriven(n) => buf.put_u64(*n),
-        }
-        buf.freeze()
-    }
-
-    /// Decodes the body of a response to the command `code`.
-    ///
-    /// # Errors
-    ///
-    /// [`DecodeError`] for an unknown code, truncated or invalid input, or trailing bytes.
-    pub fn decode(code: u16, mut body: Bytes) -> Result<Self, DecodeError> {
-        let b = &mut body;
-        let response = match CommandCode::from_u16(code)? {
-            CommandCode::Ping
-            | CommandCode::SendOneway
-            | CommandCode::Subscribe
-            | CommandCode::Heartbeat
-            | CommandCode::Unsubscribe
-            | CommandCode::Ack
-            | CommandCode::DeadLetter
-            | CommandCode::CreateTopic => Response::Done,
-            CommandCode::Nack => Response::Nacked(NackResult::get(b)?),
-            CommandCode::Send => Response::Send(SendResult::get(b)?),
-            CommandCode::SendBatch => {
-                Response::SendBatch(get_list(b, 29, "send results", SendResult::get)?)
-            }
-            CommandCode::Pull => Response::Pull(get_list(b, 40, "deliveries", Delivery::get)?),
-            CommandCode::ListTopics => Response::Topics(get_list(b, 8, "topics", TopicInfo::get)?),
-            CommandCode::ListGroups => Response::Groups(get_list(b, 13, "groups", GroupInfo::get)?),
-            CommandCode::Lag => Response::Lag(get_list(b, 41, "lag", QueueLag::get)?),
-            CommandCode::LookupById => Response::Message(if get_bool(b, "message presence")? {
-                Some(MessageView::get(b)?)
-            } else {
-                None
-            }),
-            CommandCode::LookupByKey | CommandCode::DeadLetters => {
-                Response::Messages(get_list(b, 40, "messages", MessageView::get)?)
-            }
-            CommandCode::Trace => Response::Trace(get_list(b, 16, "trace", TraceEvent::get)?),
-            CommandCode::RedriveDeadLetters => Response::Redriven(get_u64(b, "redriven")?),
-        };
-        ensure_empty(&body)?;
-        Ok(response)
     }
 }
 

@@ -53,7 +53,7 @@ pub use frame::{
     CONNECTION_REQUEST_ID, DEFAULT_MAX_FRAME_SIZE, Frame, FrameKind, HEADER_LEN, PROTOCOL_VERSION,
 };
 pub use types::{
-    AckRequest, ConsumeModel, DeadLetterRequest, Delivery, GroupInfo, Member, Message, MessageView,
-    NackRequest, NackResult, PullRequest, QueueLag, SendResult, SendStatus, Subscription,
-    TopicInfo, TraceEvent,
+    AckRequest, BrokerDescription, ConsumeModel, DeadLetterRequest, Delivery, FlushMode, GroupInfo,
+    Member, Message, MessageView, NackRequest, NackResult, PullRequest, QueueLag, Replication,
+    SendResult, SendStatus, Subscription, TopicInfo, TraceEvent,
 };

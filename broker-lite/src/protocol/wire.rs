@@ -141,6 +141,26 @@ pub(crate) fn put_opt_u32(buf: &mut BytesMut, v: Option<u32>) {
     }
 }
 
+/// Reads a presence byte and, when present, a u64.
+pub(crate) fn get_opt_u64(buf: &mut Bytes, what: &'static str) -> Result<Option<u64>, DecodeError> {
+    if get_bool(buf, what)? {
+        Ok(Some(get_u64(buf, what)?))
+    } else {
+        Ok(None)
+    }
+}
+
+/// Appends a presence byte and, when present, a u64.
+pub(crate) fn put_opt_u64(buf: &mut BytesMut, v: Option<u64>) {
+    match v {
+        Some(v) => {
+            buf.put_u8(1);
+            buf.put_u64(v);
+        }
+        None => buf.put_u8(0),
+    }
+}
+
 /// Reads a UUID (16 bytes).
 pub(crate) fn get_uuid(buf: &mut Bytes, what: &'static str) -> Result<Uuid, DecodeError> {
     need(buf, 16, what)?;

@@ -11,9 +11,11 @@ use crate::broker::{
     StoredMessage, TraceKind,
 };
 use crate::protocol::{
-    ConsumeModel, Delivery, ErrorCode, ErrorReply, GroupInfo, Message, MessageView, NackResult,
-    QueueLag, Request, Response, SendResult, SendStatus, TopicInfo, TraceEvent,
+    BrokerDescription, ConsumeModel, Delivery, ErrorCode, ErrorReply, FlushMode, GroupInfo,
+    Message, MessageView, NackResult, QueueLag, Replication, Request, Response, SendResult,
+    SendStatus, TopicInfo, TraceEvent,
 };
+use crate::storage;
 
 /// Answers requests with a [`Broker`].
 #[derive(Debug, Clone)]
@@ -166,8 +168,36 @@ impl BrokerHandler {
                 let ids = if ids.is_empty() { None } else { Some(ids) };
                 Response::Redriven(b.redrive_dead_letters(&group, ids).await?)
             }
+            Request::Describe => Response::Described(describe(b.config())),
         })
     }
+}
+
+/// The wire view of the broker's configuration (safeguard L2).
+fn describe(config: &broker::BrokerConfig) -> BrokerDescription {
+    let store = &config.store;
+    BrokerDescription {
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        flush_mode: match store.flush_mode {
+            storage::FlushMode::Sync => FlushMode::Sync,
+            storage::FlushMode::Async { interval } => FlushMode::Async {
+                interval_ms: millis(interval),
+            },
+        },
+        sync_flush_timeout_ms: millis(store.sync_flush_timeout),
+        replication: match config.replication {
+            broker::Replication::None => Replication::None,
+        },
+        retention_ms: millis(store.file_reserved_time),
+        max_disk_bytes: store.max_disk_usage,
+        max_message_size: config.max_message_size as u64,
+        consume_timeout_ms: millis(config.consume_timeout),
+        max_reconsume_times: config.max_reconsume_times,
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 fn to_reply(e: BrokerError) -> ErrorReply {

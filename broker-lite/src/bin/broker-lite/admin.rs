@@ -2,6 +2,7 @@
 
 use anyhow::{Context, Result};
 use broker_lite::client::{Admin, AdminConfig};
+use broker_lite::protocol::{BrokerDescription, FlushMode, Replication};
 use clap::Subcommand;
 use uuid::Uuid;
 
@@ -44,6 +45,8 @@ pub(crate) enum DlqCommand {
 /// An admin command.
 #[derive(Debug, Subcommand)]
 pub(crate) enum AdminCommand {
+    /// The broker's version and durability settings (flush, replication, retention).
+    Describe,
     /// Create or list topics.
     #[command(subcommand)]
     Topics(TopicsCommand),
@@ -82,6 +85,7 @@ pub(crate) async fn run(addresses: &str, command: AdminCommand) -> Result<()> {
         .await
         .with_context(|| format!("cannot reach a broker at {addresses}"))?;
     match command {
+        AdminCommand::Describe => print_description(&admin.describe().await?),
         AdminCommand::Topics(TopicsCommand::Create { name, queues }) => {
             admin.create_topic(&name, queues).await?;
             println!("created topic {name} with {queues} queues");
@@ -176,4 +180,42 @@ pub(crate) async fn run(addresses: &str, command: AdminCommand) -> Result<()> {
         }
     }
     Ok(())
+}
+
+fn print_description(d: &BrokerDescription) {
+    let flush = match d.flush_mode {
+        FlushMode::Sync => format!(
+            "sync (SYNC_FLUSH; fsync before the answer, FLUSH_DISK_TIMEOUT after {} ms)",
+            d.sync_flush_timeout_ms
+        ),
+        FlushMode::Async { interval_ms } => {
+            format!("async (ASYNC_FLUSH; fsync every {interval_ms} ms)")
+        }
+    };
+    let replication = match d.replication {
+        Replication::None => "none (single node)".to_owned(),
+        other => format!("{other:?}"),
+    };
+    println!("version:             {}", d.version);
+    println!("flush mode:          {flush}");
+    println!("replication:         {replication}");
+    println!("retention:           {}", retention(d.retention_ms));
+    println!(
+        "max disk bytes:      {}",
+        d.max_disk_bytes
+            .map_or("none".to_owned(), |bytes| bytes.to_string())
+    );
+    println!("max message size:    {} bytes", d.max_message_size);
+    println!("consume timeout:     {} ms", d.consume_timeout_ms);
+    println!("max reconsume times: {}", d.max_reconsume_times);
+}
+
+/// `72 h`, or fractional hours with the exact milliseconds when not a whole number of hours.
+fn retention(ms: u64) -> String {
+    const HOUR: u64 = 3_600_000;
+    if ms % HOUR == 0 {
+        format!("{} h", ms / HOUR)
+    } else {
+        format!("{:.2} h ({ms} ms)", ms as f64 / HOUR as f64)
+    }
 }

@@ -4,6 +4,7 @@
 //! broker-lite serve --data-dir /var/lib/broker-lite --listen 0.0.0.0:9876 --flush sync
 //! broker-lite serve --config /etc/broker-lite.toml
 //! broker-lite --addr "10.0.0.1:9876;10.0.0.2:9876" topics create orders --queues 8
+//! broker-lite describe
 //! broker-lite lag billing
 //! broker-lite lookup --id 0190c6f2-...
 //! broker-lite dlq redrive billing

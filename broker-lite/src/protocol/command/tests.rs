@@ -110,6 +110,43 @@ fn model() -> impl Strategy<Value = ConsumeModel> {
     ]
 }
 
+fn description() -> impl Strategy<Value = BrokerDescription> {
+    (
+        s(),
+        proptest::option::of(any::<u64>()),
+        any::<u64>(),
+        any::<u64>(),
+        proptest::option::of(any::<u64>()),
+        any::<u64>(),
+        any::<u64>(),
+        any::<u32>(),
+    )
+        .prop_map(
+            |(
+                version,
+                async_interval_ms,
+                sync_flush_timeout_ms,
+                retention_ms,
+                max_disk_bytes,
+                max_message_size,
+                consume_timeout_ms,
+                max_reconsume_times,
+            )| BrokerDescription {
+                version,
+                flush_mode: async_interval_ms.map_or(FlushMode::Sync, |interval_ms| {
+                    FlushMode::Async { interval_ms }
+                }),
+                sync_flush_timeout_ms,
+                replication: Replication::None,
+                retention_ms,
+                max_disk_bytes,
+                max_message_size,
+                consume_timeout_ms,
+                max_reconsume_times,
+            },
+        )
+}
+
 fn request() -> impl Strategy<Value = Request> {
     prop_oneof![
         Just(Request::Ping),
@@ -168,6 +205,7 @@ fn request() -> impl Strategy<Value = Request> {
             .prop_map(|(name, queues)| Request::CreateTopic(TopicInfo { name, queues })),
         Just(Request::ListTopics),
         Just(Request::ListGroups),
+        Just(Request::Describe),
         s().prop_map(|group| Request::Lag { group }),
         uuid().prop_map(Request::LookupById),
         (s(), s(), any::<u32>()).prop_map(|(topic, key, max)| Request::LookupByKey {
@@ -301,6 +339,7 @@ fn response() -> impl Strategy<Value = (CommandCode, Response)> {
             )
         }),
         any::<u64>().prop_map(|n| (CommandCode::RedriveDeadLetters, Response::Redriven(n))),
+        description().prop_map(|d| (CommandCode::Describe, Response::Described(d))),
     ]
 }
 
@@ -341,7 +380,7 @@ proptest! {
     }
 
     #[test]
-    fn garbage_never_panics(code in 0u16..24, data in proptest::collection::vec(any::<u8>(), 0..128)) {
+    fn garbage_never_panics(code in 0u16..25, data in proptest::collection::vec(any::<u8>(), 0..128)) {
         let _ = Request::decode(code, Bytes::from(data.clone()));
         let _ = Response::decode(code, Bytes::from(data.clone()));
         let _ = ErrorReply::decode(Bytes::from(data));
@@ -396,5 +435,36 @@ fn validation_enforces_limits() {
         Request::Send(Message::new("", "a"))
             .validate(&limits)
             .is_err()
+    );
+}
+
+#[test]
+fn unknown_flush_mode_and_replication_tags_are_invalid() {
+    let description = BrokerDescription {
+        version: "0.1.0".into(),
+        flush_mode: FlushMode::Async { interval_ms: 500 },
+        sync_flush_timeout_ms: 5_000,
+        replication: Replication::None,
+        retention_ms: 72 * 3_600_000,
+        max_disk_bytes: None,
+        max_message_size: 1 << 20,
+        consume_timeout_ms: 900_000,
+        max_reconsume_times: 16,
+    };
+    let body = Response::Described(description).encode_body().to_vec();
+    // version: u32 length + 5 bytes, then the flush mode tag.
+    let flush_tag = 4 + 5;
+    let mut bad = body.clone();
+    bad[flush_tag] = 7;
+    assert_eq!(
+        Response::decode(CommandCode::Describe as u16, bad.into()).unwrap_err(),
+        DecodeError::Invalid("flush mode")
+    );
+    // flush mode (1 + 8), sync flush timeout (8), then the replication tag.
+    let mut bad = body;
+    bad[flush_tag + 9 + 8] = 7;
+    assert_eq!(
+        Response::decode(CommandCode::Describe as u16, bad.into()).unwrap_err(),
+        DecodeError::Invalid("replication")
     );
 }

@@ -6,6 +6,7 @@ use super::error::DecodeError;
 
 mod admin;
 mod consumer;
+mod describe;
 mod message;
 
 pub use admin::{GroupInfo, QueueLag, TopicInfo, TraceEvent};
@@ -13,6 +14,7 @@ pub use consumer::{
     AckRequest, ConsumeModel, DeadLetterRequest, Delivery, Member, NackRequest, NackResult,
     PullRequest, Subscription,
 };
+pub use describe::{BrokerDescription, FlushMode, Replication};
 pub use message::{Message, MessageView, SendResult, SendStatus};
 
 /// A type with a compact binary encoding.

@@ -1,0 +1,123 @@
+//! The broker's durability settings, as reported by [`CommandCode::Describe`] (safeguard L2).
+//!
+//! [`CommandCode::Describe`]: crate::protocol::CommandCode::Describe
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use super::Wire;
+use crate::protocol::error::DecodeError;
+use crate::protocol::wire::*;
+
+/// When the broker answers a send relative to the fsync of the message (safeguards B1, B2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlushMode {
+    /// `SYNC_FLUSH`: a send is answered after the fsync that covers it.
+    Sync,
+    /// `ASYNC_FLUSH`: a send is answered from the page cache; acknowledged messages of the last
+    /// `interval_ms` (plus one fsync) are lost if the machine loses power.
+    Async {
+        /// How often the background flush runs, in milliseconds.
+        interval_ms: u64,
+    },
+}
+
+impl Wire for FlushMode {
+    fn put(&self, buf: &mut BytesMut) {
+        match self {
+            FlushMode::Sync => buf.put_u8(0),
+            FlushMode::Async { interval_ms } => {
+                buf.put_u8(1);
+                buf.put_u64(*interval_ms);
+            }
+        }
+    }
+
+    fn get(buf: &mut Bytes) -> Result<Self, DecodeError> {
+        match get_u8(buf, "flush mode")? {
+            0 => Ok(FlushMode::Sync),
+            1 => Ok(FlushMode::Async {
+                interval_ms: get_u64(buf, "flush interval")?,
+            }),
+            _ => Err(DecodeError::Invalid("flush mode")),
+        }
+    }
+}
+
+/// How a message is replicated before the producer is answered (safeguards B3, B4).
+///
+/// broker-lite is a single node today; `SYNC_MASTER` and `ASYNC_MASTER` will be new variants
+/// with their own wire tags.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Replication {
+    /// A single node: no follower, so its disk is a single point of failure.
+    None,
+}
+
+impl Wire for Replication {
+    fn put(&self, buf: &mut BytesMut) {
+        match self {
+            Replication::None => buf.put_u8(0),
+        }
+    }
+
+    fn get(buf: &mut Bytes) -> Result<Self, DecodeError> {
+        match get_u8(buf, "replication")? {
+            0 => Ok(Replication::None),
+            _ => Err(DecodeError::Invalid("replication")),
+        }
+    }
+}
+
+/// What a broker reports about itself: its version and the settings that decide whether an
+/// acknowledged message can still be lost.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerDescription {
+    /// The broker-lite crate version, e.g. `0.1.0`.
+    pub version: String,
+    /// Sync or async flush (B1, B2).
+    pub flush_mode: FlushMode,
+    /// Under sync flush, how long a send waits for its fsync before it is answered with
+    /// `FLUSH_DISK_TIMEOUT`, in milliseconds.
+    pub sync_flush_timeout_ms: u64,
+    /// Replication before answering producers (B3, B4).
+    pub replication: Replication,
+    /// How long messages are kept (`fileReservedTime`, B5), in milliseconds.
+    pub retention_ms: u64,
+    /// The disk-usage ceiling of the segment files past which the oldest are deleted, if any.
+    pub max_disk_bytes: Option<u64>,
+    /// Largest message body accepted, in bytes.
+    pub max_message_size: u64,
+    /// An unsettled delivery is redelivered after this long (C3), in milliseconds.
+    pub consume_timeout_ms: u64,
+    /// Redeliveries before a message is dead-lettered (C8).
+    pub max_reconsume_times: u32,
+}
+
+impl Wire for BrokerDescription {
+    fn put(&self, buf: &mut BytesMut) {
+        put_str(buf, &self.version);
+        self.flush_mode.put(buf);
+        buf.put_u64(self.sync_flush_timeout_ms);
+        self.replication.put(buf);
+        buf.put_u64(self.retention_ms);
+        put_opt_u64(buf, self.max_disk_bytes);
+        buf.put_u64(self.max_message_size);
+        buf.put_u64(self.consume_timeout_ms);
+        buf.put_u32(self.max_reconsume_times);
+    }
+
+    fn get(buf: &mut Bytes) -> Result<Self, DecodeError> {
+        Ok(BrokerDescription {
+            version: get_str(buf, "version")?,
+            flush_mode: FlushMode::get(buf)?,
+            sync_flush_timeout_ms: get_u64(buf, "sync flush timeout")?,
+            replication: Replication::get(buf)?,
+            retention_ms: get_u64(buf, "retention")?,
+            max_disk_bytes: get_opt_u64(buf, "max disk bytes")?,
+            max_message_size: get_u64(buf, "max message size")?,
+            consume_timeout_ms: get_u64(buf, "consume timeout")?,
+            max_reconsume_times: get_u32(buf, "max reconsume times")?,
+        })
+    }
+}
