@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use broker_lite::client::{Consumer, ConsumerConfig};
 use broker_lite::embedded::{self, EmbeddedConfig};
+use broker_lite::storage::FlushMode;
 use courier::outbox::{Message, Outbox};
 use sqlx::{ConnectOptions, PgPool};
 use uuid::Uuid;
@@ -198,4 +199,101 @@ async fn check_reports_an_unreachable_broker(pool: PgPool) {
     assert!(
         String::from_utf8_lossy(&output.stderr).contains("cannot reach broker-lite at 127.0.0.1:1")
     );
+}
+
+/// Runs `outbox-relay check` against `broker` with the database of `pool` and a config file
+/// holding `toml`; blocking, so the embedded broker keeps answering on the test's runtime.
+async fn check(pool: &PgPool, broker: &embedded::EmbeddedBroker, toml: &str) -> Output {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("relay.toml");
+    std::fs::write(&file, toml).unwrap();
+    let args = [
+        "--config".to_owned(),
+        file.to_str().unwrap().to_owned(),
+        "--database-url".to_owned(),
+        database_url(pool),
+        "--broker".to_owned(),
+        broker.addr().to_string(),
+        "check".to_owned(),
+    ];
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let output = relay(&args);
+        drop(dir);
+        output
+    })
+    .await
+    .unwrap()
+}
+
+#[sqlx::test(migrator = "courier_outbox::MIGRATOR")]
+async fn check_warns_about_async_flush_on_critical_topics(pool: PgPool) {
+    let data = tempfile::tempdir().unwrap();
+    let mut config = EmbeddedConfig::default();
+    config.broker.store.flush_mode = FlushMode::Async {
+        interval: Duration::from_millis(200),
+    };
+    let broker = embedded::start(data.path(), config).await.unwrap();
+
+    let output = check(
+        &pool,
+        &broker,
+        "[broker]\ncritical_topics = [\"ORDER_CREATED\"]\n",
+    )
+    .await;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("durability profile:"), "{stdout}");
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.contains("flush mode") && l.contains("async") && l.contains("200 ms")),
+        "the flush mode comes from the broker: {stdout}"
+    );
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("WARNING: ") && l.contains("ASYNC_FLUSH")),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!(
+            "broker-lite version: {}",
+            env!("CARGO_PKG_VERSION")
+        )),
+        "{stdout}"
+    );
+    broker.shutdown().await.unwrap();
+}
+
+#[sqlx::test(migrator = "courier_outbox::MIGRATOR")]
+async fn check_has_no_warnings_with_sync_flush_and_no_critical_topics(pool: PgPool) {
+    let data = tempfile::tempdir().unwrap();
+    let mut config = EmbeddedConfig::default();
+    config.broker.store.flush_mode = FlushMode::Sync;
+    let broker = embedded::start(data.path(), config).await.unwrap();
+
+    let output = check(&pool, &broker, "[broker]\ncritical_topics = []\n").await;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.contains("flush mode") && l.contains("sync (SYNC_FLUSH")),
+        "{stdout}"
+    );
+    assert!(stdout.contains("broker retention:    72 h"), "{stdout}");
+    assert!(!stdout.contains("WARNING"), "{stdout}");
+    assert!(stdout.lines().any(|l| l == "0 warning(s)"), "{stdout}");
+    broker.shutdown().await.unwrap();
 }

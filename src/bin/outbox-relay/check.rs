@@ -1,10 +1,19 @@
 //! `outbox-relay check`: validate the configuration, reach the database and the broker, and print
 //! the durability profile with warnings on risky settings (safeguard L2).
+//!
+//! The broker's side of the profile (flush mode, replication, retention, disk ceiling, version)
+//! comes from broker-lite itself through [`Admin::describe`]; a broker too old to answer it is
+//! reported as such and the relay's side is still checked.
 
-use broker_lite::client::{Admin, AdminConfig};
+use broker_lite::client::{Admin, AdminConfig, ClientError};
+use broker_lite::protocol::{BrokerDescription, ErrorCode, FlushMode, Replication};
 
 use crate::config::Config;
 use crate::database;
+
+/// Below this retention a message expires unconsumed while its consumer is down for a day (B5).
+const MIN_RETENTION_MS: u64 = 24 * HOUR_MS;
+const HOUR_MS: u64 = 3_600_000;
 
 pub(crate) async fn run(config: &Config) -> anyhow::Result<()> {
     println!("configuration: valid");
@@ -27,8 +36,20 @@ pub(crate) async fn run(config: &Config) -> anyhow::Result<()> {
         })?;
     admin.ping().await?;
     println!("broker: reachable ({})", config.broker.addresses);
+    let described = match admin.describe().await {
+        Ok(description) => Some(description),
+        // A broker-lite from before the describe command: check what the relay knows.
+        Err(ClientError::Server(reply)) if reply.code == ErrorCode::UnknownCommand => None,
+        Err(error) => {
+            return Err(anyhow::anyhow!(
+                "broker-lite at {} did not describe its settings: {error}",
+                config.broker.addresses
+            ));
+        }
+    };
 
-    let warnings = profile(config);
+    print_profile(config, described.as_ref());
+    let warnings = warnings(config, described.as_ref());
     for warning in &warnings {
         println!("WARNING: {warning}");
     }
@@ -36,20 +57,42 @@ pub(crate) async fn run(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Prints the durability profile and returns the warnings.
-fn profile(config: &Config) -> Vec<String> {
-    let broker = &config.broker;
+/// Prints the durability profile: the broker's settings as it reports them, then the relay's.
+fn print_profile(config: &Config, broker: Option<&BrokerDescription>) {
+    let settings = &config.broker;
     let relay = &config.relay;
     println!("durability profile:");
-    println!(
-        "  broker flush mode:   not reported by broker-lite over the wire; see its `serve --flush` setting"
-    );
-    println!("  replication:         none (single broker-lite node)");
+    match broker {
+        Some(broker) => {
+            println!("  broker-lite version: {}", broker.version);
+            println!("  broker flush mode:   {}", flush_mode(broker));
+            println!("  replication:         {}", replication(broker.replication));
+            println!(
+                "  broker retention:    {} (fileReservedTime, B5)",
+                hours(broker.retention_ms)
+            );
+            println!(
+                "  broker disk ceiling: {}",
+                broker.max_disk_bytes.map_or(
+                    "none (only retention deletes old messages)".to_owned(),
+                    |bytes| format!("{bytes} bytes (oldest messages deleted past it, B5)")
+                )
+            );
+        }
+        None => {
+            println!("  broker-lite version: older than the describe command");
+            println!(
+                "  broker flush mode:   not reported by this broker-lite; see its `serve --flush` setting"
+            );
+            println!("  replication:         not reported (single broker-lite node)");
+            println!("  broker retention:    not reported; see its `--retention-hours` setting");
+        }
+    }
     println!(
         "  send timeout:        {} ms per attempt (P5)",
-        broker.send_timeout_ms
+        settings.send_timeout_ms
     );
-    println!("  send retries:        {} (P4)", broker.retries);
+    println!("  send retries:        {} (P4)", settings.retries);
     println!(
         "  relay attempts:      {} before the failure table (P6)",
         relay.max_attempts
@@ -62,17 +105,72 @@ fn profile(config: &Config) -> Vec<String> {
                 "{h} h"
             ))
     );
-    println!("  one-way topics:      {:?} (P3)", broker.oneway_topics);
-    println!("  critical topics:     {:?}", broker.critical_topics);
+    println!("  one-way topics:      {:?} (P3)", settings.oneway_topics);
+    println!("  critical topics:     {:?}", settings.critical_topics);
+}
 
+fn flush_mode(broker: &BrokerDescription) -> String {
+    match broker.flush_mode {
+        FlushMode::Sync => format!(
+            "sync (SYNC_FLUSH: fsync before the answer, FLUSH_DISK_TIMEOUT after {} ms, B1)",
+            broker.sync_flush_timeout_ms
+        ),
+        FlushMode::Async { interval_ms } => {
+            format!(
+                "async (ASYNC_FLUSH: answered from the page cache, fsync every {interval_ms} ms, B2)"
+            )
+        }
+    }
+}
+
+fn replication(replication: Replication) -> String {
+    match replication {
+        Replication::None => "none (single broker-lite node, B3/B4)".to_owned(),
+        other => format!("{other:?}"),
+    }
+}
+
+/// `72 h`, or with two decimals when not a whole number of hours.
+fn hours(ms: u64) -> String {
+    if ms % HOUR_MS == 0 {
+        format!("{} h", ms / HOUR_MS)
+    } else {
+        format!("{:.2} h", ms as f64 / HOUR_MS as f64)
+    }
+}
+
+/// The risky settings (L2), one sentence each.
+fn warnings(config: &Config, broker: Option<&BrokerDescription>) -> Vec<String> {
+    let settings = &config.broker;
+    let relay = &config.relay;
+    let critical = &settings.critical_topics;
     let mut warnings = Vec::new();
-    if !broker.critical_topics.is_empty() {
-        warnings.push(
-            "critical topics are configured: make sure broker-lite runs with `--flush sync` \
-             (SYNC_FLUSH, B1); ASYNC_FLUSH can lose acknowledged messages on power loss"
-                .to_owned(),
-        );
-        if broker.retries == 0 {
+    if !critical.is_empty() {
+        match broker {
+            Some(BrokerDescription {
+                flush_mode: FlushMode::Async { interval_ms },
+                ..
+            }) => warnings.push(format!(
+                "broker-lite runs with ASYNC_FLUSH (fsync every {interval_ms} ms) while critical \
+                 topics {critical:?} are configured: acknowledged messages can be lost on power \
+                 loss (B2); run it with `--flush sync` (SYNC_FLUSH, B1)"
+            )),
+            Some(_) => {}
+            None => warnings.push(
+                "critical topics are configured but this broker-lite does not report its flush \
+                 mode: make sure it runs with `--flush sync` (SYNC_FLUSH, B1); ASYNC_FLUSH can \
+                 lose acknowledged messages on power loss"
+                    .to_owned(),
+            ),
+        }
+        if broker.is_some_and(|b| b.replication == Replication::None) {
+            warnings.push(format!(
+                "no replication with critical topics {critical:?} (informational: broker-lite is \
+                 a single node today): its disk is a single point of failure, a lost disk loses \
+                 every stored message (B3/B4)"
+            ));
+        }
+        if settings.retries == 0 {
             warnings.push("broker.retries is 0 with critical topics: a transient error costs a full relay backoff (P4)".to_owned());
         }
         if relay.max_attempts < 3 {
@@ -82,17 +180,119 @@ fn profile(config: &Config) -> Vec<String> {
             ));
         }
     }
-    if !broker.oneway_topics.is_empty() {
+    if let Some(broker) = broker {
+        if broker.retention_ms < MIN_RETENTION_MS {
+            warnings.push(format!(
+                "broker-lite keeps messages {} (fileReservedTime): messages not consumed within \
+                 that time expire and are lost; keep at least 24 h (B5, default 72 h)",
+                hours(broker.retention_ms)
+            ));
+        }
+    }
+    if !settings.oneway_topics.is_empty() {
         warnings.push(format!(
             "one-way sends are allowed for {:?}: their messages can be lost without trace (P3)",
-            broker.oneway_topics
+            settings.oneway_topics
         ));
     }
-    if broker.send_timeout_ms < 500 {
+    if settings.send_timeout_ms < 500 {
         warnings.push(format!(
             "broker.send_timeout_ms is {}: SYNC_FLUSH answers after an fsync, which can take longer",
-            broker.send_timeout_ms
+            settings.send_timeout_ms
         ));
     }
     warnings
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn broker(flush_mode: FlushMode, retention_hours: u64) -> BrokerDescription {
+        BrokerDescription {
+            version: "0.1.0".to_owned(),
+            flush_mode,
+            sync_flush_timeout_ms: 5_000,
+            replication: Replication::None,
+            retention_ms: retention_hours * HOUR_MS,
+            max_disk_bytes: None,
+            max_message_size: 4 << 20,
+            consume_timeout_ms: 900_000,
+            max_reconsume_times: 16,
+        }
+    }
+
+    fn critical(topics: &[&str]) -> Config {
+        let mut config = Config::default();
+        config.broker.critical_topics = topics.iter().map(|t| (*t).to_owned()).collect();
+        config
+    }
+
+    #[test]
+    fn safe_defaults_have_no_warnings() {
+        let sync = broker(FlushMode::Sync, 72);
+        assert_eq!(
+            warnings(&Config::default(), Some(&sync)),
+            Vec::<String>::new()
+        );
+        let async_flush = broker(FlushMode::Async { interval_ms: 500 }, 72);
+        assert_eq!(
+            warnings(&Config::default(), Some(&async_flush)),
+            Vec::<String>::new(),
+            "async flush is only risky for critical topics"
+        );
+    }
+
+    #[test]
+    fn async_flush_with_critical_topics_is_a_warning() {
+        let async_flush = broker(FlushMode::Async { interval_ms: 500 }, 72);
+        let found = warnings(&critical(&["ORDER_CREATED"]), Some(&async_flush));
+        assert!(
+            found
+                .iter()
+                .any(|w| w.contains("ASYNC_FLUSH") && w.contains("ORDER_CREATED")),
+            "{found:?}"
+        );
+        let sync = broker(FlushMode::Sync, 72);
+        let found = warnings(&critical(&["ORDER_CREATED"]), Some(&sync));
+        assert!(
+            !found.iter().any(|w| w.contains("ASYNC_FLUSH")),
+            "{found:?}"
+        );
+    }
+
+    #[test]
+    fn no_replication_with_critical_topics_is_reported() {
+        let sync = broker(FlushMode::Sync, 72);
+        let found = warnings(&critical(&["ORDER_CREATED"]), Some(&sync));
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].contains("no replication"), "{found:?}");
+    }
+
+    #[test]
+    fn short_retention_is_a_warning() {
+        let short = broker(FlushMode::Sync, 12);
+        let found = warnings(&Config::default(), Some(&short));
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(
+            found[0].contains("12 h") && found[0].contains("B5"),
+            "{found:?}"
+        );
+        assert!(warnings(&Config::default(), Some(&broker(FlushMode::Sync, 24))).is_empty());
+    }
+
+    #[test]
+    fn an_older_broker_still_gets_the_flush_reminder() {
+        let found = warnings(&critical(&["ORDER_CREATED"]), None);
+        assert!(
+            found.iter().any(|w| w.contains("does not report")),
+            "{found:?}"
+        );
+    }
+
+    #[test]
+    fn hours_are_printed_exactly() {
+        assert_eq!(hours(72 * HOUR_MS), "72 h");
+        assert_eq!(hours(HOUR_MS / 2), "0.50 h");
+    }
 }
