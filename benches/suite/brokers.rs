@@ -27,7 +27,7 @@ const STREAM: &str = "COURIER_BENCH";
 const SUBJECT: &str = "courier.bench";
 const QUEUE: &str = "courier.bench";
 
-/// The systems compared; a `None` address means skipped.
+/// Which of the other brokers answered (broker-lite always runs, embedded).
 pub(crate) struct Systems {
     pub(crate) nats: bool,
     pub(crate) rabbit: bool,
@@ -36,7 +36,7 @@ pub(crate) struct Systems {
 enum Client {
     BrokerLite(Producer),
     Nats(Box<Nats>),
-    Rabbit(Channel, lapin::Connection),
+    Rabbit(Box<(Channel, lapin::Connection)>),
 }
 
 impl Client {
@@ -51,7 +51,8 @@ impl Client {
                 }
             }
             Client::Nats(nats) => nats.publish(SUBJECT, payload).await?,
-            Client::Rabbit(channel, _) => {
+            Client::Rabbit(rabbit) => {
+                let channel = &rabbit.0;
                 let confirm = channel
                     .basic_publish(
                         "",
@@ -71,8 +72,8 @@ impl Client {
     }
 
     async fn close(self) {
-        if let Client::Rabbit(channel, connection) = self {
-            let _ = channel.close(200, "bye").await;
+        if let Client::Rabbit(rabbit) = self {
+            let (_channel, connection) = *rabbit;
             let _ = connection.close(200, "bye").await;
         }
     }
@@ -216,7 +217,7 @@ async fn measure(
             channel
                 .confirm_select(ConfirmSelectOptions::default())
                 .await?;
-            clients.push(Client::Rabbit(channel, connection));
+            clients.push(Client::Rabbit(Box::new((channel, connection))));
         }
     }
     let payload = Bytes::from(vec![b'x'; 1024]);

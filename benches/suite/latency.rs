@@ -31,7 +31,7 @@ fn unix_ns() -> u128 {
 pub(crate) async fn run(pool: &PgPool, params: &Params, report: &mut Report) -> anyhow::Result<()> {
     for &(rate, seconds) in &params.latency_rates {
         let total = (rate as f64 * seconds) as usize;
-        let (mut latencies, achieved) = once(pool, rate, total).await?;
+        let (mut latencies, split, achieved) = once(pool, rate, total).await?;
         // The first 10 % warm the connections and the relay's wake-up path.
         let warm = latencies.len() / 10;
         latencies.drain(..warm);
@@ -61,12 +61,33 @@ pub(crate) async fn run(pool: &PgPool, params: &Params, report: &mut Report) -> 
             "msg/s",
             achieved,
         );
+        // Where the time goes, split at the broker's store timestamp (whole ms, hence means).
+        let n = split.len().max(1) as f64;
+        let to_broker = split.iter().map(|s| s.0).sum::<f64>() / n;
+        let to_handler = split.iter().map(|s| s.1).sum::<f64>() / n;
+        report.add(
+            SCENARIO,
+            &format!("{label}: mean, tx start → stored in broker"),
+            "ms",
+            to_broker,
+        );
+        report.add(
+            SCENARIO,
+            &format!("{label}: mean, stored → handler start"),
+            "ms",
+            to_handler,
+        );
     }
     Ok(())
 }
 
-/// Returns the latencies in ms (in arrival order) and the rate the writers achieved.
-async fn once(pool: &PgPool, rate: u32, total: usize) -> anyhow::Result<(Vec<f64>, f64)> {
+/// Returns the latencies in ms (in arrival order), their split at the broker's store time
+/// (sent → stored, stored → handler) and the rate the writers achieved.
+async fn once(
+    pool: &PgPool,
+    rate: u32,
+    total: usize,
+) -> anyhow::Result<(Vec<f64>, Vec<(f64, f64)>, f64)> {
     sqlx::query("TRUNCATE outbox.messages")
         .execute(pool)
         .await?;
@@ -112,6 +133,7 @@ async fn once(pool: &PgPool, rate: u32, total: usize) -> anyhow::Result<(Vec<f64
 
     let consume = tokio::spawn(async move {
         let mut latencies = Vec::with_capacity(total);
+        let mut split = Vec::with_capacity(total);
         let deadline = Instant::now() + Duration::from_secs(60);
         while latencies.len() < total && Instant::now() < deadline {
             let deliveries = consumer.pull(256, Duration::from_millis(100)).await?;
@@ -124,12 +146,17 @@ async fn once(pool: &PgPool, rate: u32, total: usize) -> anyhow::Result<(Vec<f64
                     .and_then(|s| s.parse::<u128>().ok())
                 {
                     latencies.push(now.saturating_sub(sent) as f64 / 1e6);
+                    let stored = u128::from(delivery.message.stored_timestamp_ms) * 1_000_000;
+                    split.push((
+                        (stored as f64 - sent as f64) / 1e6,
+                        (now as f64 - stored as f64) / 1e6,
+                    ));
                 }
             }
             futures::future::try_join_all(deliveries.iter().map(|d| consumer.ack(d))).await?;
         }
         consumer.close().await?;
-        anyhow::Ok(latencies)
+        anyhow::Ok((latencies, split))
     });
 
     // The pacer: at each millisecond, release the messages due by then.
@@ -149,7 +176,7 @@ async fn once(pool: &PgPool, rate: u32, total: usize) -> anyhow::Result<(Vec<f64
         writer.await??;
     }
     let achieved = total as f64 / started.elapsed().as_secs_f64();
-    let latencies = consume.await??;
+    let (latencies, split) = consume.await??;
     shutdown.cancel();
     relay_task.await??;
     broker.shutdown().await?;
@@ -158,7 +185,7 @@ async fn once(pool: &PgPool, rate: u32, total: usize) -> anyhow::Result<(Vec<f64
         "received {} of {total} messages",
         latencies.len()
     );
-    Ok((latencies, achieved))
+    Ok((latencies, split, achieved))
 }
 
 /// A multi-consumer channel from tokio parts: an mpsc receiver behind a mutex.

@@ -29,7 +29,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use sqlx::PgPool;
-use tracing_subscriber::filter::{LevelFilter, filter_fn};
+use tracing_subscriber::filter::filter_fn;
 use tracing_subscriber::prelude::*;
 
 use report::{Report, Target};
@@ -151,7 +151,10 @@ async fn main() -> anyhow::Result<()> {
 
     tracing_subscriber::registry()
         .with(relay::BatchTimer.with_filter(filter_fn(|m| m.name() == "outbox.batch")))
-        .with(tracing_subscriber::fmt::layer().with_filter(LevelFilter::WARN))
+        .with(tracing_subscriber::fmt::layer().with_filter(filter_fn(|m| {
+            // lapin logs its own connection teardown as errors.
+            *m.level() <= tracing::Level::WARN && !m.target().starts_with("lapin")
+        })))
         .init();
 
     let suite_started = Instant::now();
@@ -419,5 +422,5 @@ fn notes(report: &mut Report, _params: &Params) {
     report.note("scenario 3 takes the time just before the application transaction begins (INSERT order row, enqueue, commit: the commit itself is inside the figure) and stops when the consumer's pull returns the delivery");
     report
         .note("scenario 5 hands deliveries to the tower service directly (no broker in the loop)");
-    report.note("relay batch phases come from the relay's `outbox.batch` span: 'begin+claim' is the gap between batches, 'publish' the span's first enter to its last exit, 'record+commit' its last exit to its close");
+    report.note("relay batch phases come from the relay's `outbox.batch` span: 'begin+claim' is the gap between batches, 'publish' the span's first enter to the return of the batch's last publish, 'record+commit' from there to the span's close when the batch function returns");
 }

@@ -2,7 +2,7 @@
 //! TCP (SYNC_FLUSH, ASYNC_FLUSH) or to an in-memory sink, beside a raw `DELETE … RETURNING` loop
 //! with the same batch size, in the same run. Also where a relay batch spends its time.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -82,9 +82,29 @@ pub(crate) fn broker_publisher(producer: Producer, stored: Arc<AtomicUsize>) -> 
                 return Err::<(), BoxError>(format!("broker answered {:?}", result.status).into());
             }
             stored.fetch_add(1, Ordering::Relaxed);
+            mark_published();
             Ok(())
         }
     })
+}
+
+/// The base of [`LAST_PUBLISHED`].
+static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+/// When the last publish returned, in ns since [`EPOCH`]: the end of a batch's publishing.
+static LAST_PUBLISHED: AtomicU64 = AtomicU64::new(0);
+
+fn epoch() -> Instant {
+    *EPOCH.get_or_init(Instant::now)
+}
+
+/// Records that a publish returned (called by the benchmark's publishers).
+pub(crate) fn mark_published() {
+    let ns = epoch().elapsed().as_nanos() as u64;
+    LAST_PUBLISHED.fetch_max(ns, Ordering::Relaxed);
+}
+
+fn last_published() -> Instant {
+    epoch() + Duration::from_nanos(LAST_PUBLISHED.load(Ordering::Relaxed))
 }
 
 /// Runs the relay drains of one repeat.
@@ -192,6 +212,7 @@ async fn relay_drain(
                 let counter = stored.clone();
                 let publisher = service_fn(move |_message: Message| {
                     counter.fetch_add(1, Ordering::Relaxed);
+                    mark_published();
                     async { Ok::<_, BoxError>(()) }
                 });
                 spawn_relay(pool, publisher, &name, &shutdown)?
@@ -318,13 +339,12 @@ fn phases() -> Phases {
     p.clone()
 }
 
-/// Times the relay's `outbox.batch` span: it is created once the claim returned, entered while
-/// the batch is published, and closed when the batch function returns after its commit.
+/// Times the relay's `outbox.batch` span: it is created once the claim returned, first entered
+/// when publishing starts, and closed when the batch function returns after its commit.
 pub(crate) struct BatchTimer;
 
 struct Times {
     first_enter: Option<Instant>,
-    last_exit: Option<Instant>,
 }
 
 impl<S: tracing::Subscriber + for<'a> LookupSpan<'a>> Layer<S> for BatchTimer {
@@ -340,10 +360,7 @@ impl<S: tracing::Subscriber + for<'a> LookupSpan<'a>> Layer<S> for BatchTimer {
             }
         }
         if let Some(span) = ctx.span(id) {
-            span.extensions_mut().insert(Times {
-                first_enter: None,
-                last_exit: None,
-            });
+            span.extensions_mut().insert(Times { first_enter: None });
         }
     }
 
@@ -355,29 +372,23 @@ impl<S: tracing::Subscriber + for<'a> LookupSpan<'a>> Layer<S> for BatchTimer {
         }
     }
 
-    fn on_exit(&self, id: &span::Id, ctx: Context<'_, S>) {
-        if let Some(span) = ctx.span(id)
-            && let Some(times) = span.extensions_mut().get_mut::<Times>()
-        {
-            times.last_exit = Some(Instant::now());
-        }
-    }
-
     fn on_close(&self, id: span::Id, ctx: Context<'_, S>) {
         let now = Instant::now();
         let Some(span) = ctx.span(&id) else { return };
         let extensions = span.extensions();
         let Some(Times {
             first_enter: Some(first),
-            last_exit: Some(last),
         }) = extensions.get::<Times>()
         else {
             return;
         };
+        // The instrumented future is dropped (and the span closed) when the batch function
+        // returns, after the commit; the last publish to return marks the end of publishing.
+        let published = last_published().clamp(*first, now);
         let mut p = PHASES.lock().unwrap();
         p.batches += 1;
-        p.publish += last.saturating_duration_since(*first);
-        p.finish += now.saturating_duration_since(*last);
+        p.publish += published.saturating_duration_since(*first);
+        p.finish += now.saturating_duration_since(published);
         p.last_close = Some(now);
     }
 }
