@@ -134,24 +134,32 @@ pub(crate) async fn run(
         "µs",
         raw_batch_us,
     );
-    let variants: &[(Sink, usize)] = if big {
-        &[(Sink::Broker(FlushMode::Sync), 1)]
+    // (sink, relays, max_in_flight); 64 is the relay's default.
+    let variants: &[(Sink, usize, usize)] = if big {
+        &[(Sink::Broker(FlushMode::Sync), 1, 64)]
     } else {
         &[
-            (Sink::Memory, 1),
-            (Sink::Broker(FlushMode::Sync), 1),
-            (Sink::Broker(FlushMode::ASYNC_DEFAULT), 1),
-            (Sink::Broker(FlushMode::Sync), 2),
-            (Sink::Broker(FlushMode::ASYNC_DEFAULT), 2),
+            (Sink::Memory, 1, 64),
+            (Sink::Broker(FlushMode::Sync), 1, 64),
+            (Sink::Broker(FlushMode::ASYNC_DEFAULT), 1, 64),
+            (Sink::Broker(FlushMode::Sync), 2, 64),
+            (Sink::Broker(FlushMode::ASYNC_DEFAULT), 2, 64),
+            // Not a default: shows how much of a SYNC_FLUSH batch is waiting for fsyncs in waves.
+            (Sink::Broker(FlushMode::Sync), 1, BATCH),
         ]
     };
-    for &(sink, relays) in variants {
+    for &(sink, relays, in_flight) in variants {
         let phases_before = phases();
-        let rate = relay_drain(pool, sink, relays, backlog, params).await?;
+        let rate = relay_drain(pool, sink, relays, in_flight, backlog, params).await?;
+        let extra = if in_flight == 64 {
+            String::new()
+        } else {
+            format!(", max_in_flight {in_flight}")
+        };
         let label = format!(
-            "relay → {}, {relays} relay{}, {size} backlog",
+            "relay → {}, {relays} relay{}{extra}, {size} backlog",
             sink.label(),
-            if relays > 1 { "s" } else { "" }
+            if relays > 1 { "s" } else { "" },
         );
         report.add(SCENARIO, &label, "msg/s", rate);
         report.add(SCENARIO, &format!("{label} / raw"), "x", rate / raw);
@@ -159,7 +167,7 @@ pub(crate) async fn run(
             let p = phases().since(&phases_before);
             if p.batches > 0 {
                 let n = p.batches as f64;
-                let prefix = format!("batch phases, {}, {size}", sink.label());
+                let prefix = format!("batch phases, {}{extra}, {size}", sink.label());
                 report.add(
                     SCENARIO,
                     &format!("{prefix}: begin+claim"),
@@ -191,6 +199,7 @@ async fn relay_drain(
     pool: &PgPool,
     sink: Sink,
     relays: usize,
+    in_flight: usize,
     backlog: usize,
     params: &Params,
 ) -> anyhow::Result<f64> {
@@ -215,7 +224,7 @@ async fn relay_drain(
                     mark_published();
                     async { Ok::<_, BoxError>(()) }
                 });
-                spawn_relay(pool, publisher, &name, &shutdown)?
+                spawn_relay(pool, publisher, &name, in_flight, &shutdown)?
             }
             Some((broker, _)) => {
                 let producer = Producer::connect(broker.addr(), ProducerConfig::default()).await?;
@@ -223,6 +232,7 @@ async fn relay_drain(
                     pool,
                     broker_publisher(producer, stored.clone()),
                     &name,
+                    in_flight,
                     &shutdown,
                 )?
             }
@@ -285,6 +295,7 @@ fn spawn_relay<P: Publisher + Sync>(
     pool: &PgPool,
     publisher: P,
     name: &str,
+    in_flight: usize,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<(RelayTask, tokio::sync::watch::Receiver<RelayState>)>
 where
@@ -293,6 +304,7 @@ where
     let relay = Relay::builder(pool.clone(), publisher)
         .name(name)
         .batch_size(BATCH)
+        .max_in_flight(in_flight)
         .rebalance_interval(Duration::from_millis(200))
         .build()?;
     let state = relay.state();
