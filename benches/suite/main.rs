@@ -76,8 +76,8 @@ impl Params {
             batch_rows: 100_000,
             backlog: 10_000,
             big_backlog: Some((1_000_000, 3)),
-            latency_rates: vec![(100, 10.0), (1000, 10.0), (5000, 5.0)],
-            publish_duration: Duration::from_secs(3),
+            latency_rates: vec![(100, 8.0), (1000, 6.0), (5000, 4.0)],
+            publish_duration: Duration::from_secs(2),
             idempotency_count: 20_000,
             drain_timeout: Duration::from_secs(180),
         }
@@ -327,6 +327,15 @@ async fn main() -> anyhow::Result<()> {
     report.context.push((
         "suite duration".into(),
         format!("{:.0?}", suite_started.elapsed()),
+    ));
+    report.context.push((
+        "load average at end".into(),
+        std::fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" "),
     ));
 
     let targets = targets(&params);
