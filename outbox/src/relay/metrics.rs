@@ -20,7 +20,8 @@ pub(crate) fn record_attempt(topic: &str, outcome: &Outcome, took: Duration) {
         Outcome::Failed { .. } => "failed",
         Outcome::Held => return,
     };
-    let topic = topic.to_owned();
+    // One allocation shared by the three series (cloning a shared label is a reference count).
+    let topic = metrics::SharedString::from_shared(std::sync::Arc::<str>::from(topic));
     metrics::counter!("outbox_publish_attempts_total", "topic" => topic.clone(), "outcome" => label)
         .increment(1);
     metrics::histogram!("outbox_publish_duration_seconds", "topic" => topic.clone())

@@ -372,10 +372,13 @@ impl<P: Publisher> Relay<P> {
             } else if let Some(&factor) = settle_polls.next() {
                 deadline = deadline.min(now + config.busy_poll_interval * factor);
             }
-            match housekeeping::next_due(conn).await {
-                Ok(Some(due)) => deadline = deadline.min(now + due + Duration::from_millis(2)),
-                Ok(None) => {}
-                Err(error) => return error.into(),
+            // While busy the next poll comes within milliseconds anyway: spare the query.
+            if !busy {
+                match housekeeping::next_due(conn).await {
+                    Ok(Some(due)) => deadline = deadline.min(now + due + Duration::from_millis(2)),
+                    Ok(None) => {}
+                    Err(error) => return error.into(),
+                }
             }
             self.state.send_replace(RelayState::Idle);
             tokio::select! {
