@@ -176,8 +176,9 @@ impl Running {
 
     pub async fn stop(self) {
         self.shutdown.cancel();
-        self.task
+        tokio::time::timeout(PATIENCE, self.task)
             .await
+            .expect("the relay did not stop after its shutdown was requested")
             .expect("relay task panicked")
             .expect("relay failed");
     }
