@@ -73,3 +73,15 @@ pub use writer::Outbox;
 /// # }
 /// ```
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
+
+/// Creates and upgrades the outbox and consumer tables on SQLite (`outbox_messages`,
+/// `outbox_failures`, `courier_inbox_*`; `migrations/sqlite/` in the repository).
+///
+/// ```no_run
+/// # async fn example(pool: sqlx::SqlitePool) -> Result<(), sqlx::migrate::MigrateError> {
+/// courier_outbox::SQLITE_MIGRATOR.run(&pool).await?;
+/// # Ok(())
+/// # }
+/// ```
+#[cfg(feature = "sqlite")]
+pub static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
