@@ -16,27 +16,12 @@ pub enum Error {
     /// The outbox tables are missing: the migrations have not been run on this database.
     #[error(
         "the outbox tables do not exist in this database: run the migrations first \
-         (courier_outbox::MIGRATOR.run(&pool) or `outbox-relay migrate`)"
+         (courier_outbox::migrate(&pool), or `outbox-relay migrate` on Postgres)"
     )]
     NotMigrated,
     /// The relay configuration is inconsistent.
     #[error("invalid relay configuration: {0}")]
     Config(String),
-}
-
-impl Error {
-    /// Maps "relation does not exist" on an outbox table to [`Error::NotMigrated`].
-    pub(crate) fn from_db(error: sqlx::Error) -> Self {
-        if let sqlx::Error::Database(db) = &error {
-            // 42P01 undefined_table, 3F000 invalid_schema_name
-            if matches!(db.code().as_deref(), Some("42P01" | "3F000"))
-                && db.message().contains("outbox")
-            {
-                return Self::NotMigrated;
-            }
-        }
-        Self::Database(error)
-    }
 }
 
 /// Why a message was refused. Each message says what to change.

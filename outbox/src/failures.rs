@@ -1,11 +1,11 @@
 //! The failure table: messages the relay gave up on, to list, replay and purge.
 
 use chrono::{DateTime, Utc};
-use sqlx::types::Json;
-use sqlx::{PgExecutor, Postgres, QueryBuilder, Row};
+use sqlx::{Acquire, Executor};
 use uuid::Uuid;
 
-use crate::{Error, Message, Result};
+use crate::store::sealed::Dialect;
+use crate::{Message, Result, Store};
 
 /// A message in `outbox.failures`: the envelope, its last error and when it failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,13 +33,13 @@ pub struct FailedMessage {
 #[derive(Debug, Clone, Default)]
 #[must_use]
 pub struct FailureFilter {
-    ids: Option<Vec<Uuid>>,
-    topic: Option<String>,
-    key: Option<String>,
-    failed_after: Option<DateTime<Utc>>,
-    failed_before: Option<DateTime<Utc>>,
-    error_contains: Option<String>,
-    limit: Option<i64>,
+    pub(crate) ids: Option<Vec<Uuid>>,
+    pub(crate) topic: Option<String>,
+    pub(crate) key: Option<String>,
+    pub(crate) failed_after: Option<DateTime<Utc>>,
+    pub(crate) failed_before: Option<DateTime<Utc>>,
+    pub(crate) error_contains: Option<String>,
+    pub(crate) limit: Option<i64>,
 }
 
 impl FailureFilter {
@@ -89,39 +89,6 @@ impl FailureFilter {
         self.limit = Some(i64::from(limit));
         self
     }
-
-    /// Appends `SELECT id FROM outbox.failures WHERE … ORDER BY … LIMIT …`.
-    fn push_selection(&self, query: &mut QueryBuilder<'_, Postgres>) {
-        query.push("SELECT id FROM outbox.failures WHERE true");
-        if let Some(ids) = &self.ids {
-            query
-                .push(" AND id = ANY(")
-                .push_bind(ids.clone())
-                .push(")");
-        }
-        if let Some(topic) = &self.topic {
-            query.push(" AND topic = ").push_bind(topic.clone());
-        }
-        if let Some(key) = &self.key {
-            query.push(" AND key = ").push_bind(key.clone());
-        }
-        if let Some(at) = self.failed_after {
-            query.push(" AND failed_at >= ").push_bind(at);
-        }
-        if let Some(at) = self.failed_before {
-            query.push(" AND failed_at < ").push_bind(at);
-        }
-        if let Some(text) = &self.error_contains {
-            query
-                .push(" AND strpos(lower(last_error), lower(")
-                .push_bind(text.clone())
-                .push(")) > 0");
-        }
-        query.push(" ORDER BY failed_at, seq");
-        if let Some(limit) = self.limit {
-            query.push(" LIMIT ").push_bind(limit);
-        }
-    }
 }
 
 /// Lists, replays and purges the failure table.
@@ -149,7 +116,7 @@ pub struct Failures {
 }
 
 impl Failures {
-    /// The failure table of the `outbox` schema.
+    /// The failure table (`outbox.failures` on Postgres, `outbox_failures` on SQLite).
     pub fn new() -> Self {
         Self::default()
     }
@@ -158,76 +125,36 @@ impl Failures {
     ///
     /// # Errors
     ///
-    /// [`Error::NotMigrated`] or [`Error::Database`].
-    pub async fn list<'e, E: PgExecutor<'e>>(
-        &self,
-        executor: E,
-        filter: &FailureFilter,
-    ) -> Result<Vec<FailedMessage>> {
-        let mut query = QueryBuilder::new(
-            "SELECT id, topic, key, tag, headers, payload, created_at, attempts, last_error, failed_at
-             FROM outbox.failures WHERE id IN (",
-        );
-        filter.push_selection(&mut query);
-        query.push(") ORDER BY failed_at, seq");
-        let rows = query
-            .build()
-            .fetch_all(executor)
+    /// [`Error::NotMigrated`](crate::Error::NotMigrated) or [`Error::Database`](crate::Error::Database).
+    pub async fn list<'e, E>(&self, executor: E, filter: &FailureFilter) -> Result<Vec<FailedMessage>>
+    where
+        E: Executor<'e>,
+        E::Database: Store,
+    {
+        <E::Database as Dialect>::list_failures(executor, filter)
             .await
-            .map_err(Error::from_db)?;
-        rows.into_iter()
-            .map(|row| {
-                let Json(headers) = row.try_get("headers")?;
-                let payload: Vec<u8> = row.try_get("payload")?;
-                let attempts: i32 = row.try_get("attempts")?;
-                Ok(FailedMessage {
-                    message: Message {
-                        id: row.try_get("id")?,
-                        topic: row.try_get("topic")?,
-                        key: row.try_get("key")?,
-                        tag: row.try_get("tag")?,
-                        headers,
-                        payload: payload.into(),
-                        created_at: row.try_get("created_at")?,
-                        available_at: None,
-                        delay: None,
-                        attempts: attempts.max(0) as u32,
-                    },
-                    last_error: row.try_get("last_error")?,
-                    failed_at: row.try_get("failed_at")?,
-                })
-            })
-            .collect::<sqlx::Result<_>>()
-            .map_err(Error::Database)
+            .map_err(<E::Database as Dialect>::map_error)
     }
 
     /// Moves the failures matching `filter` back into the outbox, due at once, with their original
     /// ids and zero attempts, and returns how many were moved. Their relative order is kept; they
     /// are published after messages already pending with the same key.
     ///
+    /// Takes a pool or a connection (`&pool`, `&mut *tx`, `&mut conn`): on SQLite the move is two
+    /// statements, run in a transaction of their own (a savepoint inside yours).
+    ///
     /// # Errors
     ///
-    /// [`Error::NotMigrated`] or [`Error::Database`]; on error nothing moves.
-    pub async fn replay<'e, E: PgExecutor<'e>>(
-        &self,
-        executor: E,
-        filter: &FailureFilter,
-    ) -> Result<u64> {
-        let mut query =
-            QueryBuilder::new("WITH moved AS (DELETE FROM outbox.failures WHERE id IN (");
-        filter.push_selection(&mut query);
-        query.push(
-            ") RETURNING *)
-             INSERT INTO outbox.messages (id, topic, key, tag, headers, payload, created_at)
-             SELECT id, topic, key, tag, headers, payload, created_at FROM moved ORDER BY seq
-             ON CONFLICT (id) DO NOTHING",
-        );
-        let done = query
-            .build()
-            .execute(executor)
+    /// [`Error::NotMigrated`](crate::Error::NotMigrated) or [`Error::Database`](crate::Error::Database);
+    /// on error nothing moves.
+    pub async fn replay<'a, A>(&self, conn: A, filter: &FailureFilter) -> Result<u64>
+    where
+        A: Acquire<'a> + Send,
+        A::Database: Store,
+    {
+        <A::Database as Dialect>::replay_failures(conn, filter)
             .await
-            .map_err(Error::from_db)?;
-        Ok(done.rows_affected())
+            .map_err(<A::Database as Dialect>::map_error)
     }
 
     /// Replays one failure by message id; returns whether it was found.
@@ -235,31 +162,26 @@ impl Failures {
     /// # Errors
     ///
     /// As [`replay`](Self::replay).
-    pub async fn replay_one<'e, E: PgExecutor<'e>>(&self, executor: E, id: Uuid) -> Result<bool> {
-        Ok(self
-            .replay(executor, &FailureFilter::all().ids([id]))
-            .await?
-            > 0)
+    pub async fn replay_one<'a, A>(&self, conn: A, id: Uuid) -> Result<bool>
+    where
+        A: Acquire<'a> + Send,
+        A::Database: Store,
+    {
+        Ok(self.replay(conn, &FailureFilter::all().ids([id])).await? > 0)
     }
 
     /// Deletes the failures matching `filter` for good and returns how many were deleted.
     ///
     /// # Errors
     ///
-    /// [`Error::NotMigrated`] or [`Error::Database`].
-    pub async fn purge<'e, E: PgExecutor<'e>>(
-        &self,
-        executor: E,
-        filter: &FailureFilter,
-    ) -> Result<u64> {
-        let mut query = QueryBuilder::new("DELETE FROM outbox.failures WHERE id IN (");
-        filter.push_selection(&mut query);
-        query.push(")");
-        let done = query
-            .build()
-            .execute(executor)
+    /// [`Error::NotMigrated`](crate::Error::NotMigrated) or [`Error::Database`](crate::Error::Database).
+    pub async fn purge<'e, E>(&self, executor: E, filter: &FailureFilter) -> Result<u64>
+    where
+        E: Executor<'e>,
+        E::Database: Store,
+    {
+        <E::Database as Dialect>::purge_failures(executor, filter)
             .await
-            .map_err(Error::from_db)?;
-        Ok(done.rows_affected())
+            .map_err(<E::Database as Dialect>::map_error)
     }
 }

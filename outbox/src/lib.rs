@@ -53,6 +53,7 @@ mod limits;
 mod message;
 mod publisher;
 mod relay;
+mod store;
 mod writer;
 
 pub use error::{Error, Result, ValidationError};
@@ -61,6 +62,7 @@ pub use limits::Limits;
 pub use message::Message;
 pub use publisher::{Permanent, Publisher};
 pub use relay::{Backoff, Relay, RelayBuilder, RelayState};
+pub use store::{Store, migrate};
 pub use writer::Outbox;
 
 /// Creates and upgrades the outbox tables (schema `outbox`). Run it at startup or with

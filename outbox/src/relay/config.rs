@@ -6,7 +6,7 @@ use super::Backoff;
 
 /// Tunables of a [`Relay`](crate::Relay). Set them through [`RelayBuilder`](crate::RelayBuilder).
 #[derive(Debug, Clone)]
-pub(crate) struct RelayConfig {
+pub struct RelayConfig {
     pub(crate) name: String,
     pub(crate) batch_size: usize,
     pub(crate) max_in_flight: usize,
@@ -20,6 +20,7 @@ pub(crate) struct RelayConfig {
     pub(crate) maintenance_interval: Duration,
     pub(crate) retention: Option<Duration>,
     pub(crate) shutdown_grace: Duration,
+    pub(crate) lease: Duration,
     pub(crate) reconnect_backoff: Backoff,
 }
 
@@ -39,6 +40,7 @@ impl Default for RelayConfig {
             maintenance_interval: Duration::from_secs(15),
             retention: None,
             shutdown_grace: Duration::from_secs(10),
+            lease: Duration::from_secs(30),
             reconnect_backoff: Backoff {
                 base: Duration::from_millis(200),
                 factor: 2.0,
@@ -69,6 +71,7 @@ impl RelayConfig {
             ("busy_poll_interval", self.busy_poll_interval),
             ("rebalance_interval", self.rebalance_interval),
             ("maintenance_interval", self.maintenance_interval),
+            ("lease", self.lease),
         ] {
             if value.is_zero() {
                 return Err(format!("{name} must be greater than zero"));

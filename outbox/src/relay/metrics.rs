@@ -11,7 +11,7 @@
 
 use std::time::Duration;
 
-use super::claim::Outcome;
+use super::{Backlog, Outcome};
 
 pub(crate) fn record_attempt(topic: &str, outcome: &Outcome, took: Duration) {
     let label = match outcome {
@@ -37,7 +37,7 @@ pub(crate) fn record_attempt(topic: &str, outcome: &Outcome, took: Duration) {
     }
 }
 
-pub(crate) fn record_backlog(pending: i64, oldest_due_age_seconds: f64) {
-    metrics::gauge!("outbox_backlog").set(pending as f64);
-    metrics::gauge!("outbox_oldest_due_age_seconds").set(oldest_due_age_seconds);
+pub(crate) fn record_backlog(backlog: Backlog) {
+    metrics::gauge!("outbox_backlog").set(backlog.pending as f64);
+    metrics::gauge!("outbox_oldest_due_age_seconds").set(backlog.oldest_due_age.as_secs_f64());
 }

@@ -1,55 +1,54 @@
 //! The relay: drains the outbox table to a publisher.
 //!
-//! One loop per relay instance, on one dedicated connection that holds both the key-partition
-//! advisory locks and the claim transaction, so that if the relay dies, its ownership and its row
-//! locks end together and nothing is lost:
+//! One loop per relay instance, over one store [`Session`]:
 //!
-//! 1. claim up to `batch_size` due rows (`FOR UPDATE SKIP LOCKED`, oldest first, only keys in owned
-//!    partitions, never a key whose earlier message is backing off);
+//! 1. claim up to `batch_size` due rows (oldest first, never a key whose earlier message is backing
+//!    off or in another relay's hands);
 //! 2. publish them: keys in parallel, each key in order, a failure holding that key's later rows;
-//! 3. in the same transaction delete (or mark sent) what was published, push back what failed, move
-//!    what exhausted its attempts to `outbox.failures`; commit.
+//! 3. delete (or mark sent) what was published, push back what failed, move what exhausted its
+//!    attempts to the failure table.
 //!
-//! Wake-ups adapt to the load. While work keeps arriving (within `linger` of the last batch) the
-//! relay polls every `busy_poll_interval` and the insert trigger stays silent, because a NOTIFY
-//! takes a database-wide lock at commit that would serialise the application's transactions. Once
-//! quiet, the relay registers in `outbox.idle_relays`, which makes the trigger notify, and waits for
-//! that `NOTIFY`, the poll interval, the next delayed message or the next rebalance. A transaction
-//! that inserted just before the registration and commits just after it sent no NOTIFY; a few
-//! spaced re-polls after registering catch it.
+//! How a store claims differs (Postgres: `SKIP LOCKED` in the publishing transaction, key partitions
+//! through advisory locks; SQLite: short leases), the loop does not. Wake-ups adapt to the load.
+//! While work keeps arriving (within `linger` of the last batch or wake-up) the relay polls every
+//! `busy_poll_interval`, and on Postgres the insert trigger stays silent, because a NOTIFY takes a
+//! database-wide lock at commit that would serialise the application's transactions. Once quiet,
+//! the relay marks itself idle (on Postgres the trigger then notifies) and waits for a wake-up, the
+//! poll interval, the next delayed message or the next rebalance. A transaction that inserted just
+//! before the mark and commits just after it sent no wake-up; a few spaced re-polls catch it.
 
 mod backoff;
-mod claim;
 mod config;
-mod housekeeping;
 mod metrics;
-mod partitions;
 mod publish;
+mod session;
 mod state;
-mod wakeup;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::{Connection, PgConnection, PgPool};
+use sqlx::Pool;
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 pub use backoff::Backoff;
+// `pub` because the sealed `Store` trait names them; no path outside the crate reaches them.
+#[allow(unreachable_pub)]
+pub use config::RelayConfig;
+#[allow(unreachable_pub)]
+pub use session::{Backlog, BatchEnd, Claimed, Outcome, PublishFn, Session};
 pub use state::RelayState;
 
-use crate::{Error, Publisher, Result};
-use config::RelayConfig;
-use partitions::Partitions;
+use crate::{Error, Publisher, Result, Store};
 use publish::PublishPolicy;
 
 /// Drains the outbox table to a [`Publisher`].
 ///
-/// Run as many relays against one database as you like, in-process or as sidecars: rows are
-/// claimed with `SKIP LOCKED`, keys are partitioned among the live relays, and each message is
-/// published once in normal operation. Delivery is at least once: a relay that dies after the
+/// Run as many relays against one database as you like, in-process or as sidecars: each row is
+/// claimed by one relay (Postgres: `SKIP LOCKED`, keys partitioned among the live relays; SQLite:
+/// short leases), and each message is published once in normal operation. Delivery is at least once: a relay that dies after the
 /// broker accepted a message but before its transaction commits leaves the row to be published
 /// again, so consumers deduplicate on [`Message::id`](crate::Message::id).
 ///
@@ -78,8 +77,8 @@ use publish::PublishPolicy;
 /// # }
 /// ```
 #[derive(Debug)]
-pub struct Relay<P> {
-    pool: PgPool,
+pub struct Relay<DB: Store, P> {
+    pool: Pool<DB>,
     publisher: P,
     config: RelayConfig,
     state: watch::Sender<RelayState>,
@@ -88,8 +87,8 @@ pub struct Relay<P> {
 /// Configures a [`Relay`]; start from [`Relay::builder`].
 #[derive(Debug)]
 #[must_use = "a builder does nothing until `build` is called"]
-pub struct RelayBuilder<P> {
-    pool: PgPool,
+pub struct RelayBuilder<DB: Store, P> {
+    pool: Pool<DB>,
     publisher: P,
     config: RelayConfig,
 }
@@ -104,7 +103,7 @@ macro_rules! setter {
     };
 }
 
-impl<P: Publisher> RelayBuilder<P> {
+impl<DB: Store, P: Publisher> RelayBuilder<DB, P> {
     /// Names the relay in logs and in `pg_stat_activity.application_name`. Default `courier-relay`.
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.config.name = name.into();
@@ -159,6 +158,13 @@ impl<P: Publisher> RelayBuilder<P> {
         shutdown_grace: Duration
     );
 
+    setter!(
+        /// SQLite: how long the rows of a batch stay reserved to this relay. The relay renews the
+        /// lease while it publishes; if it dies, other relays take the rows once the lease ran out.
+        /// Postgres needs no lease (row locks die with the connection) and ignores it. Default 30 s.
+        lease: Duration
+    );
+
     /// Keeps published rows (marked `sent_at`) for `retention` instead of deleting them, for
     /// auditing; the relay purges them afterwards. Default: delete at once.
     pub fn retention(mut self, retention: Duration) -> Self {
@@ -171,7 +177,7 @@ impl<P: Publisher> RelayBuilder<P> {
     /// # Errors
     ///
     /// [`Error::Config`] naming the setting that is out of range.
-    pub fn build(self) -> Result<Relay<P>> {
+    pub fn build(self) -> Result<Relay<DB, P>> {
         self.config.validate().map_err(Error::Config)?;
         let (state, _) = watch::channel(RelayState::Starting);
         Ok(Relay {
@@ -201,16 +207,11 @@ impl From<sqlx::Error> for SessionEnd {
     }
 }
 
-enum BatchEnd {
-    Empty,
-    Done,
-    Abandoned,
-}
-
-impl<P: Publisher> Relay<P> {
-    /// Starts configuring a relay that claims from `pool`'s database and publishes through
-    /// `publisher`. The relay opens its own connections with the pool's options.
-    pub fn builder(pool: PgPool, publisher: P) -> RelayBuilder<P> {
+impl<DB: Store, P: Publisher> Relay<DB, P> {
+    /// Starts configuring a relay that claims from `pool`'s database (Postgres or SQLite) and
+    /// publishes through `publisher`. On Postgres the relay opens its own connections with the
+    /// pool's options; on SQLite it borrows the pool's connections for short transactions.
+    pub fn builder(pool: Pool<DB>, publisher: P) -> RelayBuilder<DB, P> {
         RelayBuilder {
             pool,
             publisher,
@@ -224,7 +225,7 @@ impl<P: Publisher> Relay<P> {
     }
 
     /// Runs until `shutdown` is cancelled. The batch in hand when it is cancelled is finished
-    /// within the shutdown grace period, or rolled back (its messages stay in the outbox).
+    /// within the shutdown grace period, or given back (its messages stay in the outbox).
     ///
     /// A database that is down or drops the connection is retried with backoff, forever.
     ///
@@ -233,19 +234,19 @@ impl<P: Publisher> Relay<P> {
     /// [`Error::NotMigrated`] if the outbox tables are missing.
     pub async fn run(self, shutdown: CancellationToken) -> Result<()> {
         let wake = Arc::new(Notify::new());
-        let listener_stop = shutdown.child_token();
-        let listener = wakeup::spawn(
-            self.pool.clone(),
-            self.config.name.clone(),
+        let wakeup_stop = shutdown.child_token();
+        let wakeup = DB::spawn_wakeup(
+            &self.pool,
+            &self.config,
             wake.clone(),
-            listener_stop.clone(),
+            wakeup_stop.clone(),
         );
-        // Stops the listener if this future is dropped (an aborted task) rather than returning.
-        let _listener_guard = listener_stop.clone().drop_guard();
+        // Stops the wake-up task if this future is dropped (an aborted task) rather than returning.
+        let _wakeup_guard = wakeup_stop.clone().drop_guard();
         let span = tracing::info_span!("outbox.relay", relay = %self.config.name);
         let result = self.run_sessions(&wake, &shutdown).instrument(span).await;
-        listener_stop.cancel();
-        let _ = listener.await;
+        wakeup_stop.cancel();
+        let _ = wakeup.await;
         self.state.send_replace(RelayState::Stopped);
         result
     }
@@ -254,9 +255,22 @@ impl<P: Publisher> Relay<P> {
         let mut failures = 0;
         loop {
             self.state.send_replace(RelayState::Starting);
-            match self.session(wake, shutdown, &mut failures).await {
-                Ok(SessionEnd::Shutdown) => return Ok(()),
-                Ok(SessionEnd::Lost(error)) | Err(Error::Database(error)) => {
+            let outcome = match DB::open_session(&self.pool, &self.config).await {
+                Ok(mut session) => {
+                    failures = 0;
+                    match self.drain_loop(&mut session, wake, shutdown).await {
+                        SessionEnd::Shutdown => {
+                            session.close().await;
+                            return Ok(());
+                        }
+                        SessionEnd::Lost(error) => Err(Error::Database(error)),
+                    }
+                }
+                Err(error) => Err(error),
+            };
+            match outcome {
+                Ok(()) => {}
+                Err(Error::Database(error)) => {
                     failures += 1;
                     let pause = self.config.reconnect_backoff.delay(failures);
                     tracing::error!(%error, retry_in = ?pause, "outbox relay lost its database connection");
@@ -271,47 +285,9 @@ impl<P: Publisher> Relay<P> {
         }
     }
 
-    async fn session(
-        &self,
-        wake: &Notify,
-        shutdown: &CancellationToken,
-        failures: &mut u32,
-    ) -> Result<SessionEnd> {
-        let options = self
-            .pool
-            .connect_options()
-            .as_ref()
-            .clone()
-            .application_name(&self.config.name);
-        let mut conn = PgConnection::connect_with(&options).await?;
-        if !housekeeping::is_migrated(&mut conn).await? {
-            return Err(Error::NotMigrated);
-        }
-        // A reused backend pid may carry a crashed relay's mark.
-        housekeeping::unmark_idle(&mut conn).await?;
-        housekeeping::forget_dead_relays(&mut conn).await?;
-        let mut partitions = Partitions::join(&mut conn).await?;
-        partitions.rebalance(&mut conn).await?;
-        *failures = 0;
-        tracing::info!(
-            partitions = partitions.owned().len(),
-            "outbox relay started"
-        );
-
-        let end = self
-            .drain_loop(&mut conn, &mut partitions, wake, shutdown)
-            .await;
-        if matches!(end, SessionEnd::Shutdown) {
-            let _ = housekeeping::unmark_idle(&mut conn).await;
-            let _ = conn.close().await;
-        }
-        Ok(end)
-    }
-
     async fn drain_loop(
         &self,
-        conn: &mut PgConnection,
-        partitions: &mut Partitions,
+        session: &mut DB::Session,
         wake: &Notify,
         shutdown: &CancellationToken,
     ) -> SessionEnd {
@@ -327,22 +303,23 @@ impl<P: Publisher> Relay<P> {
             }
             let now = Instant::now();
             if now >= next_rebalance {
-                if let Err(error) = partitions.rebalance(conn).await {
+                if let Err(error) = session.rebalance().await {
                     return error.into();
                 }
                 next_rebalance = now + config.rebalance_interval;
             }
             if now >= next_maintenance {
-                if let Err(error) = self.maintain(conn).await {
-                    return error.into();
+                match session.maintain(config.retention).await {
+                    Ok(backlog) => metrics::record_backlog(backlog),
+                    Err(error) => return error.into(),
                 }
                 next_maintenance = now + config.maintenance_interval;
             }
-            match self.batch(conn, partitions, shutdown).await {
+            match self.batch(session, shutdown).await {
                 Ok(BatchEnd::Done) => {
                     last_work = Some(Instant::now());
                     if marked_idle {
-                        if let Err(error) = housekeeping::unmark_idle(conn).await {
+                        if let Err(error) = session.set_idle(false).await {
                             return error.into();
                         }
                         marked_idle = false;
@@ -362,19 +339,19 @@ impl<P: Publisher> Relay<P> {
             if busy {
                 deadline = deadline.min(now + config.busy_poll_interval);
             } else if !marked_idle {
-                if let Err(error) = housekeeping::mark_idle(conn).await {
+                if let Err(error) = session.set_idle(true).await {
                     return error.into();
                 }
                 marked_idle = true;
                 settle_polls = SETTLE_POLLS.iter();
-                // Rows committed before the mark sent no NOTIFY: look once more before waiting.
+                // Rows committed before the mark sent no wake-up: look once more before waiting.
                 continue;
             } else if let Some(&factor) = settle_polls.next() {
                 deadline = deadline.min(now + config.busy_poll_interval * factor);
             }
             // While busy the next poll comes within milliseconds anyway: spare the query.
             if !busy {
-                match housekeeping::next_due(conn).await {
+                match session.next_due().await {
                     Ok(Some(due)) => deadline = deadline.min(now + due + Duration::from_millis(2)),
                     Ok(None) => {}
                     Err(error) => return error.into(),
@@ -382,70 +359,59 @@ impl<P: Publisher> Relay<P> {
             }
             self.state.send_replace(RelayState::Idle);
             tokio::select! {
-                _ = wake.notified() => {}
+                _ = wake.notified() => {
+                    // A wake-up says a writer inserted. On SQLite it comes before the writer's
+                    // commit, so keep polling briefly instead of waiting for the next one.
+                    last_work = Some(Instant::now());
+                }
                 _ = tokio::time::sleep_until(deadline) => {}
                 _ = shutdown.cancelled() => return SessionEnd::Shutdown,
             }
         }
     }
 
+    /// One claim-publish-record round. Publishing is what shutdown interrupts: the batch in hand
+    /// gets the grace period, then is given back.
     async fn batch(
         &self,
-        conn: &mut PgConnection,
-        partitions: &Partitions,
+        session: &mut DB::Session,
         shutdown: &CancellationToken,
     ) -> sqlx::Result<BatchEnd> {
-        let mut tx = conn.begin().await?;
-        let claimed = claim::claim(&mut tx, &partitions.owned(), self.config.batch_size).await?;
-        if claimed.is_empty() {
-            tx.commit().await?;
-            return Ok(BatchEnd::Empty);
-        }
-        self.state.send_replace(RelayState::Draining);
-        let size = claimed.len();
-        let span = tracing::info_span!("outbox.batch", size);
         let policy = PublishPolicy {
             timeout: self.config.publish_timeout,
             max_attempts: self.config.max_attempts,
             backoff: self.config.backoff,
             max_in_flight: self.config.max_in_flight,
         };
-        let publishing = publish::publish_batch(&self.publisher, &claimed, policy).instrument(span);
-        tokio::pin!(publishing);
-        let outcomes = tokio::select! {
-            outcomes = &mut publishing => outcomes,
-            _ = shutdown.cancelled() => {
-                match tokio::time::timeout(self.config.shutdown_grace, publishing).await {
-                    Ok(outcomes) => outcomes,
-                    Err(_) => {
-                        tracing::warn!(size, "shutdown grace elapsed; rolling the batch back, its messages stay in the outbox");
-                        tx.rollback().await?;
-                        return Ok(BatchEnd::Abandoned);
+        // Owned and shared parts only: the closure must be `Send` whatever the publisher's `Sync`.
+        let publisher = self.publisher.clone();
+        let state = &self.state;
+        let grace = self.config.shutdown_grace;
+        let publish = move |claimed: Arc<[Claimed]>| async move {
+            state.send_replace(RelayState::Draining);
+            let size = claimed.len();
+            let span = tracing::info_span!("outbox.batch", size);
+            let publishing = publish::publish_batch(publisher, &claimed, policy).instrument(span);
+            tokio::pin!(publishing);
+            tokio::select! {
+                outcomes = &mut publishing => Some(outcomes),
+                _ = shutdown.cancelled() => {
+                    match tokio::time::timeout(grace, publishing).await {
+                        Ok(outcomes) => Some(outcomes),
+                        Err(_) => {
+                            tracing::warn!(size, "shutdown grace elapsed; giving the batch back, its messages stay in the outbox");
+                            None
+                        }
                     }
                 }
             }
         };
-        claim::record(
-            &mut tx,
-            &claimed,
-            &outcomes,
-            self.config.retention.is_some(),
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(BatchEnd::Done)
-    }
-
-    async fn maintain(&self, conn: &mut PgConnection) -> sqlx::Result<()> {
-        let (pending, oldest_due_age) = housekeeping::backlog(conn).await?;
-        metrics::record_backlog(pending, oldest_due_age);
-        housekeeping::forget_dead_relays(conn).await?;
-        if let Some(retention) = self.config.retention {
-            let purged = housekeeping::purge_sent(conn, retention, 10_000).await?;
-            if purged > 0 {
-                tracing::debug!(purged, "purged sent outbox rows past their retention");
-            }
-        }
-        Ok(())
+        session
+            .batch(
+                self.config.batch_size,
+                self.config.retention.is_some(),
+                publish,
+            )
+            .await
     }
 }

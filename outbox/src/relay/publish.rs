@@ -7,7 +7,7 @@ use futures::StreamExt;
 use tower::{BoxError, ServiceExt};
 use tracing::Instrument;
 
-use super::claim::{Claimed, Outcome};
+use super::{Claimed, Outcome};
 use super::metrics;
 use crate::{Backoff, Permanent, Publisher};
 
@@ -25,13 +25,13 @@ pub(crate) struct PublishPolicy {
 /// Rows are grouped by key in sequence order; groups run concurrently, and inside a group a failure
 /// holds every later row of that key so none overtakes it. Unkeyed rows are groups of one.
 pub(crate) async fn publish_batch<P: Publisher>(
-    publisher: &P,
+    publisher: P,
     batch: &[Claimed],
     policy: PublishPolicy,
 ) -> Vec<Outcome> {
     let mut outcomes: Vec<Option<Outcome>> = batch.iter().map(|_| None).collect();
     let mut results = futures::stream::iter(group_by_key(batch))
-        .map(|group| publish_group(publisher.clone(), batch, group, policy))
+        .map(move |group| publish_group(publisher.clone(), batch, group, policy))
         .buffer_unordered(policy.max_in_flight);
     while let Some(group) = results.next().await {
         for (index, outcome) in group {

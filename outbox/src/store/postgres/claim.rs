@@ -7,35 +7,12 @@
 //! a failed key, or kept for a retention period) are inserted again with their original sequence
 //! number before the commit; rows that failed for good are inserted into `outbox.failures`.
 
-use std::time::Duration;
-
 use chrono::{DateTime, Utc};
 use sqlx::types::Json;
 use sqlx::{PgConnection, Row};
 
 use crate::Message;
-
-/// A claimed row: the envelope plus what the relay must restore if it puts the row back.
-#[derive(Debug)]
-pub(crate) struct Claimed {
-    pub(crate) seq: i64,
-    pub(crate) message: Message,
-    pub(crate) last_error: Option<String>,
-    pub(crate) last_attempt_at: Option<DateTime<Utc>>,
-}
-
-/// What happened to one claimed row.
-#[derive(Debug)]
-pub(crate) enum Outcome {
-    /// The broker has it: gone (or kept as sent, with a retention period).
-    Published,
-    /// Failed; try again after the delay.
-    Retry { error: String, delay: Duration },
-    /// Failed for good: move to the failure table.
-    Failed { error: String },
-    /// Not attempted because an earlier message with the same key failed; put back untouched.
-    Held,
-}
+use crate::relay::{Claimed, Outcome};
 
 const CLAIM: &str = "\
 DELETE FROM outbox.messages

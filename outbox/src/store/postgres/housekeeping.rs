@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use sqlx::{PgConnection, Row};
 
+use crate::relay::Backlog;
+
 /// How long until the earliest pending message that is not yet due becomes due, by the database
 /// clock (so clock skew between this host and the database does not matter).
 pub(crate) async fn next_due(conn: &mut PgConnection) -> sqlx::Result<Option<Duration>> {
@@ -17,8 +19,8 @@ pub(crate) async fn next_due(conn: &mut PgConnection) -> sqlx::Result<Option<Dur
     Ok(seconds.map(|s| Duration::from_secs_f64(s.max(0.0))))
 }
 
-/// Pending messages, and the age in seconds of the oldest one that is due.
-pub(crate) async fn backlog(conn: &mut PgConnection) -> sqlx::Result<(i64, f64)> {
+/// Pending messages, and the age of the oldest one that is due.
+pub(crate) async fn backlog(conn: &mut PgConnection) -> sqlx::Result<Backlog> {
     let row = sqlx::query(
         "SELECT count(*) AS pending,
                 COALESCE(EXTRACT(EPOCH FROM now() - min(available_at)
@@ -27,7 +29,11 @@ pub(crate) async fn backlog(conn: &mut PgConnection) -> sqlx::Result<(i64, f64)>
     )
     .fetch_one(conn)
     .await?;
-    Ok((row.try_get("pending")?, row.try_get("oldest_due_age")?))
+    let oldest_due_age: f64 = row.try_get("oldest_due_age")?;
+    Ok(Backlog {
+        pending: row.try_get("pending")?,
+        oldest_due_age: Duration::from_secs_f64(oldest_due_age.max(0.0)),
+    })
 }
 
 /// Deletes sent rows older than `retention`, at most `limit` at a time.

@@ -1,0 +1,145 @@
+//! The databases the outbox runs on, and what differs between them.
+//!
+//! Everything dialect-specific (the SQL of the writer and the failure table, how the relay claims
+//! rows and wakes up) sits behind the sealed [`Store`] trait, implemented for [`sqlx::Postgres`]
+//! (feature `postgres`) and [`sqlx::Sqlite`] (feature `sqlite`). The public API is the same on
+//! both: the database is whatever the pool or executor you pass belongs to.
+
+#[cfg(feature = "postgres")]
+mod postgres;
+#[cfg(feature = "sqlite")]
+mod sqlite;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use sqlx::migrate::{MigrateError, Migrator};
+use sqlx::{Acquire, Executor, Pool};
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::relay::{RelayConfig, Session};
+use crate::{FailedMessage, FailureFilter, Message, Result};
+
+#[cfg(not(any(feature = "postgres", feature = "sqlite")))]
+compile_error!("courier-outbox needs a store: enable the feature `postgres`, `sqlite` or both");
+
+/// A database the outbox can live in: [`sqlx::Postgres`] or [`sqlx::Sqlite`].
+///
+/// You never implement or call it: it is the bound that lets [`Outbox`](crate::Outbox),
+/// [`Relay`](crate::Relay) and [`Failures`](crate::Failures) take a Postgres or a SQLite pool or
+/// executor with the same methods.
+///
+/// ```no_run
+/// use courier_outbox::{Message, Outbox, Store};
+///
+/// // Works on either database.
+/// async fn place_order<DB: Store>(pool: &sqlx::Pool<DB>) -> Result<(), courier_outbox::Error>
+/// where
+///     for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+/// {
+///     let mut tx = pool.begin().await?;
+///     Outbox::new().enqueue(&mut *tx, &Message::new("orders.created", "{}")).await?;
+///     tx.commit().await?;
+///     Ok(())
+/// }
+/// ```
+pub trait Store: sealed::Dialect {}
+
+impl<DB: sealed::Dialect> Store for DB {}
+
+/// Runs the migrations of `pool`'s database: [`MIGRATOR`](crate::MIGRATOR) on Postgres,
+/// [`SQLITE_MIGRATOR`](crate::SQLITE_MIGRATOR) on SQLite. Safe to run repeatedly and, on Postgres,
+/// concurrently.
+///
+/// ```no_run
+/// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+/// let pool = sqlx::SqlitePool::connect("sqlite://orders.db?mode=rwc").await?;
+/// courier_outbox::migrate(&pool).await?;
+/// # Ok(())
+/// # }
+/// ```
+///
+/// # Errors
+///
+/// The migration error, naming the migration that failed.
+pub async fn migrate<DB: Store>(pool: &Pool<DB>) -> Result<(), MigrateError>
+where
+    <DB as sqlx::Database>::Connection: sqlx::migrate::Migrate,
+{
+    DB::migrator().run(pool).await
+}
+
+pub(crate) mod sealed {
+    use super::*;
+
+    /// The per-database half of [`Store`](super::Store); private, so nobody else implements it.
+    pub trait Dialect: sqlx::Database {
+        /// The session a relay opens on this store.
+        type Session: Session;
+
+        /// The embedded migrations of this dialect.
+        fn migrator() -> &'static Migrator;
+
+        /// Maps "the outbox table does not exist" to [`Error::NotMigrated`](crate::Error).
+        fn map_error(error: sqlx::Error) -> crate::Error;
+
+        /// Inserts one message.
+        fn insert_one<'e, E>(
+            executor: E,
+            message: &Message,
+        ) -> impl Future<Output = sqlx::Result<()>> + Send
+        where
+            E: Executor<'e, Database = Self>;
+
+        /// Inserts all `messages` in one statement, in order; returns how many were written.
+        fn insert_many<'e, E>(
+            executor: E,
+            messages: &[Message],
+        ) -> impl Future<Output = sqlx::Result<u64>> + Send
+        where
+            E: Executor<'e, Database = Self>;
+
+        /// Called after a successful insert: wakes in-process relays of stores without NOTIFY.
+        fn enqueued() {}
+
+        /// The failures matching `filter`, oldest first.
+        fn list_failures<'e, E>(
+            executor: E,
+            filter: &FailureFilter,
+        ) -> impl Future<Output = sqlx::Result<Vec<FailedMessage>>> + Send
+        where
+            E: Executor<'e, Database = Self>;
+
+        /// Moves the failures matching `filter` back into the outbox; returns how many.
+        fn replay_failures<'a, A>(
+            conn: A,
+            filter: &FailureFilter,
+        ) -> impl Future<Output = sqlx::Result<u64>> + Send
+        where
+            A: Acquire<'a, Database = Self> + Send;
+
+        /// Deletes the failures matching `filter`; returns how many.
+        fn purge_failures<'e, E>(
+            executor: E,
+            filter: &FailureFilter,
+        ) -> impl Future<Output = sqlx::Result<u64>> + Send
+        where
+            E: Executor<'e, Database = Self>;
+
+        /// Opens a relay session: checks the tables exist and takes this relay's share of work.
+        fn open_session(
+            pool: &Pool<Self>,
+            config: &RelayConfig,
+        ) -> impl Future<Output = Result<Self::Session>> + Send;
+
+        /// Spawns the task that notifies `wake` when new messages may be due.
+        fn spawn_wakeup(
+            pool: &Pool<Self>,
+            config: &RelayConfig,
+            wake: Arc<Notify>,
+            stop: CancellationToken,
+        ) -> JoinHandle<()>;
+    }
+}
