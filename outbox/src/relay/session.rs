@@ -18,7 +18,11 @@ use crate::Message;
 pub struct Claimed {
     pub(crate) seq: i64,
     pub(crate) message: Message,
+    /// Only the Postgres store reads these back: it deletes claimed rows and re-inserts the ones
+    /// it did not publish.
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
     pub(crate) last_error: Option<String>,
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
     pub(crate) last_attempt_at: Option<DateTime<Utc>>,
 }
 
