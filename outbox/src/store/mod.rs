@@ -7,10 +7,14 @@
 
 #[cfg(feature = "postgres")]
 mod postgres;
+#[cfg(test)]
+mod send_check;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 
 use std::future::Future;
+
+use futures::future::BoxFuture;
 use std::sync::Arc;
 
 use sqlx::migrate::{MigrateError, Migrator};
@@ -85,48 +89,52 @@ pub(crate) mod sealed {
         /// Maps "the outbox table does not exist" to [`Error::NotMigrated`](crate::Error).
         fn map_error(error: sqlx::Error) -> crate::Error;
 
+        // The executor methods return boxed futures, as sqlx's own `Executor` does: an opaque
+        // future generic over the executor's lifetime cannot be proven `Send` inside the caller's
+        // `async fn` (rust-lang/rust#100013), and the writer runs inside web handlers that must be.
+
         /// Inserts one message.
-        fn insert_one<'e, E>(
+        fn insert_one<'a, 'e: 'a, E>(
             executor: E,
-            message: &Message,
-        ) -> impl Future<Output = sqlx::Result<()>> + Send
+            message: &'a Message,
+        ) -> BoxFuture<'a, sqlx::Result<()>>
         where
-            E: Executor<'e, Database = Self>;
+            E: Executor<'e, Database = Self> + 'a;
 
         /// Inserts all `messages` in one statement, in order; returns how many were written.
-        fn insert_many<'e, E>(
+        fn insert_many<'a, 'e: 'a, E>(
             executor: E,
-            messages: &[Message],
-        ) -> impl Future<Output = sqlx::Result<u64>> + Send
+            messages: &'a [Message],
+        ) -> BoxFuture<'a, sqlx::Result<u64>>
         where
-            E: Executor<'e, Database = Self>;
+            E: Executor<'e, Database = Self> + 'a;
 
         /// Called after a successful insert: wakes in-process relays of stores without NOTIFY.
         fn enqueued() {}
 
         /// The failures matching `filter`, oldest first.
-        fn list_failures<'e, E>(
+        fn list_failures<'a, 'e: 'a, E>(
             executor: E,
-            filter: &FailureFilter,
-        ) -> impl Future<Output = sqlx::Result<Vec<FailedMessage>>> + Send
+            filter: &'a FailureFilter,
+        ) -> BoxFuture<'a, sqlx::Result<Vec<FailedMessage>>>
         where
-            E: Executor<'e, Database = Self>;
+            E: Executor<'e, Database = Self> + 'a;
 
         /// Moves the failures matching `filter` back into the outbox; returns how many.
-        fn replay_failures<'a, A>(
+        fn replay_failures<'a, 'c: 'a, A>(
             conn: A,
-            filter: &FailureFilter,
-        ) -> impl Future<Output = sqlx::Result<u64>> + Send
+            filter: &'a FailureFilter,
+        ) -> BoxFuture<'a, sqlx::Result<u64>>
         where
-            A: Acquire<'a, Database = Self> + Send;
+            A: Acquire<'c, Database = Self> + Send + 'a;
 
         /// Deletes the failures matching `filter`; returns how many.
-        fn purge_failures<'e, E>(
+        fn purge_failures<'a, 'e: 'a, E>(
             executor: E,
-            filter: &FailureFilter,
-        ) -> impl Future<Output = sqlx::Result<u64>> + Send
+            filter: &'a FailureFilter,
+        ) -> BoxFuture<'a, sqlx::Result<u64>>
         where
-            E: Executor<'e, Database = Self>;
+            E: Executor<'e, Database = Self> + 'a;
 
         /// Opens a relay session: checks the tables exist and takes this relay's share of work.
         fn open_session(

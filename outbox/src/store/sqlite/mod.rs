@@ -11,6 +11,8 @@ mod writer;
 
 use std::sync::Arc;
 
+use futures::future::BoxFuture;
+
 use sqlx::migrate::Migrator;
 use sqlx::{Acquire, Executor, Sqlite, SqlitePool};
 use tokio::sync::Notify;
@@ -40,46 +42,43 @@ impl Dialect for Sqlite {
         Error::Database(error)
     }
 
-    async fn insert_one<'e, E>(executor: E, message: &Message) -> sqlx::Result<()>
+    fn insert_one<'a, 'e: 'a, E>(executor: E, message: &'a Message) -> BoxFuture<'a, sqlx::Result<()>>
     where
-        E: Executor<'e, Database = Self>,
+        E: Executor<'e, Database = Self> + 'a,
     {
-        writer::insert_one(executor, message).await
+        Box::pin(writer::insert_one(executor, message))
     }
 
-    async fn insert_many<'e, E>(executor: E, messages: &[Message]) -> sqlx::Result<u64>
+    fn insert_many<'a, 'e: 'a, E>(executor: E, messages: &'a [Message]) -> BoxFuture<'a, sqlx::Result<u64>>
     where
-        E: Executor<'e, Database = Self>,
+        E: Executor<'e, Database = Self> + 'a,
     {
-        writer::insert_many(executor, messages).await
+        Box::pin(writer::insert_many(executor, messages))
     }
 
     fn enqueued() {
         signal::enqueued();
     }
 
-    async fn list_failures<'e, E>(
-        executor: E,
-        filter: &FailureFilter,
-    ) -> sqlx::Result<Vec<FailedMessage>>
+    fn list_failures<'a, 'e: 'a, E>(executor: E, filter: &'a FailureFilter) -> BoxFuture<'a, sqlx::Result<Vec<FailedMessage>>>
     where
-        E: Executor<'e, Database = Self>,
+        E: Executor<'e, Database = Self> + 'a,
     {
-        failures::list(executor, filter).await
+        Box::pin(failures::list(executor, filter))
     }
 
-    async fn replay_failures<'a, A>(conn: A, filter: &FailureFilter) -> sqlx::Result<u64>
+    fn replay_failures<'a, 'c: 'a, A>(conn: A, filter: &'a FailureFilter) -> BoxFuture<'a, sqlx::Result<u64>>
     where
-        A: Acquire<'a, Database = Self> + Send,
+        A: Acquire<'c, Database = Self> + Send + 'a,
     {
-        failures::replay(conn, filter).await
+        Box::pin(failures::replay(conn, filter))
     }
 
-    async fn purge_failures<'e, E>(executor: E, filter: &FailureFilter) -> sqlx::Result<u64>
+    fn purge_failures<'a, 'e: 'a, E>(executor: E, filter: &'a FailureFilter) -> BoxFuture<'a, sqlx::Result<u64>>
     where
-        E: Executor<'e, Database = Self>,
+        E: Executor<'e, Database = Self> + 'a,
     {
-        failures::purge(executor, filter).await
+        Box::pin(failures::purge(executor, filter))
     }
 
     async fn open_session(pool: &SqlitePool, config: &RelayConfig) -> Result<SqliteSession> {
