@@ -82,19 +82,23 @@
 
 mod boxed;
 mod brokers;
+#[cfg(feature = "sqlite")]
+mod clock;
 mod consumer;
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+mod database;
 mod delivery;
 mod error;
-#[cfg(feature = "postgres")]
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
 mod idempotency;
-#[cfg(feature = "postgres")]
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
 mod inbox;
 mod memory;
 mod producer;
 mod runtime;
 mod source;
 mod trace_context;
-#[cfg(feature = "postgres")]
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
 mod tx;
 
 #[cfg(feature = "broker-lite")]
@@ -107,14 +111,16 @@ pub use consumer::metrics::{ConsumeMetrics, ConsumeMetricsLayer};
 pub use consumer::retry::{LocalRetry, LocalRetryLayer, LocalRetryPolicy};
 pub use consumer::timeout::{ConsumeTimeout, ConsumeTimeoutLayer, DEFAULT_CONSUME_TIMEOUT};
 pub use consumer::trace::{Trace, TraceLayer};
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+pub use database::TxDatabase;
 pub use delivery::{AsDelivery, Delivery};
 pub use error::{Disposition, Elapsed, Panicked, Reject, Retry};
-#[cfg(feature = "postgres")]
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
 pub use idempotency::{
     BatchedIdempotency, BatchedIdempotencyLayer, DEFAULT_IDEMPOTENCY_WINDOW, Handled, Idempotency,
     IdempotencyKey, IdempotencyLayer,
 };
-#[cfg(feature = "postgres")]
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
 pub use inbox::{Inbox, InboxDeadLetter, InboxStore, InboxWorker, Stored};
 pub use memory::{MemoryReceipt, MemorySource};
 #[cfg(feature = "postgres")]
@@ -132,7 +138,11 @@ pub use source::{ConsumeModel, DeliverySource, NackOutcome, Pulled};
 pub use tower::BoxError;
 pub use trace_context::{TRACEPARENT, TraceParent};
 #[cfg(feature = "postgres")]
-pub use tx::{PgTx, PgTxGuard, TxDelivery};
+pub use tx::{PgTx, PgTxGuard};
+#[cfg(feature = "sqlite")]
+pub use tx::{SqliteTx, SqliteTxGuard};
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+pub use tx::{Tx, TxDelivery, TxGuard};
 
 /// The response futures of the layers. `SendTimeout` shares `ConsumeTimeoutFuture`, the send retry
 /// shares `LocalRetryFuture`.
@@ -143,9 +153,9 @@ pub mod future {
     pub use crate::consumer::retry::future::ResponseFuture as LocalRetryFuture;
     pub use crate::consumer::timeout::future::ResponseFuture as ConsumeTimeoutFuture;
     pub use crate::consumer::trace::future::ResponseFuture as TraceFuture;
-    #[cfg(feature = "postgres")]
+    #[cfg(any(feature = "postgres", feature = "sqlite"))]
     pub use crate::idempotency::future::ResponseFuture as IdempotencyFuture;
-    #[cfg(feature = "postgres")]
+    #[cfg(any(feature = "postgres", feature = "sqlite"))]
     pub use crate::inbox::future::ResponseFuture as InboxStoreFuture;
     pub use crate::producer::status::ResponseFuture as RequireSendOkFuture;
     pub use crate::producer::trace::ResponseFuture as TracePublishFuture;

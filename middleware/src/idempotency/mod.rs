@@ -1,8 +1,8 @@
-//! Idempotent consumption on Postgres (safeguard C7).
+//! Idempotent consumption on Postgres or SQLite (safeguard C7).
 
 mod batch;
 pub(crate) mod future;
-mod store;
+pub(crate) mod store;
 
 pub use batch::{BatchedIdempotency, BatchedIdempotencyLayer};
 
@@ -10,12 +10,12 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use sqlx::PgPool;
+use sqlx::{Database, Pool, Postgres};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tower::{BoxError, Layer, Service};
 
-use crate::{Delivery, PgTx, TxDelivery};
+use crate::{Delivery, Tx, TxDatabase, TxDelivery};
 use future::ResponseFuture;
 
 /// Default deduplication window: 72 hours, broker-lite's (and RocketMQ's) default retention, after
@@ -62,32 +62,56 @@ impl IdempotencyKey {
     }
 }
 
-#[derive(Debug, Clone)]
-struct Config {
-    pool: PgPool,
+struct Config<DB: Database> {
+    pool: Pool<DB>,
     key: IdempotencyKey,
     window: Duration,
 }
 
+impl<DB: Database> Clone for Config<DB> {
+    fn clone(&self) -> Self {
+        Self {
+            pool: self.pool.clone(),
+            key: self.key.clone(),
+            window: self.window,
+        }
+    }
+}
+
+impl<DB: Database> std::fmt::Debug for Config<DB> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("database", &DB::NAME)
+            .field("key", &self.key)
+            .field("window", &self.window)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Runs each handler at most once per (consumer group, message) with its effects.
 ///
-/// For each delivery, in one Postgres transaction:
+/// For each delivery, in one transaction of the database `DB` (Postgres unless said otherwise; see
+/// [`TxDatabase`]):
 ///
-/// 1. `INSERT INTO courier_inbox.processed (group, key) … ON CONFLICT DO NOTHING`;
+/// 1. `INSERT INTO courier_inbox.processed (group, key) … ON CONFLICT DO NOTHING`
+///    (`courier_inbox_processed` on SQLite);
 /// 2. if the row already existed, roll back and answer [`Handled::Duplicate`] (the runtime acks,
 ///    the handler does not run);
-/// 3. otherwise call the handler with a [`TxDelivery`], whose [`PgTx`] is that transaction: the
+/// 3. otherwise call the handler with a [`TxDelivery`], whose [`Tx`] is that transaction: the
 ///    handler's own writes go in it;
 /// 4. on `Ok`, commit and answer [`Handled::Processed`]; the runtime acks after the commit. On an
 ///    error (or a panic, or a timeout dropping the future), roll back: the record goes with the
 ///    handler's writes, and the redelivery runs the handler again.
 ///
-/// Two concurrent deliveries of one message give one effect: the second insert waits on the first
-/// transaction's row lock, then sees the row (the first committed) or takes over (it rolled back).
+/// Two concurrent deliveries of one message give one effect. On Postgres the second insert waits on
+/// the first transaction's row lock, then sees the row (the first committed) or takes over (it
+/// rolled back). On SQLite the transaction is `BEGIN IMMEDIATE`: it takes the database's write lock
+/// before the record is looked at, so the second delivery's transaction begins only after the first
+/// ended, with the same outcome; handlers therefore run one at a time per database file.
 /// The key is the message id or a declared header ([`IdempotencyKey`]); records expire after a
 /// window ([`purge_expired`](Self::purge_expired)).
 ///
-/// Only writes made through the [`PgTx`] are covered. A side effect outside the database (an
+/// Only writes made through the [`Tx`] are covered. A side effect outside the database (an
 /// HTTP call) may still repeat if the commit fails after it.
 ///
 /// # Examples
@@ -110,29 +134,70 @@ struct Config {
 /// # let _ = handler;
 /// # }
 /// ```
-#[derive(Debug, Clone)]
-pub struct Idempotency<S> {
+///
+/// On SQLite (feature `sqlite`), the same with an `SqlitePool`; the handler receives a
+/// `TxDelivery<Sqlite>`:
+///
+/// ```no_run
+/// # #[cfg(feature = "sqlite")]
+/// # async fn example(pool: sqlx::SqlitePool) {
+/// use courier_middleware::{IdempotencyLayer, TxDelivery};
+/// use sqlx::Sqlite;
+/// use tower::ServiceBuilder;
+///
+/// let handler = ServiceBuilder::new()
+///     .layer(IdempotencyLayer::new(pool))
+///     .service_fn(|request: TxDelivery<Sqlite>| async move {
+///         let mut conn = request.tx().lock().await;
+///         sqlx::query("INSERT INTO payments (message_id) VALUES ($1)")
+///             .bind(request.delivery.message.id)
+///             .execute(&mut *conn)
+///             .await?;
+///         Ok::<_, tower::BoxError>(())
+///     });
+/// # let _ = handler;
+/// # }
+/// ```
+pub struct Idempotency<S, DB: Database = Postgres> {
     inner: S,
-    config: Arc<Config>,
+    config: Arc<Config<DB>>,
 }
 
-impl<S> Idempotency<S> {
+impl<S: Clone, DB: Database> Clone for Idempotency<S, DB> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            config: self.config.clone(),
+        }
+    }
+}
+
+impl<S: std::fmt::Debug, DB: Database> std::fmt::Debug for Idempotency<S, DB> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Idempotency")
+            .field("inner", &self.inner)
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+impl<S, DB: Database> Idempotency<S, DB> {
     /// Wraps `inner` with the settings of `layer`.
-    pub fn new(inner: S, layer: &IdempotencyLayer) -> Self {
+    ///
+    /// ```no_run
+    /// # async fn example(pool: sqlx::PgPool) {
+    /// use courier_middleware::{Idempotency, IdempotencyLayer, TxDelivery};
+    ///
+    /// let handler = tower::service_fn(|_: TxDelivery| async { Ok::<_, tower::BoxError>(()) });
+    /// let service = Idempotency::new(handler, &IdempotencyLayer::new(pool));
+    /// # let _ = service;
+    /// # }
+    /// ```
+    pub fn new(inner: S, layer: &IdempotencyLayer<DB>) -> Self {
         Self {
             inner,
             config: layer.config.clone(),
         }
-    }
-
-    /// Deletes records older than the window and returns how many went; see
-    /// [`IdempotencyLayer::purge_expired`].
-    ///
-    /// # Errors
-    ///
-    /// The database error.
-    pub async fn purge_expired(&self) -> Result<u64, sqlx::Error> {
-        store::purge(&self.config.pool, self.config.window).await
     }
 
     /// The inner service.
@@ -151,9 +216,29 @@ impl<S> Idempotency<S> {
     }
 }
 
-impl<S> Service<Delivery> for Idempotency<S>
+impl<S, DB: TxDatabase> Idempotency<S, DB> {
+    /// Deletes records older than the window and returns how many went; see
+    /// [`IdempotencyLayer::purge_expired`].
+    ///
+    /// ```no_run
+    /// # async fn example<S>(service: courier_middleware::Idempotency<S>) -> Result<(), sqlx::Error> {
+    /// let purged = service.purge_expired().await?;
+    /// # let _ = purged;
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// The database error.
+    pub async fn purge_expired(&self) -> Result<u64, sqlx::Error> {
+        DB::purge_records(&self.config.pool, self.config.window).await
+    }
+}
+
+impl<S, DB: TxDatabase> Service<Delivery> for Idempotency<S, DB>
 where
-    S: Service<TxDelivery> + Clone + Send + 'static,
+    S: Service<TxDelivery<DB>> + Clone + Send + 'static,
     S::Response: Send + 'static,
     S::Error: Into<BoxError>,
     S::Future: Send + 'static,
@@ -172,8 +257,8 @@ where
         let config = self.config.clone();
         ResponseFuture::new(Box::pin(async move {
             let key = config.key.of(&delivery);
-            let mut tx = config.pool.begin().await?;
-            if !store::record(&mut tx, &delivery.group, &key).await? {
+            let mut tx = DB::begin_write(&config.pool).await?;
+            if !DB::record(&mut tx, &delivery.group, &key).await? {
                 tx.rollback().await?;
                 tracing::debug!(message.id = %delivery.message.id, group = %delivery.group, %key,
                     "duplicate delivery acked without running the handler");
@@ -181,7 +266,7 @@ where
                     .increment(1);
                 return Ok(Handled::Duplicate);
             }
-            let handle = PgTx::new(tx);
+            let handle = Tx::new(tx);
             let result = service
                 .call(TxDelivery::new(delivery, handle.clone()))
                 .await
@@ -207,15 +292,55 @@ where
 
 /// Applies [`Idempotency`] to a transactional handler (`tower::Service<TxDelivery>`), turning it
 /// into a handler of [`Delivery`].
-#[derive(Debug, Clone)]
-pub struct IdempotencyLayer {
-    config: Arc<Config>,
+///
+/// `DB` is the database the records (and the handler's transaction) live in: Postgres by default,
+/// `Sqlite` with feature `sqlite`; [`new`](Self::new) infers it from the pool.
+///
+/// ```no_run
+/// # async fn example(pool: sqlx::PgPool) {
+/// use std::time::Duration;
+/// use courier_middleware::{IdempotencyKey, IdempotencyLayer};
+///
+/// let layer = IdempotencyLayer::new(pool)
+///     .key(IdempotencyKey::Header("idempotency-key".into()))
+///     .window(Duration::from_secs(7 * 24 * 3600));
+/// # let _ = layer;
+/// # }
+/// ```
+pub struct IdempotencyLayer<DB: Database = Postgres> {
+    config: Arc<Config<DB>>,
 }
 
-impl IdempotencyLayer {
-    /// Records in `pool`'s database (table `courier_inbox.processed`, created by
-    /// `courier_outbox::MIGRATOR`), keyed by message id, for [`DEFAULT_IDEMPOTENCY_WINDOW`].
-    pub fn new(pool: PgPool) -> Self {
+impl<DB: Database> Clone for IdempotencyLayer<DB> {
+    fn clone(&self) -> Self {
+        Self {
+            config: self.config.clone(),
+        }
+    }
+}
+
+impl<DB: Database> std::fmt::Debug for IdempotencyLayer<DB> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IdempotencyLayer")
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+impl<DB: Database> IdempotencyLayer<DB> {
+    /// Records in `pool`'s database, keyed by message id, for [`DEFAULT_IDEMPOTENCY_WINDOW`]. The
+    /// table is `courier_inbox.processed` on Postgres (created by `courier_outbox::MIGRATOR`),
+    /// `courier_inbox_processed` on SQLite (created by `courier_outbox::SQLITE_MIGRATOR`).
+    ///
+    /// ```no_run
+    /// # async fn example() -> Result<(), sqlx::Error> {
+    /// let pool = sqlx::PgPool::connect("postgres://localhost/app").await?;
+    /// let layer = courier_middleware::IdempotencyLayer::new(pool);
+    /// # let _ = layer;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn new(pool: Pool<DB>) -> Self {
         Self {
             config: Arc::new(Config {
                 pool,
@@ -225,7 +350,7 @@ impl IdempotencyLayer {
         }
     }
 
-    fn config_mut(&mut self) -> &mut Config {
+    fn config_mut(&mut self) -> &mut Config<DB> {
         Arc::make_mut(&mut self.config)
     }
 
@@ -274,7 +399,9 @@ impl IdempotencyLayer {
     pub fn window_length(&self) -> Duration {
         self.config.window
     }
+}
 
+impl<DB: TxDatabase> IdempotencyLayer<DB> {
     /// Deletes records older than the window and returns how many went. Run it now and then, or
     /// use [`spawn_purger`](Self::spawn_purger).
     ///
@@ -282,7 +409,7 @@ impl IdempotencyLayer {
     ///
     /// The database error.
     pub async fn purge_expired(&self) -> Result<u64, sqlx::Error> {
-        store::purge(&self.config.pool, self.config.window).await
+        DB::purge_records(&self.config.pool, self.config.window).await
     }
 
     /// Runs [`purge_expired`](Self::purge_expired) every `every` until `shutdown` is cancelled;
@@ -305,8 +432,8 @@ impl IdempotencyLayer {
     }
 }
 
-impl<S> Layer<S> for IdempotencyLayer {
-    type Service = Idempotency<S>;
+impl<S, DB: Database> Layer<S> for IdempotencyLayer<DB> {
+    type Service = Idempotency<S, DB>;
 
     fn layer(&self, inner: S) -> Self::Service {
         Idempotency::new(inner, self)
