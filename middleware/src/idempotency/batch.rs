@@ -240,7 +240,7 @@ async fn run_batch<S, R, DB: TxDatabase>(
             Ok(tx) => tx,
             Err(error) => return fail_all(batch, &error.to_string()),
         };
-        let mut fresh = match DB::record_many(&mut tx, &keys).await {
+        let mut fresh = match DB::idempotency_record_many(&mut tx, &keys).await {
             Ok(fresh) => fresh,
             Err(error) => return fail_all(batch, &error.to_string()),
         };

@@ -232,7 +232,7 @@ impl<S, DB: TxDatabase> Idempotency<S, DB> {
     ///
     /// The database error.
     pub async fn purge_expired(&self) -> Result<u64, sqlx::Error> {
-        DB::purge_records(&self.config.pool, self.config.window).await
+        DB::idempotency_purge(&self.config.pool, self.config.window).await
     }
 }
 
@@ -258,7 +258,7 @@ where
         ResponseFuture::new(Box::pin(async move {
             let key = config.key.of(&delivery);
             let mut tx = DB::begin_write(&config.pool).await?;
-            if !DB::record(&mut tx, &delivery.group, &key).await? {
+            if !DB::idempotency_record(&mut tx, &delivery.group, &key).await? {
                 tx.rollback().await?;
                 tracing::debug!(message.id = %delivery.message.id, group = %delivery.group, %key,
                     "duplicate delivery acked without running the handler");
@@ -409,7 +409,7 @@ impl<DB: TxDatabase> IdempotencyLayer<DB> {
     ///
     /// The database error.
     pub async fn purge_expired(&self) -> Result<u64, sqlx::Error> {
-        DB::purge_records(&self.config.pool, self.config.window).await
+        DB::idempotency_purge(&self.config.pool, self.config.window).await
     }
 
     /// Runs [`purge_expired`](Self::purge_expired) every `every` until `shutdown` is cancelled;

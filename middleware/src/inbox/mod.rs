@@ -253,9 +253,9 @@ impl<DB: TxDatabase> Inbox<DB> {
         executor: E,
         delivery: &Delivery,
     ) -> Result<Stored, sqlx::Error> {
-        let stored = DB::insert(executor, delivery).await?;
+        let stored = DB::inbox_insert(executor, delivery).await?;
         if stored == Stored::New {
-            DB::stored(&self.pool, &delivery.group);
+            DB::inbox_stored(&self.pool, &delivery.group);
         }
         Ok(stored)
     }
@@ -266,7 +266,7 @@ impl<DB: TxDatabase> Inbox<DB> {
     ///
     /// The database error.
     pub async fn pending(&self, group: &str) -> Result<i64, sqlx::Error> {
-        DB::pending(&self.pool, group).await
+        DB::inbox_pending(&self.pool, group).await
     }
 
     /// `group`'s dead letters, oldest first.
@@ -275,7 +275,7 @@ impl<DB: TxDatabase> Inbox<DB> {
     ///
     /// The database error.
     pub async fn dead_letters(&self, group: &str) -> Result<Vec<InboxDeadLetter>, sqlx::Error> {
-        DB::dead_letters(&self.pool, group).await
+        DB::inbox_dead_letters(&self.pool, group).await
     }
 
     /// Moves dead letters of `group` back into the inbox with zero attempts, due at once; returns
@@ -285,7 +285,7 @@ impl<DB: TxDatabase> Inbox<DB> {
     ///
     /// The database error; nothing moves then.
     pub async fn replay(&self, group: &str, ids: &[Uuid]) -> Result<u64, sqlx::Error> {
-        DB::replay(&self.pool, group, ids).await
+        DB::inbox_replay(&self.pool, group, ids).await
     }
 
     /// Deletes processed rows older than `age` (they guard against redeliveries until then) and
@@ -295,7 +295,7 @@ impl<DB: TxDatabase> Inbox<DB> {
     ///
     /// The database error.
     pub async fn purge_done(&self, age: Duration) -> Result<u64, sqlx::Error> {
-        DB::purge_done(&self.pool, age).await
+        DB::inbox_purge_done(&self.pool, age).await
     }
 }
 
@@ -357,9 +357,9 @@ impl<DB: TxDatabase> Service<Delivery> for InboxStore<DB> {
     fn call(&mut self, delivery: Delivery) -> Self::Future {
         let inbox = self.inbox.clone();
         ResponseFuture::new(Box::pin(async move {
-            let stored = DB::insert_pooled(&inbox.pool, &delivery).await?;
+            let stored = DB::inbox_insert_pooled(&inbox.pool, &delivery).await?;
             if stored == Stored::New {
-                DB::stored(&inbox.pool, &delivery.group);
+                DB::inbox_stored(&inbox.pool, &delivery.group);
             }
             Ok(stored)
         }))

@@ -74,8 +74,8 @@ where
     /// # }
     /// ```
     pub async fn run(self, shutdown: CancellationToken) {
-        let wake = DB::wake_signal(&self.inbox.pool, &self.group);
-        let listener = tokio::spawn(DB::listen(
+        let wake = DB::inbox_wake_signal(&self.inbox.pool, &self.group);
+        let listener = tokio::spawn(DB::inbox_listen(
             self.inbox.pool.clone(),
             self.group.clone(),
             wake.clone(),
@@ -125,14 +125,15 @@ where
     async fn step(&mut self) -> Result<Step, sqlx::Error> {
         let config = &self.inbox.config;
         let pool = &self.inbox.pool;
-        let Some(Claimed { seq, delivery }) = DB::claim(pool, &self.group, config.lease).await?
+        let Some(Claimed { seq, delivery }) =
+            DB::inbox_claim(pool, &self.group, config.lease).await?
         else {
             return Ok(Step::Idle);
         };
         let id = delivery.message.id;
         let attempt = delivery.attempt;
         let mut tx = DB::begin_write(pool).await?;
-        if !DB::lock(&mut tx, seq).await? {
+        if !DB::inbox_lock(&mut tx, seq).await? {
             // Another worker finished it after our claim.
             return Ok(Step::Worked);
         }
@@ -148,7 +149,7 @@ where
         let tx = handle.take().await;
         let error = match (result, tx) {
             (Ok(_), Some(mut tx)) => {
-                DB::mark_done(&mut tx, seq).await?;
+                DB::inbox_mark_done(&mut tx, seq).await?;
                 tx.commit().await?;
                 metrics::counter!("courier_inbox_processed_total", "group" => self.group.clone())
                     .increment(1);
@@ -168,7 +169,7 @@ where
         if give_up {
             tracing::warn!(message.id = %id, attempt, %reason, group = %self.group,
                 "inbox: dead-lettering the row");
-            DB::dead_letter(pool, seq, &reason).await?;
+            DB::inbox_dead_letter(pool, seq, &reason).await?;
             metrics::counter!("courier_inbox_dead_letters_total", "group" => self.group.clone())
                 .increment(1);
         } else {
@@ -177,7 +178,7 @@ where
                 _ => config.backoff.delay(attempt),
             };
             tracing::debug!(message.id = %id, attempt, %reason, ?delay, "inbox: retrying later");
-            DB::retry_later(pool, seq, delay, &reason).await?;
+            DB::inbox_retry_later(pool, seq, delay, &reason).await?;
             metrics::counter!("courier_inbox_retries_total", "group" => self.group.clone())
                 .increment(1);
         }

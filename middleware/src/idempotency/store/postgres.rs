@@ -8,7 +8,11 @@ use sqlx::{PgConnection, PgPool, Postgres};
 use super::IdempotencySql;
 
 impl IdempotencySql for Postgres {
-    async fn record(conn: &mut PgConnection, group: &str, key: &str) -> Result<bool, sqlx::Error> {
+    async fn idempotency_record(
+        conn: &mut PgConnection,
+        group: &str,
+        key: &str,
+    ) -> Result<bool, sqlx::Error> {
         let done = sqlx::query(
             "INSERT INTO courier_inbox.processed (consumer_group, key) VALUES ($1, $2)
              ON CONFLICT DO NOTHING",
@@ -20,7 +24,7 @@ impl IdempotencySql for Postgres {
         Ok(done.rows_affected() == 1)
     }
 
-    async fn record_many(
+    async fn idempotency_record_many(
         conn: &mut PgConnection,
         keys: &[(String, String)],
     ) -> Result<HashSet<(String, String)>, sqlx::Error> {
@@ -40,7 +44,7 @@ impl IdempotencySql for Postgres {
         Ok(rows.into_iter().collect())
     }
 
-    async fn purge_records(pool: &PgPool, window: Duration) -> Result<u64, sqlx::Error> {
+    async fn idempotency_purge(pool: &PgPool, window: Duration) -> Result<u64, sqlx::Error> {
         let done = sqlx::query(
             "DELETE FROM courier_inbox.processed
              WHERE processed_at < now() - make_interval(secs => $1)",

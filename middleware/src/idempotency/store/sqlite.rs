@@ -10,7 +10,7 @@ use super::IdempotencySql;
 use crate::clock;
 
 impl IdempotencySql for Sqlite {
-    async fn record(
+    async fn idempotency_record(
         conn: &mut SqliteConnection,
         group: &str,
         key: &str,
@@ -28,7 +28,7 @@ impl IdempotencySql for Sqlite {
         Ok(done.rows_affected() == 1)
     }
 
-    async fn record_many(
+    async fn idempotency_record_many(
         conn: &mut SqliteConnection,
         keys: &[(String, String)],
     ) -> Result<HashSet<(String, String)>, sqlx::Error> {
@@ -54,7 +54,7 @@ impl IdempotencySql for Sqlite {
         Ok(fresh)
     }
 
-    async fn purge_records(pool: &SqlitePool, window: Duration) -> Result<u64, sqlx::Error> {
+    async fn idempotency_purge(pool: &SqlitePool, window: Duration) -> Result<u64, sqlx::Error> {
         let done = sqlx::query("DELETE FROM courier_inbox_processed WHERE processed_at < $1")
             .bind(clock::micros_ago(window))
             .execute(pool)

@@ -23,21 +23,21 @@ pub struct Claimed {
 /// The inbox's SQL; a part of [`TxDatabase`](crate::TxDatabase).
 pub trait InboxSql: Database {
     /// Stores the delivery unless it is already stored or dead-lettered.
-    fn insert<'e, E: Executor<'e, Database = Self>>(
+    fn inbox_insert<'e, E: Executor<'e, Database = Self>>(
         executor: E,
         delivery: &Delivery,
     ) -> impl Future<Output = Result<Stored, sqlx::Error>> + Send;
 
-    /// [`insert`](Self::insert) through the pool; spelled out per database because generic code
+    /// [`inbox_insert`](Self::inbox_insert) through the pool; spelled out per database because generic code
     /// cannot name the pool as an executor.
-    fn insert_pooled(
+    fn inbox_insert_pooled(
         pool: &Pool<Self>,
         delivery: &Delivery,
     ) -> impl Future<Output = Result<Stored, sqlx::Error>> + Send;
 
     /// Takes the oldest due row of `group` that no one holds: counts the attempt and hides the row
     /// for `lease`, in its own short transaction.
-    fn claim(
+    fn inbox_claim(
         pool: &Pool<Self>,
         group: &str,
         lease: Duration,
@@ -45,19 +45,19 @@ pub trait InboxSql: Database {
 
     /// Locks a claimed row for processing in the handler's transaction; `false` if another worker
     /// finished it meanwhile.
-    fn lock(
+    fn inbox_lock(
         conn: &mut Self::Connection,
         seq: i64,
     ) -> impl Future<Output = Result<bool, sqlx::Error>> + Send;
 
     /// Marks the row processed, in the handler's transaction.
-    fn mark_done(
+    fn inbox_mark_done(
         conn: &mut Self::Connection,
         seq: i64,
     ) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
 
     /// Makes the row due again after `delay`, keeping the error.
-    fn retry_later(
+    fn inbox_retry_later(
         pool: &Pool<Self>,
         seq: i64,
         delay: Duration,
@@ -65,33 +65,33 @@ pub trait InboxSql: Database {
     ) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
 
     /// Moves the row to the dead letters.
-    fn dead_letter(
+    fn inbox_dead_letter(
         pool: &Pool<Self>,
         seq: i64,
         error: &str,
     ) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
 
     /// Rows of `group` not processed yet.
-    fn pending(
+    fn inbox_pending(
         pool: &Pool<Self>,
         group: &str,
     ) -> impl Future<Output = Result<i64, sqlx::Error>> + Send;
 
     /// `group`'s dead letters, oldest first.
-    fn dead_letters(
+    fn inbox_dead_letters(
         pool: &Pool<Self>,
         group: &str,
     ) -> impl Future<Output = Result<Vec<InboxDeadLetter>, sqlx::Error>> + Send;
 
     /// Moves dead letters back into the inbox, due at once with zero attempts.
-    fn replay(
+    fn inbox_replay(
         pool: &Pool<Self>,
         group: &str,
         ids: &[Uuid],
     ) -> impl Future<Output = Result<u64, sqlx::Error>> + Send;
 
     /// Deletes processed rows older than `age`.
-    fn purge_done(
+    fn inbox_purge_done(
         pool: &Pool<Self>,
         age: Duration,
     ) -> impl Future<Output = Result<u64, sqlx::Error>> + Send;

@@ -25,7 +25,7 @@ fn message_of(row: &PgRow) -> Result<Message, sqlx::Error> {
 }
 
 impl InboxSql for Postgres {
-    async fn insert<'e, E: Executor<'e, Database = Self>>(
+    async fn inbox_insert<'e, E: Executor<'e, Database = Self>>(
         executor: E,
         delivery: &Delivery,
     ) -> Result<Stored, sqlx::Error> {
@@ -56,11 +56,14 @@ impl InboxSql for Postgres {
         })
     }
 
-    async fn insert_pooled(pool: &PgPool, delivery: &Delivery) -> Result<Stored, sqlx::Error> {
-        Self::insert(pool, delivery).await
+    async fn inbox_insert_pooled(
+        pool: &PgPool,
+        delivery: &Delivery,
+    ) -> Result<Stored, sqlx::Error> {
+        Self::inbox_insert(pool, delivery).await
     }
 
-    async fn claim(
+    async fn inbox_claim(
         pool: &PgPool,
         group: &str,
         lease: Duration,
@@ -91,7 +94,7 @@ impl InboxSql for Postgres {
         }))
     }
 
-    async fn lock(conn: &mut PgConnection, seq: i64) -> Result<bool, sqlx::Error> {
+    async fn inbox_lock(conn: &mut PgConnection, seq: i64) -> Result<bool, sqlx::Error> {
         let found = sqlx::query(
             "SELECT 1 FROM courier_inbox.messages WHERE seq = $1 AND done_at IS NULL FOR UPDATE",
         )
@@ -101,7 +104,7 @@ impl InboxSql for Postgres {
         Ok(found.is_some())
     }
 
-    async fn mark_done(conn: &mut PgConnection, seq: i64) -> Result<(), sqlx::Error> {
+    async fn inbox_mark_done(conn: &mut PgConnection, seq: i64) -> Result<(), sqlx::Error> {
         sqlx::query(
             "UPDATE courier_inbox.messages SET done_at = now(), last_error = NULL WHERE seq = $1",
         )
@@ -111,7 +114,7 @@ impl InboxSql for Postgres {
         Ok(())
     }
 
-    async fn retry_later(
+    async fn inbox_retry_later(
         pool: &PgPool,
         seq: i64,
         delay: Duration,
@@ -130,7 +133,7 @@ impl InboxSql for Postgres {
         Ok(())
     }
 
-    async fn dead_letter(pool: &PgPool, seq: i64, error: &str) -> Result<(), sqlx::Error> {
+    async fn inbox_dead_letter(pool: &PgPool, seq: i64, error: &str) -> Result<(), sqlx::Error> {
         sqlx::query(
             "WITH moved AS (DELETE FROM courier_inbox.messages WHERE seq = $1 RETURNING *)
              INSERT INTO courier_inbox.dead_letters
@@ -148,7 +151,7 @@ impl InboxSql for Postgres {
         Ok(())
     }
 
-    async fn pending(pool: &PgPool, group: &str) -> Result<i64, sqlx::Error> {
+    async fn inbox_pending(pool: &PgPool, group: &str) -> Result<i64, sqlx::Error> {
         sqlx::query_scalar(
             "SELECT count(*) FROM courier_inbox.messages
              WHERE consumer_group = $1 AND done_at IS NULL",
@@ -158,7 +161,10 @@ impl InboxSql for Postgres {
         .await
     }
 
-    async fn dead_letters(pool: &PgPool, group: &str) -> Result<Vec<InboxDeadLetter>, sqlx::Error> {
+    async fn inbox_dead_letters(
+        pool: &PgPool,
+        group: &str,
+    ) -> Result<Vec<InboxDeadLetter>, sqlx::Error> {
         let rows = sqlx::query(
             "SELECT * FROM courier_inbox.dead_letters
              WHERE consumer_group = $1 ORDER BY failed_at, id",
@@ -180,7 +186,7 @@ impl InboxSql for Postgres {
             .collect()
     }
 
-    async fn replay(pool: &PgPool, group: &str, ids: &[Uuid]) -> Result<u64, sqlx::Error> {
+    async fn inbox_replay(pool: &PgPool, group: &str, ids: &[Uuid]) -> Result<u64, sqlx::Error> {
         let done = sqlx::query(
             "WITH moved AS (DELETE FROM courier_inbox.dead_letters
                             WHERE consumer_group = $1 AND id = ANY($2) RETURNING *)
@@ -200,7 +206,7 @@ impl InboxSql for Postgres {
         Ok(done.rows_affected())
     }
 
-    async fn purge_done(pool: &PgPool, age: Duration) -> Result<u64, sqlx::Error> {
+    async fn inbox_purge_done(pool: &PgPool, age: Duration) -> Result<u64, sqlx::Error> {
         let done = sqlx::query(
             "DELETE FROM courier_inbox.messages
              WHERE done_at IS NOT NULL AND done_at < now() - make_interval(secs => $1)",

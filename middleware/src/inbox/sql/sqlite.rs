@@ -29,7 +29,7 @@ fn message_of(row: &SqliteRow) -> Result<Message, sqlx::Error> {
 }
 
 impl InboxSql for Sqlite {
-    async fn insert<'e, E: Executor<'e, Database = Self>>(
+    async fn inbox_insert<'e, E: Executor<'e, Database = Self>>(
         executor: E,
         delivery: &Delivery,
     ) -> Result<Stored, sqlx::Error> {
@@ -62,11 +62,14 @@ impl InboxSql for Sqlite {
         })
     }
 
-    async fn insert_pooled(pool: &SqlitePool, delivery: &Delivery) -> Result<Stored, sqlx::Error> {
-        Self::insert(pool, delivery).await
+    async fn inbox_insert_pooled(
+        pool: &SqlitePool,
+        delivery: &Delivery,
+    ) -> Result<Stored, sqlx::Error> {
+        Self::inbox_insert(pool, delivery).await
     }
 
-    async fn claim(
+    async fn inbox_claim(
         pool: &SqlitePool,
         group: &str,
         lease: Duration,
@@ -99,7 +102,7 @@ impl InboxSql for Sqlite {
         }))
     }
 
-    async fn lock(conn: &mut SqliteConnection, seq: i64) -> Result<bool, sqlx::Error> {
+    async fn inbox_lock(conn: &mut SqliteConnection, seq: i64) -> Result<bool, sqlx::Error> {
         // The transaction already holds the write lock (BEGIN IMMEDIATE): only check the row.
         let found =
             sqlx::query("SELECT 1 FROM courier_inbox_messages WHERE seq = $1 AND done_at IS NULL")
@@ -109,7 +112,7 @@ impl InboxSql for Sqlite {
         Ok(found.is_some())
     }
 
-    async fn mark_done(conn: &mut SqliteConnection, seq: i64) -> Result<(), sqlx::Error> {
+    async fn inbox_mark_done(conn: &mut SqliteConnection, seq: i64) -> Result<(), sqlx::Error> {
         sqlx::query(
             "UPDATE courier_inbox_messages SET done_at = $2, last_error = NULL WHERE seq = $1",
         )
@@ -120,7 +123,7 @@ impl InboxSql for Sqlite {
         Ok(())
     }
 
-    async fn retry_later(
+    async fn inbox_retry_later(
         pool: &SqlitePool,
         seq: i64,
         delay: Duration,
@@ -137,7 +140,11 @@ impl InboxSql for Sqlite {
         Ok(())
     }
 
-    async fn dead_letter(pool: &SqlitePool, seq: i64, error: &str) -> Result<(), sqlx::Error> {
+    async fn inbox_dead_letter(
+        pool: &SqlitePool,
+        seq: i64,
+        error: &str,
+    ) -> Result<(), sqlx::Error> {
         // SQLite has no data-modifying CTE: copy, then delete, in one write transaction.
         let mut tx = <Sqlite as Dialect>::begin_write(pool).await?;
         sqlx::query(
@@ -161,7 +168,7 @@ impl InboxSql for Sqlite {
         tx.commit().await
     }
 
-    async fn pending(pool: &SqlitePool, group: &str) -> Result<i64, sqlx::Error> {
+    async fn inbox_pending(pool: &SqlitePool, group: &str) -> Result<i64, sqlx::Error> {
         sqlx::query_scalar(
             "SELECT count(*) FROM courier_inbox_messages
              WHERE consumer_group = $1 AND done_at IS NULL",
@@ -171,7 +178,7 @@ impl InboxSql for Sqlite {
         .await
     }
 
-    async fn dead_letters(
+    async fn inbox_dead_letters(
         pool: &SqlitePool,
         group: &str,
     ) -> Result<Vec<InboxDeadLetter>, sqlx::Error> {
@@ -196,7 +203,11 @@ impl InboxSql for Sqlite {
             .collect()
     }
 
-    async fn replay(pool: &SqlitePool, group: &str, ids: &[Uuid]) -> Result<u64, sqlx::Error> {
+    async fn inbox_replay(
+        pool: &SqlitePool,
+        group: &str,
+        ids: &[Uuid],
+    ) -> Result<u64, sqlx::Error> {
         // No arrays to bind on SQLite: one copy and one delete per id, in one write transaction.
         let now = clock::now_micros();
         let mut tx = <Sqlite as Dialect>::begin_write(pool).await?;
@@ -231,7 +242,7 @@ impl InboxSql for Sqlite {
         Ok(moved)
     }
 
-    async fn purge_done(pool: &SqlitePool, age: Duration) -> Result<u64, sqlx::Error> {
+    async fn inbox_purge_done(pool: &SqlitePool, age: Duration) -> Result<u64, sqlx::Error> {
         let done = sqlx::query(
             "DELETE FROM courier_inbox_messages WHERE done_at IS NOT NULL AND done_at < $1",
         )

@@ -16,13 +16,13 @@ use tokio_util::sync::CancellationToken;
 /// How idle workers learn of new rows; a part of [`TxDatabase`](crate::TxDatabase).
 pub trait InboxWakeups: Database {
     /// The signal the idle loops of a worker of `group` wait on.
-    fn wake_signal(pool: &Pool<Self>, group: &str) -> Arc<Notify>;
+    fn inbox_wake_signal(pool: &Pool<Self>, group: &str) -> Arc<Notify>;
 
     /// Called after [`Inbox::insert`](crate::Inbox::insert) stored a row of `group`.
-    fn stored(pool: &Pool<Self>, group: &str);
+    fn inbox_stored(pool: &Pool<Self>, group: &str);
 
     /// Wakes `wake` whenever a row of `group` arrives from outside this process, until `shutdown`.
-    fn listen(
+    fn inbox_listen(
         pool: Pool<Self>,
         group: String,
         wake: Arc<Notify>,

@@ -12,16 +12,16 @@ use tokio_util::sync::CancellationToken;
 use super::InboxWakeups;
 
 impl InboxWakeups for Postgres {
-    fn wake_signal(_: &PgPool, _: &str) -> Arc<Notify> {
+    fn inbox_wake_signal(_: &PgPool, _: &str) -> Arc<Notify> {
         Arc::new(Notify::new())
     }
 
-    fn stored(_: &PgPool, _: &str) {
+    fn inbox_stored(_: &PgPool, _: &str) {
         // The trigger notifies, on commit.
     }
 
     /// Wakes the idle loops whenever a row of `group` is inserted; reconnects after failures.
-    async fn listen(
+    async fn inbox_listen(
         pool: PgPool,
         group: String,
         wake: Arc<Notify>,

@@ -26,7 +26,7 @@ fn key(pool: &SqlitePool, group: &str) -> (PathBuf, String) {
 }
 
 impl InboxWakeups for Sqlite {
-    fn wake_signal(pool: &SqlitePool, group: &str) -> Arc<Notify> {
+    fn inbox_wake_signal(pool: &SqlitePool, group: &str) -> Arc<Notify> {
         let key = key(pool, group);
         let mut signals = SIGNALS.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(signal) = signals.get(&key).and_then(Weak::upgrade) {
@@ -38,7 +38,7 @@ impl InboxWakeups for Sqlite {
         signal
     }
 
-    fn stored(pool: &SqlitePool, group: &str) {
+    fn inbox_stored(pool: &SqlitePool, group: &str) {
         let key = key(pool, group);
         let signal = SIGNALS
             .lock()
@@ -52,14 +52,14 @@ impl InboxWakeups for Sqlite {
         }
     }
 
-    fn listen(
+    fn inbox_listen(
         _: SqlitePool,
         _: String,
         _: Arc<Notify>,
         _: Duration,
         _: CancellationToken,
     ) -> impl Future<Output = ()> + Send + 'static {
-        // Nothing to listen to: `stored` wakes the signal directly.
+        // Nothing to listen to: `inbox_stored` wakes the signal directly.
         std::future::ready(())
     }
 }
