@@ -20,9 +20,20 @@ use future::ResponseFuture;
 
 /// Default deduplication window: 72 hours, broker-lite's (and RocketMQ's) default retention, after
 /// which the broker cannot deliver the message again anyway.
+///
+/// ```
+/// assert_eq!(courier_middleware::DEFAULT_IDEMPOTENCY_WINDOW.as_secs(), 72 * 3600);
+/// ```
 pub const DEFAULT_IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(72 * 3600);
 
 /// What the idempotency layer did with a delivery. Both variants ack.
+///
+/// ```
+/// use courier_middleware::Handled;
+///
+/// assert!(Handled::<()>::Duplicate.is_duplicate());
+/// assert!(!Handled::Processed(7).is_duplicate());
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Handled<R> {
     /// The handler ran and its transaction, with the idempotency record, committed.
@@ -33,12 +44,24 @@ pub enum Handled<R> {
 
 impl<R> Handled<R> {
     /// Whether this delivery was a duplicate.
+    ///
+    /// ```
+    /// assert!(courier_middleware::Handled::<()>::Duplicate.is_duplicate());
+    /// ```
     pub fn is_duplicate(&self) -> bool {
         matches!(self, Self::Duplicate)
     }
 }
 
 /// Which value identifies "the same message" for deduplication.
+///
+/// ```
+/// use courier_middleware::IdempotencyKey;
+///
+/// assert_eq!(IdempotencyKey::default(), IdempotencyKey::MessageId);
+/// let by_header = IdempotencyKey::Header("idempotency-key".into());
+/// # let _ = by_header;
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum IdempotencyKey {
@@ -201,16 +224,37 @@ impl<S, DB: Database> Idempotency<S, DB> {
     }
 
     /// The inner service.
+    ///
+    /// ```no_run
+    /// # fn example<S>(mut service: courier_middleware::Idempotency<S>) {
+    /// let inner: &_ = service.get_ref();
+    /// # let _ = inner;
+    /// # }
+    /// ```
     pub fn get_ref(&self) -> &S {
         &self.inner
     }
 
     /// The inner service, mutably.
+    ///
+    /// ```no_run
+    /// # fn example<S>(mut service: courier_middleware::Idempotency<S>) {
+    /// let inner: &mut _ = service.get_mut();
+    /// # let _ = inner;
+    /// # }
+    /// ```
     pub fn get_mut(&mut self) -> &mut S {
         &mut self.inner
     }
 
     /// Unwraps the inner service.
+    ///
+    /// ```no_run
+    /// # fn example<S>(mut service: courier_middleware::Idempotency<S>) {
+    /// let inner = service.into_inner();
+    /// # let _ = inner;
+    /// # }
+    /// ```
     pub fn into_inner(self) -> S {
         self.inner
     }
@@ -355,6 +399,15 @@ impl<DB: Database> IdempotencyLayer<DB> {
     }
 
     /// Deduplicates on `key` instead of the message id.
+    ///
+    /// ```no_run
+    /// # async fn example(pool: sqlx::PgPool) {
+    /// use courier_middleware::{IdempotencyKey, IdempotencyLayer};
+    ///
+    /// let layer = IdempotencyLayer::new(pool).key(IdempotencyKey::Header("idempotency-key".into()));
+    /// # let _ = layer;
+    /// # }
+    /// ```
     #[must_use]
     pub fn key(mut self, key: IdempotencyKey) -> Self {
         self.config_mut().key = key;
@@ -363,6 +416,14 @@ impl<DB: Database> IdempotencyLayer<DB> {
 
     /// Keeps records for `window` (default [`DEFAULT_IDEMPOTENCY_WINDOW`]). A redelivery after the
     /// window runs the handler again.
+    ///
+    /// ```no_run
+    /// # async fn example(pool: sqlx::PgPool) {
+    /// let layer = courier_middleware::IdempotencyLayer::new(pool)
+    ///     .window(std::time::Duration::from_secs(7 * 24 * 3600));
+    /// # let _ = layer;
+    /// # }
+    /// ```
     #[must_use]
     pub fn window(mut self, window: Duration) -> Self {
         self.config_mut().window = window;
@@ -373,6 +434,13 @@ impl<DB: Database> IdempotencyLayer<DB> {
     /// ([`DeliverySource::redelivery_horizon`](crate::DeliverySource::redelivery_horizon)), and logs
     /// a warning when the window is shorter: a late redelivery would then run the handler twice.
     /// Returns whether the window covers the horizon.
+    ///
+    /// ```no_run
+    /// # async fn example(pool: sqlx::PgPool) {
+    /// let layer = courier_middleware::IdempotencyLayer::new(pool);
+    /// assert!(layer.check_horizon(std::time::Duration::from_secs(3600)));
+    /// # }
+    /// ```
     pub fn check_horizon(&self, horizon: Duration) -> bool {
         let window = self.config.window;
         if window < horizon {
@@ -389,6 +457,14 @@ impl<DB: Database> IdempotencyLayer<DB> {
 
     /// [`check_horizon`](Self::check_horizon) with the source's
     /// [`redelivery_horizon`](crate::DeliverySource::redelivery_horizon), when it knows one.
+    ///
+    /// ```no_run
+    /// # async fn example(pool: sqlx::PgPool) {
+    /// let source = courier_middleware::MemorySource::new("billing");
+    /// let layer = courier_middleware::IdempotencyLayer::new(pool);
+    /// assert!(layer.check_source(&source));
+    /// # }
+    /// ```
     pub fn check_source<S: crate::DeliverySource>(&self, source: &S) -> bool {
         source
             .redelivery_horizon()
@@ -396,6 +472,13 @@ impl<DB: Database> IdempotencyLayer<DB> {
     }
 
     /// The deduplication window.
+    ///
+    /// ```no_run
+    /// # async fn example(pool: sqlx::PgPool) {
+    /// let layer = courier_middleware::IdempotencyLayer::new(pool);
+    /// assert_eq!(layer.window_length(), courier_middleware::DEFAULT_IDEMPOTENCY_WINDOW);
+    /// # }
+    /// ```
     pub fn window_length(&self) -> Duration {
         self.config.window
     }
@@ -404,6 +487,14 @@ impl<DB: Database> IdempotencyLayer<DB> {
 impl<DB: TxDatabase> IdempotencyLayer<DB> {
     /// Deletes records older than the window and returns how many went. Run it now and then, or
     /// use [`spawn_purger`](Self::spawn_purger).
+    ///
+    /// ```no_run
+    /// # async fn example(pool: sqlx::PgPool) -> Result<(), sqlx::Error> {
+    /// let purged = courier_middleware::IdempotencyLayer::new(pool).purge_expired().await?;
+    /// # let _ = purged;
+    /// # Ok(())
+    /// # }
+    /// ```
     ///
     /// # Errors
     ///
@@ -414,6 +505,15 @@ impl<DB: TxDatabase> IdempotencyLayer<DB> {
 
     /// Runs [`purge_expired`](Self::purge_expired) every `every` until `shutdown` is cancelled;
     /// failures are logged and retried on the next tick.
+    ///
+    /// ```no_run
+    /// # async fn example(pool: sqlx::PgPool) {
+    /// let shutdown = tokio_util::sync::CancellationToken::new();
+    /// let layer = courier_middleware::IdempotencyLayer::new(pool);
+    /// let purger = layer.spawn_purger(std::time::Duration::from_secs(3600), shutdown.clone());
+    /// # let _ = purger;
+    /// # }
+    /// ```
     pub fn spawn_purger(&self, every: Duration, shutdown: CancellationToken) -> JoinHandle<()> {
         let this = self.clone();
         tokio::spawn(async move {

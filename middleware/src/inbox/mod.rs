@@ -100,6 +100,19 @@ pub(crate) struct InboxConfig {
 }
 
 /// What [`Inbox::store`] did with a delivery. Both variants ack.
+///
+/// ```no_run
+/// # async fn example(pool: sqlx::PgPool) -> Result<(), sqlx::Error> {
+/// use courier_middleware::{Delivery, Inbox, Stored};
+/// use courier_outbox::Message;
+///
+/// let delivery = Delivery::new(Message::new("orders", "o-1"), "billing");
+/// if Inbox::new(pool.clone()).insert(&pool, &delivery).await? == Stored::Duplicate {
+///     println!("already in the inbox");
+/// }
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stored {
     /// A new row was written.
@@ -109,6 +122,15 @@ pub enum Stored {
 }
 
 /// An inbox row that failed its last attempt.
+///
+/// ```no_run
+/// # async fn example(pool: sqlx::PgPool) -> Result<(), sqlx::Error> {
+/// for dead in courier_middleware::Inbox::new(pool).dead_letters("billing").await? {
+///     println!("{} at {}: {}", dead.message.id, dead.failed_at, dead.last_error);
+/// }
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct InboxDeadLetter {
@@ -155,6 +177,13 @@ impl<DB: Database> Inbox<DB> {
     }
 
     /// Attempts before a row is dead-lettered (at least 1).
+    ///
+    /// ```no_run
+    /// # async fn example(pool: sqlx::PgPool) {
+    /// let inbox = courier_middleware::Inbox::new(pool).max_attempts(5);
+    /// # let _ = inbox;
+    /// # }
+    /// ```
     #[must_use]
     pub fn max_attempts(mut self, n: u32) -> Self {
         self.config_mut().max_attempts = n.max(1);
@@ -162,6 +191,17 @@ impl<DB: Database> Inbox<DB> {
     }
 
     /// Delay between attempts of one row.
+    ///
+    /// ```no_run
+    /// # async fn example(pool: sqlx::PgPool) {
+    /// use std::time::Duration;
+    /// use courier_outbox::Backoff;
+    ///
+    /// let backoff = Backoff { base: Duration::from_secs(2), ..Backoff::default() };
+    /// let inbox = courier_middleware::Inbox::new(pool).backoff(backoff);
+    /// # let _ = inbox;
+    /// # }
+    /// ```
     #[must_use]
     pub fn backoff(mut self, backoff: Backoff) -> Self {
         self.config_mut().backoff = backoff;
@@ -170,6 +210,13 @@ impl<DB: Database> Inbox<DB> {
 
     /// How long a claimed row is hidden from other workers before a worker that died with it is
     /// presumed gone and the row is taken again. A row being processed stays locked either way.
+    ///
+    /// ```no_run
+    /// # async fn example(pool: sqlx::PgPool) {
+    /// let inbox = courier_middleware::Inbox::new(pool).lease(std::time::Duration::from_secs(120));
+    /// # let _ = inbox;
+    /// # }
+    /// ```
     #[must_use]
     pub fn lease(mut self, lease: Duration) -> Self {
         self.config_mut().lease = lease;
@@ -178,6 +225,13 @@ impl<DB: Database> Inbox<DB> {
 
     /// How often an idle worker looks for due rows when no notification woke it (retries that
     /// become due, a lost notification connection).
+    ///
+    /// ```no_run
+    /// # async fn example(pool: sqlx::PgPool) {
+    /// let inbox = courier_middleware::Inbox::new(pool).poll_interval(std::time::Duration::from_secs(5));
+    /// # let _ = inbox;
+    /// # }
+    /// ```
     #[must_use]
     pub fn poll_interval(mut self, every: Duration) -> Self {
         self.config_mut().poll_interval = every;
@@ -185,6 +239,13 @@ impl<DB: Database> Inbox<DB> {
     }
 
     /// Rows a worker processes at the same time (at least 1), each on its own connection.
+    ///
+    /// ```no_run
+    /// # async fn example(pool: sqlx::PgPool) {
+    /// let inbox = courier_middleware::Inbox::new(pool).concurrency(4);
+    /// # let _ = inbox;
+    /// # }
+    /// ```
     #[must_use]
     pub fn concurrency(mut self, n: usize) -> Self {
         self.config_mut().concurrency = n.max(1);
@@ -262,6 +323,14 @@ impl<DB: TxDatabase> Inbox<DB> {
 
     /// Rows of `group` not processed yet.
     ///
+    /// ```no_run
+    /// # async fn example(pool: sqlx::PgPool) -> Result<(), sqlx::Error> {
+    /// let waiting = courier_middleware::Inbox::new(pool).pending("billing").await?;
+    /// println!("{waiting} rows to process");
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
     /// # Errors
     ///
     /// The database error.
@@ -270,6 +339,15 @@ impl<DB: TxDatabase> Inbox<DB> {
     }
 
     /// `group`'s dead letters, oldest first.
+    ///
+    /// ```no_run
+    /// # async fn example(pool: sqlx::PgPool) -> Result<(), sqlx::Error> {
+    /// for dead in courier_middleware::Inbox::new(pool).dead_letters("billing").await? {
+    ///     println!("{} failed {} times: {}", dead.message.id, dead.attempts, dead.last_error);
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
     ///
     /// # Errors
     ///
@@ -281,6 +359,15 @@ impl<DB: TxDatabase> Inbox<DB> {
     /// Moves dead letters of `group` back into the inbox with zero attempts, due at once; returns
     /// how many moved.
     ///
+    /// ```no_run
+    /// # async fn example(pool: sqlx::PgPool) -> Result<(), sqlx::Error> {
+    /// let inbox = courier_middleware::Inbox::new(pool);
+    /// let ids: Vec<_> = inbox.dead_letters("billing").await?.iter().map(|d| d.message.id).collect();
+    /// inbox.replay("billing", &ids).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
     /// # Errors
     ///
     /// The database error; nothing moves then.
@@ -290,6 +377,15 @@ impl<DB: TxDatabase> Inbox<DB> {
 
     /// Deletes processed rows older than `age` (they guard against redeliveries until then) and
     /// returns how many went.
+    ///
+    /// ```no_run
+    /// # async fn example(pool: sqlx::PgPool) -> Result<(), sqlx::Error> {
+    /// let week = std::time::Duration::from_secs(7 * 24 * 3600);
+    /// let purged = courier_middleware::Inbox::new(pool).purge_done(week).await?;
+    /// # let _ = purged;
+    /// # Ok(())
+    /// # }
+    /// ```
     ///
     /// # Errors
     ///
