@@ -2,21 +2,20 @@
 
 pub(crate) mod future;
 pub(crate) mod sql;
+mod store;
 pub(crate) mod wakeup;
 mod worker;
 
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use courier_outbox::{Backoff, Message};
 use sqlx::{Database, Executor, Pool, Postgres};
-use tower::{BoxError, Service};
 use uuid::Uuid;
 
 use crate::{Delivery, TxDatabase};
-use future::ResponseFuture;
+pub use store::InboxStore;
 pub use worker::InboxWorker;
 
 /// "Save to the local database, ack at once, process later" for long or bursty work.
@@ -392,72 +391,5 @@ impl<DB: TxDatabase> Inbox<DB> {
     /// The database error.
     pub async fn purge_done(&self, age: Duration) -> Result<u64, sqlx::Error> {
         DB::inbox_purge_done(&self.pool, age).await
-    }
-}
-
-/// The handler returned by [`Inbox::store`]: stores each delivery and answers `Ok`.
-///
-/// ```no_run
-/// # async fn example(pool: sqlx::PgPool) {
-/// use courier_middleware::{Inbox, InboxStore};
-///
-/// let store: InboxStore = Inbox::new(pool).store();
-/// # let _ = store;
-/// # }
-/// ```
-pub struct InboxStore<DB: Database = Postgres> {
-    inbox: Inbox<DB>,
-}
-
-impl<DB: Database> Clone for InboxStore<DB> {
-    fn clone(&self) -> Self {
-        Self {
-            inbox: self.inbox.clone(),
-        }
-    }
-}
-
-impl<DB: Database> std::fmt::Debug for InboxStore<DB> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("InboxStore")
-            .field("inbox", &self.inbox)
-            .finish()
-    }
-}
-
-impl<DB: Database> InboxStore<DB> {
-    /// The inbox it writes to.
-    ///
-    /// ```no_run
-    /// # async fn example(pool: sqlx::PgPool) -> Result<(), sqlx::Error> {
-    /// let store = courier_middleware::Inbox::new(pool).store();
-    /// let pending = store.get_ref().pending("billing").await?;
-    /// # let _ = pending;
-    /// # Ok(())
-    /// # }
-    /// ```
-    pub fn get_ref(&self) -> &Inbox<DB> {
-        &self.inbox
-    }
-}
-
-impl<DB: TxDatabase> Service<Delivery> for InboxStore<DB> {
-    type Response = Stored;
-    type Error = BoxError;
-    type Future = ResponseFuture<Stored>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, delivery: Delivery) -> Self::Future {
-        let inbox = self.inbox.clone();
-        ResponseFuture::new(Box::pin(async move {
-            let stored = DB::inbox_insert_pooled(&inbox.pool, &delivery).await?;
-            if stored == Stored::New {
-                DB::inbox_stored(&inbox.pool, &delivery.group);
-            }
-            Ok(stored)
-        }))
     }
 }
