@@ -46,17 +46,17 @@
 //! | C1 | [`Disposition`]: `Ok` acks, errors redeliver or dead-letter; [`Consumer`] holds the receipts |
 //! | C2 | [`CatchPanic`] (and the runtime itself) turn panics into redeliveries |
 //! | C3 | the runtime abandons and redelivers a call after 15 minutes ([`ConsumerBuilder::consume_timeout`]); [`ConsumeTimeout`] per handler |
-//! | C4 | [`Inbox`]: [`InboxStore`] stores and acks, [`InboxWorker`] processes with retries and dead letters |
+//! | C4 | [`Inbox`]: [`InboxStore`] stores and acks, [`InboxWorker`] processes with retries and dead letters (Postgres or SQLite) |
 //! | C5 | [`ConsumeModel`]; the runtime warns about broadcasting without [`Idempotency`] |
 //! | C6 | [`ConsumerBuilder::batch_size`], 1 by default; [`BatchLayer`] for handlers of `Vec<Delivery>` |
-//! | C7 | [`Idempotency`]: the record and the handler's writes in one Postgres transaction |
+//! | C7 | [`Idempotency`]: the record and the handler's writes in one transaction, on Postgres or SQLite ([`TxDatabase`]) |
 //! | C8 | [`ConsumerBuilder::max_deliveries`] (16), [`Reject`], [`DeliverySource::dead_letter`] |
 //! | P1 | [`RequireSendOk`] with [`SendStatus`] |
 //! | P2, P8 | [`Producer`]: `send`, `send_async` ([`SendHandle`], `#[must_use]`), `send_with_callback` |
 //! | P3 | [`OneWay`]: only topics declared loss-tolerant, never critical ones; counted and logged |
 //! | P4 | [`SendRetryLayer`], 2 retries with exponential backoff and jitter |
 //! | P5 | [`SendTimeout`], 3 s by default |
-//! | P6 | [`FailureFallback`] into `outbox.failures` |
+//! | P6 | [`FailureFallback`] into `outbox.failures` (Postgres only) |
 //! | L1, L4 | [`Trace`] (consumer span continuing `traceparent`), [`TracePublish`] (injects it) |
 //! | L3 | [`ConsumeMetrics`] and the runtime's ack / redelivery / dead-letter counters |
 //!
@@ -75,26 +75,38 @@
 //!
 //! | feature | default | what it adds |
 //! |---|---|---|
-//! | `postgres` | yes | [`Idempotency`], [`Inbox`], [`FailureFallback`] (tables in schema `courier_inbox`, created by `courier_outbox::MIGRATOR`) |
+//! | `postgres` | yes | [`Idempotency`], [`Inbox`], [`FailureFallback`] on Postgres (tables in schema `courier_inbox`, created by `courier_outbox::MIGRATOR`); [`PgTx`] |
+//! | `sqlite` | no | [`Idempotency`] and [`Inbox`] on SQLite (tables `courier_inbox_*`, created by `courier_outbox::SQLITE_MIGRATOR`); `SqliteTx` |
+//!
+//! The transactional types take the database as a type parameter that defaults to Postgres
+//! (`Inbox<DB = Postgres>`, `TxDelivery<DB = Postgres>` …): `IdempotencyLayer::new(pool)` and
+//! `Inbox::new(pool)` pick it from the pool. On SQLite the handler's transaction is
+//! `BEGIN IMMEDIATE` and holds the database's write lock while the handler runs, so handlers run
+//! one at a time per database file; see [`TxDatabase`]. The inbox's idle workers are woken
+//! in-process there (SQLite has no `NOTIFY`), rows from other processes by polling.
 //! | `broker-lite` | yes | `BrokerLitePublisher` and `BrokerLiteSource` for the bundled broker (adds the `broker-lite` crate) |
 
 #![forbid(unsafe_code)]
 
 mod boxed;
 mod brokers;
+#[cfg(feature = "sqlite")]
+mod clock;
 mod consumer;
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+mod database;
 mod delivery;
 mod error;
-#[cfg(feature = "postgres")]
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
 mod idempotency;
-#[cfg(feature = "postgres")]
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
 mod inbox;
 mod memory;
 mod producer;
 mod runtime;
 mod source;
 mod trace_context;
-#[cfg(feature = "postgres")]
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
 mod tx;
 
 #[cfg(feature = "broker-lite")]
@@ -107,14 +119,16 @@ pub use consumer::metrics::{ConsumeMetrics, ConsumeMetricsLayer};
 pub use consumer::retry::{LocalRetry, LocalRetryLayer, LocalRetryPolicy};
 pub use consumer::timeout::{ConsumeTimeout, ConsumeTimeoutLayer, DEFAULT_CONSUME_TIMEOUT};
 pub use consumer::trace::{Trace, TraceLayer};
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+pub use database::TxDatabase;
 pub use delivery::{AsDelivery, Delivery};
 pub use error::{Disposition, Elapsed, Panicked, Reject, Retry};
-#[cfg(feature = "postgres")]
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
 pub use idempotency::{
     BatchedIdempotency, BatchedIdempotencyLayer, DEFAULT_IDEMPOTENCY_WINDOW, Handled, Idempotency,
     IdempotencyKey, IdempotencyLayer,
 };
-#[cfg(feature = "postgres")]
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
 pub use inbox::{Inbox, InboxDeadLetter, InboxStore, InboxWorker, Stored};
 pub use memory::{MemoryReceipt, MemorySource};
 #[cfg(feature = "postgres")]
@@ -132,7 +146,11 @@ pub use source::{ConsumeModel, DeliverySource, NackOutcome, Pulled};
 pub use tower::BoxError;
 pub use trace_context::{TRACEPARENT, TraceParent};
 #[cfg(feature = "postgres")]
-pub use tx::{PgTx, PgTxGuard, TxDelivery};
+pub use tx::{PgTx, PgTxGuard};
+#[cfg(feature = "sqlite")]
+pub use tx::{SqliteTx, SqliteTxGuard};
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+pub use tx::{Tx, TxDelivery, TxGuard};
 
 /// The response futures of the layers. `SendTimeout` shares `ConsumeTimeoutFuture`, the send retry
 /// shares `LocalRetryFuture`.
@@ -143,9 +161,9 @@ pub mod future {
     pub use crate::consumer::retry::future::ResponseFuture as LocalRetryFuture;
     pub use crate::consumer::timeout::future::ResponseFuture as ConsumeTimeoutFuture;
     pub use crate::consumer::trace::future::ResponseFuture as TraceFuture;
-    #[cfg(feature = "postgres")]
+    #[cfg(any(feature = "postgres", feature = "sqlite"))]
     pub use crate::idempotency::future::ResponseFuture as IdempotencyFuture;
-    #[cfg(feature = "postgres")]
+    #[cfg(any(feature = "postgres", feature = "sqlite"))]
     pub use crate::inbox::future::ResponseFuture as InboxStoreFuture;
     pub use crate::producer::status::ResponseFuture as RequireSendOkFuture;
     pub use crate::producer::trace::ResponseFuture as TracePublishFuture;

@@ -4,7 +4,7 @@ use std::fmt;
 use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
 
-use sqlx::{PgConnection, Postgres, Transaction};
+use sqlx::{Database, Postgres, Transaction};
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
 use crate::{AsDelivery, Delivery};
@@ -14,20 +14,72 @@ use crate::{AsDelivery, Delivery};
 /// returned `Ok`, or roll back with it.
 ///
 /// The handler cannot commit or roll back: the middleware does, once the handler has answered.
-/// Cloning the handle is cheap; all clones share one transaction.
-#[derive(Clone)]
-pub struct PgTx {
-    inner: Arc<Mutex<Option<Transaction<'static, Postgres>>>>,
+/// Cloning the handle is cheap; all clones share one transaction. `DB` is the database
+/// ([`TxDatabase`](crate::TxDatabase)); [`PgTx`] and [`SqliteTx`] name the two.
+///
+/// ```no_run
+/// # async fn example(tx: courier_middleware::Tx<sqlx::Postgres>) -> Result<(), sqlx::Error> {
+/// let mut conn = tx.lock().await;
+/// sqlx::query("INSERT INTO payments (order_id) VALUES ($1)")
+///     .bind(7_i64)
+///     .execute(&mut *conn)
+///     .await?;
+/// # Ok(())
+/// # }
+/// ```
+pub struct Tx<DB: Database = Postgres> {
+    inner: Arc<Mutex<Option<Transaction<'static, DB>>>>,
 }
 
-impl fmt::Debug for PgTx {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PgTx").finish_non_exhaustive()
+/// The handler's transaction on Postgres.
+///
+/// ```no_run
+/// # async fn example(tx: courier_middleware::PgTx) -> Result<(), sqlx::Error> {
+/// let mut conn = tx.lock().await;
+/// sqlx::query("UPDATE orders SET paid = true WHERE id = $1")
+///     .bind(7_i64)
+///     .execute(&mut *conn)
+///     .await?;
+/// # Ok(())
+/// # }
+/// ```
+#[cfg(feature = "postgres")]
+pub type PgTx = Tx<Postgres>;
+
+/// The handler's transaction on SQLite (a `BEGIN IMMEDIATE` transaction: it holds the database's
+/// write lock while the handler runs).
+///
+/// ```no_run
+/// # async fn example(tx: courier_middleware::SqliteTx) -> Result<(), sqlx::Error> {
+/// let mut conn = tx.lock().await;
+/// sqlx::query("UPDATE orders SET paid = 1 WHERE id = $1")
+///     .bind(7_i64)
+///     .execute(&mut *conn)
+///     .await?;
+/// # Ok(())
+/// # }
+/// ```
+#[cfg(feature = "sqlite")]
+pub type SqliteTx = Tx<sqlx::Sqlite>;
+
+impl<DB: Database> Clone for Tx<DB> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+        }
     }
 }
 
-impl PgTx {
-    pub(crate) fn new(tx: Transaction<'static, Postgres>) -> Self {
+impl<DB: Database> fmt::Debug for Tx<DB> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Tx")
+            .field("database", &DB::NAME)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<DB: Database> Tx<DB> {
+    pub(crate) fn new(tx: Transaction<'static, DB>) -> Self {
         Self {
             inner: Arc::new(Mutex::new(Some(tx))),
         }
@@ -50,43 +102,76 @@ impl PgTx {
     ///
     /// Using the guard after the middleware finished the transaction (a handle kept beyond the
     /// handler call) panics: those writes could not commit with anything.
-    pub async fn lock(&self) -> PgTxGuard {
-        PgTxGuard {
+    pub async fn lock(&self) -> TxGuard<DB> {
+        TxGuard {
             guard: self.inner.clone().lock_owned().await,
         }
     }
 
     /// Takes the transaction out, for the middleware to commit or roll back.
-    pub(crate) async fn take(&self) -> Option<Transaction<'static, Postgres>> {
+    pub(crate) async fn take(&self) -> Option<Transaction<'static, DB>> {
         self.inner.lock().await.take()
     }
 }
 
-/// Exclusive access to a [`PgTx`]'s connection; dereferences to [`PgConnection`], so
-/// `&mut *guard` is an sqlx executor.
-pub struct PgTxGuard {
-    guard: OwnedMutexGuard<Option<Transaction<'static, Postgres>>>,
+/// Exclusive access to a [`Tx`]'s connection; dereferences to the database's connection
+/// (`PgConnection`, `SqliteConnection`), so `&mut *guard` is an sqlx executor.
+///
+/// ```no_run
+/// # async fn example(tx: courier_middleware::PgTx) -> Result<(), sqlx::Error> {
+/// let mut guard = tx.lock().await;
+/// let conn: &mut sqlx::PgConnection = &mut guard;
+/// sqlx::query("SELECT 1").execute(conn).await?;
+/// # Ok(())
+/// # }
+/// ```
+pub struct TxGuard<DB: Database = Postgres> {
+    guard: OwnedMutexGuard<Option<Transaction<'static, DB>>>,
 }
 
-impl fmt::Debug for PgTxGuard {
+/// A [`TxGuard`] on Postgres; dereferences to `PgConnection`.
+///
+/// ```no_run
+/// # async fn example(tx: courier_middleware::PgTx) {
+/// let guard: courier_middleware::PgTxGuard = tx.lock().await;
+/// # let _ = guard;
+/// # }
+/// ```
+#[cfg(feature = "postgres")]
+pub type PgTxGuard = TxGuard<Postgres>;
+
+/// A [`TxGuard`] on SQLite; dereferences to `SqliteConnection`.
+///
+/// ```no_run
+/// # async fn example(tx: courier_middleware::SqliteTx) {
+/// let guard: courier_middleware::SqliteTxGuard = tx.lock().await;
+/// # let _ = guard;
+/// # }
+/// ```
+#[cfg(feature = "sqlite")]
+pub type SqliteTxGuard = TxGuard<sqlx::Sqlite>;
+
+impl<DB: Database> fmt::Debug for TxGuard<DB> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PgTxGuard").finish_non_exhaustive()
+        f.debug_struct("TxGuard")
+            .field("database", &DB::NAME)
+            .finish_non_exhaustive()
     }
 }
 
 const FINISHED: &str = "the handler's transaction was already committed or rolled back: \
-                        do not keep the PgTx beyond the handler call";
+                        do not keep the Tx beyond the handler call";
 
-impl Deref for PgTxGuard {
-    type Target = PgConnection;
+impl<DB: Database> Deref for TxGuard<DB> {
+    type Target = DB::Connection;
 
-    fn deref(&self) -> &PgConnection {
+    fn deref(&self) -> &DB::Connection {
         self.guard.as_ref().expect(FINISHED)
     }
 }
 
-impl DerefMut for PgTxGuard {
-    fn deref_mut(&mut self) -> &mut PgConnection {
+impl<DB: Database> DerefMut for TxGuard<DB> {
+    fn deref_mut(&mut self) -> &mut DB::Connection {
         self.guard.as_mut().expect(FINISHED)
     }
 }
@@ -94,25 +179,65 @@ impl DerefMut for PgTxGuard {
 /// What a transactional handler receives: the delivery and the transaction to write in.
 ///
 /// Produced by the [`Idempotency`](crate::Idempotency) layer and the durable inbox worker.
-#[derive(Debug, Clone)]
-pub struct TxDelivery {
+/// `DB` is the database of the transaction, Postgres unless said otherwise.
+///
+/// ```no_run
+/// use courier_middleware::TxDelivery;
+///
+/// // `TxDelivery<sqlx::Sqlite>` with an SQLite store (feature `sqlite`).
+/// let handler = tower::service_fn(|request: TxDelivery| async move {
+///     let mut conn = request.tx().lock().await;
+///     sqlx::query("INSERT INTO payments (message_id) VALUES ($1)")
+///         .bind(request.delivery.message.id)
+///         .execute(&mut *conn)
+///         .await?;
+///     Ok::<_, tower::BoxError>(())
+/// });
+/// # let _ = handler;
+/// ```
+pub struct TxDelivery<DB: Database = Postgres> {
     /// The delivery.
     pub delivery: Delivery,
-    tx: PgTx,
+    tx: Tx<DB>,
 }
 
-impl TxDelivery {
-    pub(crate) fn new(delivery: Delivery, tx: PgTx) -> Self {
+impl<DB: Database> TxDelivery<DB> {
+    pub(crate) fn new(delivery: Delivery, tx: Tx<DB>) -> Self {
         Self { delivery, tx }
     }
 
     /// The transaction to write in.
-    pub fn tx(&self) -> &PgTx {
+    ///
+    /// ```no_run
+    /// # async fn example(request: courier_middleware::TxDelivery) {
+    /// let conn = request.tx().lock().await;
+    /// # let _ = conn;
+    /// # }
+    /// ```
+    pub fn tx(&self) -> &Tx<DB> {
         &self.tx
     }
 }
 
-impl AsDelivery for TxDelivery {
+impl<DB: Database> Clone for TxDelivery<DB> {
+    fn clone(&self) -> Self {
+        Self {
+            delivery: self.delivery.clone(),
+            tx: self.tx.clone(),
+        }
+    }
+}
+
+impl<DB: Database> fmt::Debug for TxDelivery<DB> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TxDelivery")
+            .field("delivery", &self.delivery)
+            .field("tx", &self.tx)
+            .finish()
+    }
+}
+
+impl<DB: Database> AsDelivery for TxDelivery<DB> {
     fn delivery(&self) -> &Delivery {
         &self.delivery
     }

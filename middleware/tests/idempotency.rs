@@ -1,4 +1,7 @@
-//! Idempotency layer against real Postgres (safeguard C7).
+//! Idempotency layer against real databases (safeguard C7): every case runs on Postgres and on
+//! SQLite (`store_support`).
+
+mod store_support;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -8,27 +11,24 @@ use courier_middleware::{
     Delivery, Handled, Idempotency, IdempotencyKey, IdempotencyLayer, TxDelivery,
 };
 use courier_outbox::Message;
-use sqlx::PgPool;
+use sqlx::Pool;
+use store_support::{PATIENCE, Store};
 use tokio::sync::Semaphore;
 use tower::{BoxError, Layer, Service, ServiceExt};
 
 courier_test_support::postgres_for_tests!();
 
-const PATIENCE: Duration = Duration::from_secs(30);
-
-async fn effects_table(pool: &PgPool) {
-    sqlx::query("CREATE TABLE effects (message_id uuid NOT NULL, consumer_group text NOT NULL)")
-        .execute(pool)
-        .await
-        .unwrap();
-}
-
-async fn effects(pool: &PgPool) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM effects")
-        .fetch_one(pool)
-        .await
-        .unwrap()
-}
+for_each_store!(
+    a_duplicate_delivery_runs_the_handler_once,
+    a_handler_error_rolls_the_record_back_so_the_redelivery_runs_it_again,
+    two_concurrent_deliveries_of_one_message_give_exactly_one_effect,
+    a_declared_idempotency_key_header_deduplicates_across_message_ids,
+    each_consumer_group_handles_a_message_once,
+    expired_records_are_purged_and_a_late_redelivery_runs_again,
+    batched_concurrent_deliveries_give_one_effect_per_message,
+    batched_a_failing_handler_rolls_back_only_its_own_delivery,
+    a_handler_killed_mid_transaction_leaves_no_record_and_the_redelivery_runs_it,
+);
 
 /// Writes one effect row in the delivery's transaction; counts calls; fails while `failures` > 0.
 #[derive(Clone, Default)]
@@ -38,21 +38,20 @@ struct Handler {
 }
 
 impl Handler {
-    fn service(
+    fn service<DB: Store>(
         &self,
-    ) -> impl Service<TxDelivery, Response = (), Error = BoxError, Future: Send> + Clone + Send + 'static
-    {
+    ) -> impl Service<TxDelivery<DB>, Response = (), Error = BoxError, Future: Send>
+    + Clone
+    + Send
+    + 'static {
         let this = self.clone();
-        tower::service_fn(move |request: TxDelivery| {
+        tower::service_fn(move |request: TxDelivery<DB>| {
             let this = this.clone();
             async move {
                 this.calls.fetch_add(1, Ordering::SeqCst);
                 let mut conn = request.tx().lock().await;
-                sqlx::query("INSERT INTO effects (message_id, consumer_group) VALUES ($1, $2)")
-                    .bind(request.delivery.message.id)
-                    .bind(&request.delivery.group)
-                    .execute(&mut *conn)
-                    .await?;
+                let message = &request.delivery.message;
+                DB::insert_effect(&mut conn, message.id, &request.delivery.group).await?;
                 let failing = this
                     .failures
                     .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
@@ -74,9 +73,8 @@ fn delivery(message: &Message) -> Delivery {
     Delivery::new(message.clone(), "billing")
 }
 
-#[sqlx::test(migrator = "courier_outbox::MIGRATOR")]
-async fn a_duplicate_delivery_runs_the_handler_once(pool: PgPool) {
-    effects_table(&pool).await;
+async fn a_duplicate_delivery_runs_the_handler_once<DB: Store>(pool: Pool<DB>) {
+    DB::create_effects(&pool).await;
     let handler = Handler::default();
     let service = IdempotencyLayer::new(pool.clone()).layer(handler.service());
     let message = Message::new("payments", "p");
@@ -91,12 +89,13 @@ async fn a_duplicate_delivery_runs_the_handler_once(pool: PgPool) {
     assert_eq!(first, Handled::Processed(()));
     assert_eq!(second, Handled::Duplicate);
     assert_eq!(handler.calls(), 1);
-    assert_eq!(effects(&pool).await, 1);
+    assert_eq!(DB::effects(&pool).await, 1);
 }
 
-#[sqlx::test(migrator = "courier_outbox::MIGRATOR")]
-async fn a_handler_error_rolls_the_record_back_so_the_redelivery_runs_it_again(pool: PgPool) {
-    effects_table(&pool).await;
+async fn a_handler_error_rolls_the_record_back_so_the_redelivery_runs_it_again<DB: Store>(
+    pool: Pool<DB>,
+) {
+    DB::create_effects(&pool).await;
     let handler = Handler::default();
     handler.failures.store(1, Ordering::SeqCst);
     let service = IdempotencyLayer::new(pool.clone()).layer(handler.service());
@@ -105,12 +104,8 @@ async fn a_handler_error_rolls_the_record_back_so_the_redelivery_runs_it_again(p
     let failed = service.clone().oneshot(delivery(&message)).await;
     assert!(failed.is_err());
     // The failed attempt's write went with the record.
-    assert_eq!(effects(&pool).await, 0);
-    let records: i64 = sqlx::query_scalar("SELECT count(*) FROM courier_inbox.processed")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-    assert_eq!(records, 0);
+    assert_eq!(DB::effects(&pool).await, 0);
+    assert_eq!(DB::records(&pool).await, 0);
 
     let redelivered = service
         .clone()
@@ -119,30 +114,20 @@ async fn a_handler_error_rolls_the_record_back_so_the_redelivery_runs_it_again(p
         .unwrap();
     assert_eq!(redelivered, Handled::Processed(()));
     assert_eq!(handler.calls(), 2);
-    assert_eq!(effects(&pool).await, 1);
+    assert_eq!(DB::effects(&pool).await, 1);
 }
 
-/// Rows waiting on a lock held by another transaction of this test's database.
-async fn lock_waiters(pool: &PgPool) -> i64 {
-    sqlx::query_scalar(
-        "SELECT count(*) FROM pg_stat_activity
-         WHERE datname = current_database() AND wait_event_type = 'Lock'",
-    )
-    .fetch_one(pool)
-    .await
-    .unwrap()
-}
-
-#[sqlx::test(migrator = "courier_outbox::MIGRATOR")]
-async fn two_concurrent_deliveries_of_one_message_give_exactly_one_effect(pool: PgPool) {
-    effects_table(&pool).await;
+async fn two_concurrent_deliveries_of_one_message_give_exactly_one_effect<DB: Store>(
+    pool: Pool<DB>,
+) {
+    DB::create_effects(&pool).await;
     let handler = Handler::default();
     // The first handler call holds its transaction open until the test lets it go.
     let gate = Arc::new(Semaphore::new(0));
     let inner = {
         let gate = gate.clone();
-        let service = handler.service();
-        tower::service_fn(move |request: TxDelivery| {
+        let service = handler.service::<DB>();
+        tower::service_fn(move |request: TxDelivery<DB>| {
             let gate = gate.clone();
             let mut service = service.clone();
             async move {
@@ -158,14 +143,7 @@ async fn two_concurrent_deliveries_of_one_message_give_exactly_one_effect(pool: 
     let first = tokio::spawn(service.clone().oneshot(delivery(&message)));
     wait_for("the first handler call", || handler.calls() == 1).await;
     let second = tokio::spawn(service.clone().oneshot(delivery(&message).with_attempt(2)));
-    // The second delivery blocks on the first one's idempotency record.
-    tokio::time::timeout(PATIENCE, async {
-        while lock_waiters(&pool).await == 0 {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await
-    .expect("the second delivery never waited on the first one's record");
+    DB::second_writer_waits(&pool).await;
     gate.add_permits(2);
 
     let mut outcomes = vec![
@@ -175,7 +153,7 @@ async fn two_concurrent_deliveries_of_one_message_give_exactly_one_effect(pool: 
     outcomes.sort_by_key(Handled::is_duplicate);
     assert_eq!(outcomes, vec![Handled::Processed(()), Handled::Duplicate]);
     assert_eq!(handler.calls(), 1);
-    assert_eq!(effects(&pool).await, 1);
+    assert_eq!(DB::effects(&pool).await, 1);
 }
 
 async fn wait_for(what: &str, condition: impl Fn() -> bool) {
@@ -188,9 +166,10 @@ async fn wait_for(what: &str, condition: impl Fn() -> bool) {
     .unwrap_or_else(|_| panic!("gave up waiting for {what}"));
 }
 
-#[sqlx::test(migrator = "courier_outbox::MIGRATOR")]
-async fn a_declared_idempotency_key_header_deduplicates_across_message_ids(pool: PgPool) {
-    effects_table(&pool).await;
+async fn a_declared_idempotency_key_header_deduplicates_across_message_ids<DB: Store>(
+    pool: Pool<DB>,
+) {
+    DB::create_effects(&pool).await;
     let handler = Handler::default();
     let service = IdempotencyLayer::new(pool.clone())
         .key(IdempotencyKey::Header("idempotency-key".into()))
@@ -204,14 +183,13 @@ async fn a_declared_idempotency_key_header_deduplicates_across_message_ids(pool:
         service.clone().oneshot(delivery(message)).await.unwrap();
     }
     assert_eq!(handler.calls(), 2);
-    assert_eq!(effects(&pool).await, 2);
+    assert_eq!(DB::effects(&pool).await, 2);
 }
 
-#[sqlx::test(migrator = "courier_outbox::MIGRATOR")]
-async fn each_consumer_group_handles_a_message_once(pool: PgPool) {
-    effects_table(&pool).await;
+async fn each_consumer_group_handles_a_message_once<DB: Store>(pool: Pool<DB>) {
+    DB::create_effects(&pool).await;
     let handler = Handler::default();
-    let service: Idempotency<_> = IdempotencyLayer::new(pool.clone()).layer(handler.service());
+    let service: Idempotency<_, DB> = IdempotencyLayer::new(pool.clone()).layer(handler.service());
     let message = Message::new("payments", "p");
     for group in ["billing", "shipping", "billing", "shipping"] {
         service
@@ -223,9 +201,8 @@ async fn each_consumer_group_handles_a_message_once(pool: PgPool) {
     assert_eq!(handler.calls(), 2);
 }
 
-#[sqlx::test(migrator = "courier_outbox::MIGRATOR")]
-async fn expired_records_are_purged_and_a_late_redelivery_runs_again(pool: PgPool) {
-    effects_table(&pool).await;
+async fn expired_records_are_purged_and_a_late_redelivery_runs_again<DB: Store>(pool: Pool<DB>) {
+    DB::create_effects(&pool).await;
     let handler = Handler::default();
     let layer = IdempotencyLayer::new(pool.clone()).window(Duration::from_secs(3600));
     let service = layer.layer(handler.service());
@@ -233,33 +210,17 @@ async fn expired_records_are_purged_and_a_late_redelivery_runs_again(pool: PgPoo
     let fresh = Message::new("payments", "fresh");
     service.clone().oneshot(delivery(&old)).await.unwrap();
     service.clone().oneshot(delivery(&fresh)).await.unwrap();
-    sqlx::query(
-        "UPDATE courier_inbox.processed SET processed_at = now() - interval '2 hours' WHERE key = $1",
-    )
-    .bind(old.id.to_string())
-    .execute(&pool)
-    .await
-    .unwrap();
+    DB::age_record(&pool, &old.id.to_string(), Duration::from_secs(2 * 3600)).await;
 
     assert_eq!(layer.purge_expired().await.unwrap(), 1);
-    assert!(
-        !service
-            .clone()
-            .oneshot(delivery(&old))
-            .await
-            .unwrap()
-            .is_duplicate()
-    );
-    assert!(
-        service
-            .clone()
-            .oneshot(delivery(&fresh))
-            .await
-            .unwrap()
-            .is_duplicate()
-    );
+    let late = service.clone().oneshot(delivery(&old)).await.unwrap();
+    assert!(!late.is_duplicate());
+    let again = service.clone().oneshot(delivery(&fresh)).await.unwrap();
+    assert!(again.is_duplicate());
 }
 
+// Store-independent: the check compares durations and never touches the database (the pool is
+// lazy and never connects).
 #[tokio::test]
 async fn a_window_shorter_than_the_redelivery_horizon_is_reported() {
     let pool = sqlx::postgres::PgPoolOptions::new()
@@ -275,9 +236,8 @@ async fn a_window_shorter_than_the_redelivery_horizon_is_reported() {
     assert!(!layer.check_source(&source));
 }
 
-#[sqlx::test(migrator = "courier_outbox::MIGRATOR")]
-async fn batched_concurrent_deliveries_give_one_effect_per_message(pool: PgPool) {
-    effects_table(&pool).await;
+async fn batched_concurrent_deliveries_give_one_effect_per_message<DB: Store>(pool: Pool<DB>) {
+    DB::create_effects(&pool).await;
     let handler = Handler::default();
     let service = IdempotencyLayer::new(pool.clone())
         .batched(16)
@@ -303,35 +263,32 @@ async fn batched_concurrent_deliveries_give_one_effect_per_message(pool: PgPool)
     }
     assert_eq!((processed, duplicates), (20, 30));
     assert_eq!(handler.calls(), 20);
-    assert_eq!(effects(&pool).await, 20);
+    assert_eq!(DB::effects(&pool).await, 20);
 }
 
-#[sqlx::test(migrator = "courier_outbox::MIGRATOR")]
-async fn batched_a_failing_handler_rolls_back_only_its_own_delivery(pool: PgPool) {
-    effects_table(&pool).await;
+async fn batched_a_failing_handler_rolls_back_only_its_own_delivery<DB: Store>(pool: Pool<DB>) {
+    DB::create_effects(&pool).await;
     let fail_once = Arc::new(AtomicU32::new(1));
     let calls = Arc::new(AtomicU32::new(0));
     let inner = {
         let fail_once = fail_once.clone();
         let calls = calls.clone();
-        tower::service_fn(move |request: TxDelivery| {
+        tower::service_fn(move |request: TxDelivery<DB>| {
             let fail_once = fail_once.clone();
             let calls = calls.clone();
             async move {
                 calls.fetch_add(1, Ordering::SeqCst);
                 let mut conn = request.tx().lock().await;
-                sqlx::query("INSERT INTO effects (message_id, consumer_group) VALUES ($1, $2)")
-                    .bind(request.delivery.message.id)
-                    .bind(&request.delivery.group)
-                    .execute(&mut *conn)
-                    .await?;
-                if request.delivery.message.payload.as_ref() == b"fail"
+                let message = &request.delivery.message;
+                DB::insert_effect(&mut conn, message.id, &request.delivery.group).await?;
+                if message.payload.as_ref() == b"fail"
                     && fail_once
                         .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
                         .is_ok()
                 {
-                    // A failed statement aborts the transaction: the batch must start over.
-                    let _ = sqlx::query("SELECT 1/0").execute(&mut *conn).await;
+                    // On Postgres a failed statement aborts the transaction: the batch must start
+                    // over.
+                    DB::failing_statement(&mut conn).await;
                     return Err::<(), BoxError>("injected failure".into());
                 }
                 Ok(())
@@ -354,12 +311,8 @@ async fn batched_a_failing_handler_rolls_back_only_its_own_delivery(pool: PgPool
     for call in rest {
         assert_eq!(call.await.unwrap().unwrap(), Handled::Processed(()));
     }
-    assert_eq!(effects(&pool).await, 2);
-    let records: i64 = sqlx::query_scalar("SELECT count(*) FROM courier_inbox.processed")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-    assert_eq!(records, 2);
+    assert_eq!(DB::effects(&pool).await, 2);
+    assert_eq!(DB::records(&pool).await, 2);
 
     let redelivered = service
         .clone()
@@ -367,20 +320,19 @@ async fn batched_a_failing_handler_rolls_back_only_its_own_delivery(pool: PgPool
         .await
         .unwrap();
     assert_eq!(redelivered, Handled::Processed(()));
-    assert_eq!(effects(&pool).await, 3);
+    assert_eq!(DB::effects(&pool).await, 3);
     assert_eq!(calls.load(Ordering::SeqCst), 4);
 }
 
-#[sqlx::test(migrator = "courier_outbox::MIGRATOR")]
-async fn a_handler_killed_mid_transaction_leaves_no_record_and_the_redelivery_runs_it(
-    pool: PgPool,
+async fn a_handler_killed_mid_transaction_leaves_no_record_and_the_redelivery_runs_it<DB: Store>(
+    pool: Pool<DB>,
 ) {
-    effects_table(&pool).await;
+    DB::create_effects(&pool).await;
     let started = Arc::new(tokio::sync::Notify::new());
     let hanging = {
         let started = started.clone();
-        let service = Handler::default().service();
-        tower::service_fn(move |request: TxDelivery| {
+        let service = Handler::default().service::<DB>();
+        tower::service_fn(move |request: TxDelivery<DB>| {
             let started = started.clone();
             let mut service = service.clone();
             async move {
@@ -415,5 +367,5 @@ async fn a_handler_killed_mid_transaction_leaves_no_record_and_the_redelivery_ru
     .unwrap();
     assert_eq!(redelivered, Handled::Processed(()));
     assert_eq!(handler.calls(), 1);
-    assert_eq!(effects(&pool).await, 1);
+    assert_eq!(DB::effects(&pool).await, 1);
 }

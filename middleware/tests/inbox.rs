@@ -1,4 +1,7 @@
-//! The durable inbox against real Postgres (safeguard C4).
+//! The durable inbox against real databases (safeguard C4): every case runs on Postgres and on
+//! SQLite (`store_support`).
+
+mod store_support;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -6,31 +9,27 @@ use std::time::Duration;
 
 use courier_middleware::{Consumer, Delivery, Inbox, MemorySource, Reject, Stored, TxDelivery};
 use courier_outbox::{Backoff, Message};
-use sqlx::PgPool;
+use sqlx::Pool;
+use store_support::{PATIENCE, Store};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tower::BoxError;
 
 courier_test_support::postgres_for_tests!();
 
-const PATIENCE: Duration = Duration::from_secs(30);
+for_each_store!(
+    a_delivery_is_acked_once_stored_and_processed_later,
+    a_redelivered_message_is_stored_once,
+    a_failed_row_is_retried_and_its_failed_writes_roll_back,
+    a_row_is_dead_lettered_after_max_attempts_and_can_be_replayed,
+    a_rejected_row_is_dead_lettered_at_once,
+    a_crash_during_processing_is_processed_after_restart,
+    an_idle_worker_wakes_when_a_row_is_stored,
+);
+
 const GROUP: &str = "billing";
 
-async fn effects_table(pool: &PgPool) {
-    sqlx::query("CREATE TABLE effects (message_id uuid NOT NULL)")
-        .execute(pool)
-        .await
-        .unwrap();
-}
-
-async fn effects(pool: &PgPool) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM effects")
-        .fetch_one(pool)
-        .await
-        .unwrap()
-}
-
-fn inbox(pool: &PgPool) -> Inbox {
+fn inbox<DB: Store>(pool: &Pool<DB>) -> Inbox<DB> {
     Inbox::new(pool.clone())
         .poll_interval(Duration::from_millis(10))
         .backoff(Backoff {
@@ -41,26 +40,28 @@ fn inbox(pool: &PgPool) -> Inbox {
         })
 }
 
-async fn write_effect(request: &TxDelivery) -> Result<(), BoxError> {
+async fn write_effect<DB: Store>(request: &TxDelivery<DB>) -> Result<(), BoxError> {
     let mut conn = request.tx().lock().await;
-    sqlx::query("INSERT INTO effects (message_id) VALUES ($1)")
-        .bind(request.delivery.message.id)
-        .execute(&mut *conn)
-        .await?;
+    DB::insert_effect(
+        &mut conn,
+        request.delivery.message.id,
+        &request.delivery.group,
+    )
+    .await?;
     Ok(())
 }
 
 /// A handler that writes one effect, then fails while `failures` is positive.
-fn handler(
+fn handler<DB: Store>(
     calls: &Arc<AtomicU32>,
     failures: u32,
-) -> impl tower::Service<TxDelivery, Response = (), Error = BoxError, Future: Send>
+) -> impl tower::Service<TxDelivery<DB>, Response = (), Error = BoxError, Future: Send>
 + Clone
 + Send
 + 'static {
     let calls = calls.clone();
     let failures = Arc::new(AtomicU32::new(failures));
-    tower::service_fn(move |request: TxDelivery| {
+    tower::service_fn(move |request: TxDelivery<DB>| {
         let calls = calls.clone();
         let failures = failures.clone();
         async move {
@@ -87,9 +88,8 @@ async fn eventually<F: std::future::Future<Output = bool>>(what: &str, check: im
     .unwrap_or_else(|_| panic!("gave up waiting for {what}"));
 }
 
-#[sqlx::test(migrator = "courier_outbox::MIGRATOR")]
-async fn a_delivery_is_acked_once_stored_and_processed_later(pool: PgPool) {
-    effects_table(&pool).await;
+async fn a_delivery_is_acked_once_stored_and_processed_later<DB: Store>(pool: Pool<DB>) {
+    DB::create_effects(&pool).await;
     let inbox = inbox(&pool);
     let source = MemorySource::new(GROUP);
     source.push(Message::new("orders", "long work"));
@@ -100,7 +100,7 @@ async fn a_delivery_is_acked_once_stored_and_processed_later(pool: PgPool) {
     source.wait_until(|s| s.acked().len() == 1).await;
     // Acked, and nothing processed yet: the row waits in the inbox.
     assert_eq!(inbox.pending(GROUP).await.unwrap(), 1);
-    assert_eq!(effects(&pool).await, 0);
+    assert_eq!(DB::effects(&pool).await, 0);
 
     let calls = Arc::new(AtomicU32::new(0));
     let working = tokio::spawn(
@@ -115,31 +115,24 @@ async fn a_delivery_is_acked_once_stored_and_processed_later(pool: PgPool) {
     shutdown.cancel();
     consuming.await.unwrap();
     working.await.unwrap();
-    assert_eq!(effects(&pool).await, 1);
+    assert_eq!(DB::effects(&pool).await, 1);
     assert_eq!(calls.load(Ordering::SeqCst), 1);
 }
 
-#[sqlx::test(migrator = "courier_outbox::MIGRATOR")]
-async fn a_redelivered_message_is_stored_once(pool: PgPool) {
+async fn a_redelivered_message_is_stored_once<DB: Store>(pool: Pool<DB>) {
     let inbox = inbox(&pool);
     let delivery = Delivery::new(Message::new("orders", "m"), GROUP);
-    assert_eq!(inbox.insert(&pool, &delivery).await.unwrap(), Stored::New);
+    assert_eq!(DB::insert(&inbox, &pool, &delivery).await, Stored::New);
     let again = delivery.clone().with_attempt(2);
-    assert_eq!(
-        inbox.insert(&pool, &again).await.unwrap(),
-        Stored::Duplicate
-    );
+    assert_eq!(DB::insert(&inbox, &pool, &again).await, Stored::Duplicate);
     assert_eq!(inbox.pending(GROUP).await.unwrap(), 1);
 }
 
-#[sqlx::test(migrator = "courier_outbox::MIGRATOR")]
-async fn a_failed_row_is_retried_and_its_failed_writes_roll_back(pool: PgPool) {
-    effects_table(&pool).await;
+async fn a_failed_row_is_retried_and_its_failed_writes_roll_back<DB: Store>(pool: Pool<DB>) {
+    DB::create_effects(&pool).await;
     let inbox = inbox(&pool);
-    inbox
-        .insert(&pool, &Delivery::new(Message::new("orders", "m"), GROUP))
-        .await
-        .unwrap();
+    let delivery = Delivery::new(Message::new("orders", "m"), GROUP);
+    DB::insert(&inbox, &pool, &delivery).await;
     let calls = Arc::new(AtomicU32::new(0));
     let shutdown = CancellationToken::new();
     let working = tokio::spawn(
@@ -155,18 +148,14 @@ async fn a_failed_row_is_retried_and_its_failed_writes_roll_back(pool: PgPool) {
     working.await.unwrap();
     assert_eq!(calls.load(Ordering::SeqCst), 3);
     // Two failed attempts wrote and rolled back; the third committed.
-    assert_eq!(effects(&pool).await, 1);
+    assert_eq!(DB::effects(&pool).await, 1);
 }
 
-#[sqlx::test(migrator = "courier_outbox::MIGRATOR")]
-async fn a_row_is_dead_lettered_after_max_attempts_and_can_be_replayed(pool: PgPool) {
-    effects_table(&pool).await;
+async fn a_row_is_dead_lettered_after_max_attempts_and_can_be_replayed<DB: Store>(pool: Pool<DB>) {
+    DB::create_effects(&pool).await;
     let inbox = inbox(&pool).max_attempts(3);
     let message = Message::new("orders", "poison").with_header("h", "v");
-    inbox
-        .insert(&pool, &Delivery::new(message.clone(), GROUP))
-        .await
-        .unwrap();
+    DB::insert(&inbox, &pool, &Delivery::new(message.clone(), GROUP)).await;
     let calls = Arc::new(AtomicU32::new(0));
     let shutdown = CancellationToken::new();
     let working = tokio::spawn(
@@ -182,16 +171,17 @@ async fn a_row_is_dead_lettered_after_max_attempts_and_can_be_replayed(pool: PgP
     working.await.unwrap();
 
     assert_eq!(calls.load(Ordering::SeqCst), 3);
-    assert_eq!(effects(&pool).await, 0);
+    assert_eq!(DB::effects(&pool).await, 0);
     let dead = inbox.dead_letters(GROUP).await.unwrap().remove(0);
     assert_eq!(dead.message.id, message.id);
     assert_eq!(dead.message.headers["h"], "v");
+    assert_eq!(dead.message.payload, message.payload);
     assert_eq!(dead.attempts, 3);
     assert_eq!(dead.last_error, "injected failure");
     // A redelivery of a dead-lettered message is not stored again.
     let redelivered = Delivery::new(message.clone(), GROUP).with_attempt(2);
     assert_eq!(
-        inbox.insert(&pool, &redelivered).await.unwrap(),
+        DB::insert(&inbox, &pool, &redelivered).await,
         Stored::Duplicate
     );
 
@@ -200,16 +190,13 @@ async fn a_row_is_dead_lettered_after_max_attempts_and_can_be_replayed(pool: PgP
     assert!(inbox.dead_letters(GROUP).await.unwrap().is_empty());
 }
 
-#[sqlx::test(migrator = "courier_outbox::MIGRATOR")]
-async fn a_rejected_row_is_dead_lettered_at_once(pool: PgPool) {
+async fn a_rejected_row_is_dead_lettered_at_once<DB: Store>(pool: Pool<DB>) {
     let inbox = inbox(&pool).max_attempts(10);
-    inbox
-        .insert(&pool, &Delivery::new(Message::new("orders", "bad"), GROUP))
-        .await
-        .unwrap();
+    let delivery = Delivery::new(Message::new("orders", "bad"), GROUP);
+    DB::insert(&inbox, &pool, &delivery).await;
     let shutdown = CancellationToken::new();
     let reject =
-        tower::service_fn(|_: TxDelivery| async { Err::<(), _>(Reject::new("malformed")) });
+        tower::service_fn(|_: TxDelivery<DB>| async { Err::<(), _>(Reject::new("malformed")) });
     let working = tokio::spawn(inbox.worker(GROUP, reject).run(shutdown.clone()));
     eventually("the dead letter", || async {
         inbox.dead_letters(GROUP).await.unwrap().len() == 1
@@ -220,21 +207,17 @@ async fn a_rejected_row_is_dead_lettered_at_once(pool: PgPool) {
     assert_eq!(inbox.dead_letters(GROUP).await.unwrap()[0].attempts, 1);
 }
 
-#[sqlx::test(migrator = "courier_outbox::MIGRATOR")]
-async fn a_crash_during_processing_is_processed_after_restart(pool: PgPool) {
-    effects_table(&pool).await;
+async fn a_crash_during_processing_is_processed_after_restart<DB: Store>(pool: Pool<DB>) {
+    DB::create_effects(&pool).await;
     let inbox = inbox(&pool).lease(Duration::ZERO);
     let message = Message::new("orders", "m");
-    inbox
-        .insert(&pool, &Delivery::new(message.clone(), GROUP))
-        .await
-        .unwrap();
+    DB::insert(&inbox, &pool, &Delivery::new(message.clone(), GROUP)).await;
 
     // The first worker writes its effect, then hangs until it is killed.
     let started = Arc::new(Notify::new());
     let hanging = {
         let started = started.clone();
-        tower::service_fn(move |request: TxDelivery| {
+        tower::service_fn(move |request: TxDelivery<DB>| {
             let started = started.clone();
             async move {
                 write_effect(&request).await?;
@@ -267,19 +250,14 @@ async fn a_crash_during_processing_is_processed_after_restart(pool: PgPool) {
     working.await.unwrap();
     assert_eq!(calls.load(Ordering::SeqCst), 1);
     // The crashed attempt's write rolled back; only the restarted one's remains.
-    assert_eq!(effects(&pool).await, 1);
-    let attempts: i32 =
-        sqlx::query_scalar("SELECT attempts FROM courier_inbox.messages WHERE id = $1")
-            .bind(message.id)
-            .fetch_one(&pool)
-            .await
-            .unwrap();
-    assert_eq!(attempts, 2);
+    assert_eq!(DB::effects(&pool).await, 1);
+    assert_eq!(DB::inbox_attempts(&pool, message.id).await, 2);
 }
 
-#[sqlx::test(migrator = "courier_outbox::MIGRATOR")]
-async fn an_idle_worker_wakes_on_the_insert_notification(pool: PgPool) {
-    effects_table(&pool).await;
+/// Postgres wakes the worker with the insert trigger's `NOTIFY`, SQLite with the in-process signal
+/// [`Inbox::insert`] fires.
+async fn an_idle_worker_wakes_when_a_row_is_stored<DB: Store>(pool: Pool<DB>) {
+    DB::create_effects(&pool).await;
     // Polling alone would not find the row within the test's patience.
     let inbox = inbox(&pool).poll_interval(Duration::from_secs(3600));
     let calls = Arc::new(AtomicU32::new(0));
@@ -289,28 +267,12 @@ async fn an_idle_worker_wakes_on_the_insert_notification(pool: PgPool) {
             .worker(GROUP, handler(&calls, 0))
             .run(shutdown.clone()),
     );
-    eventually("the worker to listen", || async {
-        sqlx::query_scalar::<_, bool>(
-            "SELECT count(*) > 0 FROM pg_stat_activity
-             WHERE datname = current_database() AND query LIKE 'LISTEN%'",
-        )
-        .fetch_one(&pool)
-        .await
-        .unwrap()
-    })
-    .await;
+    DB::workers_listen(&pool).await;
     // Another group's row is not this worker's to process.
-    inbox
-        .insert(
-            &pool,
-            &Delivery::new(Message::new("orders", "other"), "shipping"),
-        )
-        .await
-        .unwrap();
-    inbox
-        .insert(&pool, &Delivery::new(Message::new("orders", "m"), GROUP))
-        .await
-        .unwrap();
+    let other = Delivery::new(Message::new("orders", "other"), "shipping");
+    DB::insert(&inbox, &pool, &other).await;
+    let mine = Delivery::new(Message::new("orders", "m"), GROUP);
+    DB::insert(&inbox, &pool, &mine).await;
     eventually("the row to be processed", || async {
         inbox.pending(GROUP).await.unwrap() == 0
     })

@@ -5,14 +5,14 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use futures::FutureExt;
-use sqlx::PgPool;
+use sqlx::{Database, Postgres};
 use tokio::sync::{Mutex, mpsc, oneshot};
 use tokio_util::sync::PollSender;
 use tower::{BoxError, Layer, Service, ServiceExt};
 
-use super::{Config, Handled, IdempotencyLayer, store};
+use super::{Config, Handled, IdempotencyLayer};
 use crate::boxed::BoxResponseFuture;
-use crate::{Delivery, Panicked, PgTx, TxDelivery};
+use crate::{Delivery, Panicked, Tx, TxDatabase, TxDelivery};
 
 type Reply<R> = oneshot::Sender<Result<Handled<R>, BoxError>>;
 
@@ -38,8 +38,23 @@ struct Job<R> {
 /// handler from holding the batch. Records are inserted in key order, so that batches of several
 /// processes take row locks in the same order.
 ///
+/// On SQLite a batch's transaction is `BEGIN IMMEDIATE`: it holds the database's write lock for
+/// the whole batch, so batches of several workers run one after another.
+///
 /// Built with [`IdempotencyLayer::batched`]; needs a tokio runtime when layered (it spawns its
-/// workers, which stop when every clone of the service is dropped).
+/// workers, which stop when every clone of the service is dropped). The service does not name the
+/// database: the workers hold the pool.
+///
+/// ```no_run
+/// # async fn example(pool: sqlx::PgPool) {
+/// use courier_middleware::{BatchedIdempotency, Handled, IdempotencyLayer, TxDelivery};
+/// use tower::Layer;
+///
+/// let handler = tower::service_fn(|_: TxDelivery| async { Ok::<_, tower::BoxError>(()) });
+/// let service: BatchedIdempotency<()> = IdempotencyLayer::new(pool).batched(64).layer(handler);
+/// # let _ = service;
+/// # }
+/// ```
 #[derive(Debug)]
 pub struct BatchedIdempotency<R> {
     jobs: PollSender<Job<R>>,
@@ -85,17 +100,51 @@ impl<R: Send + 'static> Service<Delivery> for BatchedIdempotency<R> {
 }
 
 /// Applies [`BatchedIdempotency`]; see [`IdempotencyLayer::batched`].
-#[derive(Debug, Clone)]
-pub struct BatchedIdempotencyLayer {
-    config: Arc<Config>,
+///
+/// ```no_run
+/// # async fn example(pool: sqlx::PgPool) {
+/// let layer = courier_middleware::IdempotencyLayer::new(pool).batched(128).workers(2);
+/// # let _ = layer;
+/// # }
+/// ```
+pub struct BatchedIdempotencyLayer<DB: Database = Postgres> {
+    config: Arc<Config<DB>>,
     max_batch: usize,
     workers: usize,
 }
 
-impl IdempotencyLayer {
+impl<DB: Database> Clone for BatchedIdempotencyLayer<DB> {
+    fn clone(&self) -> Self {
+        Self {
+            config: self.config.clone(),
+            max_batch: self.max_batch,
+            workers: self.workers,
+        }
+    }
+}
+
+impl<DB: Database> std::fmt::Debug for BatchedIdempotencyLayer<DB> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BatchedIdempotencyLayer")
+            .field("config", &self.config)
+            .field("max_batch", &self.max_batch)
+            .field("workers", &self.workers)
+            .finish()
+    }
+}
+
+impl<DB: Database> IdempotencyLayer<DB> {
     /// Batches the records of up to `max_batch` concurrent deliveries into one transaction; see
-    /// [`BatchedIdempotency`]. One worker (one connection) unless [`workers`](BatchedIdempotencyLayer::workers) says more.
-    pub fn batched(&self, max_batch: usize) -> BatchedIdempotencyLayer {
+    /// [`BatchedIdempotency`]. One worker (one connection) unless
+    /// [`workers`](BatchedIdempotencyLayer::workers) says more.
+    ///
+    /// ```no_run
+    /// # async fn example(pool: sqlx::PgPool) {
+    /// let layer = courier_middleware::IdempotencyLayer::new(pool).batched(128);
+    /// # let _ = layer;
+    /// # }
+    /// ```
+    pub fn batched(&self, max_batch: usize) -> BatchedIdempotencyLayer<DB> {
         BatchedIdempotencyLayer {
             config: self.config.clone(),
             max_batch: max_batch.max(1),
@@ -104,8 +153,16 @@ impl IdempotencyLayer {
     }
 }
 
-impl BatchedIdempotencyLayer {
-    /// Runs `n` batches at the same time, each on its own connection (at least 1).
+impl<DB: Database> BatchedIdempotencyLayer<DB> {
+    /// Runs `n` batches at the same time, each on its own connection (at least 1). On SQLite they
+    /// still commit one at a time (one writer per database file).
+    ///
+    /// ```no_run
+    /// # async fn example(pool: sqlx::PgPool) {
+    /// let layer = courier_middleware::IdempotencyLayer::new(pool).batched(128).workers(4);
+    /// # let _ = layer;
+    /// # }
+    /// ```
     #[must_use]
     pub fn workers(mut self, n: usize) -> Self {
         self.workers = n.max(1);
@@ -113,9 +170,9 @@ impl BatchedIdempotencyLayer {
     }
 }
 
-impl<S> Layer<S> for BatchedIdempotencyLayer
+impl<S, DB: TxDatabase> Layer<S> for BatchedIdempotencyLayer<DB>
 where
-    S: Service<TxDelivery> + Clone + Send + 'static,
+    S: Service<TxDelivery<DB>> + Clone + Send + 'static,
     S::Response: Send + 'static,
     S::Error: Into<BoxError>,
     S::Future: Send + 'static,
@@ -139,13 +196,13 @@ where
     }
 }
 
-async fn work<S, R>(
-    config: Arc<Config>,
+async fn work<S, R, DB: TxDatabase>(
+    config: Arc<Config<DB>>,
     mut service: S,
     jobs: Arc<Mutex<mpsc::Receiver<Job<R>>>>,
     max_batch: usize,
 ) where
-    S: Service<TxDelivery, Response = R> + Clone + Send + 'static,
+    S: Service<TxDelivery<DB>, Response = R> + Clone + Send + 'static,
     R: Send + 'static,
     S::Error: Into<BoxError>,
     S::Future: Send + 'static,
@@ -158,13 +215,16 @@ async fn work<S, R>(
                 return;
             }
         }
-        run_batch(&config.pool, &config, &mut service, batch).await;
+        run_batch(&config, &mut service, batch).await;
     }
 }
 
-async fn run_batch<S, R>(pool: &PgPool, config: &Config, service: &mut S, mut batch: Vec<Job<R>>)
-where
-    S: Service<TxDelivery, Response = R> + Clone + Send + 'static,
+async fn run_batch<S, R, DB: TxDatabase>(
+    config: &Config<DB>,
+    service: &mut S,
+    mut batch: Vec<Job<R>>,
+) where
+    S: Service<TxDelivery<DB>, Response = R> + Clone + Send + 'static,
     R: Send + 'static,
     S::Error: Into<BoxError>,
     S::Future: Send + 'static,
@@ -176,15 +236,15 @@ where
             .iter()
             .map(|job| (job.delivery.group.clone(), config.key.of(&job.delivery)))
             .collect();
-        let mut tx = match pool.begin().await {
+        let mut tx = match DB::begin_write(&config.pool).await {
             Ok(tx) => tx,
             Err(error) => return fail_all(batch, &error.to_string()),
         };
-        let mut fresh = match store::record_many(&mut tx, &keys).await {
+        let mut fresh = match DB::idempotency_record_many(&mut tx, &keys).await {
             Ok(fresh) => fresh,
             Err(error) => return fail_all(batch, &error.to_string()),
         };
-        let handle = PgTx::new(tx);
+        let handle = Tx::new(tx);
         let mut answers = Vec::with_capacity(batch.len());
         let mut failed = None;
         for (index, (job, key)) in batch.iter().zip(&keys).enumerate() {
@@ -223,9 +283,13 @@ where
 }
 
 /// Runs one handler, turning a panic into an error.
-async fn handle_one<S, R>(service: S, handle: &PgTx, delivery: Delivery) -> Result<R, BoxError>
+async fn handle_one<S, R, DB: Database>(
+    service: S,
+    handle: &Tx<DB>,
+    delivery: Delivery,
+) -> Result<R, BoxError>
 where
-    S: Service<TxDelivery, Response = R>,
+    S: Service<TxDelivery<DB>, Response = R>,
     S::Error: Into<BoxError>,
 {
     let call = service.oneshot(TxDelivery::new(delivery, handle.clone()));

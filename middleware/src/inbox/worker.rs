@@ -5,24 +5,43 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::FutureExt;
-use sqlx::PgPool;
-use sqlx::postgres::PgListener;
+use sqlx::{Database, Postgres};
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tower::{BoxError, Service, ServiceExt};
 
 use super::Inbox;
-use super::sql::{self, Claimed};
-use crate::{Disposition, Panicked, PgTx, TxDelivery};
+use super::sql::Claimed;
+use crate::{Disposition, Panicked, Tx, TxDatabase, TxDelivery};
 
 /// Processes the rows of one consumer group in an [`Inbox`]; see there. Built by
 /// [`Inbox::worker`].
-#[derive(Debug)]
-pub struct InboxWorker<H> {
-    inbox: Inbox,
+///
+/// ```no_run
+/// # async fn example(pool: sqlx::PgPool) {
+/// use courier_middleware::{Inbox, InboxWorker, TxDelivery};
+/// use tokio_util::sync::CancellationToken;
+///
+/// let handler = tower::service_fn(|_: TxDelivery| async { Ok::<_, tower::BoxError>(()) });
+/// let worker = Inbox::new(pool).concurrency(4).worker("billing", handler);
+/// worker.run(CancellationToken::new()).await;
+/// # }
+/// ```
+pub struct InboxWorker<H, DB: Database = Postgres> {
+    inbox: Inbox<DB>,
     group: String,
     handler: H,
+}
+
+impl<H: std::fmt::Debug, DB: Database> std::fmt::Debug for InboxWorker<H, DB> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InboxWorker")
+            .field("inbox", &self.inbox)
+            .field("group", &self.group)
+            .field("handler", &self.handler)
+            .finish()
+    }
 }
 
 enum Step {
@@ -30,19 +49,33 @@ enum Step {
     Worked,
 }
 
-impl<H> InboxWorker<H>
+impl<H, DB: TxDatabase> InboxWorker<H, DB>
 where
-    H: Service<TxDelivery> + Clone + Send + 'static,
+    H: Service<TxDelivery<DB>> + Clone + Send + 'static,
     H::Error: Into<BoxError>,
     H::Future: Send + 'static,
     H::Response: Send + 'static,
 {
     /// Processes rows until `shutdown` is cancelled, then finishes the rows in hand and returns.
-    /// Idle loops wake on a `NOTIFY` from the insert trigger, and poll as a fallback. Database
-    /// errors are logged and retried after the poll interval.
+    /// Idle loops wake on a `NOTIFY` from the insert trigger (on SQLite: on a row stored by this
+    /// process), and poll as a fallback. Database errors are logged and retried after the poll
+    /// interval.
+    ///
+    /// ```no_run
+    /// # async fn example(pool: sqlx::PgPool) {
+    /// use courier_middleware::{Inbox, TxDelivery};
+    ///
+    /// let handler = tower::service_fn(|_: TxDelivery| async { Ok::<_, tower::BoxError>(()) });
+    /// let shutdown = tokio_util::sync::CancellationToken::new();
+    /// let worker = Inbox::new(pool).worker("billing", handler);
+    /// let running = tokio::spawn(worker.run(shutdown.clone()));
+    /// shutdown.cancel();
+    /// running.await.unwrap();
+    /// # }
+    /// ```
     pub async fn run(self, shutdown: CancellationToken) {
-        let wake = Arc::new(Notify::new());
-        let listener = tokio::spawn(listen(
+        let wake = DB::inbox_wake_signal(&self.inbox.pool, &self.group);
+        let listener = tokio::spawn(DB::inbox_listen(
             self.inbox.pool.clone(),
             self.group.clone(),
             wake.clone(),
@@ -92,18 +125,19 @@ where
     async fn step(&mut self) -> Result<Step, sqlx::Error> {
         let config = &self.inbox.config;
         let pool = &self.inbox.pool;
-        let Some(Claimed { seq, delivery }) = sql::claim(pool, &self.group, config.lease).await?
+        let Some(Claimed { seq, delivery }) =
+            DB::inbox_claim(pool, &self.group, config.lease).await?
         else {
             return Ok(Step::Idle);
         };
         let id = delivery.message.id;
         let attempt = delivery.attempt;
-        let mut tx = pool.begin().await?;
-        if !sql::lock(&mut tx, seq).await? {
+        let mut tx = DB::begin_write(pool).await?;
+        if !DB::inbox_lock(&mut tx, seq).await? {
             // Another worker finished it after our claim.
             return Ok(Step::Worked);
         }
-        let handle = PgTx::new(tx);
+        let handle = Tx::new(tx);
         let call = self
             .handler
             .clone()
@@ -115,7 +149,7 @@ where
         let tx = handle.take().await;
         let error = match (result, tx) {
             (Ok(_), Some(mut tx)) => {
-                sql::mark_done(&mut tx, seq).await?;
+                DB::inbox_mark_done(&mut tx, seq).await?;
                 tx.commit().await?;
                 metrics::counter!("courier_inbox_processed_total", "group" => self.group.clone())
                     .increment(1);
@@ -135,7 +169,7 @@ where
         if give_up {
             tracing::warn!(message.id = %id, attempt, %reason, group = %self.group,
                 "inbox: dead-lettering the row");
-            sql::dead_letter(pool, seq, &reason).await?;
+            DB::inbox_dead_letter(pool, seq, &reason).await?;
             metrics::counter!("courier_inbox_dead_letters_total", "group" => self.group.clone())
                 .increment(1);
         } else {
@@ -144,7 +178,7 @@ where
                 _ => config.backoff.delay(attempt),
             };
             tracing::debug!(message.id = %id, attempt, %reason, ?delay, "inbox: retrying later");
-            sql::retry_later(pool, seq, delay, &reason).await?;
+            DB::inbox_retry_later(pool, seq, delay, &reason).await?;
             metrics::counter!("courier_inbox_retries_total", "group" => self.group.clone())
                 .increment(1);
         }
@@ -152,8 +186,8 @@ where
     }
 }
 
-impl<H> InboxWorker<H> {
-    pub(super) fn new(inbox: Inbox, group: String, handler: H) -> Self {
+impl<H, DB: Database> InboxWorker<H, DB> {
+    pub(super) fn new(inbox: Inbox<DB>, group: String, handler: H) -> Self {
         Self {
             inbox,
             group,
@@ -162,52 +196,24 @@ impl<H> InboxWorker<H> {
     }
 
     /// The consumer group it processes.
+    ///
+    /// ```no_run
+    /// # fn example<H>(worker: courier_middleware::InboxWorker<H>) {
+    /// assert_eq!(worker.group(), "billing");
+    /// # }
+    /// ```
     pub fn group(&self) -> &str {
         &self.group
     }
 
     /// How long an idle worker waits before looking again.
+    ///
+    /// ```no_run
+    /// # fn example<H>(worker: courier_middleware::InboxWorker<H>) {
+    /// println!("polling every {:?}", worker.poll_interval());
+    /// # }
+    /// ```
     pub fn poll_interval(&self) -> Duration {
         self.inbox.config.poll_interval
-    }
-}
-
-/// Wakes the idle loops whenever a row of `group` is inserted; reconnects after failures.
-async fn listen(
-    pool: PgPool,
-    group: String,
-    wake: Arc<Notify>,
-    pause: Duration,
-    shutdown: CancellationToken,
-) {
-    while !shutdown.is_cancelled() {
-        let mut listener = match PgListener::connect_with(&pool).await {
-            Ok(listener) => listener,
-            Err(error) => {
-                tracing::warn!(%error, "inbox worker: cannot listen for new rows; polling");
-                tokio::select! {
-                    () = shutdown.cancelled() => return,
-                    () = tokio::time::sleep(pause) => continue,
-                }
-            }
-        };
-        if let Err(error) = listener.listen("courier_inbox").await {
-            tracing::warn!(%error, "inbox worker: LISTEN failed; polling");
-        }
-        // Rows may have arrived before the LISTEN took effect.
-        wake.notify_waiters();
-        loop {
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                received = listener.recv() => match received {
-                    Ok(notification) if notification.payload() == group => wake.notify_waiters(),
-                    Ok(_) => {}
-                    Err(error) => {
-                        tracing::warn!(%error, "inbox worker: lost the notification connection");
-                        break;
-                    }
-                },
-            }
-        }
     }
 }

@@ -77,6 +77,10 @@ impl std::error::Error for NotParked {
 ///
 /// For applications that send directly. The relay does not need it: it moves a row that exhausted
 /// its attempts to the failure table itself.
+///
+/// Postgres only (feature `postgres`): it takes a `PgPool` and writes the outbox's
+/// `outbox.failures`; there is no SQLite version yet, unlike [`Idempotency`](crate::Idempotency)
+/// and [`Inbox`](crate::Inbox).
 #[derive(Debug, Clone)]
 pub struct FailureFallback<S> {
     inner: S,

@@ -1,0 +1,36 @@
+//! The SQL of the idempotency records, one file per database.
+
+#[cfg(feature = "postgres")]
+mod postgres;
+#[cfg(feature = "sqlite")]
+mod sqlite;
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::time::Duration;
+
+use sqlx::{Database, Pool};
+
+/// The idempotency records' SQL; a part of [`TxDatabase`](crate::TxDatabase).
+pub trait IdempotencySql: Database {
+    /// Inserts the record; `false` when it already existed (a duplicate). On Postgres it waits for
+    /// a concurrent transaction holding the same key to end; on SQLite the caller's transaction
+    /// already holds the write lock.
+    fn idempotency_record(
+        conn: &mut Self::Connection,
+        group: &str,
+        key: &str,
+    ) -> impl Future<Output = Result<bool, sqlx::Error>> + Send;
+
+    /// Inserts many records in key order; returns the (group, key) pairs that were new.
+    fn idempotency_record_many(
+        conn: &mut Self::Connection,
+        keys: &[(String, String)],
+    ) -> impl Future<Output = Result<HashSet<(String, String)>, sqlx::Error>> + Send;
+
+    /// Deletes records older than `window`.
+    fn idempotency_purge(
+        pool: &Pool<Self>,
+        window: Duration,
+    ) -> impl Future<Output = Result<u64, sqlx::Error>> + Send;
+}
