@@ -8,42 +8,42 @@ use tokio::sync::watch;
 
 /// What has happened so far.
 #[derive(Debug, Default, Clone)]
-pub struct Story {
-    pub paid: BTreeSet<String>,
-    pub duplicates: u32,
-    pub dead_lettered: BTreeSet<String>,
+pub(crate) struct Story {
+    pub(crate) paid: BTreeSet<String>,
+    pub(crate) duplicates: u32,
+    pub(crate) dead_lettered: BTreeSet<String>,
 }
 
 /// Prints timestamped lines and keeps the [`Story`] for the main flow to wait on.
 #[derive(Debug, Clone)]
-pub struct Account {
+pub(crate) struct Account {
     started: Instant,
     story: Arc<watch::Sender<Story>>,
 }
 
 impl Account {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self {
             started: Instant::now(),
             story: Arc::new(watch::channel(Story::default()).0),
         }
     }
 
-    pub fn heading(&self, text: &str) {
+    pub(crate) fn heading(&self, text: &str) {
         println!("\n{text}");
     }
 
-    pub fn line(&self, text: &str) {
+    pub(crate) fn line(&self, text: &str) {
         let at = self.started.elapsed().as_millis();
         println!("  {at:>5} ms  {text}");
     }
 
-    pub fn record(&self, change: impl FnOnce(&mut Story)) {
+    pub(crate) fn record(&self, change: impl FnOnce(&mut Story)) {
         self.story.send_modify(change);
     }
 
     /// Waits until `done` holds, or fails after `patience` naming what it waited for.
-    pub async fn wait_until(
+    pub(crate) async fn wait_until(
         &self,
         patience: Duration,
         what: &str,

@@ -5,18 +5,23 @@ use courier::middleware::{Delivery, Handled, IdempotencyLayer, TxDelivery};
 use sqlx::{Sqlite, SqlitePool};
 use tower::{BoxError, Service, ServiceBuilder, ServiceExt, service_fn};
 
-use crate::account::Account;
+use super::account::Account;
+
+/// Deliveries of one message before the consumer gives up and dead-letters it.
+pub(crate) const MAX_DELIVERIES: u32 = 3;
 
 /// The order whose first payment attempt fails, to show a redelivery.
-pub const FLAKY_ORDER: &str = "order-1003";
+pub(crate) const FLAKY_ORDER: &str = "order-1003";
 
 /// The consumer's handler: `Delivery` in, narrated, through the idempotency layer, into
 /// [`pay`].
-pub fn handler(
+pub(crate) fn handler(
     pool: SqlitePool,
     account: Account,
-) -> impl Service<Delivery, Response = Handled<()>, Error = BoxError, Future: Send> + Clone + Send + 'static
-{
+) -> impl Service<Delivery, Response = Handled<()>, Error = BoxError, Future: Send>
++ Clone
++ Send
++ 'static {
     let idempotent = ServiceBuilder::new()
         .layer(IdempotencyLayer::new(pool))
         .service_fn(pay);
@@ -37,8 +42,11 @@ pub fn handler(
                     account.line(&format!("payments    {order} delivered again: already recorded, acked without paying twice"));
                     account.record(|s| s.duplicates += 1);
                 }
+                Err(error) if attempt >= MAX_DELIVERIES => account.line(&format!(
+                    "payments    {order} attempt {attempt} failed: {error}; last attempt, dead-lettered"
+                )),
                 Err(error) => account.line(&format!(
-                    "payments    {order} attempt {attempt} failed: {error}; rolled back, the broker redelivers"
+                    "payments    {order} attempt {attempt} failed: {error}; rolled back, redelivered later"
                 )),
             }
             result

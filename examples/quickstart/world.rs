@@ -9,40 +9,42 @@ use anyhow::Context;
 use broker_lite::client::{ConsumerConfig, ProducerConfig};
 use broker_lite::embedded::{self, EmbeddedBroker, EmbeddedConfig};
 use broker_lite::storage::FlushMode;
-use courier::middleware::{BrokerLitePublisher, BrokerLiteSource, Consumer, RequireSendOk, RequireSendOkLayer};
+use courier::middleware::{
+    BrokerLitePublisher, BrokerLiteSource, Consumer, RequireSendOk, RequireSendOkLayer,
+};
 use courier::outbox::{Message, Relay};
 use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tower::{Layer, Service, ServiceExt, service_fn};
+use tower::{Layer, ServiceExt, service_fn};
 
-use crate::account::Account;
-use crate::payments;
+use super::account::Account;
+use super::payments;
 
 /// The running pieces.
-pub struct World {
+pub(crate) struct World {
     _dir: tempfile::TempDir,
-    pub database_path: PathBuf,
-    pub broker_path: PathBuf,
-    pub pool: SqlitePool,
-    pub broker: EmbeddedBroker,
+    pub(crate) database_path: PathBuf,
+    pub(crate) broker_path: PathBuf,
+    pub(crate) pool: SqlitePool,
+    pub(crate) broker: EmbeddedBroker,
     shutdown: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
 }
 
 /// What the database and the broker hold at the end.
 #[derive(Debug)]
-pub struct Summary {
-    pub payments: Vec<String>,
-    pub orders: i64,
-    pub pending: i64,
-    pub failures: i64,
-    pub dead_letters: usize,
+pub(crate) struct Summary {
+    pub(crate) payments: Vec<String>,
+    pub(crate) orders: i64,
+    pub(crate) pending: i64,
+    pub(crate) failures: i64,
+    pub(crate) dead_letters: usize,
 }
 
 impl World {
-    pub async fn start(account: &Account) -> anyhow::Result<Self> {
+    pub(crate) async fn start(account: &Account) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir().context("creating a temporary directory")?;
         let database_path = dir.path().join("shop.db");
         let broker_path = dir.path().join("broker");
@@ -53,7 +55,9 @@ impl World {
             .journal_mode(SqliteJournalMode::Wal)
             .busy_timeout(Duration::from_secs(10));
         let pool = SqlitePool::connect_with(options).await?;
-        courier::outbox::migrate(&pool).await.context("creating the outbox and inbox tables")?;
+        courier::outbox::migrate(&pool)
+            .await
+            .context("creating the outbox and inbox tables")?;
         sqlx::raw_sql(
             "CREATE TABLE orders (id TEXT PRIMARY KEY);
              CREATE TABLE payments (order_id TEXT PRIMARY KEY, amount_cents INTEGER NOT NULL);",
@@ -89,7 +93,9 @@ impl World {
     }
 
     /// A producer for the embedded broker that fails unless the broker answers SEND_OK.
-    pub async fn broker_publisher(&self) -> anyhow::Result<RequireSendOk<BrokerLitePublisher>> {
+    pub(crate) async fn broker_publisher(
+        &self,
+    ) -> anyhow::Result<RequireSendOk<BrokerLitePublisher>> {
         let publisher = BrokerLitePublisher::connect(self.broker.addr(), ProducerConfig::default())
             .await
             .context("connecting a producer to the embedded broker")?;
@@ -103,10 +109,10 @@ impl World {
             let (inner, account) = (inner.clone(), account.clone());
             async move {
                 let order = message.key.clone().unwrap_or_default();
-                let sent = inner.oneshot(message).await?;
+                // RequireSendOk turns any status but SEND_OK into an error: the relay retries it.
+                let _stored = inner.oneshot(message).await?;
                 account.line(&format!(
-                    "relay       {order} published; broker-lite answered {:?} after fsync",
-                    sent.status
+                    "relay       {order} published: broker-lite answered SEND_OK after its fsync"
                 ));
                 Ok::<_, tower::BoxError>(())
             }
@@ -131,11 +137,15 @@ impl World {
         .await
         .context("subscribing the payment consumer")?
         .with_broker_config(self.broker.broker().config());
-        let consumer = Consumer::builder(source, payments::handler(self.pool.clone(), account.clone()))
-            .group("payments")
-            .max_deliveries(3)
-            .build();
-        self.tasks.push(tokio::spawn(consumer.run(self.shutdown.clone())));
+        let consumer = Consumer::builder(
+            source,
+            payments::handler(self.pool.clone(), account.clone()),
+        )
+        .group("payments")
+        .max_deliveries(payments::MAX_DELIVERIES)
+        .build();
+        self.tasks
+            .push(tokio::spawn(consumer.run(self.shutdown.clone())));
         Ok(())
     }
 
@@ -152,7 +162,7 @@ impl World {
                     let order = dead.key.clone().unwrap_or_default();
                     if seen.insert(dead.message_id) {
                         account.line(&format!(
-                            "broker      {order} moved to %DLQ%payments after 3 failed deliveries, kept for inspection and replay"
+                            "broker      {order} is in %DLQ%payments, kept for inspection and replay"
                         ));
                         account.record(|s| {
                             s.dead_lettered.insert(order);
@@ -163,7 +173,7 @@ impl World {
         }));
     }
 
-    pub async fn summary(&self) -> anyhow::Result<Summary> {
+    pub(crate) async fn summary(&self) -> anyhow::Result<Summary> {
         let count = |sql: &'static str| sqlx::query_scalar::<_, i64>(sql).fetch_one(&self.pool);
         Ok(Summary {
             payments: sqlx::query_scalar("SELECT order_id FROM payments ORDER BY order_id")
@@ -172,11 +182,16 @@ impl World {
             orders: count("SELECT count(*) FROM orders").await?,
             pending: count("SELECT count(*) FROM outbox_messages").await?,
             failures: count("SELECT count(*) FROM outbox_failures").await?,
-            dead_letters: self.broker.broker().dead_letters("payments", 100).await?.len(),
+            dead_letters: self
+                .broker
+                .broker()
+                .dead_letters("payments", 100)
+                .await?
+                .len(),
         })
     }
 
-    pub async fn stop(mut self) -> anyhow::Result<()> {
+    pub(crate) async fn stop(mut self) -> anyhow::Result<()> {
         self.shutdown.cancel();
         for task in self.tasks.drain(..) {
             task.await.context("a quickstart task panicked")?;
@@ -188,16 +203,28 @@ impl World {
 
 impl Summary {
     /// Fails unless the story ended as it must.
-    pub fn check(&self) -> anyhow::Result<()> {
+    pub(crate) fn check(&self) -> anyhow::Result<()> {
         let expected = ["order-1001", "order-1003"];
         anyhow::ensure!(
             self.payments == expected,
             "expected payments for {expected:?}, found {:?}",
             self.payments
         );
-        anyhow::ensure!(self.orders == 3, "expected 3 committed orders, found {}", self.orders);
-        anyhow::ensure!(self.pending == 0, "{} messages are still in the outbox", self.pending);
-        anyhow::ensure!(self.failures == 0, "{} messages failed to publish", self.failures);
+        anyhow::ensure!(
+            self.orders == 3,
+            "expected 3 committed orders, found {}",
+            self.orders
+        );
+        anyhow::ensure!(
+            self.pending == 0,
+            "{} messages are still in the outbox",
+            self.pending
+        );
+        anyhow::ensure!(
+            self.failures == 0,
+            "{} messages failed to publish",
+            self.failures
+        );
         anyhow::ensure!(
             self.dead_letters == 1,
             "expected the poison message in %DLQ%payments, found {} dead letters",

@@ -22,8 +22,7 @@ where
     assert_send(Failures::new().replay(&mut *tx, &FailureFilter::all()));
     assert_send(Failures::new().list(&pool, &FailureFilter::all()));
     assert_send(Failures::new().purge(&pool, &FailureFilter::all()));
-    let publisher =
-        tower::service_fn(|_: Message| async { Ok::<_, tower::BoxError>(()) });
+    let publisher = tower::service_fn(|_: Message| async { Ok::<_, tower::BoxError>(()) });
     let relay = Relay::builder(pool, publisher).build().unwrap();
     assert_send(relay.run(CancellationToken::new()));
 }

@@ -44,35 +44,50 @@ impl Dialect for Postgres {
         Error::Database(error)
     }
 
-    fn insert_one<'a, 'e: 'a, E>(executor: E, message: &'a Message) -> BoxFuture<'a, sqlx::Result<()>>
+    fn insert_one<'a, 'e: 'a, E>(
+        executor: E,
+        message: &'a Message,
+    ) -> BoxFuture<'a, sqlx::Result<()>>
     where
         E: Executor<'e, Database = Self> + 'a,
     {
         Box::pin(writer::insert_one(executor, message))
     }
 
-    fn insert_many<'a, 'e: 'a, E>(executor: E, messages: &'a [Message]) -> BoxFuture<'a, sqlx::Result<u64>>
+    fn insert_many<'a, 'e: 'a, E>(
+        executor: E,
+        messages: &'a [Message],
+    ) -> BoxFuture<'a, sqlx::Result<u64>>
     where
         E: Executor<'e, Database = Self> + 'a,
     {
         Box::pin(writer::insert_many(executor, messages))
     }
 
-    fn list_failures<'a, 'e: 'a, E>(executor: E, filter: &'a FailureFilter) -> BoxFuture<'a, sqlx::Result<Vec<FailedMessage>>>
+    fn list_failures<'a, 'e: 'a, E>(
+        executor: E,
+        filter: &'a FailureFilter,
+    ) -> BoxFuture<'a, sqlx::Result<Vec<FailedMessage>>>
     where
         E: Executor<'e, Database = Self> + 'a,
     {
         Box::pin(failures::list(executor, filter))
     }
 
-    fn replay_failures<'a, 'c: 'a, A>(conn: A, filter: &'a FailureFilter) -> BoxFuture<'a, sqlx::Result<u64>>
+    fn replay_failures<'a, 'c: 'a, A>(
+        conn: A,
+        filter: &'a FailureFilter,
+    ) -> BoxFuture<'a, sqlx::Result<u64>>
     where
         A: Acquire<'c, Database = Self> + Send + 'a,
     {
         Box::pin(failures::replay(conn, filter))
     }
 
-    fn purge_failures<'a, 'e: 'a, E>(executor: E, filter: &'a FailureFilter) -> BoxFuture<'a, sqlx::Result<u64>>
+    fn purge_failures<'a, 'e: 'a, E>(
+        executor: E,
+        filter: &'a FailureFilter,
+    ) -> BoxFuture<'a, sqlx::Result<u64>>
     where
         E: Executor<'e, Database = Self> + 'a,
     {
