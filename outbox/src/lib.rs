@@ -39,11 +39,17 @@
 //! | feature | default | what it adds |
 //! |---|---|---|
 //! | `postgres` | yes | the Postgres store: writer, relay (`SKIP LOCKED`, `LISTEN/NOTIFY`, advisory-lock key partitions), failure table |
+//! | `sqlite` | no | the SQLite store: writer, relay (rows leased in short `BEGIN IMMEDIATE` transactions, in-process wake-ups plus polling), failure table |
+//!
+//! Everything takes the pool or executor of either database ([`Store`]); [`migrate`] runs the
+//! right migrations.
 //!
 //! # Tables
 //!
 //! [`MIGRATOR`] creates schema `outbox` with `outbox.messages` and `outbox.failures`
-//! (`migrations/postgres/` in the repository).
+//! (`migrations/postgres/` in the repository). `SQLITE_MIGRATOR` creates `outbox_messages` and
+//! `outbox_failures` (`migrations/sqlite/`). Both also create the consumer tables of
+//! `courier-middleware` (idempotency records, durable inbox).
 
 #![forbid(unsafe_code)]
 
