@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{Behaviour, Recorder, Running, TestStore, eventually, relay, two_stores};
+use common::{Behaviour, Recorder, Running, TestStore, eventually, relay, two_stores, wake_only_relay};
 use courier_outbox::{Error, FailureFilter, Failures, Message, Outbox, RelayState};
 use sqlx::{Acquire, Executor, Pool};
 
@@ -15,6 +15,7 @@ two_stores!(
     list_filters_by_topic_key_time_and_error_text,
     replay_by_filter_and_purge,
     replay_inside_a_transaction_is_undone_by_its_rollback,
+    replay_wakes_an_idle_relay,
 );
 two_stores!(unmigrated: failure_table_missing_says_to_run_the_migrations);
 
@@ -211,6 +212,25 @@ where
     tx.rollback().await.unwrap();
     assert_eq!(DB::failure_count(&pool).await, 4);
     assert_eq!(DB::pending(&pool).await, 0);
+}
+
+async fn replay_wakes_an_idle_relay<DB: TestStore>(pool: Pool<DB>)
+where
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+{
+    DB::seed_failures(&pool, 1).await;
+    let recorder = Recorder::default();
+    // Only a wake-up (NOTIFY on Postgres, the in-process signal on SQLite) can explain a publish.
+    let mut running = Running::start(wake_only_relay(&pool, &recorder, "replayer"));
+    running.wait_for_state(RelayState::Idle).await;
+    let replayed = Failures::new()
+        .replay(&pool, &FailureFilter::all().topic("orders"))
+        .await
+        .unwrap();
+    assert_eq!(replayed, 1);
+    recorder.wait_for_accepted(1).await;
+    running.stop().await;
+    assert_eq!(recorder.accepted()[0].topic, "orders");
 }
 
 async fn failure_table_missing_says_to_run_the_migrations<DB: TestStore>(pool: Pool<DB>)

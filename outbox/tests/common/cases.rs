@@ -3,6 +3,7 @@
 
 /// `two_stores!(a, b)` runs the cases on migrated databases; `two_stores!(unmigrated: c)` on
 /// empty ones.
+#[allow(unused_macros)] // not every test binary has two-store cases
 macro_rules! two_stores {
     (unmigrated: $($case:ident),+ $(,)?) => {$(
         mod $case {

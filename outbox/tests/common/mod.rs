@@ -9,5 +9,5 @@ mod store;
 
 pub(crate) use cases::two_stores;
 pub use recorder::{Behaviour, PATIENCE, Recorder};
-pub use running::{Running, eventually, relay};
+pub use running::{Running, eventually, relay, wake_only_relay};
 pub use store::{Row, TestStore};

@@ -29,6 +29,21 @@ pub fn relay<DB: TestStore>(
         .rebalance_interval(Duration::from_millis(50))
 }
 
+/// A relay that only a wake-up can make look for new messages: every interval that would make it
+/// claim again on its own (poll, busy poll, rebalance, maintenance) is an hour.
+pub fn wake_only_relay<DB: TestStore>(
+    pool: &Pool<DB>,
+    recorder: &Recorder,
+    name: &str,
+) -> RelayBuilder<DB, Recorder> {
+    let hour = Duration::from_secs(3600);
+    relay(pool, recorder, name)
+        .poll_interval(hour)
+        .busy_poll_interval(hour)
+        .rebalance_interval(hour)
+        .maintenance_interval(hour)
+}
+
 /// A relay running in its own task.
 pub struct Running {
     pub shutdown: CancellationToken,
