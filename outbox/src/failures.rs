@@ -126,7 +126,11 @@ impl Failures {
     /// # Errors
     ///
     /// [`Error::NotMigrated`](crate::Error::NotMigrated) or [`Error::Database`](crate::Error::Database).
-    pub async fn list<'e, E>(&self, executor: E, filter: &FailureFilter) -> Result<Vec<FailedMessage>>
+    pub async fn list<'e, E>(
+        &self,
+        executor: E,
+        filter: &FailureFilter,
+    ) -> Result<Vec<FailedMessage>>
     where
         E: Executor<'e>,
         E::Database: Store,

@@ -235,12 +235,7 @@ impl<DB: Store, P: Publisher> Relay<DB, P> {
     pub async fn run(self, shutdown: CancellationToken) -> Result<()> {
         let wake = Arc::new(Notify::new());
         let wakeup_stop = shutdown.child_token();
-        let wakeup = DB::spawn_wakeup(
-            &self.pool,
-            &self.config,
-            wake.clone(),
-            wakeup_stop.clone(),
-        );
+        let wakeup = DB::spawn_wakeup(&self.pool, &self.config, wake.clone(), wakeup_stop.clone());
         // Stops the wake-up task if this future is dropped (an aborted task) rather than returning.
         let _wakeup_guard = wakeup_stop.clone().drop_guard();
         let span = tracing::info_span!("outbox.relay", relay = %self.config.name);

@@ -7,8 +7,8 @@ use futures::StreamExt;
 use tower::{BoxError, ServiceExt};
 use tracing::Instrument;
 
-use super::{Claimed, Outcome};
 use super::metrics;
+use super::{Claimed, Outcome};
 use crate::{Backoff, Permanent, Publisher};
 
 /// How the relay treats publish results.

@@ -38,7 +38,10 @@ fn push_selection(filter: &FailureFilter, query: &mut QueryBuilder<'_, Postgres>
     }
 }
 
-pub(super) async fn list<'e, E>(executor: E, filter: &FailureFilter) -> sqlx::Result<Vec<FailedMessage>>
+pub(super) async fn list<'e, E>(
+    executor: E,
+    filter: &FailureFilter,
+) -> sqlx::Result<Vec<FailedMessage>>
 where
     E: Executor<'e, Database = Postgres>,
 {

@@ -68,7 +68,10 @@ fn failed_message(row: &SqliteRow) -> sqlx::Result<FailedMessage> {
     })
 }
 
-pub(super) async fn list<'e, E>(executor: E, filter: &FailureFilter) -> sqlx::Result<Vec<FailedMessage>>
+pub(super) async fn list<'e, E>(
+    executor: E,
+    filter: &FailureFilter,
+) -> sqlx::Result<Vec<FailedMessage>>
 where
     E: Executor<'e, Database = Sqlite>,
 {

@@ -63,7 +63,8 @@ impl Session for SqliteSession {
         let publishing = publish(claimed.clone());
         tokio::pin!(publishing);
         let renew_every = lease / 3;
-        let mut renewals = tokio::time::interval_at(tokio::time::Instant::now() + renew_every, renew_every);
+        let mut renewals =
+            tokio::time::interval_at(tokio::time::Instant::now() + renew_every, renew_every);
         let outcomes = loop {
             tokio::select! {
                 outcomes = &mut publishing => break outcomes,
@@ -113,4 +114,3 @@ impl Session for SqliteSession {
 
     async fn close(self) {}
 }
-

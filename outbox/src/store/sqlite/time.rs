@@ -15,9 +15,8 @@ pub(super) fn to_micros(at: DateTime<Utc>) -> i64 {
 /// A stored timestamp back as a `DateTime`; out-of-range values (never written by the outbox)
 /// decode as an error rather than a wrong date.
 pub(super) fn from_micros(micros: i64) -> sqlx::Result<DateTime<Utc>> {
-    DateTime::from_timestamp_micros(micros).ok_or_else(|| {
-        sqlx::Error::Decode(format!("timestamp {micros} µs is out of range").into())
-    })
+    DateTime::from_timestamp_micros(micros)
+        .ok_or_else(|| sqlx::Error::Decode(format!("timestamp {micros} µs is out of range").into()))
 }
 
 /// A duration in microseconds, saturating.
