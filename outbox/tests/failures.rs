@@ -3,7 +3,9 @@
 
 mod common;
 
-use common::{Behaviour, Recorder, Running, TestStore, eventually, relay, two_stores, wake_only_relay};
+use common::{
+    Behaviour, Recorder, Running, TestStore, eventually, relay, two_stores, wake_only_relay,
+};
 use courier_outbox::{Error, FailureFilter, Failures, Message, Outbox, RelayState};
 use sqlx::{Acquire, Executor, Pool};
 
@@ -87,7 +89,10 @@ where
     let recorder = Recorder::default();
     recorder.set_rule(|_| Behaviour::FailPermanently);
     let running = Running::start(relay(&pool, &recorder, "strict").max_attempts(50));
-    eventually("a failure row", async || DB::failure_count(&pool).await == 1).await;
+    eventually("a failure row", async || {
+        DB::failure_count(&pool).await == 1
+    })
+    .await;
     running.stop().await;
     assert_eq!(recorder.calls(message.id), 1);
     let failed = Failures::new()
@@ -151,7 +156,10 @@ where
         .unwrap();
     assert_eq!(oldest_two, oldest_first[..2]);
     let by_id = failures
-        .list(&pool, &FailureFilter::all().ids([oldest_first[3].message.id]))
+        .list(
+            &pool,
+            &FailureFilter::all().ids([oldest_first[3].message.id]),
+        )
         .await
         .unwrap();
     assert_eq!(by_id, oldest_first[3..4]);
@@ -178,7 +186,10 @@ where
         .map(|row| (row.attempts, row.topic.as_str()))
         .collect();
     assert_eq!(replayed_rows, vec![(0, "payments"); 4]);
-    assert!(rows.iter().all(|row| row.available_at <= chrono::Utc::now()));
+    assert!(
+        rows.iter()
+            .all(|row| row.available_at <= chrono::Utc::now())
+    );
     let mut replayed_ids: Vec<_> = rows.iter().map(|row| row.id).collect();
     let mut listed_ids: Vec<_> = oldest_first.iter().map(|f| f.message.id).collect();
     replayed_ids.sort();
@@ -207,7 +218,10 @@ where
         .await
         .unwrap();
     assert_eq!(replayed, 2);
-    let listed = failures.list(&mut *tx, &FailureFilter::all()).await.unwrap();
+    let listed = failures
+        .list(&mut *tx, &FailureFilter::all())
+        .await
+        .unwrap();
     assert_eq!(listed.len(), 2, "the transaction sees its own replay");
     tx.rollback().await.unwrap();
     assert_eq!(DB::failure_count(&pool).await, 4);

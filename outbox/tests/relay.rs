@@ -6,7 +6,7 @@ mod common;
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use common::{Behaviour, Recorder, Running, TestStore, relay, two_stores};
+use common::{Behaviour, Recorder, Running, TestStore, relay, two_stores, wake_only_relay};
 use courier_outbox::{Backoff, Error, Message, Outbox, Relay, RelayState};
 use sqlx::{Executor, Pool};
 use tokio_util::sync::CancellationToken;
@@ -21,6 +21,7 @@ two_stores!(
     a_failing_key_holds_its_followers_but_not_other_keys,
     relay_aborted_mid_batch_loses_nothing,
     delayed_message_waits_for_its_time,
+    delayed_message_wakes_an_idle_relay_when_due,
     retention_marks_rows_sent_instead_of_deleting,
     shutdown_past_the_grace_period_gives_the_batch_back,
 );
@@ -215,7 +216,8 @@ where
     recorder.set_rule(|_| Behaviour::Hang);
     // On SQLite the rows stay leased to the dead relay until its lease runs out; Postgres ignores
     // the lease (the row locks die with the connection).
-    let doomed = Running::start(relay(&pool, &recorder, "doomed").lease(Duration::from_millis(300)));
+    let doomed =
+        Running::start(relay(&pool, &recorder, "doomed").lease(Duration::from_millis(300)));
     recorder
         .wait_until("a publish in flight", |r| r.total_calls() > 0)
         .await;
@@ -248,6 +250,28 @@ where
     let rows = DB::rows(&pool).await;
     assert_eq!(rows.len(), 1);
     assert_eq!((rows[0].id, rows[0].attempts), (later.id, 0));
+}
+
+async fn delayed_message_wakes_an_idle_relay_when_due<DB: TestStore>(pool: Pool<DB>)
+where
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+{
+    let soon = Message::new("t", "soon").with_delay(Duration::from_secs(1));
+    enqueue(&pool, std::slice::from_ref(&soon)).await;
+    let recorder = Recorder::default();
+    // No poll: only the relay's look at the next due time explains a publish. The busy polls
+    // after a wake-up (Postgres: the listener's first) and the settle polls after going idle are
+    // over within about 260 ms, well before the message is due. (Busy polls an hour apart would
+    // not do: a busy relay skips the next-due query, counting on its next busy poll.)
+    let running = Running::start(
+        wake_only_relay(&pool, &recorder, "punctual")
+            .busy_poll_interval(Duration::from_millis(1))
+            .linger(Duration::from_millis(1)),
+    );
+    recorder.wait_for_accepted(1).await;
+    running.stop().await;
+    assert_eq!(recorder.accepted_ids(), vec![soon.id]);
+    assert_eq!(DB::pending(&pool).await, 0);
 }
 
 async fn retention_marks_rows_sent_instead_of_deleting<DB: TestStore>(pool: Pool<DB>)

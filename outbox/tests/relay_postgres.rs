@@ -4,8 +4,6 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::{Recorder, Running, TestStore, relay, wake_only_relay};
 use courier_outbox::{Message, Outbox, RelayState};
 use sqlx::{PgPool, Postgres};

@@ -6,7 +6,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Behaviour, PATIENCE, Recorder, Running, TestStore, eventually, relay, wake_only_relay};
+use common::{
+    Behaviour, PATIENCE, Recorder, Running, TestStore, eventually, relay, wake_only_relay,
+};
 use courier_outbox::{Message, Outbox, RelayState};
 use sqlx::{Sqlite, SqlitePool};
 
@@ -23,9 +25,8 @@ async fn idle_relay_takes_over_the_rows_of_a_dead_relay_once_its_lease_runs_out(
 
     let doomed_publisher = Recorder::default();
     doomed_publisher.set_rule(|_| Behaviour::Hang);
-    let doomed = Running::start(
-        relay(&pool, &doomed_publisher, "doomed").lease(Duration::from_millis(300)),
-    );
+    let doomed =
+        Running::start(relay(&pool, &doomed_publisher, "doomed").lease(Duration::from_millis(300)));
     doomed_publisher
         .wait_until("a publish in flight", |r| r.total_calls() > 0)
         .await;
@@ -33,9 +34,10 @@ async fn idle_relay_takes_over_the_rows_of_a_dead_relay_once_its_lease_runs_out(
     let rows = Sqlite::rows(&pool).await;
     assert!(rows.iter().all(|row| row.leased), "{rows:?}");
 
-    // The heir finds nothing it may take and waits, with an hour-long poll, for the lease.
+    // The heir finds nothing it may take; it polls never and is woken by nothing but the end of
+    // the lease (renewed while the doomed relay lives).
     let heir_publisher = Recorder::default();
-    let mut heir = Running::start(relay(&pool, &heir_publisher, "heir"));
+    let mut heir = Running::start(wake_only_relay(&pool, &heir_publisher, "heir"));
     heir.wait_for_state(RelayState::Idle).await;
     doomed.abort().await;
 
