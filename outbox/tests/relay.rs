@@ -6,7 +6,9 @@ mod common;
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use common::{Behaviour, Recorder, Running, TestStore, relay, two_stores, wake_only_relay};
+use common::{
+    Behaviour, Recorder, Running, TestStore, eventually, relay, two_stores, wake_only_relay,
+};
 use courier_outbox::{Backoff, Error, Message, Outbox, Relay, RelayState};
 use sqlx::{Executor, Pool};
 use tokio_util::sync::CancellationToken;
@@ -23,6 +25,7 @@ two_stores!(
     delayed_message_waits_for_its_time,
     delayed_message_wakes_an_idle_relay_when_due,
     retention_marks_rows_sent_instead_of_deleting,
+    sent_rows_are_purged_after_their_retention,
     shutdown_past_the_grace_period_gives_the_batch_back,
 );
 two_stores!(
@@ -295,6 +298,27 @@ where
         1,
         "a sent row was published again"
     );
+}
+
+async fn sent_rows_are_purged_after_their_retention<DB: TestStore>(pool: Pool<DB>)
+where
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+{
+    let messages = [Message::new("t", "brief"), Message::new("t", "stay")];
+    enqueue(&pool, &messages).await;
+    let recorder = Recorder::default();
+    let running = Running::start(
+        relay(&pool, &recorder, "forgetful")
+            .retention(Duration::from_millis(1))
+            .maintenance_interval(Duration::from_millis(20)),
+    );
+    recorder.wait_for_accepted(messages.len()).await;
+    eventually("the sent rows to be purged", async || {
+        DB::pending(&pool).await == 0
+    })
+    .await;
+    running.stop().await;
+    assert_eq!(recorder.total_calls(), 2);
 }
 
 async fn shutdown_past_the_grace_period_gives_the_batch_back<DB: TestStore>(pool: Pool<DB>)

@@ -117,3 +117,50 @@ async fn wake_up_before_the_commit_still_publishes_the_message(pool: SqlitePool)
     assert_eq!(recorder.accepted_ids(), vec![message.id]);
     assert_eq!(Sqlite::pending(&pool).await, 0);
 }
+
+#[sqlx::test(migrator = "courier_outbox::SQLITE_MIGRATOR")]
+async fn lease_is_renewed_while_a_slow_publish_runs(pool: SqlitePool) {
+    let message = Message::new("t", "slow broker");
+    enqueue(&pool, std::slice::from_ref(&message)).await;
+    let lease = Duration::from_millis(600);
+    let slow_publisher = Recorder::default();
+    slow_publisher.set_rule(|_| Behaviour::WaitForGate);
+    let slow = Running::start(relay(&pool, &slow_publisher, "slow").lease(lease));
+    slow_publisher
+        .wait_until("a publish in flight", |r| r.total_calls() > 0)
+        .await;
+    let first_expiry = Sqlite::row(&pool, message.id)
+        .await
+        .leased_until
+        .expect("the claimed row is leased");
+
+    // A second relay polls all along (every 50 ms, its rebalance interval) for rows to take.
+    let rival_publisher = Recorder::default();
+    let rival = Running::start(relay(&pool, &rival_publisher, "rival"));
+    let long_after_the_first_lease = first_expiry + lease;
+    eventually("the first lease to be long over", async || {
+        chrono::Utc::now() > long_after_the_first_lease
+    })
+    .await;
+    assert_eq!(
+        rival_publisher.total_calls(),
+        0,
+        "the rival took a row whose lease should have been renewed"
+    );
+    let row = Sqlite::row(&pool, message.id).await;
+    assert!(
+        row.leased_until.is_some_and(|until| until > first_expiry),
+        "the lease was not renewed: {row:?}"
+    );
+
+    slow_publisher.open_gate();
+    slow_publisher.wait_for_accepted(1).await;
+    slow.stop().await;
+    rival.stop().await;
+    assert_eq!(
+        rival_publisher.total_calls(),
+        0,
+        "the rival took a row in hand"
+    );
+    assert_eq!(Sqlite::pending(&pool).await, 0);
+}

@@ -22,6 +22,8 @@ pub enum Behaviour {
     Fail,
     FailPermanently,
     Hang,
+    /// Waits until [`Recorder::open_gate`], then accepts.
+    WaitForGate,
 }
 
 type Rule = Arc<dyn Fn(&Message) -> Behaviour + Send + Sync>;
@@ -33,6 +35,7 @@ pub struct Recorder {
     calls: Arc<Mutex<HashMap<Uuid, u32>>>,
     rule: Arc<Mutex<Rule>>,
     changed: watch::Sender<usize>,
+    gate: watch::Sender<bool>,
 }
 
 impl Default for Recorder {
@@ -42,6 +45,7 @@ impl Default for Recorder {
             calls: Arc::default(),
             rule: Arc::new(Mutex::new(Arc::new(|_: &Message| Behaviour::Accept))),
             changed: watch::channel(0).0,
+            gate: watch::channel(false).0,
         }
     }
 }
@@ -49,6 +53,11 @@ impl Default for Recorder {
 impl Recorder {
     pub fn set_rule(&self, rule: impl Fn(&Message) -> Behaviour + Send + Sync + 'static) {
         *self.rule.lock().unwrap() = Arc::new(rule);
+    }
+
+    /// Lets every publish waiting in [`Behaviour::WaitForGate`] (and every later one) accept.
+    pub fn open_gate(&self) {
+        self.gate.send_replace(true);
     }
 
     pub fn accepted(&self) -> Vec<Message> {
@@ -115,6 +124,13 @@ impl Service<Message> for Recorder {
                 Behaviour::Fail => Err("injected failure".into()),
                 Behaviour::FailPermanently => {
                     Err(courier_outbox::Permanent::new("injected permanent failure").into())
+                }
+                Behaviour::WaitForGate => {
+                    this.changed.send_modify(|n| *n += 1);
+                    let mut gate = this.gate.subscribe();
+                    gate.wait_for(|open| *open).await.unwrap();
+                    this.accepted.lock().unwrap().push(message);
+                    Ok(())
                 }
                 Behaviour::Hang => {
                     this.changed.send_modify(|n| *n += 1);

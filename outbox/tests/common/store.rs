@@ -21,6 +21,8 @@ pub struct Row {
     pub sent: bool,
     /// Reserved to a relay (SQLite leases; always false on Postgres, whose claims are row locks).
     pub leased: bool,
+    /// When the lease runs out (SQLite; always `None` on Postgres).
+    pub leased_until: Option<DateTime<Utc>>,
 }
 
 /// A database the outbox tests run against.
@@ -81,6 +83,7 @@ impl TestStore for Postgres {
                 available_at: row.get("available_at"),
                 sent: row.get("sent"),
                 leased: false,
+                leased_until: None,
             })
             .collect()
     }
@@ -118,7 +121,7 @@ impl TestStore for Sqlite {
     async fn rows(pool: &Pool<Self>) -> Vec<Row> {
         let rows = sqlx::query(
             "SELECT id, topic, key, tag, headers, payload, attempts, available_at,
-                    sent_at IS NOT NULL AS sent, lease_owner IS NOT NULL AS leased
+                    sent_at IS NOT NULL AS sent, lease_owner IS NOT NULL AS leased, leased_until
              FROM outbox_messages ORDER BY seq",
         )
         .fetch_all(pool)
@@ -136,6 +139,9 @@ impl TestStore for Sqlite {
                 available_at: DateTime::from_timestamp_micros(row.get("available_at")).unwrap(),
                 sent: row.get("sent"),
                 leased: row.get("leased"),
+                leased_until: row
+                    .get::<Option<i64>, _>("leased_until")
+                    .map(|at| DateTime::from_timestamp_micros(at).unwrap()),
             })
             .collect()
     }
