@@ -1,12 +1,14 @@
-//! The writer on both stores: transactions, batches, validation.
+//! The writer on both stores: transactions, batches, validation, what comes out of the relay.
 
 mod common;
 
+use std::collections::HashMap;
 use std::time::Duration;
 
-use common::{TestStore, two_stores};
+use common::{Recorder, Running, TestStore, relay, two_stores};
 use courier_outbox::{Error, Limits, Message, Outbox, ValidationError};
 use sqlx::{Executor, Pool};
+use uuid::Uuid;
 
 courier_test_support::postgres_for_tests!();
 
@@ -16,6 +18,7 @@ two_stores!(
     batch_keeps_slice_order_and_delays,
     invalid_message_in_a_batch_writes_none,
     duplicate_id_is_refused,
+    published_messages_keep_every_field,
 );
 two_stores!(unmigrated: missing_tables_say_to_run_the_migrations);
 
@@ -138,6 +141,56 @@ where
         .unwrap_err();
     assert!(matches!(error, Error::Database(_)), "{error}");
     assert_eq!(DB::pending(&pool).await, 1);
+}
+
+/// What the writer stores, the relay publishes unchanged, from a batch or a single insert.
+async fn published_messages_keep_every_field<DB: TestStore>(pool: Pool<DB>)
+where
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+{
+    let full = || {
+        Message::new("orders.created", vec![0_u8, 159, 146, 150, 255])
+            .with_key("ключ-7 🔑")
+            .with_tag("created")
+            .with_header("tenant", "acme")
+            .with_header("trace", "00-abc-01")
+    };
+    let past = chrono::Utc::now() - chrono::Duration::minutes(5);
+    let batch = [full(), Message::new("bare", ""), full().deliver_at(past)];
+    let single = [full(), Message::new("bare", "")];
+    Outbox::new().enqueue_batch(&pool, &batch).await.unwrap();
+    for message in &single {
+        Outbox::new().enqueue(&pool, message).await.unwrap();
+    }
+
+    let recorder = Recorder::default();
+    let running = Running::start(relay(&pool, &recorder, "faithful"));
+    recorder.wait_for_accepted(batch.len() + single.len()).await;
+    running.stop().await;
+    let published: HashMap<Uuid, Message> =
+        recorder.accepted().into_iter().map(|m| (m.id, m)).collect();
+    for sent in batch.iter().chain(&single) {
+        let got = &published[&sent.id];
+        assert_eq!(
+            (&got.topic, &got.key, &got.tag, &got.headers, &got.payload),
+            (
+                &sent.topic,
+                &sent.key,
+                &sent.tag,
+                &sent.headers,
+                &sent.payload
+            ),
+        );
+        let micros = |at: chrono::DateTime<chrono::Utc>| at.timestamp_micros();
+        assert_eq!(micros(got.created_at), micros(sent.created_at));
+        assert_eq!(got.attempts, 0);
+    }
+    assert_eq!(
+        published[&batch[2].id]
+            .available_at
+            .map(|at| at.timestamp_micros()),
+        Some(past.timestamp_micros())
+    );
 }
 
 async fn missing_tables_say_to_run_the_migrations<DB: TestStore>(pool: Pool<DB>)
