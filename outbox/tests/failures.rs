@@ -1,22 +1,33 @@
-//! The failure table: what exhausts its attempts lands there, and comes back when replayed.
+//! The failure table on both stores: what exhausts its attempts lands there, and comes back when
+//! replayed.
 
 mod common;
 
-use common::{Behaviour, Recorder, Running, eventually, pending, relay};
-use courier_outbox::{FailureFilter, Failures, Message, Outbox, RelayState};
-use sqlx::PgPool;
+use common::{
+    Behaviour, Recorder, Running, TestStore, eventually, relay, two_stores, wake_only_relay,
+};
+use courier_outbox::{Error, FailureFilter, Failures, Message, Outbox, RelayState};
+use sqlx::{Acquire, Executor, Pool};
 
 courier_test_support::postgres_for_tests!();
 
-async fn failure_count(pool: &PgPool) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM outbox.failures")
-        .fetch_one(pool)
-        .await
-        .unwrap()
-}
+two_stores!(
+    last_attempt_moves_the_message_to_the_failure_table_and_replay_publishes_it,
+    permanent_error_skips_the_retries,
+    list_filters_by_topic_key_time_and_error_text,
+    replay_by_filter_and_purge,
+    replay_inside_a_transaction_is_undone_by_its_rollback,
+    replay_wakes_an_idle_relay,
+);
+two_stores!(unmigrated: failure_table_missing_says_to_run_the_migrations);
 
-#[sqlx::test(migrator = "courier_outbox::MIGRATOR")]
-async fn last_attempt_moves_the_message_to_the_failure_table_and_replay_publishes_it(pool: PgPool) {
+async fn last_attempt_moves_the_message_to_the_failure_table_and_replay_publishes_it<
+    DB: TestStore,
+>(
+    pool: Pool<DB>,
+) where
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+{
     let doomed = Message::new("payments", "p-1")
         .with_key("order-1")
         .with_header("h", "v");
@@ -57,7 +68,7 @@ async fn last_attempt_moves_the_message_to_the_failure_table_and_replay_publishe
         "{}",
         failed.last_error
     );
-    assert_eq!(pending(&pool).await, 0);
+    assert_eq!(DB::pending(&pool).await, 0);
 
     recorder.set_rule(|_| Behaviour::Accept);
     let replayed = Failures::new().replay_one(&pool, doomed.id).await.unwrap();
@@ -65,22 +76,22 @@ async fn last_attempt_moves_the_message_to_the_failure_table_and_replay_publishe
     recorder.wait_for_accepted(2).await;
     running.stop().await;
     assert_eq!(recorder.accepted_ids(), vec![follower.id, doomed.id]);
-    assert_eq!(failure_count(&pool).await, 0);
-    assert_eq!(pending(&pool).await, 0);
+    assert_eq!(DB::failure_count(&pool).await, 0);
+    assert_eq!(DB::pending(&pool).await, 0);
 }
 
-#[sqlx::test(migrator = "courier_outbox::MIGRATOR")]
-async fn permanent_error_skips_the_retries(pool: PgPool) {
+async fn permanent_error_skips_the_retries<DB: TestStore>(pool: Pool<DB>)
+where
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+{
     let message = Message::new("t", "malformed");
     Outbox::new().enqueue(&pool, &message).await.unwrap();
     let recorder = Recorder::default();
     recorder.set_rule(|_| Behaviour::FailPermanently);
     let running = Running::start(relay(&pool, &recorder, "strict").max_attempts(50));
-    eventually(
-        &pool,
-        "a failure row",
-        "SELECT count(*) = 1 FROM outbox.failures",
-    )
+    eventually("a failure row", async || {
+        DB::failure_count(&pool).await == 1
+    })
     .await;
     running.stop().await;
     assert_eq!(recorder.calls(message.id), 1);
@@ -97,25 +108,11 @@ async fn permanent_error_skips_the_retries(pool: PgPool) {
     );
 }
 
-/// Fills the failure table directly with `n` failures of each topic.
-async fn seed_failures(pool: &PgPool, n: i64) {
-    sqlx::query(
-        "INSERT INTO outbox.failures
-             (id, seq, topic, key, tag, headers, payload, created_at, attempts, last_error, failed_at)
-         SELECT gen_random_uuid(), g, t.topic, 'key-' || (g % 3), NULL, '{}', '\\x00', now(), 16,
-                t.error || ' #' || g, now() - g * interval '1 hour'
-         FROM generate_series(1, $1) AS g,
-              (VALUES ('orders', 'Connection refused'), ('payments', 'send timed out')) AS t(topic, error)",
-    )
-    .bind(n)
-    .execute(pool)
-    .await
-    .unwrap();
-}
-
-#[sqlx::test(migrator = "courier_outbox::MIGRATOR")]
-async fn list_filters_by_topic_key_time_and_error_text(pool: PgPool) {
-    seed_failures(&pool, 6).await;
+async fn list_filters_by_topic_key_time_and_error_text<DB: TestStore>(pool: Pool<DB>)
+where
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+{
+    DB::seed_failures(&pool, 6).await;
     let failures = Failures::new();
     let count = |filter: FailureFilter| {
         let pool = pool.clone();
@@ -141,6 +138,7 @@ async fn list_filters_by_topic_key_time_and_error_text(pool: PgPool) {
         6
     );
     assert_eq!(count(FailureFilter::all().limit(5)).await, 5);
+    assert_eq!(count(FailureFilter::all().ids([])).await, 0);
 
     let oldest_first = failures
         .list(&pool, &FailureFilter::all().topic("payments"))
@@ -151,23 +149,52 @@ async fn list_filters_by_topic_key_time_and_error_text(pool: PgPool) {
             .windows(2)
             .all(|w| w[0].failed_at <= w[1].failed_at)
     );
+    // The limit keeps the oldest.
+    let oldest_two = failures
+        .list(&pool, &FailureFilter::all().topic("payments").limit(2))
+        .await
+        .unwrap();
+    assert_eq!(oldest_two, oldest_first[..2]);
+    let by_id = failures
+        .list(
+            &pool,
+            &FailureFilter::all().ids([oldest_first[3].message.id]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(by_id, oldest_first[3..4]);
 }
 
-#[sqlx::test(migrator = "courier_outbox::MIGRATOR")]
-async fn replay_by_filter_and_purge(pool: PgPool) {
-    seed_failures(&pool, 4).await;
+async fn replay_by_filter_and_purge<DB: TestStore>(pool: Pool<DB>)
+where
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+{
+    DB::seed_failures(&pool, 4).await;
     let failures = Failures::new();
+    let oldest_first = failures
+        .list(&pool, &FailureFilter::all().topic("payments"))
+        .await
+        .unwrap();
     let replayed = failures
         .replay(&pool, &FailureFilter::all().topic("payments"))
         .await
         .unwrap();
     assert_eq!(replayed, 4);
-    let replayed_rows: Vec<(i32, String)> =
-        sqlx::query_as("SELECT attempts, topic FROM outbox.messages ORDER BY seq")
-            .fetch_all(&pool)
-            .await
-            .unwrap();
-    assert_eq!(replayed_rows, vec![(0, "payments".to_owned()); 4]);
+    let rows = DB::rows(&pool).await;
+    let replayed_rows: Vec<(i64, &str)> = rows
+        .iter()
+        .map(|row| (row.attempts, row.topic.as_str()))
+        .collect();
+    assert_eq!(replayed_rows, vec![(0, "payments"); 4]);
+    assert!(
+        rows.iter()
+            .all(|row| row.available_at <= chrono::Utc::now())
+    );
+    let mut replayed_ids: Vec<_> = rows.iter().map(|row| row.id).collect();
+    let mut listed_ids: Vec<_> = oldest_first.iter().map(|f| f.message.id).collect();
+    replayed_ids.sort();
+    listed_ids.sort();
+    assert_eq!(replayed_ids, listed_ids, "replay keeps the message ids");
 
     let purged = failures
         .purge(&pool, &FailureFilter::all().error_contains("#1"))
@@ -176,5 +203,70 @@ async fn replay_by_filter_and_purge(pool: PgPool) {
     assert_eq!(purged, 1);
     let purged = failures.purge(&pool, &FailureFilter::all()).await.unwrap();
     assert_eq!(purged, 3);
-    assert_eq!(failure_count(&pool).await, 0);
+    assert_eq!(DB::failure_count(&pool).await, 0);
+}
+
+async fn replay_inside_a_transaction_is_undone_by_its_rollback<DB: TestStore>(pool: Pool<DB>)
+where
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB> + Acquire<'c, Database = DB>,
+{
+    DB::seed_failures(&pool, 2).await;
+    let failures = Failures::new();
+    let mut tx = DB::begin(&pool).await;
+    let replayed = failures
+        .replay(&mut *tx, &FailureFilter::all().topic("orders"))
+        .await
+        .unwrap();
+    assert_eq!(replayed, 2);
+    let listed = failures
+        .list(&mut *tx, &FailureFilter::all())
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), 2, "the transaction sees its own replay");
+    tx.rollback().await.unwrap();
+    assert_eq!(DB::failure_count(&pool).await, 4);
+    assert_eq!(DB::pending(&pool).await, 0);
+}
+
+async fn replay_wakes_an_idle_relay<DB: TestStore>(pool: Pool<DB>)
+where
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+{
+    DB::seed_failures(&pool, 1).await;
+    let recorder = Recorder::default();
+    // Only a wake-up (NOTIFY on Postgres, the in-process signal on SQLite) can explain a publish.
+    let mut running = Running::start(wake_only_relay(&pool, &recorder, "replayer"));
+    running.wait_for_state(RelayState::Idle).await;
+    let replayed = Failures::new()
+        .replay(&pool, &FailureFilter::all().topic("orders"))
+        .await
+        .unwrap();
+    assert_eq!(replayed, 1);
+    recorder.wait_for_accepted(1).await;
+    running.stop().await;
+    assert_eq!(recorder.accepted()[0].topic, "orders");
+}
+
+async fn failure_table_missing_says_to_run_the_migrations<DB: TestStore>(pool: Pool<DB>)
+where
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+{
+    let failures = Failures::new();
+    let errors = [
+        failures
+            .list(&pool, &FailureFilter::all())
+            .await
+            .unwrap_err(),
+        failures
+            .replay(&pool, &FailureFilter::all())
+            .await
+            .unwrap_err(),
+        failures
+            .purge(&pool, &FailureFilter::all())
+            .await
+            .unwrap_err(),
+    ];
+    for error in errors {
+        assert!(matches!(error, Error::NotMigrated), "{error}");
+    }
 }

@@ -1,49 +1,55 @@
-//! The writer against a real Postgres: transactions, batches, validation.
+//! The writer on both stores: transactions, batches, validation, what comes out of the relay.
 
+mod common;
+
+use std::collections::HashMap;
 use std::time::Duration;
 
+use common::{Recorder, Running, TestStore, relay, two_stores};
 use courier_outbox::{Error, Limits, Message, Outbox, ValidationError};
-use sqlx::PgPool;
+use sqlx::{Executor, Pool};
+use uuid::Uuid;
 
 courier_test_support::postgres_for_tests!();
 
-#[sqlx::test(migrator = "courier_outbox::MIGRATOR")]
-async fn committed_message_is_stored_with_its_envelope(pool: PgPool) {
+two_stores!(
+    committed_message_is_stored_with_its_envelope,
+    rolled_back_transaction_leaves_nothing,
+    batch_keeps_slice_order_and_delays,
+    invalid_message_in_a_batch_writes_none,
+    duplicate_id_is_refused,
+    published_messages_keep_every_field,
+);
+two_stores!(unmigrated: missing_tables_say_to_run_the_migrations);
+
+async fn committed_message_is_stored_with_its_envelope<DB: TestStore>(pool: Pool<DB>)
+where
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+{
     let message = Message::json("orders.created", &serde_json::json!({"id": 7}))
         .unwrap()
         .with_key("order-7")
         .with_tag("created")
         .with_header("tenant", "acme");
-    let mut tx = pool.begin().await.unwrap();
+    let mut tx = DB::begin(&pool).await;
     let id = Outbox::new().enqueue(&mut *tx, &message).await.unwrap();
     tx.commit().await.unwrap();
 
-    let (topic, key, tag, tenant, payload, attempts): (
-        String,
-        String,
-        String,
-        String,
-        Vec<u8>,
-        i32,
-    ) = sqlx::query_as(
-        "SELECT topic, key, tag, headers->>'tenant', payload, attempts
-             FROM outbox.messages WHERE id = $1",
-    )
-    .bind(id)
-    .fetch_one(&pool)
-    .await
-    .unwrap();
+    let row = DB::row(&pool, id).await;
     assert_eq!(
-        (topic.as_str(), key.as_str(), tag.as_str(), tenant.as_str()),
-        ("orders.created", "order-7", "created", "acme")
+        (row.topic.as_str(), row.key.as_deref(), row.tag.as_deref()),
+        ("orders.created", Some("order-7"), Some("created"))
     );
-    assert_eq!(payload, br#"{"id":7}"#);
-    assert_eq!(attempts, 0);
+    assert_eq!(row.headers["tenant"], "acme");
+    assert_eq!(row.payload, br#"{"id":7}"#);
+    assert_eq!(row.attempts, 0);
 }
 
-#[sqlx::test(migrator = "courier_outbox::MIGRATOR")]
-async fn rolled_back_transaction_leaves_nothing(pool: PgPool) {
-    let mut tx = pool.begin().await.unwrap();
+async fn rolled_back_transaction_leaves_nothing<DB: TestStore>(pool: Pool<DB>)
+where
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+{
+    let mut tx = DB::begin(&pool).await;
     Outbox::new()
         .enqueue(&mut *tx, &Message::new("orders", "x"))
         .await
@@ -56,15 +62,13 @@ async fn rolled_back_transaction_leaves_nothing(pool: PgPool) {
         .await
         .unwrap();
     tx.rollback().await.unwrap();
-    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox.messages")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-    assert_eq!(count, 0);
+    assert_eq!(DB::pending(&pool).await, 0);
 }
 
-#[sqlx::test(migrator = "courier_outbox::MIGRATOR")]
-async fn batch_keeps_slice_order_and_delays(pool: PgPool) {
+async fn batch_keeps_slice_order_and_delays<DB: TestStore>(pool: Pool<DB>)
+where
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+{
     let messages: Vec<Message> = (0..100)
         .map(|i| {
             let message = Message::new("t", format!("{i}")).with_key("same");
@@ -78,24 +82,25 @@ async fn batch_keeps_slice_order_and_delays(pool: PgPool) {
     let written = Outbox::new().enqueue_batch(&pool, &messages).await.unwrap();
     assert_eq!(written, 100);
 
-    let rows: Vec<(Vec<u8>, bool)> = sqlx::query_as(
-        "SELECT payload, available_at > now() + interval '59 minutes' FROM outbox.messages ORDER BY seq",
-    )
-    .fetch_all(&pool)
-    .await
-    .unwrap();
+    let rows = DB::rows(&pool).await;
     let payloads: Vec<String> = rows
         .iter()
-        .map(|(p, _)| String::from_utf8(p.clone()).unwrap())
+        .map(|row| String::from_utf8(row.payload.clone()).unwrap())
         .collect();
     let expected: Vec<String> = (0..100).map(|i| i.to_string()).collect();
     assert_eq!(payloads, expected);
-    let delayed: Vec<bool> = rows.iter().map(|(_, d)| *d).collect();
+    let in_59_minutes = chrono::Utc::now() + chrono::Duration::minutes(59);
+    let delayed: Vec<bool> = rows
+        .iter()
+        .map(|row| row.available_at > in_59_minutes)
+        .collect();
     assert!(delayed[99] && !delayed[..99].iter().any(|d| *d));
 }
 
-#[sqlx::test(migrator = "courier_outbox::MIGRATOR")]
-async fn invalid_message_in_a_batch_writes_none(pool: PgPool) {
+async fn invalid_message_in_a_batch_writes_none<DB: TestStore>(pool: Pool<DB>)
+where
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+{
     let outbox = Outbox::with_limits(Limits {
         max_payload_bytes: 8,
         ..Limits::default()
@@ -119,27 +124,90 @@ async fn invalid_message_in_a_batch_writes_none(pool: PgPool) {
         .await
         .unwrap_err();
     assert!(error.to_string().contains("the topic is empty"), "{error}");
-    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox.messages")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-    assert_eq!(count, 0);
+    assert_eq!(DB::pending(&pool).await, 0);
 }
 
-#[sqlx::test(migrator = "courier_outbox::MIGRATOR")]
-async fn duplicate_id_is_refused(pool: PgPool) {
+async fn duplicate_id_is_refused<DB: TestStore>(pool: Pool<DB>)
+where
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+{
     let message = Message::new("t", "once");
     Outbox::new().enqueue(&pool, &message).await.unwrap();
     let error = Outbox::new().enqueue(&pool, &message).await.unwrap_err();
     assert!(matches!(error, Error::Database(_)), "{error}");
-}
-
-#[sqlx::test]
-async fn missing_tables_say_to_run_the_migrations(pool: PgPool) {
     let error = Outbox::new()
-        .enqueue(&pool, &Message::new("t", ""))
+        .enqueue_batch(&pool, std::slice::from_ref(&message))
         .await
         .unwrap_err();
-    assert!(matches!(error, Error::NotMigrated), "{error}");
-    assert!(error.to_string().contains("run the migrations"));
+    assert!(matches!(error, Error::Database(_)), "{error}");
+    assert_eq!(DB::pending(&pool).await, 1);
+}
+
+/// What the writer stores, the relay publishes unchanged, from a batch or a single insert.
+async fn published_messages_keep_every_field<DB: TestStore>(pool: Pool<DB>)
+where
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+{
+    let full = || {
+        Message::new("orders.created", vec![0_u8, 159, 146, 150, 255])
+            .with_key("ключ-7 🔑")
+            .with_tag("created")
+            .with_header("tenant", "acme")
+            .with_header("trace", "00-abc-01")
+    };
+    let past = chrono::Utc::now() - chrono::Duration::minutes(5);
+    let batch = [full(), Message::new("bare", ""), full().deliver_at(past)];
+    let single = [full(), Message::new("bare", "")];
+    Outbox::new().enqueue_batch(&pool, &batch).await.unwrap();
+    for message in &single {
+        Outbox::new().enqueue(&pool, message).await.unwrap();
+    }
+
+    let recorder = Recorder::default();
+    let running = Running::start(relay(&pool, &recorder, "faithful"));
+    recorder.wait_for_accepted(batch.len() + single.len()).await;
+    running.stop().await;
+    let published: HashMap<Uuid, Message> =
+        recorder.accepted().into_iter().map(|m| (m.id, m)).collect();
+    for sent in batch.iter().chain(&single) {
+        let got = &published[&sent.id];
+        assert_eq!(
+            (&got.topic, &got.key, &got.tag, &got.headers, &got.payload),
+            (
+                &sent.topic,
+                &sent.key,
+                &sent.tag,
+                &sent.headers,
+                &sent.payload
+            ),
+        );
+        let micros = |at: chrono::DateTime<chrono::Utc>| at.timestamp_micros();
+        assert_eq!(micros(got.created_at), micros(sent.created_at));
+        assert_eq!(got.attempts, 0);
+    }
+    assert_eq!(
+        published[&batch[2].id]
+            .available_at
+            .map(|at| at.timestamp_micros()),
+        Some(past.timestamp_micros())
+    );
+}
+
+async fn missing_tables_say_to_run_the_migrations<DB: TestStore>(pool: Pool<DB>)
+where
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+{
+    for error in [
+        Outbox::new()
+            .enqueue(&pool, &Message::new("t", ""))
+            .await
+            .unwrap_err(),
+        Outbox::new()
+            .enqueue_batch(&pool, &[Message::new("t", "")])
+            .await
+            .unwrap_err(),
+    ] {
+        assert!(matches!(error, Error::NotMigrated), "{error}");
+        assert!(error.to_string().contains("run the migrations"));
+    }
 }

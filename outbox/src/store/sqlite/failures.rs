@@ -87,7 +87,8 @@ where
 
 /// Two statements in one transaction (a savepoint inside the caller's): SQLite has no
 /// data-modifying CTE. The selection is evaluated twice on the same snapshot, so the same rows are
-/// copied and deleted.
+/// copied and deleted. Like an insert, a replay wakes the relays of this process (Postgres: the
+/// insert trigger's NOTIFY).
 pub(super) async fn replay<'a, A>(conn: A, filter: &FailureFilter) -> sqlx::Result<u64>
 where
     A: Acquire<'a, Database = Sqlite>,
@@ -108,6 +109,10 @@ where
     delete.push(")");
     delete.build().execute(&mut *tx).await?;
     tx.commit().await?;
+    if moved > 0 {
+        // Replayed rows are new outbox rows: wake this process's relays as the writer does.
+        super::signal::enqueued();
+    }
     Ok(moved)
 }
 
