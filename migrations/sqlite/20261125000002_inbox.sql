@@ -31,11 +31,11 @@ CREATE TABLE courier_inbox_messages (
     created_at      INTEGER NOT NULL,
     queue           TEXT,
     received_at     INTEGER NOT NULL,
+    -- A worker claims a row by counting the attempt and moving available_at past a lease, in a
+    -- short transaction of its own, as on Postgres.
     available_at    INTEGER NOT NULL,
     attempts        INTEGER NOT NULL DEFAULT 0,
     last_error      TEXT,
-    -- A worker claims a row by counting the attempt and moving available_at past a lease, in a
-    -- short transaction of its own, as on Postgres.
     done_at         INTEGER,
     UNIQUE (consumer_group, id)
 );

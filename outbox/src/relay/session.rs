@@ -19,7 +19,7 @@ pub struct Claimed {
     pub(crate) seq: i64,
     pub(crate) message: Message,
     /// Only the Postgres store reads these back: it deletes claimed rows and re-inserts the ones
-    /// it did not publish.
+    /// it did not publish. The SQLite store updates rows in place and leaves them `None`.
     #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
     pub(crate) last_error: Option<String>,
     #[cfg_attr(not(feature = "postgres"), allow(dead_code))]

@@ -30,14 +30,12 @@ WHERE seq IN (
               AND (e.available_at > ?1 OR e.leased_until > ?1)))
     ORDER BY m.seq
     LIMIT ?4)
-RETURNING seq, id, topic, key, tag, headers, payload, created_at, available_at, attempts,
-          last_error, last_attempt_at";
+RETURNING seq, id, topic, key, tag, headers, payload, created_at, available_at, attempts";
 
 fn claimed(row: &SqliteRow) -> sqlx::Result<Claimed> {
     let Json(headers) = row.try_get("headers")?;
     let payload: Vec<u8> = row.try_get("payload")?;
     let attempts: i64 = row.try_get("attempts")?;
-    let last_attempt_at: Option<i64> = row.try_get("last_attempt_at")?;
     Ok(Claimed {
         seq: row.try_get("seq")?,
         message: Message {
@@ -52,8 +50,9 @@ fn claimed(row: &SqliteRow) -> sqlx::Result<Claimed> {
             delay: None,
             attempts: u32::try_from(attempts.max(0)).unwrap_or(u32::MAX),
         },
-        last_error: row.try_get("last_error")?,
-        last_attempt_at: last_attempt_at.map(from_micros).transpose()?,
+        // Recording updates rows in place, so the previous error and attempt time stay in them.
+        last_error: None,
+        last_attempt_at: None,
     })
 }
 
