@@ -4,7 +4,8 @@
 //! A message written with [`Outbox::enqueue`] inside a business transaction exists if and only if
 //! that transaction commits (safeguard P7). A [`Relay`] drains the table to any
 //! `tower::Service<Message>` ([`Publisher`]), in per-key order, with backoff between attempts, and
-//! moves what exhausts its attempts to a failure table ([`Failures`], safeguard P6).
+//! moves what exhausts its attempts to a failure table ([`Failures`], safeguard P6). A broker
+//! that cannot be reached ([`Unavailable`]) pauses the relay instead of costing attempts.
 //!
 //! # Example
 //!
@@ -66,8 +67,8 @@ pub use error::{Error, Result, ValidationError};
 pub use failures::{FailedMessage, FailureFilter, Failures};
 pub use limits::Limits;
 pub use message::Message;
-pub use publisher::{Permanent, Publisher};
-pub use relay::{Backoff, Relay, RelayBuilder, RelayState};
+pub use publisher::{Permanent, Publisher, Unavailable};
+pub use relay::{Backoff, CircuitState, Relay, RelayBuilder, RelayState};
 pub use store::{Store, migrate};
 pub use writer::Outbox;
 

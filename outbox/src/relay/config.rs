@@ -22,6 +22,7 @@ pub struct RelayConfig {
     pub(crate) shutdown_grace: Duration,
     pub(crate) lease: Duration,
     pub(crate) reconnect_backoff: Backoff,
+    pub(crate) broker_probe: Backoff,
 }
 
 impl Default for RelayConfig {
@@ -47,6 +48,7 @@ impl Default for RelayConfig {
                 max: Duration::from_secs(10),
                 jitter: 0.2,
             },
+            broker_probe: super::circuit::DEFAULT_PROBE,
         }
     }
 }
@@ -80,6 +82,13 @@ impl RelayConfig {
         if self.name.is_empty() {
             return Err("the relay name must not be empty".to_owned());
         }
-        self.backoff.validate()
+        self.backoff.validate()?;
+        if self.broker_probe.base.is_zero() {
+            // A zero pause would send probes back to back against a broker that is down.
+            return Err("broker_probe base must be greater than zero".to_owned());
+        }
+        self.broker_probe
+            .validate()
+            .map_err(|error| format!("broker_probe: {error}"))
     }
 }

@@ -4,7 +4,9 @@
 //! |---|---|---|---|
 //! | `outbox_published_total` | counter | `topic` | messages the broker accepted |
 //! | `outbox_failed_total` | counter | `topic` | messages moved to the failure table |
-//! | `outbox_publish_attempts_total` | counter | `topic`, `outcome` | every publish attempt |
+//! | `outbox_publish_attempts_total` | counter | `topic`, `outcome` | every publish attempt that counted (`published`, `retry`, `failed`) |
+//! | `outbox_broker_unavailable_total` | counter | `topic` | publish calls that found the broker unavailable (no attempt counted) |
+//! | `outbox_broker_circuit_open` | gauge | | 1 while the relay is paused because the broker is unavailable, else 0 |
 //! | `outbox_publish_duration_seconds` | histogram | `topic` | time of one publish call |
 //! | `outbox_backlog` | gauge | | pending messages, due or not |
 //! | `outbox_oldest_due_age_seconds` | gauge | | how long the oldest due message has waited |
@@ -40,4 +42,12 @@ pub(crate) fn record_attempt(topic: &str, outcome: &Outcome, took: Duration) {
 pub(crate) fn record_backlog(backlog: Backlog) {
     metrics::gauge!("outbox_backlog").set(backlog.pending as f64);
     metrics::gauge!("outbox_oldest_due_age_seconds").set(backlog.oldest_due_age.as_secs_f64());
+}
+
+pub(crate) fn record_unavailable(topic: &str) {
+    metrics::counter!("outbox_broker_unavailable_total", "topic" => topic.to_owned()).increment(1);
+}
+
+pub(crate) fn record_circuit(open: bool) {
+    metrics::gauge!("outbox_broker_circuit_open").set(if open { 1.0 } else { 0.0 });
 }

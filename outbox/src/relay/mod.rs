@@ -16,8 +16,14 @@
 //! the relay marks itself idle (on Postgres the trigger then notifies) and waits for a wake-up, the
 //! poll interval, the next delayed message or the next rebalance. A transaction that inserted just
 //! before the mark and commits just after it sent no wake-up; a few spaced re-polls catch it.
+//!
+//! A broker that cannot be reached is not a message failure. A publish error marked
+//! [`Unavailable`](crate::Unavailable) counts no attempt; the batch goes back untouched and the
+//! relay's circuit opens: between probes the relay is [`RelayState::Paused`], each probe claims and
+//! publishes one row, and the first probe the broker answers closes the circuit (`circuit.rs`).
 
 mod backoff;
+mod circuit;
 mod config;
 mod metrics;
 mod publish;
@@ -34,6 +40,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 pub use backoff::Backoff;
+pub use circuit::CircuitState;
 // `pub` because the sealed `Store` trait names them; no path outside the crate reaches them.
 #[allow(unreachable_pub)]
 pub use config::RelayConfig;
@@ -42,6 +49,7 @@ pub use session::{Backlog, BatchEnd, Claimed, Outcome, PublishFn, Session};
 pub use state::RelayState;
 
 use crate::{Error, Publisher, Result, Store};
+use circuit::Circuit;
 use publish::PublishPolicy;
 
 /// Drains the outbox table to a [`Publisher`].
@@ -82,6 +90,7 @@ pub struct Relay<DB: Store, P> {
     publisher: P,
     config: RelayConfig,
     state: watch::Sender<RelayState>,
+    circuit: watch::Sender<CircuitState>,
 }
 
 /// Configures a [`Relay`]; start from [`Relay::builder`].
@@ -165,6 +174,14 @@ impl<DB: Store, P: Publisher> RelayBuilder<DB, P> {
         lease: Duration
     );
 
+    setter!(
+        /// While the broker is unavailable (a publish error marked
+        /// [`Unavailable`](crate::Unavailable)), the pauses between the probes that test whether
+        /// it is back; the cap bounds how long the relay stays paused after the broker returns.
+        /// Default 50 ms doubling to 1 s, 20 % jitter.
+        broker_probe: Backoff
+    );
+
     /// Keeps published rows (marked `sent_at`) for `retention` instead of deleting them, for
     /// auditing; the relay purges them afterwards. Default: delete at once.
     pub fn retention(mut self, retention: Duration) -> Self {
@@ -180,11 +197,13 @@ impl<DB: Store, P: Publisher> RelayBuilder<DB, P> {
     pub fn build(self) -> Result<Relay<DB, P>> {
         self.config.validate().map_err(Error::Config)?;
         let (state, _) = watch::channel(RelayState::Starting);
+        let (circuit, _) = watch::channel(CircuitState::Closed);
         Ok(Relay {
             pool: self.pool,
             publisher: self.publisher,
             config: self.config,
             state,
+            circuit,
         })
     }
 }
@@ -224,6 +243,32 @@ impl<DB: Store, P: Publisher> Relay<DB, P> {
         self.state.subscribe()
     }
 
+    /// Watches whether the relay publishes ([`CircuitState::Closed`]) or is paused because the
+    /// broker is unavailable ([`CircuitState::Open`]); a readiness probe should fail while open.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use courier_outbox::{CircuitState, Message, Relay};
+    /// use tokio_util::sync::CancellationToken;
+    ///
+    /// # async fn example(pool: sqlx::PgPool) -> Result<(), courier_outbox::Error> {
+    /// let publisher = tower::service_fn(|_: Message| async { Ok::<_, tower::BoxError>(()) });
+    /// let relay = Relay::builder(pool, publisher).build()?;
+    /// let mut circuit = relay.circuit();
+    /// tokio::spawn(async move {
+    ///     while circuit.changed().await.is_ok() {
+    ///         let open = *circuit.borrow_and_update() == CircuitState::Open;
+    ///         println!("broker unavailable: {open}");
+    ///     }
+    /// });
+    /// relay.run(CancellationToken::new()).await
+    /// # }
+    /// ```
+    pub fn circuit(&self) -> watch::Receiver<CircuitState> {
+        self.circuit.subscribe()
+    }
+
     /// Runs until `shutdown` is cancelled. The batch in hand when it is cancelled is finished
     /// within the shutdown grace period, or given back (its messages stay in the outbox).
     ///
@@ -248,12 +293,17 @@ impl<DB: Store, P: Publisher> Relay<DB, P> {
 
     async fn run_sessions(&self, wake: &Notify, shutdown: &CancellationToken) -> Result<()> {
         let mut failures = 0;
+        // Outlives the sessions: a database reconnect says nothing about the broker.
+        let mut circuit = Circuit::new(self.circuit.clone(), self.config.broker_probe);
         loop {
             self.state.send_replace(RelayState::Starting);
             let outcome = match DB::open_session(&self.pool, &self.config).await {
                 Ok(mut session) => {
                     failures = 0;
-                    match self.drain_loop(&mut session, wake, shutdown).await {
+                    match self
+                        .drain_loop(&mut session, &mut circuit, wake, shutdown)
+                        .await
+                    {
                         SessionEnd::Shutdown => {
                             session.close().await;
                             return Ok(());
@@ -283,6 +333,7 @@ impl<DB: Store, P: Publisher> Relay<DB, P> {
     async fn drain_loop(
         &self,
         session: &mut DB::Session,
+        circuit: &mut Circuit,
         wake: &Notify,
         shutdown: &CancellationToken,
     ) -> SessionEnd {
@@ -310,8 +361,30 @@ impl<DB: Store, P: Publisher> Relay<DB, P> {
                 }
                 next_maintenance = now + config.maintenance_interval;
             }
-            match self.batch(session, shutdown).await {
-                Ok(BatchEnd::Done) => {
+            if let Some(probe_at) = circuit.next_probe().filter(|at| *at > now) {
+                // The broker is unavailable: claim nothing until the next probe. Wake-ups are
+                // ignored (more work changes nothing); rebalancing and maintenance go on.
+                self.state.send_replace(RelayState::Paused);
+                let deadline = probe_at.min(next_rebalance).min(next_maintenance);
+                tokio::select! {
+                    _ = tokio::time::sleep_until(deadline) => {}
+                    _ = shutdown.cancelled() => return SessionEnd::Shutdown,
+                }
+                continue;
+            }
+            let limit = circuit.claim_limit(config.batch_size);
+            let (end, unavailable) = match self.batch(session, limit, shutdown).await {
+                Ok(done) => done,
+                Err(error) => return error.into(),
+            };
+            match (&end, unavailable) {
+                (BatchEnd::Done, Some(error)) => circuit.unavailable(&error, Instant::now()),
+                (BatchEnd::Done, None) => circuit.answered(Instant::now()),
+                // Nothing was published: the broker's state is as unknown as before.
+                _ => {}
+            }
+            match end {
+                BatchEnd::Done => {
                     last_work = Some(Instant::now());
                     if marked_idle {
                         if let Err(error) = session.set_idle(false).await {
@@ -321,9 +394,8 @@ impl<DB: Store, P: Publisher> Relay<DB, P> {
                     }
                     continue;
                 }
-                Ok(BatchEnd::Abandoned) => return SessionEnd::Shutdown,
-                Ok(BatchEnd::Empty) => {}
-                Err(error) => return error.into(),
+                BatchEnd::Abandoned => return SessionEnd::Shutdown,
+                BatchEnd::Empty => {}
             }
 
             let busy = last_work.is_some_and(|at| at.elapsed() < config.linger);
@@ -365,13 +437,15 @@ impl<DB: Store, P: Publisher> Relay<DB, P> {
         }
     }
 
-    /// One claim-publish-record round. Publishing is what shutdown interrupts: the batch in hand
+    /// One claim-publish-record round of up to `limit` rows, with the error of a publish that
+    /// found the broker unavailable. Publishing is what shutdown interrupts: the batch in hand
     /// gets the grace period, then is given back.
     async fn batch(
         &self,
         session: &mut DB::Session,
+        limit: usize,
         shutdown: &CancellationToken,
-    ) -> sqlx::Result<BatchEnd> {
+    ) -> sqlx::Result<(BatchEnd, Option<String>)> {
         let policy = PublishPolicy {
             timeout: self.config.publish_timeout,
             max_attempts: self.config.max_attempts,
@@ -382,31 +456,33 @@ impl<DB: Store, P: Publisher> Relay<DB, P> {
         let publisher = self.publisher.clone();
         let state = &self.state;
         let grace = self.config.shutdown_grace;
+        let unavailable = std::sync::Mutex::new(None);
+        let found_unavailable = &unavailable;
         let publish = move |claimed: Arc<[Claimed]>| async move {
             state.send_replace(RelayState::Draining);
             let size = claimed.len();
             let span = tracing::info_span!("outbox.batch", size);
             let publishing = publish::publish_batch(publisher, &claimed, policy).instrument(span);
             tokio::pin!(publishing);
-            tokio::select! {
-                outcomes = &mut publishing => Some(outcomes),
+            let published = tokio::select! {
+                published = &mut publishing => published,
                 _ = shutdown.cancelled() => {
                     match tokio::time::timeout(grace, publishing).await {
-                        Ok(outcomes) => Some(outcomes),
+                        Ok(published) => published,
                         Err(_) => {
                             tracing::warn!(size, "shutdown grace elapsed; giving the batch back, its messages stay in the outbox");
-                            None
+                            return None;
                         }
                     }
                 }
-            }
+            };
+            *found_unavailable.lock().unwrap_or_else(|e| e.into_inner()) = published.unavailable;
+            Some(published.outcomes)
         };
-        session
-            .batch(
-                self.config.batch_size,
-                self.config.retention.is_some(),
-                publish,
-            )
-            .await
+        let end = session
+            .batch(limit, self.config.retention.is_some(), publish)
+            .await?;
+        let unavailable = unavailable.into_inner().unwrap_or_else(|e| e.into_inner());
+        Ok((end, unavailable))
     }
 }

@@ -1,6 +1,12 @@
 //! Publishing one claimed batch: keys in parallel, each key's messages in order.
+//!
+//! A publish that finds the broker [`Unavailable`] stops the batch: that row and every row not
+//! yet attempted go back [`Held`](Outcome::Held), untouched, and the batch reports the error so
+//! the relay opens its circuit (`circuit.rs`). Publishes already in flight finish and keep their
+//! outcome.
 
 use std::collections::HashMap;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -9,7 +15,8 @@ use tracing::Instrument;
 
 use super::metrics;
 use super::{Claimed, Outcome};
-use crate::{Backoff, Permanent, Publisher};
+use crate::publisher::Marker;
+use crate::{Backoff, Publisher};
 
 /// How the relay treats publish results.
 #[derive(Debug, Clone, Copy)]
@@ -20,6 +27,15 @@ pub(crate) struct PublishPolicy {
     pub(crate) max_in_flight: usize,
 }
 
+/// What publishing a batch came to.
+#[derive(Debug)]
+pub(crate) struct Published {
+    /// One outcome per row, in the batch's order.
+    pub(crate) outcomes: Vec<Outcome>,
+    /// The first error that marked the broker [`Unavailable`], if any publish found it so.
+    pub(crate) unavailable: Option<String>,
+}
+
 /// Publishes `batch` and returns one outcome per row, in the batch's order.
 ///
 /// Rows are grouped by key in sequence order; groups run concurrently, and inside a group a failure
@@ -28,20 +44,28 @@ pub(crate) async fn publish_batch<P: Publisher>(
     publisher: P,
     batch: &[Claimed],
     policy: PublishPolicy,
-) -> Vec<Outcome> {
+) -> Published {
     let mut outcomes: Vec<Option<Outcome>> = batch.iter().map(|_| None).collect();
+    // Shared by the groups: once set, none of them starts another publish.
+    let unavailable = Mutex::new(None);
+    let shared = &unavailable;
+    // `move`: the stream owns the publisher (a reference would need it to be `Sync`).
     let mut results = futures::stream::iter(group_by_key(batch))
-        .map(move |group| publish_group(publisher.clone(), batch, group, policy))
+        .map(move |group| publish_group(publisher.clone(), batch, group, policy, shared))
         .buffer_unordered(policy.max_in_flight);
     while let Some(group) = results.next().await {
         for (index, outcome) in group {
             outcomes[index] = Some(outcome);
         }
     }
-    outcomes
-        .into_iter()
-        .map(|outcome| outcome.unwrap_or(Outcome::Held))
-        .collect()
+    drop(results);
+    Published {
+        outcomes: outcomes
+            .into_iter()
+            .map(|outcome| outcome.unwrap_or(Outcome::Held))
+            .collect(),
+        unavailable: unavailable.into_inner().unwrap_or_else(|e| e.into_inner()),
+    }
 }
 
 /// Indices of `batch`, grouped by key, each group in batch (sequence) order.
@@ -68,12 +92,14 @@ async fn publish_group<P: Publisher>(
     batch: &[Claimed],
     group: Vec<usize>,
     policy: PublishPolicy,
+    unavailable: &Mutex<Option<String>>,
 ) -> Vec<(usize, Outcome)> {
     let mut outcomes = Vec::with_capacity(group.len());
     let mut held = false;
     for index in group {
-        if held {
+        if held || broker_down(unavailable) {
             outcomes.push((index, Outcome::Held));
+            held = true;
             continue;
         }
         let message = &batch[index].message;
@@ -98,24 +124,64 @@ async fn publish_group<P: Publisher>(
         }
         .instrument(span.clone())
         .await;
-        let outcome = classify(result, attempt, &policy);
-        span.in_scope(|| metrics::record_attempt(&message.topic, &outcome, started.elapsed()));
+        let outcome = match classify(result, attempt, &policy) {
+            Verdict::Done(outcome) => {
+                span.in_scope(|| {
+                    metrics::record_attempt(&message.topic, &outcome, started.elapsed())
+                });
+                outcome
+            }
+            Verdict::Unavailable(error) => {
+                span.in_scope(|| {
+                    tracing::warn!(%error, "broker unavailable; the message goes back untouched");
+                    metrics::record_unavailable(&message.topic);
+                });
+                let mut first = unavailable.lock().unwrap_or_else(|e| e.into_inner());
+                first.get_or_insert(error);
+                Outcome::Held
+            }
+        };
         held = !matches!(outcome, Outcome::Published);
         outcomes.push((index, outcome));
     }
     outcomes
 }
 
-fn classify(result: Result<(), BoxError>, attempt: u32, policy: &PublishPolicy) -> Outcome {
+/// Whether a publish of this batch already found the broker unavailable.
+fn broker_down(unavailable: &Mutex<Option<String>>) -> bool {
+    unavailable
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .is_some()
+}
+
+/// What one publish result means for its row.
+#[derive(Debug)]
+enum Verdict {
+    /// The message's own outcome (the broker answered, or the failure is the message's).
+    Done(Outcome),
+    /// The broker could not be reached; the error, for the log.
+    Unavailable(String),
+}
+
+fn classify(result: Result<(), BoxError>, attempt: u32, policy: &PublishPolicy) -> Verdict {
     let error = match result {
-        Ok(()) => return Outcome::Published,
+        Ok(()) => return Verdict::Done(Outcome::Published),
         Err(error) => error,
     };
     let text = error_chain(error.as_ref());
-    if Permanent::is_permanent(error.as_ref()) {
-        tracing::error!(error = %text, "permanent publish failure; moving to the failure table");
-        Outcome::Failed { error: text }
-    } else if attempt >= policy.max_attempts {
+    Verdict::Done(match Marker::of(error.as_ref()) {
+        Some(Marker::Unavailable) => return Verdict::Unavailable(text),
+        Some(Marker::Permanent) => {
+            tracing::error!(error = %text, "permanent publish failure; moving to the failure table");
+            Outcome::Failed { error: text }
+        }
+        None => retry_or_fail(text, attempt, policy),
+    })
+}
+
+fn retry_or_fail(text: String, attempt: u32, policy: &PublishPolicy) -> Outcome {
+    if attempt >= policy.max_attempts {
         tracing::error!(error = %text, attempt, "publish failed on the last attempt; moving to the failure table");
         Outcome::Failed { error: text }
     } else {
@@ -143,7 +209,7 @@ fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Message;
+    use crate::{Message, Permanent, Unavailable};
 
     fn row(seq: i64, key: Option<&str>) -> Claimed {
         let mut message = Message::new("t", "");
@@ -173,27 +239,34 @@ mod tests {
     }
 
     #[test]
-    fn classifies_permanent_last_attempt_and_retry() {
+    fn classifies_permanent_unavailable_last_attempt_and_retry() {
         let policy = PublishPolicy {
             timeout: Duration::from_secs(1),
             max_attempts: 3,
             backoff: Backoff::default(),
             max_in_flight: 1,
         };
+        let outcome = |result, attempt| match classify(result, attempt, &policy) {
+            Verdict::Done(outcome) => Some(outcome),
+            Verdict::Unavailable(_) => None,
+        };
         let permanent: BoxError = Box::new(Permanent::new("no such topic"));
         assert!(matches!(
-            classify(Err(permanent), 1, &policy),
-            Outcome::Failed { .. }
+            outcome(Err(permanent), 1),
+            Some(Outcome::Failed { .. })
+        ));
+        // Even on what would be the last attempt: the broker's outage is not the message's.
+        let unavailable: BoxError = Box::new(Unavailable::new("connection refused"));
+        assert!(outcome(Err(unavailable), 3).is_none());
+        assert!(matches!(
+            outcome(Err("down".into()), 3),
+            Some(Outcome::Failed { .. })
         ));
         assert!(matches!(
-            classify(Err("down".into()), 3, &policy),
-            Outcome::Failed { .. }
+            outcome(Err("down".into()), 2),
+            Some(Outcome::Retry { .. })
         ));
-        assert!(matches!(
-            classify(Err("down".into()), 2, &policy),
-            Outcome::Retry { .. }
-        ));
-        assert!(matches!(classify(Ok(()), 3, &policy), Outcome::Published));
+        assert!(matches!(outcome(Ok(()), 3), Some(Outcome::Published)));
     }
 
     #[test]

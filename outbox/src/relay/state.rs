@@ -10,6 +10,9 @@ pub enum RelayState {
     Draining,
     /// Nothing due: waiting for a notification, the poll interval or the next due message.
     Idle,
+    /// The broker is unavailable (the [circuit](crate::Relay::circuit) is open): waiting for the
+    /// next probe. Nothing is claimed and no attempts are counted meanwhile.
+    Paused,
     /// The database connection failed; retrying after a pause.
     Reconnecting,
     /// `run` has returned.

@@ -21,6 +21,8 @@ pub enum Behaviour {
     Accept,
     Fail,
     FailPermanently,
+    /// Fails as a broker that cannot be reached does (`Unavailable`).
+    Unavailable,
     Hang,
     /// Waits until [`Recorder::open_gate`], then accepts.
     WaitForGate,
@@ -125,6 +127,10 @@ impl Service<Message> for Recorder {
                 Behaviour::FailPermanently => {
                     Err(courier_outbox::Permanent::new("injected permanent failure").into())
                 }
+                Behaviour::Unavailable => Err(courier_outbox::Unavailable::new(
+                    std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
+                )
+                .into()),
                 Behaviour::WaitForGate => {
                     this.changed.send_modify(|n| *n += 1);
                     let mut gate = this.gate.subscribe();
