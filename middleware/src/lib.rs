@@ -51,7 +51,7 @@
 //! | C6 | [`ConsumerBuilder::batch_size`], 1 by default; [`BatchLayer`] for handlers of `Vec<Delivery>` |
 //! | C7 | [`Idempotency`]: the record and the handler's writes in one transaction, on Postgres or SQLite ([`TxDatabase`]) |
 //! | C8 | [`ConsumerBuilder::max_deliveries`] (16), [`Reject`], [`DeliverySource::dead_letter`] |
-//! | P1 | [`RequireSendOk`] with [`SendStatus`] |
+//! | P1 | the broker-lite publisher fails every status but `SEND_OK` (opt-out per status: `accept_status`); [`RequireSendOk`] with [`SendStatus`] for other publishers |
 //! | P2, P8 | [`Producer`]: `send`, `send_async` ([`SendHandle`], `#[must_use]`), `send_with_callback` |
 //! | P3 | [`OneWay`]: only topics declared loss-tolerant, never critical ones; counted and logged |
 //! | P4 | [`SendRetryLayer`], 2 retries with exponential backoff and jitter |
@@ -64,8 +64,11 @@
 //!
 //! A broker plugs in as a [`DeliverySource`] (consumer side: pull, ack, nack with a delay,
 //! dead-letter) and as a `tower::Service<courier_outbox::Message>` whose response implements
-//! [`HasSendStatus`] (producer side). [`MemorySource`] is an in-process source for tests and
-//! examples.
+//! [`HasSendStatus`] (producer side). A publisher is safe by default: it fails every status but
+//! `SEND_OK` itself (accepting another is an explicit, logged opt-out), wraps refusals of a message
+//! in `courier_outbox::Permanent` and failures to reach the broker in
+//! `courier_outbox::Unavailable` (the relay then pauses instead of counting attempts).
+//! [`MemorySource`] is an in-process source for tests and examples.
 //!
 //! | broker | feature | publisher | source |
 //! |---|---|---|---|

@@ -63,6 +63,10 @@ pub struct NotSendOk {
 }
 
 impl NotSendOk {
+    pub(crate) fn new(status: SendStatus) -> Self {
+        Self { status }
+    }
+
     /// The status the broker answered.
     pub fn status(&self) -> SendStatus {
         self.status
@@ -80,6 +84,11 @@ impl std::error::Error for NotSendOk {}
 /// Turns every response whose [`SendStatus`] is not accepted into a [`NotSendOk`] error. Only
 /// `SendOk` is accepted unless you [`accept`](RequireSendOkLayer::accept) more (for example
 /// `SlaveNotAvailable` on a topic that tolerates a single copy).
+///
+/// Every publisher that ships with courier checks `SEND_OK` itself (the broker-lite publisher
+/// refuses anything else unless told otherwise with `BrokerLitePublisher::accept_status`), so
+/// this layer is for publishers of your own whose response carries a status they do not check;
+/// around one that checks, it changes nothing.
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")] async fn main() {
@@ -172,7 +181,7 @@ where
             }
             Poll::Ready(Ok(response))
         } else {
-            Poll::Ready(Err(NotSendOk { status }.into()))
+            Poll::Ready(Err(NotSendOk::new(status).into()))
         }
     }
 }

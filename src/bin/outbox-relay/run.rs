@@ -37,7 +37,14 @@ pub(crate) async fn run(config: &Config, shutdown: CancellationToken) -> anyhow:
     let relay = builder.build()?;
 
     if let Some(listen) = config.http_listen()? {
-        let bound = http::serve(listen, metrics, relay.state(), shutdown.clone()).await?;
+        let bound = http::serve(
+            listen,
+            metrics,
+            relay.state(),
+            relay.circuit(),
+            shutdown.clone(),
+        )
+        .await?;
         tracing::info!(%bound, "serving /healthz, /readyz and /metrics");
         println!("outbox-relay http on {bound}");
     }

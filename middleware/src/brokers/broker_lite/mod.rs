@@ -9,14 +9,11 @@
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), tower::BoxError> {
-//! use courier_middleware::{BrokerLitePublisher, BrokerLiteSource, Consumer, Delivery, RequireSendOkLayer};
+//! use courier_middleware::{BrokerLitePublisher, BrokerLiteSource, Consumer, Delivery};
 //! use broker_lite::client::{ConsumerConfig, ProducerConfig};
-//! use tower::ServiceBuilder;
 //!
-//! // Producer side: what the outbox relay publishes through.
-//! let publisher = ServiceBuilder::new()
-//!     .layer(RequireSendOkLayer::new())
-//!     .service(BrokerLitePublisher::connect("127.0.0.1:9876", ProducerConfig::default()).await?);
+//! // Producer side: what the outbox relay publishes through. Anything but SEND_OK is an error.
+//! let publisher = BrokerLitePublisher::connect("127.0.0.1:9876", ProducerConfig::default()).await?;
 //!
 //! // Consumer side: a handler stack driven from a consumer group.
 //! let source = BrokerLiteSource::connect("127.0.0.1:9876", ConsumerConfig::new("billing", "orders")).await?;

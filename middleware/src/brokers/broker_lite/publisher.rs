@@ -1,29 +1,45 @@
 //! The broker-lite publisher: the envelope in, broker-lite's `SendResult` out.
+//!
+//! Safe by default: the publisher itself turns every status but `SEND_OK` into an error (the
+//! relay then keeps the row and retries it), so `Relay::builder(pool, publisher)` cannot delete a
+//! row the broker did not store durably. Accepting a degraded status is an explicit opt-out,
+//! [`BrokerLitePublisher::accept_status`], logged at every send. It classifies client errors for
+//! the relay too: refusals of the message are [`Permanent`], failures of the broker as a whole
+//! are [`Unavailable`] (the relay then pauses instead of counting attempts), the rest retryable.
 
+use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use broker_lite::client::{Addresses, ClientError, Producer, ProducerConfig, SendError};
 use broker_lite::protocol::{ErrorCode, SendResult};
-use courier_outbox::{Message, Permanent};
+use courier_outbox::{Message, Permanent, Unavailable};
 use tower::{BoxError, Service};
 
 use crate::boxed::BoxResponseFuture;
-use crate::{HasSendStatus, SendStatus};
+use crate::{HasSendStatus, NotSendOk, SendStatus};
 
 /// A `tower::Service<Message>` that sends each envelope with a broker-lite
 /// [`Producer`] and answers the broker's [`SendResult`]: the publisher the outbox relay (and a
 /// [`crate::Producer`]) publishes through.
 ///
-/// - **Status** (P1): the result carries RocketMQ's status and implements [`HasSendStatus`], so
-///   wrap the publisher in [`RequireSendOk`](crate::RequireSendOk) to turn anything but
-///   `SEND_OK` into an error.
+/// - **Status** (P1): only `SEND_OK` is a success. Any other status (`FLUSH_DISK_TIMEOUT`,
+///   `FLUSH_SLAVE_TIMEOUT`, `SLAVE_NOT_AVAILABLE`, or one this version does not know) is a
+///   retryable [`NotSendOk`] error: the relay keeps the row, counts the attempt and publishes it
+///   again after its backoff (the broker may then store it twice; consumers deduplicate on the
+///   id). To accept a degraded status anyway, opt out per status with
+///   [`accept_status`](Self::accept_status). Wrapping the publisher in
+///   [`RequireSendOk`](crate::RequireSendOk) as well is harmless but no longer needed.
 /// - **Failures**: a failed send is a [`SendError`] holding the message (nothing is dropped
 ///   silently). When the broker refused the message itself, so that sending it again can never
 ///   succeed (larger than the broker's `max_message_size`, an invalid topic name, a property
 ///   name reserved for the broker), the error is wrapped in [`courier_outbox::Permanent`] and the
-///   relay moves the message to its failure table at once instead of retrying it (P6).
-///   Everything else (connection lost, timeout, broker shutting down, an unknown topic that an
-///   administrator may still create) stays retryable.
+///   relay moves the message to its failure table at once instead of retrying it (P6). When the
+///   broker as a whole could not be reached (connection refused or lost, no answer within the
+///   send timeout, the broker shutting down or at its connection limit) the error is wrapped in
+///   [`courier_outbox::Unavailable`]: the relay counts no attempt and pauses, probing the broker,
+///   until it answers again. Everything else (an unknown topic that an administrator may still
+///   create, an internal broker error) stays an ordinary retryable failure.
 /// - **Retries and timeouts**: the producer's own (3 s per attempt, 2 retries, failover across
 ///   the address list: P4, P5, P9); the middleware's [`SendTimeoutLayer`](crate::SendTimeoutLayer)
 ///   and [`SendRetryLayer`](crate::SendRetryLayer) can go around it too.
@@ -35,26 +51,29 @@ use crate::{HasSendStatus, SendStatus};
 /// ```no_run
 /// # async fn demo(pool: sqlx::PgPool) -> Result<(), tower::BoxError> {
 /// use broker_lite::client::ProducerConfig;
-/// use courier_middleware::{BrokerLitePublisher, RequireSendOkLayer};
+/// use courier_middleware::BrokerLitePublisher;
 /// use courier_outbox::Relay;
 /// use tokio_util::sync::CancellationToken;
-/// use tower::ServiceBuilder;
 ///
-/// let publisher = ServiceBuilder::new()
-///     .layer(RequireSendOkLayer::new())
-///     .service(BrokerLitePublisher::connect("127.0.0.1:9876", ProducerConfig::default()).await?);
+/// // Anything but SEND_OK fails the publish: the relay keeps the row and retries it.
+/// let publisher = BrokerLitePublisher::connect("127.0.0.1:9876", ProducerConfig::default()).await?;
 /// Relay::builder(pool, publisher).build()?.run(CancellationToken::new()).await?;
 /// # Ok(()) }
 /// ```
 #[derive(Debug, Clone)]
 pub struct BrokerLitePublisher {
     producer: Producer,
+    /// Statuses besides `SendOk` answered as a success (the opt-out); empty by default.
+    accepted: Arc<BTreeSet<SendStatus>>,
 }
 
 impl BrokerLitePublisher {
-    /// Publishes through `producer`.
+    /// Publishes through `producer`, accepting only `SEND_OK`.
     pub fn new(producer: Producer) -> Self {
-        Self { producer }
+        Self {
+            producer,
+            accepted: Arc::default(),
+        }
     }
 
     /// Connects a producer to the first reachable address of `addresses` (`"h1:p;h2:p"`).
@@ -68,6 +87,42 @@ impl BrokerLitePublisher {
         config: ProducerConfig,
     ) -> Result<Self, ClientError> {
         Producer::connect(addresses, config).await.map(Self::new)
+    }
+
+    /// Opts out of the `SEND_OK` check for `status`: a send the broker answers with `status`
+    /// becomes a success, and the relay deletes the row. Call it once per status to accept.
+    ///
+    /// Only for topics that tolerate the risk: `FLUSH_DISK_TIMEOUT` means the message is in the
+    /// broker's memory but not on disk, and a broker crash then loses it;
+    /// `SLAVE_NOT_AVAILABLE` means it has a single copy. Logged as a warning now and at each send
+    /// answered so. Accepting `SendOk` changes nothing.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), tower::BoxError> {
+    /// use broker_lite::client::ProducerConfig;
+    /// use courier_middleware::{BrokerLitePublisher, SendStatus};
+    ///
+    /// let metrics = BrokerLitePublisher::connect("127.0.0.1:9876", ProducerConfig::default())
+    ///     .await?
+    ///     .accept_status(SendStatus::SlaveNotAvailable);
+    /// # let _ = metrics;
+    /// # Ok(()) }
+    /// ```
+    #[must_use]
+    pub fn accept_status(mut self, status: SendStatus) -> Self {
+        if status != SendStatus::SendOk {
+            tracing::warn!(
+                %status,
+                "broker-lite publisher accepts a status other than SEND_OK: a message answered so counts as published though it may not be durable"
+            );
+            Arc::make_mut(&mut self.accepted).insert(status);
+        }
+        self
+    }
+
+    /// The statuses accepted besides `SendOk` (empty unless opted out).
+    pub fn accepted_statuses(&self) -> impl Iterator<Item = SendStatus> + '_ {
+        self.accepted.iter().copied()
     }
 
     /// The producer.
@@ -97,35 +152,66 @@ impl Service<Message> for BrokerLitePublisher {
 
     fn call(&mut self, message: Message) -> Self::Future {
         let producer = self.producer.clone();
+        let accepted = self.accepted.clone();
         BoxResponseFuture::new(Box::pin(async move {
-            producer
+            let result = producer
                 .send(super::to_broker(message))
                 .await
-                .map_err(classify)
+                .map_err(classify)?;
+            check_status(&result, &accepted)?;
+            Ok(result)
         }))
     }
 }
 
-/// A send error, wrapped in [`Permanent`] when the broker refused the message itself.
+/// `Ok` for `SEND_OK` and the statuses opted into; a retryable [`NotSendOk`] otherwise.
+fn check_status(result: &SendResult, accepted: &BTreeSet<SendStatus>) -> Result<(), NotSendOk> {
+    let status = result.send_status();
+    if status == SendStatus::SendOk {
+        return Ok(());
+    }
+    if accepted.contains(&status) {
+        tracing::warn!(%status, message_id = %result.message_id, "send accepted with a degraded status (opted in)");
+        return Ok(());
+    }
+    Err(NotSendOk::new(status))
+}
+
+/// What a client error says about the message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// The broker refused this message; it can never pass.
+    Refused,
+    /// The broker as a whole cannot be reached; every message would fail alike.
+    Unreachable,
+    /// Anything else: this send failed, another may pass.
+    Failed,
+}
+
+/// A send error, wrapped in [`Permanent`] when the broker refused the message itself and in
+/// [`Unavailable`] when the broker could not be reached.
 fn classify(error: SendError) -> BoxError {
-    if refused_for_good(&error.error) {
-        Box::new(Permanent::new(error))
-    } else {
-        Box::new(error)
+    match kind(&error.error) {
+        Kind::Refused => Box::new(Permanent::new(error)),
+        Kind::Unreachable => Box::new(Unavailable::new(error)),
+        Kind::Failed => Box::new(error),
     }
 }
 
-/// Whether the broker refused the request as such, so that the same message can never pass.
-fn refused_for_good(error: &ClientError) -> bool {
+fn kind(error: &ClientError) -> Kind {
     match error {
-        ClientError::Server(reply) => {
-            matches!(
-                reply.code,
-                ErrorCode::InvalidRequest | ErrorCode::FrameTooLarge
-            )
-        }
-        ClientError::RetriesExhausted { last, .. } => refused_for_good(last),
-        _ => false,
+        ClientError::Server(reply) => match reply.code {
+            ErrorCode::InvalidRequest | ErrorCode::FrameTooLarge => Kind::Refused,
+            // The broker answers, but for no message at all until it restarts or frees a slot.
+            ErrorCode::ShuttingDown | ErrorCode::TooManyConnections => Kind::Unreachable,
+            _ => Kind::Failed,
+        },
+        // The connection, not the message: refused, dropped, or no answer within the timeout.
+        ClientError::Connect { .. }
+        | ClientError::ConnectionLost { .. }
+        | ClientError::Elapsed(_) => Kind::Unreachable,
+        ClientError::RetriesExhausted { last, .. } => kind(last),
+        _ => Kind::Failed,
     }
 }
 
@@ -150,18 +236,89 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_refusals_of_the_message_are_permanent() {
+    fn refusals_are_permanent_connection_failures_unavailable_the_rest_retryable() {
         let server = |code| ClientError::Server(ErrorReply::new(code, "no"));
-        assert!(refused_for_good(&server(ErrorCode::InvalidRequest)));
-        assert!(refused_for_good(&server(ErrorCode::FrameTooLarge)));
-        assert!(!refused_for_good(&server(ErrorCode::NotFound)));
-        assert!(!refused_for_good(&server(ErrorCode::ShuttingDown)));
-        assert!(!refused_for_good(&ClientError::Elapsed(
-            std::time::Duration::from_secs(3)
-        )));
-        assert!(refused_for_good(&ClientError::RetriesExhausted {
-            attempts: 3,
-            last: Box::new(server(ErrorCode::InvalidRequest)),
+        let io = || std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        for (error, expected) in [
+            (server(ErrorCode::InvalidRequest), Kind::Refused),
+            (server(ErrorCode::FrameTooLarge), Kind::Refused),
+            (server(ErrorCode::NotFound), Kind::Failed),
+            (server(ErrorCode::Internal), Kind::Failed),
+            (server(ErrorCode::ShuttingDown), Kind::Unreachable),
+            (server(ErrorCode::TooManyConnections), Kind::Unreachable),
+            (
+                ClientError::Elapsed(std::time::Duration::from_secs(3)),
+                Kind::Unreachable,
+            ),
+            (
+                ClientError::Connect {
+                    addr: "127.0.0.1:1".into(),
+                    source: io(),
+                },
+                Kind::Unreachable,
+            ),
+            (
+                ClientError::ConnectionLost {
+                    addr: "127.0.0.1:1".into(),
+                    reason: "reset".into(),
+                },
+                Kind::Unreachable,
+            ),
+            (ClientError::UnexpectedResponse("send"), Kind::Failed),
+        ] {
+            let text = error.to_string();
+            assert_eq!(kind(&error), expected, "{text}");
+            let exhausted = ClientError::RetriesExhausted {
+                attempts: 3,
+                last: Box::new(error),
+            };
+            assert_eq!(kind(&exhausted), expected, "after retries: {text}");
+        }
+    }
+
+    #[test]
+    fn classified_errors_carry_the_relay_markers() {
+        let send = |error| SendError {
+            message: broker_lite::protocol::Message::new("orders", "x"),
+            error,
+        };
+        let refused = classify(send(ClientError::Connect {
+            addr: "127.0.0.1:1".into(),
+            source: std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
         }));
+        assert!(Unavailable::is_unavailable(refused.as_ref()), "{refused}");
+        let invalid = classify(send(ClientError::Server(ErrorReply::new(
+            ErrorCode::InvalidRequest,
+            "bad",
+        ))));
+        assert!(Permanent::is_permanent(invalid.as_ref()), "{invalid}");
+    }
+
+    #[test]
+    fn only_send_ok_passes_unless_opted_out() {
+        use broker_lite::protocol::SendStatus as Lite;
+        let result = |status| SendResult {
+            status,
+            message_id: uuid::Uuid::now_v7(),
+            queue_id: 0,
+            queue_offset: 0,
+        };
+        let none = BTreeSet::new();
+        assert!(check_status(&result(Lite::SendOk), &none).is_ok());
+        for (lite, status) in [
+            (Lite::FlushDiskTimeout, SendStatus::FlushDiskTimeout),
+            (Lite::FlushSlaveTimeout, SendStatus::FlushSlaveTimeout),
+            (Lite::SlaveNotAvailable, SendStatus::SlaveNotAvailable),
+        ] {
+            let error = check_status(&result(lite), &none).unwrap_err();
+            assert_eq!(error.status(), status);
+            // Retryable: neither marker.
+            let boxed: BoxError = Box::new(error);
+            assert!(!Permanent::is_permanent(boxed.as_ref()));
+            assert!(!Unavailable::is_unavailable(boxed.as_ref()));
+        }
+        let opted = BTreeSet::from([SendStatus::SlaveNotAvailable]);
+        assert!(check_status(&result(Lite::SlaveNotAvailable), &opted).is_ok());
+        assert!(check_status(&result(Lite::FlushDiskTimeout), &opted).is_err());
     }
 }
