@@ -158,6 +158,9 @@ async fn a_flush_disk_timeout_leaves_the_row_in_the_outbox(pool: PgPool) {
         stop.clone().cancelled_owned(),
     ));
     backend.hold_sync(true);
+    // Released however the test ends: a held fsync would keep the broker's writer thread (and
+    // with it the test) from finishing.
+    let _release = Release(backend.clone());
 
     // The bare publisher, as `Relay::builder(pool, publisher)` gets it: no RequireSendOk around it.
     let publisher = BrokerLitePublisher::connect(addr, ProducerConfig::default())
@@ -195,8 +198,17 @@ async fn a_flush_disk_timeout_leaves_the_row_in_the_outbox(pool: PgPool) {
         .unwrap()
         .unwrap()
         .unwrap();
-    backend.hold_sync(false);
+    drop(_release);
     stop.cancel();
     serving.await.unwrap().unwrap();
     broker.close().await.unwrap();
+}
+
+/// Lets the stalled fsyncs of a [`FaultyBackend`] go on drop.
+struct Release(FaultyBackend);
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        self.0.hold_sync(false);
+    }
 }
