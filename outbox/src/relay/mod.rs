@@ -22,7 +22,6 @@
 //! relay's circuit opens: between probes the relay is [`RelayState::Paused`], each probe claims and
 //! publishes one row, and the first probe the broker answers closes the circuit (`circuit.rs`).
 
-mod backoff;
 mod circuit;
 mod config;
 mod metrics;
@@ -39,8 +38,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-pub use backoff::Backoff;
 pub use circuit::CircuitState;
+pub use courier_core::Backoff;
 // `pub` because the sealed `Store` trait names them; no path outside the crate reaches them.
 #[allow(unreachable_pub)]
 pub use config::RelayConfig;
