@@ -138,6 +138,105 @@ async fn relays_committed_messages_to_broker_lite_and_stops_on_sigterm(pool: PgP
     broker.shutdown().await.unwrap();
 }
 
+/// Polls `/readyz` until its status is `wanted`; the last body. Fails after 30 s.
+async fn wait_for_readyz(http: &str, wanted: u16) -> String {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, body) = tokio::task::spawn_blocking({
+            let http = http.to_owned();
+            move || http_get(&http, "/readyz")
+        })
+        .await
+        .unwrap();
+        if status == wanted {
+            return body;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "/readyz never answered {wanted}; last {status}: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[sqlx::test(migrator = "courier_outbox::MIGRATOR")]
+async fn readyz_is_503_while_the_broker_is_down_and_the_backlog_follows_its_return(pool: PgPool) {
+    let data = tempfile::tempdir().unwrap();
+    let mut config = EmbeddedConfig::default();
+    let broker = embedded::start(data.path(), config.clone()).await.unwrap();
+    broker.broker().create_topic("orders", 4).await.unwrap();
+    let addr = broker.addr();
+
+    let url = database_url(&pool);
+    let mut child = Command::new(RELAY)
+        .args([
+            "--database-url",
+            &url,
+            "--broker",
+            &addr.to_string(),
+            "--http-listen",
+            "127.0.0.1:0",
+            "run",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    let http = line
+        .trim()
+        .strip_prefix("outbox-relay http on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_owned();
+    wait_for_readyz(&http, 200).await;
+
+    broker.shutdown().await.unwrap();
+    let outbox = Outbox::new();
+    let during: Vec<Message> = (0..10)
+        .map(|i| Message::new("orders", format!("order {i}")))
+        .collect();
+    outbox.enqueue_batch(&pool, &during).await.unwrap();
+    let body = wait_for_readyz(&http, 503).await;
+    assert!(body.contains("BrokerUnavailable"), "{body}");
+    let attempts: Vec<i32> = sqlx::query_scalar("SELECT attempts FROM outbox.messages")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        attempts,
+        vec![0; during.len()],
+        "the outage counted attempts"
+    );
+
+    config.listen = addr;
+    let broker = embedded::start(data.path(), config).await.unwrap();
+    wait_for_readyz(&http, 200).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let left: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox.messages")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        if left == 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{left} messages left in the outbox"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for message in &during {
+        assert!(broker.broker().lookup(message.id).await.unwrap().is_some());
+    }
+    tokio::task::spawn_blocking(move || terminate(child))
+        .await
+        .unwrap();
+    broker.shutdown().await.unwrap();
+}
+
 #[sqlx::test]
 async fn missing_migrations_are_a_clear_error(pool: PgPool) {
     let url = database_url(&pool);
