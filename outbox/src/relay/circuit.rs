@@ -15,6 +15,13 @@
 //! - **closes** it on the first probe the broker answers, success or refusal of that message: the
 //!   broker is reachable again and full batches resume at once.
 //!
+//! What is not an outage: the relay's own `publish_timeout` firing stays a failure of that
+//! message (the relay cannot tell a hung broker from one slow message); a publisher whose client
+//! bounds a whole request marks its timeout `Unavailable` itself, as broker-lite's does, and
+//! should use a bound below the relay's. A probe the broker refuses closes the circuit too: the
+//! broker answered, so the refusal is the message's and counts as usual. While open, the relay
+//! keeps its key partitions (they stall with it) and keeps rebalancing and doing maintenance.
+//!
 //! The state is visible as [`Relay::circuit`](crate::Relay::circuit), as
 //! [`RelayState::Paused`](crate::RelayState::Paused) between probes, and as the gauge
 //! `outbox_broker_circuit_open`.
