@@ -3,6 +3,22 @@
 //!
 //! Pure bookkeeping, no I/O: the broker reserves offsets here under its lock, reads the records
 //! outside it, and settles them here again.
+//!
+//! # Handing a queue to a new owner
+//!
+//! When a queue moves (rebalance, a member leaves, its connection closes), the offsets in flight
+//! at the old owner are released for the new owner in one of two ways:
+//!
+//! - an **unordered** delivery is released at once ([`Cursor::release_others`]): the new owner
+//!   gets it again while the old owner may still be handling it. That is a duplicate, which
+//!   at-least-once consumers already tolerate, and it keeps the queue moving.
+//! - an **ordered** delivery (`InFlight { ordered: true }`) stays with its holder until the holder
+//!   settles it (ack, or nack: the message then waits in place and goes to the new owner when
+//!   due), its lease runs out (the consume timeout), or the holder is gone for good
+//!   ([`Cursor::release_client`]: its connection closed, or it unsubscribed). Ordered delivery
+//!   hands out the next offset only when nothing is in flight, so while the old owner still
+//!   runs message N the new owner gets neither N nor N+1: there is never a second message of an
+//!   ordered queue running anywhere.
 
 use std::collections::BTreeMap;
 
@@ -11,8 +27,14 @@ use uuid::Uuid;
 /// The state of one delivered, not yet committed offset.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Slot {
-    /// Delivered to `client_id`, attempt `attempt`; redelivered at `deadline_ms` (consume timeout).
-    InFlight { client_id: String, deadline_ms: u64 },
+    /// Delivered to `client_id`; redelivered at `deadline_ms` (consume timeout). `ordered`: it
+    /// was delivered under an ordered subscription, so a rebalance does not take it from its
+    /// holder (see the module docs).
+    InFlight {
+        client_id: String,
+        deadline_ms: u64,
+        ordered: bool,
+    },
     /// To be delivered again at `due_ms` (after a nack, a timeout, a rebalance or a restart).
     Waiting { due_ms: u64 },
     /// Being moved to the dead-letter topic; not delivered meanwhile.
@@ -135,6 +157,7 @@ impl Cursor {
                     p.slot = Slot::InFlight {
                         client_id: to.client_id.to_string(),
                         deadline_ms: to.deadline_ms,
+                        ordered,
                     };
                     p.attempts += 1;
                     out.push(Reserved {
@@ -180,6 +203,7 @@ impl Cursor {
                     slot: Slot::InFlight {
                         client_id: to.client_id.to_string(),
                         deadline_ms: to.deadline_ms,
+                        ordered,
                     },
                     attempts: 1,
                     reconsume_times: 0,
@@ -270,19 +294,37 @@ impl Cursor {
                 Slot::InFlight {
                     client_id,
                     deadline_ms,
+                    ..
                 } if *deadline_ms <= now_ms => Some((*o, client_id.clone(), p.reconsume_times)),
                 _ => None,
             })
             .collect()
     }
 
-    /// Puts every in-flight offset not held by `owner` back for immediate redelivery (its member
-    /// left or lost the queue in a rebalance). Returns how many.
+    /// Puts every unordered in-flight offset not held by `owner` back for immediate redelivery
+    /// (its holder lost the queue in a rebalance). Ordered ones stay with their holder until it
+    /// settles them, their consume timeout passes or [`release_client`](Self::release_client)
+    /// gives them up. Returns how many were released.
     pub(crate) fn release_others(&mut self, owner: Option<&str>, now_ms: u64) -> usize {
+        self.release(now_ms, |client_id, ordered| {
+            !ordered && Some(client_id) != owner
+        })
+    }
+
+    /// Puts every offset in flight at `client_id`, ordered or not, back for immediate
+    /// redelivery: the member is gone (its connection closed, or it left). Returns how many.
+    pub(crate) fn release_client(&mut self, client_id: &str, now_ms: u64) -> usize {
+        self.release(now_ms, |holder, _| holder == client_id)
+    }
+
+    fn release(&mut self, now_ms: u64, mut which: impl FnMut(&str, bool) -> bool) -> usize {
         let mut n = 0;
         for p in self.pending.values_mut() {
-            if let Slot::InFlight { client_id, .. } = &p.slot {
-                if Some(client_id.as_str()) != owner {
+            if let Slot::InFlight {
+                client_id, ordered, ..
+            } = &p.slot
+            {
+                if which(client_id, *ordered) {
                     p.slot = Slot::Waiting { due_ms: now_ms };
                     n += 1;
                 }
@@ -374,6 +416,60 @@ mod tests {
         assert_eq!(r.len(), 3);
         assert!(c.current(0, 1, "a").is_none(), "the old receipt is stale");
         assert!(c.current(0, 2, "b").is_some());
+    }
+
+    #[test]
+    fn a_rebalance_leaves_an_ordered_delivery_with_its_holder() {
+        let mut c = Cursor::at(0);
+        let n = c.reserve_new(10, 1, true, 100, h("old", 0, 100));
+        assert_eq!(n[0].offset, 0);
+        // The queue moves to "new": neither N nor N+1 while "old" still runs N.
+        assert_eq!(c.release_others(Some("new"), 5), 0);
+        assert!(c.take_due(h("new", 5, 200), 1, true).is_empty());
+        assert!(c.reserve_new(10, 1, true, 100, h("new", 5, 200)).is_empty());
+        // The old owner settles N: the new owner goes on with N+1.
+        assert!(
+            c.current(0, 1, "old").is_some(),
+            "the old receipt still counts"
+        );
+        assert_eq!(c.ack(0), AckResult::Acked);
+        let next = c.reserve_new(10, 1, true, 100, h("new", 6, 200));
+        assert_eq!(next[0].offset, 1);
+    }
+
+    #[test]
+    fn an_ordered_delivery_moves_once_its_holder_nacks_times_out_or_is_gone() {
+        for how in ["nack", "timeout", "gone"] {
+            let mut c = Cursor::at(0);
+            c.reserve_new(10, 1, true, 100, h("old", 0, 100));
+            c.release_others(Some("new"), 5);
+            match how {
+                "nack" => c.wait(0, 5, true),
+                "timeout" => {
+                    let late = c.timed_out(100);
+                    assert_eq!(late.len(), 1);
+                    c.wait(late[0].0, 100, true);
+                }
+                _ => assert_eq!(c.release_client("old", 5), 1),
+            }
+            let again = c.take_due(h("new", 100, 300), 1, true);
+            assert_eq!(again.len(), 1, "{how}");
+            assert_eq!((again[0].offset, again[0].attempt), (0, 2), "{how}");
+            assert!(
+                c.current(0, 1, "old").is_none(),
+                "{how}: the old receipt is stale"
+            );
+        }
+    }
+
+    #[test]
+    fn release_client_frees_only_that_clients_deliveries() {
+        let mut c = Cursor::at(0);
+        c.reserve_new(10, 2, false, 100, h("a", 0, 100));
+        c.reserve_new(10, 1, false, 100, h("b", 0, 100));
+        assert_eq!(c.release_client("a", 1), 2);
+        assert!(c.current(2, 1, "b").is_some());
+        assert_eq!(c.take_due(h("b", 1, 100), 10, false).len(), 2);
     }
 
     #[test]
