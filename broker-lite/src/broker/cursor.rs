@@ -253,6 +253,18 @@ impl Cursor {
         result
     }
 
+    /// Settles `offset`, which the tag filter of `client_id` skipped, if that member still
+    /// holds its delivery `attempt`. A reservation released while the pull read the record (its
+    /// holder lost the queue or left, and a member with another filter may own it now) is left
+    /// to its next holder to deliver or skip: nothing is settled unread on a stale reservation.
+    /// Returns whether it was settled.
+    pub(crate) fn settle_skipped(&mut self, offset: u64, attempt: u32, client_id: &str) -> bool {
+        if self.current(offset, attempt, client_id).is_none() {
+            return false;
+        }
+        self.ack(offset) == AckResult::Acked
+    }
+
     /// The pending entry of the current delivery `attempt` of `offset` to `client_id`, if that
     /// delivery is still in flight.
     pub(crate) fn current(
@@ -470,6 +482,21 @@ mod tests {
         assert_eq!(c.release_client("a", 1), 2);
         assert!(c.current(2, 1, "b").is_some());
         assert_eq!(c.take_due(h("b", 1, 100), 10, false).len(), 2);
+    }
+
+    #[test]
+    fn a_skip_on_a_released_reservation_settles_nothing() {
+        let mut c = Cursor::at(0);
+        let r = c.reserve_new(10, 2, false, 100, h("a", 0, 100));
+        // "a" reads both records, finds its filter skips them, but meanwhile loses one of them.
+        c.release_client("a", 1);
+        c.take_due(h("b", 1, 100), 1, false);
+        assert!(!c.settle_skipped(r[0].offset, r[0].attempt, "a"));
+        assert!(!c.settle_skipped(r[1].offset, r[1].attempt, "a"));
+        assert_eq!(c.committed(), 0, "nothing settled unread");
+        // The new holder's skip counts.
+        assert!(c.settle_skipped(0, 2, "b"));
+        assert_eq!(c.committed(), 1);
     }
 
     #[test]
