@@ -68,7 +68,7 @@ pub enum BrokerError {
     #[error(
         "consumer group {group:?} already consumes topic {topic:?} with tag filter {} (member {member:?}), \
          but this subscription asks for {}; all members of a clustering group must use the same \
-         filter, or messages one member skips are lost for the others. Use a new consumer group \
+         filter, or messages one member skips are lost for the others; use a new consumer group \
          for the new filter, or stop every member with the old filter first (a member leaves when \
          its connection closes) and subscribe again",
         super::group::describe_filter(.existing.as_deref()),

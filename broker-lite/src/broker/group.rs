@@ -51,11 +51,11 @@ impl Subscription {
     }
 }
 
-/// A tag filter for error messages: `every tag` or `["a", "b"]`.
+/// A tag filter for error messages: `* (every tag)` or `["a", "b"]`.
 pub(crate) fn describe_filter(filter: Option<&[String]>) -> String {
     match filter {
-        None => "every tag".into(),
-        Some(tags) if tags.iter().any(|t| t == "*") => "every tag".into(),
+        None => "* (every tag)".into(),
+        Some(tags) if tags.iter().any(|t| t == "*") => "* (every tag)".into(),
         Some(tags) => format!("{tags:?}"),
     }
 }
