@@ -103,6 +103,7 @@ use crate::storage::Store;
 use crate::storage::backend::StorageBackend;
 
 mod admin;
+mod budget;
 mod clock;
 mod config;
 mod consumer;

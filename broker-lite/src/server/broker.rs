@@ -21,13 +21,32 @@ use crate::storage;
 #[derive(Debug, Clone)]
 pub struct BrokerHandler {
     broker: Broker,
+    /// The byte budget of a pull's deliveries: what a frame holds besides the answer's framing.
+    max_pull_bytes: usize,
 }
 
 impl BrokerHandler {
-    /// A handler over `broker`.
+    /// A handler over `broker`, for frames of at most
+    /// [`DEFAULT_MAX_FRAME_SIZE`](crate::protocol::DEFAULT_MAX_FRAME_SIZE) bytes.
     pub fn new(broker: Broker) -> Self {
-        BrokerHandler { broker }
+        BrokerHandler {
+            broker,
+            max_pull_bytes: pull_budget(crate::protocol::DEFAULT_MAX_FRAME_SIZE),
+        }
     }
+
+    /// Sizes pull answers for frames of at most `max_frame_size` bytes (the server's
+    /// [`Limits::max_frame_size`](crate::protocol::Limits::max_frame_size)): a pull then returns
+    /// as many messages as fit one frame, and at least one.
+    pub fn with_max_frame_size(mut self, max_frame_size: u32) -> Self {
+        self.max_pull_bytes = pull_budget(max_frame_size);
+        self
+    }
+}
+
+/// The deliveries' share of a frame: the frame less its header and the delivery count.
+fn pull_budget(max_frame_size: u32) -> usize {
+    (max_frame_size as usize).saturating_sub(crate::protocol::HEADER_LEN + 4)
 }
 
 impl Handler for BrokerHandler {
@@ -82,6 +101,7 @@ impl BrokerHandler {
             Request::Pull(p) => {
                 let pull = broker::PullRequest::new(p.group, p.consumer_id, p.topic)
                     .with_max_messages(p.max_messages as usize)
+                    .with_max_bytes(self.max_pull_bytes)
                     .with_long_poll(Duration::from_millis(p.long_poll_ms));
                 Response::Pull(b.pull(pull).await?.into_iter().map(delivery).collect())
             }
