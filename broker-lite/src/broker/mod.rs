@@ -117,6 +117,7 @@ mod message;
 mod offsets;
 mod pull;
 mod receipt;
+mod redrive;
 mod retention;
 mod send;
 mod settle;
