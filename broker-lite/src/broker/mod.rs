@@ -104,7 +104,7 @@ use crate::storage::Store;
 use crate::storage::backend::StorageBackend;
 
 mod admin;
-mod budget;
+pub(crate) mod budget;
 mod clock;
 mod config;
 mod consumer;

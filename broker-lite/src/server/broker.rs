@@ -342,3 +342,77 @@ fn trace_event(e: broker::TraceEvent) -> TraceEvent {
         detail,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::broker::budget::Budget;
+    use crate::storage::StoredRecord;
+
+    fn record(key: Option<&str>, tag: Option<&str>, props: usize, body: usize) -> StoredRecord {
+        StoredRecord {
+            topic: "orders".into(),
+            queue_id: 3,
+            queue_offset: 42,
+            log_position: 0,
+            message_id: uuid::Uuid::now_v7(),
+            key: key.map(Into::into),
+            tag: tag.map(Into::into),
+            properties: (0..props)
+                .map(|i| (format!("k{i}"), "v".repeat(i % 5)))
+                .collect::<BTreeMap<_, _>>(),
+            body: vec![7u8; body].into(),
+            born_timestamp_ms: 1,
+            stored_timestamp_ms: 2,
+            flags: 0,
+        }
+    }
+
+    /// The broker's cost of a delivery bounds its size in a pull answer, so an answer within
+    /// the budget fits the frame (issue 12, item 4).
+    #[test]
+    fn a_delivery_never_costs_less_than_its_wire_size() {
+        let (group, client) = ("g".repeat(300), "c".repeat(200));
+        for r in [
+            record(None, None, 0, 0),
+            record(Some("k"), Some("t"), 0, 10),
+            record(Some(""), Some(""), 1000, 100),
+            record(None, Some("tag"), 3, 1 << 20),
+        ] {
+            let budget = Budget::new(usize::MAX, &group, &client, &r.topic);
+            let cost = budget.exact(&r);
+            assert!(cost >= budget.estimate(r.encoded_len() as u32));
+            let d = broker::Delivery {
+                message_id: r.message_id,
+                topic: r.topic.clone(),
+                queue_id: r.queue_id,
+                queue_offset: r.queue_offset,
+                key: r.key.clone(),
+                tag: r.tag.clone(),
+                properties: r.properties.clone(),
+                body: r.body.clone(),
+                born_timestamp_ms: r.born_timestamp_ms,
+                stored_timestamp_ms: r.stored_timestamp_ms,
+                reconsume_times: u32::MAX,
+                first_delivered_at_ms: u64::MAX,
+                receipt: Receipt {
+                    group: group.clone(),
+                    client_id: client.clone(),
+                    topic: r.topic.clone(),
+                    queue_id: r.queue_id,
+                    queue_offset: r.queue_offset,
+                    attempt: u32::MAX,
+                },
+            };
+            let one = Response::Pull(vec![delivery(d)]).encode_body().len();
+            let empty = Response::Pull(Vec::new()).encode_body().len();
+            assert!(one - empty <= cost, "wire {} > cost {cost}", one - empty);
+            assert_eq!(
+                pull_budget(1000),
+                1000 - crate::protocol::HEADER_LEN - empty
+            );
+        }
+    }
+}
