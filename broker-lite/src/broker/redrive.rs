@@ -34,7 +34,8 @@ impl Broker {
     /// Sends dead letters of `group` back to their original topic (all of them, or those with
     /// the given ids), with the reconsume count reset. Only `group` receives them again; other
     /// groups on the topic skip them. Returns how many were re-driven. Any number of dead letters
-    /// can be re-driven: they are sent page by page (see the [module docs](self)).
+    /// can be re-driven: they are sent page by page, each page fsynced before its dead letters
+    /// are marked re-driven (see the `redrive` module source).
     ///
     /// # Errors
     /// [`BrokerError::UnknownGroup`]; [`BrokerError::Storage`] when a page cannot be read,
