@@ -138,6 +138,18 @@ async fn relays_committed_messages_to_broker_lite_and_stops_on_sigterm(pool: PgP
     broker.shutdown().await.unwrap();
 }
 
+/// Kills the child process on drop unless it was taken out.
+struct KillOnDrop(Option<Child>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 /// Polls `/readyz` until its status is `wanted`; the last body. Fails after 30 s.
 async fn wait_for_readyz(http: &str, wanted: u16) -> String {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
@@ -182,7 +194,10 @@ async fn readyz_is_503_while_the_broker_is_down_and_the_backlog_follows_its_retu
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let stdout = child.stdout.take().unwrap();
+    // Killed if the test fails before it terminates the relay: no relay outlives the test.
+    let mut child = KillOnDrop(Some(child));
+    let mut stdout = BufReader::new(stdout);
     let mut line = String::new();
     stdout.read_line(&mut line).unwrap();
     let http = line
@@ -231,6 +246,7 @@ async fn readyz_is_503_while_the_broker_is_down_and_the_backlog_follows_its_retu
     for message in &during {
         assert!(broker.broker().lookup(message.id).await.unwrap().is_some());
     }
+    let child = child.0.take().unwrap();
     tokio::task::spawn_blocking(move || terminate(child))
         .await
         .unwrap();
