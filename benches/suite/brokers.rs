@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use bytes::Bytes;
-use courier::broker::client::{Producer, ProducerConfig};
 use courier::broker::protocol::{Message, SendStatus};
-use courier::broker::storage::FlushMode;
+use courier::broker::{Producer, ProducerConfig};
+use courier::broker_lite::storage::FlushMode;
 use lapin::options::{
     BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
 };

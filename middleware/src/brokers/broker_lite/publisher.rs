@@ -2,8 +2,8 @@
 
 use std::task::{Context, Poll};
 
-use broker_lite::client::{Addresses, ClientError, Producer, ProducerConfig, SendError};
-use broker_lite::protocol::{ErrorCode, SendResult};
+use broker_lite_client::protocol::{ErrorCode, SendResult};
+use broker_lite_client::{Addresses, ClientError, Producer, ProducerConfig, SendError};
 use courier_outbox::{Message, Permanent};
 use tower::{BoxError, Service};
 
@@ -34,7 +34,7 @@ use crate::{HasSendStatus, SendStatus};
 ///
 /// ```no_run
 /// # async fn demo(pool: sqlx::PgPool) -> Result<(), tower::BoxError> {
-/// use broker_lite::client::ProducerConfig;
+/// use broker_lite_client::ProducerConfig;
 /// use courier_middleware::{BrokerLitePublisher, RequireSendOkLayer};
 /// use courier_outbox::Relay;
 /// use tokio_util::sync::CancellationToken;
@@ -131,7 +131,7 @@ fn refused_for_good(error: &ClientError) -> bool {
 
 impl HasSendStatus for SendResult {
     fn send_status(&self) -> SendStatus {
-        use broker_lite::protocol::SendStatus as Lite;
+        use broker_lite_client::protocol::SendStatus as Lite;
         match self.status {
             Lite::SendOk => SendStatus::SendOk,
             Lite::FlushDiskTimeout => SendStatus::FlushDiskTimeout,
@@ -145,7 +145,7 @@ impl HasSendStatus for SendResult {
 
 #[cfg(test)]
 mod tests {
-    use broker_lite::protocol::ErrorReply;
+    use broker_lite_client::protocol::ErrorReply;
 
     use super::*;
 

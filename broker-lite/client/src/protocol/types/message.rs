@@ -12,7 +12,7 @@ use crate::protocol::wire::*;
 /// A message to send.
 ///
 /// ```
-/// use broker_lite::protocol::Message;
+/// use broker_lite_client::protocol::Message;
 ///
 /// let message = Message::new("orders", "order 42 created").with_key("order-42").with_tag("created");
 /// assert_eq!(message.queue_id, None); // the broker picks the queue from the key

@@ -1,8 +1,8 @@
 //! Admin subcommands, through the [`Admin`] client.
 
 use anyhow::{Context, Result};
-use broker_lite::client::{Admin, AdminConfig};
-use broker_lite::protocol::{BrokerDescription, FlushMode, Replication};
+use broker_lite_client::protocol::{BrokerDescription, FlushMode, Replication};
+use broker_lite_client::{Admin, AdminConfig};
 use clap::Subcommand;
 use uuid::Uuid;
 
