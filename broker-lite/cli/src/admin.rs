@@ -188,13 +188,15 @@ fn print_description(d: &BrokerDescription) {
             "sync (SYNC_FLUSH; fsync before the answer, FLUSH_DISK_TIMEOUT after {} ms)",
             d.sync_flush_timeout_ms
         ),
-        FlushMode::Async { interval_ms } => {
-            format!("async (ASYNC_FLUSH; fsync every {interval_ms} ms)")
+        FlushMode::Async { interval } => {
+            format!(
+                "async (ASYNC_FLUSH; fsync every {} ms)",
+                interval.as_millis()
+            )
         }
     };
     let replication = match d.replication {
         Replication::None => "none (single node)".to_owned(),
-        other => format!("{other:?}"),
     };
     println!("version:             {}", d.version);
     println!("flush mode:          {flush}");

@@ -103,8 +103,8 @@ impl Admin {
     /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
     /// let admin = Admin::connect("127.0.0.1:9876", AdminConfig::default()).await?;
     /// let description = admin.describe().await?;
-    /// if let FlushMode::Async { interval_ms } = description.flush_mode {
-    ///     println!("ASYNC_FLUSH: up to {interval_ms} ms of acknowledged messages can be lost");
+    /// if let FlushMode::Async { interval } = description.flush_mode {
+    ///     println!("ASYNC_FLUSH: up to {interval:?} of acknowledged messages can be lost");
     /// }
     /// # Ok(())
     /// # }

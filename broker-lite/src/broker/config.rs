@@ -10,17 +10,9 @@ use crate::storage::StoreConfig;
 
 pub use broker_lite_client::ROCKETMQ_DELAY_LEVELS;
 
-/// How a message is replicated before the producer is answered (safeguards B3, B4).
-///
-/// Replication is a later issue; this is the seam it plugs into. With `None` the send status only
-/// reflects the local flush, and `FlushSlaveTimeout` / `SlaveNotAvailable` never occur.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[non_exhaustive]
-pub enum Replication {
-    /// A single node: no follower.
-    #[default]
-    None,
-}
+/// How a message is replicated before the producer is answered (safeguards B3, B4): the wire
+/// type, one definition for the broker's configuration and what `Describe` reports.
+pub use broker_lite_client::protocol::Replication;
 
 /// Where a consumer group starts reading a queue it has never consumed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

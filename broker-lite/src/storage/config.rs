@@ -5,28 +5,9 @@ use std::time::Duration;
 use super::codec::MIN_FRAME_SIZE;
 use super::error::{Result, StorageError};
 
-/// When appended records are made durable.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum FlushMode {
-    /// `SYNC_FLUSH` (safeguard B1): an append is answered after the fsync that covers it. One fsync
-    /// covers every record that arrived while the previous one ran (group commit).
-    Sync,
-    /// `ASYNC_FLUSH` (safeguard B2): an append is answered once the record is in the page cache; a
-    /// background flush runs every `interval`. Records acknowledged within the last `interval` (plus
-    /// the time one fsync takes) are lost if the machine loses power.
-    Async {
-        /// How often to fsync.
-        interval: Duration,
-    },
-}
-
-impl FlushMode {
-    /// `ASYNC_FLUSH` with the default interval of 500 ms.
-    pub const ASYNC_DEFAULT: FlushMode = FlushMode::Async {
-        interval: Duration::from_millis(500),
-    };
-}
+/// When appended records are made durable: the wire type, one definition for the store's
+/// configuration and what `Describe` reports.
+pub use broker_lite_client::protocol::FlushMode;
 
 /// Configuration of a [`Store`](super::Store).
 ///
