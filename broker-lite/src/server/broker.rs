@@ -8,8 +8,8 @@ use bytes::Bytes;
 use super::handler::Handler;
 use crate::broker::{self, Broker, BrokerError, ConsumerSpec, Receipt, SendRequest, TraceKind};
 use crate::protocol::{
-    BrokerDescription, Delivery, ErrorCode, ErrorReply, GroupInfo, Message, MessageView, QueueLag,
-    Request, Response, SendResult, TraceEvent,
+    BrokerDescription, Delivery, ErrorCode, ErrorReply, GroupInfo, Message, MessageView, Request,
+    Response, SendResult, TraceEvent,
 };
 
 /// Answers requests with a [`Broker`].
@@ -106,20 +106,7 @@ impl BrokerHandler {
                     })
                     .collect(),
             ),
-            Request::Lag { group } => Response::Lag(
-                b.lag(&group)?
-                    .into_iter()
-                    .map(|l| QueueLag {
-                        topic: l.topic,
-                        queue_id: l.queue_id,
-                        consumer_id: l.client_id,
-                        committed: l.committed,
-                        max: l.max,
-                        lag: l.lag,
-                        unsettled: l.unsettled,
-                    })
-                    .collect(),
-            ),
+            Request::Lag { group } => Response::Lag(b.lag(&group)?),
             Request::LookupById(id) => Response::Message(b.lookup(id).await?),
             Request::LookupByKey { topic, key, max } => {
                 Response::Messages(b.lookup_by_key(&topic, &key, max as usize).await?)
