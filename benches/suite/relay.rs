@@ -7,10 +7,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use broker_lite::embedded::{self, EmbeddedBroker, EmbeddedConfig};
+use broker_lite::storage::FlushMode;
 use courier::broker::protocol::{self, SendStatus};
 use courier::broker::{Producer, ProducerConfig};
-use courier::broker_lite::embedded::{self, EmbeddedBroker, EmbeddedConfig};
-use courier::broker_lite::storage::FlushMode;
 use courier::outbox::{Message, Publisher, Relay, RelayState};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;

@@ -5,8 +5,8 @@
 //! comes from broker-lite itself through [`Admin::describe`]; a broker too old to answer it is
 //! reported as such and the relay's side is still checked.
 
-use broker_lite::client::{Admin, AdminConfig, ClientError};
-use broker_lite::protocol::{BrokerDescription, ErrorCode, FlushMode, Replication};
+use broker_lite_client::protocol::{BrokerDescription, ErrorCode, FlushMode, Replication};
+use broker_lite_client::{Admin, AdminConfig, ClientError};
 
 use crate::config::Config;
 use crate::database;
