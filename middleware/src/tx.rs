@@ -4,7 +4,9 @@ use std::fmt;
 use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
 
-use sqlx::{Database, Postgres, Transaction};
+use sqlx::{Database, Transaction};
+
+use crate::database::DefaultDatabase;
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
 use crate::{AsDelivery, Delivery};
@@ -27,7 +29,7 @@ use crate::{AsDelivery, Delivery};
 /// # Ok(())
 /// # }
 /// ```
-pub struct Tx<DB: Database = Postgres> {
+pub struct Tx<DB: Database = DefaultDatabase> {
     inner: Arc<Mutex<Option<Transaction<'static, DB>>>>,
 }
 
@@ -44,7 +46,7 @@ pub struct Tx<DB: Database = Postgres> {
 /// # }
 /// ```
 #[cfg(feature = "postgres")]
-pub type PgTx = Tx<Postgres>;
+pub type PgTx = Tx<sqlx::Postgres>;
 
 /// The handler's transaction on SQLite (a `BEGIN IMMEDIATE` transaction: it holds the database's
 /// write lock while the handler runs).
@@ -125,7 +127,7 @@ impl<DB: Database> Tx<DB> {
 /// # Ok(())
 /// # }
 /// ```
-pub struct TxGuard<DB: Database = Postgres> {
+pub struct TxGuard<DB: Database = DefaultDatabase> {
     guard: OwnedMutexGuard<Option<Transaction<'static, DB>>>,
 }
 
@@ -138,7 +140,7 @@ pub struct TxGuard<DB: Database = Postgres> {
 /// # }
 /// ```
 #[cfg(feature = "postgres")]
-pub type PgTxGuard = TxGuard<Postgres>;
+pub type PgTxGuard = TxGuard<sqlx::Postgres>;
 
 /// A [`TxGuard`] on SQLite; dereferences to `SqliteConnection`.
 ///
@@ -179,7 +181,7 @@ impl<DB: Database> DerefMut for TxGuard<DB> {
 /// What a transactional handler receives: the delivery and the transaction to write in.
 ///
 /// Produced by the [`Idempotency`](crate::Idempotency) layer and the durable inbox worker.
-/// `DB` is the database of the transaction, Postgres unless said otherwise.
+/// `DB` is the database of the transaction, [`DefaultDatabase`](crate::DefaultDatabase) unless said otherwise.
 ///
 /// ```no_run
 /// use courier_middleware::TxDelivery;
@@ -195,7 +197,7 @@ impl<DB: Database> DerefMut for TxGuard<DB> {
 /// });
 /// # let _ = handler;
 /// ```
-pub struct TxDelivery<DB: Database = Postgres> {
+pub struct TxDelivery<DB: Database = DefaultDatabase> {
     /// The delivery.
     pub delivery: Delivery,
     tx: Tx<DB>,

@@ -5,7 +5,9 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use futures::FutureExt;
-use sqlx::{Database, Postgres};
+use sqlx::Database;
+
+use crate::database::DefaultDatabase;
 use tokio::sync::{Mutex, mpsc, oneshot};
 use tokio_util::sync::PollSender;
 use tower::{BoxError, Layer, Service, ServiceExt};
@@ -107,7 +109,7 @@ impl<R: Send + 'static> Service<Delivery> for BatchedIdempotency<R> {
 /// # let _ = layer;
 /// # }
 /// ```
-pub struct BatchedIdempotencyLayer<DB: Database = Postgres> {
+pub struct BatchedIdempotencyLayer<DB: Database = DefaultDatabase> {
     config: Arc<Config<DB>>,
     max_batch: usize,
     workers: usize,

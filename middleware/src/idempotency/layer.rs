@@ -3,7 +3,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::{Database, Pool, Postgres};
+use sqlx::{Database, Pool};
+
+use crate::database::DefaultDatabase;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tower::Layer;
@@ -28,7 +30,7 @@ use crate::TxDatabase;
 /// # let _ = layer;
 /// # }
 /// ```
-pub struct IdempotencyLayer<DB: Database = Postgres> {
+pub struct IdempotencyLayer<DB: Database = DefaultDatabase> {
     pub(super) config: Arc<Config<DB>>,
 }
 

@@ -12,7 +12,9 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use sqlx::{Database, Pool, Postgres};
+use sqlx::{Database, Pool};
+
+use crate::database::DefaultDatabase;
 use tower::{BoxError, Service};
 
 use crate::{Delivery, Tx, TxDatabase, TxDelivery};
@@ -181,7 +183,7 @@ impl<DB: Database> std::fmt::Debug for Config<DB> {
 /// # let _ = handler;
 /// # }
 /// ```
-pub struct Idempotency<S, DB: Database = Postgres> {
+pub struct Idempotency<S, DB: Database = DefaultDatabase> {
     inner: S,
     config: Arc<Config<DB>>,
 }

@@ -10,8 +10,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use courier_outbox::{Backoff, Message};
-use sqlx::{Database, Executor, Pool, Postgres};
+use courier_core::{Backoff, Message};
+use sqlx::{Database, Executor, Pool};
+
+use crate::database::DefaultDatabase;
 use uuid::Uuid;
 
 use crate::{Delivery, TxDatabase};
@@ -66,7 +68,7 @@ pub use worker::InboxWorker;
 /// worker.run(shutdown).await;
 /// # }
 /// ```
-pub struct Inbox<DB: Database = Postgres> {
+pub struct Inbox<DB: Database = DefaultDatabase> {
     pool: Pool<DB>,
     config: Arc<InboxConfig>,
 }
@@ -103,7 +105,7 @@ pub(crate) struct InboxConfig {
 /// ```no_run
 /// # async fn example(pool: sqlx::PgPool) -> Result<(), sqlx::Error> {
 /// use courier_middleware::{Delivery, Inbox, Stored};
-/// use courier_outbox::Message;
+/// use courier_core::Message;
 ///
 /// let delivery = Delivery::new(Message::new("orders", "o-1"), "billing");
 /// if Inbox::new(pool.clone()).insert(&pool, &delivery).await? == Stored::Duplicate {
@@ -194,7 +196,7 @@ impl<DB: Database> Inbox<DB> {
     /// ```no_run
     /// # async fn example(pool: sqlx::PgPool) {
     /// use std::time::Duration;
-    /// use courier_outbox::Backoff;
+    /// use courier_core::Backoff;
     ///
     /// let backoff = Backoff { base: Duration::from_secs(2), ..Backoff::default() };
     /// let inbox = courier_middleware::Inbox::new(pool).backoff(backoff);
@@ -293,7 +295,7 @@ impl<DB: TxDatabase> Inbox<DB> {
     /// ```no_run
     /// # async fn example(pool: sqlx::PgPool) -> Result<(), sqlx::Error> {
     /// use courier_middleware::{Delivery, Inbox, Stored};
-    /// use courier_outbox::Message;
+    /// use courier_core::Message;
     ///
     /// let inbox = Inbox::new(pool.clone());
     /// let delivery = Delivery::new(Message::new("orders", "o-1"), "billing");

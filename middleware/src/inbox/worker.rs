@@ -5,7 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::FutureExt;
-use sqlx::{Database, Postgres};
+use sqlx::Database;
+
+use crate::database::DefaultDatabase;
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -28,7 +30,7 @@ use crate::{Disposition, Panicked, Tx, TxDatabase, TxDelivery};
 /// worker.run(CancellationToken::new()).await;
 /// # }
 /// ```
-pub struct InboxWorker<H, DB: Database = Postgres> {
+pub struct InboxWorker<H, DB: Database = DefaultDatabase> {
     inbox: Inbox<DB>,
     group: String,
     handler: H,

@@ -5,7 +5,7 @@ pub(crate) mod future;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use courier_outbox::Backoff;
+use courier_core::Backoff;
 use tower::{BoxError, Layer, Service, ServiceExt};
 
 use crate::Disposition;

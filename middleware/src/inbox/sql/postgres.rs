@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use courier_outbox::Message;
+use courier_core::Message;
 use sqlx::postgres::PgRow;
 use sqlx::types::Json;
 use sqlx::{Executor, PgConnection, PgPool, Postgres, Row};

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use courier_outbox::Message;
+use courier_core::Message;
 use sqlx::sqlite::SqliteRow;
 use sqlx::types::Json;
 use sqlx::{Executor, Row, Sqlite, SqliteConnection, SqlitePool};
