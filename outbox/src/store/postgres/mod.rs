@@ -1,9 +1,11 @@
 //! The Postgres store: `SKIP LOCKED` claims in the publishing transaction, `LISTEN/NOTIFY`
-//! wake-ups, key partitions owned through advisory locks. Tables in schema `outbox`.
+//! wake-ups, key partitions owned through advisory locks, server-side bounds on a silent relay
+//! connection. Tables in schema `outbox`.
 
 mod claim;
 mod failures;
 mod housekeeping;
+mod liveness;
 mod partitions;
 mod session;
 mod wakeup;
