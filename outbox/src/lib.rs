@@ -63,7 +63,7 @@ mod store;
 mod writer;
 
 pub use error::{Error, Result, ValidationError};
-pub use failures::{FailedMessage, FailureFilter, Failures};
+pub use failures::{FailedMessage, FailureFilter, Failures, ReplayReport};
 pub use limits::Limits;
 pub use message::Message;
 pub use publisher::{Permanent, Publisher};
