@@ -55,6 +55,9 @@ pub(crate) struct RelaySettings {
     /// Keep published rows this many hours instead of deleting them.
     pub(crate) retention_hours: Option<u64>,
     pub(crate) shutdown_grace_ms: u64,
+    /// How long the relay's database connection may stay silent before Postgres ends it and
+    /// another relay takes its partitions and its batch (a relay cut off by a network partition).
+    pub(crate) session_timeout_ms: u64,
 }
 
 /// The health and metrics endpoint.
@@ -89,6 +92,7 @@ impl Default for RelaySettings {
             backoff_max_ms: 300_000,
             retention_hours: None,
             shutdown_grace_ms: 10_000,
+            session_timeout_ms: 30_000,
         }
     }
 }
@@ -179,6 +183,13 @@ impl Config {
                 bail!("{name} is 0: it must be at least 1 (milliseconds)");
             }
         }
+        if self.relay.session_timeout_ms < 100 {
+            bail!(
+                "relay.session_timeout_ms is {}: it must be at least 100 (the relay pings every \
+                 third of it while it publishes); seconds to a minute suit most networks",
+                self.relay.session_timeout_ms
+            );
+        }
         if self.relay.max_attempts == 0 {
             bail!("relay.max_attempts must be at least 1");
         }
@@ -231,6 +242,10 @@ mod tests {
         assert!(
             invalid("[relay]\nbatch_size = 100001\n")
                 .contains("relay.batch_size must be 1 to 100000")
+        );
+        assert!(
+            invalid("[relay]\nsession_timeout_ms = 99\n")
+                .contains("relay.session_timeout_ms is 99")
         );
     }
 }
