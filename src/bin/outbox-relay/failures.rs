@@ -13,7 +13,8 @@ use uuid::Uuid;
 pub(crate) enum FailuresCommand {
     /// Print failed messages, oldest first.
     List(Selection),
-    /// Move failed messages back into the outbox, to be published again.
+    /// Move failed messages back into the outbox, to be published again. A failure whose id is
+    /// already in the outbox is kept and listed, and the command then exits with status 1.
     Replay(Selection),
     /// Delete failed messages for good.
     Purge(Selection),
