@@ -10,8 +10,10 @@
 //! [`nack`](Broker::nack) using its [`Receipt`].
 //!
 //! - **Clustering** (safeguard C5): a topic's queues are balanced across the group's live members
-//!   (RocketMQ's "allocate averagely"); a join, a leave or a missed heartbeat rebalances them and
-//!   the in-flight messages of a moved queue are redelivered to its new owner.
+//!   (RocketMQ's "allocate averagely"); a join, a leave, a closed connection or a missed
+//!   heartbeat rebalances them and the in-flight messages of a moved queue are redelivered to its
+//!   new owner (ordered ones once the old owner settled them, timed out or is gone). All members
+//!   of a group use one tag filter per topic; a subscription with another one is refused.
 //! - **Broadcasting**: every member reads every queue with its own offsets.
 //! - **In flight until settled**: a delivered message that is not settled within
 //!   [`BrokerConfig::consume_timeout`] is redelivered (safeguard C3), with its reconsume count
@@ -126,7 +128,9 @@ mod trace;
 pub use admin::{GroupInfo, MemberInfo, QueueLag};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{BrokerConfig, ConsumeFrom, ROCKETMQ_DELAY_LEVELS, Replication};
-pub use consumer::{ConsumerSpec, Delivery, MessageModel, NackOutcome, PullRequest, Receipt};
+pub use consumer::{
+    ConsumerSpec, Delivery, MessageModel, NackOutcome, PullRequest, Receipt, SessionId,
+};
 pub use error::{BrokerError, Result};
 pub use message::{SendRequest, SendResult, SendStatus, StoredMessage};
 pub use retention::{LostMessages, RetentionOutcome};

@@ -189,7 +189,7 @@ impl Broker {
             return Ok((Vec::new(), false));
         }
         let mut deliveries = Vec::new();
-        let mut skipped: Vec<(u32, u64, Option<uuid::Uuid>)> = Vec::new();
+        let mut skipped: Vec<(u32, Reserved, Option<uuid::Uuid>)> = Vec::new();
         let mut failure = None;
         for plan in &plans {
             match self.read_plan(topic, plan).await {
@@ -199,9 +199,7 @@ impl Broker {
                             Some(rec) if self.wanted(&sub, group, &rec) => {
                                 deliveries.push(self.delivery(request, r, rec));
                             }
-                            Some(rec) => {
-                                skipped.push((plan.queue_id, r.offset, Some(rec.message_id)))
-                            }
+                            Some(rec) => skipped.push((plan.queue_id, *r, Some(rec.message_id))),
                             None => {
                                 tracing::warn!(
                                     group,
@@ -210,7 +208,7 @@ impl Broker {
                                     offset = r.offset,
                                     "message removed by retention before it was consumed; skipping it"
                                 );
-                                skipped.push((plan.queue_id, r.offset, None));
+                                skipped.push((plan.queue_id, *r, None));
                             }
                         }
                     }
@@ -239,10 +237,10 @@ impl Broker {
                         c.set_message_id(d.queue_offset, d.message_id);
                     }
                 }
-                for (queue_id, offset, _) in &skipped {
+                for (queue_id, r, _) in &skipped {
                     let key = g.key(topic, *queue_id, client);
                     if let Some(c) = g.cursors.get_mut(&key) {
-                        c.ack(*offset);
+                        c.settle_skipped(r.offset, r.attempt, client);
                     }
                 }
             }

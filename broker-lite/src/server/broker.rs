@@ -1,6 +1,8 @@
 //! The [`Handler`] that answers requests with a [`Broker`]: the mapping between wire types and
 //! broker types.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -8,7 +10,7 @@ use bytes::Bytes;
 use super::handler::Handler;
 use crate::broker::{
     self, Broker, BrokerError, ConsumerSpec, MessageModel, NackOutcome, Receipt, SendRequest,
-    StoredMessage, TraceKind,
+    SessionId, StoredMessage, TraceKind,
 };
 use crate::protocol::{
     BrokerDescription, ConsumeModel, Delivery, ErrorCode, ErrorReply, FlushMode, GroupInfo,
@@ -18,15 +20,32 @@ use crate::protocol::{
 use crate::storage;
 
 /// Answers requests with a [`Broker`].
+///
+/// Each connection gets its own handler ([`Handler::connect`]) with its own
+/// [`SessionId`]: members subscribe over it, and when the connection closes they leave their
+/// groups at once ([`Broker::close_session`]), so a killed consumer's queues and in-flight
+/// messages go to the other members without waiting for its heartbeats to run out.
 #[derive(Debug, Clone)]
 pub struct BrokerHandler {
     broker: Broker,
+    connection: Option<Arc<ConnectionState>>,
+}
+
+/// What a handler knows about its connection.
+#[derive(Debug)]
+struct ConnectionState {
+    session: SessionId,
+    /// Set when the connection stopped reading.
+    closed: AtomicBool,
 }
 
 impl BrokerHandler {
     /// A handler over `broker`.
     pub fn new(broker: Broker) -> Self {
-        BrokerHandler { broker }
+        BrokerHandler {
+            broker,
+            connection: None,
+        }
     }
 }
 
@@ -34,9 +53,40 @@ impl Handler for BrokerHandler {
     async fn handle(&self, request: Request) -> Result<Response, ErrorReply> {
         self.dispatch(request).await.map_err(to_reply)
     }
+
+    fn connect(&self) -> Self {
+        BrokerHandler {
+            broker: self.broker.clone(),
+            connection: Some(Arc::new(ConnectionState {
+                session: SessionId::new(),
+                closed: AtomicBool::new(false),
+            })),
+        }
+    }
+
+    async fn disconnected(&self) {
+        let Some(connection) = &self.connection else {
+            return;
+        };
+        connection.closed.store(true, Ordering::SeqCst);
+        self.leave(connection.session).await;
+    }
 }
 
 impl BrokerHandler {
+    /// Ends the memberships of a closed connection.
+    async fn leave(&self, session: SessionId) {
+        match self.broker.close_session(session).await {
+            Ok(gone) if !gone.is_empty() => {
+                tracing::info!(members = ?gone, "connection closed: its members left their groups")
+            }
+            Ok(_) | Err(BrokerError::Closed) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "ending the memberships of a closed connection failed")
+            }
+        }
+    }
+
     async fn dispatch(&self, request: Request) -> Result<Response, BrokerError> {
         let b = &self.broker;
         Ok(match request {
@@ -68,7 +118,17 @@ impl BrokerHandler {
                 if !s.tags.is_empty() {
                     spec = spec.with_tags(s.tags);
                 }
+                if let Some(connection) = &self.connection {
+                    spec = spec.with_session(connection.session);
+                }
                 b.subscribe(spec).await?;
+                // A subscribe still running when its connection closed would outlive it: end it
+                // here (the close either saw this member or set the flag first).
+                if let Some(connection) = &self.connection {
+                    if connection.closed.load(Ordering::SeqCst) {
+                        self.leave(connection.session).await;
+                    }
+                }
                 Response::Done
             }
             Request::Heartbeat(m) => {

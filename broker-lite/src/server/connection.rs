@@ -44,6 +44,7 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin + Send + 'static,
 {
+    let handler = handler.connect();
     let (tx, rx) = mpsc::channel::<Frame>(256);
     let writer = tokio::spawn(write_loop(FrameWriter::new(wr), rx));
     let mut reader = FrameReader::new(rd, config.limits.max_frame_size);
@@ -176,6 +177,9 @@ where
         });
     }
 
+    // Tell the handler at once, not after the requests in flight (a long poll can run for a
+    // while): a killed consumer's members leave their groups now.
+    handler.disconnected().await;
     // Let the requests in flight finish, unless the server stops hard.
     tokio::select! {
         _ = async { while tasks.join_next().await.is_some() {} } => {}

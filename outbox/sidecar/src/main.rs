@@ -103,7 +103,7 @@ fn exit_code(error: &anyhow::Error) -> ExitCode {
     let invalid_configuration = error.chain().any(|cause| {
         matches!(
             cause.downcast_ref(),
-            Some(courier::outbox::Error::Config(_))
+            Some(courier_outbox::Error::Config(_))
         )
     });
     if invalid_configuration {
@@ -132,7 +132,7 @@ async fn execute(command: Command, config: Config) -> anyhow::Result<()> {
     match command {
         Command::Migrate => {
             let pool = database::connect(&config).await?;
-            courier::outbox::MIGRATOR.run(&pool).await?;
+            courier_outbox::MIGRATOR.run(&pool).await?;
             println!("outbox tables are up to date");
             Ok(())
         }
