@@ -22,10 +22,10 @@
 //! frozen relay, if it wakes up, finds its connection gone and reconnects; what it had published
 //! is published again by whoever claimed it (delivery is at least once).
 //!
-//! On the relay's side, sqlx 0.8 offers no TCP keepalive for its connections (launchbadge/sqlx#3540),
-//! so the session bounds every round trip instead: a database that does not answer within the
-//! `session_timeout` counts as a lost connection, and the relay reconnects rather than wait
-//! forever on a socket nobody will write to again.
+//! On the relay's side, sqlx 0.8 offers no TCP keepalive for its connections
+//! (launchbadge/sqlx#3540), so the session bounds every round trip instead: a database that does
+//! not answer within the `session_timeout` counts as a lost connection, and the relay reconnects
+//! rather than wait forever on a socket nobody will write to again.
 
 use std::future::Future;
 use std::io;
