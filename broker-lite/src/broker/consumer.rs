@@ -122,6 +122,10 @@ pub struct PullRequest {
     pub max_messages: usize,
     /// How long to wait for a message when none is ready (capped by `max_long_poll`).
     pub long_poll: Duration,
+    /// Most bytes of deliveries to return (bodies, headers and receipts, as the server encodes
+    /// them); at least one message is returned whatever its size. Default unbounded; the server
+    /// sets its frame limit here.
+    pub max_bytes: usize,
 }
 
 impl PullRequest {
@@ -137,12 +141,19 @@ impl PullRequest {
             topic: topic.into(),
             max_messages: 1,
             long_poll: Duration::ZERO,
+            max_bytes: usize::MAX,
         }
     }
 
     /// Sets the batch size.
     pub fn with_max_messages(mut self, max: usize) -> Self {
         self.max_messages = max;
+        self
+    }
+
+    /// Sets the byte budget of the answer (see [`max_bytes`](Self::max_bytes)).
+    pub fn with_max_bytes(mut self, max: usize) -> Self {
+        self.max_bytes = max;
         self
     }
 

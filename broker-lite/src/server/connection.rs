@@ -144,7 +144,9 @@ where
                     let limit = config.limits.max_frame_size as usize;
                     if body.len() + HEADER_LEN > limit {
                         // The peer would refuse the frame and drop the connection with every
-                        // request on it; answer this request with an error instead.
+                        // request on it; answer this request with an error instead. A
+                        // `BrokerHandler` sizes pulls for the frame limit, so this is a
+                        // handler's bug (a pull's deliveries would stay in flight).
                         warn!(command = command.name(), size = body.len(), limit,
                             "response exceeds the frame limit; deliveries of a pull stay in flight until the consume timeout");
                         let reply = ErrorReply::new(

@@ -66,7 +66,8 @@ pub async fn run(
     config: ServerConfig,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
-    serve(listener, BrokerHandler::new(broker), config, shutdown).await
+    let handler = BrokerHandler::new(broker).with_max_frame_size(config.limits.max_frame_size);
+    serve(listener, handler, config, shutdown).await
 }
 
 /// Serves `listener` with `handler` until `shutdown` completes, then shuts down gracefully.
