@@ -8,9 +8,10 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use courier_middleware::{
-    Delivery, Handled, Idempotency, IdempotencyKey, IdempotencyLayer, TxDelivery,
+    Delivery, Handled, Idempotency, IdempotencyKey, IdempotencyLayer, LocalRetryLayer,
+    LocalRetryPolicy, TxDelivery,
 };
-use courier_outbox::Message;
+use courier_outbox::{Backoff, Message};
 use sqlx::Pool;
 use store_support::{PATIENCE, Store};
 use tokio::sync::Semaphore;
@@ -28,6 +29,7 @@ for_each_store!(
     batched_concurrent_deliveries_give_one_effect_per_message,
     batched_a_failing_handler_rolls_back_only_its_own_delivery,
     a_handler_killed_mid_transaction_leaves_no_record_and_the_redelivery_runs_it,
+    a_local_retry_outside_the_layer_runs_each_attempt_in_a_fresh_transaction,
 );
 
 /// Writes one effect row in the delivery's transaction; counts calls; fails while `failures` > 0.
@@ -368,4 +370,36 @@ async fn a_handler_killed_mid_transaction_leaves_no_record_and_the_redelivery_ru
     assert_eq!(redelivered, Handled::Processed(()));
     assert_eq!(handler.calls(), 1);
     assert_eq!(DB::effects(&pool).await, 1);
+}
+
+/// Retries at once: the tests wait for no timer.
+fn retry_at_once(retries: u32) -> LocalRetryLayer {
+    LocalRetryLayer::new(LocalRetryPolicy::new(retries).backoff(Backoff {
+        base: Duration::ZERO,
+        factor: 1.0,
+        max: Duration::ZERO,
+        jitter: 0.0,
+    }))
+}
+
+// The other order, `LocalRetryLayer` inside `IdempotencyLayer`, retried in the same transaction
+// and committed the failed attempt's write with the retry's; it no longer compiles (`TxDelivery`
+// is not `Clone`, see its docs' compile_fail example).
+async fn a_local_retry_outside_the_layer_runs_each_attempt_in_a_fresh_transaction<DB: Store>(
+    pool: Pool<DB>,
+) {
+    DB::create_effects(&pool).await;
+    let handler = Handler::default();
+    // Writes its effect, then fails: the first attempt's write must not survive.
+    handler.failures.store(1, Ordering::SeqCst);
+    let service =
+        retry_at_once(2).layer(IdempotencyLayer::new(pool.clone()).layer(handler.service()));
+    let message = Message::new("payments", "p");
+
+    let handled = service.oneshot(delivery(&message)).await.unwrap();
+
+    assert_eq!(handled, Handled::Processed(()));
+    assert_eq!(handler.calls(), 2);
+    assert_eq!(DB::effects(&pool).await, 1);
+    assert_eq!(DB::records(&pool).await, 1);
 }

@@ -137,6 +137,11 @@ impl<DB: Database> std::fmt::Debug for Config<DB> {
 /// Only writes made through the [`Tx`] are covered. A side effect outside the database (an
 /// HTTP call) may still repeat if the commit fails after it.
 ///
+/// Put a [`LocalRetryLayer`](crate::LocalRetryLayer) outside this layer, never inside: each retry
+/// then runs in a fresh transaction. Inside, a retry would run in the failed attempt's
+/// transaction and commit that attempt's writes with its own; [`TxDelivery`] is not `Clone`, so
+/// that stack does not compile (see there).
+///
 /// # Examples
 ///
 /// ```no_run
