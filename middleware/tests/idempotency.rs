@@ -29,6 +29,7 @@ for_each_store!(
     a_redelivery_older_than_the_window_is_dead_lettered_not_handled_again,
     a_message_older_than_the_window_with_its_record_is_a_duplicate,
     batched_late_messages_are_refused_or_duplicates_and_the_rest_runs,
+    the_runtime_dead_letters_a_late_message_with_its_reason,
     batched_concurrent_deliveries_give_one_effect_per_message,
     batched_a_failing_handler_rolls_back_only_its_own_delivery,
     a_handler_killed_mid_transaction_leaves_no_record_and_the_redelivery_runs_it,
@@ -534,4 +535,40 @@ async fn a_local_retry_outside_the_layer_runs_each_attempt_in_a_fresh_transactio
     assert_eq!(handler.calls(), 2);
     assert_eq!(DB::effects(&pool).await, 1);
     assert_eq!(DB::records(&pool).await, 1);
+}
+
+async fn the_runtime_dead_letters_a_late_message_with_its_reason<DB: Store>(pool: Pool<DB>) {
+    DB::create_effects(&pool).await;
+    let handler = Handler::default();
+    let service = IdempotencyLayer::new(pool.clone()).layer(handler.service());
+    let source = courier_middleware::MemorySource::new("billing");
+    // Older than the default window, never seen: a replay from long ago.
+    let late = created_ago(
+        &Message::new("payments", "p"),
+        courier_middleware::DEFAULT_IDEMPOTENCY_WINDOW + HOUR,
+    );
+    source.push(late.clone());
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let consumer = courier_middleware::Consumer::builder(source.clone(), service).build();
+    let running = tokio::spawn(consumer.run(shutdown.clone()));
+    // Settled either way: dead-lettered, or (the bug) handled and acked.
+    let settled = source.wait_until(|s| !s.dead_letters().is_empty() || !s.acked().is_empty());
+    tokio::time::timeout(PATIENCE, settled)
+        .await
+        .expect("the delivery was never settled");
+    assert!(
+        source.acked().is_empty(),
+        "the late message was handled and acked"
+    );
+    shutdown.cancel();
+    running.await.unwrap();
+
+    let (message, reason) = source.dead_letters().remove(0);
+    assert_eq!(message.id, late.id);
+    assert!(
+        reason.contains("older than the idempotency window"),
+        "{reason}"
+    );
+    assert_eq!(handler.calls(), 0);
+    assert_eq!(DB::records(&pool).await, 0);
 }
