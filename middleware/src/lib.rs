@@ -126,7 +126,7 @@ pub use error::{Disposition, Elapsed, Panicked, Reject, Retry};
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 pub use idempotency::{
     BatchedIdempotency, BatchedIdempotencyLayer, DEFAULT_IDEMPOTENCY_WINDOW, Handled, Idempotency,
-    IdempotencyKey, IdempotencyLayer,
+    IdempotencyKey, IdempotencyLayer, LateDelivery,
 };
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 pub use inbox::{Inbox, InboxDeadLetter, InboxStore, InboxWorker, Stored};

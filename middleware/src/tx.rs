@@ -183,6 +183,50 @@ impl<DB: Database> DerefMut for TxGuard<DB> {
 /// Produced by the [`Idempotency`](crate::Idempotency) layer and the durable inbox worker.
 /// `DB` is the database of the transaction, [`DefaultDatabase`](crate::DefaultDatabase) unless said otherwise.
 ///
+/// # Not `Clone`, so no retry inside the transaction
+///
+/// A `TxDelivery` stands for one attempt in one transaction, and is deliberately not `Clone`.
+/// A layer that calls its inner service more than once with clones of the request, such as
+/// [`LocalRetryLayer`](crate::LocalRetryLayer), would otherwise retry inside the transaction:
+/// the failed attempt's writes are not rolled back (there is no savepoint per attempt) and commit
+/// together with the retry's, so a handler that wrote and then failed would have its effect
+/// twice. Put local retries outside the transactional layer instead: each retry then runs in a
+/// fresh transaction with a fresh idempotency record, and a failed attempt leaves nothing behind.
+///
+/// ```no_run
+/// use courier_middleware::{IdempotencyLayer, LocalRetryLayer, TxDelivery};
+/// use tower::ServiceBuilder;
+///
+/// # async fn example(pool: sqlx::PgPool) {
+/// let handler = ServiceBuilder::new()
+///     .layer(LocalRetryLayer::default()) // outside: one transaction per attempt
+///     .layer(IdempotencyLayer::new(pool))
+///     .service_fn(|_: TxDelivery| async { Ok::<_, tower::BoxError>(()) });
+/// # let _ = handler;
+/// # }
+/// ```
+///
+/// Inside, the stack is no handler of deliveries: "the trait bound `TxDelivery: Clone` is not
+/// satisfied".
+///
+/// ```compile_fail,E0277
+/// use courier_middleware::{Delivery, IdempotencyLayer, LocalRetryLayer, TxDelivery};
+/// use tower::ServiceBuilder;
+///
+/// fn consume(_handler: impl tower::Service<Delivery>) {}
+///
+/// # fn example(pool: sqlx::PgPool) {
+/// let handler = ServiceBuilder::new()
+///     .layer(IdempotencyLayer::new(pool))
+///     .layer(LocalRetryLayer::default()) // inside: would retry in the same transaction
+///     .service_fn(|_: TxDelivery| async { Ok::<_, tower::BoxError>(()) });
+/// consume(handler);
+/// # }
+/// ```
+///
+/// The durable inbox retries a failed row itself, each attempt in its own transaction
+/// ([`Inbox::backoff`](crate::Inbox::backoff)).
+///
 /// ```no_run
 /// use courier_middleware::TxDelivery;
 ///
@@ -218,15 +262,6 @@ impl<DB: Database> TxDelivery<DB> {
     /// ```
     pub fn tx(&self) -> &Tx<DB> {
         &self.tx
-    }
-}
-
-impl<DB: Database> Clone for TxDelivery<DB> {
-    fn clone(&self) -> Self {
-        Self {
-            delivery: self.delivery.clone(),
-            tx: self.tx.clone(),
-        }
     }
 }
 
