@@ -11,7 +11,7 @@
 //!     CatchPanicLayer, ConsumeMetricsLayer, ConsumeTimeoutLayer, Consumer, Delivery,
 //!     LocalRetryLayer, MemorySource, Reject, TraceLayer,
 //! };
-//! use courier_outbox::Message;
+//! use courier_core::Message;
 //! use tokio_util::sync::CancellationToken;
 //! use tower::ServiceBuilder;
 //!
@@ -63,7 +63,7 @@
 //! # Brokers
 //!
 //! A broker plugs in as a [`DeliverySource`] (consumer side: pull, ack, nack with a delay,
-//! dead-letter) and as a `tower::Service<courier_outbox::Message>` whose response implements
+//! dead-letter) and as a `tower::Service<courier_core::Message>` whose response implements
 //! [`HasSendStatus`] (producer side). [`MemorySource`] is an in-process source for tests and
 //! examples.
 //!
@@ -120,13 +120,13 @@ pub use consumer::metrics::{ConsumeMetrics, ConsumeMetricsLayer};
 pub use consumer::retry::{LocalRetry, LocalRetryLayer, LocalRetryPolicy};
 pub use consumer::trace::{Trace, TraceLayer};
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
-pub use database::TxDatabase;
+pub use database::{DefaultDatabase, TxDatabase};
 pub use delivery::{AsDelivery, Delivery};
 pub use error::{Disposition, Elapsed, Panicked, Reject, Retry};
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 pub use idempotency::{
     BatchedIdempotency, BatchedIdempotencyLayer, DEFAULT_IDEMPOTENCY_WINDOW, Handled, Idempotency,
-    IdempotencyKey, IdempotencyLayer,
+    IdempotencyKey, IdempotencyLayer, LateDelivery,
 };
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 pub use inbox::{Inbox, InboxDeadLetter, InboxStore, InboxWorker, Stored};

@@ -35,7 +35,7 @@ mod source;
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use courier_outbox::Message;
+use courier_core::Message;
 
 pub use publisher::BrokerLitePublisher;
 pub use source::{BrokerLiteReceipt, BrokerLiteSource};

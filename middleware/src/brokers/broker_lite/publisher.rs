@@ -4,7 +4,7 @@ use std::task::{Context, Poll};
 
 use broker_lite_client::protocol::{ErrorCode, SendResult};
 use broker_lite_client::{Addresses, ClientError, Producer, ProducerConfig, SendError};
-use courier_outbox::{Message, Permanent};
+use courier_core::{Message, Permanent};
 use tower::{BoxError, Service};
 
 use crate::boxed::BoxResponseFuture;
@@ -20,7 +20,7 @@ use crate::{HasSendStatus, SendStatus};
 /// - **Failures**: a failed send is a [`SendError`] holding the message (nothing is dropped
 ///   silently). When the broker refused the message itself, so that sending it again can never
 ///   succeed (larger than the broker's `max_message_size`, an invalid topic name, a property
-///   name reserved for the broker), the error is wrapped in [`courier_outbox::Permanent`] and the
+///   name reserved for the broker), the error is wrapped in [`courier_core::Permanent`] and the
 ///   relay moves the message to its failure table at once instead of retrying it (P6).
 ///   Everything else (connection lost, timeout, broker shutting down, an unknown topic that an
 ///   administrator may still create) stays retryable.
