@@ -41,7 +41,8 @@ pub(crate) enum Command {
         records: Vec<NewRecord>,
         reply: PlacedReply,
     },
-    /// Fsync now; `reply` gets the flushed position. Ticks of the async flusher carry no reply.
+    /// Fsync now; `reply` gets the flushed position. The async flusher only wakes the writer with
+    /// it (no reply): its requests wait in [`Shared::request_flush`].
     Flush {
         reply: Option<oneshot::Sender<Result<u64>>>,
     },
@@ -66,6 +67,13 @@ impl Command {
             Command::Append { records, .. } => records.iter().map(NewRecord::encoded_len).sum(),
             _ => 0,
         }
+    }
+}
+
+impl Drop for Writer {
+    /// However the writer stops, nobody waits for it to flush any more.
+    fn drop(&mut self) {
+        self.shared.stop_flush_requests();
     }
 }
 
@@ -139,9 +147,11 @@ impl Writer {
     /// Handles one batch; returns whether a `Close` was among it.
     fn process(&mut self, batch: &mut Vec<Command>) -> bool {
         let mut appends = Vec::new();
-        let mut flushes = Vec::new();
         let mut close = None;
         let mut want_sync = self.shared.config.flush_mode == FlushMode::Sync;
+        // Ticks of the async flusher wait here rather than in the queue (see `tasks::flush_task`).
+        let mut flushes = self.shared.take_flush_requests();
+        want_sync |= !flushes.is_empty();
         for cmd in batch.drain(..) {
             match cmd {
                 Command::Append { records, reply } => appends.push((records, reply)),

@@ -33,7 +33,9 @@
 //! - **`FlushMode::Async`** (`ASYNC_FLUSH`): an append returns [`FlushOutcome::InMemory`] once
 //!   written to the page cache; a background task fsyncs every `interval` (default 500 ms).
 //!   **Loss window:** a power cut or kernel crash loses what was acknowledged during the last
-//!   `interval` plus the duration of one fsync; a crash of the broker process alone loses nothing
+//!   `interval` plus the duration of one fsync, under any load: a tick does not queue behind the
+//!   appends (whose queue is full under sustained load) but leaves a flush request that the
+//!   writer takes with its very next batch; a crash of the broker process alone loses nothing
 //!   that was acknowledged, since the page cache survives it. Readers see written records, so a
 //!   consumer may receive a record that is later lost in a power cut.
 //!

@@ -2,7 +2,7 @@
 
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 
 use super::backend::StorageBackend;
 use super::checkpoint::{self, STORE_CHECKPOINT, StoreCheckpoint};
@@ -28,6 +28,9 @@ pub struct Progress {
     pub failed: bool,
 }
 
+/// Where the writer answers a flush: the flushed position.
+pub(crate) type FlushReply = oneshot::Sender<Result<u64>>;
+
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub(crate) backend: Arc<dyn StorageBackend>,
@@ -38,6 +41,9 @@ pub(crate) struct Shared {
     pub(crate) progress: watch::Sender<Progress>,
     failure: Mutex<Option<String>>,
     checkpoint_lock: Mutex<()>,
+    /// Flushes asked for by the async flush ticker, taken by the writer with its next batch;
+    /// `None` once the writer stopped (see [`request_flush`](Self::request_flush)).
+    flush_requests: Mutex<Option<Vec<FlushReply>>>,
     /// `true` once the store is closed or dropped. Every file change holds a read guard, so after
     /// [`shut_down`](Self::shut_down) returns this store never touches the directory again, even
     /// from a writer thread or a blocking task that outlives the handle.
@@ -66,6 +72,7 @@ impl Shared {
             progress,
             failure: Mutex::new(None),
             checkpoint_lock: Mutex::new(()),
+            flush_requests: Mutex::new(Some(Vec::new())),
             gate: RwLock::new(false),
         }
     }
@@ -77,6 +84,35 @@ impl Shared {
             FlushMode::Sync => p.flushed,
             _ => p.written,
         }
+    }
+
+    /// Asks the writer to fsync with its next batch and answer on `reply`; `false` (and `reply`
+    /// dropped) when the writer has stopped. Unlike a command, a request never waits for room in
+    /// the writer's queue.
+    pub(crate) fn request_flush(&self, reply: FlushReply) -> bool {
+        match &mut *self.flush_requests.lock().unwrap() {
+            Some(requests) => {
+                requests.push(reply);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The flush requests waiting for the writer.
+    pub(crate) fn take_flush_requests(&self) -> Vec<FlushReply> {
+        self.flush_requests
+            .lock()
+            .unwrap()
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
+    }
+
+    /// Called when the writer stops: pending and later requests are dropped, so that no waiter
+    /// blocks for good.
+    pub(crate) fn stop_flush_requests(&self) {
+        self.flush_requests.lock().unwrap().take();
     }
 
     /// Puts the store into the failed state for good.

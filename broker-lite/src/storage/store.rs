@@ -138,7 +138,11 @@ impl Store {
             .map_err(|e| StorageError::io("start the writer thread", e))?;
         let mut tasks = vec![tokio::spawn(tasks::checkpoint_task(shared.clone()))];
         if let FlushMode::Async { interval } = shared.config.flush_mode {
-            tasks.push(tokio::spawn(tasks::flush_task(tx.downgrade(), interval)));
+            tasks.push(tokio::spawn(tasks::flush_task(
+                tx.downgrade(),
+                shared.clone(),
+                interval,
+            )));
         }
         Ok(Store {
             inner: Arc::new(Inner {
