@@ -4,7 +4,11 @@
 //! it with one positional write per touched segment and, under sync flush, makes it durable with one
 //! fsync (group commit). Producers are told where their records went right after the write and wait
 //! for [`Progress::flushed`](super::Progress) to pass them.
+//!
+//! The segments a batch rolls into are created first ([`Writer::prepare_segments`]), outside the
+//! index lock; an append that does not fit because the disk is full is refused on its own.
 
+use std::collections::VecDeque;
 use std::ops::Range;
 use std::sync::Arc;
 
@@ -92,6 +96,9 @@ pub(crate) struct Writer {
     buf: BytesMut,
     /// Segments written since their last fsync.
     dirty: Vec<Arc<Segment>>,
+    /// Segments created and preallocated for the batch at hand but not yet part of the log; the
+    /// next rolls take them in order.
+    prepared: VecDeque<Arc<Segment>>,
 }
 
 impl Writer {
@@ -103,6 +110,7 @@ impl Writer {
             position,
             buf: BytesMut::with_capacity(1 << 20),
             dirty: Vec::new(),
+            prepared: VecDeque::new(),
         }
     }
 
@@ -166,12 +174,21 @@ impl Writer {
             }
         }
 
+        if let Err(e) = self.shared.check_failed() {
+            for (_, reply) in appends.drain(..) {
+                let _ = reply.send(Err(copy_error(&e)));
+            }
+        }
+        // Segments are created before the index lock is taken (reads wait for that lock); an
+        // append that finds no room on the disk is refused alone and the store stays healthy.
+        let fit = self.prepare_segments(&appends);
+        if let Err((first_refused, e)) = fit {
+            for (_, reply) in appends.drain(first_refused..) {
+                let _ = reply.send(Err(copy_error(&e)));
+            }
+        }
         if !appends.is_empty() {
-            match self
-                .shared
-                .check_failed()
-                .and_then(|()| self.write(&appends))
-            {
+            match self.write(&appends) {
                 Ok(placed) => {
                     for ((_, reply), placed) in appends.into_iter().zip(placed) {
                         let _ = reply.send(Ok(placed));
@@ -232,13 +249,14 @@ impl Writer {
                             self.buf.put_u32_le(END_MAGIC);
                         }
                         chunks.push(self.chunk(chunk_start));
-                        let next = Segment::create(
-                            &*self.shared.backend,
-                            self.active.end(),
-                            self.shared.config.segment_size,
-                        )?;
+                        // Created by `prepare_segments`: no file I/O under the index lock.
+                        let next = self
+                            .prepared
+                            .pop_front()
+                            .expect("prepare_segments created every segment this batch needs");
+                        debug_assert_eq!(next.base, self.active.end());
                         tracing::info!(segment = %next.name, "started a new segment");
-                        self.active = Arc::new(next);
+                        self.active = next;
                         new_segments.push(self.active.clone());
                         self.position = self.active.base;
                         chunk_start = (self.buf.len(), self.position);
@@ -293,6 +311,37 @@ impl Writer {
         Ok(all)
     }
 
+    /// Creates (and preallocates, with its fsyncs) every segment the appends will roll into, before
+    /// [`write`](Self::write) takes the index lock. On failure, `Err((i, error))`: appends from
+    /// `i` on do not fit in the segments that exist; the segments created so far are kept for
+    /// later rolls.
+    fn prepare_segments(
+        &mut self,
+        appends: &[(Vec<NewRecord>, PlacedReply)],
+    ) -> std::result::Result<(), (usize, StorageError)> {
+        let size = self.shared.config.segment_size;
+        let mut position = self.position;
+        let mut end = self.active.end();
+        let mut rolls = 0;
+        for (i, (records, _)) in appends.iter().enumerate() {
+            for r in records {
+                let len = r.encoded_len() as u64;
+                if position + len > end {
+                    if rolls == self.prepared.len() {
+                        let next = Segment::create(&*self.shared.backend, end, size)
+                            .map_err(|e| (i, e))?;
+                        self.prepared.push_back(Arc::new(next));
+                    }
+                    rolls += 1;
+                    position = end;
+                    end += size;
+                }
+                position += len;
+            }
+        }
+        Ok(())
+    }
+
     fn chunk(&self, (start, position): (usize, u64)) -> Chunk {
         Chunk {
             segment: self.active.clone(),
@@ -320,6 +369,18 @@ impl Writer {
             metrics::gauge!("broker_lite_storage_flushed_position").set(target as f64);
         }
         Ok(target)
+    }
+}
+
+/// The same error again, for another waiter of one batch (`StorageError` is not `Clone`).
+fn copy_error(e: &StorageError) -> StorageError {
+    match e {
+        StorageError::Failed(reason) => StorageError::Failed(reason.clone()),
+        StorageError::Io { context, source } => StorageError::Io {
+            context: context.clone(),
+            source: std::io::Error::new(source.kind(), source.to_string()),
+        },
+        other => StorageError::Failed(other.to_string()),
     }
 }
 

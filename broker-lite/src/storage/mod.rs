@@ -5,7 +5,8 @@
 //! One directory holds (and [`Store::open`] locks it with `flock` on its `LOCK` file, so that
 //! two stores never share it):
 //! - **segment files** named by the log position of their first byte, 20 digits
-//!   (`00000000000000000000`, ...), preallocated to [`StoreConfig::segment_size`]. Records are
+//!   (`00000000000000000000`, ...), preallocated to [`StoreConfig::segment_size`] for real
+//!   (`fallocate`, not sparse: see *Segments and free space* below). Records are
 //!   appended to the last (active) one; each is framed with its length and a CRC32C (the frame
 //!   layout is documented in the `codec` module source).
 //! - `store.ckpt`, the store checkpoint: the *durable position* (everything below it was fsynced)
@@ -42,6 +43,17 @@
 //! An fsync or write error is fatal: the store enters a failed state (see [`Progress::failed`]),
 //! every later append fails with [`StorageError::Failed`], and no pending append is ever answered
 //! `Flushed`. Restart the broker and inspect the disk; recovery then decides from the log itself.
+//!
+//! # Segments and free space
+//!
+//! A new segment is created, preallocated and fsynced (file and directory) by the writer *before*
+//! it takes the index lock, for every roll the batch at hand needs; under the lock the writer only
+//! swaps the ready segment in, so readers never wait for that I/O. Because the space is reserved
+//! at creation, a full disk shows up there, before any record of the batch is placed: the appends
+//! that need the new segment are answered with a retryable [`StorageError::Io`] (kind
+//! `StorageFull`), the others of the batch are written, the store is *not* failed, keeps serving
+//! reads, and accepts writes again once there is room. (Writes into preallocated space do not
+//! run out of room on ext4 or XFS; on copy-on-write file systems a failed write stays fatal.)
 //!
 //! # Retention (safeguard B5)
 //!

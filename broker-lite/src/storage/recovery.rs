@@ -146,7 +146,8 @@ pub(crate) fn recover(backend: &dyn StorageBackend, config: &StoreConfig) -> Res
                 )
             };
             segment.file.set_len(offset).map_err(ctx)?;
-            segment.file.set_len(segment.size).map_err(ctx)?;
+            // Allocate again rather than extend: an extended tail would be sparse.
+            segment.file.allocate(segment.size).map_err(ctx)?;
             segment.file.sync_data().map_err(ctx)?;
             for later in segments.drain(i + 1..) {
                 backend.remove(&later.name).map_err(|e| {
