@@ -149,6 +149,7 @@ impl Writer {
         let shared = self.shared.clone();
         if let Ok(_open) = shared.open_gate() {
             let _ = self.sync();
+            shared.fence_gated();
         }
     }
 
@@ -175,6 +176,8 @@ impl Writer {
         }
 
         if let Err(e) = self.shared.check_failed() {
+            // The disk may take the fence now that it refused before.
+            self.shared.fence_gated();
             for (_, reply) in appends.drain(..) {
                 let _ = reply.send(Err(copy_error(&e)));
             }

@@ -20,8 +20,11 @@
 //! record below the durable position is damaged: data that was acknowledged is never skipped
 //! silently. The durable position is checkpointed every [`StoreConfig::checkpoint_interval`]
 //! (default 1 s), on [`Store::close`] and after retention, not after every fsync (that would double
-//! the fsyncs); a record fsynced after the last checkpoint is protected by its CRC, and damage there
-//! is handled like a torn tail (cut, with a warning event).
+//! the fsyncs). Damage above it is cut only when it is a true torn tail, with nothing valid after
+//! it in the log; otherwise opening is refused too, naming segment and offset (under sync flush;
+//! the `tail` module source explains the rule and why async flush differs). After a failed fsync
+//! the store records a *fence* in its checkpoint, and the next open cuts the log at the last
+//! successful fsync, whatever the page cache still shows beyond it ("fsyncgate").
 //!
 //! # Flushing (safeguards B1, B2)
 //!
@@ -116,6 +119,7 @@ pub mod retention;
 mod segment;
 mod shared;
 mod store;
+mod tail;
 mod tasks;
 
 pub use config::{FlushMode, StoreConfig};

@@ -79,6 +79,9 @@ impl Drop for Inner {
         for task in self.tasks.lock().unwrap().drain(..) {
             task.abort();
         }
+        // A failed store still records its failure, so that the next open does not trust what
+        // the page cache shows beyond the last successful fsync.
+        self.shared.fence();
         self.shared.shut_down();
     }
 }

@@ -44,7 +44,10 @@ pub(crate) async fn flush_task(
 
 /// Checkpoints the flushed position every `checkpoint_interval` when it moved.
 pub(crate) async fn checkpoint_task(shared: Arc<Shared>) {
-    let mut ticker = tokio::time::interval(shared.config.checkpoint_interval);
+    // The open has just written the checkpoint: the first tick is one interval away, not at once,
+    // so that what the checkpoint holds right after an open does not depend on task scheduling.
+    let period = shared.config.checkpoint_interval;
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
