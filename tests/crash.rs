@@ -33,7 +33,10 @@ use uuid::Uuid;
 
 courier_test_support::postgres_for_tests!();
 
-const RELAY: &str = env!("CARGO_BIN_EXE_outbox-relay");
+/// The sidecar, a package of its own.
+fn relay_binary() -> std::path::PathBuf {
+    courier_test_support::workspace_binary("outbox-relay", "outbox-relay")
+}
 const TOPIC: &str = "ORDER_CREATED";
 const GROUP: &str = "payments";
 
@@ -220,7 +223,7 @@ async fn every_committed_order_has_exactly_one_effect_through_kills(pool: PgPool
     );
     let config = relay_config(dir.path(), &database, &broker_addr);
     let mut relay = Process::new("relay", move || {
-        let mut command = Command::new(RELAY);
+        let mut command = Command::new(relay_binary());
         command
             .args(["--config", config.to_str().unwrap(), "run"])
             .env_remove("DATABASE_URL");

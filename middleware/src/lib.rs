@@ -105,6 +105,7 @@ mod memory;
 mod producer;
 mod runtime;
 mod source;
+mod timeout;
 mod trace_context;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 mod tx;
@@ -117,7 +118,6 @@ pub use consumer::batch::{Batch, BatchFailed, BatchLayer};
 pub use consumer::catch_panic::{CatchPanic, CatchPanicLayer};
 pub use consumer::metrics::{ConsumeMetrics, ConsumeMetricsLayer};
 pub use consumer::retry::{LocalRetry, LocalRetryLayer, LocalRetryPolicy};
-pub use consumer::timeout::{ConsumeTimeout, ConsumeTimeoutLayer, DEFAULT_CONSUME_TIMEOUT};
 pub use consumer::trace::{Trace, TraceLayer};
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 pub use database::TxDatabase;
@@ -139,10 +139,13 @@ pub use producer::send::{Producer, SendHandle};
 pub use producer::status::{
     HasSendStatus, NotSendOk, RequireSendOk, RequireSendOkLayer, SendStatus,
 };
-pub use producer::timeout::{DEFAULT_SEND_TIMEOUT, SendTimeout, SendTimeoutLayer};
 pub use producer::trace::{TracePublish, TracePublishLayer};
 pub use runtime::{Consumer, ConsumerBuilder, DEFAULT_CONCURRENCY, DEFAULT_MAX_DELIVERIES};
 pub use source::{ConsumeModel, DeliverySource, NackOutcome, Pulled};
+pub use timeout::{
+    ConsumeTimeout, ConsumeTimeoutLayer, Consuming, DEFAULT_CONSUME_TIMEOUT, DEFAULT_SEND_TIMEOUT,
+    SendTimeout, SendTimeoutLayer, Sending, Timeout, TimeoutKind, TimeoutLayer,
+};
 pub use tower::BoxError;
 pub use trace_context::{TRACEPARENT, TraceParent};
 #[cfg(feature = "postgres")]
@@ -152,14 +155,13 @@ pub use tx::{SqliteTx, SqliteTxGuard};
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 pub use tx::{Tx, TxDelivery, TxGuard};
 
-/// The response futures of the layers. `SendTimeout` shares `ConsumeTimeoutFuture`, the send retry
+/// The response futures of the layers. `ConsumeTimeout` and `SendTimeout` share `TimeoutFuture`, the send retry
 /// shares `LocalRetryFuture`.
 pub mod future {
     pub use crate::boxed::BoxResponseFuture;
     pub use crate::consumer::catch_panic::future::ResponseFuture as CatchPanicFuture;
     pub use crate::consumer::metrics::future::ResponseFuture as ConsumeMetricsFuture;
     pub use crate::consumer::retry::future::ResponseFuture as LocalRetryFuture;
-    pub use crate::consumer::timeout::future::ResponseFuture as ConsumeTimeoutFuture;
     pub use crate::consumer::trace::future::ResponseFuture as TraceFuture;
     #[cfg(any(feature = "postgres", feature = "sqlite"))]
     pub use crate::idempotency::future::ResponseFuture as IdempotencyFuture;
@@ -167,4 +169,5 @@ pub mod future {
     pub use crate::inbox::future::ResponseFuture as InboxStoreFuture;
     pub use crate::producer::status::ResponseFuture as RequireSendOkFuture;
     pub use crate::producer::trace::ResponseFuture as TracePublishFuture;
+    pub use crate::timeout::future::ResponseFuture as TimeoutFuture;
 }

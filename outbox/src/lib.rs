@@ -55,17 +55,14 @@
 
 mod error;
 mod failures;
-mod limits;
-mod message;
 mod publisher;
 mod relay;
 mod store;
 mod writer;
 
+pub use courier_core::{Limits, Message};
 pub use error::{Error, Result, ValidationError};
 pub use failures::{FailedMessage, FailureFilter, Failures};
-pub use limits::Limits;
-pub use message::Message;
 pub use publisher::{Permanent, Publisher};
 pub use relay::{Backoff, Relay, RelayBuilder, RelayState};
 pub use store::{Store, migrate};

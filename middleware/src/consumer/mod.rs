@@ -2,12 +2,11 @@
 //!
 //! A typical stack, outermost first: [`Trace`](trace::Trace), [`ConsumeMetrics`](metrics::ConsumeMetrics),
 //! [`LocalRetry`](retry::LocalRetry), [`CatchPanic`](catch_panic::CatchPanic),
-//! [`ConsumeTimeout`](timeout::ConsumeTimeout), then the handler (or the idempotency layer and the
+//! [`ConsumeTimeout`](crate::ConsumeTimeout), then the handler (or the idempotency layer and the
 //! handler).
 
 pub(crate) mod batch;
 pub(crate) mod catch_panic;
 pub(crate) mod metrics;
 pub(crate) mod retry;
-pub(crate) mod timeout;
 pub(crate) mod trace;

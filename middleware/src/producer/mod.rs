@@ -3,7 +3,7 @@
 //! A typical stack, outermost first: [`TracePublish`](trace::TracePublish) (injects `traceparent`),
 //! [`FailureFallback`](fallback::FailureFallback) (applications sending directly; the relay keeps
 //! its own failure table), the retry of [`SendRetryLayer`](retry::SendRetryLayer),
-//! [`SendTimeout`](timeout::SendTimeout), [`RequireSendOk`](status::RequireSendOk), then the broker
+//! [`SendTimeout`](crate::SendTimeout), [`RequireSendOk`](status::RequireSendOk), then the broker
 //! client.
 
 #[cfg(feature = "postgres")]
@@ -12,5 +12,4 @@ pub(crate) mod oneway;
 pub(crate) mod retry;
 pub(crate) mod send;
 pub(crate) mod status;
-pub(crate) mod timeout;
 pub(crate) mod trace;

@@ -17,7 +17,6 @@
 //! poll interval, the next delayed message or the next rebalance. A transaction that inserted just
 //! before the mark and commits just after it sent no wake-up; a few spaced re-polls catch it.
 
-mod backoff;
 mod config;
 mod metrics;
 mod publish;
@@ -33,7 +32,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-pub use backoff::Backoff;
+pub use courier_core::Backoff;
 // `pub` because the sealed `Store` trait names them; no path outside the crate reaches them.
 #[allow(unreachable_pub)]
 pub use config::RelayConfig;

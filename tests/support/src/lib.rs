@@ -7,12 +7,19 @@
 //!    and `DATABASE_URL` points at it for this test process;
 //! 3. otherwise the test binary stops with a message that says what to set.
 //!
+//! End-to-end tests that run another package's binary (the `outbox-relay` sidecar, the
+//! `broker-lite` server) find it with [`workspace_binary`].
+//!
 //! ```ignore
 //! courier_test_support::postgres_for_tests!();
 //!
 //! #[sqlx::test]
 //! async fn works(pool: sqlx::PgPool) { /* ... */ }
 //! ```
+
+mod binary;
+
+pub use binary::workspace_binary;
 
 use std::io::Write;
 use std::path::Path;

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::postgres::PgListener;
+use courier_core::listen::Listener;
 use sqlx::{PgPool, Postgres};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -20,7 +20,9 @@ impl InboxWakeups for Postgres {
         // The trigger notifies, on commit.
     }
 
-    /// Wakes the idle loops whenever a row of `group` is inserted; reconnects after failures.
+    /// Wakes the idle loops whenever a row of `group` is inserted, through the LISTEN loop
+    /// shared with the outbox relay (`courier_core::listen`): it also wakes them after every
+    /// reconnect, because rows committed while the connection was down notified nobody.
     async fn inbox_listen(
         pool: PgPool,
         group: String,
@@ -28,37 +30,11 @@ impl InboxWakeups for Postgres {
         pause: Duration,
         shutdown: CancellationToken,
     ) {
-        while !shutdown.is_cancelled() {
-            let mut listener = match PgListener::connect_with(&pool).await {
-                Ok(listener) => listener,
-                Err(error) => {
-                    tracing::warn!(%error, "inbox worker: cannot listen for new rows; polling");
-                    tokio::select! {
-                        () = shutdown.cancelled() => return,
-                        () = tokio::time::sleep(pause) => continue,
-                    }
-                }
-            };
-            if let Err(error) = listener.listen("courier_inbox").await {
-                tracing::warn!(%error, "inbox worker: LISTEN failed; polling");
-            }
-            // Rows may have arrived before the LISTEN took effect.
-            wake.notify_waiters();
-            loop {
-                tokio::select! {
-                    () = shutdown.cancelled() => return,
-                    received = listener.recv() => match received {
-                        Ok(notification) if notification.payload() == group => {
-                            wake.notify_waiters();
-                        }
-                        Ok(_) => {}
-                        Err(error) => {
-                            tracing::warn!(%error, "inbox worker: lost the notification connection");
-                            break;
-                        }
-                    },
-                }
-            }
-        }
+        Listener::new(&pool, "courier_inbox")
+            .application_name(&format!("courier-inbox-{group}-listener"))
+            .payload(group)
+            .max_pause(pause)
+            .run(move || wake.notify_waiters(), shutdown)
+            .await;
     }
 }

@@ -1,10 +1,10 @@
-//! Wake-ups from `LISTEN outbox_messages`, kept alive across dropped connections.
+//! Wake-ups from `LISTEN outbox_messages`, through the LISTEN loop shared with the inbox
+//! (`courier_core::listen`): it wakes the relay on every notification and after every reconnect.
 
 use std::sync::Arc;
-use std::time::Duration;
 
+use courier_core::listen::Listener;
 use sqlx::PgPool;
-use sqlx::postgres::PgListener;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -20,44 +20,7 @@ pub(crate) fn spawn(
     wake: Arc<Notify>,
     stop: CancellationToken,
 ) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        stop.run_until_cancelled(listen_forever(pool, name, wake))
-            .await;
-    })
-}
-
-async fn listen_forever(pool: PgPool, name: String, wake: Arc<Notify>) {
-    let mut pause = Duration::from_millis(100);
-    loop {
-        match listen(&pool, &name, &wake).await {
-            Ok(()) => pause = Duration::from_millis(100),
-            Err(error) => {
-                tracing::warn!(%error, "outbox listener failed; the relay polls until it is back");
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_secs(10));
-            }
-        }
-        wake.notify_one();
-    }
-}
-
-/// Listens until the connection is lost (`Ok`) or cannot be established (`Err`).
-async fn listen(pool: &PgPool, name: &str, wake: &Notify) -> sqlx::Result<()> {
-    let options = pool
-        .connect_options()
-        .as_ref()
-        .clone()
-        .application_name(&format!("{name}-listener"));
-    let pool = sqlx::pool::PoolOptions::new()
-        .max_connections(1)
-        .connect_lazy_with(options);
-    let mut listener = PgListener::connect_with(&pool).await?;
-    listener.eager_reconnect(false);
-    listener.listen(CHANNEL).await?;
-    // Anything committed before LISTEN took effect sent its notification to nobody.
-    wake.notify_one();
-    while listener.try_recv().await?.is_some() {
-        wake.notify_one();
-    }
-    Ok(())
+    Listener::new(&pool, CHANNEL)
+        .application_name(&format!("{name}-listener"))
+        .spawn(move || wake.notify_one(), stop)
 }

@@ -1,25 +1,9 @@
-//! Timestamps on SQLite: INTEGER microseconds since the Unix epoch, UTC.
+//! Timestamps on SQLite, in the encoding shared with the middleware (`courier_core::time`).
 
-use chrono::{DateTime, Utc};
-
-/// Now, in microseconds.
-pub(super) fn now_micros() -> i64 {
-    Utc::now().timestamp_micros()
-}
-
-/// `at` in microseconds.
-pub(super) fn to_micros(at: DateTime<Utc>) -> i64 {
-    at.timestamp_micros()
-}
+pub(super) use courier_core::time::{micros, now_micros, to_micros};
 
 /// A stored timestamp back as a `DateTime`; out-of-range values (never written by the outbox)
 /// decode as an error rather than a wrong date.
-pub(super) fn from_micros(micros: i64) -> sqlx::Result<DateTime<Utc>> {
-    DateTime::from_timestamp_micros(micros)
-        .ok_or_else(|| sqlx::Error::Decode(format!("timestamp {micros} µs is out of range").into()))
-}
-
-/// A duration in microseconds, saturating.
-pub(super) fn micros(duration: std::time::Duration) -> i64 {
-    i64::try_from(duration.as_micros()).unwrap_or(i64::MAX)
+pub(super) fn from_micros(micros: i64) -> sqlx::Result<chrono::DateTime<chrono::Utc>> {
+    courier_core::time::from_micros(micros).map_err(|error| sqlx::Error::Decode(Box::new(error)))
 }

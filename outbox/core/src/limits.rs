@@ -1,7 +1,7 @@
 //! Validation of messages before they reach the outbox table.
 
 use crate::Message;
-use crate::error::ValidationError;
+use crate::ValidationError;
 
 /// Bounds a message must respect to be enqueued.
 ///
@@ -9,7 +9,7 @@ use crate::error::ValidationError;
 /// up to 4 MiB, at most 64 headers of at most 4 KiB each (name plus value).
 ///
 /// ```
-/// use courier_outbox::{Limits, Message};
+/// use courier_core::{Limits, Message};
 ///
 /// let limits = Limits { max_payload_bytes: 16, ..Limits::default() };
 /// let error = limits.check(&Message::new("t", vec![0u8; 17])).unwrap_err();

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use courier::outbox::{Backoff, Relay};
+use courier_outbox::{Backoff, Relay};
 use metrics_exporter_prometheus::PrometheusBuilder;
 use tokio_util::sync::CancellationToken;
 

@@ -10,7 +10,7 @@ use rand::Rng;
 /// random factor in `[1 - jitter, 1]` so that messages failing together do not retry together.
 ///
 /// ```
-/// use courier_outbox::Backoff;
+/// use courier_core::Backoff;
 /// use std::time::Duration;
 ///
 /// let backoff = Backoff { jitter: 0.0, ..Backoff::default() };
@@ -56,7 +56,18 @@ impl Backoff {
         Duration::from_secs_f64((capped * scale).max(0.0))
     }
 
-    pub(crate) fn validate(&self) -> Result<(), String> {
+    /// Checks that the settings make sense: a growth factor of at least 1, jitter within
+    /// `0.0..=1.0`, and a base no larger than the cap.
+    ///
+    /// # Errors
+    ///
+    /// A sentence naming the setting and the value that is wrong.
+    ///
+    /// ```
+    /// let backoff = courier_core::Backoff { factor: 0.5, ..Default::default() };
+    /// assert!(backoff.validate().unwrap_err().contains("factor"));
+    /// ```
+    pub fn validate(&self) -> Result<(), String> {
         if !(self.factor >= 1.0 && self.factor.is_finite()) {
             return Err(format!(
                 "backoff factor must be at least 1.0, got {}",

@@ -1,4 +1,4 @@
-//! The response future of [`ConsumeTimeout`](super::ConsumeTimeout).
+//! The response future of [`Timeout`](super::Timeout).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -12,7 +12,7 @@ use tower::BoxError;
 use crate::Elapsed;
 
 pin_project! {
-    /// The handler's future raced against the consume timeout.
+    /// The inner future raced against the timeout.
     #[derive(Debug)]
     pub struct ResponseFuture<F> {
         #[pin]

@@ -116,7 +116,7 @@ async fn execute(command: Command, config: Config) -> anyhow::Result<()> {
     match command {
         Command::Migrate => {
             let pool = database::connect(&config).await?;
-            courier::outbox::MIGRATOR.run(&pool).await?;
+            courier_outbox::MIGRATOR.run(&pool).await?;
             println!("outbox tables are up to date");
             Ok(())
         }

@@ -18,7 +18,7 @@ use uuid::Uuid;
 /// # Examples
 ///
 /// ```
-/// use courier_outbox::Message;
+/// use courier_core::Message;
 /// use std::time::Duration;
 ///
 /// #[derive(serde::Serialize)]
@@ -61,7 +61,7 @@ impl Message {
     /// A message with a fresh UUIDv7 id and a raw payload.
     ///
     /// ```
-    /// let message = courier_outbox::Message::new("audit", &b"raw bytes"[..]);
+    /// let message = courier_core::Message::new("audit", &b"raw bytes"[..]);
     /// assert_eq!(message.payload.as_ref(), b"raw bytes");
     /// ```
     pub fn new(topic: impl Into<String>, payload: impl Into<Bytes>) -> Self {
@@ -86,7 +86,7 @@ impl Message {
     /// Returns the serialisation error if `value` cannot be written as JSON.
     ///
     /// ```
-    /// let message = courier_outbox::Message::json("orders", &serde_json::json!({"id": 1}))?;
+    /// let message = courier_core::Message::json("orders", &serde_json::json!({"id": 1}))?;
     /// assert_eq!(message.headers["content-type"], "application/json");
     /// # Ok::<(), serde_json::Error>(())
     /// ```
@@ -105,7 +105,7 @@ impl Message {
     /// Returns the deserialisation error if the payload is not valid JSON for `T`.
     ///
     /// ```
-    /// let message = courier_outbox::Message::json("numbers", &[1, 2, 3])?;
+    /// let message = courier_core::Message::json("numbers", &[1, 2, 3])?;
     /// let numbers: Vec<u8> = message.payload_json()?;
     /// assert_eq!(numbers, [1, 2, 3]);
     /// # Ok::<(), serde_json::Error>(())

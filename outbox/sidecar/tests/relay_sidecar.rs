@@ -10,7 +10,7 @@ use std::time::Duration;
 use broker_lite::client::{Consumer, ConsumerConfig};
 use broker_lite::embedded::{self, EmbeddedConfig};
 use broker_lite::storage::FlushMode;
-use courier::outbox::{Message, Outbox};
+use courier_outbox::{Message, Outbox};
 use sqlx::{ConnectOptions, PgPool};
 use uuid::Uuid;
 

@@ -3,7 +3,7 @@
 use anyhow::bail;
 use chrono::{DateTime, Utc};
 use clap::{Args, Subcommand};
-use courier::outbox::{FailureFilter, Failures};
+use courier_outbox::{FailureFilter, Failures};
 use indicatif::{ProgressBar, ProgressStyle};
 use sqlx::PgPool;
 use uuid::Uuid;
