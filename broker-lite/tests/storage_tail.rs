@@ -210,3 +210,31 @@ async fn a_dropped_failed_store_still_fences_what_it_never_fsynced() -> anyhow::
     assert_eq!(reopened.progress().written, durable);
     Ok(())
 }
+
+#[tokio::test]
+async fn under_sync_flush_a_segment_is_durable_before_the_next_one_gets_data() -> anyhow::Result<()>
+{
+    let backend = FaultyBackend::new();
+    let store = open(&backend, config()).await?;
+    let len = rec(0).encoded_len() as u64;
+    let mut i = 0;
+    while store.progress().written + 2 * len <= 64 * 1024 {
+        append_flushed(&store, i..i + 1).await?;
+        i += 1;
+    }
+    // One batch that ends the first segment and starts the second; the first one's fsync fails.
+    backend.fail_sync_of(Some(FIRST_SEGMENT));
+    let batch = (i..i + 4).map(rec).collect();
+    assert!(matches!(
+        store.append_batch(batch).await,
+        Err(StorageError::Failed(_))
+    ));
+    // Nothing reached the second segment: recovery can read data there as proof that everything
+    // before it is durable.
+    let second = backend.contents("00000000000000065536").expect("created");
+    assert!(
+        second.iter().all(|b| *b == 0),
+        "the second segment got data first"
+    );
+    Ok(())
+}

@@ -283,7 +283,9 @@ impl Writer {
         }
         chunks.push(self.chunk(chunk_start));
         self.shared.segments.write().unwrap().extend(new_segments);
-        for chunk in chunks {
+        let sync_mode = self.shared.config.flush_mode == FlushMode::Sync;
+        let last = chunks.len() - 1;
+        for (k, chunk) in chunks.into_iter().enumerate() {
             let offset = chunk.position - chunk.segment.base;
             if let Err(e) = chunk
                 .segment
@@ -298,6 +300,14 @@ impl Writer {
                 return Err(StorageError::Failed(reason));
             }
             chunk.segment.note_stored(stored_ms);
+            if sync_mode && k < last {
+                // Under sync flush a later segment never holds data before everything in the
+                // earlier ones is durable; recovery relies on that to tell a torn tail from damage
+                // (see `tail`). It costs one more fsync per segment roll.
+                self.fsync(&chunk.segment)?;
+                self.dirty.retain(|s| !Arc::ptr_eq(s, &chunk.segment));
+                continue;
+            }
             if !self.dirty.iter().any(|s| Arc::ptr_eq(s, &chunk.segment)) {
                 self.dirty.push(chunk.segment);
             }
@@ -353,18 +363,24 @@ impl Writer {
         }
     }
 
+    /// Fsyncs one segment; a failure fails the store.
+    fn fsync(&self, segment: &Segment) -> Result<()> {
+        metrics::counter!("broker_lite_storage_fsyncs_total").increment(1);
+        if let Err(e) = segment.file.sync_data() {
+            metrics::counter!("broker_lite_storage_fsync_errors_total").increment(1);
+            let reason = format!("fsync of segment file {} failed: {e}", segment.name);
+            self.shared.fail(reason.clone());
+            return Err(StorageError::Failed(reason));
+        }
+        Ok(())
+    }
+
     /// Fsyncs every dirty segment and publishes the new flushed position.
     fn sync(&mut self) -> Result<u64> {
         self.shared.check_failed()?;
         let target = self.position;
         for segment in &self.dirty {
-            metrics::counter!("broker_lite_storage_fsyncs_total").increment(1);
-            if let Err(e) = segment.file.sync_data() {
-                metrics::counter!("broker_lite_storage_fsync_errors_total").increment(1);
-                let reason = format!("fsync of segment file {} failed: {e}", segment.name);
-                self.shared.fail(reason.clone());
-                return Err(StorageError::Failed(reason));
-            }
+            self.fsync(segment)?;
         }
         self.dirty.clear();
         if self.shared.progress.borrow().flushed != target {

@@ -9,7 +9,8 @@
 //! *true torn tail*: the partly written end of the last writes, after which nothing holds a
 //! record. [`check_torn_tail`] asks two things:
 //! - every later segment file is unwritten (its first chunk is zeros): the writer fills segments in
-//!   order, so data in a later segment means the stop is not at the end of the log;
+//!   order and, under sync flush, fsyncs the end of a segment before it writes into the next one,
+//!   so data in a later segment means the stop is in durable data, not at the end of the log;
 //! - no valid record (length, version, checksum) starts anywhere after the stop in its segment.
 //!   A flipped bit in the middle of the log leaves the next record intact, and this finds it.
 //!

@@ -41,6 +41,8 @@ struct Inner {
 #[derive(Debug, Default)]
 struct Faults {
     fail_sync: AtomicBool,
+    /// The id of one file whose `sync_data` fails.
+    fail_sync_file: Mutex<Option<u64>>,
     fail_write: AtomicBool,
     /// While true, nothing can grow a file (a full disk); preallocated space stays writable.
     disk_full: AtomicBool,
@@ -79,6 +81,15 @@ impl FaultyBackend {
     /// Makes every later `sync_data` fail (or succeed again).
     pub fn fail_sync(&self, fail: bool) {
         self.inner.faults.fail_sync.store(fail, Ordering::SeqCst);
+    }
+
+    /// Makes every later `sync_data` of the file now named `name` fail; `None` clears it.
+    ///
+    /// # Panics
+    /// When there is no such file.
+    pub fn fail_sync_of(&self, name: Option<&str>) {
+        let id = name.map(|n| self.inner.files.lock().unwrap()[n].id);
+        *self.inner.faults.fail_sync_file.lock().unwrap() = id;
     }
 
     /// Makes every later `write_all_at` fail (or succeed again).
@@ -249,7 +260,9 @@ impl BackendFile for MemFile {
             self.faults.syncs_waiting.fetch_sub(1, Ordering::SeqCst);
         }
         drop(held);
-        if self.faults.fail_sync.load(Ordering::SeqCst) {
+        if self.faults.fail_sync.load(Ordering::SeqCst)
+            || *self.faults.fail_sync_file.lock().unwrap() == Some(self.id)
+        {
             return Err(io::Error::other("injected fsync failure"));
         }
         let mut images = self.images.lock().unwrap();
