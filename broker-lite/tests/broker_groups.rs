@@ -270,3 +270,96 @@ async fn close_ends_a_waiting_long_poll() {
         Err(e) => panic!("unexpected {e}"),
     }
 }
+
+#[tokio::test]
+async fn a_member_with_another_tag_filter_is_refused_so_no_message_is_acked_unread() {
+    let env = Env::new().await;
+    let b = &env.broker;
+    b.create_topic("t", 2).await.unwrap();
+    // The old version of the service takes "created"; the new one adds "paid".
+    b.subscribe(ConsumerSpec::new("billing", "old", "t").with_tags(["created"]))
+        .await
+        .unwrap();
+    let refused = b
+        .subscribe(ConsumerSpec::new("billing", "new", "t").with_tags(["created", "paid"]))
+        .await
+        .unwrap_err();
+    let BrokerError::SubscriptionMismatch {
+        group,
+        topic,
+        member,
+        existing,
+        requested,
+    } = &refused
+    else {
+        panic!("expected a subscription mismatch, got {refused:?}");
+    };
+    assert_eq!((group.as_str(), topic.as_str()), ("billing", "t"));
+    assert_eq!(member, "old");
+    assert_eq!(existing.as_deref(), Some(&["created".to_string()][..]));
+    assert_eq!(requested.as_ref().map(Vec::len), Some(2));
+    let text = refused.to_string();
+    for part in [
+        "\"billing\"",
+        "\"t\"",
+        "[\"created\"]",
+        "[\"created\", \"paid\"]",
+        "new consumer group",
+    ] {
+        assert!(text.contains(part), "{part} missing from: {text}");
+    }
+    // The refused member got no queue, so it skips (and acks) nothing.
+    assert!(queues_of(&env, "billing", "new").is_empty());
+    assert_eq!(queues_of(&env, "billing", "old"), BTreeSet::from([0, 1]));
+
+    // Once the old members are gone, the group takes the new filter and gets "paid" messages.
+    b.unsubscribe("billing", "old").await.unwrap();
+    b.subscribe(ConsumerSpec::new("billing", "new", "t").with_tags(["created", "paid"]))
+        .await
+        .unwrap();
+    let sent = b
+        .send(SendRequest::new("t", "p").with_tag("paid").with_queue(0))
+        .await
+        .unwrap();
+    assert!(sent.status.is_ok());
+    assert_eq!(bodies(&env.pull("billing", "new", "t", 10).await), ["p"]);
+}
+
+#[tokio::test]
+async fn equal_filters_join_and_a_lone_member_may_change_its_filter() {
+    let env = Env::new().await;
+    let b = &env.broker;
+    b.subscribe(ConsumerSpec::new("g", "a", "t").with_tags(["x", "y"]))
+        .await
+        .unwrap();
+    // The same set of tags in another order is the same filter.
+    b.subscribe(ConsumerSpec::new("g", "b", "t").with_tags(["y", "x"]))
+        .await
+        .unwrap();
+    // Every tag, spelled two ways, on another topic.
+    b.subscribe(ConsumerSpec::new("g", "a", "u")).await.unwrap();
+    b.subscribe(ConsumerSpec::new("g", "b", "u").with_tags(["*"]))
+        .await
+        .unwrap();
+    // b may not change its filter while a uses the old one...
+    assert!(matches!(
+        b.subscribe(ConsumerSpec::new("g", "b", "t").with_tags(["x"]))
+            .await,
+        Err(BrokerError::SubscriptionMismatch { .. })
+    ));
+    // ...but alone it may.
+    b.unsubscribe("g", "a").await.unwrap();
+    b.subscribe(ConsumerSpec::new("g", "b", "t").with_tags(["x"]))
+        .await
+        .unwrap();
+    // Broadcasting members have their own offsets: their filters may differ.
+    for (c, tag) in [("a", "x"), ("b", "y")] {
+        b.subscribe(
+            ConsumerSpec::new("cache", c, "t")
+                .with_model(MessageModel::Broadcasting)
+                .with_tags([tag]),
+        )
+        .await
+        .unwrap();
+    }
+}

@@ -210,6 +210,10 @@ impl DeliverySource for MemorySource {
     type Receipt = MemoryReceipt;
     type Error = Infallible;
 
+    fn group(&self) -> Option<&str> {
+        Some(&self.shared.group)
+    }
+
     async fn pull(
         &self,
         max: usize,

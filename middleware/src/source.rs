@@ -103,6 +103,12 @@ pub trait DeliverySource: Send + Sync + 'static {
         async move { nacked.await.map(|_| ()) }
     }
 
+    /// The consumer group this source pulls for, when it knows it; the runtime names its logs and
+    /// metrics after it, so the group is given once, to the source.
+    fn group(&self) -> Option<&str> {
+        None
+    }
+
     /// How the group shares messages; clustering unless the source says otherwise.
     fn model(&self) -> ConsumeModel {
         ConsumeModel::Clustering

@@ -286,7 +286,7 @@ async fn graceful_shutdown_stops_pulling_and_finishes_the_deliveries_in_flight()
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_broadcasting_consumer_knows_whether_its_handler_is_idempotent() {
+async fn a_consumer_is_idempotent_only_when_declared_so() {
     let calls = Calls::default();
     let source = MemorySource::new("billing").with_model(ConsumeModel::Broadcasting);
     let plain = Consumer::builder(source.clone(), recording(&calls, |_| Ok(()))).build();
@@ -302,8 +302,21 @@ async fn a_broadcasting_consumer_knows_whether_its_handler_is_idempotent() {
     let guarded = tower::ServiceBuilder::new()
         .layer(courier_middleware::IdempotencyLayer::new(pool))
         .service_fn(|_: courier_middleware::TxDelivery| async { Ok::<_, BoxError>(()) });
-    let guarded = Consumer::builder(source, guarded).build();
+    // The runtime does not guess from the handler's type: the layer alone is not a declaration.
+    let undeclared = Consumer::builder(source.clone(), guarded.clone()).build();
+    assert!(!undeclared.is_idempotent());
+    let guarded = Consumer::builder(source, guarded)
+        .declare_idempotent()
+        .build();
     assert!(guarded.is_idempotent());
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_group_is_taken_from_the_source() {
+    let calls = Calls::default();
+    let source = MemorySource::new("billing");
+    let consumer = Consumer::builder(source, recording(&calls, |_| Ok(()))).build();
+    assert_eq!(consumer.group(), "billing");
 }
 
 /// A broker without an immediate dead-letter operation: only pull, ack and nack.

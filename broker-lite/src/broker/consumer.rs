@@ -6,6 +6,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use uuid::Uuid;
 
+pub use super::membership::SessionId;
 pub use super::receipt::Receipt;
 
 /// How a group's members share a topic (safeguard C5).
@@ -47,6 +48,10 @@ pub struct ConsumerSpec {
     /// Ordered consumption: at most one message per queue in flight, the next one only after the
     /// ack; a nack redelivers the same message in place after its delay.
     pub ordered: bool,
+    /// The connection this member subscribes over: it leaves the group when
+    /// [`Broker::close_session`](super::Broker::close_session) ends it. `None` (the embedded
+    /// default): it stays until it unsubscribes or misses heartbeats.
+    pub session: Option<SessionId>,
 }
 
 impl ConsumerSpec {
@@ -63,6 +68,7 @@ impl ConsumerSpec {
             model: MessageModel::Clustering,
             tag_filter: None,
             ordered: false,
+            session: None,
         }
     }
 
@@ -81,6 +87,13 @@ impl ConsumerSpec {
     /// Sets ordered consumption.
     pub fn ordered(mut self, ordered: bool) -> Self {
         self.ordered = ordered;
+        self
+    }
+
+    /// Ties the membership to `session` (a client connection): see
+    /// [`Broker::close_session`](super::Broker::close_session).
+    pub fn with_session(mut self, session: SessionId) -> Self {
+        self.session = Some(session);
         self
     }
 }
@@ -109,6 +122,10 @@ pub struct PullRequest {
     pub max_messages: usize,
     /// How long to wait for a message when none is ready (capped by `max_long_poll`).
     pub long_poll: Duration,
+    /// Most bytes of deliveries to return (bodies, headers and receipts, as the server encodes
+    /// them); at least one message is returned whatever its size. Default unbounded; the server
+    /// sets its frame limit here.
+    pub max_bytes: usize,
 }
 
 impl PullRequest {
@@ -124,12 +141,19 @@ impl PullRequest {
             topic: topic.into(),
             max_messages: 1,
             long_poll: Duration::ZERO,
+            max_bytes: usize::MAX,
         }
     }
 
     /// Sets the batch size.
     pub fn with_max_messages(mut self, max: usize) -> Self {
         self.max_messages = max;
+        self
+    }
+
+    /// Sets the byte budget of the answer (see [`max_bytes`](Self::max_bytes)).
+    pub fn with_max_bytes(mut self, max: usize) -> Self {
+        self.max_bytes = max;
         self
     }
 

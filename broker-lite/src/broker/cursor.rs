@@ -3,6 +3,22 @@
 //!
 //! Pure bookkeeping, no I/O: the broker reserves offsets here under its lock, reads the records
 //! outside it, and settles them here again.
+//!
+//! # Handing a queue to a new owner
+//!
+//! When a queue moves (rebalance, a member leaves, its connection closes), the offsets in flight
+//! at the old owner are released for the new owner in one of two ways:
+//!
+//! - an **unordered** delivery is released at once ([`Cursor::release_others`]): the new owner
+//!   gets it again while the old owner may still be handling it. That is a duplicate, which
+//!   at-least-once consumers already tolerate, and it keeps the queue moving.
+//! - an **ordered** delivery (`InFlight { ordered: true }`) stays with its holder until the holder
+//!   settles it (ack, or nack: the message then waits in place and goes to the new owner when
+//!   due), its lease runs out (the consume timeout), or the holder is gone for good
+//!   ([`Cursor::release_client`]: its connection closed, or it unsubscribed). Ordered delivery
+//!   hands out the next offset only when nothing is in flight, so while the old owner still
+//!   runs message N the new owner gets neither N nor N+1: there is never a second message of an
+//!   ordered queue running anywhere.
 
 use std::collections::BTreeMap;
 
@@ -11,8 +27,14 @@ use uuid::Uuid;
 /// The state of one delivered, not yet committed offset.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Slot {
-    /// Delivered to `client_id`, attempt `attempt`; redelivered at `deadline_ms` (consume timeout).
-    InFlight { client_id: String, deadline_ms: u64 },
+    /// Delivered to `client_id`; redelivered at `deadline_ms` (consume timeout). `ordered`: it
+    /// was delivered under an ordered subscription, so a rebalance does not take it from its
+    /// holder (see the module docs).
+    InFlight {
+        client_id: String,
+        deadline_ms: u64,
+        ordered: bool,
+    },
     /// To be delivered again at `due_ms` (after a nack, a timeout, a rebalance or a restart).
     Waiting { due_ms: u64 },
     /// Being moved to the dead-letter topic; not delivered meanwhile.
@@ -135,6 +157,7 @@ impl Cursor {
                     p.slot = Slot::InFlight {
                         client_id: to.client_id.to_string(),
                         deadline_ms: to.deadline_ms,
+                        ordered,
                     };
                     p.attempts += 1;
                     out.push(Reserved {
@@ -180,6 +203,7 @@ impl Cursor {
                     slot: Slot::InFlight {
                         client_id: to.client_id.to_string(),
                         deadline_ms: to.deadline_ms,
+                        ordered,
                     },
                     attempts: 1,
                     reconsume_times: 0,
@@ -229,6 +253,18 @@ impl Cursor {
         result
     }
 
+    /// Settles `offset`, which the tag filter of `client_id` skipped, if that member still
+    /// holds its delivery `attempt`. A reservation released while the pull read the record (its
+    /// holder lost the queue or left, and a member with another filter may own it now) is left
+    /// to its next holder to deliver or skip: nothing is settled unread on a stale reservation.
+    /// Returns whether it was settled.
+    pub(crate) fn settle_skipped(&mut self, offset: u64, attempt: u32, client_id: &str) -> bool {
+        if self.current(offset, attempt, client_id).is_none() {
+            return false;
+        }
+        self.ack(offset) == AckResult::Acked
+    }
+
     /// The pending entry of the current delivery `attempt` of `offset` to `client_id`, if that
     /// delivery is still in flight.
     pub(crate) fn current(
@@ -270,19 +306,37 @@ impl Cursor {
                 Slot::InFlight {
                     client_id,
                     deadline_ms,
+                    ..
                 } if *deadline_ms <= now_ms => Some((*o, client_id.clone(), p.reconsume_times)),
                 _ => None,
             })
             .collect()
     }
 
-    /// Puts every in-flight offset not held by `owner` back for immediate redelivery (its member
-    /// left or lost the queue in a rebalance). Returns how many.
+    /// Puts every unordered in-flight offset not held by `owner` back for immediate redelivery
+    /// (its holder lost the queue in a rebalance). Ordered ones stay with their holder until it
+    /// settles them, their consume timeout passes or [`release_client`](Self::release_client)
+    /// gives them up. Returns how many were released.
     pub(crate) fn release_others(&mut self, owner: Option<&str>, now_ms: u64) -> usize {
+        self.release(now_ms, |client_id, ordered| {
+            !ordered && Some(client_id) != owner
+        })
+    }
+
+    /// Puts every offset in flight at `client_id`, ordered or not, back for immediate
+    /// redelivery: the member is gone (its connection closed, or it left). Returns how many.
+    pub(crate) fn release_client(&mut self, client_id: &str, now_ms: u64) -> usize {
+        self.release(now_ms, |holder, _| holder == client_id)
+    }
+
+    fn release(&mut self, now_ms: u64, mut which: impl FnMut(&str, bool) -> bool) -> usize {
         let mut n = 0;
         for p in self.pending.values_mut() {
-            if let Slot::InFlight { client_id, .. } = &p.slot {
-                if Some(client_id.as_str()) != owner {
+            if let Slot::InFlight {
+                client_id, ordered, ..
+            } = &p.slot
+            {
+                if which(client_id, *ordered) {
                     p.slot = Slot::Waiting { due_ms: now_ms };
                     n += 1;
                 }
@@ -313,177 +367,4 @@ impl Cursor {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn h(client_id: &str, now_ms: u64, deadline_ms: u64) -> Holder<'_> {
-        Holder {
-            client_id,
-            now_ms,
-            deadline_ms,
-        }
-    }
-
-    #[test]
-    fn committed_follows_the_lowest_unacked_offset() {
-        let mut c = Cursor::at(5);
-        let r = c.reserve_new(10, 3, false, 100, h("a", 0, 1000));
-        assert_eq!(r.iter().map(|r| r.offset).collect::<Vec<_>>(), [5, 6, 7]);
-        assert_eq!(c.committed(), 5);
-        assert_eq!(c.ack(6), AckResult::Acked);
-        assert_eq!(c.committed(), 5);
-        assert_eq!(c.ack(5), AckResult::Acked);
-        assert_eq!(c.committed(), 7);
-        assert_eq!(c.ack(5), AckResult::AlreadySettled);
-        assert_eq!(c.ack(9), AckResult::NeverDelivered);
-        assert_eq!(c.ack(7), AckResult::Acked);
-        assert_eq!(c.committed(), 8);
-        assert!(c.pending.is_empty());
-    }
-
-    #[test]
-    fn ordered_delivers_one_at_a_time_and_redelivers_in_place() {
-        let mut c = Cursor::at(0);
-        assert_eq!(c.reserve_new(10, 5, true, 100, h("a", 0, 1000)).len(), 1);
-        assert!(c.reserve_new(10, 5, true, 100, h("a", 0, 1000)).is_empty());
-        assert!(c.current(0, 1, "a").is_some());
-        c.wait(0, 50, true);
-        assert!(c.reserve_new(10, 5, true, 100, h("a", 0, 1000)).is_empty());
-        assert!(c.take_due(h("a", 49, 1000), 5, true).is_empty());
-        let again = c.take_due(h("a", 50, 1000), 5, true);
-        assert_eq!(again[0].offset, 0);
-        assert_eq!(again[0].attempt, 2);
-        assert_eq!(again[0].reconsume_times, 1);
-        c.ack(0);
-        assert_eq!(
-            c.reserve_new(10, 5, true, 100, h("a", 0, 1000))[0].offset,
-            1
-        );
-    }
-
-    #[test]
-    fn timeouts_rebalance_and_caps() {
-        let mut c = Cursor::at(0);
-        c.reserve_new(10, 4, false, 3, h("a", 0, 100));
-        assert_eq!(c.unsettled(), 3);
-        assert!(c.reserve_new(10, 4, false, 3, h("a", 0, 100)).is_empty());
-        assert_eq!(c.timed_out(99).len(), 0);
-        assert_eq!(c.timed_out(100).len(), 3);
-        assert_eq!(c.release_others(Some("b"), 5), 3);
-        let r = c.take_due(h("b", 5, 200), 10, false);
-        assert_eq!(r.len(), 3);
-        assert!(c.current(0, 1, "a").is_none(), "the old receipt is stale");
-        assert!(c.current(0, 2, "b").is_some());
-    }
-
-    #[test]
-    fn a_stuck_head_bounds_the_span() {
-        let mut c = Cursor::at(0);
-        c.reserve_new(10, 1, false, 3, h("a", 0, 100));
-        c.wait(0, 1_000_000, true);
-        let r = c.reserve_new(10, 10, false, 3, h("a", 0, 100));
-        assert_eq!(r.len(), 2);
-        for r in r {
-            c.ack(r.offset);
-        }
-        assert!(c.reserve_new(10, 10, false, 3, h("a", 0, 100)).is_empty());
-        c.ack(0);
-        assert_eq!(c.reserve_new(10, 10, false, 3, h("a", 0, 100)).len(), 3);
-    }
-
-    mod model {
-        use std::collections::BTreeSet;
-
-        use proptest::prelude::*;
-
-        use super::super::*;
-        use super::h;
-
-        #[derive(Debug, Clone)]
-        enum Op {
-            Reserve(usize),
-            Ack(u64),
-            Nack(u64),
-            TakeDue,
-            Advance(u64),
-        }
-
-        fn op() -> impl Strategy<Value = Op> {
-            prop_oneof![
-                (1usize..5).prop_map(Op::Reserve),
-                (0u64..40).prop_map(Op::Ack),
-                (0u64..40).prop_map(Op::Nack),
-                Just(Op::TakeDue),
-                (1u64..200).prop_map(Op::Advance),
-            ]
-        }
-
-        proptest! {
-            /// The committed offset is always the lowest offset not acked, every offset is
-            /// delivered before it is committed, and the span stays within the cap.
-            #[test]
-            fn committed_is_the_lowest_unacked(ops in proptest::collection::vec(op(), 1..80), ordered: bool) {
-                let mut c = Cursor::at(0);
-                let mut now = 0;
-                let mut delivered = BTreeSet::new();
-                let mut acked = BTreeSet::new();
-                let mut attempts = std::collections::HashMap::new();
-                for op in ops {
-                    match op {
-                        Op::Reserve(n) => {
-                            for r in c.reserve_new(40, n, ordered, 8, h("a", now, now + 100)) {
-                                prop_assert!(delivered.insert(r.offset), "new offsets are new");
-                                attempts.insert(r.offset, r.attempt);
-                            }
-                        }
-                        Op::Ack(o) => {
-                            let before = c.ack(o);
-                            if delivered.contains(&o) {
-                                prop_assert_ne!(before, AckResult::NeverDelivered);
-                                acked.insert(o);
-                            } else {
-                                prop_assert_eq!(before, AckResult::NeverDelivered);
-                            }
-                        }
-                        Op::Nack(o) => {
-                            let attempt = attempts.get(&o).copied().unwrap_or(0);
-                            if c.current(o, attempt, "a").is_some() {
-                                c.wait(o, now + 10, true);
-                            }
-                        }
-                        Op::TakeDue => {
-                            for r in c.take_due(h("a", now, now + 100), 5, ordered) {
-                                prop_assert!(delivered.contains(&r.offset));
-                                prop_assert!(!acked.contains(&r.offset));
-                                attempts.insert(r.offset, r.attempt);
-                            }
-                        }
-                        Op::Advance(ms) => {
-                            now += ms;
-                            for (o, _, _) in c.timed_out(now) {
-                                c.wait(o, now, true);
-                            }
-                        }
-                    }
-                    let lowest = (0..c.next).find(|o| !acked.contains(o)).unwrap_or(c.next);
-                    prop_assert_eq!(c.committed(), lowest);
-                    prop_assert!(c.next - c.committed() <= 8);
-                    if ordered {
-                        let in_flight = c.pending.values().filter(|p| matches!(p.slot, Slot::InFlight { .. })).count();
-                        prop_assert!(in_flight <= 1);
-                    }
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn retention_skips_lost_offsets() {
-        let mut c = Cursor::at(0);
-        c.reserve_new(10, 2, false, 10, h("a", 0, 100));
-        c.ack(1);
-        assert_eq!(c.skip_to(5), 1 + 3);
-        assert_eq!(c.committed(), 5);
-        assert_eq!(c.skip_to(3), 0);
-    }
-}
+mod tests;

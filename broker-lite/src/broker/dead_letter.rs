@@ -1,8 +1,20 @@
 //! Dead letters (safeguard C8): messages redelivered `max_reconsume_times` times move to the
-//! group's dead-letter topic `%DLQ%<group>` (one queue), where they can be listed and re-driven;
-//! a consumer can also dead-letter a delivery at once ([`Broker::dead_letter`]).
-
-use std::collections::HashSet;
+//! group's dead-letter topic `%DLQ%<group>` (one queue), where they can be listed and re-driven
+//! (see the `redrive` module); a consumer can also dead-letter a delivery at once
+//! ([`Broker::dead_letter`]).
+//!
+//! # A move is a copy, then an ack (issue 12, item 6)
+//!
+//! Moving a message is two steps that cannot be one write: append a copy to `%DLQ%<group>`,
+//! then settle the original for the group. The original is settled only once the copy is
+//! **fsynced**, under either flush mode ([`Broker::append_durable`]): under `SYNC_FLUSH` an
+//! append answered `FlushDiskTimeout` is not known durable, and under `ASYNC_FLUSH` the copy sits
+//! in the page cache while the ack can reach the disk first with the next offsets checkpoint; a
+//! power cut then lost a message that was durable before it was dead-lettered. Dead letters are
+//! rare, so the extra fsync costs nothing that matters. When the append or the fsync fails (or
+//! the fsync takes longer than `sync_flush_timeout`), the original becomes due again and is
+//! redelivered; the copy may still reach the disk, so a dead letter can be duplicated, never
+//! lost.
 
 use uuid::Uuid;
 
@@ -11,11 +23,10 @@ use super::consumer::Receipt;
 use super::error::{BrokerError, Result};
 use super::group::CursorKey;
 use super::message::{StoredMessage, props};
-use super::send::queue_for_key;
 use super::settle::stale;
 use super::topics::dlq_topic;
 use super::trace::TraceKind;
-use crate::storage::{NewRecord, StoredRecord};
+use crate::storage::{NewRecord, StorageError, StoredRecord};
 
 /// Most dead letters looked at by one listing or re-drive.
 const SCAN_LIMIT: usize = 100_000;
@@ -179,8 +190,31 @@ impl Broker {
                 .properties
                 .insert(props::DEAD_LETTER_REASON.into(), reason.to_string());
         }
-        self.append(vec![record]).await?;
+        self.append_durable(vec![record]).await?;
         Ok(Some(r.message_id))
+    }
+
+    /// Appends records and returns once they are fsynced, whatever the flush mode: for copies
+    /// whose original is settled afterwards (dead letters, re-drives), where "written" is not
+    /// enough (see the [module docs](self)).
+    ///
+    /// # Errors
+    /// [`BrokerError::Storage`] when the append or the fsync fails, and
+    /// [`StorageError::WriteTimeout`] when the fsync does not finish within `sync_flush_timeout`:
+    /// the records may or may not become durable.
+    pub(crate) async fn append_durable(&self, records: Vec<NewRecord>) -> Result<()> {
+        self.append(records).await?;
+        // Every appended record is written by now. When nothing written is unsynced (sync flush,
+        // no later writer), they are durable; otherwise fsync them.
+        let progress = self.inner.store.progress();
+        if progress.flushed >= progress.written {
+            return Ok(());
+        }
+        let limit = self.inner.config.store.sync_flush_timeout;
+        match tokio::time::timeout(limit, self.inner.store.flush()).await {
+            Ok(flushed) => flushed.map(drop).map_err(Into::into),
+            Err(_) => Err(StorageError::WriteTimeout.into()),
+        }
     }
 
     /// Dead letters of `group` not yet re-driven, oldest first, at most `limit`. Each carries its
@@ -199,6 +233,8 @@ impl Broker {
             .collect())
     }
 
+    /// Dead letters of `group` not yet re-driven, oldest first, at most `limit`, scanning at most
+    /// [`SCAN_LIMIT`] of them.
     async fn pending_dead_letters(&self, group: &str, limit: usize) -> Result<Vec<StoredRecord>> {
         let dlq = dlq_topic(group);
         let redriven = match self.inner.state.lock().unwrap().groups.get(group) {
@@ -232,74 +268,5 @@ impl Broker {
         }
         out.truncate(limit);
         Ok(out)
-    }
-
-    /// Sends dead letters of `group` back to their original topic (all of them, or those with
-    /// the given ids), with the reconsume count reset. Only `group` receives them again; other
-    /// groups on the topic skip them. Returns how many were re-driven.
-    ///
-    /// # Errors
-    /// [`BrokerError::UnknownGroup`]; [`BrokerError::Storage`] (nothing is marked re-driven
-    /// then; a retry may repeat messages that were written).
-    #[tracing::instrument(level = "info", skip(self, message_ids))]
-    pub async fn redrive_dead_letters(
-        &self,
-        group: &str,
-        message_ids: Option<Vec<Uuid>>,
-    ) -> Result<u64> {
-        self.check_open()?;
-        let wanted: Option<HashSet<Uuid>> = message_ids.map(|ids| ids.into_iter().collect());
-        let letters: Vec<StoredRecord> = self
-            .pending_dead_letters(group, SCAN_LIMIT)
-            .await?
-            .into_iter()
-            .filter(|r| wanted.as_ref().is_none_or(|w| w.contains(&r.message_id)))
-            .collect();
-        if letters.is_empty() {
-            return Ok(0);
-        }
-        let mut records = Vec::with_capacity(letters.len());
-        let mut offsets = Vec::with_capacity(letters.len());
-        for r in letters {
-            let Some(topic) = r.properties.get(props::ORIGIN_TOPIC).cloned() else {
-                continue;
-            };
-            let queues = self.ensure_topic(&topic).await?;
-            let origin_queue = r
-                .properties
-                .get(props::ORIGIN_QUEUE)
-                .and_then(|q| q.parse::<u32>().ok())
-                .filter(|q| *q < queues);
-            let queue_id = origin_queue
-                .or_else(|| r.key.as_deref().map(|k| queue_for_key(k, queues)))
-                .unwrap_or(0);
-            let mut record = NewRecord::new(topic, queue_id, r.body);
-            record.message_id = r.message_id;
-            record.key = r.key;
-            record.tag = r.tag;
-            record.born_timestamp_ms = r.born_timestamp_ms;
-            record.properties = r.properties;
-            record.properties.retain(|k, _| !k.starts_with('%'));
-            record
-                .properties
-                .insert(props::TARGET_GROUP.into(), group.to_string());
-            records.push(record);
-            offsets.push((r.queue_offset, r.message_id));
-        }
-        self.append(records).await?;
-        if let Some(g) = self.inner.state.lock().unwrap().groups.get_mut(group) {
-            g.redriven.extend(offsets.iter().map(|(o, _)| *o));
-        }
-        self.mark_dirty();
-        for (_, id) in &offsets {
-            self.record(
-                *id,
-                TraceKind::Redriven {
-                    group: group.to_string(),
-                },
-            );
-        }
-        tracing::info!(group, count = offsets.len(), "dead letters re-driven");
-        Ok(offsets.len() as u64)
     }
 }

@@ -61,6 +61,31 @@ pub enum BrokerError {
         /// The model it uses.
         existing: super::MessageModel,
     },
+    /// Another member of the clustering group consumes the topic with a different tag filter.
+    /// Members of one clustering group share one committed offset per queue, and the owner of a
+    /// queue settles the messages its filter skips for the whole group, so two filters in one
+    /// group would lose the messages only the other filter wants.
+    #[error(
+        "consumer group {group:?} already consumes topic {topic:?} with tag filter {} (member {member:?}), \
+         but this subscription asks for {}; all members of a clustering group must use the same \
+         filter, or messages one member skips are lost for the others; use a new consumer group \
+         for the new filter, or stop every member with the old filter first (a member leaves when \
+         its connection closes) and subscribe again",
+        super::group::describe_filter(.existing.as_deref()),
+        super::group::describe_filter(.requested.as_deref())
+    )]
+    SubscriptionMismatch {
+        /// The group.
+        group: String,
+        /// The topic.
+        topic: String,
+        /// A member subscribed with the existing filter.
+        member: String,
+        /// The existing filter (`None`: every tag).
+        existing: Option<Vec<String>>,
+        /// The filter asked for (`None`: every tag).
+        requested: Option<Vec<String>>,
+    },
     /// The receipt no longer matches a delivery: the message was redelivered meanwhile (after
     /// a consume timeout or a rebalance) or already settled.
     #[error(

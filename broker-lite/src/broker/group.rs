@@ -1,9 +1,23 @@
 //! Consumer groups: membership, heartbeats and the balancing of queues across members.
+//!
+//! # One tag filter per clustering group and topic
+//!
+//! The members of a clustering group share one cursor per queue, and the owner of a queue
+//! settles the messages its tag filter skips *for the whole group*. Two members with different
+//! filters would therefore lose, for the group, the messages that only the other filter wants
+//! (the RocketMQ "inconsistent subscription" pitfall, typical of a rolling deploy that adds a
+//! tag). So a subscription whose filter differs from the one the group's live members use for
+//! that topic is refused ([`BrokerError::SubscriptionMismatch`](super::BrokerError)), naming
+//! both filters; the group's filter can change once no live member uses the old one (members
+//! leave when their connection closes). Filters compare as sets: `["a", "b"]` equals
+//! `["b", "a"]`, and no filter equals `["*"]`. Broadcasting members each have their own cursors
+//! and may filter as they like.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::consumer::MessageModel;
 use super::cursor::Cursor;
+use super::membership::SessionId;
 
 /// What a member consumes from one topic.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,6 +35,29 @@ impl Subscription {
             Some(tags) => tag.is_some_and(|tag| tags.iter().any(|t| t == tag)),
         }
     }
+
+    /// The filter as a set, `None` for every tag.
+    fn filter_set(&self) -> Option<BTreeSet<&str>> {
+        let tags = self.tag_filter.as_ref()?;
+        if tags.iter().any(|t| t == "*") {
+            return None;
+        }
+        Some(tags.iter().map(String::as_str).collect())
+    }
+
+    /// Whether both take the same tags.
+    pub(crate) fn same_filter(&self, other: &Subscription) -> bool {
+        self.filter_set() == other.filter_set()
+    }
+}
+
+/// A tag filter for error messages: `* (every tag)` or `["a", "b"]`.
+pub(crate) fn describe_filter(filter: Option<&[String]>) -> String {
+    match filter {
+        None => "* (every tag)".into(),
+        Some(tags) if tags.iter().any(|t| t == "*") => "* (every tag)".into(),
+        Some(tags) => format!("{tags:?}"),
+    }
 }
 
 /// One live member.
@@ -28,6 +65,8 @@ impl Subscription {
 pub(crate) struct Member {
     pub(crate) subscriptions: BTreeMap<String, Subscription>,
     pub(crate) last_seen_ms: u64,
+    /// The connection it subscribed over, if any: the member leaves when it closes.
+    pub(crate) session: Option<SessionId>,
 }
 
 /// Which cursor: clustering groups have one per queue, broadcasting groups one per queue and
@@ -93,7 +132,46 @@ impl Group {
         }
     }
 
-    /// Members whose last heartbeat is older than `timeout_ms`, removed.
+    /// A live member of this clustering group, other than `client_id`, that consumes `topic`
+    /// with a filter other than `sub`'s: `(member, its subscription)`.
+    pub(crate) fn conflicting(
+        &self,
+        topic: &str,
+        client_id: &str,
+        sub: &Subscription,
+    ) -> Option<(&String, &Subscription)> {
+        if self.model != MessageModel::Clustering {
+            return None;
+        }
+        self.members
+            .iter()
+            .filter(|(id, _)| id.as_str() != client_id)
+            .filter_map(|(id, m)| m.subscriptions.get(topic).map(|s| (id, s)))
+            .find(|(_, s)| !s.same_filter(sub))
+    }
+
+    /// Removes a member that is gone for good (it left, or its connection closed) and gives
+    /// every delivery in flight at it, ordered ones included, back for immediate redelivery.
+    /// The caller rebalances the topics of the returned member.
+    pub(crate) fn remove_member(&mut self, client_id: &str, now_ms: u64) -> Option<Member> {
+        let member = self.members.remove(client_id)?;
+        let mut released = 0;
+        for cursor in self.cursors.values_mut() {
+            released += cursor.release_client(client_id, now_ms);
+        }
+        if released > 0 {
+            tracing::info!(
+                client_id,
+                released,
+                "deliveries of a departed member released for redelivery"
+            );
+        }
+        Some(member)
+    }
+
+    /// Members whose last heartbeat is older than `timeout_ms`, removed. Their unordered
+    /// deliveries go to the new owners with the rebalance; ordered ones stay until settled or
+    /// timed out, since a silent member may still be running them.
     pub(crate) fn evict_silent(&mut self, now_ms: u64, timeout_ms: u64) -> Vec<String> {
         let gone: Vec<String> = self
             .members
@@ -108,8 +186,10 @@ impl Group {
     }
 
     /// Recomputes the owners of `topic`'s queues (clustering; RocketMQ's "allocate averagely":
-    /// members sorted by id get contiguous blocks) and sends in-flight messages of moved queues
-    /// back for immediate redelivery to their new owner. Returns whether an owner changed.
+    /// members sorted by id get contiguous blocks) and sends unordered in-flight messages of
+    /// moved queues back for immediate redelivery to their new owner; ordered ones stay with
+    /// their holder until settled ([`Cursor::release_others`]). Returns whether an owner
+    /// changed.
     pub(crate) fn rebalance(&mut self, topic: &str, queues: u32, now_ms: u64) -> bool {
         if self.model != MessageModel::Clustering {
             return false;
@@ -198,5 +278,18 @@ mod tests {
         assert!(some.accepts(Some("a")));
         assert!(!some.accepts(Some("b")));
         assert!(!some.accepts(None));
+    }
+
+    #[test]
+    fn filters_compare_as_sets() {
+        let sub = |tags: Option<&[&str]>| Subscription {
+            tag_filter: tags.map(|t| t.iter().map(|s| s.to_string()).collect()),
+            ordered: false,
+        };
+        assert!(sub(None).same_filter(&sub(Some(&["*"]))));
+        assert!(sub(Some(&["a", "b"])).same_filter(&sub(Some(&["b", "a", "a"]))));
+        assert!(!sub(Some(&["a"])).same_filter(&sub(Some(&["a", "b"]))));
+        assert!(!sub(None).same_filter(&sub(Some(&["a"]))));
+        assert!(!sub(Some(&[])).same_filter(&sub(None)));
     }
 }

@@ -10,8 +10,10 @@
 //! [`nack`](Broker::nack) using its [`Receipt`].
 //!
 //! - **Clustering** (safeguard C5): a topic's queues are balanced across the group's live members
-//!   (RocketMQ's "allocate averagely"); a join, a leave or a missed heartbeat rebalances them and
-//!   the in-flight messages of a moved queue are redelivered to its new owner.
+//!   (RocketMQ's "allocate averagely"); a join, a leave, a closed connection or a missed
+//!   heartbeat rebalances them and the in-flight messages of a moved queue are redelivered to its
+//!   new owner (ordered ones once the old owner settled them, timed out or is gone). All members
+//!   of a group use one tag filter per topic; a subscription with another one is refused.
 //! - **Broadcasting**: every member reads every queue with its own offsets.
 //! - **In flight until settled**: a delivered message that is not settled within
 //!   [`BrokerConfig::consume_timeout`] is redelivered (safeguard C3), with its reconsume count
@@ -64,7 +66,8 @@
 //! `broker_lite_nacks_total{group}`, `broker_lite_redeliveries_total{group}`,
 //! `broker_lite_consume_timeouts_total{group}`, `broker_lite_dead_letters_total{group}`,
 //! `broker_lite_rebalances_total{group}`, `broker_lite_consumer_lag{group,topic,queue}`,
-//! `broker_lite_unconsumed_expiring{group,topic,queue}`, `broker_lite_unconsumed_lost_total{group}`.
+//! `broker_lite_unconsumed_expiring{group,topic,queue}`, `broker_lite_unconsumed_lost_total{group}`,
+//! `broker_lite_offsets_lost_in_recovery_total{group}`.
 //!
 //! # Example
 //!
@@ -103,6 +106,7 @@ use crate::storage::Store;
 use crate::storage::backend::StorageBackend;
 
 mod admin;
+pub(crate) mod budget;
 mod clock;
 mod config;
 mod consumer;
@@ -116,6 +120,7 @@ mod message;
 mod offsets;
 mod pull;
 mod receipt;
+mod redrive;
 mod retention;
 mod send;
 mod settle;
@@ -126,7 +131,9 @@ mod trace;
 pub use admin::{GroupInfo, MemberInfo, QueueLag};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{BrokerConfig, ConsumeFrom, ROCKETMQ_DELAY_LEVELS, Replication};
-pub use consumer::{ConsumerSpec, Delivery, MessageModel, NackOutcome, PullRequest, Receipt};
+pub use consumer::{
+    ConsumerSpec, Delivery, MessageModel, NackOutcome, PullRequest, Receipt, SessionId,
+};
 pub use error::{BrokerError, Result};
 pub use message::{SendRequest, SendResult, SendStatus, StoredMessage};
 pub use retention::{LostMessages, RetentionOutcome};
@@ -208,15 +215,18 @@ impl Broker {
 
     /// Opens a broker over an open `store` (whose own configuration wins over `config.store`;
     /// keep their `file_reserved_time` equal, the retention warning reads `config.store`):
-    /// loads topics and consumer offsets, rebuilds the message index from the log and starts the
-    /// background tasks (unless [`BrokerConfig::background_tasks`] is off).
+    /// loads topics and consumer offsets (cutting back, and saving, any offset past the end of
+    /// its recovered queue: see the `offsets` module source), rebuilds the message index from
+    /// the log and starts the background tasks (unless [`BrokerConfig::background_tasks`] is
+    /// off).
     ///
     /// # Errors
     /// As [`open`](Self::open).
     pub async fn open_with_store(store: Store, config: BrokerConfig) -> Result<Broker> {
         config.validate()?;
         let topics = topics::load(&store).await?;
-        let groups = offsets::load(&store).await?;
+        let mut groups = offsets::load(&store).await?;
+        let clamped = offsets::clamp_to_log(&store, &mut groups);
         let index = index::rebuild(&store).await?;
         let trace = Trace::new(config.trace_capacity);
         let broker = Broker {
@@ -235,6 +245,10 @@ impl Broker {
                 config,
             }),
         };
+        if clamped > 0 {
+            // Before anything is sent: a crash must not bring back the offsets past the log.
+            broker.save_offsets_now().await?;
+        }
         if broker.inner.config.background_tasks {
             let tasks = tasks::spawn(&broker);
             broker.inner.tasks.lock().unwrap().extend(tasks);

@@ -4,6 +4,20 @@
 //!
 //! On load, messages that were in flight become due at once: they are delivered again (at least
 //! once).
+//!
+//! # Offsets ahead of the recovered log (issue 12, item 5)
+//!
+//! The checkpoint is fsynced on its own schedule, independent of the log's. Under `ASYNC_FLUSH`
+//! a power cut loses the log's unsynced tail, while a checkpoint saved after consumers read that
+//! tail survives: its cursors point past the end of the recovered log. Restored unchecked, the
+//! messages sent after the restart got the lost offsets again and were skipped (below `next`) or
+//! taken as acked (in an acked range) without ever being delivered. So on open
+//! ([`clamp_to_log`]) every cursor is cut back to its queue's recovered end: `next` is lowered,
+//! the pending and acked entries at or above the end are dropped, and so are the re-driven marks
+//! of the dead-letter queue above its end. What the cut removes was lost with the log tail; it
+//! is logged per queue and counted in `broker_lite_offsets_lost_in_recovery_total{group}` (the
+//! offsets a group had reached that the log no longer holds). The broker saves the clamped
+//! offsets before it serves anything, so a crash right after cannot bring the stale ones back.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -118,6 +132,41 @@ pub(crate) async fn load(store: &Store) -> Result<BTreeMap<String, Group>> {
         groups.insert(name, group);
     }
     Ok(groups)
+}
+
+/// Cuts every cursor back to the end of its queue in `store` (see the [module docs](self)).
+/// Returns how many offsets were cut, over all groups.
+pub(crate) fn clamp_to_log(store: &Store, groups: &mut BTreeMap<String, Group>) -> u64 {
+    let mut total = 0;
+    for (name, group) in groups.iter_mut() {
+        let mut lost = 0;
+        for (key, cursor) in group.cursors.iter_mut() {
+            let end = store
+                .queue_bounds(&key.topic, key.queue_id)
+                .map_or(0, |b| b.max);
+            if cursor.next <= end {
+                continue;
+            }
+            let cut = cursor.next - end;
+            tracing::error!(group = %name, topic = %key.topic, queue_id = key.queue_id,
+                saved_next = cursor.next, log_end = end, lost = cut,
+                "consumer offset ahead of the recovered log (its tail was lost, e.g. in a power cut \
+                 under ASYNC_FLUSH); resuming at the log's end");
+            cursor.pending.split_off(&end);
+            cursor.next = end;
+            lost += cut;
+        }
+        let dlq_end = store
+            .queue_bounds(&super::topics::dlq_topic(name), 0)
+            .map_or(0, |b| b.max);
+        group.redriven.split_off(&dlq_end);
+        if lost > 0 {
+            metrics::counter!("broker_lite_offsets_lost_in_recovery_total", "group" => name.clone())
+                .increment(lost);
+        }
+        total += lost;
+    }
+    total
 }
 
 /// The acked offsets of a cursor as `[start, end)` ranges.

@@ -1,4 +1,5 @@
-//! Pulling: picking due redeliveries and new messages from a member's queues, long polling.
+//! Pulling: picking due redeliveries and new messages from a member's queues within the pull's
+//! count and byte budget, long polling.
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -6,8 +7,9 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::Broker;
+use super::budget::Budget;
 use super::consumer::{Delivery, PullRequest};
-use super::cursor::{Cursor, Holder, Reserved};
+use super::cursor::{Cursor, Holder, Reserved, Slot};
 use super::error::{BrokerError, Result};
 use super::group::Subscription;
 use super::message::props;
@@ -31,8 +33,10 @@ struct Plan {
 }
 
 impl Broker {
-    /// Returns up to `max_messages` messages from the queues assigned to the member: first those
-    /// due for redelivery, then new ones. When none is ready it waits up to `long_poll` (capped
+    /// Returns up to `max_messages` messages, and no more than
+    /// [`max_bytes`](PullRequest::max_bytes) of them (but always at least one), from the queues
+    /// assigned to the member: first those due for redelivery, then new ones. The byte bound is
+    /// applied before anything is reserved (see the `budget` module source). When none is ready it waits up to `long_poll` (capped
     /// by [`max_long_poll`](super::BrokerConfig::max_long_poll)) and returns an empty list on
     /// timeout. A pull counts as a heartbeat.
     ///
@@ -120,6 +124,7 @@ impl Broker {
         let (group, client, topic) = (&request.group, &request.client_id, &request.topic);
         let now = self.now_ms();
         let deadline_ms = now + self.inner.config.consume_timeout.as_millis() as u64;
+        let mut budget = Budget::new(request.max_bytes, group, client, topic);
         let (plans, sub) = {
             let mut state = self.inner.state.lock().unwrap();
             let queues = *state
@@ -148,7 +153,7 @@ impl Broker {
             let mut plans = Vec::new();
             let mut left = max;
             for queue_id in g.queues_of(topic, queues, client) {
-                if left == 0 {
+                if left == 0 || budget.exhausted() {
                     break;
                 }
                 let key = g.key(topic, queue_id, client);
@@ -161,21 +166,25 @@ impl Broker {
                     now_ms: now,
                     deadline_ms,
                 };
-                let mut reserved = cursor.take_due(to, left, sub.ordered);
+                let costs =
+                    self.due_costs(cursor, topic, queue_id, now, left, sub.ordered, &budget);
+                let mut reserved = cursor.take_due(to, costs.len(), sub.ordered);
+                for cost in &costs[..reserved.len()] {
+                    budget.take(*cost);
+                }
                 left -= reserved.len();
-                if left > 0 {
-                    let available = self
-                        .inner
-                        .store
-                        .queue_bounds(topic, queue_id)
-                        .map_or(0, |b| b.max);
+                if left > 0 && !budget.exhausted() {
+                    let (available, costs) = self.new_costs(cursor, topic, queue_id, left, &budget);
                     let new = cursor.reserve_new(
                         available,
-                        left,
+                        costs.len(),
                         sub.ordered,
                         self.inner.config.max_pending_per_queue,
                         to,
                     );
+                    for cost in &costs[..new.len()] {
+                        budget.take(*cost);
+                    }
                     left -= new.len();
                     reserved.extend(new);
                 }
@@ -189,7 +198,10 @@ impl Broker {
             return Ok((Vec::new(), false));
         }
         let mut deliveries = Vec::new();
-        let mut skipped: Vec<(u32, u64, Option<uuid::Uuid>)> = Vec::new();
+        // Charged again with the exact sizes, now that the records are read.
+        let mut exact = Budget::new(request.max_bytes, group, client, topic);
+        let mut given_back: Vec<(u32, u64)> = Vec::new();
+        let mut skipped: Vec<(u32, Reserved, Option<uuid::Uuid>)> = Vec::new();
         let mut failure = None;
         for plan in &plans {
             match self.read_plan(topic, plan).await {
@@ -197,11 +209,13 @@ impl Broker {
                     for (r, record) in plan.reserved.iter().zip(records) {
                         match record {
                             Some(rec) if self.wanted(&sub, group, &rec) => {
-                                deliveries.push(self.delivery(request, r, rec));
+                                if exact.take(exact.exact(&rec)) {
+                                    deliveries.push(self.delivery(request, r, rec));
+                                } else {
+                                    given_back.push((plan.queue_id, r.offset));
+                                }
                             }
-                            Some(rec) => {
-                                skipped.push((plan.queue_id, r.offset, Some(rec.message_id)))
-                            }
+                            Some(rec) => skipped.push((plan.queue_id, *r, Some(rec.message_id))),
                             None => {
                                 tracing::warn!(
                                     group,
@@ -210,7 +224,7 @@ impl Broker {
                                     offset = r.offset,
                                     "message removed by retention before it was consumed; skipping it"
                                 );
-                                skipped.push((plan.queue_id, r.offset, None));
+                                skipped.push((plan.queue_id, *r, None));
                             }
                         }
                     }
@@ -239,13 +253,22 @@ impl Broker {
                         c.set_message_id(d.queue_offset, d.message_id);
                     }
                 }
-                for (queue_id, offset, _) in &skipped {
+                for (queue_id, r, _) in &skipped {
                     let key = g.key(topic, *queue_id, client);
                     if let Some(c) = g.cursors.get_mut(&key) {
-                        c.ack(*offset);
+                        c.settle_skipped(r.offset, r.attempt, client);
+                    }
+                }
+                for (queue_id, offset) in &given_back {
+                    let key = g.key(topic, *queue_id, client);
+                    if let Some(c) = g.cursors.get_mut(&key) {
+                        give_back(c, *offset, now);
                     }
                 }
             }
+        }
+        if !given_back.is_empty() {
+            self.inner.wake.notify_waiters();
         }
         if !skipped.is_empty() {
             self.mark_dirty();
@@ -283,6 +306,87 @@ impl Broker {
         metrics::counter!("broker_lite_deliveries_total", "group" => group.clone())
             .increment(deliveries.len() as u64);
         Ok((deliveries, true))
+    }
+
+    /// The estimated costs of the due redeliveries of a cursor that fit `budget`, in the order
+    /// [`Cursor::take_due`] takes them: reserving `costs.len()` takes exactly these.
+    #[allow(clippy::too_many_arguments)]
+    fn due_costs(
+        &self,
+        cursor: &Cursor,
+        topic: &str,
+        queue_id: u32,
+        now: u64,
+        limit: usize,
+        ordered: bool,
+        budget: &Budget,
+    ) -> Vec<usize> {
+        let mut probe = budget.clone();
+        let mut costs = Vec::new();
+        for (offset, p) in &cursor.pending {
+            if costs.len() >= limit {
+                break;
+            }
+            match p.slot {
+                Slot::Waiting { due_ms } if due_ms <= now => {
+                    let len = self
+                        .inner
+                        .store
+                        .record_lens(topic, queue_id, *offset, 1)
+                        .first()
+                        .copied()
+                        .unwrap_or(0);
+                    let cost = probe.estimate(len);
+                    if !probe.take(cost) {
+                        break;
+                    }
+                    costs.push(cost);
+                }
+                Slot::Acked => {}
+                _ if ordered => break,
+                _ => {}
+            }
+        }
+        costs
+    }
+
+    /// The readable end of a queue and the estimated costs of its new messages that fit
+    /// `budget`, from the cursor's next offset on (a removed one costs as an empty record: it
+    /// is skipped after the read).
+    fn new_costs(
+        &self,
+        cursor: &Cursor,
+        topic: &str,
+        queue_id: u32,
+        limit: usize,
+        budget: &Budget,
+    ) -> (u64, Vec<usize>) {
+        let store = &self.inner.store;
+        let Some(bounds) = store.queue_bounds(topic, queue_id) else {
+            return (0, Vec::new());
+        };
+        let end = bounds.max.min(cursor.next.saturating_add(limit as u64));
+        let from = cursor.next.max(bounds.min);
+        let lens = if from < end {
+            store.record_lens(topic, queue_id, from, (end - from) as usize)
+        } else {
+            Vec::new()
+        };
+        let mut probe = budget.clone();
+        let mut costs = Vec::new();
+        for offset in cursor.next..end {
+            let len = offset
+                .checked_sub(from)
+                .and_then(|i| lens.get(i as usize))
+                .copied()
+                .unwrap_or(0);
+            let cost = probe.estimate(len);
+            if !probe.take(cost) {
+                break;
+            }
+            costs.push(cost);
+        }
+        (bounds.max, costs)
     }
 
     /// The records of a plan, one per reservation (`None`: no longer stored).
@@ -360,6 +464,17 @@ impl Broker {
                 queue_offset: r.offset,
                 attempt: r.attempt,
             },
+        }
+    }
+}
+
+/// Undoes the reservation of `offset` for a pull that could not carry it: due again at once,
+/// with the delivery count it had before, as if it had never been taken.
+fn give_back(cursor: &mut Cursor, offset: u64, now_ms: u64) {
+    if let Some(p) = cursor.pending.get_mut(&offset) {
+        if matches!(p.slot, Slot::InFlight { .. }) {
+            p.slot = Slot::Waiting { due_ms: now_ms };
+            p.attempts = p.attempts.saturating_sub(1);
         }
     }
 }

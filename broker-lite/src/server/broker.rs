@@ -1,6 +1,8 @@
 //! The [`Handler`] that answers requests with a [`Broker`]: the mapping between wire types and
 //! broker types.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -8,7 +10,7 @@ use bytes::Bytes;
 use super::handler::Handler;
 use crate::broker::{
     self, Broker, BrokerError, ConsumerSpec, MessageModel, NackOutcome, Receipt, SendRequest,
-    StoredMessage, TraceKind,
+    SessionId, StoredMessage, TraceKind,
 };
 use crate::protocol::{
     BrokerDescription, ConsumeModel, Delivery, ErrorCode, ErrorReply, FlushMode, GroupInfo,
@@ -18,25 +20,91 @@ use crate::protocol::{
 use crate::storage;
 
 /// Answers requests with a [`Broker`].
+///
+/// Each connection gets its own handler ([`Handler::connect`]) with its own
+/// [`SessionId`]: members subscribe over it, and when the connection closes they leave their
+/// groups at once ([`Broker::close_session`]), so a killed consumer's queues and in-flight
+/// messages go to the other members without waiting for its heartbeats to run out.
 #[derive(Debug, Clone)]
 pub struct BrokerHandler {
     broker: Broker,
+    connection: Option<Arc<ConnectionState>>,
+    /// The byte budget of a pull's deliveries: what a frame holds besides the answer's framing.
+    max_pull_bytes: usize,
+}
+
+/// What a handler knows about its connection.
+#[derive(Debug)]
+struct ConnectionState {
+    session: SessionId,
+    /// Set when the connection stopped reading.
+    closed: AtomicBool,
 }
 
 impl BrokerHandler {
-    /// A handler over `broker`.
+    /// A handler over `broker`, for frames of at most
+    /// [`DEFAULT_MAX_FRAME_SIZE`](crate::protocol::DEFAULT_MAX_FRAME_SIZE) bytes.
     pub fn new(broker: Broker) -> Self {
-        BrokerHandler { broker }
+        BrokerHandler {
+            broker,
+            connection: None,
+            max_pull_bytes: pull_budget(crate::protocol::DEFAULT_MAX_FRAME_SIZE),
+        }
     }
+
+    /// Sizes pull answers for frames of at most `max_frame_size` bytes (the server's
+    /// [`Limits::max_frame_size`](crate::protocol::Limits::max_frame_size)): a pull then returns
+    /// as many messages as fit one frame, and at least one.
+    pub fn with_max_frame_size(mut self, max_frame_size: u32) -> Self {
+        self.max_pull_bytes = pull_budget(max_frame_size);
+        self
+    }
+}
+
+/// The deliveries' share of a frame: the frame less its header and the delivery count.
+fn pull_budget(max_frame_size: u32) -> usize {
+    (max_frame_size as usize).saturating_sub(crate::protocol::HEADER_LEN + 4)
 }
 
 impl Handler for BrokerHandler {
     async fn handle(&self, request: Request) -> Result<Response, ErrorReply> {
         self.dispatch(request).await.map_err(to_reply)
     }
+
+    fn connect(&self) -> Self {
+        BrokerHandler {
+            broker: self.broker.clone(),
+            connection: Some(Arc::new(ConnectionState {
+                session: SessionId::new(),
+                closed: AtomicBool::new(false),
+            })),
+            max_pull_bytes: self.max_pull_bytes,
+        }
+    }
+
+    async fn disconnected(&self) {
+        let Some(connection) = &self.connection else {
+            return;
+        };
+        connection.closed.store(true, Ordering::SeqCst);
+        self.leave(connection.session).await;
+    }
 }
 
 impl BrokerHandler {
+    /// Ends the memberships of a closed connection.
+    async fn leave(&self, session: SessionId) {
+        match self.broker.close_session(session).await {
+            Ok(gone) if !gone.is_empty() => {
+                tracing::info!(members = ?gone, "connection closed: its members left their groups")
+            }
+            Ok(_) | Err(BrokerError::Closed) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "ending the memberships of a closed connection failed")
+            }
+        }
+    }
+
     async fn dispatch(&self, request: Request) -> Result<Response, BrokerError> {
         let b = &self.broker;
         Ok(match request {
@@ -68,7 +136,17 @@ impl BrokerHandler {
                 if !s.tags.is_empty() {
                     spec = spec.with_tags(s.tags);
                 }
+                if let Some(connection) = &self.connection {
+                    spec = spec.with_session(connection.session);
+                }
                 b.subscribe(spec).await?;
+                // A subscribe still running when its connection closed would outlive it: end it
+                // here (the close either saw this member or set the flag first).
+                if let Some(connection) = &self.connection {
+                    if connection.closed.load(Ordering::SeqCst) {
+                        self.leave(connection.session).await;
+                    }
+                }
                 Response::Done
             }
             Request::Heartbeat(m) => {
@@ -82,6 +160,7 @@ impl BrokerHandler {
             Request::Pull(p) => {
                 let pull = broker::PullRequest::new(p.group, p.consumer_id, p.topic)
                     .with_max_messages(p.max_messages as usize)
+                    .with_max_bytes(self.max_pull_bytes)
                     .with_long_poll(Duration::from_millis(p.long_poll_ms));
                 Response::Pull(b.pull(pull).await?.into_iter().map(delivery).collect())
             }
@@ -320,5 +399,79 @@ fn trace_event(e: broker::TraceEvent) -> TraceEvent {
         timestamp_ms: e.at_ms,
         event: event.to_string(),
         detail,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::broker::budget::Budget;
+    use crate::storage::StoredRecord;
+
+    fn record(key: Option<&str>, tag: Option<&str>, props: usize, body: usize) -> StoredRecord {
+        StoredRecord {
+            topic: "orders".into(),
+            queue_id: 3,
+            queue_offset: 42,
+            log_position: 0,
+            message_id: uuid::Uuid::now_v7(),
+            key: key.map(Into::into),
+            tag: tag.map(Into::into),
+            properties: (0..props)
+                .map(|i| (format!("k{i}"), "v".repeat(i % 5)))
+                .collect::<BTreeMap<_, _>>(),
+            body: vec![7u8; body].into(),
+            born_timestamp_ms: 1,
+            stored_timestamp_ms: 2,
+            flags: 0,
+        }
+    }
+
+    /// The broker's cost of a delivery bounds its size in a pull answer, so an answer within
+    /// the budget fits the frame (issue 12, item 4).
+    #[test]
+    fn a_delivery_never_costs_less_than_its_wire_size() {
+        let (group, client) = ("g".repeat(300), "c".repeat(200));
+        for r in [
+            record(None, None, 0, 0),
+            record(Some("k"), Some("t"), 0, 10),
+            record(Some(""), Some(""), 1000, 100),
+            record(None, Some("tag"), 3, 1 << 20),
+        ] {
+            let budget = Budget::new(usize::MAX, &group, &client, &r.topic);
+            let cost = budget.exact(&r);
+            assert!(cost >= budget.estimate(r.encoded_len() as u32));
+            let d = broker::Delivery {
+                message_id: r.message_id,
+                topic: r.topic.clone(),
+                queue_id: r.queue_id,
+                queue_offset: r.queue_offset,
+                key: r.key.clone(),
+                tag: r.tag.clone(),
+                properties: r.properties.clone(),
+                body: r.body.clone(),
+                born_timestamp_ms: r.born_timestamp_ms,
+                stored_timestamp_ms: r.stored_timestamp_ms,
+                reconsume_times: u32::MAX,
+                first_delivered_at_ms: u64::MAX,
+                receipt: Receipt {
+                    group: group.clone(),
+                    client_id: client.clone(),
+                    topic: r.topic.clone(),
+                    queue_id: r.queue_id,
+                    queue_offset: r.queue_offset,
+                    attempt: u32::MAX,
+                },
+            };
+            let one = Response::Pull(vec![delivery(d)]).encode_body().len();
+            let empty = Response::Pull(Vec::new()).encode_body().len();
+            assert!(one - empty <= cost, "wire {} > cost {cost}", one - empty);
+            assert_eq!(
+                pull_budget(1000),
+                1000 - crate::protocol::HEADER_LEN - empty
+            );
+        }
     }
 }

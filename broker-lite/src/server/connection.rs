@@ -44,6 +44,7 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin + Send + 'static,
 {
+    let handler = handler.connect();
     let (tx, rx) = mpsc::channel::<Frame>(256);
     let writer = tokio::spawn(write_loop(FrameWriter::new(wr), rx));
     let mut reader = FrameReader::new(rd, config.limits.max_frame_size);
@@ -143,7 +144,9 @@ where
                     let limit = config.limits.max_frame_size as usize;
                     if body.len() + HEADER_LEN > limit {
                         // The peer would refuse the frame and drop the connection with every
-                        // request on it; answer this request with an error instead.
+                        // request on it; answer this request with an error instead. A
+                        // `BrokerHandler` sizes pulls for the frame limit, so this is a
+                        // handler's bug (a pull's deliveries would stay in flight).
                         warn!(command = command.name(), size = body.len(), limit,
                             "response exceeds the frame limit; deliveries of a pull stay in flight until the consume timeout");
                         let reply = ErrorReply::new(
@@ -176,6 +179,9 @@ where
         });
     }
 
+    // Tell the handler at once, not after the requests in flight (a long poll can run for a
+    // while): a killed consumer's members leave their groups now.
+    handler.disconnected().await;
     // Let the requests in flight finish, unless the server stops hard.
     tokio::select! {
         _ = async { while tasks.join_next().await.is_some() {} } => {}

@@ -15,4 +15,19 @@ pub trait Handler: Clone + Send + Sync + 'static {
     /// never drops a call before it completes, except at the hard stop after the grace period.
     fn handle(&self, request: Request)
     -> impl Future<Output = Result<Response, ErrorReply>> + Send;
+
+    /// The handler of one new connection: it answers that connection's requests and hears of
+    /// its end through [`disconnected`](Self::disconnected), so it can keep per-connection state
+    /// (the broker's handler ties the members subscribed over it to it). Default: a clone.
+    fn connect(&self) -> Self {
+        self.clone()
+    }
+
+    /// Called once, on the handler [`connect`](Self::connect) returned, as soon as the server
+    /// stops reading the connection: the peer closed it (a killed process's socket is closed by
+    /// its kernel), it broke, or the server is stopping. Requests still running on it finish
+    /// afterwards. Default: nothing.
+    fn disconnected(&self) -> impl Future<Output = ()> + Send {
+        std::future::ready(())
+    }
 }

@@ -9,6 +9,15 @@
 //!   `FrameTooLarge`, `UnsupportedVersion`) and only that connection is closed. An unknown command
 //!   or a request over the [`Limits`](crate::protocol::Limits) gets an error reply and the
 //!   connection stays open.
+//! - **Connection close ends memberships**: each connection has its own handler
+//!   ([`Handler::connect`]); as soon as the server stops reading a connection (the peer closed
+//!   it, which the kernel does for a killed process, or it broke) it calls
+//!   [`Handler::disconnected`], before waiting for the requests still running. The broker's
+//!   handler then removes every member that subscribed over that connection
+//!   ([`Broker::close_session`](crate::broker::Broker::close_session)): its queues and in-flight
+//!   messages go to the other members at once instead of after the heartbeat timeout. A client
+//!   that reconnects subscribes again (the consumer client does so when a pull or heartbeat
+//!   answers `NotFound`). A peer that only shuts down its write side counts as closed.
 //! - **Connection limit**: past [`ServerConfig::max_connections`] a new connection gets a
 //!   `TooManyConnections` error frame and is closed.
 //! - **Graceful shutdown**: when the `shutdown` future completes the server stops accepting,
@@ -57,7 +66,8 @@ pub async fn run(
     config: ServerConfig,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
-    serve(listener, BrokerHandler::new(broker), config, shutdown).await
+    let handler = BrokerHandler::new(broker).with_max_frame_size(config.limits.max_frame_size);
+    serve(listener, handler, config, shutdown).await
 }
 
 /// Serves `listener` with `handler` until `shutdown` completes, then shuts down gracefully.

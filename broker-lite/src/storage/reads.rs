@@ -95,6 +95,36 @@ impl Store {
             .bounds(topic, queue_id, visible)
     }
 
+    /// The log frame sizes of up to `max_records` readable records of a queue from `from_offset`
+    /// (not raised: an offset below the queue's first available one gives an empty list). The
+    /// broker sizes a pull with it before reading, without touching the disk.
+    pub fn record_lens(
+        &self,
+        topic: &str,
+        queue_id: u32,
+        from_offset: u64,
+        max_records: usize,
+    ) -> Vec<u32> {
+        let shared = &self.inner.shared;
+        let visible = shared.visible();
+        let index = shared.index.read().unwrap();
+        match index.bounds(topic, queue_id, visible) {
+            Some(b) if b.min <= from_offset => index
+                .range(
+                    topic,
+                    queue_id,
+                    from_offset,
+                    visible,
+                    max_records,
+                    usize::MAX,
+                )
+                .iter()
+                .map(|e| e.size)
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+
     /// Every (topic, queue id) that has or had records, sorted.
     pub fn queues(&self) -> Vec<(String, u32)> {
         self.inner.shared.index.read().unwrap().queues()

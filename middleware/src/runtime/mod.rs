@@ -89,7 +89,6 @@ pub struct Consumer<S, H> {
     source: Arc<S>,
     handler: H,
     config: Config,
-    handler_type: &'static str,
 }
 
 /// Builds a [`Consumer`]; every setting has a default.
@@ -117,11 +116,12 @@ where
 {
     /// A builder for a consumer of `source` running `handler`.
     pub fn builder(source: S, handler: H) -> ConsumerBuilder<S, H> {
+        let group = source.group().unwrap_or_default().to_owned();
         ConsumerBuilder {
             source,
             handler,
             config: Config {
-                group: String::new(),
+                group,
                 concurrency: DEFAULT_CONCURRENCY,
                 batch_size: 1,
                 poll_wait: Duration::from_secs(5),
@@ -139,10 +139,16 @@ where
         }
     }
 
-    /// Whether the handler stack deduplicates: it contains the [`Idempotency`](crate::Idempotency)
-    /// layer (seen in its type) or was declared idempotent.
+    /// Whether the handler stack was declared to deduplicate deliveries
+    /// ([`ConsumerBuilder::declare_idempotent`]). The runtime cannot see inside a handler's
+    /// type, so this is what the builder was told, not a guess.
     pub fn is_idempotent(&self) -> bool {
-        self.config.declared_idempotent || self.handler_type.contains("Idempotency<")
+        self.config.declared_idempotent
+    }
+
+    /// The consumer group named in logs and metrics.
+    pub fn group(&self) -> &str {
+        &self.config.group
     }
 
     /// Runs until `shutdown` is cancelled and the deliveries in flight are settled.
@@ -240,7 +246,9 @@ where
     H::Future: Send + 'static,
     H::Response: Send + 'static,
 {
-    /// The consumer group's name, for logs and metrics (deliveries carry their own group).
+    /// The consumer group's name, for logs and metrics (deliveries carry their own group). By
+    /// default the source's ([`DeliverySource::group`]), so it is only needed for a source that
+    /// does not know its group.
     pub fn group(mut self, group: impl Into<String>) -> Self {
         self.config.group = group.into();
         self
@@ -292,8 +300,10 @@ where
         self
     }
 
-    /// Declares the handler idempotent without the [`Idempotency`](crate::Idempotency) layer (it
-    /// deduplicates by other means), which silences the broadcasting warning.
+    /// Declares that the handler deduplicates redeliveries: its stack has the
+    /// [`Idempotency`](crate::Idempotency) layer, or it deduplicates by other means. Without it a
+    /// broadcasting source logs a warning (C5). `courier::App` declares the handlers it wraps in
+    /// the layer itself.
     pub fn declare_idempotent(mut self) -> Self {
         self.config.declared_idempotent = true;
         self
@@ -315,14 +325,13 @@ where
             source: Arc::new(self.source),
             handler: self.handler,
             config,
-            handler_type: std::any::type_name::<H>(),
         };
         if consumer.source.model() == ConsumeModel::Broadcasting && !consumer.is_idempotent() {
             tracing::warn!(
                 group = %consumer.config.group,
-                "broadcasting consumer without the idempotency layer: every member runs the \
-                 handler's side effects, and redeliveries repeat them; add IdempotencyLayer or \
-                 call declare_idempotent()"
+                "broadcasting consumer whose handler is not declared idempotent: every member \
+                 runs the handler's side effects, and redeliveries repeat them; add \
+                 IdempotencyLayer and call declare_idempotent() on the consumer builder"
             );
         }
         consumer

@@ -229,6 +229,10 @@ impl DeliverySource for BrokerLiteSource {
     type Receipt = BrokerLiteReceipt;
     type Error = ClientError;
 
+    fn group(&self) -> Option<&str> {
+        Some(&self.consumer().config().group)
+    }
+
     async fn pull(
         &self,
         max: usize,
