@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 async fn main() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let broker =
-        courier::broker::embedded::start(dir.path().join("broker"), Default::default()).await?;
+        broker_lite::embedded::start(dir.path().join("broker"), Default::default()).await?;
     let options = SqliteConnectOptions::new()
         .filename(dir.path().join("shop.db"))
         .create_if_missing(true)

@@ -12,7 +12,7 @@
 //! `outbox-relay` pointed at the payments database publishes `PAYMENT_DONE`.
 
 use anyhow::Context;
-use broker_lite::client::ConsumerConfig;
+use courier::broker::ConsumerConfig;
 use courier::middleware::{
     BrokerLiteSource, CatchPanicLayer, ConsumeTimeoutLayer, Consumer, IdempotencyLayer, Reject,
     TraceLayer, TxDelivery,

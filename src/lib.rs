@@ -8,7 +8,13 @@
 //! |---|---|---|
 //! | [`outbox`] | `courier-outbox` | messages, the transactional writer, the relay, the failure table |
 //! | [`middleware`] | `courier-middleware` | tower layers for producers and consumers, the consumer runtime |
-//! | [`broker`] | `broker-lite` | the bundled broker's client (and, embedded, the broker itself) |
+//! | [`broker`] | `broker-lite-client` | the bundled broker's clients (producer, consumer, admin) and wire protocol |
+//! | `broker_lite` | `broker-lite` | the bundled broker itself (storage, broker core, server), to embed it in-process |
+//!
+//! A service that talks to a standalone broker needs [`broker`] only; `broker_lite` (feature
+//! `embedded-broker`) is for running the broker inside a process
+//! (`broker_lite::embedded::start`) and for tests. Its `client` and `protocol` modules are the
+//! same items as [`broker`]'s.
 //!
 //! # Features
 //!
@@ -16,7 +22,8 @@
 //! |---|---|---|
 //! | `postgres` | yes | the outbox, relay, failure table, idempotency and inbox on Postgres |
 //! | `sqlite` | no | the same on SQLite |
-//! | `broker-lite` | yes | the broker-lite publisher and source, and [`App`] |
+//! | `broker-lite` | yes | the broker-lite client as [`broker`], the publisher and source, and [`App`] |
+//! | `embedded-broker` | no | the broker-lite server as `broker_lite` (storage engine, broker core, TCP server) |
 
 #![forbid(unsafe_code)]
 
@@ -26,6 +33,10 @@ pub mod app;
 #[cfg(feature = "broker-lite")]
 pub use app::App;
 #[cfg(feature = "broker-lite")]
-pub use broker_lite as broker;
+pub use broker_lite_client as broker;
 pub use courier_middleware as middleware;
 pub use courier_outbox as outbox;
+
+/// The bundled broker's server side: the `broker-lite` crate (see [`broker`] for its clients).
+#[cfg(feature = "embedded-broker")]
+pub use broker_lite;

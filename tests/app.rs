@@ -24,10 +24,10 @@ where
     for<'c> &'c mut <DB as Database>::Connection: sqlx::Executor<'c, Database = DB>,
 {
     let dir = tempfile::tempdir().unwrap();
-    let mut config = courier::broker::embedded::EmbeddedConfig::default();
+    let mut config = broker_lite::embedded::EmbeddedConfig::default();
     config.broker.delay_levels = vec![Duration::from_millis(50)];
     config.broker.first_retry_level = 1;
-    let broker = courier::broker::embedded::start(dir.path(), config)
+    let broker = broker_lite::embedded::start(dir.path(), config)
         .await
         .unwrap();
     courier::outbox::migrate(&pool).await.unwrap();

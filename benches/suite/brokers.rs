@@ -6,10 +6,10 @@
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
+use broker_lite::storage::FlushMode;
 use bytes::Bytes;
-use courier::broker::client::{Producer, ProducerConfig};
 use courier::broker::protocol::{Message, SendStatus};
-use courier::broker::storage::FlushMode;
+use courier::broker::{Producer, ProducerConfig};
 use lapin::options::{
     BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
 };

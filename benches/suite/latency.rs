@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use courier::broker::client::{Admin, AdminConfig, Consumer, ConsumerConfig, Producer};
-use courier::broker::storage::FlushMode;
+use broker_lite::storage::FlushMode;
+use courier::broker::{Admin, AdminConfig, Consumer, ConsumerConfig, Producer};
 use courier::outbox::{Message, Outbox, Relay};
 use sqlx::{Connection, PgPool};
 use tokio_util::sync::CancellationToken;

@@ -7,10 +7,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use courier::broker::client::{Producer, ProducerConfig};
-use courier::broker::embedded::{self, EmbeddedBroker, EmbeddedConfig};
+use broker_lite::embedded::{self, EmbeddedBroker, EmbeddedConfig};
+use broker_lite::storage::FlushMode;
 use courier::broker::protocol::{self, SendStatus};
-use courier::broker::storage::FlushMode;
+use courier::broker::{Producer, ProducerConfig};
 use courier::outbox::{Message, Publisher, Relay, RelayState};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;

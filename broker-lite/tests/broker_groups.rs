@@ -126,7 +126,7 @@ async fn broadcasting_reaches_every_member() {
     let lag = b.lag("cache").unwrap();
     assert_eq!(lag.len(), 12);
     assert_eq!(lag.iter().map(|l| l.unsettled).sum::<u64>(), 3);
-    assert!(lag.iter().all(|l| l.client_id.is_some()));
+    assert!(lag.iter().all(|l| l.consumer_id.is_some()));
     // Leaving on purpose drops that member's offsets.
     b.unsubscribe("cache", "c").await.unwrap();
     assert_eq!(b.lag("cache").unwrap().len(), 8);

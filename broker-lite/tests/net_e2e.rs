@@ -132,7 +132,9 @@ async fn nack_redelivers_after_the_delay_level() {
     let outcome = consumer.nack(&first, None).await.unwrap();
     assert_eq!(
         outcome,
-        NackResult::Redeliver { after_ms: 10_000 },
+        NackResult::Redeliver {
+            after: Duration::from_secs(10)
+        },
         "first redelivery at the 10 s level"
     );
     assert!(
@@ -334,7 +336,12 @@ async fn describe_reports_async_flush_over_tcp() {
         .await
         .unwrap();
     let d = admin.describe().await.unwrap();
-    assert_eq!(d.flush_mode, FlushMode::Async { interval_ms: 200 });
+    assert_eq!(
+        d.flush_mode,
+        FlushMode::Async {
+            interval: Duration::from_millis(200)
+        }
+    );
     assert_eq!(
         d.retention_ms,
         72 * 3_600_000,

@@ -147,3 +147,53 @@ async fn a_stalled_fsync_answers_flush_disk_timeout() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// Issue 12 item 7: with the writer's queue full all the time, the async flusher still fsyncs once
+/// per interval. Paused time: the count is compared with the intervals that elapsed, not with a
+/// wall-clock duration.
+#[tokio::test(start_paused = true)]
+async fn async_flush_keeps_its_interval_while_the_writer_is_saturated() -> anyhow::Result<()> {
+    let backend = FaultyBackend::new();
+    let interval = Duration::from_millis(100);
+    let mut c = config();
+    c.flush_mode = FlushMode::Async { interval };
+    // A queue of one is full whenever a producer waits, which all of them always do here.
+    c.queue_capacity = 1;
+    // No segment roll (its fsyncs would count) and no append deadline in the virtual hour.
+    c.segment_size = 1 << 20;
+    c.sync_flush_timeout = Duration::from_secs(3600);
+    let store = open(&backend, c).await?;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let producers: Vec<_> = (0..8u64)
+        .map(|p| {
+            let (store, stop) = (store.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut i = p;
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    let a = store.append(rec(i)).await?;
+                    assert_eq!(a.outcome, FlushOutcome::InMemory);
+                    i += 8;
+                }
+                anyhow::Ok(())
+            })
+        })
+        .collect();
+    let before = backend.sync_count();
+    let start = tokio::time::Instant::now();
+    tokio::time::sleep(interval * 20).await;
+    let intervals = (start.elapsed().as_nanos() / interval.as_nanos()) as u64;
+    let fsyncs = backend.sync_count() - before;
+    let written = store.progress().written;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    for p in producers {
+        p.await??;
+    }
+    assert!(intervals >= 20, "{intervals} intervals elapsed");
+    assert!(written > 0);
+    // The tick at the very end may still be running.
+    assert!(
+        fsyncs + 1 >= intervals,
+        "{fsyncs} fsyncs in {intervals} flush intervals under load"
+    );
+    Ok(())
+}

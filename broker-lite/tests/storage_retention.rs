@@ -105,15 +105,44 @@ async fn old_segments_are_removed_past_the_disk_usage_ceiling() -> anyhow::Resul
     assert_eq!(report.removed_segments, before[..before.len() - 3].to_vec());
     assert_eq!(report.removed_bytes, (before.len() as u64 - 3) * SEGMENT);
     assert!(store.queue_bounds("t", 0).unwrap().min > 0);
-    // A ceiling below one segment still never removes the active one.
-    store.close().await?;
-    let mut tiny = config();
-    tiny.max_disk_usage = Some(1);
-    let store = Store::open_with_backend(Arc::new(backend.clone()), tiny).await?;
-    let _ = store.enforce_retention(SystemTime::now()).await?;
-    assert_eq!(segments(&backend), before[before.len() - 1..].to_vec());
-    let a = store.append(NewRecord::new("t", 0, "still works")).await?;
-    assert_eq!(a.queue_offset, store.queue_bounds("t", 0).unwrap().max - 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_disk_usage_ceiling_below_two_segments_is_refused_at_open() -> anyhow::Result<()> {
+    let backend = FaultyBackend::new();
+    for max in [1, SEGMENT, 2 * SEGMENT - 1] {
+        let mut c = config();
+        c.max_disk_usage = Some(max);
+        let err = Store::open_with_backend(Arc::new(backend.clone()), c)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StorageError::InvalidConfig(_)), "{err}");
+        let msg = err.to_string();
+        // The message names the setting, the value given and the minimum.
+        assert!(msg.contains("max_disk_usage"), "{msg}");
+        assert!(msg.contains(&format!("{max} bytes")), "{msg}");
+        assert!(msg.contains(&format!("{} bytes", 2 * SEGMENT)), "{msg}");
+    }
+    assert!(segments(&backend).is_empty(), "nothing was created");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_ceiling_of_two_segments_keeps_the_previous_segment_after_a_roll() -> anyhow::Result<()> {
+    let backend = FaultyBackend::new();
+    let mut c = config();
+    c.max_disk_usage = Some(2 * SEGMENT);
+    let store = Store::open_with_backend(Arc::new(backend.clone()), c).await?;
+    fill(&store, 1).await?;
+    while segments(&backend).len() < 2 {
+        let _ = store
+            .append(NewRecord::new("t", 0, vec![b'a'; 1000]))
+            .await?;
+    }
+    let report = store.enforce_retention(SystemTime::now()).await?;
+    assert!(report.removed_segments.is_empty(), "{report:?}");
+    assert_eq!(store.queue_bounds("t", 0).unwrap().min, 0);
     Ok(())
 }
 

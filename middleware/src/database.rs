@@ -4,6 +4,16 @@ use std::future::Future;
 
 use sqlx::{Pool, Transaction};
 
+/// The database the transactional types use when none is named (`TxDelivery`, `Inbox`,
+/// `IdempotencyLayer` ...): Postgres when the `postgres` feature is on, otherwise SQLite. So a
+/// SQLite-only build writes `TxDelivery` as a Postgres one does, and code that enables both names
+/// `TxDelivery<Sqlite>` (or lets the pool decide: `IdempotencyLayer::new(pool)`).
+#[cfg(feature = "postgres")]
+pub type DefaultDatabase = sqlx::Postgres;
+/// The database the transactional types use when none is named: SQLite, the only store enabled.
+#[cfg(not(feature = "postgres"))]
+pub type DefaultDatabase = sqlx::Sqlite;
+
 /// A database the transactional middleware ([`Idempotency`](crate::Idempotency),
 /// [`Inbox`](crate::Inbox)) can keep its records in, and so the database a handler's
 /// [`Tx`](crate::Tx) is a transaction of.

@@ -1,7 +1,7 @@
 //! What a consumer handler receives: the envelope plus the facts of this delivery.
 
 use chrono::{DateTime, Utc};
-use courier_outbox::Message;
+use courier_core::Message;
 
 /// One delivery of a message to a consumer group: the [`Message`] envelope and the delivery facts.
 ///
@@ -14,7 +14,7 @@ use courier_outbox::Message;
 ///
 /// ```
 /// use courier_middleware::Delivery;
-/// use courier_outbox::Message;
+/// use courier_core::Message;
 ///
 /// let delivery = Delivery::new(Message::new("orders", "{}"), "billing").with_attempt(3);
 /// assert_eq!(delivery.redeliveries(), 2);

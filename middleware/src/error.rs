@@ -8,7 +8,7 @@ use std::error::Error as StdError;
 use std::fmt;
 use std::time::Duration;
 
-use courier_outbox::Permanent;
+use courier_core::Permanent;
 use tower::BoxError;
 
 /// What the runtime does with a delivery once the handler stack has answered.
@@ -40,7 +40,7 @@ impl Disposition {
         }
     }
 
-    /// Classifies an error: the first [`Reject`] (or `courier_outbox::Permanent`), [`Retry`] or
+    /// Classifies an error: the first [`Reject`] (or `courier_core::Permanent`), [`Retry`] or
     /// [`BatchFailed`](crate::BatchFailed) in the source chain decides; any other error redelivers
     /// with the broker's delay.
     ///

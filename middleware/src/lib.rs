@@ -11,7 +11,7 @@
 //!     CatchPanicLayer, ConsumeMetricsLayer, ConsumeTimeoutLayer, Consumer, Delivery,
 //!     LocalRetryLayer, MemorySource, Reject, TraceLayer,
 //! };
-//! use courier_outbox::Message;
+//! use courier_core::Message;
 //! use tokio_util::sync::CancellationToken;
 //! use tower::ServiceBuilder;
 //!
@@ -63,11 +63,11 @@
 //! # Brokers
 //!
 //! A broker plugs in as a [`DeliverySource`] (consumer side: pull, ack, nack with a delay,
-//! dead-letter) and as a `tower::Service<courier_outbox::Message>` whose response implements
+//! dead-letter) and as a `tower::Service<courier_core::Message>` whose response implements
 //! [`HasSendStatus`] (producer side). A publisher is safe by default: it fails every status but
 //! `SEND_OK` itself (accepting another is an explicit, logged opt-out), wraps refusals of a message
-//! in `courier_outbox::Permanent` and failures to reach the broker in
-//! `courier_outbox::Unavailable` (the relay then pauses instead of counting attempts).
+//! in `courier_core::Permanent` and failures to reach the broker in
+//! `courier_core::Unavailable` (the relay then pauses instead of counting attempts).
 //! [`MemorySource`] is an in-process source for tests and examples.
 //!
 //! | broker | feature | publisher | source |
@@ -123,13 +123,13 @@ pub use consumer::metrics::{ConsumeMetrics, ConsumeMetricsLayer};
 pub use consumer::retry::{LocalRetry, LocalRetryLayer, LocalRetryPolicy};
 pub use consumer::trace::{Trace, TraceLayer};
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
-pub use database::TxDatabase;
+pub use database::{DefaultDatabase, TxDatabase};
 pub use delivery::{AsDelivery, Delivery};
 pub use error::{Disposition, Elapsed, Panicked, Reject, Retry};
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 pub use idempotency::{
     BatchedIdempotency, BatchedIdempotencyLayer, DEFAULT_IDEMPOTENCY_WINDOW, Handled, Idempotency,
-    IdempotencyKey, IdempotencyLayer,
+    IdempotencyKey, IdempotencyLayer, LateDelivery,
 };
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 pub use inbox::{Inbox, InboxDeadLetter, InboxStore, InboxWorker, Stored};

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use courier_outbox::Message;
+use courier_core::Message;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -25,7 +25,7 @@ use crate::{ConsumeModel, Delivery, DeliverySource, NackOutcome, Pulled, SendSta
 /// ```
 /// # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
 /// use courier_middleware::{DeliverySource, MemorySource};
-/// use courier_outbox::Message;
+/// use courier_core::Message;
 /// use std::time::Duration;
 ///
 /// let source = MemorySource::new("billing");

@@ -4,7 +4,9 @@ use std::fmt;
 use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
 
-use sqlx::{Database, Postgres, Transaction};
+use sqlx::{Database, Transaction};
+
+use crate::database::DefaultDatabase;
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
 use crate::{AsDelivery, Delivery};
@@ -27,7 +29,7 @@ use crate::{AsDelivery, Delivery};
 /// # Ok(())
 /// # }
 /// ```
-pub struct Tx<DB: Database = Postgres> {
+pub struct Tx<DB: Database = DefaultDatabase> {
     inner: Arc<Mutex<Option<Transaction<'static, DB>>>>,
 }
 
@@ -44,7 +46,7 @@ pub struct Tx<DB: Database = Postgres> {
 /// # }
 /// ```
 #[cfg(feature = "postgres")]
-pub type PgTx = Tx<Postgres>;
+pub type PgTx = Tx<sqlx::Postgres>;
 
 /// The handler's transaction on SQLite (a `BEGIN IMMEDIATE` transaction: it holds the database's
 /// write lock while the handler runs).
@@ -125,7 +127,7 @@ impl<DB: Database> Tx<DB> {
 /// # Ok(())
 /// # }
 /// ```
-pub struct TxGuard<DB: Database = Postgres> {
+pub struct TxGuard<DB: Database = DefaultDatabase> {
     guard: OwnedMutexGuard<Option<Transaction<'static, DB>>>,
 }
 
@@ -138,7 +140,7 @@ pub struct TxGuard<DB: Database = Postgres> {
 /// # }
 /// ```
 #[cfg(feature = "postgres")]
-pub type PgTxGuard = TxGuard<Postgres>;
+pub type PgTxGuard = TxGuard<sqlx::Postgres>;
 
 /// A [`TxGuard`] on SQLite; dereferences to `SqliteConnection`.
 ///
@@ -179,7 +181,51 @@ impl<DB: Database> DerefMut for TxGuard<DB> {
 /// What a transactional handler receives: the delivery and the transaction to write in.
 ///
 /// Produced by the [`Idempotency`](crate::Idempotency) layer and the durable inbox worker.
-/// `DB` is the database of the transaction, Postgres unless said otherwise.
+/// `DB` is the database of the transaction, [`DefaultDatabase`](crate::DefaultDatabase) unless said otherwise.
+///
+/// # Not `Clone`, so no retry inside the transaction
+///
+/// A `TxDelivery` stands for one attempt in one transaction, and is deliberately not `Clone`.
+/// A layer that calls its inner service more than once with clones of the request, such as
+/// [`LocalRetryLayer`](crate::LocalRetryLayer), would otherwise retry inside the transaction:
+/// the failed attempt's writes are not rolled back (there is no savepoint per attempt) and commit
+/// together with the retry's, so a handler that wrote and then failed would have its effect
+/// twice. Put local retries outside the transactional layer instead: each retry then runs in a
+/// fresh transaction with a fresh idempotency record, and a failed attempt leaves nothing behind.
+///
+/// ```no_run
+/// use courier_middleware::{IdempotencyLayer, LocalRetryLayer, TxDelivery};
+/// use tower::ServiceBuilder;
+///
+/// # async fn example(pool: sqlx::PgPool) {
+/// let handler = ServiceBuilder::new()
+///     .layer(LocalRetryLayer::default()) // outside: one transaction per attempt
+///     .layer(IdempotencyLayer::new(pool))
+///     .service_fn(|_: TxDelivery| async { Ok::<_, tower::BoxError>(()) });
+/// # let _ = handler;
+/// # }
+/// ```
+///
+/// Inside, the stack is no handler of deliveries: "the trait bound `TxDelivery: Clone` is not
+/// satisfied".
+///
+/// ```compile_fail,E0277
+/// use courier_middleware::{Delivery, IdempotencyLayer, LocalRetryLayer, TxDelivery};
+/// use tower::ServiceBuilder;
+///
+/// fn consume(_handler: impl tower::Service<Delivery>) {}
+///
+/// # fn example(pool: sqlx::PgPool) {
+/// let handler = ServiceBuilder::new()
+///     .layer(IdempotencyLayer::new(pool))
+///     .layer(LocalRetryLayer::default()) // inside: would retry in the same transaction
+///     .service_fn(|_: TxDelivery| async { Ok::<_, tower::BoxError>(()) });
+/// consume(handler);
+/// # }
+/// ```
+///
+/// The durable inbox retries a failed row itself, each attempt in its own transaction
+/// ([`Inbox::backoff`](crate::Inbox::backoff)).
 ///
 /// ```no_run
 /// use courier_middleware::TxDelivery;
@@ -195,7 +241,7 @@ impl<DB: Database> DerefMut for TxGuard<DB> {
 /// });
 /// # let _ = handler;
 /// ```
-pub struct TxDelivery<DB: Database = Postgres> {
+pub struct TxDelivery<DB: Database = DefaultDatabase> {
     /// The delivery.
     pub delivery: Delivery,
     tx: Tx<DB>,
@@ -216,15 +262,6 @@ impl<DB: Database> TxDelivery<DB> {
     /// ```
     pub fn tx(&self) -> &Tx<DB> {
         &self.tx
-    }
-}
-
-impl<DB: Database> Clone for TxDelivery<DB> {
-    fn clone(&self) -> Self {
-        Self {
-            delivery: self.delivery.clone(),
-            tx: self.tx.clone(),
-        }
     }
 }
 

@@ -8,9 +8,10 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use courier_middleware::{
-    Delivery, Handled, Idempotency, IdempotencyKey, IdempotencyLayer, TxDelivery,
+    Delivery, Disposition, Handled, Idempotency, IdempotencyKey, IdempotencyLayer, LateDelivery,
+    LocalRetryLayer, LocalRetryPolicy, TxDelivery,
 };
-use courier_outbox::Message;
+use courier_outbox::{Backoff, Message};
 use sqlx::Pool;
 use store_support::{PATIENCE, Store};
 use tokio::sync::Semaphore;
@@ -24,10 +25,15 @@ for_each_store!(
     two_concurrent_deliveries_of_one_message_give_exactly_one_effect,
     a_declared_idempotency_key_header_deduplicates_across_message_ids,
     each_consumer_group_handles_a_message_once,
-    expired_records_are_purged_and_a_late_redelivery_runs_again,
+    expired_records_are_purged_after_the_window_and_its_clock_allowance,
+    a_redelivery_older_than_the_window_is_dead_lettered_not_handled_again,
+    a_message_older_than_the_window_with_its_record_is_a_duplicate,
+    batched_late_messages_are_refused_or_duplicates_and_the_rest_runs,
+    the_runtime_dead_letters_a_late_message_with_its_reason,
     batched_concurrent_deliveries_give_one_effect_per_message,
     batched_a_failing_handler_rolls_back_only_its_own_delivery,
     a_handler_killed_mid_transaction_leaves_no_record_and_the_redelivery_runs_it,
+    a_local_retry_outside_the_layer_runs_each_attempt_in_a_fresh_transaction,
 );
 
 /// Writes one effect row in the delivery's transaction; counts calls; fails while `failures` > 0.
@@ -201,22 +207,151 @@ async fn each_consumer_group_handles_a_message_once<DB: Store>(pool: Pool<DB>) {
     assert_eq!(handler.calls(), 2);
 }
 
-async fn expired_records_are_purged_and_a_late_redelivery_runs_again<DB: Store>(pool: Pool<DB>) {
+const HOUR: Duration = Duration::from_secs(3600);
+
+/// `message` as if created `ago` before now.
+fn created_ago(message: &Message, ago: Duration) -> Message {
+    let mut message = message.clone();
+    message.created_at = chrono::Utc::now() - ago;
+    message
+}
+
+/// The [`LateDelivery`] in `error`'s source chain.
+fn late_of(error: &BoxError) -> Option<&LateDelivery> {
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(error.as_ref());
+    while let Some(error) = next {
+        if let Some(late) = error.downcast_ref::<LateDelivery>() {
+            return Some(late);
+        }
+        next = error.source();
+    }
+    None
+}
+
+async fn expired_records_are_purged_after_the_window_and_its_clock_allowance<DB: Store>(
+    pool: Pool<DB>,
+) {
     DB::create_effects(&pool).await;
     let handler = Handler::default();
-    let layer = IdempotencyLayer::new(pool.clone()).window(Duration::from_secs(3600));
+    let layer = IdempotencyLayer::new(pool.clone()).window(HOUR);
     let service = layer.layer(handler.service());
     let old = Message::new("payments", "old");
+    let recent = Message::new("payments", "recent");
     let fresh = Message::new("payments", "fresh");
-    service.clone().oneshot(delivery(&old)).await.unwrap();
-    service.clone().oneshot(delivery(&fresh)).await.unwrap();
-    DB::age_record(&pool, &old.id.to_string(), Duration::from_secs(2 * 3600)).await;
+    for message in [&old, &recent, &fresh] {
+        service.clone().oneshot(delivery(message)).await.unwrap();
+    }
+    // Past the window and its hour of allowance for clock differences: purged.
+    DB::age_record(&pool, &old.id.to_string(), 3 * HOUR).await;
+    // Past the window, inside the allowance: kept.
+    DB::age_record(&pool, &recent.id.to_string(), HOUR + HOUR / 2).await;
 
     assert_eq!(layer.purge_expired().await.unwrap(), 1);
-    let late = service.clone().oneshot(delivery(&old)).await.unwrap();
-    assert!(!late.is_duplicate());
-    let again = service.clone().oneshot(delivery(&fresh)).await.unwrap();
-    assert!(again.is_duplicate());
+    assert_eq!(DB::records(&pool).await, 2);
+    for message in [&recent, &fresh] {
+        let again = service.clone().oneshot(delivery(message)).await.unwrap();
+        assert!(again.is_duplicate());
+    }
+    assert_eq!(handler.calls(), 3);
+}
+
+/// A message handled inside the window comes back after it (a failure-table replay, a redrive):
+/// its record is purged, and the layer must not run the handler a second time unnoticed.
+async fn a_redelivery_older_than_the_window_is_dead_lettered_not_handled_again<DB: Store>(
+    pool: Pool<DB>,
+) {
+    DB::create_effects(&pool).await;
+    let handler = Handler::default();
+    let layer = IdempotencyLayer::new(pool.clone()).window(HOUR);
+    let service = layer.layer(handler.service());
+    let message = created_ago(&Message::new("payments", "p"), HOUR / 2);
+    let first = service.clone().oneshot(delivery(&message)).await.unwrap();
+    assert_eq!(first, Handled::Processed(()));
+
+    // Three hours later: the record is purged, the message comes back.
+    DB::age_record(&pool, &message.id.to_string(), 3 * HOUR).await;
+    assert_eq!(layer.purge_expired().await.unwrap(), 1);
+    let replayed = created_ago(&message, HOUR / 2 + 3 * HOUR);
+    let error = service
+        .clone()
+        .oneshot(delivery(&replayed).with_attempt(2))
+        .await
+        .expect_err("the handler ran a second time");
+
+    assert_eq!(
+        Disposition::of_error(error.as_ref()),
+        Disposition::DeadLetter
+    );
+    let late = late_of(&error).expect("the reason is a LateDelivery");
+    assert_eq!(late.message_id(), message.id);
+    assert_eq!(late.window(), HOUR);
+    assert!(
+        error
+            .to_string()
+            .contains("older than the idempotency window"),
+        "{error}"
+    );
+    assert_eq!(handler.calls(), 1);
+    assert_eq!(DB::effects(&pool).await, 1);
+    // The refusal left no record: after lengthening the window, a redrive is handled.
+    assert_eq!(DB::records(&pool).await, 0);
+    let longer = IdempotencyLayer::new(pool.clone())
+        .window(24 * HOUR)
+        .layer(handler.service());
+    let redriven = longer.oneshot(delivery(&replayed)).await.unwrap();
+    assert_eq!(redriven, Handled::Processed(()));
+}
+
+async fn a_message_older_than_the_window_with_its_record_is_a_duplicate<DB: Store>(pool: Pool<DB>) {
+    DB::create_effects(&pool).await;
+    let handler = Handler::default();
+    let service = IdempotencyLayer::new(pool.clone())
+        .window(HOUR)
+        .layer(handler.service());
+    let message = created_ago(&Message::new("payments", "p"), HOUR / 2);
+    service.clone().oneshot(delivery(&message)).await.unwrap();
+
+    let late = created_ago(&message, 2 * HOUR);
+    let again = service.oneshot(delivery(&late)).await.unwrap();
+    assert_eq!(again, Handled::Duplicate);
+    assert_eq!(handler.calls(), 1);
+}
+
+async fn batched_late_messages_are_refused_or_duplicates_and_the_rest_runs<DB: Store>(
+    pool: Pool<DB>,
+) {
+    DB::create_effects(&pool).await;
+    let handler = Handler::default();
+    let layer = IdempotencyLayer::new(pool.clone()).window(HOUR);
+    let seen = created_ago(&Message::new("payments", "seen"), HOUR / 2);
+    layer
+        .layer(handler.service())
+        .oneshot(delivery(&seen))
+        .await
+        .unwrap();
+    let service = layer.batched(16).layer(handler.service());
+    let unseen = created_ago(&Message::new("payments", "unseen"), 2 * HOUR);
+    let seen_late = created_ago(&seen, 2 * HOUR);
+    let on_time = Message::new("payments", "on time");
+
+    let calls: Vec<_> = [&unseen, &seen_late, &on_time]
+        .into_iter()
+        .map(|m| tokio::spawn(service.clone().oneshot(delivery(m))))
+        .collect();
+    let mut answers = Vec::new();
+    for call in calls {
+        answers.push(call.await.unwrap());
+    }
+
+    let refused = answers
+        .remove(0)
+        .expect_err("the unseen late message was handled");
+    assert_eq!(late_of(&refused).unwrap().message_id(), unseen.id);
+    assert_eq!(answers.remove(0).unwrap(), Handled::Duplicate);
+    assert_eq!(answers.remove(0).unwrap(), Handled::Processed(()));
+    assert_eq!(handler.calls(), 2);
+    assert_eq!(DB::effects(&pool).await, 2);
+    assert_eq!(DB::records(&pool).await, 2);
 }
 
 // Store-independent: the check compares durations and never touches the database (the pool is
@@ -368,4 +503,72 @@ async fn a_handler_killed_mid_transaction_leaves_no_record_and_the_redelivery_ru
     assert_eq!(redelivered, Handled::Processed(()));
     assert_eq!(handler.calls(), 1);
     assert_eq!(DB::effects(&pool).await, 1);
+}
+
+/// Retries at once: the tests wait for no timer.
+fn retry_at_once(retries: u32) -> LocalRetryLayer {
+    LocalRetryLayer::new(LocalRetryPolicy::new(retries).backoff(Backoff {
+        base: Duration::ZERO,
+        factor: 1.0,
+        max: Duration::ZERO,
+        jitter: 0.0,
+    }))
+}
+
+// The other order, `LocalRetryLayer` inside `IdempotencyLayer`, retried in the same transaction
+// and committed the failed attempt's write with the retry's; it no longer compiles (`TxDelivery`
+// is not `Clone`, see its docs' compile_fail example).
+async fn a_local_retry_outside_the_layer_runs_each_attempt_in_a_fresh_transaction<DB: Store>(
+    pool: Pool<DB>,
+) {
+    DB::create_effects(&pool).await;
+    let handler = Handler::default();
+    // Writes its effect, then fails: the first attempt's write must not survive.
+    handler.failures.store(1, Ordering::SeqCst);
+    let service =
+        retry_at_once(2).layer(IdempotencyLayer::new(pool.clone()).layer(handler.service()));
+    let message = Message::new("payments", "p");
+
+    let handled = service.oneshot(delivery(&message)).await.unwrap();
+
+    assert_eq!(handled, Handled::Processed(()));
+    assert_eq!(handler.calls(), 2);
+    assert_eq!(DB::effects(&pool).await, 1);
+    assert_eq!(DB::records(&pool).await, 1);
+}
+
+async fn the_runtime_dead_letters_a_late_message_with_its_reason<DB: Store>(pool: Pool<DB>) {
+    DB::create_effects(&pool).await;
+    let handler = Handler::default();
+    let service = IdempotencyLayer::new(pool.clone()).layer(handler.service());
+    let source = courier_middleware::MemorySource::new("billing");
+    // Older than the default window, never seen: a replay from long ago.
+    let late = created_ago(
+        &Message::new("payments", "p"),
+        courier_middleware::DEFAULT_IDEMPOTENCY_WINDOW + HOUR,
+    );
+    source.push(late.clone());
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let consumer = courier_middleware::Consumer::builder(source.clone(), service).build();
+    let running = tokio::spawn(consumer.run(shutdown.clone()));
+    // Settled either way: dead-lettered, or (the bug) handled and acked.
+    let settled = source.wait_until(|s| !s.dead_letters().is_empty() || !s.acked().is_empty());
+    tokio::time::timeout(PATIENCE, settled)
+        .await
+        .expect("the delivery was never settled");
+    assert!(
+        source.acked().is_empty(),
+        "the late message was handled and acked"
+    );
+    shutdown.cancel();
+    running.await.unwrap();
+
+    let (message, reason) = source.dead_letters().remove(0);
+    assert_eq!(message.id, late.id);
+    assert!(
+        reason.contains("older than the idempotency window"),
+        "{reason}"
+    );
+    assert_eq!(handler.calls(), 0);
+    assert_eq!(DB::records(&pool).await, 0);
 }

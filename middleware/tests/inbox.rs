@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use courier_middleware::{Consumer, Delivery, Inbox, MemorySource, Reject, Stored, TxDelivery};
 use courier_outbox::{Backoff, Message};
-use sqlx::Pool;
+use sqlx::{PgConnection, Pool, Postgres, Sqlite, SqliteConnection};
 use store_support::{PATIENCE, Store};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -25,6 +25,8 @@ for_each_store!(
     a_rejected_row_is_dead_lettered_at_once,
     a_crash_during_processing_is_processed_after_restart,
     an_idle_worker_wakes_when_a_row_is_stored,
+    a_failed_attempt_past_its_lease_does_not_dead_letter_a_row_another_worker_processed,
+    a_successful_attempt_past_its_lease_commits_nothing_on_a_row_another_worker_processed,
 );
 
 const GROUP: &str = "billing";
@@ -281,4 +283,111 @@ async fn an_idle_worker_wakes_when_a_row_is_stored<DB: Store>(pool: Pool<DB>) {
     working.await.unwrap();
     assert_eq!(calls.load(Ordering::SeqCst), 1);
     assert_eq!(inbox.pending("shipping").await.unwrap(), 1);
+}
+
+/// Ends the handler's transaction early and begins a fresh one that holds no lock, so that
+/// another worker can claim the row while the handler still runs: what a killed connection does
+/// to a slow attempt, or what the moment between a failed attempt's rollback and the recording of
+/// its failure allows.
+trait EndTransaction: Store {
+    fn end_transaction(conn: &mut Self::Connection) -> impl Future<Output = ()> + Send;
+}
+
+impl EndTransaction for Postgres {
+    async fn end_transaction(conn: &mut PgConnection) {
+        sqlx::query("ROLLBACK").execute(&mut *conn).await.unwrap();
+        sqlx::query("BEGIN").execute(&mut *conn).await.unwrap();
+    }
+}
+
+impl EndTransaction for Sqlite {
+    async fn end_transaction(conn: &mut SqliteConnection) {
+        sqlx::query("ROLLBACK").execute(&mut *conn).await.unwrap();
+        // Deferred: takes no lock until it writes.
+        sqlx::query("BEGIN").execute(&mut *conn).await.unwrap();
+    }
+}
+
+/// Worker A claims the row (lease zero: it runs out at once) and loses it while its handler runs;
+/// worker B claims and processes it; then A's handler finishes, failing or succeeding (writing an
+/// effect) as `succeed` says, and A records its outcome. Returns B's handler calls.
+async fn a_late_attempt_after_another_worker_processed_the_row<DB: EndTransaction>(
+    pool: &Pool<DB>,
+    succeed: bool,
+) -> u32 {
+    DB::create_effects(pool).await;
+    // One attempt allowed: a failure of A dead-letters the row.
+    let inbox = inbox(pool).lease(Duration::ZERO).max_attempts(1);
+    DB::insert(
+        &inbox,
+        pool,
+        &Delivery::new(Message::new("orders", "m"), GROUP),
+    )
+    .await;
+
+    let (started, go) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+    let slow = {
+        let (started, go) = (started.clone(), go.clone());
+        tower::service_fn(move |request: TxDelivery<DB>| {
+            let (started, go) = (started.clone(), go.clone());
+            async move {
+                DB::end_transaction(&mut *request.tx().lock().await).await;
+                started.notify_one();
+                go.notified().await;
+                if !succeed {
+                    return Err::<(), BoxError>("the slow attempt failed".into());
+                }
+                write_effect(&request).await
+            }
+        })
+    };
+    let stop_a = CancellationToken::new();
+    let worker_a = tokio::spawn(inbox.worker(GROUP, slow).run(stop_a.clone()));
+    tokio::time::timeout(PATIENCE, started.notified())
+        .await
+        .expect("worker A never started");
+
+    let calls = Arc::new(AtomicU32::new(0));
+    let stop_b = CancellationToken::new();
+    let worker_b = tokio::spawn(inbox.worker(GROUP, handler(&calls, 0)).run(stop_b.clone()));
+    eventually("worker B to process the row", || async {
+        inbox.pending(GROUP).await.unwrap() == 0
+    })
+    .await;
+    stop_b.cancel();
+    worker_b.await.unwrap();
+
+    // A finishes its attempt (a stopped worker finishes the row in hand, then returns).
+    go.notify_one();
+    stop_a.cancel();
+    worker_a.await.unwrap();
+    calls.load(Ordering::SeqCst)
+}
+
+async fn a_failed_attempt_past_its_lease_does_not_dead_letter_a_row_another_worker_processed<
+    DB: EndTransaction,
+>(
+    pool: Pool<DB>,
+) {
+    let calls = a_late_attempt_after_another_worker_processed_the_row(&pool, false).await;
+    assert_eq!(calls, 1);
+    let inbox = inbox(&pool);
+    assert!(
+        inbox.dead_letters(GROUP).await.unwrap().is_empty(),
+        "worker A dead-lettered the row worker B processed"
+    );
+    assert_eq!(inbox.pending(GROUP).await.unwrap(), 0);
+    assert_eq!(DB::effects(&pool).await, 1);
+}
+
+async fn a_successful_attempt_past_its_lease_commits_nothing_on_a_row_another_worker_processed<
+    DB: EndTransaction,
+>(
+    pool: Pool<DB>,
+) {
+    let calls = a_late_attempt_after_another_worker_processed_the_row(&pool, true).await;
+    assert_eq!(calls, 1);
+    // B's effect only: A no longer held the row, so its writes rolled back.
+    assert_eq!(DB::effects(&pool).await, 1);
+    assert!(inbox(&pool).dead_letters(GROUP).await.unwrap().is_empty());
 }

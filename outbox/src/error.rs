@@ -24,4 +24,15 @@ pub enum Error {
     /// The relay configuration is inconsistent.
     #[error("invalid relay configuration: {0}")]
     Config(String),
+    /// [`Failures::replay_one`](crate::Failures::replay_one) found the failure, but the outbox
+    /// already holds a message with its id; the failure stays in the failure table.
+    #[error(
+        "a message with id {id} is already in the outbox (pending, or sent and kept for its \
+         retention period), so its failure was kept: purge the failure if that message \
+         supersedes it, or replay it once that message is gone"
+    )]
+    ReplayConflict {
+        /// The message id.
+        id: uuid::Uuid,
+    },
 }

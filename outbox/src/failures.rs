@@ -7,6 +7,22 @@ use uuid::Uuid;
 use crate::store::sealed::Dialect;
 use crate::{Message, Result, Store};
 
+/// What a replay did: the failures it moved back into the outbox, and those it kept because the
+/// outbox already holds a message with their id.
+///
+/// A kept failure is a message whose id came back into the outbox some other way (enqueued again
+/// with the same id, or delivered and kept for the relay's retention period). The replay neither
+/// overwrites that message nor drops the failure: it reports the id and leaves the row, for you to
+/// purge (the other message supersedes it) or to replay once the other message is gone.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ReplayReport {
+    /// Failures moved back into the outbox.
+    pub replayed: u64,
+    /// Ids of the selected failures kept in the failure table, oldest failure first.
+    pub conflicts: Vec<Uuid>,
+}
+
 /// A message in `outbox.failures`: the envelope, its last error and when it failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -105,8 +121,11 @@ impl FailureFilter {
 /// for failed in failures.list(&pool, &FailureFilter::all().topic("payments")).await? {
 ///     println!("{} failed: {}", failed.message.id, failed.last_error);
 /// }
-/// let replayed = failures.replay(&pool, &FailureFilter::all().error_contains("connection refused")).await?;
-/// println!("{replayed} messages are back in the outbox");
+/// let report = failures.replay(&pool, &FailureFilter::all().error_contains("connection refused")).await?;
+/// println!("{} messages are back in the outbox", report.replayed);
+/// for id in &report.conflicts {
+///     println!("{id} kept: a message with this id is already in the outbox");
+/// }
 /// # Ok(())
 /// # }
 /// ```
@@ -141,17 +160,20 @@ impl Failures {
     }
 
     /// Moves the failures matching `filter` back into the outbox, due at once, with their original
-    /// ids and zero attempts, and returns how many were moved. Their relative order is kept; they
+    /// ids and zero attempts, and reports how many were moved. Their relative order is kept; they
     /// are published after messages already pending with the same key.
     ///
-    /// Takes a pool or a connection (`&pool`, `&mut *tx`, `&mut conn`): on SQLite the move is two
-    /// statements, run in a transaction of their own (a savepoint inside yours).
+    /// A failure whose id is already in the outbox is not moved: it stays in the failure table and
+    /// its id is listed in [`ReplayReport::conflicts`].
+    ///
+    /// Takes a pool or a connection (`&pool`, `&mut *tx`, `&mut conn`): on SQLite the move is
+    /// several statements, run in a transaction of their own (a savepoint inside yours).
     ///
     /// # Errors
     ///
     /// [`Error::NotMigrated`](crate::Error::NotMigrated) or [`Error::Database`](crate::Error::Database);
     /// on error nothing moves.
-    pub async fn replay<'a, A>(&self, conn: A, filter: &FailureFilter) -> Result<u64>
+    pub async fn replay<'a, A>(&self, conn: A, filter: &FailureFilter) -> Result<ReplayReport>
     where
         A: Acquire<'a> + Send,
         A::Database: Store,
@@ -165,13 +187,18 @@ impl Failures {
     ///
     /// # Errors
     ///
-    /// As [`replay`](Self::replay).
+    /// As [`replay`](Self::replay), and [`Error::ReplayConflict`](crate::Error::ReplayConflict)
+    /// if the outbox already holds a message with this id (the failure is kept).
     pub async fn replay_one<'a, A>(&self, conn: A, id: Uuid) -> Result<bool>
     where
         A: Acquire<'a> + Send,
         A::Database: Store,
     {
-        Ok(self.replay(conn, &FailureFilter::all().ids([id])).await? > 0)
+        let report = self.replay(conn, &FailureFilter::all().ids([id])).await?;
+        if !report.conflicts.is_empty() {
+            return Err(crate::Error::ReplayConflict { id });
+        }
+        Ok(report.replayed > 0)
     }
 
     /// Deletes the failures matching `filter` for good and returns how many were deleted.

@@ -10,9 +10,6 @@
 //! The relay looks for the markers anywhere in the error's source chain, so layers that wrap
 //! errors (retries, timeouts, tracing) keep them; when a chain holds both, the outer one decides.
 
-use std::error::Error as StdError;
-use std::fmt;
-
 use tower::{BoxError, Service};
 
 use crate::Message;
@@ -50,107 +47,7 @@ impl<S> Publisher for S where
 {
 }
 
-/// Marks a publish error as permanent: the relay moves the message to the failure table at once
-/// instead of retrying it (for example, the broker rejected it as malformed or the topic does not
-/// exist and never will).
-///
-/// The relay looks for `Permanent` anywhere in the error's source chain (the outer marker
-/// decides when the chain also holds [`Unavailable`]).
-///
-/// ```
-/// use courier_outbox::Permanent;
-///
-/// let error: tower::BoxError = Box::new(Permanent::new("topic `orders` does not exist"));
-/// assert!(Permanent::is_permanent(error.as_ref()));
-/// ```
-#[derive(Debug)]
-pub struct Permanent {
-    source: BoxError,
-}
-
-impl Permanent {
-    /// Wraps `source` as a permanent failure.
-    pub fn new(source: impl Into<BoxError>) -> Self {
-        Self {
-            source: source.into(),
-        }
-    }
-
-    /// Whether `error` or any error in its source chain is [`Permanent`].
-    pub fn is_permanent(error: &(dyn StdError + 'static)) -> bool {
-        Marker::of(error) == Some(Marker::Permanent)
-    }
-}
-
-impl fmt::Display for Permanent {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "permanent failure: {}", self.source)
-    }
-}
-
-impl StdError for Permanent {
-    fn source(&self) -> Option<&(dyn StdError + 'static)> {
-        Some(self.source.as_ref())
-    }
-}
-
-/// Marks a publish error as the broker's, not the message's: the broker cannot be reached
-/// (connection refused, connection lost, no answer to a whole request), so every message would
-/// fail the same way.
-///
-/// The relay counts no attempt for such a failure and puts the batch back untouched. It opens its
-/// circuit instead: it stops publishing, sends one message at growing intervals (capped at about
-/// a second) to probe the broker, and resumes full batches as soon as a probe gets any answer
-/// from the broker. An outage therefore never moves messages to the failure table, and the
-/// backlog goes out within about a second of the broker's return. See
-/// [`Relay::circuit`](crate::Relay::circuit).
-///
-/// Wrap only what is a property of the broker. A refusal of one message (too large, invalid) is
-/// [`Permanent`]; a status the broker answered (for example a disk flush timeout) is an ordinary
-/// retryable error, since the broker did answer.
-///
-/// The relay looks for `Unavailable` anywhere in the error's source chain (the outer marker
-/// decides when the chain also holds [`Permanent`]).
-///
-/// ```
-/// use courier_outbox::{Permanent, Unavailable};
-///
-/// let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
-/// let error: tower::BoxError = Box::new(Unavailable::new(refused));
-/// assert!(Unavailable::is_unavailable(error.as_ref()));
-/// assert!(!Permanent::is_permanent(error.as_ref()));
-/// assert_eq!(error.to_string(), "broker unavailable: connection refused");
-/// ```
-#[derive(Debug)]
-pub struct Unavailable {
-    source: BoxError,
-}
-
-impl Unavailable {
-    /// Wraps `source` as a failure of the broker as a whole.
-    pub fn new(source: impl Into<BoxError>) -> Self {
-        Self {
-            source: source.into(),
-        }
-    }
-
-    /// Whether `error` or any error in its source chain is [`Unavailable`].
-    pub fn is_unavailable(error: &(dyn StdError + 'static)) -> bool {
-        Marker::of(error) == Some(Marker::Unavailable)
-    }
-}
-
-impl fmt::Display for Unavailable {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "broker unavailable: {}", self.source)
-    }
-}
-
-impl StdError for Unavailable {
-    fn source(&self) -> Option<&(dyn StdError + 'static)> {
-        Some(self.source.as_ref())
-    }
-}
+pub use courier_core::{Permanent, Unavailable};
 
 /// The marker that decides how the relay treats a publish error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -162,7 +59,7 @@ pub(crate) enum Marker {
 impl Marker {
     /// The outermost marker in `error`'s source chain: the layer closest to the relay knows best
     /// (a retry layer that gave up on an unavailable broker may call the message permanent).
-    pub(crate) fn of(error: &(dyn StdError + 'static)) -> Option<Self> {
+    pub(crate) fn of(error: &(dyn std::error::Error + 'static)) -> Option<Self> {
         let mut next = Some(error);
         while let Some(error) = next {
             if error.is::<Permanent>() {

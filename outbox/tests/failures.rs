@@ -18,6 +18,7 @@ two_stores!(
     replay_by_filter_and_purge,
     replay_inside_a_transaction_is_undone_by_its_rollback,
     replay_wakes_an_idle_relay,
+    replay_keeps_and_reports_failures_whose_id_is_already_in_the_outbox,
 );
 two_stores!(unmigrated: failure_table_missing_says_to_run_the_migrations);
 
@@ -179,7 +180,8 @@ where
         .replay(&pool, &FailureFilter::all().topic("payments"))
         .await
         .unwrap();
-    assert_eq!(replayed, 4);
+    assert_eq!(replayed.replayed, 4);
+    assert!(replayed.conflicts.is_empty(), "{replayed:?}");
     let rows = DB::rows(&pool).await;
     let replayed_rows: Vec<(i64, &str)> = rows
         .iter()
@@ -217,7 +219,7 @@ where
         .replay(&mut *tx, &FailureFilter::all().topic("orders"))
         .await
         .unwrap();
-    assert_eq!(replayed, 2);
+    assert_eq!(replayed.replayed, 2);
     let listed = failures
         .list(&mut *tx, &FailureFilter::all())
         .await
@@ -241,10 +243,65 @@ where
         .replay(&pool, &FailureFilter::all().topic("orders"))
         .await
         .unwrap();
-    assert_eq!(replayed, 1);
+    assert_eq!(replayed.replayed, 1);
     recorder.wait_for_accepted(1).await;
     running.stop().await;
     assert_eq!(recorder.accepted()[0].topic, "orders");
+}
+
+async fn replay_keeps_and_reports_failures_whose_id_is_already_in_the_outbox<DB: TestStore>(
+    pool: Pool<DB>,
+) where
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+{
+    DB::seed_failures(&pool, 3).await;
+    let failures = Failures::new();
+    let orders = failures
+        .list(&pool, &FailureFilter::all().topic("orders"))
+        .await
+        .unwrap();
+    // The application enqueues two of the failed messages again, with their ids: the outbox now
+    // holds messages the failure table also holds.
+    let again = [orders[0].message.clone(), orders[2].message.clone()];
+    Outbox::new().enqueue_batch(&pool, &again).await.unwrap();
+
+    let report = failures
+        .replay(&pool, &FailureFilter::all().topic("orders"))
+        .await
+        .unwrap();
+    assert_eq!(report.replayed, 1);
+    assert_eq!(
+        report.conflicts,
+        vec![orders[0].message.id, orders[2].message.id],
+        "the conflicts, oldest failure first"
+    );
+    let kept: Vec<_> = failures
+        .list(&pool, &FailureFilter::all().topic("orders"))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|failed| failed.message.id)
+        .collect();
+    assert_eq!(kept, report.conflicts, "the conflicting failures stay");
+    let mut pending: Vec<_> = DB::rows(&pool).await.iter().map(|row| row.id).collect();
+    let mut expected: Vec<_> = orders.iter().map(|failed| failed.message.id).collect();
+    pending.sort();
+    expected.sort();
+    assert_eq!(pending, expected, "one outbox row per id, none lost");
+
+    let error = failures
+        .replay_one(&pool, orders[0].message.id)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, Error::ReplayConflict { id } if id == orders[0].message.id),
+        "{error}"
+    );
+    assert!(
+        error.to_string().contains("already in the outbox"),
+        "{error}"
+    );
+    assert_eq!(DB::failure_count(&pool).await, 3 + 2);
 }
 
 async fn failure_table_missing_says_to_run_the_migrations<DB: TestStore>(pool: Pool<DB>)

@@ -1,11 +1,19 @@
 //! What the relay does on Postgres only: concurrent writers committing out of sequence order,
-//! NOTIFY wake-ups and the idle-relay marks behind them, reconnecting after a killed connection.
+//! NOTIFY wake-ups and the idle-relay marks behind them, reconnecting after a killed connection,
+//! the server ending the connection of a relay cut off by a network partition.
 //! SQLite has one writer, no NOTIFY and no relay connection of its own; see `relay_sqlite.rs`.
 
 mod common;
+#[path = "relay_postgres/proxy.rs"]
+mod proxy;
 
-use common::{Recorder, Running, TestStore, relay, wake_only_relay};
+use std::net::ToSocketAddrs;
+use std::time::Duration;
+
+use common::{Behaviour, Recorder, Running, TestStore, relay, wake_only_relay};
 use courier_outbox::{Message, Outbox, RelayState};
+use proxy::FreezableProxy;
+use sqlx::postgres::PgPoolOptions;
 use sqlx::{PgPool, Postgres};
 
 courier_test_support::postgres_for_tests!();
@@ -166,5 +174,97 @@ async fn relay_reconnects_after_its_claim_connection_is_killed(pool: PgPool) {
     recorder.wait_for_accepted(1).await;
     running.stop().await;
     assert_eq!(recorder.accepted_ids(), vec![message.id]);
+    assert_eq!(pending(&pool).await, 0);
+}
+
+/// A pool like `pool` whose connections go through `proxy`.
+fn through(pool: &PgPool, proxy: &FreezableProxy) -> PgPool {
+    let options = pool
+        .connect_options()
+        .as_ref()
+        .clone()
+        .host(&proxy.addr.ip().to_string())
+        .port(proxy.addr.port());
+    PgPoolOptions::new().connect_lazy_with(options)
+}
+
+#[sqlx::test(migrator = "courier_outbox::MIGRATOR")]
+async fn partitions_and_rows_of_a_relay_cut_off_mid_batch_go_to_another_after_its_session_timeout(
+    pool: PgPool,
+) {
+    let messages: Vec<Message> = (0..30)
+        .map(|i| {
+            let message = Message::new("t", format!("{i}"));
+            // Keyed messages sit in partitions; unkeyed ones are held by the row locks alone.
+            if i % 3 == 0 {
+                message
+            } else {
+                message.with_key(format!("k{}", i % 10))
+            }
+        })
+        .collect();
+    enqueue(&pool, &messages).await;
+
+    let options = pool.connect_options();
+    let upstream = (options.get_host(), options.get_port())
+        .to_socket_addrs()
+        .unwrap()
+        .next()
+        .unwrap();
+    let proxy = FreezableProxy::start(upstream).await;
+    let stuck = Recorder::default();
+    stuck.set_rule(|_| Behaviour::Hang);
+    // Alone, it owns every partition; it claims every row and publishes them (forever).
+    let cut_off = Running::start(
+        relay(&through(&pool, &proxy), &stuck, "cut-off").session_timeout(Duration::from_secs(1)),
+    );
+    stuck
+        .wait_until("the batch in flight", |r| r.total_calls() > 0)
+        .await;
+    // The partition: its connection now holds the partitions and the claimed rows, idle in
+    // transaction, and nothing it sends arrives any more.
+    proxy.freeze();
+
+    let heir_publisher = Recorder::default();
+    let heir = Running::start(relay(&pool, &heir_publisher, "heir"));
+    heir_publisher.wait_for_accepted(messages.len()).await;
+    heir.stop().await;
+    cut_off.abort().await;
+
+    let mut published = heir_publisher.accepted_ids();
+    let mut expected: Vec<_> = messages.iter().map(|m| m.id).collect();
+    published.sort();
+    expected.sort();
+    assert_eq!(published, expected, "every message, once, by the heir");
+    assert_eq!(pending(&pool).await, 0);
+}
+
+#[sqlx::test(migrator = "courier_outbox::MIGRATOR")]
+async fn a_relay_that_publishes_longer_than_its_session_timeout_keeps_its_batch(pool: PgPool) {
+    let message = Message::new("t", "slow broker");
+    enqueue(&pool, std::slice::from_ref(&message)).await;
+    let recorder = Recorder::default();
+    recorder.set_rule(|_| Behaviour::WaitForGate);
+    let running = Running::start(
+        relay(&pool, &recorder, "patient")
+            .session_timeout(Duration::from_secs(2))
+            .publish_timeout(Duration::from_secs(3600)),
+    );
+    recorder
+        .wait_until("the publish in flight", |r| r.total_calls() > 0)
+        .await;
+    // Its transaction outlives the server's idle-in-transaction bound because the relay pings.
+    eventually(
+        &pool,
+        "a claim transaction older than two and a half session timeouts",
+        "SELECT EXISTS (SELECT 1 FROM pg_stat_activity
+                        WHERE application_name = 'patient' AND datname = current_database()
+                          AND now() - xact_start > interval '5 seconds')",
+    )
+    .await;
+    recorder.open_gate();
+    recorder.wait_for_accepted(1).await;
+    running.stop().await;
+    assert_eq!(recorder.calls(message.id), 1, "published once");
     assert_eq!(pending(&pool).await, 0);
 }

@@ -9,8 +9,11 @@ use std::time::Duration;
 use common::{
     Behaviour, PATIENCE, Recorder, Running, TestStore, eventually, relay, wake_only_relay,
 };
-use courier_outbox::{Message, Outbox, RelayState};
+use courier_outbox::{Message, Outbox, Permanent, Relay, RelayState};
 use sqlx::{Sqlite, SqlitePool};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tower::BoxError;
 
 async fn enqueue(pool: &SqlitePool, messages: &[Message]) {
     Outbox::new().enqueue_batch(pool, messages).await.unwrap();
@@ -163,4 +166,88 @@ async fn lease_is_renewed_while_a_slow_publish_runs(pool: SqlitePool) {
         "the rival took a row in hand"
     );
     assert_eq!(Sqlite::pending(&pool).await, 0);
+}
+
+#[sqlx::test(migrator = "courier_outbox::SQLITE_MIGRATOR")]
+async fn an_outcome_brought_back_after_the_lease_ran_out_leaves_the_new_owners_rows_alone(
+    pool: SqlitePool,
+) {
+    let refused = Message::new("t", "refused for good, too late");
+    let unavailable = Message::new("t", "refused for now, too late");
+    enqueue(&pool, &[refused.clone(), unavailable.clone()]).await;
+
+    // The stale relay's broker takes both messages and answers, with an error for each, only
+    // when the test says so.
+    let (answer, answered) = watch::channel(false);
+    let (called, mut calls) = mpsc::unbounded_channel();
+    let permanent = refused.id;
+    let stale_broker = tower::service_fn(move |message: Message| {
+        let mut answered = answered.clone();
+        let called = called.clone();
+        async move {
+            called.send(message.id).unwrap();
+            answered.wait_for(|answer| *answer).await.unwrap();
+            let error: BoxError = if message.id == permanent {
+                Permanent::new("refused").into()
+            } else {
+                "unavailable".into()
+            };
+            Err::<(), _>(error)
+        }
+    });
+    // An hour's lease: it is renewed every 20 minutes, so never during the test.
+    let stale = Relay::builder(pool.clone(), stale_broker)
+        .name("stale")
+        .lease(Duration::from_secs(3600))
+        .build()
+        .unwrap();
+    let mut stale_state = stale.state();
+    let stop_stale = CancellationToken::new();
+    let stale = tokio::spawn(stale.run(stop_stale.clone()));
+    for _ in 0..2 {
+        tokio::time::timeout(PATIENCE, calls.recv())
+            .await
+            .expect("the stale relay publishes both messages");
+    }
+
+    // Its lease runs out, as if the relay had stalled past it; another relay takes the rows.
+    sqlx::query("UPDATE outbox_messages SET leased_until = 0")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let heir_publisher = Recorder::default();
+    heir_publisher.set_rule(|_| Behaviour::WaitForGate);
+    let heir = Running::start(relay(&pool, &heir_publisher, "heir"));
+    heir_publisher
+        .wait_until("the heir publishing both", |r| r.total_calls() == 2)
+        .await;
+
+    // The stale relay's broker answers at last; the relay records its outcomes and goes idle.
+    answer.send_replace(true);
+    tokio::time::timeout(
+        PATIENCE,
+        stale_state.wait_for(|state| *state == RelayState::Idle),
+    )
+    .await
+    .expect("the stale relay records its batch")
+    .unwrap();
+    assert_eq!(
+        Sqlite::failure_count(&pool).await,
+        0,
+        "a message the heir is delivering was moved to the failure table"
+    );
+    let rows = Sqlite::rows(&pool).await;
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert!(
+        rows.iter().all(|row| row.leased && row.attempts == 0),
+        "the stale outcome touched the heir's rows: {rows:?}"
+    );
+
+    heir_publisher.open_gate();
+    heir_publisher.wait_for_accepted(2).await;
+    heir.stop().await;
+    stop_stale.cancel();
+    stale.await.unwrap().unwrap();
+    assert_eq!(Sqlite::pending(&pool).await, 0);
+    assert_eq!(Sqlite::failure_count(&pool).await, 0);
 }

@@ -3,7 +3,7 @@
 use std::future::Future;
 use std::time::Duration;
 
-use broker_lite::client::{ConsumerConfig, ProducerConfig};
+use broker_lite_client::{ConsumerConfig, ProducerConfig};
 use courier_middleware::{
     BrokerLitePublisher, BrokerLiteSource, CatchPanicLayer, ConsumeTimeoutLayer, Consumer,
     DEFAULT_CONSUME_TIMEOUT, IdempotencyLayer, TraceLayer, TxDatabase, TxDelivery,

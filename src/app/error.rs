@@ -16,7 +16,7 @@ pub enum Error {
         part: String,
         /// The client's error.
         #[source]
-        source: broker_lite::client::ClientError,
+        source: broker_lite_client::ClientError,
     },
     /// The relay stopped with an error (its configuration, or its database).
     #[error("the relay stopped: {0}")]

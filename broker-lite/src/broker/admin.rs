@@ -8,6 +8,9 @@ use super::error::{BrokerError, Result};
 use super::message::StoredMessage;
 
 /// A consumer group.
+///
+/// Not the wire's `GroupInfo`: this one lists each live member with its topics, last heartbeat
+/// and queues ([`MemberInfo`]); the wire carries the member ids only.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct GroupInfo {
@@ -35,25 +38,9 @@ pub struct MemberInfo {
     pub queues: Vec<(String, u32)>,
 }
 
-/// How far a group (or, in broadcasting, one member) is behind on one queue (safeguard L5).
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct QueueLag {
-    /// Topic.
-    pub topic: String,
-    /// Queue.
-    pub queue_id: u32,
-    /// The member, for broadcasting groups.
-    pub client_id: Option<String>,
-    /// The committed offset: the lowest one not acked.
-    pub committed: u64,
-    /// One past the newest readable offset.
-    pub max: u64,
-    /// `max - committed`: messages not yet consumed (including those in flight).
-    pub lag: u64,
-    /// Delivered, not yet settled (in flight or waiting for redelivery).
-    pub unsettled: u64,
-}
+/// How far a group (or, in broadcasting, one member) is behind on one queue (safeguard L5): the
+/// wire type, one definition for the broker and its clients.
+pub use broker_lite_client::protocol::QueueLag;
 
 impl Broker {
     /// Every consumer group with its live members.
@@ -115,7 +102,7 @@ impl Broker {
                 QueueLag {
                     topic: k.topic.clone(),
                     queue_id: k.queue_id,
-                    client_id: k.member.clone(),
+                    consumer_id: k.member.clone(),
                     committed,
                     max,
                     lag: max - committed,
@@ -124,7 +111,7 @@ impl Broker {
             })
             .collect();
         for l in &lags {
-            let gauge = match &l.client_id {
+            let gauge = match &l.consumer_id {
                 None => metrics::gauge!("broker_lite_consumer_lag", "group" => group.to_string(),
                     "topic" => l.topic.clone(), "queue" => l.queue_id.to_string()),
                 Some(member) => metrics::gauge!("broker_lite_consumer_lag",

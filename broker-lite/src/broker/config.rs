@@ -4,41 +4,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::clock::{Clock, SystemClock};
+use broker_lite_client::Redelivery;
+
 use crate::storage::StoreConfig;
 
-/// RocketMQ's delay levels (`messageDelayLevel`): level 1 is 1 s, level 18 is 2 h.
-pub const ROCKETMQ_DELAY_LEVELS: [Duration; 18] = [
-    Duration::from_secs(1),
-    Duration::from_secs(5),
-    Duration::from_secs(10),
-    Duration::from_secs(30),
-    Duration::from_secs(60),
-    Duration::from_secs(2 * 60),
-    Duration::from_secs(3 * 60),
-    Duration::from_secs(4 * 60),
-    Duration::from_secs(5 * 60),
-    Duration::from_secs(6 * 60),
-    Duration::from_secs(7 * 60),
-    Duration::from_secs(8 * 60),
-    Duration::from_secs(9 * 60),
-    Duration::from_secs(10 * 60),
-    Duration::from_secs(20 * 60),
-    Duration::from_secs(30 * 60),
-    Duration::from_secs(3600),
-    Duration::from_secs(2 * 3600),
-];
+pub use broker_lite_client::ROCKETMQ_DELAY_LEVELS;
 
-/// How a message is replicated before the producer is answered (safeguards B3, B4).
-///
-/// Replication is a later issue; this is the seam it plugs into. With `None` the send status only
-/// reflects the local flush, and `FlushSlaveTimeout` / `SlaveNotAvailable` never occur.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[non_exhaustive]
-pub enum Replication {
-    /// A single node: no follower.
-    #[default]
-    None,
-}
+/// How a message is replicated before the producer is answered (safeguards B3, B4): the wire
+/// type, one definition for the broker's configuration and what `Describe` reports.
+pub use broker_lite_client::protocol::Replication;
 
 /// Where a consumer group starts reading a queue it has never consumed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -122,13 +96,16 @@ pub struct BrokerConfig {
 
 impl Default for BrokerConfig {
     fn default() -> Self {
+        // The redelivery defaults are the client crate's, which consumers assume when they are
+        // not told the broker's configuration: one definition for both sides.
+        let redelivery = Redelivery::default();
         BrokerConfig {
             store: StoreConfig::default(),
             default_queues: 4,
             auto_create_topics: true,
-            max_reconsume_times: 16,
-            delay_levels: ROCKETMQ_DELAY_LEVELS.to_vec(),
-            first_retry_level: 3,
+            max_reconsume_times: redelivery.max_reconsume_times,
+            delay_levels: redelivery.delay_levels,
+            first_retry_level: redelivery.first_retry_level,
             consume_timeout: Duration::from_secs(15 * 60),
             heartbeat_timeout: Duration::from_secs(30),
             max_message_size: (4 << 20) - (64 << 10),
@@ -193,6 +170,18 @@ impl BrokerConfig {
         self.store
             .validate()
             .map_err(|e| super::BrokerError::InvalidConfig(e.to_string()))
+    }
+}
+
+/// The redelivery schedule of a broker with this configuration, for consumers that pick delay
+/// levels (the middleware's `BrokerLiteSource::with_broker_config`).
+impl From<&BrokerConfig> for Redelivery {
+    fn from(config: &BrokerConfig) -> Self {
+        Redelivery::new(
+            config.delay_levels.clone(),
+            config.first_retry_level,
+            config.max_reconsume_times,
+        )
     }
 }
 

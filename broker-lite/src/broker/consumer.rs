@@ -9,19 +9,15 @@ use uuid::Uuid;
 pub use super::membership::SessionId;
 pub use super::receipt::Receipt;
 
-/// How a group's members share a topic (safeguard C5).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[non_exhaustive]
-pub enum MessageModel {
-    /// CLUSTERING: each message goes to one member; the topic's queues are balanced across the
-    /// live members.
-    Clustering,
-    /// BROADCASTING: every member gets every message, with offsets kept per member. Handlers
-    /// with side effects must be idempotent: each member applies them.
-    Broadcasting,
-}
+/// How a group's members share a topic (safeguard C5): the wire's
+/// [`ConsumeModel`](broker_lite_client::protocol::ConsumeModel), under RocketMQ's name
+/// (`MessageModel`) that the broker's API uses.
+pub use broker_lite_client::protocol::ConsumeModel as MessageModel;
 
 /// A member joining (or refreshing its place in) a consumer group for one topic.
+///
+/// Not the wire's `Subscription`: "every tag" is `None` here (or `"*"`), the empty list on the
+/// wire.
 ///
 /// ```
 /// use broker_lite::broker::{ConsumerSpec, MessageModel};
@@ -100,6 +96,9 @@ impl ConsumerSpec {
 
 /// A request for messages.
 ///
+/// Not the wire's `PullRequest`: this one takes a [`Duration`] and a `usize` batch size for the
+/// in-process API (the wire carries milliseconds and a `u32`).
+///
 /// ```
 /// use std::time::Duration;
 /// use broker_lite::broker::PullRequest;
@@ -166,6 +165,9 @@ impl PullRequest {
 
 /// A message handed to a consumer. Settle it with [`Broker::ack`](super::Broker::ack) or
 /// [`Broker::nack`](super::Broker::nack) using its [`receipt`](Delivery::receipt).
+///
+/// Not the wire's `Delivery`: this one holds the decoded [`Receipt`] the in-process API settles
+/// with (the wire carries its encoding, `Receipt::to_bytes`), next to the message's fields.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Delivery {
@@ -197,16 +199,6 @@ pub struct Delivery {
     pub receipt: Receipt,
 }
 
-/// What a nack did (RECONSUME_LATER, safeguard C1/C8).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[must_use]
-#[non_exhaustive]
-pub enum NackOutcome {
-    /// The message will be delivered again after this delay.
-    Redeliver {
-        /// The delay of the chosen level.
-        after: Duration,
-    },
-    /// It was redelivered `max_reconsume_times` times already and moved to `%DLQ%<group>`.
-    DeadLettered,
-}
+/// What a nack did (RECONSUME_LATER, safeguards C1, C8): the wire's
+/// [`NackResult`](broker_lite_client::protocol::NackResult), under the name the broker's API uses.
+pub use broker_lite_client::protocol::NackResult as NackOutcome;

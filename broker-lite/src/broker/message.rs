@@ -92,32 +92,13 @@ impl SendRequest {
     }
 }
 
-/// The outcome of a send that reached the store (safeguard P1).
-///
-/// Anything but [`SendOk`](SendStatus::SendOk) means the message was written but is not known
-/// to be as durable as configured: the producer should treat it as a failure (and retry, accepting
-/// a possible duplicate) unless configured otherwise.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum SendStatus {
-    /// Stored as durably as configured (fsynced under sync flush, in the page cache under async).
-    SendOk,
-    /// Written, but the fsync did not finish within the sync flush timeout.
-    FlushDiskTimeout,
-    /// Stored locally, but the follower did not confirm in time (replication, later issue).
-    FlushSlaveTimeout,
-    /// Stored locally, but no follower is available (replication, later issue).
-    SlaveNotAvailable,
-}
-
-impl SendStatus {
-    /// Whether this is [`SendStatus::SendOk`].
-    pub fn is_ok(self) -> bool {
-        self == SendStatus::SendOk
-    }
-}
+/// The status of a send: the wire type, one definition for the broker and its clients.
+pub use broker_lite_client::protocol::SendStatus;
 
 /// Where a sent message went and how durable it is.
+///
+/// Not the wire's `SendResult`: this one also names the topic, which the wire answer leaves out
+/// (the producer knows it); the server drops it when it answers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[must_use = "check the send status: anything but SendOk is not known durable (safeguard P1, P8)"]
 #[non_exhaustive]
@@ -134,46 +115,21 @@ pub struct SendResult {
     pub queue_offset: u64,
 }
 
-/// A message read back from the log (admin lookups, dead letters).
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct StoredMessage {
-    /// Message id.
-    pub message_id: Uuid,
-    /// Topic it is stored in (`%DLQ%<group>` for dead letters).
-    pub topic: String,
-    /// Queue.
-    pub queue_id: u32,
-    /// Offset in the queue.
-    pub queue_offset: u64,
-    /// Key.
-    pub key: Option<String>,
-    /// Tag.
-    pub tag: Option<String>,
-    /// Properties, including the broker's `%`-prefixed ones (origin of a dead letter ...).
-    pub properties: BTreeMap<String, String>,
-    /// Payload.
-    pub body: Bytes,
-    /// When the producer created it, ms since the Unix epoch.
-    pub born_timestamp_ms: u64,
-    /// When the broker stored it, ms since the Unix epoch.
-    pub stored_timestamp_ms: u64,
-}
+/// A message read back from the log (admin lookups, dead letters): the wire's
+/// [`MessageView`](broker_lite_client::protocol::MessageView), under the name the broker's API
+/// has always used. Its properties include the broker's `%`-prefixed ones (origin of a dead
+/// letter ...).
+pub use broker_lite_client::protocol::MessageView as StoredMessage;
 
 impl From<StoredRecord> for StoredMessage {
     fn from(r: StoredRecord) -> Self {
-        StoredMessage {
-            message_id: r.message_id,
-            topic: r.topic,
-            queue_id: r.queue_id,
-            queue_offset: r.queue_offset,
-            key: r.key,
-            tag: r.tag,
-            properties: r.properties,
-            body: r.body,
-            born_timestamp_ms: r.born_timestamp_ms,
-            stored_timestamp_ms: r.stored_timestamp_ms,
-        }
+        let mut m = StoredMessage::new(r.topic, r.queue_id, r.queue_offset, r.message_id, r.body);
+        m.key = r.key;
+        m.tag = r.tag;
+        m.properties = r.properties;
+        m.born_timestamp_ms = r.born_timestamp_ms;
+        m.stored_timestamp_ms = r.stored_timestamp_ms;
+        m
     }
 }
 

@@ -32,7 +32,7 @@ pub struct RetentionOutcome {
     pub report: RetentionReport,
     /// Queues whose oldest unconsumed message (before this pass) was within
     /// [`retention_warning_margin`](super::BrokerConfig::retention_warning_margin) of expiring,
-    /// with the group in `client_id`'s place for clustering groups: `(group, lag)`.
+    /// with the group in `consumer_id`'s place for clustering groups: `(group, lag)`.
     pub expiring: Vec<(String, QueueLag)>,
     /// Unconsumed messages deleted in this pass.
     pub lost: Vec<LostMessages>,

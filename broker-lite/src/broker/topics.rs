@@ -10,15 +10,9 @@ use crate::storage::Store;
 
 const CHECKPOINT: &str = "broker-topics";
 
-/// A topic and its number of queues.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct TopicInfo {
-    /// Topic name.
-    pub name: String,
-    /// Number of queues (ids `0..queues`).
-    pub queues: u32,
-}
+/// A topic and its number of queues: the wire type, one definition for the broker and its
+/// clients.
+pub use broker_lite_client::protocol::TopicInfo;
 
 /// The prefix of a group's dead-letter topic.
 pub(crate) const DLQ_PREFIX: &str = "%DLQ%";

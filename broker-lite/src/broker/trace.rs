@@ -16,6 +16,9 @@ use super::message::SendStatus;
 const MAX_EVENTS_PER_MESSAGE: usize = 256;
 
 /// One event in a message's life.
+///
+/// Not the wire's `TraceEvent`: this one keeps what happened as a structured [`TraceKind`] that
+/// tests and embedders match on; the server renders it as the wire's event name and detail text.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct TraceEvent {

@@ -9,15 +9,12 @@ use bytes::Bytes;
 
 use super::handler::Handler;
 use crate::broker::{
-    self, Broker, BrokerError, ConsumerSpec, MessageModel, NackOutcome, Receipt, SendRequest,
-    SessionId, StoredMessage, TraceKind,
+    self, Broker, BrokerError, ConsumerSpec, Receipt, SendRequest, SessionId, TraceKind,
 };
 use crate::protocol::{
-    BrokerDescription, ConsumeModel, Delivery, ErrorCode, ErrorReply, FlushMode, GroupInfo,
-    Message, MessageView, NackResult, QueueLag, Replication, Request, Response, SendResult,
-    SendStatus, TopicInfo, TraceEvent,
+    BrokerDescription, Delivery, ErrorCode, ErrorReply, GroupInfo, Message, MessageView, Request,
+    Response, SendResult, TraceEvent,
 };
-use crate::storage;
 
 /// Answers requests with a [`Broker`].
 ///
@@ -128,10 +125,7 @@ impl BrokerHandler {
             ),
             Request::Subscribe(s) => {
                 let mut spec = ConsumerSpec::new(s.group, s.consumer_id, s.topic)
-                    .with_model(match s.model {
-                        ConsumeModel::Clustering => MessageModel::Clustering,
-                        ConsumeModel::Broadcasting => MessageModel::Broadcasting,
-                    })
+                    .with_model(s.model)
                     .ordered(s.ordered);
                 if !s.tags.is_empty() {
                     spec = spec.with_tags(s.tags);
@@ -170,14 +164,7 @@ impl BrokerHandler {
             }
             Request::Nack(n) => {
                 let level = n.delay_level.map(|l| u8::try_from(l).unwrap_or(u8::MAX));
-                Response::Nacked(
-                    match b.nack(&Receipt::from_bytes(&n.receipt)?, level).await? {
-                        NackOutcome::Redeliver { after } => NackResult::Redeliver {
-                            after_ms: after.as_millis() as u64,
-                        },
-                        NackOutcome::DeadLettered => NackResult::DeadLettered,
-                    },
-                )
+                Response::Nacked(b.nack(&Receipt::from_bytes(&n.receipt)?, level).await?)
             }
             Request::DeadLetter(d) => {
                 b.dead_letter(&Receipt::from_bytes(&d.receipt)?, d.reason)
@@ -188,61 +175,29 @@ impl BrokerHandler {
                 b.create_topic(&t.name, t.queues).await?;
                 Response::Done
             }
-            Request::ListTopics => Response::Topics(
-                b.topics()
-                    .into_iter()
-                    .map(|t| TopicInfo {
-                        name: t.name,
-                        queues: t.queues,
-                    })
-                    .collect(),
-            ),
+            Request::ListTopics => Response::Topics(b.topics()),
             Request::ListGroups => Response::Groups(
                 b.groups()
                     .into_iter()
                     .map(|g| GroupInfo {
                         name: g.group,
-                        model: match g.model {
-                            MessageModel::Broadcasting => ConsumeModel::Broadcasting,
-                            MessageModel::Clustering => ConsumeModel::Clustering,
-                        },
+                        model: g.model,
                         topics: g.topics,
                         members: g.members.into_iter().map(|m| m.client_id).collect(),
                     })
                     .collect(),
             ),
-            Request::Lag { group } => Response::Lag(
-                b.lag(&group)?
-                    .into_iter()
-                    .map(|l| QueueLag {
-                        topic: l.topic,
-                        queue_id: l.queue_id,
-                        consumer_id: l.client_id,
-                        committed: l.committed,
-                        max: l.max,
-                        lag: l.lag,
-                        unsettled: l.unsettled,
-                    })
-                    .collect(),
-            ),
-            Request::LookupById(id) => Response::Message(b.lookup(id).await?.map(view)),
-            Request::LookupByKey { topic, key, max } => Response::Messages(
-                b.lookup_by_key(&topic, &key, max as usize)
-                    .await?
-                    .into_iter()
-                    .map(view)
-                    .collect(),
-            ),
+            Request::Lag { group } => Response::Lag(b.lag(&group)?),
+            Request::LookupById(id) => Response::Message(b.lookup(id).await?),
+            Request::LookupByKey { topic, key, max } => {
+                Response::Messages(b.lookup_by_key(&topic, &key, max as usize).await?)
+            }
             Request::Trace(id) => {
                 Response::Trace(b.trace(id).into_iter().map(trace_event).collect())
             }
-            Request::DeadLetters { group, max } => Response::Messages(
-                b.dead_letters(&group, max as usize)
-                    .await?
-                    .into_iter()
-                    .map(view)
-                    .collect(),
-            ),
+            Request::DeadLetters { group, max } => {
+                Response::Messages(b.dead_letters(&group, max as usize).await?)
+            }
             Request::RedriveDeadLetters { group, ids } => {
                 let ids = if ids.is_empty() { None } else { Some(ids) };
                 Response::Redriven(b.redrive_dead_letters(&group, ids).await?)
@@ -257,16 +212,9 @@ fn describe(config: &broker::BrokerConfig) -> BrokerDescription {
     let store = &config.store;
     BrokerDescription {
         version: env!("CARGO_PKG_VERSION").to_string(),
-        flush_mode: match store.flush_mode {
-            storage::FlushMode::Sync => FlushMode::Sync,
-            storage::FlushMode::Async { interval } => FlushMode::Async {
-                interval_ms: millis(interval),
-            },
-        },
+        flush_mode: store.flush_mode,
         sync_flush_timeout_ms: millis(store.sync_flush_timeout),
-        replication: match config.replication {
-            broker::Replication::None => Replication::None,
-        },
+        replication: config.replication,
         retention_ms: millis(store.file_reserved_time),
         max_disk_bytes: store.max_disk_usage,
         max_message_size: config.max_message_size as u64,
@@ -314,26 +262,11 @@ fn send_request(m: Message) -> SendRequest {
 
 fn send_result(r: broker::SendResult) -> SendResult {
     SendResult {
-        status: match r.status {
-            broker::SendStatus::SendOk => SendStatus::SendOk,
-            broker::SendStatus::FlushDiskTimeout => SendStatus::FlushDiskTimeout,
-            broker::SendStatus::FlushSlaveTimeout => SendStatus::FlushSlaveTimeout,
-            broker::SendStatus::SlaveNotAvailable => SendStatus::SlaveNotAvailable,
-        },
+        status: r.status,
         message_id: r.message_id,
         queue_id: r.queue_id,
         queue_offset: r.queue_offset,
     }
-}
-
-fn view(m: StoredMessage) -> MessageView {
-    let mut v = MessageView::new(m.topic, m.queue_id, m.queue_offset, m.message_id, m.body);
-    v.key = m.key;
-    v.tag = m.tag;
-    v.properties = m.properties;
-    v.born_timestamp_ms = m.born_timestamp_ms;
-    v.stored_timestamp_ms = m.stored_timestamp_ms;
-    v
 }
 
 fn delivery(d: broker::Delivery) -> Delivery {

@@ -95,6 +95,10 @@ pub(crate) struct StoreCheckpoint {
     pub(crate) durable: u64,
     /// (topic, queue id, first available queue offset).
     pub(crate) floors: Vec<(String, u32, u64)>,
+    /// Written after a failed write or fsync: nothing beyond `durable` may be trusted, even if it
+    /// reads back fine (the page cache may hold data the disk never got; "fsyncgate"), so the next
+    /// open cuts the log at `durable`. Encoded as a trailing byte `1`; absent in older files.
+    pub(crate) fenced: bool,
 }
 
 impl StoreCheckpoint {
@@ -107,6 +111,9 @@ impl StoreCheckpoint {
             buf.extend_from_slice(topic.as_bytes());
             buf.extend_from_slice(&queue_id.to_le_bytes());
             buf.extend_from_slice(&min.to_le_bytes());
+        }
+        if self.fenced {
+            buf.push(1);
         }
         buf
     }
@@ -130,7 +137,16 @@ impl StoreCheckpoint {
             let min = u64::from_le_bytes(take(&mut b, 8)?.try_into().ok()?);
             floors.push((topic, queue_id, min));
         }
-        b.is_empty().then_some(StoreCheckpoint { durable, floors })
+        let fenced = match b {
+            [] => false,
+            [1] => true,
+            _ => return None,
+        };
+        Some(StoreCheckpoint {
+            durable,
+            floors,
+            fenced,
+        })
     }
 }
 
@@ -175,12 +191,18 @@ mod tests {
 
     #[test]
     fn store_checkpoint_round_trip() {
-        let c = StoreCheckpoint {
+        let mut c = StoreCheckpoint {
             durable: 77,
             floors: vec![("a".into(), 1, 5), ("topic".into(), 0, 0)],
+            fenced: false,
         };
         assert_eq!(StoreCheckpoint::decode(&c.encode()), Some(c.clone()));
         assert_eq!(StoreCheckpoint::decode(&c.encode()[..10]), None);
+        c.fenced = true;
+        assert_eq!(StoreCheckpoint::decode(&c.encode()), Some(c.clone()));
+        let mut bad = c.encode();
+        bad.push(0);
+        assert_eq!(StoreCheckpoint::decode(&bad), None);
     }
 
     #[test]

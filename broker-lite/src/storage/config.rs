@@ -5,28 +5,9 @@ use std::time::Duration;
 use super::codec::MIN_FRAME_SIZE;
 use super::error::{Result, StorageError};
 
-/// When appended records are made durable.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum FlushMode {
-    /// `SYNC_FLUSH` (safeguard B1): an append is answered after the fsync that covers it. One fsync
-    /// covers every record that arrived while the previous one ran (group commit).
-    Sync,
-    /// `ASYNC_FLUSH` (safeguard B2): an append is answered once the record is in the page cache; a
-    /// background flush runs every `interval`. Records acknowledged within the last `interval` (plus
-    /// the time one fsync takes) are lost if the machine loses power.
-    Async {
-        /// How often to fsync.
-        interval: Duration,
-    },
-}
-
-impl FlushMode {
-    /// `ASYNC_FLUSH` with the default interval of 500 ms.
-    pub const ASYNC_DEFAULT: FlushMode = FlushMode::Async {
-        interval: Duration::from_millis(500),
-    };
-}
+/// When appended records are made durable: the wire type, one definition for the store's
+/// configuration and what `Describe` reports.
+pub use broker_lite_client::protocol::FlushMode;
 
 /// Configuration of a [`Store`](super::Store).
 ///
@@ -55,6 +36,10 @@ pub struct StoreConfig {
     /// How long records are kept (`fileReservedTime`, safeguard B5). Default 72 h.
     pub file_reserved_time: Duration,
     /// Upper bound of the bytes of segment files; older segments are deleted past it. Default: none.
+    ///
+    /// Must be at least two segments (`2 * segment_size`): with less, every segment but the active
+    /// one is over the ceiling, so each segment would be deleted as soon as the log rolls past it,
+    /// unconsumed or not. [`validate`](Self::validate) refuses smaller values.
     pub max_disk_usage: Option<u64>,
     /// How often the durable position is checkpointed. Default 1 s.
     pub checkpoint_interval: Duration,
@@ -89,6 +74,16 @@ impl StoreConfig {
         }
         if self.segment_size < u64::from(self.max_record_size) + 8 {
             return bad("segment_size must exceed max_record_size by at least 8 bytes");
+        }
+        if let Some(max) = self.max_disk_usage {
+            let min = self.segment_size.saturating_mul(2);
+            if max < min {
+                return Err(StorageError::InvalidConfig(format!(
+                    "max_disk_usage is {max} bytes but must be at least two segments \
+                     (2 x segment_size = {min} bytes), or retention would delete each segment as \
+                     soon as the log rolls past it; raise max_disk_usage or lower segment_size"
+                )));
+            }
         }
         if let FlushMode::Async { interval } = self.flush_mode {
             if interval.is_zero() {

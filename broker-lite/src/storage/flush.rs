@@ -4,7 +4,11 @@
 //! it with one positional write per touched segment and, under sync flush, makes it durable with one
 //! fsync (group commit). Producers are told where their records went right after the write and wait
 //! for [`Progress::flushed`](super::Progress) to pass them.
+//!
+//! The segments a batch rolls into are created first ([`Writer::prepare_segments`]), outside the
+//! index lock; an append that does not fit because the disk is full is refused on its own.
 
+use std::collections::VecDeque;
 use std::ops::Range;
 use std::sync::Arc;
 
@@ -41,7 +45,8 @@ pub(crate) enum Command {
         records: Vec<NewRecord>,
         reply: PlacedReply,
     },
-    /// Fsync now; `reply` gets the flushed position. Ticks of the async flusher carry no reply.
+    /// Fsync now; `reply` gets the flushed position. The async flusher only wakes the writer with
+    /// it (no reply): its requests wait in [`Shared::request_flush`].
     Flush {
         reply: Option<oneshot::Sender<Result<u64>>>,
     },
@@ -69,6 +74,13 @@ impl Command {
     }
 }
 
+impl Drop for Writer {
+    /// However the writer stops, nobody waits for it to flush any more.
+    fn drop(&mut self) {
+        self.shared.stop_flush_requests();
+    }
+}
+
 /// A run of bytes in the batch buffer bound for one segment.
 struct Chunk {
     segment: Arc<Segment>,
@@ -84,6 +96,9 @@ pub(crate) struct Writer {
     buf: BytesMut,
     /// Segments written since their last fsync.
     dirty: Vec<Arc<Segment>>,
+    /// Segments created and preallocated for the batch at hand but not yet part of the log; the
+    /// next rolls take them in order.
+    prepared: VecDeque<Arc<Segment>>,
 }
 
 impl Writer {
@@ -95,6 +110,7 @@ impl Writer {
             position,
             buf: BytesMut::with_capacity(1 << 20),
             dirty: Vec::new(),
+            prepared: VecDeque::new(),
         }
     }
 
@@ -133,15 +149,18 @@ impl Writer {
         let shared = self.shared.clone();
         if let Ok(_open) = shared.open_gate() {
             let _ = self.sync();
+            shared.fence_gated();
         }
     }
 
     /// Handles one batch; returns whether a `Close` was among it.
     fn process(&mut self, batch: &mut Vec<Command>) -> bool {
         let mut appends = Vec::new();
-        let mut flushes = Vec::new();
         let mut close = None;
         let mut want_sync = self.shared.config.flush_mode == FlushMode::Sync;
+        // Ticks of the async flusher wait here rather than in the queue (see `tasks::flush_task`).
+        let mut flushes = self.shared.take_flush_requests();
+        want_sync |= !flushes.is_empty();
         for cmd in batch.drain(..) {
             match cmd {
                 Command::Append { records, reply } => appends.push((records, reply)),
@@ -156,12 +175,23 @@ impl Writer {
             }
         }
 
+        if let Err(e) = self.shared.check_failed() {
+            // The disk may take the fence now that it refused before.
+            self.shared.fence_gated();
+            for (_, reply) in appends.drain(..) {
+                let _ = reply.send(Err(copy_error(&e)));
+            }
+        }
+        // Segments are created before the index lock is taken (reads wait for that lock); an
+        // append that finds no room on the disk is refused alone and the store stays healthy.
+        let fit = self.prepare_segments(&appends);
+        if let Err((first_refused, e)) = fit {
+            for (_, reply) in appends.drain(first_refused..) {
+                let _ = reply.send(Err(copy_error(&e)));
+            }
+        }
         if !appends.is_empty() {
-            match self
-                .shared
-                .check_failed()
-                .and_then(|()| self.write(&appends))
-            {
+            match self.write(&appends) {
                 Ok(placed) => {
                     for ((_, reply), placed) in appends.into_iter().zip(placed) {
                         let _ = reply.send(Ok(placed));
@@ -222,13 +252,14 @@ impl Writer {
                             self.buf.put_u32_le(END_MAGIC);
                         }
                         chunks.push(self.chunk(chunk_start));
-                        let next = Segment::create(
-                            &*self.shared.backend,
-                            self.active.end(),
-                            self.shared.config.segment_size,
-                        )?;
+                        // Created by `prepare_segments`: no file I/O under the index lock.
+                        let next = self
+                            .prepared
+                            .pop_front()
+                            .expect("prepare_segments created every segment this batch needs");
+                        debug_assert_eq!(next.base, self.active.end());
                         tracing::info!(segment = %next.name, "started a new segment");
-                        self.active = Arc::new(next);
+                        self.active = next;
                         new_segments.push(self.active.clone());
                         self.position = self.active.base;
                         chunk_start = (self.buf.len(), self.position);
@@ -252,7 +283,9 @@ impl Writer {
         }
         chunks.push(self.chunk(chunk_start));
         self.shared.segments.write().unwrap().extend(new_segments);
-        for chunk in chunks {
+        let sync_mode = self.shared.config.flush_mode == FlushMode::Sync;
+        let last = chunks.len() - 1;
+        for (k, chunk) in chunks.into_iter().enumerate() {
             let offset = chunk.position - chunk.segment.base;
             if let Err(e) = chunk
                 .segment
@@ -267,6 +300,14 @@ impl Writer {
                 return Err(StorageError::Failed(reason));
             }
             chunk.segment.note_stored(stored_ms);
+            if sync_mode && k < last {
+                // Under sync flush a later segment never holds data before everything in the
+                // earlier ones is durable; recovery relies on that to tell a torn tail from damage
+                // (see `tail`). It costs one more fsync per segment roll.
+                self.fsync(&chunk.segment)?;
+                self.dirty.retain(|s| !Arc::ptr_eq(s, &chunk.segment));
+                continue;
+            }
             if !self.dirty.iter().any(|s| Arc::ptr_eq(s, &chunk.segment)) {
                 self.dirty.push(chunk.segment);
             }
@@ -283,6 +324,37 @@ impl Writer {
         Ok(all)
     }
 
+    /// Creates (and preallocates, with its fsyncs) every segment the appends will roll into, before
+    /// [`write`](Self::write) takes the index lock. On failure, `Err((i, error))`: appends from
+    /// `i` on do not fit in the segments that exist; the segments created so far are kept for
+    /// later rolls.
+    fn prepare_segments(
+        &mut self,
+        appends: &[(Vec<NewRecord>, PlacedReply)],
+    ) -> std::result::Result<(), (usize, StorageError)> {
+        let size = self.shared.config.segment_size;
+        let mut position = self.position;
+        let mut end = self.active.end();
+        let mut rolls = 0;
+        for (i, (records, _)) in appends.iter().enumerate() {
+            for r in records {
+                let len = r.encoded_len() as u64;
+                if position + len > end {
+                    if rolls == self.prepared.len() {
+                        let next = Segment::create(&*self.shared.backend, end, size)
+                            .map_err(|e| (i, e))?;
+                        self.prepared.push_back(Arc::new(next));
+                    }
+                    rolls += 1;
+                    position = end;
+                    end += size;
+                }
+                position += len;
+            }
+        }
+        Ok(())
+    }
+
     fn chunk(&self, (start, position): (usize, u64)) -> Chunk {
         Chunk {
             segment: self.active.clone(),
@@ -291,18 +363,24 @@ impl Writer {
         }
     }
 
+    /// Fsyncs one segment; a failure fails the store.
+    fn fsync(&self, segment: &Segment) -> Result<()> {
+        metrics::counter!("broker_lite_storage_fsyncs_total").increment(1);
+        if let Err(e) = segment.file.sync_data() {
+            metrics::counter!("broker_lite_storage_fsync_errors_total").increment(1);
+            let reason = format!("fsync of segment file {} failed: {e}", segment.name);
+            self.shared.fail(reason.clone());
+            return Err(StorageError::Failed(reason));
+        }
+        Ok(())
+    }
+
     /// Fsyncs every dirty segment and publishes the new flushed position.
     fn sync(&mut self) -> Result<u64> {
         self.shared.check_failed()?;
         let target = self.position;
         for segment in &self.dirty {
-            metrics::counter!("broker_lite_storage_fsyncs_total").increment(1);
-            if let Err(e) = segment.file.sync_data() {
-                metrics::counter!("broker_lite_storage_fsync_errors_total").increment(1);
-                let reason = format!("fsync of segment file {} failed: {e}", segment.name);
-                self.shared.fail(reason.clone());
-                return Err(StorageError::Failed(reason));
-            }
+            self.fsync(segment)?;
         }
         self.dirty.clear();
         if self.shared.progress.borrow().flushed != target {
@@ -310,6 +388,18 @@ impl Writer {
             metrics::gauge!("broker_lite_storage_flushed_position").set(target as f64);
         }
         Ok(target)
+    }
+}
+
+/// The same error again, for another waiter of one batch (`StorageError` is not `Clone`).
+fn copy_error(e: &StorageError) -> StorageError {
+    match e {
+        StorageError::Failed(reason) => StorageError::Failed(reason.clone()),
+        StorageError::Io { context, source } => StorageError::Io {
+            context: context.clone(),
+            source: std::io::Error::new(source.kind(), source.to_string()),
+        },
+        other => StorageError::Failed(other.to_string()),
     }
 }
 

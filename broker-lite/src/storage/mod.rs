@@ -5,7 +5,8 @@
 //! One directory holds (and [`Store::open`] locks it with `flock` on its `LOCK` file, so that
 //! two stores never share it):
 //! - **segment files** named by the log position of their first byte, 20 digits
-//!   (`00000000000000000000`, ...), preallocated to [`StoreConfig::segment_size`]. Records are
+//!   (`00000000000000000000`, ...), preallocated to [`StoreConfig::segment_size`] for real
+//!   (`fallocate`, not sparse: see *Segments and free space* below). Records are
 //!   appended to the last (active) one; each is framed with its length and a CRC32C (the frame
 //!   layout is documented in the `codec` module source).
 //! - `store.ckpt`, the store checkpoint: the *durable position* (everything below it was fsynced)
@@ -19,8 +20,11 @@
 //! record below the durable position is damaged: data that was acknowledged is never skipped
 //! silently. The durable position is checkpointed every [`StoreConfig::checkpoint_interval`]
 //! (default 1 s), on [`Store::close`] and after retention, not after every fsync (that would double
-//! the fsyncs); a record fsynced after the last checkpoint is protected by its CRC, and damage there
-//! is handled like a torn tail (cut, with a warning event).
+//! the fsyncs). Damage above it is cut only when it is a true torn tail, with nothing valid after
+//! it in the log; otherwise opening is refused too, naming segment and offset (under sync flush;
+//! the `tail` module source explains the rule and why async flush differs). After a failed fsync
+//! the store records a *fence* in its checkpoint, and the next open cuts the log at the last
+//! successful fsync, whatever the page cache still shows beyond it ("fsyncgate").
 //!
 //! # Flushing (safeguards B1, B2)
 //!
@@ -33,13 +37,26 @@
 //! - **`FlushMode::Async`** (`ASYNC_FLUSH`): an append returns [`FlushOutcome::InMemory`] once
 //!   written to the page cache; a background task fsyncs every `interval` (default 500 ms).
 //!   **Loss window:** a power cut or kernel crash loses what was acknowledged during the last
-//!   `interval` plus the duration of one fsync; a crash of the broker process alone loses nothing
+//!   `interval` plus the duration of one fsync, under any load: a tick does not queue behind the
+//!   appends (whose queue is full under sustained load) but leaves a flush request that the
+//!   writer takes with its very next batch; a crash of the broker process alone loses nothing
 //!   that was acknowledged, since the page cache survives it. Readers see written records, so a
 //!   consumer may receive a record that is later lost in a power cut.
 //!
 //! An fsync or write error is fatal: the store enters a failed state (see [`Progress::failed`]),
 //! every later append fails with [`StorageError::Failed`], and no pending append is ever answered
 //! `Flushed`. Restart the broker and inspect the disk; recovery then decides from the log itself.
+//!
+//! # Segments and free space
+//!
+//! A new segment is created, preallocated and fsynced (file and directory) by the writer *before*
+//! it takes the index lock, for every roll the batch at hand needs; under the lock the writer only
+//! swaps the ready segment in, so readers never wait for that I/O. Because the space is reserved
+//! at creation, a full disk shows up there, before any record of the batch is placed: the appends
+//! that need the new segment are answered with a retryable [`StorageError::Io`] (kind
+//! `StorageFull`), the others of the batch are written, the store is *not* failed, keeps serving
+//! reads, and accepts writes again once there is room. (Writes into preallocated space do not
+//! run out of room on ext4 or XFS; on copy-on-write file systems a failed write stays fatal.)
 //!
 //! # Retention (safeguard B5)
 //!
@@ -102,6 +119,7 @@ pub mod retention;
 mod segment;
 mod shared;
 mod store;
+mod tail;
 mod tasks;
 
 pub use config::{FlushMode, StoreConfig};

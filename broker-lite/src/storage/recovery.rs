@@ -3,8 +3,10 @@
 //! The scan stops at the first position that does not hold a valid record (zeros, a bad length, a
 //! checksum mismatch, a queue offset that does not follow). If that position is below the durable
 //! position of the store checkpoint, data that was fsynced is damaged and opening fails with
-//! [`StorageError::Corrupt`]. Otherwise it is a torn tail of writes that were never acknowledged as
-//! durable: the rest of that segment is zeroed and later segments are removed.
+//! [`StorageError::Corrupt`]. Above it, the stop must be a true torn tail (checked by
+//! [`tail::check_torn_tail`]): then the rest of that segment is zeroed (and preallocated again) and
+//! later segments are removed. A checkpoint fenced after a failed fsync stops the scan at its
+//! durable position and cuts there (see the [`tail`] module).
 
 use std::io;
 use std::sync::Arc;
@@ -18,9 +20,10 @@ use super::config::StoreConfig;
 use super::error::{Result, StorageError};
 use super::index::{Entry, Index};
 use super::segment::{Segment, parse_segment_name};
+use super::tail;
 
 /// Bytes read at a time while scanning.
-const SCAN_CHUNK: u64 = 1 << 20;
+pub(super) const SCAN_CHUNK: u64 = 1 << 20;
 
 pub(crate) struct Recovered {
     pub(crate) segments: Vec<Arc<Segment>>,
@@ -81,20 +84,26 @@ pub(crate) fn recover(backend: &dyn StorageBackend, config: &StoreConfig) -> Res
 
     let mut index = Index::default();
     let mut records = 0u64;
+    // After a failed fsync nothing beyond the durable position is trusted (see `tail`).
+    let trusted_end = checkpoint.fenced.then_some(durable);
     let mut stop = None;
     'segments: for (i, segment) in segments.iter().enumerate() {
         let mut scanner = Scanner::new(segment);
         let mut pos = segment.base;
         while segment.end() - pos >= END_MARKER_SIZE as u64 {
+            if trusted_end.is_some_and(|end| pos >= end) {
+                stop = Some((i, pos, Stop::Untrusted));
+                break 'segments;
+            }
             let head = scanner.get(pos, END_MARKER_SIZE)?;
             let len = match codec::peek_header(&head, segment.end() - pos) {
                 Header::Empty => {
-                    stop = Some((i, pos, "no record where one was expected (zeros)"));
+                    stop = Some((i, pos, Stop::Zeros));
                     break 'segments;
                 }
                 Header::EndOfSegment => break,
                 Header::Invalid(reason) => {
-                    stop = Some((i, pos, reason));
+                    stop = Some((i, pos, Stop::Damaged(reason)));
                     break 'segments;
                 }
                 Header::Frame(len) => len,
@@ -110,7 +119,7 @@ pub(crate) fn recover(backend: &dyn StorageBackend, config: &StoreConfig) -> Res
                 Ok(())
             });
             if let Err(reason) = found {
-                stop = Some((i, pos, reason));
+                stop = Some((i, pos, Stop::Damaged(reason)));
                 break 'segments;
             }
             records += 1;
@@ -121,7 +130,7 @@ pub(crate) fn recover(backend: &dyn StorageBackend, config: &StoreConfig) -> Res
     let last = segments.len() - 1;
     let position = match stop {
         None => segments[last].end(),
-        Some((i, pos, reason)) => {
+        Some((i, pos, kind)) => {
             let segment = &segments[i];
             let offset = pos - segment.base;
             if pos < durable {
@@ -129,15 +138,26 @@ pub(crate) fn recover(backend: &dyn StorageBackend, config: &StoreConfig) -> Res
                     segment: segment.name.clone(),
                     offset,
                     position: pos,
-                    reason: format!("{reason}, below the durable position {durable}"),
+                    reason: format!("{}, below the durable position {durable}", kind.reason()),
                 });
             }
-            if i < last || !is_zero_from(segment, offset)? {
-                tracing::warn!(
-                    segment = %segment.name, offset, position = pos, reason,
+            match kind {
+                Stop::Untrusted => tracing::warn!(
+                    segment = %segment.name, offset, position = pos,
                     removed_segments = last - i,
-                    "cutting a torn tail that was never acknowledged as durable"
-                );
+                    "cutting the log at the last successfully fsynced position: an fsync or write \
+                     failed before the last shutdown, so what follows is not trusted"
+                ),
+                Stop::Zeros | Stop::Damaged(_) => {
+                    tail::check_torn_tail(&segments, i, pos, kind.reason(), config)?;
+                    if matches!(kind, Stop::Damaged(_)) {
+                        tracing::warn!(
+                            segment = %segment.name, offset, position = pos, reason = kind.reason(),
+                            removed_segments = last - i,
+                            "cutting a torn tail that was never acknowledged as durable"
+                        );
+                    }
+                }
             }
             let ctx = |e| {
                 StorageError::io(
@@ -146,7 +166,8 @@ pub(crate) fn recover(backend: &dyn StorageBackend, config: &StoreConfig) -> Res
                 )
             };
             segment.file.set_len(offset).map_err(ctx)?;
-            segment.file.set_len(segment.size).map_err(ctx)?;
+            // Allocate again rather than extend: an extended tail would be sparse.
+            segment.file.allocate(segment.size).map_err(ctx)?;
             segment.file.sync_data().map_err(ctx)?;
             for later in segments.drain(i + 1..) {
                 backend.remove(&later.name).map_err(|e| {
@@ -188,22 +209,36 @@ pub(crate) fn recover(backend: &dyn StorageBackend, config: &StoreConfig) -> Res
     })
 }
 
-/// Whether the segment holds only zeros from `offset` on (checked on the first chunk only).
-fn is_zero_from(segment: &Segment, offset: u64) -> Result<bool> {
-    let len = (segment.size - offset).min(SCAN_CHUNK) as usize;
-    let bytes = segment.read(segment.base + offset, len)?;
-    Ok(bytes.iter().all(|b| *b == 0))
+/// Why the scan of the log stopped before its end.
+#[derive(Debug, Clone, Copy)]
+enum Stop {
+    /// Zeros where a record should start: the end of what was written.
+    Zeros,
+    /// Not a valid record.
+    Damaged(&'static str),
+    /// The fenced durable position of a store that failed (see [`tail`]).
+    Untrusted,
+}
+
+impl Stop {
+    fn reason(self) -> &'static str {
+        match self {
+            Stop::Zeros => "no record where one was expected (zeros)",
+            Stop::Damaged(reason) => reason,
+            Stop::Untrusted => "written after the last successful fsync of a store that failed",
+        }
+    }
 }
 
 /// Reads a segment in large chunks.
-struct Scanner<'a> {
+pub(super) struct Scanner<'a> {
     segment: &'a Segment,
     start: u64,
     chunk: Bytes,
 }
 
 impl<'a> Scanner<'a> {
-    fn new(segment: &'a Segment) -> Self {
+    pub(super) fn new(segment: &'a Segment) -> Self {
         Scanner {
             segment,
             start: segment.base,
@@ -212,7 +247,7 @@ impl<'a> Scanner<'a> {
     }
 
     /// `len` bytes at log position `pos`, which the caller keeps inside the segment.
-    fn get(&mut self, pos: u64, len: usize) -> Result<Bytes> {
+    pub(super) fn get(&mut self, pos: u64, len: usize) -> Result<Bytes> {
         let chunk_end = self.start + self.chunk.len() as u64;
         if pos < self.start || pos + len as u64 > chunk_end {
             let want = (len as u64).max(SCAN_CHUNK).min(self.segment.end() - pos);
@@ -231,5 +266,12 @@ impl<'a> Scanner<'a> {
         }
         let from = (pos - self.start) as usize;
         Ok(self.chunk.slice(from..from + len))
+    }
+
+    /// The bytes from log position `pos` to the end of the chunk that holds it (at least one).
+    pub(super) fn rest(&mut self, pos: u64) -> Result<Bytes> {
+        self.get(pos, 1)?;
+        let from = (pos - self.start) as usize;
+        Ok(self.chunk.slice(from..))
     }
 }

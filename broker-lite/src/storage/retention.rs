@@ -2,6 +2,12 @@
 //! `file_reserved_time`, or while the segment files take more than `max_disk_usage` bytes. The
 //! active segment is never deleted. Age is judged by the stored timestamps of the records, not by
 //! file times.
+//!
+//! `max_disk_usage` must cover at least two segments ([`StoreConfig::validate`] refuses less, at
+//! open): below that every segment but the active one is over the ceiling, and each segment would
+//! be deleted the moment the log rolls past it, whether its records were consumed or not.
+//!
+//! [`StoreConfig::validate`]: super::StoreConfig::validate
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

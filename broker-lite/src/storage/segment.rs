@@ -1,6 +1,7 @@
-//! Segment files: preallocated pieces of the commit log, named by the log position of their first
+//! Segment files: preallocated (`fallocate`, not sparse) pieces of the commit log, named by the log position of their first
 //! byte, zero-padded to 20 digits (`00000000000000000000`, `00000000001073741824`, ...).
 
+use std::io;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -35,18 +36,34 @@ impl Segment {
     }
 
     /// Creates and preallocates a new segment, durably (file, length and directory entry).
+    ///
+    /// The space is reserved for real ([`BackendFile::allocate`], `fallocate`), not left sparse:
+    /// a full disk shows up here, before any record is placed in the segment, and never as a
+    /// failed write in the middle of the log. On failure the file is removed again (best effort),
+    /// so that a later attempt starts from scratch.
     pub(crate) fn create(backend: &dyn StorageBackend, base: u64, size: u64) -> Result<Segment> {
         let name = segment_name(base);
-        let file = backend
-            .open(&name, true)
-            .and_then(|f| {
-                f.set_len(size)?;
-                f.sync_data()?;
-                backend.sync_dir()?;
-                Ok(f)
-            })
-            .map_err(|e| StorageError::io(format!("create segment file {name}"), e))?;
-        Ok(Self::new(base, size, name, file))
+        let created = backend.open(&name, true).and_then(|f| {
+            f.allocate(size)?;
+            f.sync_data()?;
+            backend.sync_dir()?;
+            Ok(f)
+        });
+        match created {
+            Ok(file) => Ok(Self::new(base, size, name, file)),
+            Err(e) => {
+                let _ = backend.remove(&name);
+                let context = if e.kind() == io::ErrorKind::StorageFull {
+                    format!(
+                        "preallocate segment file {name} ({size} bytes): the disk is full; free space \
+                         or lower the retention, then send again (the store keeps serving reads)"
+                    )
+                } else {
+                    format!("create segment file {name}")
+                };
+                Err(StorageError::io(context, e))
+            }
+        }
     }
 
     fn new(base: u64, size: u64, name: String, file: Arc<dyn BackendFile>) -> Segment {

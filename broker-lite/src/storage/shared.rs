@@ -1,8 +1,9 @@
 //! State shared by the store handle, its writer thread and its background tasks.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 
 use super::backend::StorageBackend;
 use super::checkpoint::{self, STORE_CHECKPOINT, StoreCheckpoint};
@@ -28,6 +29,9 @@ pub struct Progress {
     pub failed: bool,
 }
 
+/// Where the writer answers a flush: the flushed position.
+pub(crate) type FlushReply = oneshot::Sender<Result<u64>>;
+
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub(crate) backend: Arc<dyn StorageBackend>,
@@ -37,7 +41,12 @@ pub(crate) struct Shared {
     pub(crate) index: RwLock<Index>,
     pub(crate) progress: watch::Sender<Progress>,
     failure: Mutex<Option<String>>,
+    /// Whether the store checkpoint records the failure (see [`fence_gated`](Self::fence_gated)).
+    fenced: AtomicBool,
     checkpoint_lock: Mutex<()>,
+    /// Flushes asked for by the async flush ticker, taken by the writer with its next batch;
+    /// `None` once the writer stopped (see [`request_flush`](Self::request_flush)).
+    flush_requests: Mutex<Option<Vec<FlushReply>>>,
     /// `true` once the store is closed or dropped. Every file change holds a read guard, so after
     /// [`shut_down`](Self::shut_down) returns this store never touches the directory again, even
     /// from a writer thread or a blocking task that outlives the handle.
@@ -65,7 +74,9 @@ impl Shared {
             index: RwLock::new(index),
             progress,
             failure: Mutex::new(None),
+            fenced: AtomicBool::new(false),
             checkpoint_lock: Mutex::new(()),
+            flush_requests: Mutex::new(Some(Vec::new())),
             gate: RwLock::new(false),
         }
     }
@@ -79,12 +90,71 @@ impl Shared {
         }
     }
 
-    /// Puts the store into the failed state for good.
+    /// Asks the writer to fsync with its next batch and answer on `reply`; `false` (and `reply`
+    /// dropped) when the writer has stopped. Unlike a command, a request never waits for room in
+    /// the writer's queue.
+    pub(crate) fn request_flush(&self, reply: FlushReply) -> bool {
+        match &mut *self.flush_requests.lock().unwrap() {
+            Some(requests) => {
+                requests.push(reply);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The flush requests waiting for the writer.
+    pub(crate) fn take_flush_requests(&self) -> Vec<FlushReply> {
+        self.flush_requests
+            .lock()
+            .unwrap()
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
+    }
+
+    /// Called when the writer stops: pending and later requests are dropped, so that no waiter
+    /// blocks for good.
+    pub(crate) fn stop_flush_requests(&self) {
+        self.flush_requests.lock().unwrap().take();
+    }
+
+    /// Puts the store into the failed state for good and records that in the store checkpoint
+    /// (see [`fence_gated`](Self::fence_gated)). The caller holds [`open_gate`](Self::open_gate).
     pub(crate) fn fail(&self, reason: String) {
         tracing::error!(%reason, "storage failed; refusing further writes");
         metrics::counter!("broker_lite_storage_failures_total").increment(1);
         self.failure.lock().unwrap().get_or_insert(reason);
         self.progress.send_modify(|p| p.failed = true);
+        self.fence_gated();
+    }
+
+    /// Once failed, writes the store checkpoint with its fence, unless that was done already: the
+    /// next open then cuts the log at the last successfully fsynced position, whatever the page
+    /// cache shows beyond it. The disk may refuse this write too; the writer tries again with
+    /// every later command, on close and when the store is dropped. The caller holds
+    /// [`open_gate`](Self::open_gate).
+    pub(crate) fn fence_gated(&self) {
+        if self.check_failed().is_ok() || self.fenced.load(Ordering::SeqCst) {
+            return;
+        }
+        match self.write_checkpoint_gated() {
+            Ok(durable) => tracing::warn!(
+                durable,
+                "recorded the failure in the store checkpoint: the next open cuts the log at the \
+                 last successfully fsynced position"
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not record the failure in the store checkpoint yet")
+            }
+        }
+    }
+
+    /// [`fence_gated`](Self::fence_gated) for a caller that does not hold the gate.
+    pub(crate) fn fence(&self) {
+        if let Ok(_open) = self.open_gate() {
+            self.fence_gated();
+        }
     }
 
     /// `Err(Failed)` once the store has failed.
@@ -128,8 +198,18 @@ impl Shared {
         let _guard = self.checkpoint_lock.lock().unwrap();
         let durable = self.progress.borrow().flushed;
         let floors = self.index.read().unwrap().floors();
-        let payload = StoreCheckpoint { durable, floors }.encode();
+        // Every checkpoint written after a failure keeps the fence; `flushed` no longer moves then.
+        let fenced = self.check_failed().is_err();
+        let payload = StoreCheckpoint {
+            durable,
+            floors,
+            fenced,
+        }
+        .encode();
         checkpoint::write_atomic(&*self.backend, STORE_CHECKPOINT, &payload)?;
+        if fenced {
+            self.fenced.store(true, Ordering::SeqCst);
+        }
         self.progress.send_if_modified(|p| {
             let moved = p.checkpointed != durable;
             p.checkpointed = durable;

@@ -79,6 +79,9 @@ impl Drop for Inner {
         for task in self.tasks.lock().unwrap().drain(..) {
             task.abort();
         }
+        // A failed store still records its failure, so that the next open does not trust what
+        // the page cache shows beyond the last successful fsync.
+        self.shared.fence();
         self.shared.shut_down();
     }
 }
@@ -138,7 +141,11 @@ impl Store {
             .map_err(|e| StorageError::io("start the writer thread", e))?;
         let mut tasks = vec![tokio::spawn(tasks::checkpoint_task(shared.clone()))];
         if let FlushMode::Async { interval } = shared.config.flush_mode {
-            tasks.push(tokio::spawn(tasks::flush_task(tx.downgrade(), interval)));
+            tasks.push(tokio::spawn(tasks::flush_task(
+                tx.downgrade(),
+                shared.clone(),
+                interval,
+            )));
         }
         Ok(Store {
             inner: Arc::new(Inner {

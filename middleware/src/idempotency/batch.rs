@@ -5,12 +5,14 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use futures::FutureExt;
-use sqlx::{Database, Postgres};
+use sqlx::Database;
+
+use crate::database::DefaultDatabase;
 use tokio::sync::{Mutex, mpsc, oneshot};
 use tokio_util::sync::PollSender;
 use tower::{BoxError, Layer, Service, ServiceExt};
 
-use super::{Config, Handled, IdempotencyLayer};
+use super::{Config, Handled, IdempotencyLayer, LateDelivery, refuse};
 use crate::boxed::BoxResponseFuture;
 use crate::{Delivery, Panicked, Tx, TxDatabase, TxDelivery};
 
@@ -107,7 +109,7 @@ impl<R: Send + 'static> Service<Delivery> for BatchedIdempotency<R> {
 /// # let _ = layer;
 /// # }
 /// ```
-pub struct BatchedIdempotencyLayer<DB: Database = Postgres> {
+pub struct BatchedIdempotencyLayer<DB: Database = DefaultDatabase> {
     config: Arc<Config<DB>>,
     max_batch: usize,
     workers: usize,
@@ -219,16 +221,27 @@ async fn work<S, R, DB: TxDatabase>(
     }
 }
 
-async fn run_batch<S, R, DB: TxDatabase>(
-    config: &Config<DB>,
-    service: &mut S,
-    mut batch: Vec<Job<R>>,
-) where
+async fn run_batch<S, R, DB: TxDatabase>(config: &Config<DB>, service: &mut S, batch: Vec<Job<R>>)
+where
     S: Service<TxDelivery<DB>, Response = R> + Clone + Send + 'static,
     R: Send + 'static,
     S::Error: Into<BoxError>,
     S::Future: Send + 'static,
 {
+    // Messages older than the window are answered on their own, before the batch's transaction:
+    // a duplicate if their record is still there, refused otherwise. None of them may leave a
+    // record in the batch's commit.
+    let mut on_time = Vec::with_capacity(batch.len());
+    for job in batch {
+        match config.late(&job.delivery) {
+            Some(late) => {
+                let answer = answer_late(config, &job.delivery, late).await;
+                let _ = job.reply.send(answer);
+            }
+            None => on_time.push(job),
+        }
+    }
+    let mut batch = on_time;
     // Optimistic: no savepoints. When a handler fails, the whole transaction rolls back, that
     // delivery gets its error, and the rest of the batch runs again in a fresh transaction.
     while !batch.is_empty() {
@@ -280,6 +293,19 @@ async fn run_batch<S, R, DB: TxDatabase>(
             let _ = job.reply.send(Ok(answer));
         }
     }
+}
+
+/// A message older than the window: a duplicate if its record is still there, else refused.
+async fn answer_late<R, DB: TxDatabase>(
+    config: &Config<DB>,
+    delivery: &Delivery,
+    late: LateDelivery,
+) -> Result<Handled<R>, BoxError> {
+    let key = config.key.of(delivery);
+    if DB::idempotency_seen(&config.pool, &delivery.group, &key).await? {
+        return Ok(Handled::Duplicate);
+    }
+    Err(refuse(late))
 }
 
 /// Runs one handler, turning a panic into an error.

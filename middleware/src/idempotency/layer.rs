@@ -3,7 +3,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::{Database, Pool, Postgres};
+use sqlx::{Database, Pool};
+
+use crate::database::DefaultDatabase;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tower::Layer;
@@ -12,7 +14,7 @@ use super::{Config, DEFAULT_IDEMPOTENCY_WINDOW, Idempotency, IdempotencyKey};
 use crate::TxDatabase;
 
 /// Applies [`Idempotency`] to a transactional handler (`tower::Service<TxDelivery>`), turning it
-/// into a handler of [`Delivery`].
+/// into a handler of [`Delivery`](crate::Delivery).
 ///
 /// `DB` is the database the records (and the handler's transaction) live in: Postgres by default,
 /// `Sqlite` with feature `sqlite`; [`new`](Self::new) infers it from the pool.
@@ -28,7 +30,7 @@ use crate::TxDatabase;
 /// # let _ = layer;
 /// # }
 /// ```
-pub struct IdempotencyLayer<DB: Database = Postgres> {
+pub struct IdempotencyLayer<DB: Database = DefaultDatabase> {
     pub(super) config: Arc<Config<DB>>,
 }
 
@@ -91,8 +93,12 @@ impl<DB: Database> IdempotencyLayer<DB> {
         self
     }
 
-    /// Keeps records for `window` (default [`DEFAULT_IDEMPOTENCY_WINDOW`]). A redelivery after the
-    /// window runs the handler again.
+    /// Deduplicates messages for `window` from their creation (default
+    /// [`DEFAULT_IDEMPOTENCY_WINDOW`]): records are kept that long (plus an hour's allowance for
+    /// clock differences), and a message older than the window that finds no record is
+    /// dead-lettered ([`LateDelivery`](crate::LateDelivery)) instead of handled. Size it past the
+    /// oldest message you may still deliver: see [`Idempotency`](crate::Idempotency#sizing-the-window) and
+    /// [`DEFAULT_IDEMPOTENCY_WINDOW`].
     ///
     /// ```no_run
     /// # async fn example(pool: sqlx::PgPool) {
@@ -109,8 +115,10 @@ impl<DB: Database> IdempotencyLayer<DB> {
 
     /// Declares how long after the first delivery the broker may redeliver
     /// ([`DeliverySource::redelivery_horizon`](crate::DeliverySource::redelivery_horizon)), and logs
-    /// a warning when the window is shorter: a late redelivery would then run the handler twice.
-    /// Returns whether the window covers the horizon.
+    /// a warning when the window is shorter: a late redelivery would then be dead-lettered as a
+    /// [`LateDelivery`](crate::LateDelivery). Returns whether the window covers the horizon. The
+    /// window counts from the message's creation, so it must also cover the time before the
+    /// first delivery (see [`DEFAULT_IDEMPOTENCY_WINDOW`]).
     ///
     /// ```no_run
     /// # async fn example(pool: sqlx::PgPool) {
@@ -125,7 +133,8 @@ impl<DB: Database> IdempotencyLayer<DB> {
                 ?window,
                 ?horizon,
                 "the idempotency window is shorter than the broker's redelivery horizon: \
-                 a message redelivered late would be handled twice; lengthen the window"
+                 a message redelivered late would be dead-lettered as a late delivery; \
+                 lengthen the window"
             );
             return false;
         }
@@ -162,7 +171,8 @@ impl<DB: Database> IdempotencyLayer<DB> {
 }
 
 impl<DB: TxDatabase> IdempotencyLayer<DB> {
-    /// Deletes records older than the window and returns how many went. Run it now and then, or
+    /// Deletes records older than the window (plus an hour's allowance for clock differences
+    /// between producers and this database) and returns how many went. Run it now and then, or
     /// use [`spawn_purger`](Self::spawn_purger).
     ///
     /// ```no_run
@@ -177,7 +187,7 @@ impl<DB: TxDatabase> IdempotencyLayer<DB> {
     ///
     /// The database error.
     pub async fn purge_expired(&self) -> Result<u64, sqlx::Error> {
-        DB::idempotency_purge(&self.config.pool, self.config.window).await
+        self.config.purge().await
     }
 
     /// Runs [`purge_expired`](Self::purge_expired) every `every` until `shutdown` is cancelled;

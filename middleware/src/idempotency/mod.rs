@@ -1,30 +1,40 @@
 //! Idempotent consumption on Postgres or SQLite (safeguard C7).
+//!
+//! The window counts from a message's creation, and a message older than the window that finds
+//! no record is dead-lettered, not handled: see "The window" on [`Idempotency`], which is where
+//! the contract is documented for users.
 
 mod batch;
 pub(crate) mod future;
+mod late;
 mod layer;
 pub(crate) mod store;
 
 pub use batch::{BatchedIdempotency, BatchedIdempotencyLayer};
+pub use late::LateDelivery;
 pub use layer::IdempotencyLayer;
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use sqlx::{Database, Pool, Postgres};
+use sqlx::{Database, Pool};
+
+use crate::database::DefaultDatabase;
 use tower::{BoxError, Service};
 
 use crate::{Delivery, Tx, TxDatabase, TxDelivery};
 use future::ResponseFuture;
 
-/// Default deduplication window: 72 hours, broker-lite's (and RocketMQ's) default retention, after
-/// which the broker cannot deliver the message again anyway.
+/// Default deduplication window: 14 days, counted from a message's creation. Longer than
+/// broker-lite's (and RocketMQ's) 72 hours of retention plus a week in the outbox failure table
+/// before a replay; see [`Idempotency`](Idempotency#sizing-the-window) for sizing it. A message older
+/// than the window is dead-lettered ([`LateDelivery`]) unless its record shows it a duplicate.
 ///
 /// ```
-/// assert_eq!(courier_middleware::DEFAULT_IDEMPOTENCY_WINDOW.as_secs(), 72 * 3600);
+/// assert_eq!(courier_middleware::DEFAULT_IDEMPOTENCY_WINDOW.as_secs(), 14 * 24 * 3600);
 /// ```
-pub const DEFAULT_IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(72 * 3600);
+pub const DEFAULT_IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(14 * 24 * 3600);
 
 /// What the idempotency layer did with a delivery. Both variants ack.
 ///
@@ -132,10 +142,57 @@ impl<DB: Database> std::fmt::Debug for Config<DB> {
 /// before the record is looked at, so the second delivery's transaction begins only after the first
 /// ended, with the same outcome; handlers therefore run one at a time per database file.
 /// The key is the message id or a declared header ([`IdempotencyKey`]); records expire after a
-/// window ([`purge_expired`](Self::purge_expired)).
+/// window ([`purge_expired`](Self::purge_expired)), and a message older than the window that
+/// finds no record is dead-lettered, not handled ([`LateDelivery`]; see the module docs).
 ///
 /// Only writes made through the [`Tx`] are covered. A side effect outside the database (an
 /// HTTP call) may still repeat if the commit fails after it.
+///
+/// Put a [`LocalRetryLayer`](crate::LocalRetryLayer) outside this layer, never inside: each retry
+/// then runs in a fresh transaction. Inside, a retry would run in the failed attempt's
+/// transaction and commit that attempt's writes with its own; [`TxDelivery`] is not `Clone`, so
+/// that stack does not compile (see there).
+///
+/// # The window, and what happens past it
+///
+/// A record ("this group handled this key") is what makes a second delivery a duplicate, and
+/// records are purged after a window. A message can come back long after its first delivery,
+/// though: the broker redelivers it for its redelivery horizon and keeps it for its retention
+/// (broker-lite: 72 hours), a dead-lettered message can be redriven later, and an outbox
+/// failure-table replay republishes, days or weeks later, a message the broker may have taken
+/// already (a publish that timed out but landed). A replayed or redriven message keeps its id and
+/// its `created_at`.
+///
+/// So the window counts from the message's creation ([`Message::created_at`], or its due time
+/// when the delivery carries a later one), and the layer holds this contract:
+///
+/// - a message younger than the window is handled at most once per group and key: if it was
+///   handled before, its record is still there (records are purged a window after they were
+///   written, which is after the message was created, plus an hour's allowance for clock
+///   differences between producer and consumer database), and the delivery is a
+///   [`Handled::Duplicate`];
+/// - a message older than the window whose record is still there is a duplicate too;
+/// - a message older than the window without a record is not handled: it may have been handled
+///   and its record purged. The layer dead-letters it with a [`LateDelivery`] reason (inside a
+///   [`Reject`](crate::Reject)), logs an error and counts
+///   `courier_consume_late_deliveries_total`, instead of running the handler a second time
+///   unnoticed.
+///
+/// ## Sizing the window
+///
+/// Make it longer than the oldest message you may still deliver, counted from its creation:
+/// the time it can spend in the outbox (the relay's retries: about 45 minutes with its defaults)
+/// plus the longest you may leave it in the outbox failure table before replaying it, plus what
+/// the broker adds (its redelivery horizon, [`IdempotencyLayer::check_source`]; for a redrive
+/// from its dead-letter queue, that queue's retention), plus a margin.
+/// [`DEFAULT_IDEMPOTENCY_WINDOW`] is 14 days: broker-lite's 72 hours of retention plus a week in
+/// the failure table, with room to spare. Records cost one small row per message and group over
+/// the window. A message delayed at enqueue ([`Message::with_delay`]) ages during its delay when
+/// the broker does not carry its due time (broker-lite does not): keep delays well inside the
+/// window.
+///
+/// [`Message::created_at`]: courier_outbox::Message::created_at
+/// [`Message::with_delay`]: courier_outbox::Message::with_delay
 ///
 /// # Examples
 ///
@@ -181,7 +238,7 @@ impl<DB: Database> std::fmt::Debug for Config<DB> {
 /// # let _ = handler;
 /// # }
 /// ```
-pub struct Idempotency<S, DB: Database = Postgres> {
+pub struct Idempotency<S, DB: Database = DefaultDatabase> {
     inner: S,
     config: Arc<Config<DB>>,
 }
@@ -276,8 +333,32 @@ impl<S, DB: TxDatabase> Idempotency<S, DB> {
     ///
     /// The database error.
     pub async fn purge_expired(&self) -> Result<u64, sqlx::Error> {
-        DB::idempotency_purge(&self.config.pool, self.config.window).await
+        self.config.purge().await
     }
+}
+
+impl<DB: TxDatabase> Config<DB> {
+    /// Deletes records older than the window plus the clock allowance.
+    async fn purge(&self) -> Result<u64, sqlx::Error> {
+        DB::idempotency_purge(&self.pool, self.window + late::CLOCK_ALLOWANCE).await
+    }
+}
+
+impl<DB: Database> Config<DB> {
+    /// `Some` when `delivery`'s message is older than the window.
+    fn late(&self, delivery: &Delivery) -> Option<LateDelivery> {
+        LateDelivery::check(delivery, self.window, chrono::Utc::now())
+    }
+}
+
+/// The refusal of a message older than the window that found no record: logged, counted, and
+/// dead-lettered.
+fn refuse(late: LateDelivery) -> BoxError {
+    tracing::error!(message.id = %late.message_id(), group = %late.group(),
+        age = ?late.age(), window = ?late.window(), "{late}");
+    metrics::counter!("courier_consume_late_deliveries_total", "group" => late.group().to_owned())
+        .increment(1);
+    crate::Reject::new(late).into()
 }
 
 impl<S, DB: TxDatabase> Service<Delivery> for Idempotency<S, DB>
@@ -309,6 +390,12 @@ where
                 metrics::counter!("courier_consume_duplicates_total", "group" => delivery.group)
                     .increment(1);
                 return Ok(Handled::Duplicate);
+            }
+            // A new record for a message older than the window: it may have been handled before
+            // and its record purged. The record goes with the rollback.
+            if let Some(late) = config.late(&delivery) {
+                tx.rollback().await?;
+                return Err(refuse(late));
             }
             let handle = Tx::new(tx);
             let result = service

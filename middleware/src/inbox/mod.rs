@@ -10,8 +10,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use courier_outbox::{Backoff, Message};
-use sqlx::{Database, Executor, Pool, Postgres};
+use courier_core::{Backoff, Message};
+use sqlx::{Database, Executor, Pool};
+
+use crate::database::DefaultDatabase;
 use uuid::Uuid;
 
 use crate::{Delivery, TxDatabase};
@@ -31,6 +33,13 @@ pub use worker::InboxWorker;
 /// - A worker that dies mid-handler loses nothing: its transaction rolls back, and the row is taken
 ///   again once its lease ends (attempts are counted at claim time, so a row that keeps crashing
 ///   workers is dead-lettered too).
+/// - A claim is a lease, and only its holder records an outcome. The claim counts an attempt and
+///   hides the row until the lease ends; marking the row done, scheduling its retry and
+///   dead-lettering it each check, in the same statement (or SQLite write transaction), that the
+///   row still carries that claim's attempt count and lease end. An attempt that outlived its
+///   lease, and whose row another worker claimed meanwhile (and maybe processed), records
+///   nothing: it cannot dead-letter or reschedule a row that is no longer its own. Its handler's
+///   writes roll back, and it logs a warning and counts `courier_inbox_leases_lost_total`.
 ///
 /// Rows of one group are processed oldest first, but with several workers not strictly in order.
 ///
@@ -66,7 +75,7 @@ pub use worker::InboxWorker;
 /// worker.run(shutdown).await;
 /// # }
 /// ```
-pub struct Inbox<DB: Database = Postgres> {
+pub struct Inbox<DB: Database = DefaultDatabase> {
     pool: Pool<DB>,
     config: Arc<InboxConfig>,
 }
@@ -103,7 +112,7 @@ pub(crate) struct InboxConfig {
 /// ```no_run
 /// # async fn example(pool: sqlx::PgPool) -> Result<(), sqlx::Error> {
 /// use courier_middleware::{Delivery, Inbox, Stored};
-/// use courier_outbox::Message;
+/// use courier_core::Message;
 ///
 /// let delivery = Delivery::new(Message::new("orders", "o-1"), "billing");
 /// if Inbox::new(pool.clone()).insert(&pool, &delivery).await? == Stored::Duplicate {
@@ -194,7 +203,7 @@ impl<DB: Database> Inbox<DB> {
     /// ```no_run
     /// # async fn example(pool: sqlx::PgPool) {
     /// use std::time::Duration;
-    /// use courier_outbox::Backoff;
+    /// use courier_core::Backoff;
     ///
     /// let backoff = Backoff { base: Duration::from_secs(2), ..Backoff::default() };
     /// let inbox = courier_middleware::Inbox::new(pool).backoff(backoff);
@@ -208,7 +217,10 @@ impl<DB: Database> Inbox<DB> {
     }
 
     /// How long a claimed row is hidden from other workers before a worker that died with it is
-    /// presumed gone and the row is taken again. A row being processed stays locked either way.
+    /// presumed gone and the row is taken again. A row being processed stays locked either way,
+    /// but once its handler's transaction ends (the handler failed, its connection was lost) a
+    /// row past its lease may be claimed by another worker, and the late attempt then records
+    /// nothing. Make it longer than your handlers take.
     ///
     /// ```no_run
     /// # async fn example(pool: sqlx::PgPool) {
@@ -293,7 +305,7 @@ impl<DB: TxDatabase> Inbox<DB> {
     /// ```no_run
     /// # async fn example(pool: sqlx::PgPool) -> Result<(), sqlx::Error> {
     /// use courier_middleware::{Delivery, Inbox, Stored};
-    /// use courier_outbox::Message;
+    /// use courier_core::Message;
     ///
     /// let inbox = Inbox::new(pool.clone());
     /// let delivery = Delivery::new(Message::new("orders", "o-1"), "billing");

@@ -2,7 +2,9 @@
 
 use std::task::{Context, Poll};
 
-use sqlx::{Database, Postgres};
+use sqlx::Database;
+
+use crate::database::DefaultDatabase;
 use tower::{BoxError, Service};
 
 use super::future::ResponseFuture;
@@ -19,7 +21,7 @@ use crate::{Delivery, TxDatabase};
 /// # let _ = store;
 /// # }
 /// ```
-pub struct InboxStore<DB: Database = Postgres> {
+pub struct InboxStore<DB: Database = DefaultDatabase> {
     pub(super) inbox: Inbox<DB>,
 }
 

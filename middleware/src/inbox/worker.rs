@@ -5,7 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::FutureExt;
-use sqlx::{Database, Postgres};
+use sqlx::Database;
+
+use crate::database::DefaultDatabase;
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -28,7 +30,7 @@ use crate::{Disposition, Panicked, Tx, TxDatabase, TxDelivery};
 /// worker.run(CancellationToken::new()).await;
 /// # }
 /// ```
-pub struct InboxWorker<H, DB: Database = Postgres> {
+pub struct InboxWorker<H, DB: Database = DefaultDatabase> {
     inbox: Inbox<DB>,
     group: String,
     handler: H,
@@ -122,19 +124,27 @@ where
     }
 
     /// Claims and processes one row.
+    ///
+    /// Every write after the claim is conditional on the claim's [`Lease`](super::sql::Lease):
+    /// a slow attempt whose lease ran out may find the row claimed (and perhaps processed) by
+    /// another worker, and then neither marks it done, nor schedules its retry, nor dead-letters
+    /// it. Its handler's writes roll back; the attempt was counted when it was claimed.
     async fn step(&mut self) -> Result<Step, sqlx::Error> {
         let config = &self.inbox.config;
         let pool = &self.inbox.pool;
-        let Some(Claimed { seq, delivery }) =
-            DB::inbox_claim(pool, &self.group, config.lease).await?
+        let Some(Claimed {
+            seq,
+            lease,
+            delivery,
+        }) = DB::inbox_claim(pool, &self.group, config.lease).await?
         else {
             return Ok(Step::Idle);
         };
         let id = delivery.message.id;
         let attempt = delivery.attempt;
         let mut tx = DB::begin_write(pool).await?;
-        if !DB::inbox_lock(&mut tx, seq).await? {
-            // Another worker finished it after our claim.
+        if !DB::inbox_lock(&mut tx, seq, &lease).await? {
+            // Another worker finished it, or claimed it after our lease ran out.
             return Ok(Step::Worked);
         }
         let handle = Tx::new(tx);
@@ -149,7 +159,11 @@ where
         let tx = handle.take().await;
         let error = match (result, tx) {
             (Ok(_), Some(mut tx)) => {
-                DB::inbox_mark_done(&mut tx, seq).await?;
+                if !DB::inbox_mark_done(&mut tx, seq, &lease).await? {
+                    let _ = tx.rollback().await;
+                    self.lease_lost(id, attempt, "its handler succeeded");
+                    return Ok(Step::Worked);
+                }
                 tx.commit().await?;
                 metrics::counter!("courier_inbox_processed_total", "group" => self.group.clone())
                     .increment(1);
@@ -167,9 +181,12 @@ where
         let give_up = Disposition::of_error(error.as_ref()) == Disposition::DeadLetter
             || attempt >= config.max_attempts;
         if give_up {
+            if !DB::inbox_dead_letter(pool, seq, &lease, &reason).await? {
+                self.lease_lost(id, attempt, &format!("it failed for good: {reason}"));
+                return Ok(Step::Worked);
+            }
             tracing::warn!(message.id = %id, attempt, %reason, group = %self.group,
-                "inbox: dead-lettering the row");
-            DB::inbox_dead_letter(pool, seq, &reason).await?;
+                "inbox: dead-lettered the row");
             metrics::counter!("courier_inbox_dead_letters_total", "group" => self.group.clone())
                 .increment(1);
         } else {
@@ -177,12 +194,26 @@ where
                 Disposition::Redeliver { after: Some(after) } => after,
                 _ => config.backoff.delay(attempt),
             };
+            if !DB::inbox_retry_later(pool, seq, &lease, delay, &reason).await? {
+                self.lease_lost(id, attempt, &format!("it failed: {reason}"));
+                return Ok(Step::Worked);
+            }
             tracing::debug!(message.id = %id, attempt, %reason, ?delay, "inbox: retrying later");
-            DB::inbox_retry_later(pool, seq, delay, &reason).await?;
             metrics::counter!("courier_inbox_retries_total", "group" => self.group.clone())
                 .increment(1);
         }
         Ok(Step::Worked)
+    }
+
+    /// The attempt's outcome was not recorded: the row is another worker's now.
+    fn lease_lost(&self, id: uuid::Uuid, attempt: u32, outcome: &str) {
+        tracing::warn!(message.id = %id, attempt, group = %self.group,
+            lease = ?self.inbox.config.lease,
+            "inbox: {outcome}, but its lease ran out and another worker took the row, which \
+             decides now; nothing of this attempt was recorded (lengthen the inbox lease if \
+             handlers run this long)");
+        metrics::counter!("courier_inbox_leases_lost_total", "group" => self.group.clone())
+            .increment(1);
     }
 }
 

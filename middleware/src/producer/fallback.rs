@@ -5,7 +5,7 @@
 use std::fmt;
 use std::task::{Context, Poll};
 
-use courier_outbox::Message;
+use courier_core::Message;
 use sqlx::PgPool;
 use sqlx::types::Json;
 use tower::{BoxError, Layer, Service, ServiceExt};

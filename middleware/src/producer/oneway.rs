@@ -5,13 +5,13 @@ use std::fmt;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use courier_outbox::{Message, Permanent};
+use courier_core::{Message, Permanent};
 use tower::{BoxError, Layer, Service, ServiceExt};
 
 use crate::boxed::BoxResponseFuture;
 
 /// A one-way send to a topic that was not declared loss-tolerant was refused; the message was not
-/// sent and is given back. Wrapped in `courier_outbox::Permanent` when returned, so no retry
+/// sent and is given back. Wrapped in `courier_core::Permanent` when returned, so no retry
 /// layer retries it.
 #[derive(Debug)]
 pub struct OneWayRefused {
@@ -41,14 +41,14 @@ impl std::error::Error for OneWayRefused {}
 /// ```
 /// # #[tokio::main(flavor = "current_thread")] async fn main() {
 /// use courier_middleware::{OneWayLayer, OneWayRefused};
-/// use courier_outbox::Message;
+/// use courier_core::Message;
 /// use tower::{Layer, ServiceExt};
 ///
 /// let broker = tower::service_fn(|_: Message| async { Ok::<_, tower::BoxError>(()) });
 /// let oneway = OneWayLayer::new().loss_tolerant(["telemetry"]).layer(broker);
 /// oneway.clone().oneshot(Message::new("telemetry", "cpu=3")).await.unwrap();
 /// let refused = oneway.oneshot(Message::new("payments", "{}")).await.unwrap_err();
-/// assert!(courier_outbox::Permanent::is_permanent(refused.as_ref()));
+/// assert!(courier_core::Permanent::is_permanent(refused.as_ref()));
 /// # }
 /// ```
 #[derive(Debug, Clone)]

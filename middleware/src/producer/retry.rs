@@ -2,21 +2,21 @@
 
 use std::time::Duration;
 
-use courier_outbox::Backoff;
+use courier_core::Backoff;
 use tower::Layer;
 
 use crate::{LocalRetry, LocalRetryPolicy};
 
 /// Retries a failed send with backoff: [`LocalRetry`] with the producer's defaults, 2 retries
 /// (RocketMQ's `retryTimesWhenSendFailed`) 100 ms apart, doubling, 20 % jitter. A
-/// `courier_outbox::Permanent` error is not retried. The response and the last error pass through
+/// `courier_core::Permanent` error is not retried. The response and the last error pass through
 /// unchanged.
 ///
 /// ```
 /// use courier_middleware::SendRetryLayer;
 /// use tower::Layer;
 ///
-/// let publisher = tower::service_fn(|_: courier_outbox::Message| async { Ok::<_, tower::BoxError>(()) });
+/// let publisher = tower::service_fn(|_: courier_core::Message| async { Ok::<_, tower::BoxError>(()) });
 /// let publisher = SendRetryLayer::default().layer(publisher);
 /// assert_eq!(publisher.policy().retries, 2);
 /// ```
@@ -64,7 +64,7 @@ impl<S> Layer<S> for SendRetryLayer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use courier_outbox::Permanent;
+    use courier_core::Permanent;
     use tower::ServiceExt;
     use tower_test::{assert_request_eq, mock};
 

@@ -5,7 +5,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use courier_outbox::Message;
+use courier_core::Message;
 use tokio::task::JoinHandle;
 use tower::{BoxError, Service, ServiceExt};
 
@@ -18,7 +18,7 @@ use tower::{BoxError, Service, ServiceExt};
 /// ```
 /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), tower::BoxError> {
 /// use courier_middleware::{Producer, RequireSendOkLayer, SendStatus, SendTimeoutLayer};
-/// use courier_outbox::Message;
+/// use courier_core::Message;
 /// use tower::ServiceBuilder;
 ///
 /// let broker = tower::service_fn(|_: Message| async { Ok::<_, tower::BoxError>(SendStatus::SendOk) });

@@ -4,7 +4,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use courier_outbox::Message;
+use courier_core::Message;
 use pin_project_lite::pin_project;
 use tower::{BoxError, Layer, Service};
 use tracing::Instrument;
@@ -19,7 +19,7 @@ use crate::{TRACEPARENT, TraceParent};
 /// ```
 /// # #[tokio::main(flavor = "current_thread")] async fn main() {
 /// use courier_middleware::{TracePublishLayer, TraceParent};
-/// use courier_outbox::Message;
+/// use courier_core::Message;
 /// use tower::{Layer, ServiceExt};
 ///
 /// let broker = tower::service_fn(|message: Message| async move {

@@ -7,7 +7,7 @@ mod settle;
 use std::sync::Arc;
 use std::time::Duration;
 
-use courier_outbox::Backoff;
+use courier_core::Backoff;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -63,7 +63,7 @@ struct Config {
 /// ```
 /// # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
 /// use courier_middleware::{CatchPanicLayer, ConsumeTimeoutLayer, Consumer, Delivery, MemorySource};
-/// use courier_outbox::Message;
+/// use courier_core::Message;
 /// use tokio_util::sync::CancellationToken;
 /// use tower::ServiceBuilder;
 ///

@@ -33,7 +33,7 @@ pub use layer::{ConsumeTimeoutLayer, SendTimeoutLayer, TimeoutLayer};
 /// let handler = ConsumeTimeout::new(handler, Duration::from_secs(60));
 /// assert_eq!(handler.timeout(), Duration::from_secs(60));
 ///
-/// let publisher = tower::service_fn(|_: courier_outbox::Message| async { Ok::<_, tower::BoxError>(()) });
+/// let publisher = tower::service_fn(|_: courier_core::Message| async { Ok::<_, tower::BoxError>(()) });
 /// assert_eq!(SendTimeout::with_default(publisher).timeout(), DEFAULT_SEND_TIMEOUT);
 /// ```
 pub struct Timeout<S, K> {

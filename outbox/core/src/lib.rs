@@ -24,6 +24,7 @@
 
 mod backoff;
 mod error;
+mod failure;
 mod limits;
 #[cfg(feature = "postgres")]
 pub mod listen;
@@ -32,5 +33,6 @@ pub mod time;
 
 pub use backoff::Backoff;
 pub use error::ValidationError;
+pub use failure::{Permanent, Unavailable};
 pub use limits::Limits;
 pub use message::Message;

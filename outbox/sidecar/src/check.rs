@@ -5,8 +5,8 @@
 //! comes from broker-lite itself through [`Admin::describe`]; a broker too old to answer it is
 //! reported as such and the relay's side is still checked.
 
-use broker_lite::client::{Admin, AdminConfig, ClientError};
-use broker_lite::protocol::{BrokerDescription, ErrorCode, FlushMode, Replication};
+use broker_lite_client::protocol::{BrokerDescription, ErrorCode, FlushMode, Replication};
+use broker_lite_client::{Admin, AdminConfig, ClientError};
 
 use crate::config::Config;
 use crate::database;
@@ -115,9 +115,10 @@ fn flush_mode(broker: &BrokerDescription) -> String {
             "sync (SYNC_FLUSH: fsync before the answer, FLUSH_DISK_TIMEOUT after {} ms, B1)",
             broker.sync_flush_timeout_ms
         ),
-        FlushMode::Async { interval_ms } => {
+        FlushMode::Async { interval } => {
             format!(
-                "async (ASYNC_FLUSH: answered from the page cache, fsync every {interval_ms} ms, B2)"
+                "async (ASYNC_FLUSH: answered from the page cache, fsync every {} ms, B2)",
+                interval.as_millis()
             )
         }
     }
@@ -126,7 +127,6 @@ fn flush_mode(broker: &BrokerDescription) -> String {
 fn replication(replication: Replication) -> String {
     match replication {
         Replication::None => "none (single broker-lite node, B3/B4)".to_owned(),
-        other => format!("{other:?}"),
     }
 }
 
@@ -148,12 +148,13 @@ fn warnings(config: &Config, broker: Option<&BrokerDescription>) -> Vec<String> 
     if !critical.is_empty() {
         match broker {
             Some(BrokerDescription {
-                flush_mode: FlushMode::Async { interval_ms },
+                flush_mode: FlushMode::Async { interval },
                 ..
             }) => warnings.push(format!(
-                "broker-lite runs with ASYNC_FLUSH (fsync every {interval_ms} ms) while critical \
+                "broker-lite runs with ASYNC_FLUSH (fsync every {} ms) while critical \
                  topics {critical:?} are configured: acknowledged messages can be lost on power \
-                 loss (B2); run it with `--flush sync` (SYNC_FLUSH, B1)"
+                 loss (B2); run it with `--flush sync` (SYNC_FLUSH, B1)",
+                interval.as_millis()
             )),
             Some(_) => {}
             None => warnings.push(
@@ -235,7 +236,7 @@ mod tests {
             warnings(&Config::default(), Some(&sync)),
             Vec::<String>::new()
         );
-        let async_flush = broker(FlushMode::Async { interval_ms: 500 }, 72);
+        let async_flush = broker(FlushMode::ASYNC_DEFAULT, 72);
         assert_eq!(
             warnings(&Config::default(), Some(&async_flush)),
             Vec::<String>::new(),
@@ -245,7 +246,7 @@ mod tests {
 
     #[test]
     fn async_flush_with_critical_topics_is_a_warning() {
-        let async_flush = broker(FlushMode::Async { interval_ms: 500 }, 72);
+        let async_flush = broker(FlushMode::ASYNC_DEFAULT, 72);
         let found = warnings(&critical(&["ORDER_CREATED"]), Some(&async_flush));
         assert!(
             found

@@ -8,6 +8,12 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use serde::Deserialize;
 
+/// The shortest `broker.send_timeout_ms` accepted: below it, sends time out before a plausible
+/// fsync and every retry stores the message again.
+const MIN_SEND_TIMEOUT_MS: u64 = 100;
+/// The largest batch the relay accepts (its own limit).
+const MAX_BATCH_SIZE: usize = 100_000;
+
 /// Everything `outbox-relay` can be told. Durations are in milliseconds unless named otherwise.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -49,6 +55,9 @@ pub(crate) struct RelaySettings {
     /// Keep published rows this many hours instead of deleting them.
     pub(crate) retention_hours: Option<u64>,
     pub(crate) shutdown_grace_ms: u64,
+    /// How long the relay's database connection may stay silent before Postgres ends it and
+    /// another relay takes its partitions and its batch (a relay cut off by a network partition).
+    pub(crate) session_timeout_ms: u64,
 }
 
 /// The health and metrics endpoint.
@@ -83,6 +92,7 @@ impl Default for RelaySettings {
             backoff_max_ms: 300_000,
             retention_hours: None,
             shutdown_grace_ms: 10_000,
+            session_timeout_ms: 30_000,
         }
     }
 }
@@ -146,8 +156,39 @@ impl Config {
                 "topic {topic:?} is both critical and one-way: one-way sends can lose messages (P3)"
             );
         }
-        if self.relay.batch_size == 0 {
-            bail!("relay.batch_size must be at least 1");
+        if self.broker.send_timeout_ms < MIN_SEND_TIMEOUT_MS {
+            bail!(
+                "broker.send_timeout_ms is {}, below {MIN_SEND_TIMEOUT_MS}: broker-lite answers a \
+                 send after storing it (with SYNC_FLUSH after an fsync), which takes longer than \
+                 that on many disks, and a send that times out is sent again although the broker \
+                 kept it, so every attempt could store the message up to {} times; use at least \
+                 {MIN_SEND_TIMEOUT_MS} (default 3000)",
+                self.broker.send_timeout_ms,
+                u64::from(self.broker.retries) + 1
+            );
+        }
+        // The relay refuses these too, but only after connecting; refusing them here makes them
+        // what they are, invalid configuration (exit 2), whatever the database and the broker do.
+        if self.relay.batch_size == 0 || self.relay.batch_size > MAX_BATCH_SIZE {
+            bail!(
+                "relay.batch_size must be 1 to {MAX_BATCH_SIZE}, got {}",
+                self.relay.batch_size
+            );
+        }
+        for (name, value) in [
+            ("relay.publish_timeout_ms", self.relay.publish_timeout_ms),
+            ("relay.poll_interval_ms", self.relay.poll_interval_ms),
+        ] {
+            if value == 0 {
+                bail!("{name} is 0: it must be at least 1 (milliseconds)");
+            }
+        }
+        if self.relay.session_timeout_ms < 100 {
+            bail!(
+                "relay.session_timeout_ms is {}: it must be at least 100 (the relay pings every \
+                 third of it while it publishes); seconds to a minute suit most networks",
+                self.relay.session_timeout_ms
+            );
         }
         if self.relay.max_attempts == 0 {
             bail!("relay.max_attempts must be at least 1");
@@ -161,5 +202,50 @@ impl Config {
 
     pub(crate) fn send_timeout(&self) -> Duration {
         Duration::from_millis(self.broker.send_timeout_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Config;
+
+    fn invalid(toml: &str) -> String {
+        let config: Config = toml::from_str(toml).unwrap();
+        format!("{:#}", config.validate().unwrap_err())
+    }
+
+    #[test]
+    fn the_defaults_are_valid() {
+        Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn a_send_timeout_below_a_plausible_fsync_is_refused() {
+        for value in [0, 1, 99] {
+            let error = invalid(&format!("[broker]\nsend_timeout_ms = {value}\n"));
+            assert!(
+                error.contains(&format!("broker.send_timeout_ms is {value}, below 100")),
+                "{error}"
+            );
+            assert!(error.contains("up to 3 times"), "{error}");
+        }
+        let config: Config = toml::from_str("[broker]\nsend_timeout_ms = 100\n").unwrap();
+        config.validate().unwrap();
+    }
+
+    #[test]
+    fn what_the_relay_would_refuse_is_refused_up_front() {
+        assert!(
+            invalid("[relay]\npublish_timeout_ms = 0\n").contains("relay.publish_timeout_ms is 0")
+        );
+        assert!(invalid("[relay]\npoll_interval_ms = 0\n").contains("relay.poll_interval_ms is 0"));
+        assert!(
+            invalid("[relay]\nbatch_size = 100001\n")
+                .contains("relay.batch_size must be 1 to 100000")
+        );
+        assert!(
+            invalid("[relay]\nsession_timeout_ms = 99\n")
+                .contains("relay.session_timeout_ms is 99")
+        );
     }
 }

@@ -48,16 +48,96 @@ pub(crate) async fn ensure_migrated(pool: &PgPool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The URL without its password, for messages.
+/// The URL without its passwords, for messages: the one in the user info (`user:secret@`) and
+/// any query parameter named like one (`?password=`, `&sslpassword=`). Works on malformed URLs
+/// too, which is when it is most needed; when unsure it hides more rather than less.
 pub(crate) fn redact(url: &str) -> String {
+    redact_user_info(&redact_query(url))
+}
+
+/// Replaces the value of every `?…password…=` or `&…password…=` parameter with `***`.
+fn redact_query(url: &str) -> String {
+    let mut out = String::with_capacity(url.len());
+    let mut rest = url;
+    while let Some(at) = rest.find(['?', '&']) {
+        let (before, param) = rest.split_at(at + 1);
+        out.push_str(before);
+        let end = param.find(['&', '#']).unwrap_or(param.len());
+        let (this, after) = param.split_at(end);
+        match this.split_once('=') {
+            Some((key, _)) if key.to_ascii_lowercase().contains("password") => {
+                out.push_str(key);
+                out.push_str("=***");
+            }
+            _ => out.push_str(this),
+        }
+        rest = after;
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Replaces the password of `scheme://user:password@host` with `***`.
+fn redact_user_info(url: &str) -> String {
     let Some((scheme, after)) = url.split_once("://") else {
         return url.to_owned();
     };
+    // The last `@`: a password may hold an unencoded one.
     let Some((userinfo, rest)) = after.rsplit_once('@') else {
         return url.to_owned();
     };
     match userinfo.split_once(':') {
         Some((user, _)) => format!("{scheme}://{user}:***@{rest}"),
         None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn the_password_in_the_user_info_is_hidden() {
+        assert_eq!(
+            redact("postgres://app:s3cret@db:5432/orders"),
+            "postgres://app:***@db:5432/orders"
+        );
+        assert_eq!(
+            redact("postgres://app:p@ss:w0rd@db/orders"),
+            "postgres://app:***@db/orders"
+        );
+        assert_eq!(
+            redact("postgres://app@db/orders"),
+            "postgres://app@db/orders"
+        );
+    }
+
+    #[test]
+    fn a_password_query_parameter_is_hidden() {
+        assert_eq!(
+            redact("postgres://app@db/orders?password=s3cret"),
+            "postgres://app@db/orders?password=***"
+        );
+        assert_eq!(
+            redact("postgres://db/orders?user=app&password=s3cret&sslmode=require"),
+            "postgres://db/orders?user=app&password=***&sslmode=require"
+        );
+        assert_eq!(
+            redact("postgresql:///orders?host=/run/pg&sslpassword=k3y#frag"),
+            "postgresql:///orders?host=/run/pg&sslpassword=***#frag"
+        );
+    }
+
+    #[test]
+    fn both_at_once_and_malformed_urls_leak_nothing() {
+        for url in [
+            "postgres://app:s3cret@db/orders?password=s3cret",
+            "postgres://app:s3cret@db:notaport/orders?PASSWORD=s3cret",
+            "postgres://app:s3cret@db/orders?application_name=me@home&password=s3cret",
+            "mysql://root:s3cret@db/x?password=s3cret",
+        ] {
+            let redacted = redact(url);
+            assert!(!redacted.contains("s3cret"), "{url} -> {redacted}");
+        }
     }
 }

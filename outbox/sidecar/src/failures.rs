@@ -3,7 +3,7 @@
 use anyhow::bail;
 use chrono::{DateTime, Utc};
 use clap::{Args, Subcommand};
-use courier_outbox::{FailureFilter, Failures};
+use courier_outbox::{FailureFilter, Failures, ReplayReport};
 use indicatif::{ProgressBar, ProgressStyle};
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -13,7 +13,8 @@ use uuid::Uuid;
 pub(crate) enum FailuresCommand {
     /// Print failed messages, oldest first.
     List(Selection),
-    /// Move failed messages back into the outbox, to be published again.
+    /// Move failed messages back into the outbox, to be published again. A failure whose id is
+    /// already in the outbox is kept and listed, and the command then exits with status 1.
     Replay(Selection),
     /// Delete failed messages for good.
     Purge(Selection),
@@ -83,7 +84,7 @@ impl Selection {
 }
 
 /// Replays in chunks so a long replay shows progress and never holds one huge transaction.
-const REPLAY_CHUNK: u32 = 1_000;
+const REPLAY_CHUNK: usize = 1_000;
 
 pub(crate) async fn run(pool: &PgPool, command: FailuresCommand) -> anyhow::Result<()> {
     let failures = Failures::new();
@@ -107,28 +108,33 @@ pub(crate) async fn run(pool: &PgPool, command: FailuresCommand) -> anyhow::Resu
         }
         FailuresCommand::Replay(selection) => {
             refuse_unfiltered(&selection, "replay")?;
-            let total = failures.list(pool, &selection.filter()).await?.len() as u64;
-            let total = selection
-                .limit
-                .map_or(total, |limit| total.min(u64::from(limit)));
-            let bar = ProgressBar::new(total).with_style(
+            let mut filter = selection.filter();
+            if let Some(limit) = selection.limit {
+                filter = filter.limit(limit);
+            }
+            // The chunks go by the ids listed now: a failure kept because of a conflict stays in
+            // the table and would otherwise be selected again by the next chunk.
+            let ids: Vec<Uuid> = failures
+                .list(pool, &filter)
+                .await?
+                .iter()
+                .map(|failed| failed.message.id)
+                .collect();
+            let bar = ProgressBar::new(ids.len() as u64).with_style(
                 ProgressStyle::with_template("replaying {bar:40} {pos}/{len} ({per_sec})")
                     .expect("a valid progress template"),
             );
-            let mut replayed = 0u64;
-            while replayed < total {
-                let chunk = REPLAY_CHUNK.min((total - replayed) as u32);
-                let moved = failures
-                    .replay(pool, &selection.filter().limit(chunk))
+            let mut report = ReplayReport::default();
+            for chunk in ids.chunks(REPLAY_CHUNK) {
+                let done = failures
+                    .replay(pool, &selection.filter().ids(chunk.iter().copied()))
                     .await?;
-                if moved == 0 {
-                    break;
-                }
-                replayed += moved;
-                bar.set_position(replayed);
+                report.replayed += done.replayed;
+                report.conflicts.extend(done.conflicts);
+                bar.inc(chunk.len() as u64);
             }
             bar.finish_and_clear();
-            println!("replayed {replayed} message(s) into the outbox");
+            print_replay(&report)?;
         }
         FailuresCommand::Purge(selection) => {
             refuse_unfiltered(&selection, "purge")?;
@@ -141,6 +147,24 @@ pub(crate) async fn run(pool: &PgPool, command: FailuresCommand) -> anyhow::Resu
         }
     }
     Ok(())
+}
+
+/// Prints what a replay did; kept failures make it fail (exit 1), so that a script notices.
+fn print_replay(report: &ReplayReport) -> anyhow::Result<()> {
+    println!("replayed {} message(s) into the outbox", report.replayed);
+    if report.conflicts.is_empty() {
+        return Ok(());
+    }
+    for id in &report.conflicts {
+        println!("kept {id}: a message with this id is already in the outbox");
+    }
+    bail!(
+        "{} failed message(s) were kept in the failure table because the outbox already holds a \
+         message with the same id (pending, or sent and kept for its retention period): purge \
+         them if those messages supersede them (`failures purge --id <id>`), or replay them once \
+         those messages are gone",
+        report.conflicts.len()
+    )
 }
 
 fn refuse_unfiltered(selection: &Selection, verb: &str) -> anyhow::Result<()> {

@@ -92,8 +92,21 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error:#}");
-            ExitCode::FAILURE
+            exit_code(&error)
         }
+    }
+}
+
+/// 2 for a setting the library refused (`settings` catches most of them before any connection;
+/// this catches whatever it missed), 1 for everything else.
+fn exit_code(error: &anyhow::Error) -> ExitCode {
+    let invalid_configuration = error
+        .chain()
+        .any(|cause| matches!(cause.downcast_ref(), Some(courier_outbox::Error::Config(_))));
+    if invalid_configuration {
+        ExitCode::from(2)
+    } else {
+        ExitCode::FAILURE
     }
 }
 

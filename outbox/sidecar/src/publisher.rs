@@ -1,7 +1,7 @@
 //! The relay's publisher: broker-lite's producer, with anything but `SEND_OK` an error.
 
 use anyhow::Context as _;
-use broker_lite::client::ProducerConfig;
+use broker_lite_client::ProducerConfig;
 use courier_middleware::{BrokerLitePublisher, RequireSendOk};
 
 use crate::config::Config;

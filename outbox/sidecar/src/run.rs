@@ -26,6 +26,7 @@ pub(crate) async fn run(config: &Config, shutdown: CancellationToken) -> anyhow:
         .poll_interval(Duration::from_millis(settings.poll_interval_ms))
         .publish_timeout(Duration::from_millis(settings.publish_timeout_ms))
         .shutdown_grace(Duration::from_millis(settings.shutdown_grace_ms))
+        .session_timeout(Duration::from_millis(settings.session_timeout_ms))
         .backoff(Backoff {
             base: Duration::from_millis(settings.backoff_base_ms),
             max: Duration::from_millis(settings.backoff_max_ms),

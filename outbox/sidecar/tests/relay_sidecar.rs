@@ -304,6 +304,118 @@ fn bad_settings_exit_non_zero_with_a_message() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("unknown field `adress`"));
 }
 
+#[test]
+fn a_password_in_the_query_string_never_reaches_the_output() {
+    let output = relay(&[
+        "--database-url",
+        "postgres://nobody@127.0.0.1:1/x?password=secret&sslmode=disable",
+        "migrate",
+    ]);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("Connection refused"), "{stderr}");
+    assert!(stderr.contains("password=***"), "{stderr}");
+    assert!(!stderr.contains("secret"), "the password leaked: {stderr}");
+}
+
+/// Runs `outbox-relay run` with a config file holding `toml` against a database nobody listens
+/// on: a setting it refuses must be refused as invalid configuration (exit 2) before it tries.
+fn run_with(toml: &str) -> Output {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("relay.toml");
+    std::fs::write(&file, toml).unwrap();
+    relay(&[
+        "--config",
+        file.to_str().unwrap(),
+        "--database-url",
+        "postgres://nobody@127.0.0.1:1/x",
+        "--http-listen",
+        "off",
+        "run",
+    ])
+}
+
+#[test]
+fn timeouts_that_cannot_work_are_invalid_configuration() {
+    for (toml, expected) in [
+        (
+            "[broker]\nsend_timeout_ms = 0\n",
+            "broker.send_timeout_ms is 0, below 100",
+        ),
+        (
+            "[broker]\nsend_timeout_ms = 50\nretries = 4\n",
+            "store the message up to 5 times",
+        ),
+        (
+            "[relay]\npublish_timeout_ms = 0\n",
+            "relay.publish_timeout_ms is 0",
+        ),
+    ] {
+        let output = run_with(toml);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{toml}: {stderr}");
+        assert!(stderr.contains(expected), "{toml}: {stderr}");
+    }
+}
+
+#[sqlx::test(migrator = "courier_outbox::MIGRATOR")]
+async fn failures_replay_reports_the_failures_it_kept_because_their_id_is_in_the_outbox(
+    pool: PgPool,
+) {
+    let [free, taken] = [Uuid::now_v7(), Uuid::now_v7()];
+    sqlx::query(
+        "INSERT INTO outbox.failures
+             (id, seq, topic, key, tag, headers, payload, created_at, attempts, last_error,
+              failed_at)
+         SELECT id, seq, 'orders', NULL, NULL, '{}', '\\x00', now(), 16, 'Connection refused',
+                now() - seq * interval '1 minute'
+         FROM unnest($1::uuid[]) WITH ORDINALITY AS u(id, seq)",
+    )
+    .bind(vec![free, taken])
+    .execute(&pool)
+    .await
+    .unwrap();
+    // The application enqueued one of them again, with its id.
+    Outbox::new()
+        .enqueue(&pool, &Message::new("orders", "again").with_id(taken))
+        .await
+        .unwrap();
+
+    let url = database_url(&pool);
+    let output = tokio::task::spawn_blocking(move || {
+        relay(&["--database-url", &url, "failures", "replay", "--all"])
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("replayed 1 message(s) into the outbox"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!(
+            "kept {taken}: a message with this id is already in the outbox"
+        )),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("1 failed message(s) were kept in the failure table"),
+        "{stderr}"
+    );
+    let kept: Vec<Uuid> = sqlx::query_scalar("SELECT id FROM outbox.failures")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(kept, vec![taken]);
+    let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox.messages")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(pending, 2);
+}
+
 #[sqlx::test(migrator = "courier_outbox::MIGRATOR")]
 async fn check_reports_an_unreachable_broker(pool: PgPool) {
     let url = database_url(&pool);

@@ -21,6 +21,7 @@ pub struct RelayConfig {
     pub(crate) retention: Option<Duration>,
     pub(crate) shutdown_grace: Duration,
     pub(crate) lease: Duration,
+    pub(crate) session_timeout: Duration,
     pub(crate) reconnect_backoff: Backoff,
     pub(crate) broker_probe: Backoff,
 }
@@ -42,6 +43,7 @@ impl Default for RelayConfig {
             retention: None,
             shutdown_grace: Duration::from_secs(10),
             lease: Duration::from_secs(30),
+            session_timeout: Duration::from_secs(30),
             reconnect_backoff: Backoff {
                 base: Duration::from_millis(200),
                 factor: 2.0,
@@ -78,6 +80,13 @@ impl RelayConfig {
             if value.is_zero() {
                 return Err(format!("{name} must be greater than zero"));
             }
+        }
+        if self.session_timeout < Duration::from_millis(100) {
+            return Err(format!(
+                "session_timeout must be at least 100 ms, got {:?}: the relay pings its \
+                 connection every third of it while it publishes",
+                self.session_timeout
+            ));
         }
         if self.name.is_empty() {
             return Err("the relay name must not be empty".to_owned());

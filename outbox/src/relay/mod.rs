@@ -172,6 +172,16 @@ impl<DB: Store, P: Publisher> RelayBuilder<DB, P> {
         /// Postgres needs no lease (row locks die with the connection) and ignores it. Default 30 s.
         lease: Duration
     );
+    setter!(
+        /// Postgres: how long the relay's connection may stay silent before the database ends it,
+        /// releasing the key partitions and the rows of the batch in hand to the other relays.
+        /// Bounds how long a relay cut off by a network partition (or frozen) holds them. The
+        /// relay pings every third of it while it publishes, and gives up on a database that does
+        /// not answer within it. Between batches the bound is this plus the longest of the relay's
+        /// own waits (the shortest of `poll_interval`, `rebalance_interval` and
+        /// `maintenance_interval`). SQLite ignores it (see `lease`). Default 30 s, at least 100 ms.
+        session_timeout: Duration
+    );
 
     setter!(
         /// While the broker is unavailable (a publish error marked

@@ -24,7 +24,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::relay::{RelayConfig, Session};
-use crate::{FailedMessage, FailureFilter, Message, Result};
+use crate::{FailedMessage, FailureFilter, Message, ReplayReport, Result};
 
 #[cfg(not(any(feature = "postgres", feature = "sqlite")))]
 compile_error!("courier-outbox needs a store: enable the feature `postgres`, `sqlite` or both");
@@ -120,11 +120,12 @@ pub(crate) mod sealed {
         where
             E: Executor<'e, Database = Self> + 'a;
 
-        /// Moves the failures matching `filter` back into the outbox; returns how many.
+        /// Moves the failures matching `filter` back into the outbox, except those whose id is
+        /// already there (kept, and reported as conflicts).
         fn replay_failures<'a, 'c: 'a, A>(
             conn: A,
             filter: &'a FailureFilter,
-        ) -> BoxFuture<'a, sqlx::Result<u64>>
+        ) -> BoxFuture<'a, sqlx::Result<ReplayReport>>
         where
             A: Acquire<'c, Database = Self> + Send + 'a;
 

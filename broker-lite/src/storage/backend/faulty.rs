@@ -41,7 +41,11 @@ struct Inner {
 #[derive(Debug, Default)]
 struct Faults {
     fail_sync: AtomicBool,
+    /// The id of one file whose `sync_data` fails.
+    fail_sync_file: Mutex<Option<u64>>,
     fail_write: AtomicBool,
+    /// While true, nothing can grow a file (a full disk); preallocated space stays writable.
+    disk_full: AtomicBool,
     syncs: AtomicU64,
     /// While true, `sync_data` waits (a stalled disk).
     hold_sync: Mutex<bool>,
@@ -63,6 +67,9 @@ struct MemFile {
 struct Images {
     current: Vec<u8>,
     synced: Vec<u8>,
+    /// Bytes of `current` backed by disk space: [`set_len`](BackendFile::set_len) extends a file
+    /// sparsely, [`allocate`](BackendFile::allocate) and writes allocate.
+    allocated: usize,
 }
 
 impl FaultyBackend {
@@ -76,9 +83,26 @@ impl FaultyBackend {
         self.inner.faults.fail_sync.store(fail, Ordering::SeqCst);
     }
 
+    /// Makes every later `sync_data` of the file now named `name` fail; `None` clears it.
+    ///
+    /// # Panics
+    /// When there is no such file.
+    pub fn fail_sync_of(&self, name: Option<&str>) {
+        let id = name.map(|n| self.inner.files.lock().unwrap()[n].id);
+        *self.inner.faults.fail_sync_file.lock().unwrap() = id;
+    }
+
     /// Makes every later `write_all_at` fail (or succeed again).
     pub fn fail_write(&self, fail: bool) {
         self.inner.faults.fail_write.store(fail, Ordering::SeqCst);
+    }
+
+    /// While `full` is set the disk has no free space: [`allocate`](BackendFile::allocate) and
+    /// writes to space not allocated yet (past the end, or into a sparse range left by
+    /// [`set_len`](BackendFile::set_len)) fail with [`io::ErrorKind::StorageFull`]; writes into
+    /// allocated space still succeed. After [`crash`](Self::crash) every file counts as allocated.
+    pub fn disk_full(&self, full: bool) {
+        self.inner.faults.disk_full.store(full, Ordering::SeqCst);
     }
 
     /// While `hold` is set, every `sync_data` blocks until it is cleared (a stalled disk).
@@ -145,11 +169,24 @@ impl FaultyBackend {
         Arc::new(MemFile {
             id: self.inner.faults.next_id.fetch_add(1, Ordering::SeqCst),
             images: Mutex::new(Images {
+                allocated: image.len(),
                 current: image.clone(),
                 synced: image,
             }),
             faults: self.inner.faults.clone(),
         })
+    }
+}
+
+impl Faults {
+    fn check_space(&self) -> io::Result<()> {
+        if self.disk_full.load(Ordering::SeqCst) {
+            return Err(io::Error::new(
+                io::ErrorKind::StorageFull,
+                "no space left on device (injected)",
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -177,7 +214,14 @@ impl BackendFile for MemFile {
         if self.faults.fail_write.load(Ordering::SeqCst) {
             return Err(io::Error::other("injected write failure"));
         }
-        write_into(&mut self.images.lock().unwrap().current, buf, offset);
+        let mut images = self.images.lock().unwrap();
+        let end = offset as usize + buf.len();
+        if end > images.allocated {
+            self.faults.check_space()?;
+            images.allocated = end;
+        }
+        write_into(&mut images.current, buf, offset);
+        drop(images);
         *self.faults.last_write.lock().unwrap() = Some((self.id, offset, buf.to_vec()));
         Ok(())
     }
@@ -187,7 +231,22 @@ impl BackendFile for MemFile {
     }
 
     fn set_len(&self, len: u64) -> io::Result<()> {
-        self.images.lock().unwrap().current.resize(len as usize, 0);
+        let mut images = self.images.lock().unwrap();
+        images.current.resize(len as usize, 0);
+        images.allocated = images.allocated.min(len as usize);
+        Ok(())
+    }
+
+    fn allocate(&self, len: u64) -> io::Result<()> {
+        let mut images = self.images.lock().unwrap();
+        let len = len as usize;
+        if images.allocated < len {
+            self.faults.check_space()?;
+            images.allocated = len;
+        }
+        if images.current.len() < len {
+            images.current.resize(len, 0);
+        }
         Ok(())
     }
 
@@ -201,7 +260,9 @@ impl BackendFile for MemFile {
             self.faults.syncs_waiting.fetch_sub(1, Ordering::SeqCst);
         }
         drop(held);
-        if self.faults.fail_sync.load(Ordering::SeqCst) {
+        if self.faults.fail_sync.load(Ordering::SeqCst)
+            || *self.faults.fail_sync_file.lock().unwrap() == Some(self.id)
+        {
             return Err(io::Error::other("injected fsync failure"));
         }
         let mut images = self.images.lock().unwrap();

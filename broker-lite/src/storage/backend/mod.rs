@@ -3,7 +3,7 @@
 //! A [`StorageBackend`] is one flat directory of named files; a [`BackendFile`] is one open file
 //! with positional I/O. [`FileBackend`] uses the real file system; [`FaultyBackend`] keeps
 //! everything in memory and can lose unsynced writes on a simulated crash, tear the last write,
-//! flip a bit and fail fsync, for crash-consistency tests.
+//! flip a bit, fail fsync and run out of disk space, for crash-consistency tests.
 
 use std::fmt::Debug;
 use std::io;
@@ -29,8 +29,19 @@ pub trait BackendFile: Debug + Send + Sync {
     fn is_empty(&self) -> io::Result<bool> {
         Ok(self.len()? == 0)
     }
-    /// Truncates or extends (with zeros) to `len` bytes.
+    /// Truncates or extends (with zeros) to `len` bytes. Extending may leave the new range sparse.
     fn set_len(&self, len: u64) -> io::Result<()>;
+    /// Extends the file (with zeros) to at least `len` bytes and reserves the disk space for them,
+    /// so that later writes below `len` do not run out of space (`fallocate`).
+    ///
+    /// Fails with [`io::ErrorKind::StorageFull`] when the disk has no room. The default only
+    /// calls [`set_len`](Self::set_len), for backends without a notion of free space.
+    fn allocate(&self, len: u64) -> io::Result<()> {
+        if self.len()? < len {
+            self.set_len(len)?;
+        }
+        Ok(())
+    }
     /// Makes the data written so far (and the length) durable.
     fn sync_data(&self) -> io::Result<()>;
 }

@@ -10,7 +10,7 @@
 //! ```no_run
 //! # async fn demo() -> Result<(), tower::BoxError> {
 //! use courier_middleware::{BrokerLitePublisher, BrokerLiteSource, Consumer, Delivery};
-//! use broker_lite::client::{ConsumerConfig, ProducerConfig};
+//! use broker_lite_client::{ConsumerConfig, ProducerConfig};
 //!
 //! // Producer side: what the outbox relay publishes through. Anything but SEND_OK is an error.
 //! let publisher = BrokerLitePublisher::connect("127.0.0.1:9876", ProducerConfig::default()).await?;
@@ -32,7 +32,7 @@ mod source;
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use courier_outbox::Message;
+use courier_core::Message;
 
 pub use publisher::BrokerLitePublisher;
 pub use source::{BrokerLiteReceipt, BrokerLiteSource};
@@ -42,7 +42,7 @@ pub use source::{BrokerLiteReceipt, BrokerLiteSource};
 pub const BROKER_LITE_CREATED_AT: &str = "courier-created-at";
 
 /// The envelope as a broker-lite message.
-fn to_broker(message: Message) -> broker_lite::protocol::Message {
+fn to_broker(message: Message) -> broker_lite_client::protocol::Message {
     let Message {
         id,
         topic,
@@ -54,7 +54,7 @@ fn to_broker(message: Message) -> broker_lite::protocol::Message {
         ..
     } = message;
     headers.insert(BROKER_LITE_CREATED_AT.to_owned(), created_at.to_rfc3339());
-    let mut out = broker_lite::protocol::Message::new(topic, payload).with_message_id(id);
+    let mut out = broker_lite_client::protocol::Message::new(topic, payload).with_message_id(id);
     out.key = key;
     out.tag = tag;
     out.properties = headers;
@@ -62,7 +62,7 @@ fn to_broker(message: Message) -> broker_lite::protocol::Message {
 }
 
 /// A delivered broker-lite message as the envelope.
-fn from_broker(view: broker_lite::protocol::MessageView) -> Message {
+fn from_broker(view: broker_lite_client::protocol::MessageView) -> Message {
     let mut headers: BTreeMap<String, String> = view.properties;
     let created_at = headers
         .remove(BROKER_LITE_CREATED_AT)
@@ -108,7 +108,7 @@ mod tests {
         assert!(sent.properties.contains_key(BROKER_LITE_CREATED_AT));
 
         let mut view =
-            broker_lite::protocol::MessageView::new(sent.topic, 2, 9, message.id, sent.body);
+            broker_lite_client::protocol::MessageView::new(sent.topic, 2, 9, message.id, sent.body);
         view.key = sent.key;
         view.tag = sent.tag;
         view.properties = sent.properties;
@@ -138,7 +138,7 @@ mod tests {
 
     #[test]
     fn without_the_property_the_broker_time_is_used() {
-        let mut view = broker_lite::protocol::MessageView::new(
+        let mut view = broker_lite_client::protocol::MessageView::new(
             "orders",
             0,
             0,

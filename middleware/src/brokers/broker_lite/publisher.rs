@@ -11,9 +11,9 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use broker_lite::client::{Addresses, ClientError, Producer, ProducerConfig, SendError};
-use broker_lite::protocol::{ErrorCode, SendResult};
-use courier_outbox::{Message, Permanent, Unavailable};
+use broker_lite_client::protocol::{ErrorCode, SendResult};
+use broker_lite_client::{Addresses, ClientError, Producer, ProducerConfig, SendError};
+use courier_core::{Message, Permanent, Unavailable};
 use tower::{BoxError, Service};
 
 use crate::boxed::BoxResponseFuture;
@@ -33,11 +33,11 @@ use crate::{HasSendStatus, NotSendOk, SendStatus};
 /// - **Failures**: a failed send is a [`SendError`] holding the message (nothing is dropped
 ///   silently). When the broker refused the message itself, so that sending it again can never
 ///   succeed (larger than the broker's `max_message_size`, an invalid topic name, a property
-///   name reserved for the broker), the error is wrapped in [`courier_outbox::Permanent`] and the
+///   name reserved for the broker), the error is wrapped in [`courier_core::Permanent`] and the
 ///   relay moves the message to its failure table at once instead of retrying it (P6). When the
 ///   broker as a whole could not be reached (connection refused or lost, no answer within the
 ///   send timeout, the broker shutting down or at its connection limit) the error is wrapped in
-///   [`courier_outbox::Unavailable`]: the relay counts no attempt and pauses, probing the broker,
+///   [`courier_core::Unavailable`]: the relay counts no attempt and pauses, probing the broker,
 ///   until it answers again. Everything else (an unknown topic that an administrator may still
 ///   create, an internal broker error) stays an ordinary retryable failure.
 /// - **Retries and timeouts**: the producer's own (3 s per attempt, 2 retries, failover across
@@ -50,7 +50,7 @@ use crate::{HasSendStatus, NotSendOk, SendStatus};
 ///
 /// ```no_run
 /// # async fn demo(pool: sqlx::PgPool) -> Result<(), tower::BoxError> {
-/// use broker_lite::client::ProducerConfig;
+/// use broker_lite_client::ProducerConfig;
 /// use courier_middleware::BrokerLitePublisher;
 /// use courier_outbox::Relay;
 /// use tokio_util::sync::CancellationToken;
@@ -99,7 +99,7 @@ impl BrokerLitePublisher {
     ///
     /// ```no_run
     /// # async fn demo() -> Result<(), tower::BoxError> {
-    /// use broker_lite::client::ProducerConfig;
+    /// use broker_lite_client::ProducerConfig;
     /// use courier_middleware::{BrokerLitePublisher, SendStatus};
     ///
     /// let metrics = BrokerLitePublisher::connect("127.0.0.1:9876", ProducerConfig::default())
@@ -217,7 +217,7 @@ fn kind(error: &ClientError) -> Kind {
 
 impl HasSendStatus for SendResult {
     fn send_status(&self) -> SendStatus {
-        use broker_lite::protocol::SendStatus as Lite;
+        use broker_lite_client::protocol::SendStatus as Lite;
         match self.status {
             Lite::SendOk => SendStatus::SendOk,
             Lite::FlushDiskTimeout => SendStatus::FlushDiskTimeout,
@@ -231,7 +231,7 @@ impl HasSendStatus for SendResult {
 
 #[cfg(test)]
 mod tests {
-    use broker_lite::protocol::ErrorReply;
+    use broker_lite_client::protocol::ErrorReply;
 
     use super::*;
 
@@ -279,7 +279,7 @@ mod tests {
     #[test]
     fn classified_errors_carry_the_relay_markers() {
         let send = |error| SendError {
-            message: broker_lite::protocol::Message::new("orders", "x"),
+            message: broker_lite_client::protocol::Message::new("orders", "x"),
             error,
         };
         let refused = classify(send(ClientError::Connect {
@@ -296,7 +296,7 @@ mod tests {
 
     #[test]
     fn only_send_ok_passes_unless_opted_out() {
-        use broker_lite::protocol::SendStatus as Lite;
+        use broker_lite_client::protocol::SendStatus as Lite;
         let result = |status| SendResult {
             status,
             message_id: uuid::Uuid::now_v7(),

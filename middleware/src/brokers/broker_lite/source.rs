@@ -2,9 +2,8 @@
 
 use std::time::Duration;
 
-use broker_lite::broker::{BrokerConfig, ROCKETMQ_DELAY_LEVELS};
-use broker_lite::client::{Addresses, ClientError, Consumer, ConsumerConfig};
-use broker_lite::protocol::{self, NackResult};
+use broker_lite_client::protocol::{self, NackResult};
+use broker_lite_client::{Addresses, ClientError, Consumer, ConsumerConfig, Redelivery};
 
 use crate::{ConsumeModel, Delivery, DeliverySource, NackOutcome, Pulled};
 
@@ -39,7 +38,7 @@ use crate::{ConsumeModel, Delivery, DeliverySource, NackOutcome, Pulled};
 ///
 /// ```no_run
 /// # async fn demo() -> Result<(), tower::BoxError> {
-/// use broker_lite::client::ConsumerConfig;
+/// use broker_lite_client::ConsumerConfig;
 /// use courier_middleware::{BrokerLiteSource, CatchPanicLayer, Consumer, Delivery, Reject};
 /// use tokio_util::sync::CancellationToken;
 /// use tower::ServiceBuilder;
@@ -64,7 +63,7 @@ use crate::{ConsumeModel, Delivery, DeliverySource, NackOutcome, Pulled};
 pub struct BrokerLiteSource {
     /// `None` only once dropped or unwrapped.
     consumer: Option<Consumer>,
-    schedule: Schedule,
+    schedule: Redelivery,
 }
 
 impl Drop for BrokerLiteSource {
@@ -80,25 +79,6 @@ impl Drop for BrokerLiteSource {
                     tracing::debug!(%error, "leaving the broker-lite group failed; the broker evicts the member after its heartbeat timeout");
                 }
             });
-        }
-    }
-}
-
-/// The broker's redelivery settings, as far as the source needs them.
-#[derive(Debug, Clone)]
-struct Schedule {
-    delay_levels: Vec<Duration>,
-    first_retry_level: u8,
-    max_reconsume_times: u32,
-}
-
-impl Default for Schedule {
-    fn default() -> Self {
-        let broker = BrokerConfig::default();
-        Self {
-            delay_levels: ROCKETMQ_DELAY_LEVELS.to_vec(),
-            first_retry_level: broker.first_retry_level,
-            max_reconsume_times: broker.max_reconsume_times,
         }
     }
 }
@@ -131,7 +111,7 @@ impl BrokerLiteSource {
     pub fn new(consumer: Consumer) -> Self {
         Self {
             consumer: Some(consumer),
-            schedule: Schedule::default(),
+            schedule: Redelivery::default(),
         }
     }
 
@@ -148,14 +128,11 @@ impl BrokerLiteSource {
     }
 
     /// Takes the delay levels, the first retry level and the reconsume limit from the broker's
-    /// configuration (an embedded broker's, or the one a standalone broker was started with).
+    /// configuration (an embedded broker's `&broker_lite::broker::BrokerConfig` converts, or
+    /// build a [`Redelivery`] with the settings a standalone broker was started with).
     #[must_use]
-    pub fn with_broker_config(mut self, config: &BrokerConfig) -> Self {
-        self.schedule = Schedule {
-            delay_levels: config.delay_levels.clone(),
-            first_retry_level: config.first_retry_level,
-            max_reconsume_times: config.max_reconsume_times,
-        };
+    pub fn with_broker_config(mut self, config: impl Into<Redelivery>) -> Self {
+        self.schedule = config.into();
         self
     }
 
@@ -203,7 +180,7 @@ fn level_at_least(levels: &[Duration], delay: Duration) -> u32 {
 
 /// The broker's own schedule (`first_retry_level`, one level up per redelivery, capped at the
 /// last level) summed over `max_reconsume_times` redeliveries.
-fn horizon(schedule: &Schedule) -> Duration {
+fn horizon(schedule: &Redelivery) -> Duration {
     let levels = &schedule.delay_levels;
     (0..schedule.max_reconsume_times)
         .map(|n| {
@@ -293,6 +270,8 @@ impl DeliverySource for BrokerLiteSource {
 
 #[cfg(test)]
 mod tests {
+    use broker_lite_client::ROCKETMQ_DELAY_LEVELS;
+
     use super::*;
 
     #[test]
@@ -310,13 +289,9 @@ mod tests {
     #[test]
     fn the_horizon_follows_the_brokers_schedule() {
         // Levels 3..=18 for 16 redeliveries: 10 s + 30 s + 1 min + 2 min + ... + 1 h + 2 h.
-        let default = horizon(&Schedule::default());
+        let default = horizon(&Redelivery::default());
         assert_eq!(default, ROCKETMQ_DELAY_LEVELS[2..].iter().sum::<Duration>());
-        let short = Schedule {
-            delay_levels: vec![Duration::from_secs(1), Duration::from_secs(5)],
-            first_retry_level: 1,
-            max_reconsume_times: 3,
-        };
+        let short = Redelivery::new(vec![Duration::from_secs(1), Duration::from_secs(5)], 1, 3);
         assert_eq!(horizon(&short), Duration::from_secs(1 + 5 + 5));
     }
 }

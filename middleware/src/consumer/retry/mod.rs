@@ -5,7 +5,7 @@ pub(crate) mod future;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use courier_outbox::Backoff;
+use courier_core::Backoff;
 use tower::{BoxError, Layer, Service, ServiceExt};
 
 use crate::Disposition;
@@ -60,7 +60,9 @@ impl LocalRetryPolicy {
 /// error is returned as is, so the delivery is never acked after a failure.
 ///
 /// Requires a `Clone` request and service: each retry calls a clone of the service with a clone of
-/// the delivery.
+/// the delivery. With the [`Idempotency`](crate::Idempotency) layer or the durable inbox, put it
+/// outside them, so that each retry gets a fresh transaction; inside does not compile
+/// ([`TxDelivery`](crate::TxDelivery) is not `Clone`).
 ///
 /// # Examples
 ///

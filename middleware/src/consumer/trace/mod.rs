@@ -114,7 +114,7 @@ mod tests {
     use std::collections::BTreeMap;
     use std::sync::{Arc, Mutex};
 
-    use courier_outbox::Message;
+    use courier_core::Message;
     use tower::ServiceExt;
     use tracing::field::{Field, Visit};
     use tracing::span::{Attributes, Id, Record};

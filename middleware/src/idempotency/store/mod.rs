@@ -28,6 +28,13 @@ pub trait IdempotencySql: Database {
         keys: &[(String, String)],
     ) -> impl Future<Output = Result<HashSet<(String, String)>, sqlx::Error>> + Send;
 
+    /// Whether the record exists (committed), without writing one.
+    fn idempotency_seen(
+        pool: &Pool<Self>,
+        group: &str,
+        key: &str,
+    ) -> impl Future<Output = Result<bool, sqlx::Error>> + Send;
+
     /// Deletes records older than `window`.
     fn idempotency_purge(
         pool: &Pool<Self>,

@@ -44,6 +44,17 @@ impl IdempotencySql for Postgres {
         Ok(rows.into_iter().collect())
     }
 
+    async fn idempotency_seen(pool: &PgPool, group: &str, key: &str) -> Result<bool, sqlx::Error> {
+        sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM courier_inbox.processed
+                            WHERE consumer_group = $1 AND key = $2)",
+        )
+        .bind(group)
+        .bind(key)
+        .fetch_one(pool)
+        .await
+    }
+
     async fn idempotency_purge(pool: &PgPool, window: Duration) -> Result<u64, sqlx::Error> {
         let done = sqlx::query(
             "DELETE FROM courier_inbox.processed

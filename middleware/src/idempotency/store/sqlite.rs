@@ -54,6 +54,21 @@ impl IdempotencySql for Sqlite {
         Ok(fresh)
     }
 
+    async fn idempotency_seen(
+        pool: &SqlitePool,
+        group: &str,
+        key: &str,
+    ) -> Result<bool, sqlx::Error> {
+        sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM courier_inbox_processed
+                            WHERE consumer_group = $1 AND key = $2)",
+        )
+        .bind(group)
+        .bind(key)
+        .fetch_one(pool)
+        .await
+    }
+
     async fn idempotency_purge(pool: &SqlitePool, window: Duration) -> Result<u64, sqlx::Error> {
         let done = sqlx::query("DELETE FROM courier_inbox_processed WHERE processed_at < $1")
             .bind(clock::micros_ago(window))

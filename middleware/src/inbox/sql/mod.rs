@@ -8,16 +8,30 @@ mod sqlite;
 use std::future::Future;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use sqlx::{Database, Executor, Pool};
 use uuid::Uuid;
 
 use super::{InboxDeadLetter, Stored};
 use crate::Delivery;
 
-/// A claimed row: its sequence number and the delivery to hand to the handler.
+/// A claimed row: its sequence number, the lease that proves the claim, and the delivery to hand
+/// to the handler.
 pub struct Claimed {
     pub(crate) seq: i64,
+    pub(crate) lease: Lease,
     pub(crate) delivery: Delivery,
+}
+
+/// What a claim wrote to its row: the attempt it counted and the end of its lease. A worker holds
+/// the row while both are unchanged. Any later claim changes both (it counts another attempt and
+/// moves the lease), so every statement a worker makes after the handler (marking the row done,
+/// scheduling the retry, dead-lettering) carries them in its `WHERE` and does nothing once the
+/// lease ran out and another worker claimed the row: the row is that worker's then.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lease {
+    pub(crate) attempts: i64,
+    pub(crate) until: DateTime<Utc>,
 }
 
 /// The inbox's SQL; a part of [`TxDatabase`](crate::TxDatabase).
@@ -43,33 +57,40 @@ pub trait InboxSql: Database {
         lease: Duration,
     ) -> impl Future<Output = Result<Option<Claimed>, sqlx::Error>> + Send;
 
-    /// Locks a claimed row for processing in the handler's transaction; `false` if another worker
-    /// finished it meanwhile.
+    /// Locks a claimed row for processing in the handler's transaction; `false` if the worker no
+    /// longer holds it (another worker claimed it after the lease ran out, or finished it).
     fn inbox_lock(
         conn: &mut Self::Connection,
         seq: i64,
+        lease: &Lease,
     ) -> impl Future<Output = Result<bool, sqlx::Error>> + Send;
 
-    /// Marks the row processed, in the handler's transaction.
+    /// Marks the row processed, in the handler's transaction; `false` (nothing written) if the
+    /// worker no longer holds the row.
     fn inbox_mark_done(
         conn: &mut Self::Connection,
         seq: i64,
-    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
+        lease: &Lease,
+    ) -> impl Future<Output = Result<bool, sqlx::Error>> + Send;
 
-    /// Makes the row due again after `delay`, keeping the error.
+    /// Makes the row due again after `delay`, keeping the error; `false` (nothing written) if the
+    /// worker no longer holds the row.
     fn inbox_retry_later(
         pool: &Pool<Self>,
         seq: i64,
+        lease: &Lease,
         delay: Duration,
         error: &str,
-    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
+    ) -> impl Future<Output = Result<bool, sqlx::Error>> + Send;
 
-    /// Moves the row to the dead letters.
+    /// Moves the row to the dead letters; `false` (nothing moved) if the worker no longer holds
+    /// the row.
     fn inbox_dead_letter(
         pool: &Pool<Self>,
         seq: i64,
+        lease: &Lease,
         error: &str,
-    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
+    ) -> impl Future<Output = Result<bool, sqlx::Error>> + Send;
 
     /// Rows of `group` not processed yet.
     fn inbox_pending(

@@ -2,13 +2,13 @@
 
 use std::time::Duration;
 
-use courier_outbox::Message;
+use courier_core::Message;
 use sqlx::postgres::PgRow;
 use sqlx::types::Json;
 use sqlx::{Executor, PgConnection, PgPool, Postgres, Row};
 use uuid::Uuid;
 
-use super::{Claimed, InboxSql};
+use super::{Claimed, InboxSql, Lease};
 use crate::Delivery;
 use crate::inbox::{InboxDeadLetter, Stored};
 
@@ -22,6 +22,14 @@ fn message_of(row: &PgRow) -> Result<Message, sqlx::Error> {
     message.headers = headers;
     message.created_at = row.try_get("created_at")?;
     Ok(message)
+}
+
+/// The row `$1` is unfinished and still carries the claim's lease (`$2` attempts, lease until `$3`).
+const HOLDS: &str = "seq = $1 AND done_at IS NULL AND attempts = $2 AND available_at = $3";
+
+/// The column is an `integer`: the attempts the claim counted, as bound back.
+fn attempts(lease: &Lease) -> i32 {
+    i32::try_from(lease.attempts).unwrap_or(i32::MAX)
 }
 
 impl InboxSql for Postgres {
@@ -90,65 +98,99 @@ impl InboxSql for Postgres {
         delivery.queue = row.try_get("queue")?;
         Ok(Some(Claimed {
             seq: row.try_get("seq")?,
+            lease: Lease {
+                attempts: attempts.into(),
+                until: row.try_get("available_at")?,
+            },
             delivery,
         }))
     }
 
-    async fn inbox_lock(conn: &mut PgConnection, seq: i64) -> Result<bool, sqlx::Error> {
-        let found = sqlx::query(
-            "SELECT 1 FROM courier_inbox.messages WHERE seq = $1 AND done_at IS NULL FOR UPDATE",
-        )
+    // Each statement below names the row by `seq` and the claim's lease (`HOLDS`): under READ
+    // COMMITTED a statement that waited on another worker's row lock re-checks its `WHERE` on the
+    // row as that worker left it, so a lost lease is seen even then.
+
+    async fn inbox_lock(
+        conn: &mut PgConnection,
+        seq: i64,
+        lease: &Lease,
+    ) -> Result<bool, sqlx::Error> {
+        let found = sqlx::query(&format!(
+            "SELECT 1 FROM courier_inbox.messages WHERE {HOLDS} FOR UPDATE"
+        ))
         .bind(seq)
+        .bind(attempts(lease))
+        .bind(lease.until)
         .fetch_optional(conn)
         .await?;
         Ok(found.is_some())
     }
 
-    async fn inbox_mark_done(conn: &mut PgConnection, seq: i64) -> Result<(), sqlx::Error> {
-        sqlx::query(
-            "UPDATE courier_inbox.messages SET done_at = now(), last_error = NULL WHERE seq = $1",
-        )
+    async fn inbox_mark_done(
+        conn: &mut PgConnection,
+        seq: i64,
+        lease: &Lease,
+    ) -> Result<bool, sqlx::Error> {
+        let done = sqlx::query(&format!(
+            "UPDATE courier_inbox.messages SET done_at = now(), last_error = NULL WHERE {HOLDS}"
+        ))
         .bind(seq)
+        .bind(attempts(lease))
+        .bind(lease.until)
         .execute(conn)
         .await?;
-        Ok(())
+        Ok(done.rows_affected() == 1)
     }
 
     async fn inbox_retry_later(
         pool: &PgPool,
         seq: i64,
+        lease: &Lease,
         delay: Duration,
         error: &str,
-    ) -> Result<(), sqlx::Error> {
-        sqlx::query(
+    ) -> Result<bool, sqlx::Error> {
+        let done = sqlx::query(&format!(
             "UPDATE courier_inbox.messages
-             SET available_at = now() + make_interval(secs => $2), last_error = $3
-             WHERE seq = $1",
-        )
+             SET available_at = now() + make_interval(secs => $4), last_error = $5
+             WHERE {HOLDS}"
+        ))
         .bind(seq)
+        .bind(attempts(lease))
+        .bind(lease.until)
         .bind(delay.as_secs_f64())
         .bind(error)
         .execute(pool)
         .await?;
-        Ok(())
+        Ok(done.rows_affected() == 1)
     }
 
-    async fn inbox_dead_letter(pool: &PgPool, seq: i64, error: &str) -> Result<(), sqlx::Error> {
-        sqlx::query(
-            "WITH moved AS (DELETE FROM courier_inbox.messages WHERE seq = $1 RETURNING *)
-             INSERT INTO courier_inbox.dead_letters
-                 (consumer_group, id, topic, key, tag, headers, payload, created_at, queue,
-                  received_at, attempts, last_error)
-             SELECT consumer_group, id, topic, key, tag, headers, payload, created_at, queue,
-                    received_at, attempts, $2
-             FROM moved
-             ON CONFLICT (consumer_group, id) DO NOTHING",
-        )
+    async fn inbox_dead_letter(
+        pool: &PgPool,
+        seq: i64,
+        lease: &Lease,
+        error: &str,
+    ) -> Result<bool, sqlx::Error> {
+        // One statement: the row leaves the inbox only if this worker still holds it. Counted
+        // from `moved`, so a dead letter already there (its copy is skipped) still counts.
+        let moved: i64 = sqlx::query_scalar(&format!(
+            "WITH moved AS (DELETE FROM courier_inbox.messages WHERE {HOLDS} RETURNING *),
+             copied AS (
+                 INSERT INTO courier_inbox.dead_letters
+                     (consumer_group, id, topic, key, tag, headers, payload, created_at, queue,
+                      received_at, attempts, last_error)
+                 SELECT consumer_group, id, topic, key, tag, headers, payload, created_at, queue,
+                        received_at, attempts, $4
+                 FROM moved
+                 ON CONFLICT (consumer_group, id) DO NOTHING)
+             SELECT count(*) FROM moved"
+        ))
         .bind(seq)
+        .bind(attempts(lease))
+        .bind(lease.until)
         .bind(error)
-        .execute(pool)
+        .fetch_one(pool)
         .await?;
-        Ok(())
+        Ok(moved == 1)
     }
 
     async fn inbox_pending(pool: &PgPool, group: &str) -> Result<i64, sqlx::Error> {

@@ -5,13 +5,13 @@
 
 use std::time::Duration;
 
-use courier_outbox::Message;
+use courier_core::Message;
 use sqlx::sqlite::SqliteRow;
 use sqlx::types::Json;
 use sqlx::{Executor, Row, Sqlite, SqliteConnection, SqlitePool};
 use uuid::Uuid;
 
-use super::{Claimed, InboxSql};
+use super::{Claimed, InboxSql, Lease};
 use crate::database::sealed::Dialect;
 use crate::inbox::{InboxDeadLetter, Stored};
 use crate::{Delivery, clock};
@@ -27,6 +27,9 @@ fn message_of(row: &SqliteRow) -> Result<Message, sqlx::Error> {
     message.created_at = clock::from_micros(row.try_get("created_at")?)?;
     Ok(message)
 }
+
+/// The row `$1` is unfinished and still carries the claim's lease (`$2` attempts, lease until `$3`).
+const HOLDS: &str = "seq = $1 AND done_at IS NULL AND attempts = $2 AND available_at = $3";
 
 impl InboxSql for Sqlite {
     async fn inbox_insert<'e, E: Executor<'e, Database = Self>>(
@@ -98,74 +101,105 @@ impl InboxSql for Sqlite {
         delivery.queue = row.try_get("queue")?;
         Ok(Some(Claimed {
             seq: row.try_get("seq")?,
+            lease: Lease {
+                attempts,
+                until: clock::from_micros(row.try_get("available_at")?)?,
+            },
             delivery,
         }))
     }
 
-    async fn inbox_lock(conn: &mut SqliteConnection, seq: i64) -> Result<bool, sqlx::Error> {
+    // Each statement below names the row by `seq` and the claim's lease (`HOLDS`). The write lock
+    // keeps other workers out while the handler's transaction runs, but not between its rollback
+    // and the recording of the failure: another worker may claim the row in between.
+
+    async fn inbox_lock(
+        conn: &mut SqliteConnection,
+        seq: i64,
+        lease: &Lease,
+    ) -> Result<bool, sqlx::Error> {
         // The transaction already holds the write lock (BEGIN IMMEDIATE): only check the row.
-        let found =
-            sqlx::query("SELECT 1 FROM courier_inbox_messages WHERE seq = $1 AND done_at IS NULL")
-                .bind(seq)
-                .fetch_optional(conn)
-                .await?;
+        let found = sqlx::query(&format!(
+            "SELECT 1 FROM courier_inbox_messages WHERE {HOLDS}"
+        ))
+        .bind(seq)
+        .bind(lease.attempts)
+        .bind(lease.until.timestamp_micros())
+        .fetch_optional(conn)
+        .await?;
         Ok(found.is_some())
     }
 
-    async fn inbox_mark_done(conn: &mut SqliteConnection, seq: i64) -> Result<(), sqlx::Error> {
-        sqlx::query(
-            "UPDATE courier_inbox_messages SET done_at = $2, last_error = NULL WHERE seq = $1",
-        )
+    async fn inbox_mark_done(
+        conn: &mut SqliteConnection,
+        seq: i64,
+        lease: &Lease,
+    ) -> Result<bool, sqlx::Error> {
+        let done = sqlx::query(&format!(
+            "UPDATE courier_inbox_messages SET done_at = $4, last_error = NULL WHERE {HOLDS}"
+        ))
         .bind(seq)
+        .bind(lease.attempts)
+        .bind(lease.until.timestamp_micros())
         .bind(clock::now_micros())
         .execute(conn)
         .await?;
-        Ok(())
+        Ok(done.rows_affected() == 1)
     }
 
     async fn inbox_retry_later(
         pool: &SqlitePool,
         seq: i64,
+        lease: &Lease,
         delay: Duration,
         error: &str,
-    ) -> Result<(), sqlx::Error> {
-        sqlx::query(
-            "UPDATE courier_inbox_messages SET available_at = $2, last_error = $3 WHERE seq = $1",
-        )
+    ) -> Result<bool, sqlx::Error> {
+        let done = sqlx::query(&format!(
+            "UPDATE courier_inbox_messages SET available_at = $4, last_error = $5 WHERE {HOLDS}"
+        ))
         .bind(seq)
+        .bind(lease.attempts)
+        .bind(lease.until.timestamp_micros())
         .bind(clock::micros_from_now(delay))
         .bind(error)
         .execute(pool)
         .await?;
-        Ok(())
+        Ok(done.rows_affected() == 1)
     }
 
     async fn inbox_dead_letter(
         pool: &SqlitePool,
         seq: i64,
+        lease: &Lease,
         error: &str,
-    ) -> Result<(), sqlx::Error> {
-        // SQLite has no data-modifying CTE: copy, then delete, in one write transaction.
+    ) -> Result<bool, sqlx::Error> {
+        // SQLite has no data-modifying CTE: copy, then delete, in one write transaction, both only
+        // while this worker holds the row.
         let mut tx = <Sqlite as Dialect>::begin_write(pool).await?;
-        sqlx::query(
+        sqlx::query(&format!(
             "INSERT INTO courier_inbox_dead_letters
                  (consumer_group, id, topic, key, tag, headers, payload, created_at, queue,
                   received_at, attempts, last_error, failed_at)
              SELECT consumer_group, id, topic, key, tag, headers, payload, created_at, queue,
-                    received_at, attempts, $2, $3
-             FROM courier_inbox_messages WHERE seq = $1
-             ON CONFLICT (consumer_group, id) DO NOTHING",
-        )
+                    received_at, attempts, $4, $5
+             FROM courier_inbox_messages WHERE {HOLDS}
+             ON CONFLICT (consumer_group, id) DO NOTHING"
+        ))
         .bind(seq)
+        .bind(lease.attempts)
+        .bind(lease.until.timestamp_micros())
         .bind(error)
         .bind(clock::now_micros())
         .execute(&mut *tx)
         .await?;
-        sqlx::query("DELETE FROM courier_inbox_messages WHERE seq = $1")
+        let moved = sqlx::query(&format!("DELETE FROM courier_inbox_messages WHERE {HOLDS}"))
             .bind(seq)
+            .bind(lease.attempts)
+            .bind(lease.until.timestamp_micros())
             .execute(&mut *tx)
             .await?;
-        tx.commit().await
+        tx.commit().await?;
+        Ok(moved.rows_affected() == 1)
     }
 
     async fn inbox_pending(pool: &SqlitePool, group: &str) -> Result<i64, sqlx::Error> {

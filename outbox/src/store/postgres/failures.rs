@@ -2,8 +2,9 @@
 
 use sqlx::types::Json;
 use sqlx::{Acquire, Executor, Postgres, QueryBuilder, Row};
+use uuid::Uuid;
 
-use crate::{FailedMessage, FailureFilter, Message};
+use crate::{FailedMessage, FailureFilter, Message, ReplayReport};
 
 /// Appends `SELECT id FROM outbox.failures WHERE … ORDER BY … LIMIT …`.
 fn push_selection(filter: &FailureFilter, query: &mut QueryBuilder<'_, Postgres>) {
@@ -77,22 +78,40 @@ where
         .collect()
 }
 
-/// One statement: a data-modifying CTE deletes the failures and inserts them into the outbox.
-pub(super) async fn replay<'a, A>(conn: A, filter: &FailureFilter) -> sqlx::Result<u64>
+/// One statement: the selected failures are locked (so a concurrent replay waits, then skips
+/// them), inserted into the outbox unless their id is already there, and deleted if they were.
+/// The ones whose insert conflicted stay, and are reported.
+pub(super) async fn replay<'a, A>(conn: A, filter: &FailureFilter) -> sqlx::Result<ReplayReport>
 where
     A: Acquire<'a, Database = Postgres>,
 {
-    let mut query = QueryBuilder::new("WITH moved AS (DELETE FROM outbox.failures WHERE id IN (");
+    let mut query = QueryBuilder::new(
+        "WITH selected AS (
+             SELECT id, seq, failed_at FROM outbox.failures WHERE id IN (",
+    );
     push_selection(filter, &mut query);
     query.push(
-        ") RETURNING *)
-         INSERT INTO outbox.messages (id, topic, key, tag, headers, payload, created_at)
-         SELECT id, topic, key, tag, headers, payload, created_at FROM moved ORDER BY seq
-         ON CONFLICT (id) DO NOTHING",
+        ") FOR UPDATE),
+         inserted AS (
+             INSERT INTO outbox.messages (id, topic, key, tag, headers, payload, created_at)
+             SELECT f.id, f.topic, f.key, f.tag, f.headers, f.payload, f.created_at
+             FROM outbox.failures f JOIN selected USING (id) ORDER BY f.seq
+             ON CONFLICT (id) DO NOTHING
+             RETURNING id),
+         deleted AS (
+             DELETE FROM outbox.failures WHERE id IN (SELECT id FROM inserted))
+         SELECT (SELECT count(*) FROM inserted) AS replayed,
+                ARRAY(SELECT id FROM selected WHERE id NOT IN (SELECT id FROM inserted)
+                      ORDER BY failed_at, seq) AS conflicts",
     );
     let mut conn = conn.acquire().await?;
-    let done = query.build().execute(&mut *conn).await?;
-    Ok(done.rows_affected())
+    let row = query.build().fetch_one(&mut *conn).await?;
+    let replayed: i64 = row.try_get("replayed")?;
+    let conflicts: Vec<Uuid> = row.try_get("conflicts")?;
+    Ok(ReplayReport {
+        replayed: replayed.max(0) as u64,
+        conflicts,
+    })
 }
 
 pub(super) async fn purge<'e, E>(executor: E, filter: &FailureFilter) -> sqlx::Result<u64>

@@ -1,9 +1,11 @@
 //! The Postgres store: `SKIP LOCKED` claims in the publishing transaction, `LISTEN/NOTIFY`
-//! wake-ups, key partitions owned through advisory locks. Tables in schema `outbox`.
+//! wake-ups, key partitions owned through advisory locks, server-side bounds on a silent relay
+//! connection. Tables in schema `outbox`.
 
 mod claim;
 mod failures;
 mod housekeeping;
+mod liveness;
 mod partitions;
 mod session;
 mod wakeup;
@@ -21,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::sealed::Dialect;
 use crate::relay::RelayConfig;
-use crate::{Error, FailedMessage, FailureFilter, Message, Result};
+use crate::{Error, FailedMessage, FailureFilter, Message, ReplayReport, Result};
 #[allow(unreachable_pub)] // named by the sealed `Store` trait only
 pub use session::PgSession;
 
@@ -77,7 +79,7 @@ impl Dialect for Postgres {
     fn replay_failures<'a, 'c: 'a, A>(
         conn: A,
         filter: &'a FailureFilter,
-    ) -> BoxFuture<'a, sqlx::Result<u64>>
+    ) -> BoxFuture<'a, sqlx::Result<ReplayReport>>
     where
         A: Acquire<'c, Database = Self> + Send + 'a,
     {

@@ -6,6 +6,13 @@
 //! records the outcomes in a second transaction. Other relays skip leased rows, and every later row
 //! of a leased key, so per-key order holds across relays. A relay that dies leaves its lease to run
 //! out; then the rows are due again and published at least once.
+//!
+//! Every write after the claim (renewal, release, outcome) touches only rows still leased to this
+//! relay (`lease_owner`). A relay that stalled past its lease while publishing (a paused process,
+//! a broker call that outlived the renewals) may find its rows claimed by another relay: the
+//! outcome it brings back is stale and is dropped, so it neither clears the new owner's lease nor
+//! moves a message the new owner delivers to the failure table. The message was then published by
+//! both, as at-least-once delivery allows.
 
 use std::time::Duration;
 
@@ -119,34 +126,39 @@ pub(super) async fn release(
     Ok(())
 }
 
-/// Writes the outcomes of a batch in `conn`'s open transaction. `claimed` and `outcomes` are in
-/// the same order.
+/// Writes the outcomes of a batch in `conn`'s open transaction, for the rows still leased to
+/// `owner`; returns how many rows had been taken over by another relay (and were left alone).
+/// `claimed` and `outcomes` are in the same order.
 pub(super) async fn record(
     conn: &mut SqliteConnection,
     claimed: &[Claimed],
     outcomes: &[Outcome],
+    owner: &str,
     keep_sent: bool,
-) -> sqlx::Result<()> {
+) -> sqlx::Result<u64> {
     let now = now_micros();
     let mut published = Vec::new();
     let mut held = Vec::new();
+    let mut recorded = 0;
     for (row, outcome) in claimed.iter().zip(outcomes) {
         match outcome {
             Outcome::Published => published.push(row),
             Outcome::Held => held.push(row),
             Outcome::Retry { error, delay } => {
-                sqlx::query(
+                recorded += sqlx::query(
                     "UPDATE outbox_messages
                      SET attempts = attempts + 1, last_error = ?2, last_attempt_at = ?3,
                          available_at = ?4, leased_until = NULL, lease_owner = NULL
-                     WHERE seq = ?1",
+                     WHERE seq = ?1 AND lease_owner = ?5",
                 )
                 .bind(row.seq)
                 .bind(error)
                 .bind(now)
                 .bind(now.saturating_add(micros(*delay)))
+                .bind(owner)
                 .execute(&mut *conn)
-                .await?;
+                .await?
+                .rows_affected();
             }
             Outcome::Failed { error } => {
                 sqlx::query(
@@ -155,47 +167,60 @@ pub(super) async fn record(
                           last_error, failed_at)
                      SELECT id, seq, topic, key, tag, headers, payload, created_at, attempts + 1,
                             ?2, ?3
-                     FROM outbox_messages WHERE seq = ?1
+                     FROM outbox_messages WHERE seq = ?1 AND lease_owner = ?4
                      ON CONFLICT (id) DO UPDATE SET attempts = excluded.attempts,
                          last_error = excluded.last_error, failed_at = excluded.failed_at",
                 )
                 .bind(row.seq)
                 .bind(error)
                 .bind(now)
+                .bind(owner)
                 .execute(&mut *conn)
                 .await?;
-                sqlx::query("DELETE FROM outbox_messages WHERE seq = ?1")
-                    .bind(row.seq)
-                    .execute(&mut *conn)
-                    .await?;
+                recorded +=
+                    sqlx::query("DELETE FROM outbox_messages WHERE seq = ?1 AND lease_owner = ?2")
+                        .bind(row.seq)
+                        .bind(owner)
+                        .execute(&mut *conn)
+                        .await?
+                        .rows_affected();
             }
         }
     }
     if !published.is_empty() && keep_sent {
-        sqlx::query(
+        recorded += sqlx::query(
             "UPDATE outbox_messages
              SET sent_at = ?2, attempts = attempts + 1, last_attempt_at = ?2,
                  leased_until = NULL, lease_owner = NULL
-             WHERE seq IN (SELECT value FROM json_each(?1))",
+             WHERE seq IN (SELECT value FROM json_each(?1)) AND lease_owner = ?3",
         )
         .bind(seqs(published))
         .bind(now)
+        .bind(owner)
         .execute(&mut *conn)
-        .await?;
+        .await?
+        .rows_affected();
     } else if !published.is_empty() {
-        sqlx::query("DELETE FROM outbox_messages WHERE seq IN (SELECT value FROM json_each(?1))")
-            .bind(seqs(published))
-            .execute(&mut *conn)
-            .await?;
+        recorded += sqlx::query(
+            "DELETE FROM outbox_messages
+             WHERE seq IN (SELECT value FROM json_each(?1)) AND lease_owner = ?2",
+        )
+        .bind(seqs(published))
+        .bind(owner)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
     }
     if !held.is_empty() {
-        sqlx::query(
+        recorded += sqlx::query(
             "UPDATE outbox_messages SET leased_until = NULL, lease_owner = NULL
-             WHERE seq IN (SELECT value FROM json_each(?1))",
+             WHERE seq IN (SELECT value FROM json_each(?1)) AND lease_owner = ?2",
         )
         .bind(seqs(held))
+        .bind(owner)
         .execute(&mut *conn)
-        .await?;
+        .await?
+        .rows_affected();
     }
-    Ok(())
+    Ok((claimed.len() as u64).saturating_sub(recorded))
 }

@@ -5,7 +5,7 @@ use sqlx::types::Json;
 use sqlx::{Acquire, Executor, QueryBuilder, Row, Sqlite};
 
 use super::time::{from_micros, to_micros};
-use crate::{FailedMessage, FailureFilter, Message};
+use crate::{FailedMessage, FailureFilter, Message, ReplayReport};
 
 /// Appends `SELECT id FROM outbox_failures WHERE … ORDER BY … LIMIT …`.
 fn push_selection(filter: &FailureFilter, query: &mut QueryBuilder<'_, Sqlite>) {
@@ -85,11 +85,15 @@ where
     rows.iter().map(failed_message).collect()
 }
 
-/// Two statements in one transaction (a savepoint inside the caller's): SQLite has no
-/// data-modifying CTE. The selection is evaluated twice on the same snapshot, so the same rows are
-/// copied and deleted. Like an insert, a replay wakes the relays of this process (Postgres: the
-/// insert trigger's NOTIFY).
-pub(super) async fn replay<'a, A>(conn: A, filter: &FailureFilter) -> sqlx::Result<u64>
+/// Three statements in one transaction (a savepoint inside the caller's): SQLite has no
+/// data-modifying CTE. The insert comes first, so the transaction takes the write lock before it
+/// reads anything (a read first could fail with "database is locked" against another writer);
+/// from then on it is the only writer. The rows the insert added have the highest sequence
+/// numbers (`AUTOINCREMENT` never hands out a lower one), which tells the failures it moved from
+/// those whose id was already in the outbox: the first are deleted, the second kept and reported.
+/// The selection is evaluated twice on the same data, so both see the same rows. Like an insert,
+/// a replay wakes the relays of this process (Postgres: the insert trigger's NOTIFY).
+pub(super) async fn replay<'a, A>(conn: A, filter: &FailureFilter) -> sqlx::Result<ReplayReport>
 where
     A: Acquire<'a, Database = Sqlite>,
 {
@@ -102,18 +106,35 @@ where
         .push_bind(super::time::now_micros())
         .push(" FROM outbox_failures WHERE id IN (");
     push_selection(filter, &mut insert);
-    insert.push(") ORDER BY seq ON CONFLICT (id) DO NOTHING");
-    let moved = insert.build().execute(&mut *tx).await?.rows_affected();
-    let mut delete = QueryBuilder::new("DELETE FROM outbox_failures WHERE id IN (");
-    push_selection(filter, &mut delete);
-    delete.push(")");
-    delete.build().execute(&mut *tx).await?;
+    insert.push(") ORDER BY seq ON CONFLICT (id) DO NOTHING RETURNING seq");
+    let added: Vec<i64> = insert.build_query_scalar().fetch_all(&mut *tx).await?;
+    // Every outbox row at or above this sequence number was added just now.
+    let first_added = added.iter().copied().min().unwrap_or(i64::MAX);
+    let mut conflicting = QueryBuilder::new("SELECT id FROM outbox_failures WHERE id IN (");
+    push_selection(filter, &mut conflicting);
+    conflicting
+        .push(") AND id IN (SELECT id FROM outbox_messages WHERE seq < ")
+        .push_bind(first_added)
+        .push(") ORDER BY failed_at, seq");
+    let conflicts: Vec<uuid::Uuid> = conflicting.build_query_scalar().fetch_all(&mut *tx).await?;
+    if !added.is_empty() {
+        sqlx::query(
+            "DELETE FROM outbox_failures
+             WHERE id IN (SELECT id FROM outbox_messages WHERE seq >= ?1)",
+        )
+        .bind(first_added)
+        .execute(&mut *tx)
+        .await?;
+    }
     tx.commit().await?;
-    if moved > 0 {
+    if !added.is_empty() {
         // Replayed rows are new outbox rows: wake this process's relays as the writer does.
         super::signal::enqueued();
     }
-    Ok(moved)
+    Ok(ReplayReport {
+        replayed: added.len() as u64,
+        conflicts,
+    })
 }
 
 pub(super) async fn purge<'e, E>(executor: E, filter: &FailureFilter) -> sqlx::Result<u64>

@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::sealed::Dialect;
 use crate::relay::RelayConfig;
-use crate::{Error, FailedMessage, FailureFilter, Message, Result};
+use crate::{Error, FailedMessage, FailureFilter, Message, ReplayReport, Result};
 #[allow(unreachable_pub)] // named by the sealed `Store` trait only
 pub use session::SqliteSession;
 
@@ -79,7 +79,7 @@ impl Dialect for Sqlite {
     fn replay_failures<'a, 'c: 'a, A>(
         conn: A,
         filter: &'a FailureFilter,
-    ) -> BoxFuture<'a, sqlx::Result<u64>>
+    ) -> BoxFuture<'a, sqlx::Result<ReplayReport>>
     where
         A: Acquire<'c, Database = Self> + Send + 'a,
     {

@@ -82,8 +82,17 @@ impl Session for SqliteSession {
                 .await?;
             return Ok(BatchEnd::Abandoned);
         };
-        self.write(async |conn| claim::record(conn, &claimed, &outcomes, keep_sent).await)
+        let taken_over = self
+            .write(async |conn| claim::record(conn, &claimed, &outcomes, owner, keep_sent).await)
             .await?;
+        if taken_over > 0 {
+            tracing::warn!(
+                taken_over,
+                lease = ?lease,
+                "the lease of some rows ran out while they were published and another relay \
+                 took them: their outcome here is dropped, the other relay records its own"
+            );
+        }
         Ok(BatchEnd::Done)
     }
 

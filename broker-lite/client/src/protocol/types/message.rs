@@ -12,7 +12,7 @@ use crate::protocol::wire::*;
 /// A message to send.
 ///
 /// ```
-/// use broker_lite::protocol::Message;
+/// use broker_lite_client::protocol::Message;
 ///
 /// let message = Message::new("orders", "order 42 created").with_key("order-42").with_tag("created");
 /// assert_eq!(message.queue_id, None); // the broker picks the queue from the key
@@ -118,7 +118,10 @@ impl Wire for Message {
     }
 }
 
-/// The status of a send (safeguard P1). Only [`SendStatus::SendOk`] means "stored as configured".
+/// The status of a send (safeguard P1). Only [`SendStatus::SendOk`] means "stored as configured":
+/// anything else means the message was written but is not known to be as durable as configured,
+/// and a producer should treat it as a failure (and retry, accepting a possible duplicate) unless
+/// configured otherwise.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum SendStatus {
@@ -133,6 +136,11 @@ pub enum SendStatus {
 }
 
 impl SendStatus {
+    /// Whether this is [`SendStatus::SendOk`].
+    pub fn is_ok(self) -> bool {
+        self == SendStatus::SendOk
+    }
+
     fn as_u8(self) -> u8 {
         match self {
             SendStatus::SendOk => 0,

@@ -58,8 +58,8 @@ impl Default for ProducerConfig {
 /// picks it by key hash, so one key stays in one queue, in order.
 ///
 /// ```no_run
-/// use broker_lite::client::{Producer, ProducerConfig};
-/// use broker_lite::protocol::{Message, SendStatus};
+/// use broker_lite_client::{Producer, ProducerConfig};
+/// use broker_lite_client::protocol::{Message, SendStatus};
 ///
 /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 /// let producer = Producer::connect("127.0.0.1:9876;127.0.0.1:9877", ProducerConfig::default()).await?;

@@ -5,8 +5,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use broker_lite::client::{Admin, AdminConfig, Producer, ProducerConfig};
-use broker_lite::protocol::Message;
+use broker_lite_client::protocol::Message;
+use broker_lite_client::{Admin, AdminConfig, Producer, ProducerConfig};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::Notify;

@@ -27,7 +27,7 @@
 //! # Example
 //!
 //! ```
-//! use broker_lite::protocol::{Frame, FrameKind, Message, Request};
+//! use broker_lite_client::protocol::{Frame, FrameKind, Message, Request};
 //! use bytes::BytesMut;
 //!
 //! let request = Request::Send(Message::new("orders", "hello").with_key("order-42"));

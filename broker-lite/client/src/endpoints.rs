@@ -16,7 +16,7 @@ use crate::protocol::{Request, Response};
 /// `Vec` of strings, or socket addresses.
 ///
 /// ```
-/// use broker_lite::client::Addresses;
+/// use broker_lite_client::Addresses;
 ///
 /// let a = Addresses::from("10.0.0.1:9876; 10.0.0.2:9876");
 /// assert_eq!(a.as_slice(), ["10.0.0.1:9876", "10.0.0.2:9876"]);

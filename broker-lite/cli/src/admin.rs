@@ -1,8 +1,8 @@
 //! Admin subcommands, through the [`Admin`] client.
 
 use anyhow::{Context, Result};
-use broker_lite::client::{Admin, AdminConfig};
-use broker_lite::protocol::{BrokerDescription, FlushMode, Replication};
+use broker_lite_client::protocol::{BrokerDescription, FlushMode, Replication};
+use broker_lite_client::{Admin, AdminConfig};
 use clap::Subcommand;
 use uuid::Uuid;
 
@@ -188,13 +188,15 @@ fn print_description(d: &BrokerDescription) {
             "sync (SYNC_FLUSH; fsync before the answer, FLUSH_DISK_TIMEOUT after {} ms)",
             d.sync_flush_timeout_ms
         ),
-        FlushMode::Async { interval_ms } => {
-            format!("async (ASYNC_FLUSH; fsync every {interval_ms} ms)")
+        FlushMode::Async { interval } => {
+            format!(
+                "async (ASYNC_FLUSH; fsync every {} ms)",
+                interval.as_millis()
+            )
         }
     };
     let replication = match d.replication {
         Replication::None => "none (single node)".to_owned(),
-        other => format!("{other:?}"),
     };
     println!("version:             {}", d.version);
     println!("flush mode:          {flush}");

@@ -36,7 +36,7 @@ impl Default for AdminConfig {
 /// Administers a broker.
 ///
 /// ```no_run
-/// use broker_lite::client::{Admin, AdminConfig};
+/// use broker_lite_client::{Admin, AdminConfig};
 ///
 /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 /// let admin = Admin::connect("127.0.0.1:9876", AdminConfig::default()).await?;
@@ -97,14 +97,14 @@ impl Admin {
     /// ceiling (safeguards B1-B5, audited by L2).
     ///
     /// ```no_run
-    /// use broker_lite::client::{Admin, AdminConfig};
-    /// use broker_lite::protocol::FlushMode;
+    /// use broker_lite_client::{Admin, AdminConfig};
+    /// use broker_lite_client::protocol::FlushMode;
     ///
     /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
     /// let admin = Admin::connect("127.0.0.1:9876", AdminConfig::default()).await?;
     /// let description = admin.describe().await?;
-    /// if let FlushMode::Async { interval_ms } = description.flush_mode {
-    ///     println!("ASYNC_FLUSH: up to {interval_ms} ms of acknowledged messages can be lost");
+    /// if let FlushMode::Async { interval } = description.flush_mode {
+    ///     println!("ASYNC_FLUSH: up to {interval:?} of acknowledged messages can be lost");
     /// }
     /// # Ok(())
     /// # }

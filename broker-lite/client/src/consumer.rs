@@ -65,7 +65,7 @@ impl ConsumerConfig {
 ///
 /// ```no_run
 /// use std::time::Duration;
-/// use broker_lite::client::{Consumer, ConsumerConfig};
+/// use broker_lite_client::{Consumer, ConsumerConfig};
 ///
 /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 /// let consumer = Consumer::connect("127.0.0.1:9876", ConsumerConfig::new("billing", "orders")).await?;

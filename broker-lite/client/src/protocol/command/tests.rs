@@ -1,6 +1,7 @@
 //! Codec tests: round trips, truncated and garbage input (proptest).
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use bytes::Bytes;
 use proptest::prelude::*;
@@ -133,8 +134,8 @@ fn description() -> impl Strategy<Value = BrokerDescription> {
                 max_reconsume_times,
             )| BrokerDescription {
                 version,
-                flush_mode: async_interval_ms.map_or(FlushMode::Sync, |interval_ms| {
-                    FlushMode::Async { interval_ms }
+                flush_mode: async_interval_ms.map_or(FlushMode::Sync, |ms| FlushMode::Async {
+                    interval: Duration::from_millis(ms),
                 }),
                 sync_flush_timeout_ms,
                 replication: Replication::None,
@@ -313,7 +314,9 @@ fn response() -> impl Strategy<Value = (CommandCode, Response)> {
         }),
         any::<u64>().prop_map(|after_ms| (
             CommandCode::Nack,
-            Response::Nacked(NackResult::Redeliver { after_ms })
+            Response::Nacked(NackResult::Redeliver {
+                after: Duration::from_millis(after_ms)
+            })
         )),
         Just((
             CommandCode::Nack,
@@ -442,7 +445,7 @@ fn validation_enforces_limits() {
 fn unknown_flush_mode_and_replication_tags_are_invalid() {
     let description = BrokerDescription {
         version: "0.1.0".into(),
-        flush_mode: FlushMode::Async { interval_ms: 500 },
+        flush_mode: FlushMode::ASYNC_DEFAULT,
         sync_flush_timeout_ms: 5_000,
         replication: Replication::None,
         retention_ms: 72 * 3_600_000,

@@ -1,5 +1,7 @@
 //! Consumer commands: subscriptions, pulls, deliveries and settlements.
 
+use std::time::Duration;
+
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::Wire;
@@ -8,13 +10,20 @@ use crate::protocol::wire::*;
 
 use super::message::MessageView;
 
-/// How a consumer group shares messages (safeguard C5).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+/// How a consumer group's members share a topic (safeguard C5).
+///
+/// One type for the wire and the broker, which also persists it with a group's offsets (hence
+/// serde).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
 pub enum ConsumeModel {
-    /// Each message goes to one member of the group.
+    /// CLUSTERING: each message goes to one member; the topic's queues are balanced across the
+    /// live members.
     #[default]
     Clustering,
-    /// Every member gets every message.
+    /// BROADCASTING: every member gets every message, with offsets kept per member. Handlers
+    /// with side effects must be idempotent: each member applies them.
     Broadcasting,
 }
 
@@ -261,24 +270,26 @@ impl Wire for DeadLetterRequest {
     }
 }
 
-/// What a nack did.
+/// What a nack did (RECONSUME_LATER, safeguards C1, C8). The delay travels in milliseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use]
 pub enum NackResult {
-    /// The message will be delivered again after this many milliseconds.
+    /// The message will be delivered again after this delay.
     Redeliver {
-        /// Delay in milliseconds.
-        after_ms: u64,
+        /// The delay of the chosen level.
+        after: Duration,
     },
-    /// It had been redelivered the maximum number of times and went to the dead-letter topic.
+    /// It had been redelivered the maximum number of times and went to the dead-letter topic
+    /// `%DLQ%<group>`.
     DeadLettered,
 }
 
 impl Wire for NackResult {
     fn put(&self, buf: &mut BytesMut) {
         match self {
-            NackResult::Redeliver { after_ms } => {
+            NackResult::Redeliver { after } => {
                 buf.put_u8(0);
-                buf.put_u64(*after_ms);
+                buf.put_u64(u64::try_from(after.as_millis()).unwrap_or(u64::MAX));
             }
             NackResult::DeadLettered => buf.put_u8(1),
         }
@@ -287,7 +298,7 @@ impl Wire for NackResult {
     fn get(buf: &mut Bytes) -> Result<Self, DecodeError> {
         match get_u8(buf, "nack result")? {
             0 => Ok(NackResult::Redeliver {
-                after_ms: get_u64(buf, "redelivery delay")?,
+                after: Duration::from_millis(get_u64(buf, "redelivery delay")?),
             }),
             1 => Ok(NackResult::DeadLettered),
             _ => Err(DecodeError::Invalid("nack result")),

@@ -2,6 +2,8 @@
 //!
 //! [`CommandCode::Describe`]: crate::protocol::CommandCode::Describe
 
+use std::time::Duration;
+
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::Wire;
@@ -9,25 +11,37 @@ use crate::protocol::error::DecodeError;
 use crate::protocol::wire::*;
 
 /// When the broker answers a send relative to the fsync of the message (safeguards B1, B2).
+///
+/// One type for the store's configuration and the wire: the interval travels in milliseconds.
+/// Exhaustive on purpose, so that a new mode does not compile until the store implements it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FlushMode {
-    /// `SYNC_FLUSH`: a send is answered after the fsync that covers it.
+    /// `SYNC_FLUSH` (safeguard B1): a send is answered after the fsync that covers it. One fsync
+    /// covers every record that arrived while the previous one ran (group commit).
     Sync,
-    /// `ASYNC_FLUSH`: a send is answered from the page cache; acknowledged messages of the last
-    /// `interval_ms` (plus one fsync) are lost if the machine loses power.
+    /// `ASYNC_FLUSH` (safeguard B2): a send is answered once the record is in the page cache; a
+    /// background flush runs every `interval`. Messages acknowledged within the last `interval`
+    /// (plus the time one fsync takes) are lost if the machine loses power.
     Async {
-        /// How often the background flush runs, in milliseconds.
-        interval_ms: u64,
+        /// How often to fsync.
+        interval: Duration,
     },
+}
+
+impl FlushMode {
+    /// `ASYNC_FLUSH` with the default interval of 500 ms.
+    pub const ASYNC_DEFAULT: FlushMode = FlushMode::Async {
+        interval: Duration::from_millis(500),
+    };
 }
 
 impl Wire for FlushMode {
     fn put(&self, buf: &mut BytesMut) {
         match self {
             FlushMode::Sync => buf.put_u8(0),
-            FlushMode::Async { interval_ms } => {
+            FlushMode::Async { interval } => {
                 buf.put_u8(1);
-                buf.put_u64(*interval_ms);
+                buf.put_u64(u64::try_from(interval.as_millis()).unwrap_or(u64::MAX));
             }
         }
     }
@@ -36,7 +50,7 @@ impl Wire for FlushMode {
         match get_u8(buf, "flush mode")? {
             0 => Ok(FlushMode::Sync),
             1 => Ok(FlushMode::Async {
-                interval_ms: get_u64(buf, "flush interval")?,
+                interval: Duration::from_millis(get_u64(buf, "flush interval")?),
             }),
             _ => Err(DecodeError::Invalid("flush mode")),
         }
@@ -46,11 +60,14 @@ impl Wire for FlushMode {
 /// How a message is replicated before the producer is answered (safeguards B3, B4).
 ///
 /// broker-lite is a single node today; `SYNC_MASTER` and `ASYNC_MASTER` will be new variants
-/// with their own wire tags.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
+/// with their own wire tags. With `None` the send status only reflects the local flush, and
+/// `FlushSlaveTimeout` / `SlaveNotAvailable` never occur. One type for the broker's configuration
+/// and the wire; exhaustive on purpose, so that a new mode does not compile until the broker
+/// implements it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Replication {
     /// A single node: no follower, so its disk is a single point of failure.
+    #[default]
     None,
 }
 
