@@ -63,8 +63,8 @@ impl Outbox {
     ///
     /// # Errors
     ///
-    /// [`Error::Invalid`] if the message breaks the limits (nothing is written),
-    /// [`Error::NotMigrated`] if the outbox tables are missing, [`Error::Database`] otherwise.
+    /// [`Error::Invalid`](crate::Error::Invalid) if the message breaks the limits (nothing is written),
+    /// [`Error::NotMigrated`](crate::Error::NotMigrated) if the outbox tables are missing, [`Error::Database`](crate::Error::Database) otherwise.
     /// A failed insert inside a transaction aborts that transaction, as any failed statement does.
     pub async fn enqueue<'e, E>(&self, executor: E, message: &Message) -> Result<Uuid>
     where

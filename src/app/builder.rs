@@ -183,7 +183,6 @@ fn relay_part<DB: Store>(settings: &Settings<DB>) -> Part {
                         part: "the relay".to_owned(),
                         source,
                     })?;
-            let publisher = courier_middleware::RequireSendOk::new(publisher);
             let relay = Relay::builder(pool, publisher)
                 .build()
                 .map_err(Error::Relay)?;

@@ -2,14 +2,14 @@
 
 use anyhow::Context as _;
 use broker_lite_client::ProducerConfig;
-use courier_middleware::{BrokerLitePublisher, RequireSendOk};
+use courier_middleware::BrokerLitePublisher;
 
 use crate::config::Config;
 
-/// Connects to broker-lite with the configured timeouts, retries and one-way topics, and wraps
-/// the producer so that any status other than `SEND_OK` fails the publish (P1): the relay then
+/// Connects to broker-lite with the configured timeouts, retries and one-way topics. The
+/// publisher fails any publish answered with a status other than `SEND_OK` (P1): the relay then
 /// retries the message instead of deleting it.
-pub(crate) async fn connect(config: &Config) -> anyhow::Result<RequireSendOk<BrokerLitePublisher>> {
+pub(crate) async fn connect(config: &Config) -> anyhow::Result<BrokerLitePublisher> {
     let mut settings = ProducerConfig::default();
     settings.send_timeout = config.send_timeout();
     settings.retries = config.broker.retries;
@@ -22,5 +22,5 @@ pub(crate) async fn connect(config: &Config) -> anyhow::Result<RequireSendOk<Bro
                 config.broker.addresses
             )
         })?;
-    Ok(RequireSendOk::new(publisher))
+    Ok(publisher)
 }
