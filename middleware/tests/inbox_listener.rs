@@ -7,7 +7,7 @@ use std::time::Duration;
 use courier_middleware::{Delivery, Inbox, TxDelivery};
 use courier_outbox::Message;
 use sqlx::PgPool;
-use sqlx::postgres::PgPoolOptions;
+use sqlx::postgres::{PgListener, PgPoolOptions};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -116,11 +116,21 @@ async fn a_row_stored_right_after_the_listener_lost_its_connection_is_processed(
     let working = tokio::spawn(inbox.worker("billing", handler).run(shutdown.clone()));
     eventually("the worker to listen", || worker_settled(&pool)).await;
 
-    // Drop the listening connection, and store a row before the listener can be back: its
-    // NOTIFY reaches nobody.
+    // A listener of the test's own, directly connected, reads each notification. Postgres starts a
+    // new LISTEN of this database at the position of the furthest listener, so once this one has
+    // read a notification, a listener that reconnects afterwards never sees it.
+    let mut witness = PgListener::connect_with(&pool).await.unwrap();
+    witness.listen("courier_inbox").await.unwrap();
+
+    // Drop the worker's listening connection, and store a row before it can be back: its NOTIFY
+    // reaches only the witness.
     proxy.cut_and_hold();
     let row = Delivery::new(Message::new("orders", "while nobody listens"), "billing");
     inbox.insert(&pool, &row).await.unwrap();
+    tokio::time::timeout(PATIENCE, witness.recv())
+        .await
+        .expect("the witness hears the row's NOTIFY")
+        .unwrap();
     proxy.release();
 
     eventually(
