@@ -5,36 +5,16 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use broker_lite::storage::backend::{FaultyBackend, StorageBackend};
-use broker_lite::storage::{
-    FlushMode, FlushOutcome, NewRecord, QueueBounds, StorageError, Store, StoreConfig,
-};
+use broker_lite::storage::{FlushOutcome, NewRecord, QueueBounds, StorageError, Store};
 use tokio::sync::Notify;
 use uuid::Uuid;
 
 /// (message id, queue id, queue offset, body) of an acknowledged append.
 type Acked = (Uuid, u32, u64, bytes::Bytes);
 
-const FIRST_SEGMENT: &str = "00000000000000000000";
+mod storage_common;
 
-fn config() -> StoreConfig {
-    let mut c = StoreConfig::default();
-    c.segment_size = 64 * 1024;
-    c.max_record_size = 16 * 1024;
-    c.checkpoint_interval = Duration::from_secs(3600);
-    c
-}
-
-fn async_config() -> StoreConfig {
-    let mut c = config();
-    c.flush_mode = FlushMode::Async {
-        interval: Duration::from_secs(3600),
-    };
-    c
-}
-
-async fn open(backend: &FaultyBackend, c: StoreConfig) -> Result<Store, StorageError> {
-    Store::open_with_backend(Arc::new(backend.clone()), c).await
-}
+use storage_common::{FIRST_SEGMENT, async_config, config, open};
 
 fn rec(i: u64) -> NewRecord {
     NewRecord::new(

@@ -2,36 +2,12 @@
 //! refused unless it is a true torn tail, and after a failed fsync nothing beyond the last
 //! successful one is trusted, even when it reads back fine ("fsyncgate").
 
-use std::sync::Arc;
-use std::time::Duration;
-
 use broker_lite::storage::backend::FaultyBackend;
-use broker_lite::storage::{
-    Appended, FlushMode, FlushOutcome, NewRecord, QueueBounds, StorageError, Store, StoreConfig,
-};
+use broker_lite::storage::{Appended, FlushOutcome, NewRecord, QueueBounds, StorageError, Store};
 
-const FIRST_SEGMENT: &str = "00000000000000000000";
+mod storage_common;
 
-fn config() -> StoreConfig {
-    let mut c = StoreConfig::default();
-    c.segment_size = 64 * 1024;
-    c.max_record_size = 16 * 1024;
-    // The durable position stays where the open put it: every record below is above it.
-    c.checkpoint_interval = Duration::from_secs(3600);
-    c
-}
-
-fn async_config() -> StoreConfig {
-    let mut c = config();
-    c.flush_mode = FlushMode::Async {
-        interval: Duration::from_secs(3600),
-    };
-    c
-}
-
-async fn open(backend: &FaultyBackend, c: StoreConfig) -> Result<Store, StorageError> {
-    Store::open_with_backend(Arc::new(backend.clone()), c).await
-}
+use storage_common::{FIRST_SEGMENT, async_config, config, open};
 
 fn rec(i: u64) -> NewRecord {
     NewRecord::new("t", 0, format!("message {i} {}", "x".repeat(900)))
