@@ -7,6 +7,9 @@
 //!    and `DATABASE_URL` points at it for this test process;
 //! 3. otherwise the test binary stops with a message that says what to set.
 //!
+//! MySQL / MariaDB tests (feature `mysql`) take a database of their own from
+//! [`MySqlTestDatabase::create`], on the server named by `MYSQL_URL`.
+//!
 //! End-to-end tests that run another package's binary (the `outbox-relay` sidecar, the
 //! `broker-lite` server) find it with [`workspace_binary`].
 //!
@@ -18,8 +21,12 @@
 //! ```
 
 mod binary;
+#[cfg(feature = "mysql")]
+mod mysql;
 
 pub use binary::workspace_binary;
+#[cfg(feature = "mysql")]
+pub use mysql::{HOW_TO_SET_MYSQL_URL, MySqlTestDatabase, mysql_url};
 
 use std::io::Write;
 use std::path::Path;
@@ -87,7 +94,7 @@ pub fn ensure_database_url() {
     }
 }
 
-fn docker_available() -> bool {
+pub(crate) fn docker_available() -> bool {
     if let Some(host) = std::env::var_os("DOCKER_HOST") {
         return !host.is_empty();
     }
