@@ -73,6 +73,7 @@
 //! | broker | feature | publisher | source |
 //! |---|---|---|---|
 //! | broker-lite (bundled) | `broker-lite` | `BrokerLitePublisher` | `BrokerLiteSource` (immediate dead letters, delay levels) |
+//! | NATS JetStream | `nats` | `nats::NatsPublisher` (PubAck awaited, `Nats-Msg-Id` = message id) | `nats::NatsSource` (durable pull consumer, nak delays, dead-letter stream) |
 //!
 //! # Features
 //!
@@ -88,6 +89,7 @@
 //! one at a time per database file; see [`TxDatabase`]. The inbox's idle workers are woken
 //! in-process there (SQLite has no `NOTIFY`), rows from other processes by polling.
 //! | `broker-lite` | yes | `BrokerLitePublisher` and `BrokerLiteSource` for the bundled broker (adds the `broker-lite` crate) |
+//! | `nats` | no | the `nats` module: `NatsPublisher`, `NatsSource`, `StreamSpec` for NATS JetStream (adds async-nats) |
 
 #![forbid(unsafe_code)]
 
@@ -117,6 +119,8 @@ mod tx;
 pub use brokers::broker_lite::{
     BROKER_LITE_CREATED_AT, BrokerLitePublisher, BrokerLiteReceipt, BrokerLiteSource,
 };
+#[cfg(feature = "nats")]
+pub use brokers::nats::{NatsPublisher, NatsSource, NatsSourceConfig};
 pub use consumer::batch::{Batch, BatchFailed, BatchLayer};
 pub use consumer::catch_panic::{CatchPanic, CatchPanicLayer};
 pub use consumer::metrics::{ConsumeMetrics, ConsumeMetricsLayer};
@@ -157,6 +161,13 @@ pub use tx::{PgTx, PgTxGuard};
 pub use tx::{SqliteTx, SqliteTxGuard};
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 pub use tx::{Tx, TxDelivery, TxGuard};
+
+/// NATS JetStream (feature `nats`): publisher, source, stream provisioning; see the guarantees
+/// and ordering sections there.
+#[cfg(feature = "nats")]
+pub mod nats {
+    pub use crate::brokers::nats::*;
+}
 
 /// The response futures of the layers. `ConsumeTimeout` and `SendTimeout` share `TimeoutFuture`, the send retry
 /// shares `LocalRetryFuture`.

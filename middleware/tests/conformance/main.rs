@@ -8,6 +8,8 @@ mod broker_lite;
 mod cases;
 mod effects;
 mod harness;
+#[cfg(feature = "nats")]
+mod nats;
 
 courier_test_support::postgres_for_tests!();
 
@@ -24,6 +26,14 @@ macro_rules! for_each_adapter {
             async fn broker_lite(pool: PgPool) {
                 crate::cases::$case(crate::broker_lite::BrokerLite::start().await, pool).await;
             }
+
+            #[cfg(feature = "nats")]
+            #[sqlx::test(migrator = "courier_outbox::MIGRATOR")]
+            async fn nats(pool: PgPool) {
+                crate::cases::$case(crate::nats::Nats::start().await, pool).await;
+            }
+
+            // RabbitMQ (feature `rabbitmq`) plugs in here.
         }
     };
 }
