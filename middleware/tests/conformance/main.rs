@@ -10,6 +10,9 @@ mod effects;
 mod harness;
 #[cfg(feature = "nats")]
 mod nats;
+#[cfg(feature = "nats")]
+#[path = "../nats_support/mod.rs"]
+mod nats_support;
 
 courier_test_support::postgres_for_tests!();
 
