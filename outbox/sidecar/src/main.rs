@@ -18,6 +18,7 @@ mod config;
 mod database;
 mod failures;
 mod http;
+mod nats_check;
 mod publisher;
 mod run;
 
