@@ -24,6 +24,7 @@
 //! | `sqlite` | no | the same on SQLite |
 //! | `broker-lite` | yes | the broker-lite client as [`broker`], the publisher and source, and [`App`] |
 //! | `embedded-broker` | no | the broker-lite server as `broker_lite` (storage engine, broker core, TCP server) |
+//! | `nats` | no | NATS JetStream as `nats`: `NatsPublisher` (PubAck awaited, `Nats-Msg-Id` = message id), `NatsSource`, `StreamSpec` |
 
 #![forbid(unsafe_code)]
 
@@ -36,6 +37,11 @@ pub use app::App;
 pub use broker_lite_client as broker;
 pub use courier_middleware as middleware;
 pub use courier_outbox as outbox;
+
+/// NATS JetStream (feature `nats`): the relay's publisher, the consumer runtime's source, stream
+/// provisioning, and the guarantees they give.
+#[cfg(feature = "nats")]
+pub use courier_middleware::nats;
 
 /// The bundled broker's server side: the `broker-lite` crate (see [`broker`] for its clients).
 #[cfg(feature = "embedded-broker")]

@@ -35,7 +35,7 @@ use failures::FailuresCommand;
 #[command(
     name = "outbox-relay",
     version,
-    about = "Drains a transactional outbox to broker-lite."
+    about = "Drains a transactional outbox to broker-lite or NATS JetStream."
 )]
 struct Cli {
     /// TOML configuration file.
@@ -44,7 +44,7 @@ struct Cli {
     /// The application's Postgres (overrides `database_url` in the file).
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     database_url: Option<String>,
-    /// broker-lite addresses, `host:port;host:port` (overrides `broker.addresses`).
+    /// The broker: `nats://host:port` for NATS JetStream, broker-lite addresses `host:port;host:port` otherwise (overrides `broker.addresses`).
     #[arg(long, env = "OUTBOX_RELAY_BROKER")]
     broker: Option<String>,
     /// Address for /healthz, /readyz and /metrics, or "off" (overrides `http.listen`).

@@ -246,7 +246,7 @@ mod tests {
                 Kind::Unreachable,
             ),
         ] {
-            assert_eq!(kind(&error(kind_.clone()), state), expected, "{kind_}");
+            assert_eq!(kind(&error(kind_), state), expected, "{kind_}");
         }
     }
 

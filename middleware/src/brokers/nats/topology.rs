@@ -252,7 +252,7 @@ impl ConsumerSpec {
         stream
             .get_consumer(&self.durable)
             .await
-            .map_err(|error| TopologyError::Request(error))
+            .map_err(TopologyError::Request)
     }
 
     fn check(&self, existing: &consumer::Config) -> Result<(), TopologyError> {
