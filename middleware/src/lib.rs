@@ -96,21 +96,23 @@ mod brokers;
 #[cfg(feature = "sqlite")]
 mod clock;
 mod consumer;
-#[cfg(any(feature = "postgres", feature = "sqlite"))]
+#[cfg(any(feature = "postgres", feature = "sqlite", feature = "mysql"))]
 mod database;
 mod delivery;
 mod error;
-#[cfg(any(feature = "postgres", feature = "sqlite"))]
+#[cfg(any(feature = "postgres", feature = "sqlite", feature = "mysql"))]
 mod idempotency;
-#[cfg(any(feature = "postgres", feature = "sqlite"))]
+#[cfg(any(feature = "postgres", feature = "sqlite", feature = "mysql"))]
 mod inbox;
 mod memory;
+#[cfg(feature = "mysql")]
+mod mysql;
 mod producer;
 mod runtime;
 mod source;
 mod timeout;
 mod trace_context;
-#[cfg(any(feature = "postgres", feature = "sqlite"))]
+#[cfg(any(feature = "postgres", feature = "sqlite", feature = "mysql"))]
 mod tx;
 
 #[cfg(feature = "broker-lite")]
@@ -122,16 +124,16 @@ pub use consumer::catch_panic::{CatchPanic, CatchPanicLayer};
 pub use consumer::metrics::{ConsumeMetrics, ConsumeMetricsLayer};
 pub use consumer::retry::{LocalRetry, LocalRetryLayer, LocalRetryPolicy};
 pub use consumer::trace::{Trace, TraceLayer};
-#[cfg(any(feature = "postgres", feature = "sqlite"))]
+#[cfg(any(feature = "postgres", feature = "sqlite", feature = "mysql"))]
 pub use database::{DefaultDatabase, TxDatabase};
 pub use delivery::{AsDelivery, Delivery};
 pub use error::{Disposition, Elapsed, Panicked, Reject, Retry};
-#[cfg(any(feature = "postgres", feature = "sqlite"))]
+#[cfg(any(feature = "postgres", feature = "sqlite", feature = "mysql"))]
 pub use idempotency::{
     BatchedIdempotency, BatchedIdempotencyLayer, DEFAULT_IDEMPOTENCY_WINDOW, Handled, Idempotency,
     IdempotencyKey, IdempotencyLayer, LateDelivery,
 };
-#[cfg(any(feature = "postgres", feature = "sqlite"))]
+#[cfg(any(feature = "postgres", feature = "sqlite", feature = "mysql"))]
 pub use inbox::{Inbox, InboxDeadLetter, InboxStore, InboxWorker, Stored};
 pub use memory::{MemoryReceipt, MemorySource};
 #[cfg(feature = "postgres")]
@@ -155,7 +157,9 @@ pub use trace_context::{TRACEPARENT, TraceParent};
 pub use tx::{PgTx, PgTxGuard};
 #[cfg(feature = "sqlite")]
 pub use tx::{SqliteTx, SqliteTxGuard};
-#[cfg(any(feature = "postgres", feature = "sqlite"))]
+#[cfg(feature = "mysql")]
+pub use tx::{MySqlTx, MySqlTxGuard};
+#[cfg(any(feature = "postgres", feature = "sqlite", feature = "mysql"))]
 pub use tx::{Tx, TxDelivery, TxGuard};
 
 /// The response futures of the layers. `ConsumeTimeout` and `SendTimeout` share `TimeoutFuture`, the send retry
@@ -166,9 +170,9 @@ pub mod future {
     pub use crate::consumer::metrics::future::ResponseFuture as ConsumeMetricsFuture;
     pub use crate::consumer::retry::future::ResponseFuture as LocalRetryFuture;
     pub use crate::consumer::trace::future::ResponseFuture as TraceFuture;
-    #[cfg(any(feature = "postgres", feature = "sqlite"))]
+    #[cfg(any(feature = "postgres", feature = "sqlite", feature = "mysql"))]
     pub use crate::idempotency::future::ResponseFuture as IdempotencyFuture;
-    #[cfg(any(feature = "postgres", feature = "sqlite"))]
+    #[cfg(any(feature = "postgres", feature = "sqlite", feature = "mysql"))]
     pub use crate::inbox::future::ResponseFuture as InboxStoreFuture;
     pub use crate::producer::status::ResponseFuture as RequireSendOkFuture;
     pub use crate::producer::trace::ResponseFuture as TracePublishFuture;
