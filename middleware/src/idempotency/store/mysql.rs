@@ -31,7 +31,7 @@ use chrono::{DateTime, Utc};
 use sqlx::{MySql, MySqlConnection, MySqlPool, QueryBuilder};
 
 use super::IdempotencySql;
-use crate::mysql::conflict::{is_duplicate, retry_deadlocks};
+use crate::mysql::conflict::{is_duplicate, is_lock_wait_timeout, retry_deadlocks};
 use crate::mysql::{PURGE_BATCH, begin_read_committed, micros};
 
 /// The widths of the record's key columns (`VARBINARY`, see the migration).
@@ -73,6 +73,12 @@ async fn insert(conn: &mut MySqlConnection, group: &str, key: &str) -> Result<bo
     match inserted {
         Ok(_) => Ok(true),
         Err(error) if is_duplicate(&error) => Ok(false),
+        Err(error) if is_lock_wait_timeout(&error) => {
+            tracing::warn!(%group, %key, "idempotency record: another delivery of this key has \
+                held its transaction open longer than innodb_lock_wait_timeout; this delivery \
+                fails and is redelivered, and then finds that one's record or takes over");
+            Err(error)
+        }
         Err(error) => Err(error),
     }
 }

@@ -28,22 +28,33 @@ use crate::inbox::{InboxDeadLetter, Stored};
 use crate::mysql::conflict::{is_duplicate, retry_deadlocks};
 use crate::mysql::{PURGE_BATCH, begin_read_committed, micros};
 
-/// A `VARBINARY` column that holds UTF-8 text (the consumer group).
+/// A column that holds UTF-8 text, read as bytes: the server flags `VARBINARY` and `_bin`
+/// collation columns alike as binary, which sqlx does not decode as `String`.
 fn text(row: &MySqlRow, column: &str) -> Result<String, sqlx::Error> {
-    let bytes: Vec<u8> = row.try_get(column)?;
-    String::from_utf8(bytes).map_err(|error| sqlx::Error::ColumnDecode {
+    optional_text(row, column)?.ok_or_else(|| sqlx::Error::ColumnDecode {
         index: column.to_owned(),
-        source: Box::new(error),
+        source: "unexpected NULL".into(),
     })
+}
+
+/// [`text`] for a nullable column.
+fn optional_text(row: &MySqlRow, column: &str) -> Result<Option<String>, sqlx::Error> {
+    let bytes: Option<Vec<u8>> = row.try_get(column)?;
+    bytes
+        .map(String::from_utf8)
+        .transpose()
+        .map_err(|error| sqlx::Error::ColumnDecode {
+            index: column.to_owned(),
+            source: Box::new(error),
+        })
 }
 
 fn message_of(row: &MySqlRow) -> Result<Message, sqlx::Error> {
     let Json(headers) = row.try_get("headers")?;
     let payload: Vec<u8> = row.try_get("payload")?;
-    let mut message =
-        Message::new(row.try_get::<String, _>("topic")?, payload).with_id(row.try_get("id")?);
-    message.key = row.try_get("key")?;
-    message.tag = row.try_get("tag")?;
+    let mut message = Message::new(text(row, "topic")?, payload).with_id(row.try_get("id")?);
+    message.key = optional_text(row, "key")?;
+    message.tag = optional_text(row, "tag")?;
     message.headers = headers;
     message.created_at = row.try_get("created_at")?;
     Ok(message)
@@ -166,10 +177,8 @@ impl InboxSql for MySql {
             return Ok(true);
         }
         // Still this claim's, but not marked: the transaction was rolled back under the handler.
-        let ours: Option<i32> = holds(
-            sqlx::query_scalar(&format!(
-                "SELECT 1 FROM courier_inbox_messages WHERE {HOLDS}"
-            )),
+        let ours = holds(
+            sqlx::query(&format!("SELECT 1 FROM courier_inbox_messages WHERE {HOLDS}")),
             seq,
             lease,
         )
@@ -250,7 +259,7 @@ impl InboxSql for MySql {
                     group: text(row, "consumer_group")?,
                     message: message_of(row)?,
                     attempts: u32::try_from(attempts).unwrap_or(0),
-                    last_error: row.try_get("last_error")?,
+                    last_error: text(row, "last_error")?,
                     failed_at: row.try_get("failed_at")?,
                 })
             })
@@ -331,7 +340,7 @@ async fn claim(
     let mut delivery = Delivery::new(message_of(&row)?, group)
         .with_attempt(u32::try_from(attempts).unwrap_or(u32::MAX))
         .with_first_delivered_at(row.try_get("received_at")?);
-    delivery.queue = row.try_get("queue")?;
+    delivery.queue = optional_text(&row, "queue")?;
     Ok(Some(Claimed {
         seq,
         lease: Lease { attempts, until },
