@@ -120,8 +120,9 @@ impl sealed::Dialect for sqlx::MySql {
         pool: &Pool<Self>,
     ) -> impl Future<Output = Result<Transaction<'static, Self>, sqlx::Error>> + Send {
         // The session's isolation level: the handler's own statements run at the level the
-        // application chose. The middleware's record insert takes no gap lock on any of its
-        // tables but the record's own, so REPEATABLE READ adds no lock conflicts to it.
+        // application chose. The record insert locks only in the records table (a fresh record:
+        // its own row; a duplicate: the existing row and the gap before it, until the rollback
+        // right after), so REPEATABLE READ adds no lock on the handler's tables.
         pool.begin()
     }
 

@@ -46,10 +46,10 @@
 //! | C1 | [`Disposition`]: `Ok` acks, errors redeliver or dead-letter; [`Consumer`] holds the receipts |
 //! | C2 | [`CatchPanic`] (and the runtime itself) turn panics into redeliveries |
 //! | C3 | the runtime abandons and redelivers a call after 15 minutes ([`ConsumerBuilder::consume_timeout`]); [`ConsumeTimeout`] per handler |
-//! | C4 | [`Inbox`]: [`InboxStore`] stores and acks, [`InboxWorker`] processes with retries and dead letters (Postgres or SQLite) |
+//! | C4 | [`Inbox`]: [`InboxStore`] stores and acks, [`InboxWorker`] processes with retries and dead letters (Postgres, SQLite or MySQL) |
 //! | C5 | [`ConsumeModel`]; the runtime warns about broadcasting without [`Idempotency`] |
 //! | C6 | [`ConsumerBuilder::batch_size`], 1 by default; [`BatchLayer`] for handlers of `Vec<Delivery>` |
-//! | C7 | [`Idempotency`]: the record and the handler's writes in one transaction, on Postgres or SQLite ([`TxDatabase`]) |
+//! | C7 | [`Idempotency`]: the record and the handler's writes in one transaction, on Postgres, SQLite or MySQL ([`TxDatabase`]) |
 //! | C8 | [`ConsumerBuilder::max_deliveries`] (16), [`Reject`], [`DeliverySource::dead_letter`] |
 //! | P1 | the broker-lite publisher fails every status but `SEND_OK` (opt-out per status: `accept_status`); [`RequireSendOk`] with [`SendStatus`] for other publishers |
 //! | P2, P8 | [`Producer`]: `send`, `send_async` ([`SendHandle`], `#[must_use]`), `send_with_callback` |
@@ -80,13 +80,16 @@
 //! |---|---|---|
 //! | `postgres` | yes | [`Idempotency`], [`Inbox`], [`FailureFallback`] on Postgres (tables in schema `courier_inbox`, created by `courier_outbox::MIGRATOR`); [`PgTx`] |
 //! | `sqlite` | no | [`Idempotency`] and [`Inbox`] on SQLite (tables `courier_inbox_*`, created by `courier_outbox::SQLITE_MIGRATOR`); `SqliteTx` |
+//! | `mysql` | no | [`Idempotency`] and [`Inbox`] on MySQL 8.0.1+ / MariaDB 10.6+ (tables `courier_inbox_*`, created by `courier_outbox::MYSQL_MIGRATOR`); `MySqlTx` |
 //!
 //! The transactional types take the database as a type parameter that defaults to Postgres
 //! (`Inbox<DB = Postgres>`, `TxDelivery<DB = Postgres>` …): `IdempotencyLayer::new(pool)` and
 //! `Inbox::new(pool)` pick it from the pool. On SQLite the handler's transaction is
 //! `BEGIN IMMEDIATE` and holds the database's write lock while the handler runs, so handlers run
 //! one at a time per database file; see [`TxDatabase`]. The inbox's idle workers are woken
-//! in-process there (SQLite has no `NOTIFY`), rows from other processes by polling.
+//! in-process there (SQLite has no `NOTIFY`), rows from other processes by polling. MySQL wakes
+//! them in-process too, plus polling; its handler transaction is a plain `BEGIN`, and a handler
+//! must return its database errors: see [`TxDatabase`] for what InnoDB does on a deadlock.
 //! | `broker-lite` | yes | `BrokerLitePublisher` and `BrokerLiteSource` for the bundled broker (adds the `broker-lite` crate) |
 
 #![forbid(unsafe_code)]
@@ -153,12 +156,12 @@ pub use timeout::{
 };
 pub use tower::BoxError;
 pub use trace_context::{TRACEPARENT, TraceParent};
+#[cfg(feature = "mysql")]
+pub use tx::{MySqlTx, MySqlTxGuard};
 #[cfg(feature = "postgres")]
 pub use tx::{PgTx, PgTxGuard};
 #[cfg(feature = "sqlite")]
 pub use tx::{SqliteTx, SqliteTxGuard};
-#[cfg(feature = "mysql")]
-pub use tx::{MySqlTx, MySqlTxGuard};
 #[cfg(any(feature = "postgres", feature = "sqlite", feature = "mysql"))]
 pub use tx::{Tx, TxDelivery, TxGuard};
 

@@ -14,7 +14,7 @@ use courier_outbox::{Backoff, Message};
 use sqlx::{MySql, MySqlConnection, MySqlPool};
 use store_support::{PATIENCE, Store, lock_waits_at_least, mysql_database};
 use tokio::sync::{Notify, Semaphore};
-use tower::{BoxError, Layer, Service, ServiceExt};
+use tower::{BoxError, Layer, ServiceExt};
 
 const GROUP: &str = "billing";
 
@@ -53,9 +53,18 @@ async fn deliveries_waiting_on_a_rolled_back_record_deadlock_and_are_restarted_n
     let message = Message::new("payments", "p");
 
     let first = tokio::spawn(service.clone().oneshot(delivery(&message)));
-    wait_for("the first handler call", || calls.load(Ordering::SeqCst) == 1).await;
+    wait_for("the first handler call", || {
+        calls.load(Ordering::SeqCst) == 1
+    })
+    .await;
     let others: Vec<_> = (2..=3)
-        .map(|attempt| tokio::spawn(service.clone().oneshot(delivery(&message).with_attempt(attempt))))
+        .map(|attempt| {
+            tokio::spawn(
+                service
+                    .clone()
+                    .oneshot(delivery(&message).with_attempt(attempt)),
+            )
+        })
         .collect();
     lock_waits_at_least(&pool, 2).await;
     gate.add_permits(1);
@@ -88,7 +97,10 @@ async fn a_handler_that_swallows_a_deadlock_is_not_acked_and_its_redelivery_runs
                 write_effect(&request).await?;
                 let mut conn = request.tx().lock().await;
                 let lost = deadlock.lose(&mut conn).await;
-                assert!(lost, "the handler's transaction was not the deadlock's victim");
+                assert!(
+                    lost,
+                    "the handler's transaction was not the deadlock's victim"
+                );
                 // Swallowed: the handler answers Ok.
                 Ok::<(), BoxError>(())
             }
@@ -102,7 +114,10 @@ async fn a_handler_that_swallows_a_deadlock_is_not_acked_and_its_redelivery_runs
     deadlock.finish().await;
 
     let error = answer.expect_err("acked a delivery whose transaction was rolled back");
-    assert!(error.to_string().contains("rolled its transaction back"), "{error}");
+    assert!(
+        error.to_string().contains("rolled its transaction back"),
+        "{error}"
+    );
     assert_eq!(MySql::records(&pool).await, 0);
     assert_eq!(MySql::effects(&pool).await, 0);
 
@@ -213,7 +228,12 @@ async fn purging_in_batches_does_not_wait_for_an_open_delivery() {
         })
     };
     let layer = IdempotencyLayer::new(pool.clone());
-    let open = tokio::spawn(layer.clone().layer(holding).oneshot(delivery(&Message::new("payments", "p"))));
+    let open = tokio::spawn(
+        layer
+            .clone()
+            .layer(holding)
+            .oneshot(delivery(&Message::new("payments", "p"))),
+    );
     tokio::time::timeout(PATIENCE, started.notified())
         .await
         .expect("the delivery never ran");

@@ -372,25 +372,30 @@ impl Store for MySql {
 /// `information_schema.INNODB_TRX`: MariaDB refreshes that table's cache only when nobody read it
 /// for 100 ms, so tests polling it in parallel keep each other's view stale.
 pub async fn lock_waits_at_least(pool: &MySqlPool, n: usize) {
-    poll_until(&format!("{n} transaction(s) to wait for a lock"), || async {
-        let ours: Vec<i64> =
-            sqlx::query_scalar("SELECT ID FROM information_schema.PROCESSLIST WHERE DB = DATABASE()")
-                .fetch_all(pool)
-                .await
-                .unwrap();
-        let (_, _, status): (String, String, String) = sqlx::query_as("SHOW ENGINE INNODB STATUS")
-            .fetch_one(pool)
+    poll_until(
+        &format!("{n} transaction(s) to wait for a lock"),
+        || async {
+            let ours: Vec<i64> = sqlx::query_scalar(
+                "SELECT ID FROM information_schema.PROCESSLIST WHERE DB = DATABASE()",
+            )
+            .fetch_all(pool)
             .await
             .unwrap();
-        let waiting = status
-            .split("---TRANSACTION")
-            .filter(|transaction| transaction.contains("LOCK WAIT"))
-            .filter(|transaction| {
-                ours.iter()
-                    .any(|id| transaction.contains(&format!("thread id {id},")))
-            })
-            .count();
-        waiting >= n
-    })
+            let (_, _, status): (String, String, String) =
+                sqlx::query_as("SHOW ENGINE INNODB STATUS")
+                    .fetch_one(pool)
+                    .await
+                    .unwrap();
+            let waiting = status
+                .split("---TRANSACTION")
+                .filter(|transaction| transaction.contains("LOCK WAIT"))
+                .filter(|transaction| {
+                    ours.iter()
+                        .any(|id| transaction.contains(&format!("thread id {id},")))
+                })
+                .count();
+            waiting >= n
+        },
+    )
     .await;
 }

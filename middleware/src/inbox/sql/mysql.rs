@@ -178,7 +178,9 @@ impl InboxSql for MySql {
         }
         // Still this claim's, but not marked: the transaction was rolled back under the handler.
         let ours = holds(
-            sqlx::query(&format!("SELECT 1 FROM courier_inbox_messages WHERE {HOLDS}")),
+            sqlx::query(&format!(
+                "SELECT 1 FROM courier_inbox_messages WHERE {HOLDS}"
+            )),
             seq,
             lease,
         )
