@@ -6,8 +6,8 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use anyhow::Context;
-use broker_lite::embedded::{self, EmbeddedBroker, EmbeddedConfig};
-use broker_lite::storage::FlushMode;
+use courier::broker_lite::embedded::{self, EmbeddedBroker, EmbeddedConfig};
+use courier::broker_lite::storage::FlushMode;
 use courier::broker::{ConsumerConfig, ProducerConfig};
 use courier::middleware::{
     BrokerLitePublisher, BrokerLiteSource, Consumer, RequireSendOk, RequireSendOkLayer,
