@@ -123,7 +123,7 @@ impl World {
         let shutdown = self.shutdown.clone();
         self.tasks.push(tokio::spawn(async move {
             if let Err(error) = relay.run(shutdown).await {
-                eprintln!("the relay stopped: {error}");
+                eprintln!("the relay stopped: {:#}", anyhow::Error::from(error));
             }
         }));
         Ok(())
