@@ -98,14 +98,16 @@ pub(crate) async fn run(addresses: &str, command: AdminCommand) -> Result<()> {
             println!("created topic {name} with {queues} queues");
         }
         AdminCommand::Topics(TopicsCommand::List) => {
+            let topics = admin.topics().await?;
             println!("{:<40} {:>6}", "TOPIC", "QUEUES");
-            for t in admin.topics().await? {
+            for t in topics {
                 println!("{:<40} {:>6}", t.name, t.queues);
             }
         }
         AdminCommand::Groups => {
+            let groups = admin.groups().await?;
             println!("{:<30} {:<12} {:<30} MEMBERS", "GROUP", "MODEL", "TOPICS");
-            for g in admin.groups().await? {
+            for g in groups {
                 let model = format!("{:?}", g.model).to_lowercase();
                 println!(
                     "{:<30} {:<12} {:<30} {}",

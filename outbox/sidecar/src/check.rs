@@ -149,7 +149,8 @@ async fn reach_brokers(config: &Config) -> anyhow::Result<Reached> {
         }),
         None => match unreachable.as_slice() {
             [(address, cause)] => anyhow::bail!(
-                "cannot reach broker-lite at {address}: {cause}; start it, or fix broker.addresses"
+                "cannot reach broker-lite at {address}: {cause}; {}",
+                what_to_do(cause)
             ),
             all => anyhow::bail!(
                 "cannot reach broker-lite at any of {}: {}; start one, or fix broker.addresses",
@@ -160,6 +161,15 @@ async fn reach_brokers(config: &Config) -> anyhow::Result<Reached> {
                     .join("; ")
             ),
         },
+    }
+}
+
+/// Start the broker, unless something else answered at its address.
+fn what_to_do(cause: &str) -> &'static str {
+    if cause.contains("not a broker-lite server") {
+        "fix broker.addresses"
+    } else {
+        "start it, or fix broker.addresses"
     }
 }
 
