@@ -122,7 +122,7 @@ async fn create_order(
     if event.amount_cents <= 0 {
         // Rolls back the order *and* its message: the message never existed for anyone.
         tx.rollback().await.map_err(internal)?;
-        tracing::info!(order = %event.order_id, message = %message.id, "order rolled back with its message");
+        tracing::info!(order = %event.order_id, message_id = %message.id, "order rolled back with its message");
         return Err((
             StatusCode::UNPROCESSABLE_ENTITY,
             format!(
@@ -133,7 +133,7 @@ async fn create_order(
         ));
     }
     tx.commit().await.map_err(internal)?;
-    tracing::info!(order = %event.order_id, message = %message.id, "order committed with its message");
+    tracing::info!(order = %event.order_id, message_id = %message.id, "order committed with its message");
     Ok((
         StatusCode::CREATED,
         Json(Created {
