@@ -202,7 +202,12 @@ pub(crate) async fn run(addresses: &str, command: AdminCommand) -> Result<()> {
                 }
                 println!("message {id}");
                 for e in events {
-                    println!("  {}  {:<14} {}", timestamp(e.timestamp_ms), e.event, e.detail);
+                    println!(
+                        "  {}  {:<14} {}",
+                        timestamp(e.timestamp_ms),
+                        e.event,
+                        e.detail
+                    );
                 }
             }
         }
@@ -283,6 +288,9 @@ mod tests {
     #[test]
     fn timestamps_are_readable_utc() {
         assert_eq!(timestamp(1_764_489_600_123), "2025-11-30 08:00:00.123 UTC");
-        assert_eq!(timestamp(u64::MAX), "18446744073709551615 ms after the epoch");
+        assert_eq!(
+            timestamp(u64::MAX),
+            "18446744073709551615 ms after the epoch"
+        );
     }
 }

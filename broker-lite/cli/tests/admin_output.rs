@@ -5,7 +5,7 @@
 use std::process::{Output, Stdio};
 use std::time::Duration;
 
-use broker_lite_client::protocol::Message;
+use broker_lite_client::protocol::{Message, SendStatus};
 use broker_lite_client::{Consumer, ConsumerConfig, Producer, ProducerConfig};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -110,10 +110,11 @@ async fn lag_of_a_clustering_group_names_its_members_instead_of_a_column_of_dash
     let producer = Producer::connect(addr.as_str(), ProducerConfig::default())
         .await
         .unwrap();
-    producer
+    let sent = producer
         .send(Message::new("orders", "order 1"))
         .await
         .unwrap();
+    assert_eq!(sent.status, SendStatus::SendOk);
     let consumer = Consumer::connect(addr.as_str(), ConsumerConfig::new("billing", "orders"))
         .await
         .unwrap();

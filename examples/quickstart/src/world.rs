@@ -6,9 +6,9 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use anyhow::Context;
+use courier::broker::{ConsumerConfig, ProducerConfig};
 use courier::broker_lite::embedded::{self, EmbeddedBroker, EmbeddedConfig};
 use courier::broker_lite::storage::FlushMode;
-use courier::broker::{ConsumerConfig, ProducerConfig};
 use courier::middleware::{
     BrokerLitePublisher, BrokerLiteSource, Consumer, RequireSendOk, RequireSendOkLayer,
 };

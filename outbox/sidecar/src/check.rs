@@ -103,8 +103,14 @@ fn print_profile(config: &Config, broker: Option<&BrokerDescription>) {
                 "{h} h"
             ))
     );
-    println!("  one-way topics:      {} (P3)", topics(&settings.oneway_topics));
-    println!("  critical topics:     {}", topics(&settings.critical_topics));
+    println!(
+        "  one-way topics:      {} (P3)",
+        topics(&settings.oneway_topics)
+    );
+    println!(
+        "  critical topics:     {}",
+        topics(&settings.critical_topics)
+    );
 }
 
 /// `ORDER_CREATED, PAYMENT_DONE`, or `none`.
@@ -112,7 +118,11 @@ fn topics(topics: &std::collections::BTreeSet<String>) -> String {
     if topics.is_empty() {
         "none".to_owned()
     } else {
-        topics.iter().map(String::as_str).collect::<Vec<_>>().join(", ")
+        topics
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 }
 

@@ -231,7 +231,9 @@ mod tests {
     #[test]
     fn times_are_rfc_3339_or_a_date() {
         assert_eq!(
-            parse_time("2026-11-30T09:00:00+01:00").unwrap().to_rfc3339(),
+            parse_time("2026-11-30T09:00:00+01:00")
+                .unwrap()
+                .to_rfc3339(),
             "2026-11-30T08:00:00+00:00"
         );
         assert_eq!(
@@ -240,7 +242,9 @@ mod tests {
         );
         let error = parse_time("yesterday").unwrap_err();
         assert!(
-            error.starts_with("\"yesterday\" is not an RFC 3339 time: write it like 2026-11-30T08:00:00Z"),
+            error.starts_with(
+                "\"yesterday\" is not an RFC 3339 time: write it like 2026-11-30T08:00:00Z"
+            ),
             "{error}"
         );
     }

@@ -231,6 +231,9 @@ mod tests {
     #[test]
     fn distinct_causes_are_all_said() {
         let error = anyhow::anyhow!("connection refused").context("cannot reach broker-lite");
-        assert_eq!(report(&error), "cannot reach broker-lite: connection refused");
+        assert_eq!(
+            report(&error),
+            "cannot reach broker-lite: connection refused"
+        );
     }
 }

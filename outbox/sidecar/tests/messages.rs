@@ -74,7 +74,12 @@ async fn run_started_before_the_services_migrations_waits_for_them(pool: PgPool)
         .unwrap();
     let url = database_url(&pool);
     let child = Command::new(RELAY)
-        .args(["--database-url", &url, "--broker", &broker.addr().to_string()])
+        .args([
+            "--database-url",
+            &url,
+            "--broker",
+            &broker.addr().to_string(),
+        ])
         .args(["--http-listen", "127.0.0.1:0", "run"])
         .env_remove("NO_COLOR")
         .stdout(Stdio::piped())
@@ -118,7 +123,10 @@ async fn run_started_before_the_services_migrations_waits_for_them(pool: PgPool)
     assert!(status.success());
     let exited = child.0.wait().unwrap();
     drop((stdout, stderr));
-    assert!(exited.success(), "outbox-relay exited with {exited} after SIGTERM");
+    assert!(
+        exited.success(),
+        "outbox-relay exited with {exited} after SIGTERM"
+    );
     broker.shutdown().await.unwrap();
 }
 
@@ -165,7 +173,9 @@ async fn check_reports_each_failover_address_on_its_own(pool: PgPool) {
         text(&output.stderr)
     );
     assert!(
-        stdout.lines().any(|l| l == format!("broker: {addr} reachable")),
+        stdout
+            .lines()
+            .any(|l| l == format!("broker: {addr} reachable")),
         "{stdout}"
     );
     assert!(
@@ -175,7 +185,9 @@ async fn check_reports_each_failover_address_on_its_own(pool: PgPool) {
         "{stdout}"
     );
     assert!(
-        stdout.lines().any(|l| l.starts_with("WARNING: failover address 127.0.0.1:1 is unreachable")),
+        stdout
+            .lines()
+            .any(|l| l.starts_with("WARNING: failover address 127.0.0.1:1 is unreachable")),
         "{stdout}"
     );
     assert!(
@@ -295,7 +307,8 @@ async fn purge_names_rfc_3339_and_purge_all_needs_a_yes_without_a_terminal(pool:
     let stderr = text(&output.stderr);
     assert_eq!(output.status.code(), Some(2), "{stderr}");
     assert!(
-        stderr.contains("\"yesterday\" is not an RFC 3339 time: write it like 2026-11-30T08:00:00Z"),
+        stderr
+            .contains("\"yesterday\" is not an RFC 3339 time: write it like 2026-11-30T08:00:00Z"),
         "{stderr}"
     );
 
