@@ -1,0 +1,3 @@
+//! What only the MySQL store does.
+
+mod common;
