@@ -2,9 +2,9 @@
 //!
 //! Holding row locks while a batch is published would make the application's transactions wait
 //! for the broker, and locking reads under REPEATABLE READ take gap and next-key locks that
-//! deadlock against concurrent inserts. So the relay *leases* the rows it claims: one statement
-//! sets `leased_until` and a claim token (`lease_owner`) on up to `limit` due rows, chosen by a
-//! consistent (non-locking) read and updated by primary key; the transaction commits; the rows are
+//! deadlock against concurrent inserts. So the relay *leases* the rows it claims: up to `limit`
+//! due rows are chosen by a consistent (non-locking) read, then `leased_until` and a claim token
+//! (`lease_owner`) are set on them by primary key; the transaction commits; the rows are
 //! read back by token, published, and their outcomes recorded in a second transaction. At READ
 //! COMMITTED InnoDB takes no gap locks, and the rows an application is inserting are invisible to
 //! the candidate read until they commit, so the claim never waits for a writer and a writer never
@@ -37,24 +37,27 @@ pub(super) const PK_BATCH: usize = 500;
 /// Waits for this relay's turn and reads the server's clock, in the claim transaction.
 const TAKE_TURN: &str = "SELECT UTC_TIMESTAMP(6) FROM outbox_claim_turn WHERE id = 1 FOR UPDATE";
 
-/// The candidates are picked in a derived table (materialised because of its `LIMIT`, which is
-/// also what lets MySQL 8 read the table the statement updates); the outer `WHERE` is checked
-/// again on each row as it is updated, so a row leased since the candidate read is left alone.
-const CLAIM: &str = "\
-UPDATE outbox_messages m
-JOIN (
-    SELECT c.seq FROM outbox_messages c
-    WHERE c.sent_at IS NULL
-      AND c.available_at <= ?
-      AND (c.leased_until IS NULL OR c.leased_until <= ?)
-      AND (c.`key` IS NULL OR NOT EXISTS (
-            SELECT 1 FROM outbox_messages e
-            WHERE e.`key` = c.`key` AND e.seq < c.seq AND e.sent_at IS NULL
-              AND (e.available_at > ? OR e.leased_until > ?)))
-    ORDER BY c.seq
-    LIMIT ?) AS due ON due.seq = m.seq
-SET m.leased_until = ?, m.lease_owner = ?
-WHERE m.sent_at IS NULL AND (m.leased_until IS NULL OR m.leased_until <= ?)";
+/// The candidates: a plain `SELECT`, which at READ COMMITTED is a consistent read that takes no
+/// lock and does not wait for one (a subquery inside the `UPDATE` would be a locking read, and
+/// wait for every uncommitted application insert it scanned). Taken during this relay's turn, it
+/// sees every lease committed before.
+const CANDIDATES: &str = "\
+SELECT c.seq FROM outbox_messages c
+WHERE c.sent_at IS NULL
+  AND c.available_at <= ?
+  AND (c.leased_until IS NULL OR c.leased_until <= ?)
+  AND (c.`key` IS NULL OR NOT EXISTS (
+        SELECT 1 FROM outbox_messages e
+        WHERE e.`key` = c.`key` AND e.seq < c.seq AND e.sent_at IS NULL
+          AND (e.available_at > ? OR e.leased_until > ?)))
+ORDER BY c.seq
+LIMIT ?";
+
+/// Leases candidates by primary key; the conditions are checked again on each row, so one whose
+/// outcome was recorded since the candidate read is left alone.
+const LEASE: &str = "\
+UPDATE outbox_messages SET leased_until = ?, lease_owner = ?
+WHERE sent_at IS NULL AND (leased_until IS NULL OR leased_until <= ?) AND seq IN";
 
 const RELEASE: &str = "UPDATE outbox_messages SET leased_until = NULL, lease_owner = NULL";
 
@@ -97,18 +100,25 @@ pub(super) async fn lease(
     limit: usize,
 ) -> sqlx::Result<u64> {
     let now: DateTime<Utc> = sqlx::query_scalar(TAKE_TURN).fetch_one(&mut *conn).await?;
-    let done = sqlx::query(CLAIM)
+    let candidates: Vec<i64> = sqlx::query_scalar(CANDIDATES)
         .bind(now)
         .bind(now)
         .bind(now)
         .bind(now)
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .bind(after(now, lease))
-        .bind(token)
-        .bind(now)
-        .execute(conn)
+        .fetch_all(&mut *conn)
         .await?;
-    Ok(done.rows_affected())
+    let until = after(now, lease);
+    let mut leased = 0;
+    for chunk in candidates.chunks(PK_BATCH) {
+        let sql = format!("{LEASE} ({})", vec!["?"; chunk.len()].join(", "));
+        let mut update = sqlx::query(&sql).bind(until).bind(token).bind(now);
+        for seq in chunk {
+            update = update.bind(*seq);
+        }
+        leased += update.execute(&mut *conn).await?.rows_affected();
+    }
+    Ok(leased)
 }
 
 /// The rows leased to `token`, in sequence order.

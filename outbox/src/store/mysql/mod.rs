@@ -4,7 +4,7 @@
 //!
 //! Written for MySQL 8.0 and MariaDB 10.6+ and checked on MariaDB 10.11. The SQL is what both
 //! accept: no `RETURNING` (MySQL 8 has none; MariaDB has it on `INSERT` and `DELETE` only), no
-//! subquery on the table a statement modifies (MySQL error 1093; derived tables instead), no
+//! subquery on the table a statement modifies (MySQL error 1093), no
 //! `LIMIT` inside `IN (…)`. READ COMMITTED needs `binlog_format` ROW or MIXED where the binary
 //! log is on (the default on both since MySQL 5.7.7 / MariaDB 10.2.4).
 
