@@ -40,7 +40,8 @@ struct Cli {
     /// TOML configuration file.
     #[arg(long, env = "OUTBOX_RELAY_CONFIG")]
     config: Option<PathBuf>,
-    /// The application's Postgres (overrides `database_url` in the file).
+    /// The application's database, postgres:// or mysql:// / mariadb:// (overrides
+    /// `database_url` in the file).
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     database_url: Option<String>,
     /// broker-lite addresses, `host:port;host:port` (overrides `broker.addresses`).
@@ -128,8 +129,8 @@ fn settings(cli: &Cli) -> anyhow::Result<Config> {
 async fn execute(command: Command, config: Config) -> anyhow::Result<()> {
     match command {
         Command::Migrate => {
-            let pool = database::connect(&config).await?;
-            courier_outbox::MIGRATOR.run(&pool).await?;
+            let database = database::connect(&config).await?;
+            database.migrate().await?;
             println!("outbox tables are up to date");
             Ok(())
         }
@@ -139,9 +140,9 @@ async fn execute(command: Command, config: Config) -> anyhow::Result<()> {
             run::run(&config, shutdown).await
         }
         Command::Failures(command) => {
-            let pool = database::connect(&config).await?;
-            database::ensure_migrated(&pool).await?;
-            failures::run(&pool, command).await
+            let database = database::connect(&config).await?;
+            database::ensure_migrated(&database).await?;
+            database::with_pool!(&database, |pool| failures::run(pool, command).await)
         }
         Command::Check => check::run(&config).await,
     }

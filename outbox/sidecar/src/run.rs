@@ -3,8 +3,9 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use courier_outbox::{Backoff, Relay};
-use metrics_exporter_prometheus::PrometheusBuilder;
+use courier_outbox::{Backoff, Publisher, Relay, Store};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use sqlx::Pool;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
@@ -14,10 +15,23 @@ pub(crate) async fn run(config: &Config, shutdown: CancellationToken) -> anyhow:
     let metrics = PrometheusBuilder::new()
         .install_recorder()
         .context("cannot install the Prometheus metrics recorder")?;
-    let pool = database::connect(config).await?;
-    database::ensure_migrated(&pool).await?;
+    let database = database::connect(config).await?;
+    database::ensure_migrated(&database).await?;
     let publisher = publisher::connect(config).await?;
+    database::with_pool!(database, |pool| drain(
+        config, pool, publisher, metrics, shutdown
+    )
+    .await)
+}
 
+/// Builds the relay on `pool`'s store and runs it until `shutdown`.
+async fn drain<DB: Store, P: Publisher>(
+    config: &Config,
+    pool: Pool<DB>,
+    publisher: P,
+    metrics: PrometheusHandle,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let settings = &config.relay;
     let mut builder = Relay::builder(pool, publisher)
         .name(settings.name.clone())
