@@ -87,14 +87,6 @@ async fn connect_mysql(url: &str) -> anyhow::Result<MySqlPool> {
         .with_context(|| format!("cannot connect to the database at {}", redact(url)))
 }
 
-impl Database {
-    /// Creates or upgrades the outbox tables of this store.
-    pub(crate) async fn migrate(&self) -> anyhow::Result<()> {
-        with_pool!(self, |pool| courier_outbox::migrate(pool).await)?;
-        Ok(())
-    }
-}
-
 /// Fails unless the outbox tables exist.
 pub(crate) async fn ensure_migrated(database: &Database) -> anyhow::Result<()> {
     let migrated: bool = match database {
