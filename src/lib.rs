@@ -22,6 +22,7 @@
 //! |---|---|---|
 //! | `postgres` | yes | the outbox, relay, failure table, idempotency and inbox on Postgres |
 //! | `sqlite` | no | the same on SQLite |
+//! | `mysql` | no | the same on MySQL 8 / MariaDB 10.6+ (`outbox::MYSQL_MIGRATOR`) |
 //! | `broker-lite` | yes | the broker-lite client as [`broker`], the publisher and source, and [`App`] |
 //! | `embedded-broker` | no | the broker-lite server as `broker_lite` (storage engine, broker core, TCP server) |
 //! | `nats` | no | NATS JetStream as `nats`: `NatsPublisher` (PubAck awaited, `Nats-Msg-Id` = message id), `NatsSource`, `StreamSpec` |

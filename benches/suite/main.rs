@@ -20,6 +20,7 @@ mod brokers;
 mod enqueue;
 mod idempotency;
 mod latency;
+mod mysql;
 mod nats;
 mod relay;
 mod report;
@@ -215,6 +216,36 @@ async fn main() -> anyhow::Result<()> {
             None
         }
     };
+    let mysql_url =
+        std::env::var("MYSQL_URL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".into());
+    let mysql_pool = if wanted(6) {
+        match tokio::time::timeout(Duration::from_secs(10), mysql::fresh_database(&mysql_url)).await
+        {
+            Ok(Ok(pool)) => {
+                let version: String = sqlx::query_scalar("SELECT VERSION()")
+                    .fetch_one(&pool)
+                    .await?;
+                report.context.push(("MySQL / MariaDB".into(), version));
+                Some(pool)
+            }
+            Ok(Err(e)) => {
+                report.skip(
+                    "scenario 6, MySQL",
+                    format!("MySQL at {mysql_url} unusable: {e:#}"),
+                );
+                None
+            }
+            Err(_) => {
+                report.skip(
+                    "scenario 6, MySQL",
+                    format!("MySQL at {mysql_url} did not answer within 10 s"),
+                );
+                None
+            }
+        }
+    } else {
+        None
+    };
     let nats_addr = std::env::var("NATS_ADDR").unwrap_or_else(|_| NATS_ADDR.into());
     let nats = match nats::Nats::connect(&nats_addr).await {
         Ok(n) if n.info.get("jetstream").and_then(|j| j.as_bool()) == Some(true) => {
@@ -318,6 +349,9 @@ async fn main() -> anyhow::Result<()> {
                 idempotency::run(pool, &params, &mut report).await?;
             }
         }
+        if let Some(pool) = &mysql_pool {
+            mysql::run(pool, &params, &mut report).await?;
+        }
         if wanted(4) {
             let systems = brokers::Systems { nats, rabbit };
             brokers::run(&params, &systems, &mut report).await?;
@@ -409,6 +443,21 @@ fn targets(params: &Params) -> Vec<Target> {
             bound: 1.0,
         });
     }
+    targets.push(Target {
+        text: "MySQL enqueue <= 1.05x hand-written INSERT".into(),
+        metric: "MySQL enqueue / hand INSERT (tx time ratio)".into(),
+        at_least: false,
+        bound: 1.05,
+    });
+    targets.push(Target {
+        text: "MySQL relay drain >= 0.7x raw SQL drain".into(),
+        metric: format!(
+            "MySQL relay → in-memory sink, 1 relay, {}k backlog / raw",
+            params.backlog / 1000
+        ),
+        at_least: true,
+        bound: 0.7,
+    });
     targets.push(Target {
         text: "idempotent consumer >= 10k/s (batched layer)".into(),
         metric: "idempotency layer, batched 128 x 2 workers".into(),

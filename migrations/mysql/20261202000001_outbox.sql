@@ -8,7 +8,8 @@
 -- Timestamps are DATETIME(6) in UTC: the writer stores the message's own UTC time, the relay
 -- compares with UTC_TIMESTAMP(6) of the server, so neither the session's time zone nor the clocks
 -- of the relays' machines matter. Keys, tags and topics compare byte for byte (`_bin`
--- collations), as on the other stores: 'Order-1' and 'order-1' are different keys.
+-- collations), as on the other stores: 'Order-1' and 'order-1' are different keys. (A `_bin`
+-- column reports itself as binary, so the store reads these three as bytes and checks UTF-8.)
 -- `key` is a reserved word in MySQL, hence the backquotes.
 
 CREATE TABLE outbox_messages (
@@ -19,12 +20,12 @@ CREATE TABLE outbox_messages (
     topic           VARCHAR(255)  CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
     `key`           VARCHAR(1024) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin,
     tag             VARCHAR(1024) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin,
-    headers         LONGTEXT      CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
+    headers         LONGTEXT      CHARACTER SET utf8mb4 NOT NULL,
     payload         LONGBLOB      NOT NULL,
     created_at      DATETIME(6)   NOT NULL,
     available_at    DATETIME(6)   NOT NULL,
     attempts        INT           NOT NULL DEFAULT 0,
-    last_error      TEXT          CHARACTER SET utf8mb4 COLLATE utf8mb4_bin,
+    last_error      TEXT          CHARACTER SET utf8mb4,
     last_attempt_at DATETIME(6),
     -- Set instead of deleting the row when the relay runs with a retention period.
     sent_at         DATETIME(6),
@@ -32,7 +33,7 @@ CREATE TABLE outbox_messages (
     -- and records their outcome in another, so no row lock is held while it publishes. A relay
     -- that dies leaves its lease to expire; then any relay takes the rows.
     leased_until    DATETIME(6),
-    lease_owner     VARCHAR(200)  CHARACTER SET ascii COLLATE ascii_bin,
+    lease_owner     VARCHAR(200)  CHARACTER SET ascii,
     UNIQUE KEY outbox_messages_id (id),
     -- The claim's "no earlier pending message with the same key is backing off or leased" check
     -- (a prefix: InnoDB keys are at most 3072 bytes; equal prefixes are then compared in full).
@@ -51,11 +52,11 @@ CREATE TABLE outbox_failures (
     topic           VARCHAR(255)  CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
     `key`           VARCHAR(1024) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin,
     tag             VARCHAR(1024) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin,
-    headers         LONGTEXT      CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
+    headers         LONGTEXT      CHARACTER SET utf8mb4 NOT NULL,
     payload         LONGBLOB      NOT NULL,
     created_at      DATETIME(6)   NOT NULL,
     attempts        INT           NOT NULL,
-    last_error      TEXT          CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
+    last_error      TEXT          CHARACTER SET utf8mb4 NOT NULL,
     failed_at       DATETIME(6)   NOT NULL,
     KEY outbox_failures_failed_at (failed_at),
     KEY outbox_failures_topic (topic, failed_at),

@@ -41,16 +41,28 @@
 //! |---|---|---|
 //! | `postgres` | yes | the Postgres store: writer, relay (`SKIP LOCKED`, `LISTEN/NOTIFY`, advisory-lock key partitions), failure table |
 //! | `sqlite` | no | the SQLite store: writer, relay (rows leased in short `BEGIN IMMEDIATE` transactions, in-process wake-ups plus polling), failure table |
+//! | `mysql` | no | the MySQL 8 / MariaDB 10.6+ store: writer, relay (rows leased by primary key in short READ COMMITTED transactions, deadlocks and lock-wait timeouts retried, in-process wake-ups plus polling), failure table |
 //!
-//! Everything takes the pool or executor of either database ([`Store`]); [`migrate`] runs the
-//! right migrations.
+//! Everything takes the pool or executor of any of these databases ([`Store`]); [`migrate`] runs
+//! the right migrations.
+//!
+//! ## MySQL and MariaDB
+//!
+//! The relay never holds a row lock while it publishes and never makes the application's inserts
+//! wait: relays take turns to lease due rows (one row of `outbox_claim_turn`, locked for the claim
+//! only), pick them with a non-locking read at READ COMMITTED, lease them by primary key, publish,
+//! and record outcomes by primary key in small batches. The SQL is what MySQL 8 and MariaDB both
+//! accept (no `RETURNING`, which MySQL lacks and MariaDB has only on `INSERT`/`DELETE`; no
+//! `UPDATE … RETURNING` anywhere). READ COMMITTED needs `binlog_format` ROW or MIXED when the
+//! binary log is on (the default on both). The tables live in the pool's database.
 //!
 //! # Tables
 //!
 //! [`MIGRATOR`] creates schema `outbox` with `outbox.messages` and `outbox.failures`
 //! (`migrations/postgres/` in the repository). `SQLITE_MIGRATOR` creates `outbox_messages` and
-//! `outbox_failures` (`migrations/sqlite/`). Both also create the consumer tables of
-//! `courier-middleware` (idempotency records, durable inbox).
+//! `outbox_failures` (`migrations/sqlite/`). `MYSQL_MIGRATOR` creates `outbox_messages`,
+//! `outbox_failures` and `outbox_claim_turn` in the pool's database (`migrations/mysql/`). Each
+//! also creates the consumer tables of `courier-middleware` (idempotency records, durable inbox).
 
 #![forbid(unsafe_code)]
 

@@ -1,12 +1,12 @@
 //! A broker outage pauses the relay (its circuit opens) instead of costing the messages attempts,
-//! on both stores; once the broker answers again the backlog goes out at once, in key order.
+//! on every store; once the broker answers again the backlog goes out at once, in key order.
 
 mod common;
 
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::{Behaviour, PATIENCE, Recorder, Running, TestStore, relay, two_stores};
+use common::{Behaviour, PATIENCE, Recorder, Running, TestStore, every_store, relay};
 use courier_outbox::{Backoff, CircuitState, Message, Outbox, RelayBuilder, RelayState};
 use sqlx::{Executor, Pool};
 use tokio::sync::watch;
@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 courier_test_support::postgres_for_tests!();
 
-two_stores!(
+every_store!(
     an_unavailable_broker_pauses_the_relay_without_counting_attempts,
     shutdown_while_paused_leaves_the_backlog_untouched,
 );

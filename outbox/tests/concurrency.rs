@@ -1,18 +1,18 @@
-//! Several relays and writers at once, on both stores: every message published exactly once,
+//! Several relays and writers at once, on every store: every message published exactly once,
 //! per-key order kept.
 
 mod common;
 
 use std::collections::{HashMap, HashSet};
 
-use common::{Behaviour, Recorder, Running, TestStore, relay, two_stores};
+use common::{Behaviour, Recorder, Running, TestStore, every_store, relay};
 use courier_outbox::{Message, Outbox};
 use sqlx::{Executor, Pool};
 use uuid::Uuid;
 
 courier_test_support::postgres_for_tests!();
 
-two_stores!(
+every_store!(
     two_relays_publish_every_message_exactly_once,
     same_key_order_survives_two_relays_and_failures,
     writers_and_relays_at_once_publish_every_message_once_in_key_order,

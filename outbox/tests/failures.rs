@@ -1,17 +1,17 @@
-//! The failure table on both stores: what exhausts its attempts lands there, and comes back when
+//! The failure table on every store: what exhausts its attempts lands there, and comes back when
 //! replayed.
 
 mod common;
 
 use common::{
-    Behaviour, Recorder, Running, TestStore, eventually, relay, two_stores, wake_only_relay,
+    Behaviour, Recorder, Running, TestStore, eventually, every_store, relay, wake_only_relay,
 };
 use courier_outbox::{Error, FailureFilter, Failures, Message, Outbox, RelayState};
 use sqlx::{Acquire, Executor, Pool};
 
 courier_test_support::postgres_for_tests!();
 
-two_stores!(
+every_store!(
     last_attempt_moves_the_message_to_the_failure_table_and_replay_publishes_it,
     permanent_error_skips_the_retries,
     list_filters_by_topic_key_time_and_error_text,
@@ -20,7 +20,7 @@ two_stores!(
     replay_wakes_an_idle_relay,
     replay_keeps_and_reports_failures_whose_id_is_already_in_the_outbox,
 );
-two_stores!(unmigrated: failure_table_missing_says_to_run_the_migrations);
+every_store!(unmigrated: failure_table_missing_says_to_run_the_migrations);
 
 async fn last_attempt_moves_the_message_to_the_failure_table_and_replay_publishes_it<
     DB: TestStore,

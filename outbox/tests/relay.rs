@@ -1,4 +1,4 @@
-//! The relay on both stores: exactly-once in normal operation, per-key order, crashes, shutdown.
+//! The relay on every store: exactly-once in normal operation, per-key order, crashes, shutdown.
 //! What only one store does is in `relay_postgres.rs` and `relay_sqlite.rs`.
 
 mod common;
@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use common::{
-    Behaviour, Recorder, Running, TestStore, eventually, relay, two_stores, wake_only_relay,
+    Behaviour, Recorder, Running, TestStore, eventually, every_store, relay, wake_only_relay,
 };
 use courier_outbox::{Backoff, Error, Message, Outbox, Relay, RelayState};
 use sqlx::{Executor, Pool};
@@ -16,7 +16,7 @@ use uuid::Uuid;
 
 courier_test_support::postgres_for_tests!();
 
-two_stores!(
+every_store!(
     rolled_back_message_is_never_published,
     a_failing_key_holds_its_followers_but_not_other_keys,
     relay_aborted_mid_batch_loses_nothing,
@@ -26,7 +26,7 @@ two_stores!(
     sent_rows_are_purged_after_their_retention,
     shutdown_past_the_grace_period_gives_the_batch_back,
 );
-two_stores!(
+every_store!(
     unmigrated: relay_refuses_a_database_without_the_outbox_tables,
     invalid_settings_are_refused_with_the_setting_named,
 );

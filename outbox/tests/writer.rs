@@ -1,18 +1,18 @@
-//! The writer on both stores: transactions, batches, validation, what comes out of the relay.
+//! The writer on every store: transactions, batches, validation, what comes out of the relay.
 
 mod common;
 
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::{Recorder, Running, TestStore, relay, two_stores};
+use common::{Recorder, Running, TestStore, every_store, relay};
 use courier_outbox::{Error, Limits, Message, Outbox, ValidationError};
 use sqlx::{Executor, Pool};
 use uuid::Uuid;
 
 courier_test_support::postgres_for_tests!();
 
-two_stores!(
+every_store!(
     committed_message_is_stored_with_its_envelope,
     rolled_back_transaction_leaves_nothing,
     batch_keeps_slice_order_and_delays,
@@ -20,7 +20,7 @@ two_stores!(
     duplicate_id_is_refused,
     published_messages_keep_every_field,
 );
-two_stores!(unmigrated: missing_tables_say_to_run_the_migrations);
+every_store!(unmigrated: missing_tables_say_to_run_the_migrations);
 
 async fn committed_message_is_stored_with_its_envelope<DB: TestStore>(pool: Pool<DB>)
 where

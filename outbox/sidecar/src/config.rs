@@ -18,7 +18,7 @@ const MAX_BATCH_SIZE: usize = 100_000;
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct Config {
-    /// The application's Postgres, where the outbox tables live.
+    /// The application's database (Postgres, or MySQL / MariaDB), where the outbox tables live.
     pub(crate) database_url: Option<String>,
     pub(crate) broker: BrokerSettings,
     pub(crate) relay: RelaySettings,

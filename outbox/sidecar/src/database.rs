@@ -1,20 +1,52 @@
-//! Connecting to the application's database, with errors that say what to fix.
+//! Connecting to the application's database (Postgres, or MySQL / MariaDB), with errors that say
+//! what to fix.
 
 use anyhow::{Context, bail};
+use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{Connection, PgConnection, PgPool};
+use sqlx::{Connection, MySqlConnection, MySqlPool, PgConnection, PgPool};
 
 use crate::config::Config;
 
+/// The application's database: the URL's scheme picks the store.
+pub(crate) enum Database {
+    /// `postgres://` or `postgresql://`.
+    Postgres(PgPool),
+    /// `mysql://` or `mariadb://` (MySQL 8, MariaDB 10.6+).
+    MySql(MySqlPool),
+}
+
+/// Runs `$body` with `$pool` bound to the pool of whichever database `$database` is; the body is
+/// compiled once per store, so it may call the outbox's generic API.
+macro_rules! with_pool {
+    ($database:expr, |$pool:ident| $body:expr) => {
+        match $database {
+            $crate::database::Database::Postgres($pool) => $body,
+            $crate::database::Database::MySql($pool) => $body,
+        }
+    };
+}
+pub(crate) use with_pool;
+
+const SCHEMES: &str = "postgres://, postgresql://, mysql:// or mariadb://";
+
 /// Connects, failing fast with a clear message on a bad URL or an unreachable server.
-pub(crate) async fn connect(config: &Config) -> anyhow::Result<PgPool> {
+pub(crate) async fn connect(config: &Config) -> anyhow::Result<Database> {
     let url = config.database_url()?;
-    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        connect_postgres(url).await.map(Database::Postgres)
+    } else if url.starts_with("mysql://") || url.starts_with("mariadb://") {
+        connect_mysql(url).await.map(Database::MySql)
+    } else {
         bail!(
-            "the database URL {:?} is not a postgres:// URL (for example postgres://user@127.0.0.1:5432/app)",
+            "the database URL {:?} is not a {SCHEMES} URL (for example \
+             postgres://user@127.0.0.1:5432/app or mysql://user@127.0.0.1:3306/app)",
             redact(url)
-        );
+        )
     }
+}
+
+async fn connect_postgres(url: &str) -> anyhow::Result<PgPool> {
     let options: PgConnectOptions = url.parse().with_context(|| {
         format!(
             "the database URL {:?} is not a valid postgres:// URL",
@@ -35,13 +67,47 @@ pub(crate) async fn connect(config: &Config) -> anyhow::Result<PgPool> {
         .with_context(|| format!("cannot connect to the database at {}", redact(url)))
 }
 
+async fn connect_mysql(url: &str) -> anyhow::Result<MySqlPool> {
+    // sqlx reads both schemes alike; say which one the user wrote.
+    let options: MySqlConnectOptions = url.parse().with_context(|| {
+        format!(
+            "the database URL {:?} is not a valid mysql:// or mariadb:// URL",
+            redact(url)
+        )
+    })?;
+    let probe = MySqlConnection::connect_with(&options)
+        .await
+        .with_context(|| format!("cannot connect to the database at {}", redact(url)))?;
+    probe.close().await.ok();
+    MySqlPoolOptions::new()
+        .max_connections(4)
+        .acquire_timeout(std::time::Duration::from_secs(5))
+        .connect_with(options)
+        .await
+        .with_context(|| format!("cannot connect to the database at {}", redact(url)))
+}
+
 /// Fails unless the outbox tables exist.
-pub(crate) async fn ensure_migrated(pool: &PgPool) -> anyhow::Result<()> {
-    let migrated: bool = sqlx::query_scalar(
-        "SELECT to_regclass('outbox.messages') IS NOT NULL AND to_regclass('outbox.failures') IS NOT NULL",
-    )
-    .fetch_one(pool)
-    .await?;
+pub(crate) async fn ensure_migrated(database: &Database) -> anyhow::Result<()> {
+    let migrated: bool = match database {
+        Database::Postgres(pool) => {
+            sqlx::query_scalar(
+                "SELECT to_regclass('outbox.messages') IS NOT NULL AND to_regclass('outbox.failures') IS NOT NULL",
+            )
+            .fetch_one(pool)
+            .await?
+        }
+        Database::MySql(pool) => {
+            let tables: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM information_schema.tables
+                 WHERE table_schema = DATABASE()
+                   AND table_name IN ('outbox_messages', 'outbox_failures', 'outbox_claim_turn')",
+            )
+            .fetch_one(pool)
+            .await?;
+            tables == 3
+        }
+    };
     if !migrated {
         bail!("the outbox tables are missing in this database: run `outbox-relay migrate` first");
     }

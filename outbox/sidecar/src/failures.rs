@@ -3,9 +3,9 @@
 use anyhow::bail;
 use chrono::{DateTime, Utc};
 use clap::{Args, Subcommand};
-use courier_outbox::{FailureFilter, Failures, ReplayReport};
+use courier_outbox::{FailureFilter, Failures, ReplayReport, Store};
 use indicatif::{ProgressBar, ProgressStyle};
-use sqlx::PgPool;
+use sqlx::{Acquire, Executor, Pool};
 use uuid::Uuid;
 
 /// What to do with the failure table.
@@ -103,7 +103,10 @@ impl Selection {
 /// Replays in chunks so a long replay shows progress and never holds one huge transaction.
 const REPLAY_CHUNK: usize = 1_000;
 
-pub(crate) async fn run(pool: &PgPool, command: FailuresCommand) -> anyhow::Result<()> {
+pub(crate) async fn run<DB: Store>(pool: &Pool<DB>, command: FailuresCommand) -> anyhow::Result<()>
+where
+    for<'p> &'p Pool<DB>: Executor<'p, Database = DB> + Acquire<'p, Database = DB>,
+{
     let failures = Failures::new();
     match command {
         FailuresCommand::List(selection) => {

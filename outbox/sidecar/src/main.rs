@@ -42,7 +42,8 @@ struct Cli {
     /// TOML configuration file.
     #[arg(long, env = "OUTBOX_RELAY_CONFIG")]
     config: Option<PathBuf>,
-    /// The application's Postgres (overrides `database_url` in the file).
+    /// The application's database, postgres:// or mysql:// / mariadb:// (overrides
+    /// `database_url` in the file).
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     database_url: Option<String>,
     /// The broker: `nats://host:port` for NATS JetStream, broker-lite addresses `host:port;host:port` otherwise (overrides `broker.addresses`).
@@ -160,8 +161,15 @@ fn settings(cli: &Cli) -> anyhow::Result<Config> {
 async fn execute(command: Command, config: Config) -> anyhow::Result<()> {
     match command {
         Command::Migrate => {
-            let pool = database::connect(&config).await?;
-            migrate::run(&pool).await
+            let database = database::connect(&config).await?;
+            match &database {
+                database::Database::Postgres(pool) => {
+                    migrate::run(pool, &courier_outbox::MIGRATOR).await
+                }
+                database::Database::MySql(pool) => {
+                    migrate::run(pool, &courier_outbox::MYSQL_MIGRATOR).await
+                }
+            }
         }
         Command::Run => {
             let shutdown = CancellationToken::new();
@@ -169,9 +177,9 @@ async fn execute(command: Command, config: Config) -> anyhow::Result<()> {
             run::run(&config, shutdown).await
         }
         Command::Failures(command) => {
-            let pool = database::connect(&config).await?;
-            database::ensure_migrated(&pool).await?;
-            failures::run(&pool, command).await
+            let database = database::connect(&config).await?;
+            database::ensure_migrated(&database).await?;
+            database::with_pool!(&database, |pool| failures::run(pool, command).await)
         }
         Command::Check => check::run(&config).await,
     }

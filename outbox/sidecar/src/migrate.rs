@@ -3,13 +3,15 @@
 use std::collections::HashSet;
 
 use anyhow::Context;
-use sqlx::PgPool;
-use sqlx::migrate::Migrate;
+use sqlx::migrate::{Migrate, Migrator};
+use sqlx::{Database, Pool};
 
-/// Runs the outbox migrations the database lacks and prints each one it applied, or that none
-/// was needed.
-pub(crate) async fn run(pool: &PgPool) -> anyhow::Result<()> {
-    let migrator = &courier_outbox::MIGRATOR;
+/// Runs the outbox migrations (`migrator`, the one of `pool`'s store) the database lacks and
+/// prints each one it applied, or that none was needed.
+pub(crate) async fn run<DB: Database>(pool: &Pool<DB>, migrator: &Migrator) -> anyhow::Result<()>
+where
+    DB::Connection: Migrate,
+{
     let before = applied_versions(pool).await?;
     migrator.run(pool).await?;
     let applied: Vec<_> = migrator
@@ -34,7 +36,10 @@ pub(crate) async fn run(pool: &PgPool) -> anyhow::Result<()> {
 }
 
 /// The versions recorded in sqlx's migrations table (created, empty, if it is missing).
-async fn applied_versions(pool: &PgPool) -> anyhow::Result<HashSet<i64>> {
+async fn applied_versions<DB: Database>(pool: &Pool<DB>) -> anyhow::Result<HashSet<i64>>
+where
+    DB::Connection: Migrate,
+{
     let mut connection = pool.acquire().await?;
     connection
         .ensure_migrations_table()

@@ -3,9 +3,9 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use courier_outbox::{Backoff, Relay};
-use metrics_exporter_prometheus::PrometheusBuilder;
-use sqlx::PgPool;
+use courier_outbox::{Backoff, Publisher, Relay, Store};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use sqlx::Pool;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -16,12 +16,25 @@ pub(crate) async fn run(config: &Config, shutdown: CancellationToken) -> anyhow:
     let metrics = PrometheusBuilder::new()
         .install_recorder()
         .context("cannot install the Prometheus metrics recorder")?;
-    let pool = database::connect(config).await?;
-    if !wait_for_migrations(&pool, config.migrations_wait(), &shutdown).await? {
+    let database = database::connect(config).await?;
+    if !wait_for_migrations(&database, config.migrations_wait(), &shutdown).await? {
         return Ok(());
     }
     let publisher = publisher::connect(config).await?;
+    database::with_pool!(database, |pool| drain(
+        config, pool, publisher, metrics, shutdown
+    )
+    .await)
+}
 
+/// Builds the relay on `pool`'s store and runs it until `shutdown`.
+async fn drain<DB: Store, P: Publisher>(
+    config: &Config,
+    pool: Pool<DB>,
+    publisher: P,
+    metrics: PrometheusHandle,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let settings = &config.relay;
     let mut builder = Relay::builder(pool, publisher)
         .name(settings.name.clone())
@@ -66,14 +79,14 @@ const MIGRATIONS_RECHECK: Duration = Duration::from_secs(2);
 /// usually starts beside its service, which creates them when it starts. `Ok(false)` when
 /// `shutdown` came first.
 async fn wait_for_migrations(
-    pool: &PgPool,
+    database: &database::Database,
     patience: Duration,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<bool> {
     let deadline = Instant::now() + patience;
     let mut waited = false;
     loop {
-        let missing = match database::ensure_migrated(pool).await {
+        let missing = match database::ensure_migrated(database).await {
             Ok(()) => {
                 if waited {
                     tracing::info!("the outbox tables are there: starting the relay");

@@ -277,9 +277,12 @@ async fn missing_migrations_are_a_clear_error(pool: PgPool) {
 
 #[test]
 fn bad_settings_exit_non_zero_with_a_message() {
-    let output = relay(&["--database-url", "mysql://root@127.0.0.1/x", "migrate"]);
+    let output = relay(&["--database-url", "sqlite://x.db", "migrate"]);
     assert_eq!(output.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&output.stderr).contains("is not a postgres:// URL"));
+    assert!(
+        String::from_utf8_lossy(&output.stderr)
+            .contains("is not a postgres://, postgresql://, mysql:// or mariadb:// URL")
+    );
 
     let output = relay(&[
         "--database-url",

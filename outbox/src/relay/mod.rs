@@ -236,9 +236,10 @@ impl From<sqlx::Error> for SessionEnd {
 }
 
 impl<DB: Store, P: Publisher> Relay<DB, P> {
-    /// Starts configuring a relay that claims from `pool`'s database (Postgres or SQLite) and
-    /// publishes through `publisher`. On Postgres the relay opens its own connections with the
-    /// pool's options; on SQLite it borrows the pool's connections for short transactions.
+    /// Starts configuring a relay that claims from `pool`'s database (Postgres, SQLite or MySQL)
+    /// and publishes through `publisher`. On Postgres the relay opens its own connections with
+    /// the pool's options; on SQLite and MySQL it borrows the pool's connections for short
+    /// transactions.
     pub fn builder(pool: Pool<DB>, publisher: P) -> RelayBuilder<DB, P> {
         RelayBuilder {
             pool,

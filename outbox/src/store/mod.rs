@@ -2,9 +2,12 @@
 //!
 //! Everything dialect-specific (the SQL of the writer and the failure table, how the relay claims
 //! rows and wakes up) sits behind the sealed [`Store`] trait, implemented for [`sqlx::Postgres`]
-//! (feature `postgres`) and [`sqlx::Sqlite`] (feature `sqlite`). The public API is the same on
-//! both: the database is whatever the pool or executor you pass belongs to.
+//! (feature `postgres`), [`sqlx::Sqlite`] (feature `sqlite`) and [`sqlx::MySql`] (feature `mysql`,
+//! MySQL 8 and MariaDB 10.6+). The public API is the same on all three: the database is whatever
+//! the pool or executor you pass belongs to.
 
+#[cfg(feature = "mysql")]
+mod mysql;
 #[cfg(feature = "postgres")]
 mod postgres;
 #[cfg(test)]
@@ -26,14 +29,16 @@ use tokio_util::sync::CancellationToken;
 use crate::relay::{RelayConfig, Session};
 use crate::{FailedMessage, FailureFilter, Message, ReplayReport, Result};
 
-#[cfg(not(any(feature = "postgres", feature = "sqlite")))]
-compile_error!("courier-outbox needs a store: enable the feature `postgres`, `sqlite` or both");
+#[cfg(not(any(feature = "postgres", feature = "sqlite", feature = "mysql")))]
+compile_error!(
+    "courier-outbox needs a store: enable one or more of the features `postgres`, `sqlite`, `mysql`"
+);
 
-/// A database the outbox can live in: [`sqlx::Postgres`] or [`sqlx::Sqlite`].
+/// A database the outbox can live in: [`sqlx::Postgres`], [`sqlx::Sqlite`] or [`sqlx::MySql`].
 ///
 /// You never implement or call it: it is the bound that lets [`Outbox`](crate::Outbox),
-/// [`Relay`](crate::Relay) and [`Failures`](crate::Failures) take a Postgres or a SQLite pool or
-/// executor with the same methods.
+/// [`Relay`](crate::Relay) and [`Failures`](crate::Failures) take a Postgres, SQLite or MySQL pool
+/// or executor with the same methods.
 ///
 /// ```no_run
 /// use courier_outbox::{Message, Outbox, Store};
@@ -54,8 +59,9 @@ pub trait Store: sealed::Dialect {}
 impl<DB: sealed::Dialect> Store for DB {}
 
 /// Runs the migrations of `pool`'s database: [`MIGRATOR`](crate::MIGRATOR) on Postgres,
-/// [`SQLITE_MIGRATOR`](crate::SQLITE_MIGRATOR) on SQLite. Safe to run repeatedly and, on Postgres,
-/// concurrently.
+/// [`SQLITE_MIGRATOR`](crate::SQLITE_MIGRATOR) on SQLite, [`MYSQL_MIGRATOR`](crate::MYSQL_MIGRATOR)
+/// on MySQL / MariaDB. Safe to run repeatedly and,
+/// on Postgres and MySQL, concurrently (sqlx takes an advisory lock).
 ///
 /// ```no_run
 /// # async fn example() -> Result<(), Box<dyn std::error::Error>> {

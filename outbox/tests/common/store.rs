@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, Utc};
 use courier_outbox::Store;
-use sqlx::{Pool, Postgres, Row as _, Sqlite, Transaction};
+use sqlx::{MySql, Pool, Postgres, Row as _, Sqlite, Transaction};
 use uuid::Uuid;
 
 /// A row of the outbox table, as the tests look at it.
@@ -19,9 +19,10 @@ pub struct Row {
     pub available_at: DateTime<Utc>,
     /// Marked sent (the relay runs with a retention period).
     pub sent: bool,
-    /// Reserved to a relay (SQLite leases; always false on Postgres, whose claims are row locks).
+    /// Reserved to a relay (SQLite and MySQL leases; always false on Postgres, whose claims are
+    /// row locks).
     pub leased: bool,
-    /// When the lease runs out (SQLite; always `None` on Postgres).
+    /// When the lease runs out (SQLite and MySQL; always `None` on Postgres).
     pub leased_until: Option<DateTime<Utc>>,
 }
 
@@ -166,6 +167,68 @@ impl TestStore for Sqlite {
         )
         .bind(n)
         .bind(Utc::now().timestamp_micros())
+        .execute(pool)
+        .await
+        .unwrap();
+    }
+}
+
+impl TestStore for MySql {
+    async fn begin(pool: &Pool<Self>) -> Transaction<'static, Self> {
+        pool.begin().await.unwrap()
+    }
+
+    async fn rows(pool: &Pool<Self>) -> Vec<Row> {
+        let rows = sqlx::query(
+            "SELECT id, topic, `key`, tag, headers, payload, attempts, available_at, sent_at,
+                    lease_owner, leased_until
+             FROM outbox_messages ORDER BY seq",
+        )
+        .fetch_all(pool)
+        .await
+        .unwrap();
+        rows.iter()
+            .map(|row| Row {
+                id: row.get("id"),
+                // `_bin` collations read as bytes (see the store's row.rs).
+                topic: String::from_utf8(row.get("topic")).unwrap(),
+                key: row
+                    .get::<Option<Vec<u8>>, _>("key")
+                    .map(|key| String::from_utf8(key).unwrap()),
+                tag: row
+                    .get::<Option<Vec<u8>>, _>("tag")
+                    .map(|tag| String::from_utf8(tag).unwrap()),
+                headers: serde_json::from_str(row.get("headers")).unwrap(),
+                payload: row.get("payload"),
+                attempts: i64::from(row.get::<i32, _>("attempts")),
+                available_at: row.get("available_at"),
+                sent: row.get::<Option<DateTime<Utc>>, _>("sent_at").is_some(),
+                leased: row.get::<Option<String>, _>("lease_owner").is_some(),
+                leased_until: row.get("leased_until"),
+            })
+            .collect()
+    }
+
+    async fn failure_count(pool: &Pool<Self>) -> i64 {
+        sqlx::query_scalar("SELECT COUNT(*) FROM outbox_failures")
+            .fetch_one(pool)
+            .await
+            .unwrap()
+    }
+
+    async fn seed_failures(pool: &Pool<Self>, n: i64) {
+        sqlx::query(
+            "INSERT INTO outbox_failures
+                 (id, seq, topic, `key`, tag, headers, payload, created_at, attempts, last_error,
+                  failed_at)
+             WITH RECURSIVE g(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM g WHERE n < ?)
+             SELECT UNHEX(REPLACE(UUID(), '-', '')), g.n, t.topic, CONCAT('key-', g.n % 3), NULL,
+                    '{}', x'00', UTC_TIMESTAMP(6), 16, CONCAT(t.error, ' #', g.n),
+                    UTC_TIMESTAMP(6) - INTERVAL g.n HOUR
+             FROM g, (SELECT 'orders' AS topic, 'Connection refused' AS error
+                      UNION ALL SELECT 'payments', 'send timed out') AS t",
+        )
+        .bind(n)
         .execute(pool)
         .await
         .unwrap();
