@@ -24,6 +24,7 @@
 //! | `sqlite` | no | the same on SQLite |
 //! | `broker-lite` | yes | the broker-lite client as [`broker`], the publisher and source, and [`App`] |
 //! | `embedded-broker` | no | the broker-lite server as `broker_lite` (storage engine, broker core, TCP server) |
+//! | `rabbitmq` | no | `RabbitMqPublisher`, `RabbitMqSource` and `RabbitMqTopology` in [`middleware`], and lapin as `lapin` |
 
 #![forbid(unsafe_code)]
 
@@ -35,6 +36,9 @@ pub use app::App;
 #[cfg(feature = "broker-lite")]
 pub use broker_lite_client as broker;
 pub use courier_middleware as middleware;
+/// The RabbitMQ client under the `rabbitmq` adapters (for connection properties and TLS).
+#[cfg(feature = "rabbitmq")]
+pub use courier_middleware::lapin;
 pub use courier_outbox as outbox;
 
 /// The bundled broker's server side: the `broker-lite` crate (see [`broker`] for its clients).

@@ -88,6 +88,7 @@
 //! one at a time per database file; see [`TxDatabase`]. The inbox's idle workers are woken
 //! in-process there (SQLite has no `NOTIFY`), rows from other processes by polling.
 //! | `broker-lite` | yes | `BrokerLitePublisher` and `BrokerLiteSource` for the bundled broker (adds the `broker-lite` crate) |
+//! | `rabbitmq` | no | `RabbitMqPublisher`, `RabbitMqSource` and `RabbitMqTopology` for RabbitMQ (adds lapin) |
 
 #![forbid(unsafe_code)]
 
@@ -117,6 +118,17 @@ mod tx;
 pub use brokers::broker_lite::{
     BROKER_LITE_CREATED_AT, BrokerLitePublisher, BrokerLiteReceipt, BrokerLiteSource,
 };
+#[cfg(feature = "rabbitmq")]
+pub use brokers::rabbitmq::{
+    DEFAULT_CONFIRM_TIMEOUT, DEFAULT_DELAY_LEVELS, DEFAULT_MAX_IN_FLIGHT, DEFAULT_PREFETCH,
+    QueueSpec, QueueType, RABBITMQ_CREATED_AT_HEADER, RABBITMQ_DEAD_LETTER_REASON_HEADER,
+    RABBITMQ_KEY_HEADER, RABBITMQ_ORIGINAL_QUEUE_HEADER, RABBITMQ_REDELIVERIES_HEADER,
+    RABBITMQ_TAG_HEADER, RABBITMQ_TOPIC_HEADER, RabbitMqError, RabbitMqPublisher, RabbitMqReceipt,
+    RabbitMqSource, RabbitMqSourceConfig, RabbitMqTopology,
+};
+/// The RabbitMQ client the `rabbitmq` adapters use (connection properties, TLS features).
+#[cfg(feature = "rabbitmq")]
+pub use lapin;
 pub use consumer::batch::{Batch, BatchFailed, BatchLayer};
 pub use consumer::catch_panic::{CatchPanic, CatchPanicLayer};
 pub use consumer::metrics::{ConsumeMetrics, ConsumeMetricsLayer};

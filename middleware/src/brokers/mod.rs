@@ -3,3 +3,5 @@
 
 #[cfg(feature = "broker-lite")]
 pub(crate) mod broker_lite;
+#[cfg(feature = "rabbitmq")]
+pub(crate) mod rabbitmq;
