@@ -124,6 +124,26 @@ impl Admin {
         out
     }
 
+    /// Deletes what the test declared, from a thread of its own (for `Drop`, where the test's
+    /// runtime cannot be waited on).
+    pub fn cleanup_blocking(&self) {
+        let queues: Vec<String> = self.queues.lock().unwrap().drain(..).collect();
+        let exchanges: Vec<String> = self.exchanges.lock().unwrap().drain(..).collect();
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let admin = Admin::connect().await;
+                admin.queues.lock().unwrap().extend(queues);
+                admin.exchanges.lock().unwrap().extend(exchanges);
+                admin.cleanup().await;
+            });
+        })
+        .join();
+    }
+
     /// Deletes what the test declared.
     pub async fn cleanup(&self) {
         let channel = self.channel().await;

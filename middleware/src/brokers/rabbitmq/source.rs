@@ -276,7 +276,7 @@ impl RabbitMqSource {
             .await
     }
 
-    /// Settles with `settle` if the delivery's channel is still the one it came on.
+    /// `Ok` while the channel the delivery came on is open: settling on it is still meaningful.
     fn check_channel(receipt: &RabbitMqReceipt) -> Result<(), RabbitMqError> {
         if receipt.channel.status().connected() {
             Ok(())
@@ -387,6 +387,9 @@ impl DeliverySource for RabbitMqSource {
         receipt: RabbitMqReceipt,
         delay: Option<Duration>,
     ) -> Result<NackOutcome, RabbitMqError> {
+        // The delivery's channel is gone: the broker has already put the message back, so a
+        // copy would only be a duplicate.
+        Self::check_channel(&receipt)?;
         if receipt.attempt >= self.config.delivery_limit() {
             let reason = format!(
                 "failed {} deliveries (the maximum)",
@@ -429,6 +432,7 @@ impl DeliverySource for RabbitMqSource {
         receipt: RabbitMqReceipt,
         reason: String,
     ) -> Result<(), RabbitMqError> {
+        Self::check_channel(&receipt)?;
         let queue = self.config.dead_letter_queue();
         let copied = self
             .copy_to(
