@@ -9,7 +9,7 @@ use courier_core::{Message, Unavailable};
 use courier_middleware::lapin::options::QueueDeclareOptions;
 use courier_middleware::lapin::types::{AMQPValue, FieldTable};
 use courier_middleware::{
-    QueueSpec, RabbitMqError, RabbitMqPublisher, RabbitMqSourceConfig, RabbitMqTopology,
+    AuditFinding, QueueSpec, RabbitMqError, RabbitMqPublisher, RabbitMqSourceConfig, RabbitMqTopology,
 };
 use futures::future::join_all;
 use rabbitmq_support::{Admin, amqp_url, refused_url, unique};
@@ -256,5 +256,44 @@ async fn declaring_is_idempotent_and_an_existing_classic_queue_is_a_clear_confli
     }
     let text = error.to_string();
     assert!(text.contains("delete") && text.contains("x-queue-type"), "{text}");
+
+    // The audit for `outbox-relay check` sees the same, and changes nothing.
+    let missing = unique("missing");
+    let findings = RabbitMqTopology::new()
+        .queue(QueueSpec::new(&classic))
+        .queue(QueueSpec::new(&missing))
+        .audit_on(admin.connection())
+        .await
+        .unwrap();
+    assert_eq!(
+        findings,
+        [
+            AuditFinding::Differs {
+                kind: "queue",
+                name: classic.clone(),
+                argument: "x-queue-type".into(),
+                expected: "quorum".into(),
+            },
+            AuditFinding::Missing {
+                kind: "queue",
+                name: missing.clone(),
+            },
+        ]
+    );
+    let audited = config.topology().audit_on(admin.connection()).await.unwrap();
+    assert!(
+        audited.iter().all(|f| matches!(f, AuditFinding::Matches { .. })),
+        "{audited:?}"
+    );
+    let options = QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    let absent = admin
+        .channel()
+        .await
+        .queue_declare(&missing, options, FieldTable::default())
+        .await;
+    assert!(absent.is_err(), "the audit declared nothing");
     admin.cleanup().await;
 }

@@ -62,4 +62,4 @@ pub use envelope::{
 pub use error::RabbitMqError;
 pub use publisher::{DEFAULT_CONFIRM_TIMEOUT, DEFAULT_MAX_IN_FLIGHT, RabbitMqPublisher};
 pub use source::{RabbitMqReceipt, RabbitMqSource};
-pub use topology::{QueueSpec, QueueType, RabbitMqTopology};
+pub use topology::{AuditFinding, QueueSpec, QueueType, RabbitMqTopology};

@@ -327,6 +327,140 @@ impl RabbitMqTopology {
     }
 }
 
+/// What [`RabbitMqTopology::audit_on`] found for one exchange or queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum AuditFinding {
+    /// It exists with the declared type, durability and arguments.
+    Matches {
+        /// `queue` or `exchange`.
+        kind: &'static str,
+        /// Its name.
+        name: String,
+    },
+    /// It does not exist (publishing to a missing exchange fails; consumers declare their queues).
+    Missing {
+        /// `queue` or `exchange`.
+        kind: &'static str,
+        /// Its name.
+        name: String,
+    },
+    /// It exists with another type, durability or argument than declared (a classic queue where
+    /// a quorum queue is configured, a non-durable exchange ...).
+    Differs {
+        /// `queue` or `exchange`.
+        kind: &'static str,
+        /// Its name.
+        name: String,
+        /// The argument RabbitMQ named.
+        argument: String,
+        /// What the configuration declares for it.
+        expected: String,
+    },
+}
+
+impl RabbitMqTopology {
+    /// Compares what exists on the broker with this topology, changing nothing: each exchange and
+    /// queue is looked up passively, and only an existing one is declared again with the
+    /// configured arguments (a no-op when equivalent, a PRECONDITION_FAILED naming the first
+    /// argument that differs otherwise). For `outbox-relay check`.
+    ///
+    /// # Errors
+    ///
+    /// A failed connection or channel.
+    pub async fn audit_on(&self, connection: &Connection) -> Result<Vec<AuditFinding>, RabbitMqError> {
+        let channel = || async {
+            connection
+                .create_channel()
+                .await
+                .map_err(RabbitMqError::operation("opening a channel"))
+        };
+        let mut findings = Vec::new();
+        for exchange in &self.exchanges {
+            let passive = ExchangeDeclareOptions {
+                passive: true,
+                ..Default::default()
+            };
+            let exists = channel()
+                .await?
+                .exchange_declare(exchange, ExchangeKind::Topic, passive, FieldTable::default())
+                .await
+                .is_ok();
+            if !exists {
+                findings.push(AuditFinding::Missing {
+                    kind: "exchange",
+                    name: exchange.clone(),
+                });
+                continue;
+            }
+            let options = ExchangeDeclareOptions {
+                durable: true,
+                ..Default::default()
+            };
+            let declared = channel()
+                .await?
+                .exchange_declare(exchange, ExchangeKind::Topic, options, FieldTable::default())
+                .await;
+            findings.push(match declared.as_ref().err().and_then(precondition_failed) {
+                None => AuditFinding::Matches {
+                    kind: "exchange",
+                    name: exchange.clone(),
+                },
+                Some(text) => AuditFinding::Differs {
+                    kind: "exchange",
+                    name: exchange.clone(),
+                    argument: inequivalent_argument(&text)
+                        .unwrap_or("type or durability")
+                        .to_owned(),
+                    expected: "a durable topic exchange".into(),
+                },
+            });
+        }
+        for queue in &self.queues {
+            let passive = QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            };
+            let exists = channel()
+                .await?
+                .queue_declare(&queue.name, passive, FieldTable::default())
+                .await
+                .is_ok();
+            if !exists {
+                findings.push(AuditFinding::Missing {
+                    kind: "queue",
+                    name: queue.name.clone(),
+                });
+                continue;
+            }
+            let options = QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            };
+            let declared = channel()
+                .await?
+                .queue_declare(&queue.name, options, queue.table())
+                .await;
+            findings.push(match declared.as_ref().err().and_then(precondition_failed) {
+                None => AuditFinding::Matches {
+                    kind: "queue",
+                    name: queue.name.clone(),
+                },
+                Some(text) => {
+                    let argument = inequivalent_argument(&text).unwrap_or("argument").to_owned();
+                    AuditFinding::Differs {
+                        kind: "queue",
+                        name: queue.name.clone(),
+                        expected: queue.expected(&argument),
+                        argument,
+                    }
+                }
+            });
+        }
+        Ok(findings)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
