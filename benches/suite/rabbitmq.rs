@@ -60,6 +60,15 @@ pub(crate) async fn run(
         hand,
     );
     report.add(SCENARIO, &format!("{relay_label} / hand-written loop"), "x", relay / hand);
+    // Where the gap is: the publisher alone (its channel pool, one confirm per channel), no outbox.
+    fresh_queue(url, DRAIN_QUEUE).await?;
+    let alone = hand_publish_into_existing(url, backlog).await?;
+    report.add(
+        SCENARIO,
+        &format!("RabbitMqPublisher alone, {IN_FLIGHT} in flight, {size} messages"),
+        "msg/s",
+        alone,
+    );
 
     let count = params.idempotency_count;
     let through_source = consume_through_source(pool, url, count).await?;
@@ -286,7 +295,8 @@ async fn consume_through_source(pool: &PgPool, url: &str, count: usize) -> anyho
     Ok(count as f64 / took.as_secs_f64())
 }
 
-/// Fills the consume queue (declared by the source's topology) through the exchange.
+/// Publishes `count` messages through `RabbitMqPublisher`, `IN_FLIGHT` at once, into whatever
+/// queues are bound to the exchange.
 async fn hand_publish_into_existing(url: &str, count: usize) -> anyhow::Result<f64> {
     let publisher = RabbitMqPublisher::connect(url).await?;
     let started = Instant::now();
