@@ -415,7 +415,10 @@ fn targets(params: &Params) -> Vec<Target> {
         });
     }
     targets.push(Target {
-        text: format!("relay → RabbitMQ >= 0.7x hand-written lapin loop ({} backlog)", size_label(params.backlog)),
+        text: format!(
+            "relay → RabbitMQ >= 0.7x hand-written lapin loop ({} backlog)",
+            size_label(params.backlog)
+        ),
         metric: format!(
             "relay → RabbitMQ, 1 relay, {}k backlog / hand-written loop",
             params.backlog / 1000

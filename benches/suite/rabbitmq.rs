@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use courier::middleware::{
-    Consumer, IdempotencyLayer, QueueSpec, RabbitMqPublisher, RabbitMqSource,
-    RabbitMqSourceConfig, RabbitMqTopology,
+    Consumer, IdempotencyLayer, QueueSpec, RabbitMqPublisher, RabbitMqSource, RabbitMqSourceConfig,
+    RabbitMqTopology,
 };
 use courier::outbox::{Message, RelayState};
 use futures::StreamExt;
@@ -59,7 +59,12 @@ pub(crate) async fn run(
         "msg/s",
         hand,
     );
-    report.add(SCENARIO, &format!("{relay_label} / hand-written loop"), "x", relay / hand);
+    report.add(
+        SCENARIO,
+        &format!("{relay_label} / hand-written loop"),
+        "x",
+        relay / hand,
+    );
     // Where the gap is: the publisher alone (its channel pool, one confirm per channel), no outbox.
     fresh_queue(url, DRAIN_QUEUE).await?;
     let alone = hand_publish_into_existing(url, backlog).await?;
@@ -95,7 +100,9 @@ pub(crate) async fn run(
 async fn fresh_queue(url: &str, queue: &str) -> anyhow::Result<()> {
     let connection = lapin::Connection::connect(url, ConnectionProperties::default()).await?;
     let channel = connection.create_channel().await?;
-    let _ = channel.queue_delete(queue, QueueDeleteOptions::default()).await;
+    let _ = channel
+        .queue_delete(queue, QueueDeleteOptions::default())
+        .await;
     let _ = connection.close(200, "bye").await;
     RabbitMqTopology::new()
         .exchange(EXCHANGE)
@@ -114,9 +121,17 @@ async fn cleanup(url: &str) {
     if let Ok(channel) = connection.create_channel().await {
         let queue = RabbitMqSourceConfig::new(CONSUME_QUEUE);
         let mut queues = vec![DRAIN_QUEUE.to_owned()];
-        queues.extend(queue.topology().queues().iter().map(|q| q.name().to_owned()));
+        queues.extend(
+            queue
+                .topology()
+                .queues()
+                .iter()
+                .map(|q| q.name().to_owned()),
+        );
         for queue in queues {
-            let _ = channel.queue_delete(&queue, QueueDeleteOptions::default()).await;
+            let _ = channel
+                .queue_delete(&queue, QueueDeleteOptions::default())
+                .await;
         }
         let _ = channel
             .exchange_delete(EXCHANGE, ExchangeDeleteOptions::default())
@@ -134,7 +149,9 @@ async fn relay_drain(
     params: &Params,
 ) -> anyhow::Result<f64> {
     fresh_queue(url, DRAIN_QUEUE).await?;
-    sqlx::query("TRUNCATE outbox.messages").execute(pool).await?;
+    sqlx::query("TRUNCATE outbox.messages")
+        .execute(pool)
+        .await?;
     let stored = Arc::new(AtomicUsize::new(0));
     let rabbit = RabbitMqPublisher::connect(url).await?;
     let counted = {
@@ -147,7 +164,8 @@ async fn relay_drain(
             .service(rabbit)
     };
     let shutdown = CancellationToken::new();
-    let (task, mut state) = spawn_relay(pool, counted, "bench-relay-rabbitmq", IN_FLIGHT, &shutdown)?;
+    let (task, mut state) =
+        spawn_relay(pool, counted, "bench-relay-rabbitmq", IN_FLIGHT, &shutdown)?;
     tokio::time::sleep(Duration::from_millis(100)).await;
     state.wait_for(|s| *s == RelayState::Idle).await?;
     sqlx::query(
@@ -200,7 +218,9 @@ async fn hand_publish(url: &str, queue: &str, count: usize) -> anyhow::Result<f6
     fresh_queue(url, queue).await?;
     let connection = lapin::Connection::connect(url, ConnectionProperties::default()).await?;
     let channel = connection.create_channel().await?;
-    channel.confirm_select(ConfirmSelectOptions::default()).await?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
     let messages = messages(count);
     let started = Instant::now();
     let results: Vec<anyhow::Result<()>> = futures::stream::iter(messages)
@@ -209,7 +229,10 @@ async fn hand_publish(url: &str, queue: &str, count: usize) -> anyhow::Result<f6
             async move {
                 let mut headers = FieldTable::default();
                 if let Some(key) = &message.key {
-                    headers.insert("courier-key".into(), AMQPValue::LongString(key.as_str().into()));
+                    headers.insert(
+                        "courier-key".into(),
+                        AMQPValue::LongString(key.as_str().into()),
+                    );
                 }
                 let properties = BasicProperties::default()
                     .with_delivery_mode(2)
@@ -234,7 +257,10 @@ async fn hand_publish(url: &str, queue: &str, count: usize) -> anyhow::Result<f6
         .await;
     let took = started.elapsed();
     let failed = results.iter().filter(|r| r.is_err()).count();
-    anyhow::ensure!(failed == 0, "{failed} of {count} hand-written publishes failed");
+    anyhow::ensure!(
+        failed == 0,
+        "{failed} of {count} hand-written publishes failed"
+    );
     let _ = connection.close(200, "bye").await;
     Ok(count as f64 / took.as_secs_f64())
 }
@@ -242,7 +268,8 @@ async fn hand_publish(url: &str, queue: &str, count: usize) -> anyhow::Result<f6
 /// `count` deliveries through `RabbitMqSource` and the consumer runtime into the batched
 /// idempotency layer (one effect row per delivery, as scenario 5).
 async fn consume_through_source(pool: &PgPool, url: &str, count: usize) -> anyhow::Result<f64> {
-    pool.execute("TRUNCATE effects, courier_inbox.processed").await?;
+    pool.execute("TRUNCATE effects, courier_inbox.processed")
+        .await?;
     let config = RabbitMqSourceConfig::new(CONSUME_QUEUE)
         .bind(EXCHANGE, "#")
         .prefetch(PREFETCH);
@@ -250,7 +277,9 @@ async fn consume_through_source(pool: &PgPool, url: &str, count: usize) -> anyho
     let connection = lapin::Connection::connect(url, ConnectionProperties::default()).await?;
     let channel = connection.create_channel().await?;
     for queue in config.topology().queues() {
-        let _ = channel.queue_delete(queue.name(), QueueDeleteOptions::default()).await;
+        let _ = channel
+            .queue_delete(queue.name(), QueueDeleteOptions::default())
+            .await;
     }
     let _ = connection.close(200, "bye").await;
     config.topology().declare(url).await?;
@@ -305,7 +334,10 @@ async fn hand_publish_into_existing(url: &str, count: usize) -> anyhow::Result<f
         .buffer_unordered(IN_FLIGHT)
         .collect()
         .await;
-    anyhow::ensure!(results.iter().all(Result::is_ok), "filling the queue failed");
+    anyhow::ensure!(
+        results.iter().all(Result::is_ok),
+        "filling the queue failed"
+    );
     Ok(count as f64 / started.elapsed().as_secs_f64())
 }
 
@@ -317,9 +349,16 @@ async fn consume_by_hand(url: &str, count: usize) -> anyhow::Result<f64> {
     let _ = hand_publish_into_existing(url, count).await?;
     // The consume queue is bound to the exchange as well and gets a copy; only the drain queue
     // is consumed.
-    channel.basic_qos(PREFETCH, BasicQosOptions::default()).await?;
+    channel
+        .basic_qos(PREFETCH, BasicQosOptions::default())
+        .await?;
     let mut consumer = channel
-        .basic_consume(DRAIN_QUEUE, "", BasicConsumeOptions::default(), FieldTable::default())
+        .basic_consume(
+            DRAIN_QUEUE,
+            "",
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
         .await?;
     let started = Instant::now();
     let mut acked = 0;

@@ -73,6 +73,7 @@
 //! | broker | feature | publisher | source |
 //! |---|---|---|---|
 //! | broker-lite (bundled) | `broker-lite` | `BrokerLitePublisher` | `BrokerLiteSource` (immediate dead letters, delay levels) |
+//! | NATS JetStream | `nats` | `nats::NatsPublisher` (PubAck awaited, `Nats-Msg-Id` = message id) | `nats::NatsSource` (durable pull consumer, nak delays, dead-letter stream) |
 //!
 //! # Features
 //!
@@ -89,6 +90,7 @@
 //! in-process there (SQLite has no `NOTIFY`), rows from other processes by polling.
 //! | `broker-lite` | yes | `BrokerLitePublisher` and `BrokerLiteSource` for the bundled broker (adds the `broker-lite` crate) |
 //! | `rabbitmq` | no | `RabbitMqPublisher`, `RabbitMqSource` and `RabbitMqTopology` for RabbitMQ (adds lapin) |
+//! | `nats` | no | the `nats` module: `NatsPublisher`, `NatsSource`, `StreamSpec` for NATS JetStream (adds async-nats) |
 
 #![forbid(unsafe_code)]
 
@@ -118,17 +120,16 @@ mod tx;
 pub use brokers::broker_lite::{
     BROKER_LITE_CREATED_AT, BrokerLitePublisher, BrokerLiteReceipt, BrokerLiteSource,
 };
+#[cfg(feature = "nats")]
+pub use brokers::nats::{NatsPublisher, NatsSource, NatsSourceConfig};
 #[cfg(feature = "rabbitmq")]
 pub use brokers::rabbitmq::{
-    AuditFinding, DEFAULT_CONFIRM_TIMEOUT, DEFAULT_DELAY_LEVELS, DEFAULT_MAX_IN_FLIGHT, DEFAULT_PREFETCH,
-    QueueSpec, QueueType, RABBITMQ_CREATED_AT_HEADER, RABBITMQ_DEAD_LETTER_REASON_HEADER,
-    RABBITMQ_KEY_HEADER, RABBITMQ_ORIGINAL_QUEUE_HEADER, RABBITMQ_REDELIVERIES_HEADER,
-    RABBITMQ_TAG_HEADER, RABBITMQ_TOPIC_HEADER, RabbitMqError, RabbitMqPublisher, RabbitMqReceipt,
-    RabbitMqSource, RabbitMqSourceConfig, RabbitMqTopology,
+    AuditFinding, DEFAULT_CONFIRM_TIMEOUT, DEFAULT_DELAY_LEVELS, DEFAULT_MAX_IN_FLIGHT,
+    DEFAULT_PREFETCH, QueueSpec, QueueType, RABBITMQ_CREATED_AT_HEADER,
+    RABBITMQ_DEAD_LETTER_REASON_HEADER, RABBITMQ_KEY_HEADER, RABBITMQ_ORIGINAL_QUEUE_HEADER,
+    RABBITMQ_REDELIVERIES_HEADER, RABBITMQ_TAG_HEADER, RABBITMQ_TOPIC_HEADER, RabbitMqError,
+    RabbitMqPublisher, RabbitMqReceipt, RabbitMqSource, RabbitMqSourceConfig, RabbitMqTopology,
 };
-/// The RabbitMQ client the `rabbitmq` adapters use (connection properties, TLS features).
-#[cfg(feature = "rabbitmq")]
-pub use lapin;
 pub use consumer::batch::{Batch, BatchFailed, BatchLayer};
 pub use consumer::catch_panic::{CatchPanic, CatchPanicLayer};
 pub use consumer::metrics::{ConsumeMetrics, ConsumeMetricsLayer};
@@ -145,6 +146,9 @@ pub use idempotency::{
 };
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 pub use inbox::{Inbox, InboxDeadLetter, InboxStore, InboxWorker, Stored};
+/// The RabbitMQ client the `rabbitmq` adapters use (connection properties, TLS features).
+#[cfg(feature = "rabbitmq")]
+pub use lapin;
 pub use memory::{MemoryReceipt, MemorySource};
 #[cfg(feature = "postgres")]
 pub use producer::fallback::{FailureFallback, FailureFallbackLayer, NotParked, Parked};
@@ -169,6 +173,13 @@ pub use tx::{PgTx, PgTxGuard};
 pub use tx::{SqliteTx, SqliteTxGuard};
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 pub use tx::{Tx, TxDelivery, TxGuard};
+
+/// NATS JetStream (feature `nats`): publisher, source, stream provisioning; see the guarantees
+/// and ordering sections there.
+#[cfg(feature = "nats")]
+pub mod nats {
+    pub use crate::brokers::nats::*;
+}
 
 /// The response futures of the layers. `ConsumeTimeout` and `SendTimeout` share `TimeoutFuture`, the send retry
 /// shares `LocalRetryFuture`.

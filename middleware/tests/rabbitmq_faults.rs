@@ -55,20 +55,30 @@ async fn publishes_cut_off_fail_and_publishing_recovers() {
             }
             Err(error) => {
                 failed += 1;
-                assert!(Unavailable::is_unavailable(error.as_ref()), "a cut connection is unavailable: {error}");
+                assert!(
+                    Unavailable::is_unavailable(error.as_ref()),
+                    "a cut connection is unavailable: {error}"
+                );
             }
         }
     }
     assert!(failed > 0, "the cut failed some publishes");
 
     // While the broker is unreachable a publish fails at once.
-    let during = publisher.clone().oneshot(Message::new(&exchange, "during")).await;
+    let during = publisher
+        .clone()
+        .oneshot(Message::new(&exchange, "during"))
+        .await;
     let error = during.unwrap_err();
     assert!(Unavailable::is_unavailable(error.as_ref()), "{error}");
 
     proxy.restore().await;
     let after = Message::new(&exchange, "after");
-    publisher.clone().oneshot(after.clone()).await.expect("the publisher reconnects");
+    publisher
+        .clone()
+        .oneshot(after.clone())
+        .await
+        .expect("the publisher reconnects");
     reported_sent.insert(after.id.to_string());
 
     // Every publish reported as sent is in the queue (failed ones may be too: at least once).
@@ -79,7 +89,10 @@ async fn publishes_cut_off_fail_and_publishing_recovers() {
         .map(|d| d.properties.message_id().as_ref().unwrap().to_string())
         .collect();
     let missing: Vec<_> = reported_sent.difference(&stored).collect();
-    assert!(missing.is_empty(), "reported as sent but not stored: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "reported as sent but not stored: {missing:?}"
+    );
     admin.cleanup().await;
 }
 
@@ -123,7 +136,10 @@ async fn unacked_deliveries_come_back_after_the_connection_drops() {
 
     // The old receipts cannot settle anything any more.
     for old in held {
-        assert!(source.ack(old.receipt).await.is_err(), "an ack from the lost connection");
+        assert!(
+            source.ack(old.receipt).await.is_err(),
+            "an ack from the lost connection"
+        );
     }
     let mut again = Vec::new();
     tokio::time::timeout(PATIENCE, async {
@@ -143,7 +159,10 @@ async fn unacked_deliveries_come_back_after_the_connection_drops() {
     let ids: BTreeSet<_> = again.iter().map(|p| p.delivery.message.id).collect();
     assert_eq!(ids, sent);
     for pulled in again {
-        assert_eq!(pulled.delivery.attempt, 2, "the broker counted the lost delivery");
+        assert_eq!(
+            pulled.delivery.attempt, 2,
+            "the broker counted the lost delivery"
+        );
         source.ack(pulled.receipt).await.unwrap();
     }
     source.close().await;

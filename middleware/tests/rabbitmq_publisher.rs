@@ -9,7 +9,8 @@ use courier_core::{Message, Unavailable};
 use courier_middleware::lapin::options::QueueDeclareOptions;
 use courier_middleware::lapin::types::{AMQPValue, FieldTable};
 use courier_middleware::{
-    AuditFinding, QueueSpec, RabbitMqError, RabbitMqPublisher, RabbitMqSourceConfig, RabbitMqTopology,
+    AuditFinding, QueueSpec, RabbitMqError, RabbitMqPublisher, RabbitMqSourceConfig,
+    RabbitMqTopology,
 };
 use futures::future::join_all;
 use rabbitmq_support::{Admin, amqp_url, refused_url, unique};
@@ -50,7 +51,10 @@ async fn a_confirmed_message_is_persistent_with_the_envelope_id_and_headers() {
     let message = Message::new(&exchange, r#"{"id":7}"#)
         .with_key("order-7")
         .with_tag("created")
-        .with_header("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+        .with_header(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        );
     publisher.clone().oneshot(message.clone()).await.unwrap();
 
     let got = admin.drain_at_least(&queue, 1).await;
@@ -58,14 +62,20 @@ async fn a_confirmed_message_is_persistent_with_the_envelope_id_and_headers() {
     let delivery = &got[0];
     assert_eq!(delivery.properties.delivery_mode(), &Some(2), "persistent");
     assert_eq!(
-        delivery.properties.message_id().as_ref().map(|id| id.to_string()),
+        delivery
+            .properties
+            .message_id()
+            .as_ref()
+            .map(|id| id.to_string()),
         Some(message.id.to_string())
     );
     assert_eq!(delivery.routing_key.as_str(), "created", "the tag routes");
     let headers = delivery.properties.headers().as_ref().unwrap().inner();
     assert_eq!(
         headers.get("traceparent"),
-        Some(&AMQPValue::LongString(message.headers["traceparent"].as_str().into()))
+        Some(&AMQPValue::LongString(
+            message.headers["traceparent"].as_str().into()
+        ))
     );
     assert_eq!(
         headers.get("courier-key"),
@@ -87,7 +97,11 @@ async fn an_unroutable_message_fails_although_the_broker_acks_it() {
         .unwrap();
     let publisher = RabbitMqPublisher::connect(amqp_url()).await.unwrap();
     let message = Message::new(&exchange, "lost?");
-    let error = publisher.clone().oneshot(message.clone()).await.unwrap_err();
+    let error = publisher
+        .clone()
+        .oneshot(message.clone())
+        .await
+        .unwrap_err();
     match rabbit_error(&error) {
         RabbitMqError::Unroutable {
             message_id,
@@ -99,7 +113,10 @@ async fn an_unroutable_message_fails_although_the_broker_acks_it() {
         }
         other => panic!("expected Unroutable, got {other}"),
     }
-    assert!(!Unavailable::is_unavailable(error.as_ref()), "retryable: {error}");
+    assert!(
+        !Unavailable::is_unavailable(error.as_ref()),
+        "retryable: {error}"
+    );
     admin.cleanup().await;
 }
 
@@ -131,7 +148,12 @@ async fn concurrent_publishes_each_get_their_own_confirm_and_return() {
     let mut confirmed = BTreeSet::new();
     for (message, result) in messages.iter().zip(&results) {
         let routable = message.topic == good;
-        assert_eq!(result.is_ok(), routable, "message {}: {result:?}", message.payload.escape_ascii());
+        assert_eq!(
+            result.is_ok(),
+            routable,
+            "message {}: {result:?}",
+            message.payload.escape_ascii()
+        );
         if routable {
             confirmed.insert(message.id.to_string());
         }
@@ -158,7 +180,10 @@ async fn a_missing_exchange_fails_the_publish_and_the_next_one_passes() {
         .await
         .unwrap_err();
     assert!(!Unavailable::is_unavailable(error.as_ref()), "{error}");
-    assert!(error.to_string().contains("NOT_FOUND") || format!("{error:?}").contains("NOTFOUND"), "{error:?}");
+    assert!(
+        error.to_string().contains("NOT_FOUND") || format!("{error:?}").contains("NOTFOUND"),
+        "{error:?}"
+    );
     publisher
         .clone()
         .oneshot(Message::new(&exchange, "after"))
@@ -176,7 +201,10 @@ async fn a_refused_connection_is_unavailable() {
         .await
         .unwrap_err();
     assert!(Unavailable::is_unavailable(error.as_ref()), "{error}");
-    assert!(matches!(rabbit_error(&error), RabbitMqError::Connect { .. }));
+    assert!(matches!(
+        rabbit_error(&error),
+        RabbitMqError::Connect { .. }
+    ));
     let error = RabbitMqPublisher::connect(refused_url().await)
         .await
         .unwrap_err();
@@ -204,7 +232,10 @@ async fn declaring_is_idempotent_and_an_existing_classic_queue_is_a_clear_confli
         async move {
             // Redeclaring as quorum passes only if the queue is a quorum queue.
             let mut arguments = FieldTable::default();
-            arguments.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+            arguments.insert(
+                "x-queue-type".into(),
+                AMQPValue::LongString("quorum".into()),
+            );
             let options = QueueDeclareOptions {
                 passive: false,
                 durable: true,
@@ -217,7 +248,10 @@ async fn declaring_is_idempotent_and_an_existing_classic_queue_is_a_clear_confli
                 .await
         }
     };
-    assert!(queue_type(&config.dead_letter_queue()).await.is_ok(), "the DLQ is a quorum queue");
+    assert!(
+        queue_type(&config.dead_letter_queue()).await.is_ok(),
+        "the DLQ is a quorum queue"
+    );
 
     // Someone created the queue as a classic queue before.
     let classic = unique("classic");
@@ -255,7 +289,10 @@ async fn declaring_is_idempotent_and_an_existing_classic_queue_is_a_clear_confli
         other => panic!("expected a topology conflict, got {other}"),
     }
     let text = error.to_string();
-    assert!(text.contains("delete") && text.contains("x-queue-type"), "{text}");
+    assert!(
+        text.contains("delete") && text.contains("x-queue-type"),
+        "{text}"
+    );
 
     // The audit for `outbox-relay check` sees the same, and changes nothing.
     let missing = unique("missing");
@@ -280,9 +317,15 @@ async fn declaring_is_idempotent_and_an_existing_classic_queue_is_a_clear_confli
             },
         ]
     );
-    let audited = config.topology().audit_on(admin.connection()).await.unwrap();
+    let audited = config
+        .topology()
+        .audit_on(admin.connection())
+        .await
+        .unwrap();
     assert!(
-        audited.iter().all(|f| matches!(f, AuditFinding::Matches { .. })),
+        audited
+            .iter()
+            .all(|f| matches!(f, AuditFinding::Matches { .. })),
         "{audited:?}"
     );
     let options = QueueDeclareOptions {

@@ -8,11 +8,11 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use courier_core::Message;
+use courier_middleware::lapin::types::AMQPValue;
 use courier_middleware::{
     Consumer, Delivery, DeliverySource, NackOutcome, Pulled, RABBITMQ_DEAD_LETTER_REASON_HEADER,
     RabbitMqPublisher, RabbitMqReceipt, RabbitMqSource, RabbitMqSourceConfig, Retry,
 };
-use courier_middleware::lapin::types::AMQPValue;
 use rabbitmq_support::{Admin, PATIENCE, amqp_url, unique};
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
@@ -50,7 +50,12 @@ async fn pull_n(source: &RabbitMqSource, n: usize) -> Vec<Pulled<RabbitMqReceipt
     let mut out = Vec::new();
     tokio::time::timeout(PATIENCE, async {
         while out.len() < n {
-            out.extend(source.pull(n - out.len(), Duration::from_secs(1)).await.unwrap());
+            out.extend(
+                source
+                    .pull(n - out.len(), Duration::from_secs(1))
+                    .await
+                    .unwrap(),
+            );
         }
     })
     .await
@@ -68,7 +73,9 @@ async fn a_delivery_maps_back_to_the_envelope_and_an_ack_removes_it() {
         .with_header("traceparent", "00-abc-def-01");
     publisher.clone().oneshot(message.clone()).await.unwrap();
     let mut pulled = pull_n(&source, 1).await;
-    let Pulled { delivery, receipt, .. } = pulled.remove(0);
+    let Pulled {
+        delivery, receipt, ..
+    } = pulled.remove(0);
     assert_eq!(delivery.message.id, message.id);
     assert_eq!(delivery.message.topic, message.topic);
     assert_eq!(delivery.message.key, message.key);
@@ -102,11 +109,20 @@ async fn a_nack_with_delay_redelivers_through_the_delay_queue() {
     // Without a delay: the schedule (level 2 after the second failure), attempt 3.
     source.nack(again.receipt, None).await.unwrap();
     let third = pull_n(&source, 1).await.remove(0);
-    assert_eq!((third.delivery.message.id, third.delivery.attempt), (sent[0].id, 3));
+    assert_eq!(
+        (third.delivery.message.id, third.delivery.attempt),
+        (sent[0].id, 3)
+    );
     // A zero delay requeues at once; the quorum queue's delivery count carries the attempt.
-    source.nack(third.receipt, Some(Duration::ZERO)).await.unwrap();
+    source
+        .nack(third.receipt, Some(Duration::ZERO))
+        .await
+        .unwrap();
     let fourth = pull_n(&source, 1).await.remove(0);
-    assert_eq!((fourth.delivery.message.id, fourth.delivery.attempt), (sent[0].id, 4));
+    assert_eq!(
+        (fourth.delivery.message.id, fourth.delivery.attempt),
+        (sent[0].id, 4)
+    );
     source.ack(fourth.receipt).await.unwrap();
     source.close().await;
     admin.cleanup().await;
@@ -132,14 +148,19 @@ async fn dead_letter_moves_the_message_with_its_reason_and_the_last_nack_dead_le
         NackOutcome::Redelivered
     );
     let last = pull_n(&source, 1).await.remove(0);
-    assert_eq!((last.delivery.message.id, last.delivery.attempt), (sent[1].id, 2));
+    assert_eq!(
+        (last.delivery.message.id, last.delivery.attempt),
+        (sent[1].id, 2)
+    );
     assert_eq!(
         source.nack(last.receipt, None).await.unwrap(),
         NackOutcome::DeadLettered,
         "the second of two deliveries failed"
     );
 
-    let dead = admin.drain_at_least(&source.config().dead_letter_queue(), 2).await;
+    let dead = admin
+        .drain_at_least(&source.config().dead_letter_queue(), 2)
+        .await;
     let ids: Vec<String> = dead
         .iter()
         .map(|d| d.properties.message_id().as_ref().unwrap().to_string())
@@ -175,7 +196,11 @@ async fn no_more_than_the_prefetch_is_delivered_unacked() {
     .await
     .expect("five messages stay ready");
     let extra = source.pull(10, Duration::from_millis(300)).await.unwrap();
-    assert!(extra.is_empty(), "{} deliveries beyond the prefetch", extra.len());
+    assert!(
+        extra.is_empty(),
+        "{} deliveries beyond the prefetch",
+        extra.len()
+    );
     let mut held = held.into_iter();
     source.ack(held.next().unwrap().receipt).await.unwrap();
     let next = pull_n(&source, 1).await;
@@ -200,7 +225,9 @@ async fn the_runtime_retries_with_delay_and_acks_after_success() {
             async move {
                 let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
                 if delivery.attempt == 1 {
-                    return Err(Retry::after(Duration::from_millis(200), "first attempt fails").into());
+                    return Err(
+                        Retry::after(Duration::from_millis(200), "first attempt fails").into(),
+                    );
                 }
                 if n == 10 {
                     done.notify_one();

@@ -3,5 +3,7 @@
 
 #[cfg(feature = "broker-lite")]
 pub(crate) mod broker_lite;
+#[cfg(feature = "nats")]
+pub(crate) mod nats;
 #[cfg(feature = "rabbitmq")]
 pub(crate) mod rabbitmq;

@@ -8,6 +8,11 @@ mod broker_lite;
 mod cases;
 mod effects;
 mod harness;
+#[cfg(feature = "nats")]
+mod nats;
+#[cfg(feature = "nats")]
+#[path = "../nats_support/mod.rs"]
+mod nats_support;
 #[cfg(feature = "rabbitmq")]
 mod rabbitmq;
 
@@ -31,6 +36,11 @@ macro_rules! for_each_adapter {
             #[sqlx::test(migrator = "courier_outbox::MIGRATOR")]
             async fn rabbitmq(pool: PgPool) {
                 crate::cases::$case(crate::rabbitmq::RabbitMq::start().await, pool).await;
+            }
+            #[cfg(feature = "nats")]
+            #[sqlx::test(migrator = "courier_outbox::MIGRATOR")]
+            async fn nats(pool: PgPool) {
+                crate::cases::$case(crate::nats::Nats::start().await, pool).await;
             }
         }
     };

@@ -179,7 +179,11 @@ impl DeliverySource for Recording {
         self.source.nack(receipt, delay).await
     }
 
-    async fn dead_letter(&self, receipt: RabbitMqReceipt, reason: String) -> Result<(), Self::Error> {
+    async fn dead_letter(
+        &self,
+        receipt: RabbitMqReceipt,
+        reason: String,
+    ) -> Result<(), Self::Error> {
         self.source.dead_letter(receipt, reason).await
     }
 

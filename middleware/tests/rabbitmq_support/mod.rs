@@ -148,7 +148,9 @@ impl Admin {
     pub async fn cleanup(&self) {
         let channel = self.channel().await;
         for queue in self.queues.lock().unwrap().drain(..).collect::<Vec<_>>() {
-            let _ = channel.queue_delete(&queue, QueueDeleteOptions::default()).await;
+            let _ = channel
+                .queue_delete(&queue, QueueDeleteOptions::default())
+                .await;
         }
         for exchange in self.exchanges.lock().unwrap().drain(..).collect::<Vec<_>>() {
             let _ = channel
@@ -191,7 +193,8 @@ impl Proxy {
     pub fn url(&self) -> String {
         let url = amqp_url();
         let (scheme, rest) = url.split_once("://").unwrap();
-        let (credentials, host_and_path) = rest.rsplit_once('@').map_or(("", rest), |(c, h)| (c, h));
+        let (credentials, host_and_path) =
+            rest.rsplit_once('@').map_or(("", rest), |(c, h)| (c, h));
         let path = host_and_path.split_once('/').map_or("", |(_, p)| p);
         let at = if credentials.is_empty() { "" } else { "@" };
         format!("{scheme}://{credentials}{at}{}/{path}", self.addr)
@@ -236,7 +239,8 @@ impl Proxy {
                     };
                     let relay = tokio::spawn(async move {
                         if let Ok(mut outbound) = TcpStream::connect(upstream).await {
-                            let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                            let _ =
+                                tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
                         }
                     });
                     state.lock().unwrap().connections.push(relay.abort_handle());
@@ -258,7 +262,11 @@ fn upstream_addr() -> SocketAddr {
     let rest = url.split_once("://").map_or(url.as_str(), |(_, r)| r);
     let host = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
     let host = host.split('/').next().unwrap();
-    let host = if host.contains(':') { host.to_owned() } else { format!("{host}:5672") };
+    let host = if host.contains(':') {
+        host.to_owned()
+    } else {
+        format!("{host}:5672")
+    };
     let host = host.replace("localhost", "127.0.0.1");
     host.parse().expect("AMQP_URL names an IP address and port")
 }

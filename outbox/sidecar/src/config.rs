@@ -29,7 +29,10 @@ pub(crate) struct Config {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct BrokerSettings {
-    /// broker-lite addresses, `host:port;host:port` (P9).
+    /// The broker's address; its form picks the broker ([`Config::broker_kind`]):
+    /// `nats://host:port[,nats://host:port]` for NATS JetStream, `amqp://user:password@host:port/vhost`
+    /// for RabbitMQ, a plain `host:port;host:port`
+    /// for broker-lite (P9).
     pub(crate) addresses: String,
     /// Per-attempt send timeout (P5).
     pub(crate) send_timeout_ms: u64,
@@ -39,6 +42,20 @@ pub(crate) struct BrokerSettings {
     pub(crate) critical_topics: BTreeSet<String>,
     /// Topics allowed to use one-way sends (P3); never a critical topic.
     pub(crate) oneway_topics: BTreeSet<String>,
+    /// RabbitMQ: consumer queues `check` audits (quorum, durable); AMQP cannot list the queues
+    /// bound to a topic's exchange, so they are named here.
+    pub(crate) audit_queues: BTreeSet<String>,
+}
+
+/// The broker the relay publishes to, from the form of `broker.addresses`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BrokerKind {
+    /// `host:port;host:port`: the bundled broker.
+    BrokerLite,
+    /// `nats://…`: NATS JetStream.
+    Nats,
+    /// `amqp://…` / `amqps://…`: RabbitMQ.
+    RabbitMq,
 }
 
 /// How the relay drains the outbox.
@@ -76,6 +93,7 @@ impl Default for BrokerSettings {
             retries: 2,
             critical_topics: BTreeSet::new(),
             oneway_topics: BTreeSet::new(),
+            audit_queues: BTreeSet::new(),
         }
     }
 }
@@ -136,6 +154,32 @@ impl Config {
         })
     }
 
+    /// Which broker `broker.addresses` names.
+    pub(crate) fn broker_kind(&self) -> BrokerKind {
+        let addresses = self.broker.addresses.trim();
+        if addresses.starts_with("nats://") || addresses.starts_with("tls://") {
+            return BrokerKind::Nats;
+        }
+        if addresses.starts_with("amqp://") || addresses.starts_with("amqps://") {
+            return BrokerKind::RabbitMq;
+        }
+        BrokerKind::BrokerLite
+    }
+
+    /// The relay's retry horizon: how long after its first attempt a message may still be
+    /// published again (the backoff summed over `relay.max_attempts`).
+    pub(crate) fn retry_horizon(&self) -> Duration {
+        let backoff = courier_outbox::Backoff {
+            base: Duration::from_millis(self.relay.backoff_base_ms),
+            max: Duration::from_millis(self.relay.backoff_max_ms),
+            jitter: 0.0,
+            ..courier_outbox::Backoff::default()
+        };
+        (1..self.relay.max_attempts.max(1))
+            .map(|attempt| backoff.delay(attempt))
+            .sum()
+    }
+
     /// Checks what the types cannot.
     pub(crate) fn validate(&self) -> anyhow::Result<()> {
         if self
@@ -145,6 +189,18 @@ impl Config {
             .all(|a| a.trim().is_empty())
         {
             bail!("broker.addresses is empty: give at least one host:port");
+        }
+        if self.broker_kind() == BrokerKind::RabbitMq && !self.broker.oneway_topics.is_empty() {
+            bail!(
+                "broker.oneway_topics is set but the broker is RabbitMQ: every RabbitMQ publish \
+                 waits for its publisher confirm; remove broker.oneway_topics"
+            );
+        }
+        if self.broker_kind() == BrokerKind::Nats && !self.broker.oneway_topics.is_empty() {
+            bail!(
+                "broker.oneway_topics is set but the broker is NATS: every NATS publish waits for \
+                 the stream's PubAck; remove broker.oneway_topics"
+            );
         }
         if let Some(topic) = self
             .broker

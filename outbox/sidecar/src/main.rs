@@ -18,7 +18,9 @@ mod config;
 mod database;
 mod failures;
 mod http;
+mod nats_check;
 mod publisher;
+mod rabbitmq_check;
 mod run;
 
 use std::path::PathBuf;

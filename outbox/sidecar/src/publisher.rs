@@ -1,15 +1,36 @@
-//! The relay's publisher: broker-lite's producer, with anything but `SEND_OK` an error.
+//! The relay's publisher, picked by the form of `broker.addresses`: broker-lite's producer with
+//! anything but `SEND_OK` an error, NATS JetStream with every PubAck awaited, or RabbitMQ with
+//! every publisher confirm awaited.
 
 use anyhow::Context as _;
 use broker_lite_client::ProducerConfig;
 use courier_middleware::BrokerLitePublisher;
+use courier_middleware::RabbitMqPublisher;
+use courier_middleware::nats::NatsPublisher;
+use courier_outbox::Message;
+use tower::util::BoxCloneService;
+use tower::{BoxError, ServiceExt};
 
-use crate::config::Config;
+use crate::config::{BrokerKind, Config};
 
-/// Connects to broker-lite with the configured timeouts, retries and one-way topics. The
-/// publisher fails any publish answered with a status other than `SEND_OK` (P1): the relay then
-/// retries the message instead of deleting it.
-pub(crate) async fn connect(config: &Config) -> anyhow::Result<BrokerLitePublisher> {
+/// The publisher the relay runs with, whatever the broker.
+pub(crate) type RelayPublisher = BoxCloneService<Message, (), BoxError>;
+
+/// Connects to the configured broker.
+pub(crate) async fn connect(config: &Config) -> anyhow::Result<RelayPublisher> {
+    Ok(match config.broker_kind() {
+        BrokerKind::BrokerLite => {
+            BoxCloneService::new(broker_lite(config).await?.map_response(|_| ()))
+        }
+        BrokerKind::Nats => BoxCloneService::new(nats(config).await?.map_response(|_| ())),
+        BrokerKind::RabbitMq => BoxCloneService::new(rabbitmq(config).await?),
+    })
+}
+
+/// broker-lite with the configured timeouts, retries and one-way topics. The publisher fails any
+/// publish answered with a status other than `SEND_OK` (P1): the relay then retries the message
+/// instead of deleting it.
+async fn broker_lite(config: &Config) -> anyhow::Result<BrokerLitePublisher> {
     let mut settings = ProducerConfig::default();
     settings.send_timeout = config.send_timeout();
     settings.retries = config.broker.retries;
@@ -23,4 +44,27 @@ pub(crate) async fn connect(config: &Config) -> anyhow::Result<BrokerLitePublish
             )
         })?;
     Ok(publisher)
+}
+
+/// NATS JetStream, waiting `broker.send_timeout_ms` for each PubAck. Retries are the relay's
+/// (every publish carries `Nats-Msg-Id`, so a retry within the duplicate window is stored once).
+pub(crate) async fn nats(config: &Config) -> anyhow::Result<NatsPublisher> {
+    let publisher = NatsPublisher::connect(config.broker.addresses.trim())
+        .await
+        .with_context(|| {
+            format!(
+                "cannot reach NATS at {}: start it, or fix broker.addresses",
+                config.broker.addresses
+            )
+        })?;
+    Ok(publisher.with_ack_timeout(config.send_timeout()))
+}
+
+/// RabbitMQ, waiting `broker.send_timeout_ms` for each publisher confirm (always on, with
+/// `mandatory`: an unroutable message fails its publish). Retries are the relay's.
+async fn rabbitmq(config: &Config) -> anyhow::Result<RabbitMqPublisher> {
+    let publisher = RabbitMqPublisher::connect(config.broker.addresses.trim())
+        .await
+        .context("start RabbitMQ, or fix broker.addresses")?;
+    Ok(publisher.confirm_timeout(config.send_timeout()))
 }

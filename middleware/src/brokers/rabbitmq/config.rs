@@ -235,7 +235,12 @@ mod tests {
         assert_eq!(config.scheduled_level(9), 1);
         // Redeliveries after failures 1, 2, 3: 1 s + 5 s + 5 s.
         assert_eq!(config.redelivery_horizon(), Duration::from_secs(11));
-        let names: Vec<_> = config.topology().queues().iter().map(|q| q.name().to_owned()).collect();
+        let names: Vec<_> = config
+            .topology()
+            .queues()
+            .iter()
+            .map(|q| q.name().to_owned())
+            .collect();
         assert_eq!(names, ["q.dlq", "q", "q.delay.1000ms", "q.delay.5000ms"]);
     }
 }

@@ -77,9 +77,10 @@ impl Reconnecting {
     /// A new channel on the current connection.
     pub(crate) async fn channel(&self) -> Result<Channel, RabbitMqError> {
         let connection = self.connection().await?;
-        let channel = connection.create_channel().await.map_err(|source| {
-            RabbitMqError::operation("opening a channel")(source)
-        })?;
+        let channel = connection
+            .create_channel()
+            .await
+            .map_err(|source| RabbitMqError::operation("opening a channel")(source))?;
         Ok(channel)
     }
 

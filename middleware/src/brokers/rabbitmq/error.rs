@@ -12,7 +12,9 @@ use uuid::Uuid;
 #[non_exhaustive]
 pub enum RabbitMqError {
     /// No connection to the broker could be opened.
-    #[error("could not connect to RabbitMQ at {address}: {source}; check that the broker runs and that the URL, user and vhost are right")]
+    #[error(
+        "could not connect to RabbitMQ at {address}: {source}; check that the broker runs and that the URL, user and vhost are right"
+    )]
     Connect {
         /// The broker address, without credentials.
         address: String,
@@ -30,7 +32,9 @@ pub enum RabbitMqError {
         source: lapin::Error,
     },
     /// The broker accepted the message but could route it to no queue (`mandatory` returned it).
-    #[error("RabbitMQ returned message {message_id} as unroutable ({reply_code} {reply_text}): exchange '{exchange}' has no queue bound for routing key '{routing_key}'; declare the consumer's queue and binding (RabbitMqTopology) before publishing")]
+    #[error(
+        "RabbitMQ returned message {message_id} as unroutable ({reply_code} {reply_text}): exchange '{exchange}' has no queue bound for routing key '{routing_key}'; declare the consumer's queue and binding (RabbitMqTopology) before publishing"
+    )]
     Unroutable {
         /// The envelope id.
         message_id: Uuid,
@@ -44,14 +48,18 @@ pub enum RabbitMqError {
         reply_text: String,
     },
     /// The broker refused to take responsibility for the message (a publisher-confirm nack).
-    #[error("RabbitMQ nacked message {message_id}: the broker did not store it (a queue is unavailable or refused it); it will be published again")]
+    #[error(
+        "RabbitMQ nacked message {message_id}: the broker did not store it (a queue is unavailable or refused it); it will be published again"
+    )]
     Nacked {
         /// The envelope id.
         message_id: Uuid,
     },
     /// No confirmation arrived in time; the message may or may not be stored, so it is published
     /// again (the consumer's idempotency absorbs a duplicate).
-    #[error("RabbitMQ did not confirm message {message_id} within {after:?}; it will be published again")]
+    #[error(
+        "RabbitMQ did not confirm message {message_id} within {after:?}; it will be published again"
+    )]
     ConfirmTimeout {
         /// The envelope id.
         message_id: Uuid,
@@ -59,7 +67,9 @@ pub enum RabbitMqError {
         after: Duration,
     },
     /// An existing queue or exchange was declared with other arguments than this configuration.
-    #[error("RabbitMQ {kind} '{name}' already exists with a different {argument} than this configuration declares ({expected}); the broker says: {reply_text}. Either change the configuration to match the existing {kind}, or drain and delete it (rabbitmqctl delete_queue / rabbitmqadmin delete) and let courier declare it again")]
+    #[error(
+        "RabbitMQ {kind} '{name}' already exists with a different {argument} than this configuration declares ({expected}); the broker says: {reply_text}. Either change the configuration to match the existing {kind}, or drain and delete it (rabbitmqctl delete_queue / rabbitmqadmin delete) and let courier declare it again"
+    )]
     TopologyConflict {
         /// `queue` or `exchange`.
         kind: &'static str,
@@ -74,7 +84,9 @@ pub enum RabbitMqError {
     },
     /// The broker cancelled the consumer or ended its stream (the queue was deleted, or the
     /// connection closed); the next pull reconnects.
-    #[error("the RabbitMQ consumer of queue '{queue}' stopped: {reason}; reconnecting on the next pull")]
+    #[error(
+        "the RabbitMQ consumer of queue '{queue}' stopped: {reason}; reconnecting on the next pull"
+    )]
     ConsumerStopped {
         /// The queue.
         queue: String,
@@ -175,10 +187,12 @@ mod tests {
         assert!(Unavailable::is_unavailable(refused.as_ref()), "{refused}");
         let lost = RabbitMqError::operation("publish")(io).into_publish_error();
         assert!(Unavailable::is_unavailable(lost.as_ref()), "{lost}");
-        let not_found = RabbitMqError::operation("publish")(lapin::Error::ProtocolError(
-            AMQPError::new(AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND), "no exchange".into()),
-        ))
-        .into_publish_error();
+        let not_found =
+            RabbitMqError::operation("publish")(lapin::Error::ProtocolError(AMQPError::new(
+                AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND),
+                "no exchange".into(),
+            )))
+            .into_publish_error();
         assert!(!Unavailable::is_unavailable(not_found.as_ref()));
         let nacked = RabbitMqError::Nacked {
             message_id: Uuid::now_v7(),

@@ -193,7 +193,11 @@ impl RabbitMqSource {
             )
             .await
             .map_err(RabbitMqError::operation("starting the consumer"))?;
-        tracing::debug!(queue = self.config.queue(), prefetch = self.config.prefetch_limit(), "consuming from RabbitMQ");
+        tracing::debug!(
+            queue = self.config.queue(),
+            prefetch = self.config.prefetch_limit(),
+            "consuming from RabbitMQ"
+        );
         Ok(Live { channel, consumer })
     }
 
@@ -221,7 +225,11 @@ impl RabbitMqSource {
         let copies = envelope::header_count(headers, RABBITMQ_REDELIVERIES_HEADER);
         let requeues = envelope::header_count(headers, "x-delivery-count");
         // A classic queue has no delivery count, only the redelivered flag.
-        let requeues = if redelivered { requeues.max(1) } else { requeues };
+        let requeues = if redelivered {
+            requeues.max(1)
+        } else {
+            requeues
+        };
         let attempt = 1_u32.saturating_add(copies).saturating_add(requeues);
         let payload = bytes::Bytes::from(data);
         let queue = self.config.queue();
@@ -391,10 +399,7 @@ impl DeliverySource for RabbitMqSource {
         // copy would only be a duplicate.
         Self::check_channel(&receipt)?;
         if receipt.attempt >= self.config.delivery_limit() {
-            let reason = format!(
-                "failed {} deliveries (the maximum)",
-                receipt.attempt
-            );
+            let reason = format!("failed {} deliveries (the maximum)", receipt.attempt);
             self.dead_letter(receipt, reason).await?;
             return Ok(NackOutcome::DeadLettered);
         }
@@ -440,7 +445,10 @@ impl DeliverySource for RabbitMqSource {
                 &queue,
                 &[
                     (RABBITMQ_DEAD_LETTER_REASON_HEADER, reason),
-                    (RABBITMQ_ORIGINAL_QUEUE_HEADER, self.config.queue().to_owned()),
+                    (
+                        RABBITMQ_ORIGINAL_QUEUE_HEADER,
+                        self.config.queue().to_owned(),
+                    ),
                     (
                         RABBITMQ_REDELIVERIES_HEADER,
                         receipt.attempt.saturating_sub(1).to_string(),

@@ -98,7 +98,10 @@ impl QueueSpec {
     pub fn dead_letter_into(self, target: &str) -> Self {
         let spec = self
             .argument("x-dead-letter-exchange", Argument::Text(String::new()))
-            .argument("x-dead-letter-routing-key", Argument::Text(target.to_owned()));
+            .argument(
+                "x-dead-letter-routing-key",
+                Argument::Text(target.to_owned()),
+            );
         if spec.queue_type == QueueType::Quorum {
             spec.argument(
                 "x-dead-letter-strategy",
@@ -287,7 +290,10 @@ impl RabbitMqTopology {
                 durable: true,
                 ..Default::default()
             };
-            match work.queue_declare(&queue.name, options, queue.table()).await {
+            match work
+                .queue_declare(&queue.name, options, queue.table())
+                .await
+            {
                 Ok(_) => {}
                 Err(source) => match precondition_failed(&source) {
                     Some(reply_text) => {
@@ -368,7 +374,10 @@ impl RabbitMqTopology {
     /// # Errors
     ///
     /// A failed connection or channel.
-    pub async fn audit_on(&self, connection: &Connection) -> Result<Vec<AuditFinding>, RabbitMqError> {
+    pub async fn audit_on(
+        &self,
+        connection: &Connection,
+    ) -> Result<Vec<AuditFinding>, RabbitMqError> {
         let channel = || async {
             connection
                 .create_channel()
@@ -383,7 +392,12 @@ impl RabbitMqTopology {
             };
             let exists = channel()
                 .await?
-                .exchange_declare(exchange, ExchangeKind::Topic, passive, FieldTable::default())
+                .exchange_declare(
+                    exchange,
+                    ExchangeKind::Topic,
+                    passive,
+                    FieldTable::default(),
+                )
                 .await
                 .is_ok();
             if !exists {
@@ -399,22 +413,29 @@ impl RabbitMqTopology {
             };
             let declared = channel()
                 .await?
-                .exchange_declare(exchange, ExchangeKind::Topic, options, FieldTable::default())
+                .exchange_declare(
+                    exchange,
+                    ExchangeKind::Topic,
+                    options,
+                    FieldTable::default(),
+                )
                 .await;
-            findings.push(match declared.as_ref().err().and_then(precondition_failed) {
-                None => AuditFinding::Matches {
-                    kind: "exchange",
-                    name: exchange.clone(),
+            findings.push(
+                match declared.as_ref().err().and_then(precondition_failed) {
+                    None => AuditFinding::Matches {
+                        kind: "exchange",
+                        name: exchange.clone(),
+                    },
+                    Some(text) => AuditFinding::Differs {
+                        kind: "exchange",
+                        name: exchange.clone(),
+                        argument: inequivalent_argument(&text)
+                            .unwrap_or("type or durability")
+                            .to_owned(),
+                        expected: "a durable topic exchange".into(),
+                    },
                 },
-                Some(text) => AuditFinding::Differs {
-                    kind: "exchange",
-                    name: exchange.clone(),
-                    argument: inequivalent_argument(&text)
-                        .unwrap_or("type or durability")
-                        .to_owned(),
-                    expected: "a durable topic exchange".into(),
-                },
-            });
+            );
         }
         for queue in &self.queues {
             let passive = QueueDeclareOptions {
@@ -441,21 +462,25 @@ impl RabbitMqTopology {
                 .await?
                 .queue_declare(&queue.name, options, queue.table())
                 .await;
-            findings.push(match declared.as_ref().err().and_then(precondition_failed) {
-                None => AuditFinding::Matches {
-                    kind: "queue",
-                    name: queue.name.clone(),
-                },
-                Some(text) => {
-                    let argument = inequivalent_argument(&text).unwrap_or("argument").to_owned();
-                    AuditFinding::Differs {
+            findings.push(
+                match declared.as_ref().err().and_then(precondition_failed) {
+                    None => AuditFinding::Matches {
                         kind: "queue",
                         name: queue.name.clone(),
-                        expected: queue.expected(&argument),
-                        argument,
+                    },
+                    Some(text) => {
+                        let argument = inequivalent_argument(&text)
+                            .unwrap_or("argument")
+                            .to_owned();
+                        AuditFinding::Differs {
+                            kind: "queue",
+                            name: queue.name.clone(),
+                            expected: queue.expected(&argument),
+                            argument,
+                        }
                     }
-                }
-            });
+                },
+            );
         }
         Ok(findings)
     }
@@ -467,10 +492,14 @@ mod tests {
 
     #[test]
     fn quorum_dead_lettering_is_at_least_once() {
-        let spec = QueueSpec::new("billing.delay.1000ms").delay_into("billing", Duration::from_secs(1));
+        let spec =
+            QueueSpec::new("billing.delay.1000ms").delay_into("billing", Duration::from_secs(1));
         let table = spec.table();
         let get = |name: &str| table.inner().get(name).cloned();
-        assert_eq!(get("x-queue-type"), Some(AMQPValue::LongString("quorum".into())));
+        assert_eq!(
+            get("x-queue-type"),
+            Some(AMQPValue::LongString("quorum".into()))
+        );
         assert_eq!(get("x-message-ttl"), Some(AMQPValue::LongLongInt(1000)));
         assert_eq!(
             get("x-dead-letter-strategy"),
