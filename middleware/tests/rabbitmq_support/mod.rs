@@ -147,12 +147,14 @@ impl Admin {
     /// Deletes what the test declared.
     pub async fn cleanup(&self) {
         let channel = self.channel().await;
-        for queue in self.queues.lock().unwrap().drain(..).collect::<Vec<_>>() {
+        let queues: Vec<String> = self.queues.lock().unwrap().drain(..).collect();
+        let exchanges: Vec<String> = self.exchanges.lock().unwrap().drain(..).collect();
+        for queue in queues {
             let _ = channel
                 .queue_delete(&queue, QueueDeleteOptions::default())
                 .await;
         }
-        for exchange in self.exchanges.lock().unwrap().drain(..).collect::<Vec<_>>() {
+        for exchange in exchanges {
             let _ = channel
                 .exchange_delete(&exchange, ExchangeDeleteOptions::default())
                 .await;
