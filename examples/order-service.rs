@@ -9,8 +9,10 @@
 //! ```
 //!
 //! Environment: `DATABASE_URL` (required), `LISTEN` (default `127.0.0.1:8080`). The service runs
-//! the outbox migrations and creates its `orders` table on start. `"amount_cents": 0` is refused
-//! *after* the message was enqueued, to show that a rolled-back order never produces a message.
+//! the outbox migrations and creates its `orders` table on start. A created order answers with
+//! its `message_id` (also logged), which `broker-lite trace <message id>` follows. `"amount_cents":
+//! 0` is refused *after* the message was enqueued, to show that a rolled-back order never
+//! produces a message: the answer says so.
 
 use anyhow::Context;
 use axum::extract::State;
@@ -29,12 +31,20 @@ struct NewOrder {
     amount_cents: i64,
 }
 
-/// The `ORDER_CREATED` event, also the response.
+/// The `ORDER_CREATED` event.
 #[derive(Debug, Serialize, Deserialize)]
 struct OrderCreated {
     order_id: Uuid,
     customer: String,
     amount_cents: i64,
+}
+
+/// The answer to `POST /orders`: the event, and the id of the message that carries it.
+#[derive(Debug, Serialize)]
+struct Created {
+    #[serde(flatten)]
+    order: OrderCreated,
+    message_id: Uuid,
 }
 
 #[derive(Clone)]
@@ -45,7 +55,12 @@ struct App {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt().with_env_filter("info").init();
+    // sqlx's Postgres notices ("relation ... already exists, skipping") are not news at startup.
+    tracing_subscriber::fmt()
+        .with_env_filter("info,sqlx::postgres::notice=warn")
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .init();
     let url = std::env::var("DATABASE_URL")
         .context("set DATABASE_URL, e.g. postgres://postgres@127.0.0.1:5432/orders")?;
     let listen = std::env::var("LISTEN").unwrap_or_else(|_| "127.0.0.1:8080".to_owned());
@@ -83,7 +98,7 @@ async fn main() -> anyhow::Result<()> {
 async fn create_order(
     State(app): State<App>,
     Json(order): Json<NewOrder>,
-) -> Result<(StatusCode, Json<OrderCreated>), (StatusCode, String)> {
+) -> Result<(StatusCode, Json<Created>), (StatusCode, String)> {
     let event = OrderCreated {
         order_id: Uuid::now_v7(),
         customer: order.customer,
@@ -105,14 +120,27 @@ async fn create_order(
         .await
         .map_err(internal)?;
     if event.amount_cents <= 0 {
-        // Dropping `tx` rolls back the order *and* its message.
+        // Rolls back the order *and* its message: the message never existed for anyone.
+        tx.rollback().await.map_err(internal)?;
+        tracing::info!(order = %event.order_id, message_id = %message.id, "order rolled back with its message");
         return Err((
             StatusCode::UNPROCESSABLE_ENTITY,
-            "amount_cents must be positive\n".to_owned(),
+            format!(
+                "amount_cents must be positive: order {} was rolled back together with its \
+                 message {}, so no message exists for it and nothing is published\n",
+                event.order_id, message.id
+            ),
         ));
     }
     tx.commit().await.map_err(internal)?;
-    Ok((StatusCode::CREATED, Json(event)))
+    tracing::info!(order = %event.order_id, message_id = %message.id, "order committed with its message");
+    Ok((
+        StatusCode::CREATED,
+        Json(Created {
+            order: event,
+            message_id: message.id,
+        }),
+    ))
 }
 
 async fn count_orders(State(app): State<App>) -> Result<String, (StatusCode, String)> {

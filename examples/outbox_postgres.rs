@@ -2,10 +2,12 @@
 //! publishes to stdout, and the failure table for a message the "broker" refuses.
 //!
 //! ```sh
-//! DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres cargo run --example outbox_postgres
+//! psql -h 127.0.0.1 -U postgres -c "CREATE DATABASE courier_example"
+//! DATABASE_URL=postgres://postgres@127.0.0.1:5432/courier_example cargo run --example outbox_postgres
 //! ```
 //!
-//! It creates its tables in the `outbox` schema and an `example_orders` table, and leaves them.
+//! It creates its tables in the `outbox` schema and an `example_orders` table, and leaves them
+//! (hence a database of its own: `DROP DATABASE courier_example` when done).
 
 use std::time::Duration;
 
@@ -97,5 +99,10 @@ async fn main() -> anyhow::Result<()> {
     Failures::new()
         .purge(&pool, &FailureFilter::all().ids([poison.id]))
         .await?;
+    println!(
+        "left in this database: the outbox schema and example_orders ({} order(s)); the \
+         README runs this example in a database of its own, courier_example, to drop when done",
+        first_id
+    );
     Ok(())
 }

@@ -42,7 +42,12 @@ struct PaymentDone {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt().with_env_filter("info").init();
+    // sqlx's Postgres notices ("relation ... already exists, skipping") are not news at startup.
+    tracing_subscriber::fmt()
+        .with_env_filter("info,sqlx::postgres::notice=warn")
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .init();
     let url = std::env::var("DATABASE_URL")
         .context("set DATABASE_URL, e.g. postgres://postgres@127.0.0.1:5432/payments")?;
     let broker = std::env::var("BROKER").unwrap_or_else(|_| "127.0.0.1:9876".to_owned());

@@ -5,21 +5,27 @@ use std::future::Future;
 use sqlx::{Pool, Transaction};
 
 /// The database the transactional types use when none is named (`TxDelivery`, `Inbox`,
-/// `IdempotencyLayer` ...): Postgres when the `postgres` feature is on, otherwise SQLite. So a
-/// SQLite-only build writes `TxDelivery` as a Postgres one does, and code that enables both names
-/// `TxDelivery<Sqlite>` (or lets the pool decide: `IdempotencyLayer::new(pool)`).
+/// `IdempotencyLayer` ...): Postgres when the `postgres` feature is on, otherwise SQLite when
+/// `sqlite` is, otherwise MySQL. So a SQLite-only or MySQL-only build writes `TxDelivery` as a
+/// Postgres one does, and code that enables several names `TxDelivery<Sqlite>` or
+/// `TxDelivery<MySql>` (or lets the pool decide: `IdempotencyLayer::new(pool)`).
 #[cfg(feature = "postgres")]
 pub type DefaultDatabase = sqlx::Postgres;
-/// The database the transactional types use when none is named: SQLite, the only store enabled.
-#[cfg(not(feature = "postgres"))]
+/// The database the transactional types use when none is named: SQLite, the only store enabled
+/// besides perhaps MySQL.
+#[cfg(all(not(feature = "postgres"), feature = "sqlite"))]
 pub type DefaultDatabase = sqlx::Sqlite;
+/// The database the transactional types use when none is named: MySQL, the only store enabled.
+#[cfg(all(not(feature = "postgres"), not(feature = "sqlite")))]
+pub type DefaultDatabase = sqlx::MySql;
 
 /// A database the transactional middleware ([`Idempotency`](crate::Idempotency),
 /// [`Inbox`](crate::Inbox)) can keep its records in, and so the database a handler's
 /// [`Tx`](crate::Tx) is a transaction of.
 ///
-/// Implemented for [`sqlx::Postgres`] (feature `postgres`, the default) and [`sqlx::Sqlite`]
-/// (feature `sqlite`). It is sealed: the middleware's SQL for each database lives behind it, so no
+/// Implemented for [`sqlx::Postgres`] (feature `postgres`, the default), [`sqlx::Sqlite`]
+/// (feature `sqlite`) and [`sqlx::MySql`] (feature `mysql`: MySQL 8.0.1+ or MariaDB 10.6+, the
+/// versions with `SKIP LOCKED`). It is sealed: the middleware's SQL for each database lives behind it, so no
 /// other crate can implement it. Write code that works with either by being generic over it:
 ///
 /// ```no_run
@@ -45,6 +51,13 @@ pub type DefaultDatabase = sqlx::Sqlite;
 /// connection's busy timeout, 5 s by default in sqlx, after which its delivery fails and is
 /// redelivered). Keep handlers short there, and write only through the [`Tx`](crate::Tx): a handler
 /// that writes through the pool instead waits on its own transaction's lock.
+///
+/// On MySQL the handler's transaction is a plain `BEGIN` at the session's isolation level
+/// (REPEATABLE READ unless you set another on the pool's connections). InnoDB ends a transaction
+/// by itself when it breaks a deadlock (error 1213), and the connection then goes on in autocommit
+/// mode: return such an error from the handler (`?` does), never swallow it. The middleware checks
+/// before it commits that its transaction is still the one it began, and redelivers if it is not,
+/// but statements a handler ran after swallowing the error were already committed one by one.
 pub trait TxDatabase: sqlx::Database + sealed::Dialect {}
 
 pub(crate) mod sealed {
@@ -62,6 +75,15 @@ pub(crate) mod sealed {
         fn begin_write(
             pool: &Pool<Self>,
         ) -> impl Future<Output = Result<Transaction<'static, Self>, sqlx::Error>> + Send;
+
+        /// Whether `error`, returned by the first statement of a transaction, rolled back the
+        /// whole transaction, so that beginning it again and re-running that statement repeats
+        /// nothing: MySQL's deadlock (1213), which InnoDB breaks by rolling back a victim, for
+        /// example two deliveries of one key waiting on a third one's record when it rolls back.
+        fn restartable(error: &sqlx::Error) -> bool {
+            let _ = error;
+            false
+        }
     }
 }
 
@@ -86,5 +108,25 @@ impl sealed::Dialect for sqlx::Sqlite {
         pool: &Pool<Self>,
     ) -> impl Future<Output = Result<Transaction<'static, Self>, sqlx::Error>> + Send {
         pool.begin_with("BEGIN IMMEDIATE")
+    }
+}
+
+#[cfg(feature = "mysql")]
+impl TxDatabase for sqlx::MySql {}
+
+#[cfg(feature = "mysql")]
+impl sealed::Dialect for sqlx::MySql {
+    fn begin_write(
+        pool: &Pool<Self>,
+    ) -> impl Future<Output = Result<Transaction<'static, Self>, sqlx::Error>> + Send {
+        // The session's isolation level: the handler's own statements run at the level the
+        // application chose. The record insert locks only in the records table (a fresh record:
+        // its own row; a duplicate: the existing row and the gap before it, until the rollback
+        // right after), so REPEATABLE READ adds no lock on the handler's tables.
+        pool.begin()
+    }
+
+    fn restartable(error: &sqlx::Error) -> bool {
+        crate::mysql::conflict::is_deadlock(error)
     }
 }

@@ -46,10 +46,10 @@
 //! | C1 | [`Disposition`]: `Ok` acks, errors redeliver or dead-letter; [`Consumer`] holds the receipts |
 //! | C2 | [`CatchPanic`] (and the runtime itself) turn panics into redeliveries |
 //! | C3 | the runtime abandons and redelivers a call after 15 minutes ([`ConsumerBuilder::consume_timeout`]); [`ConsumeTimeout`] per handler |
-//! | C4 | [`Inbox`]: [`InboxStore`] stores and acks, [`InboxWorker`] processes with retries and dead letters (Postgres or SQLite) |
+//! | C4 | [`Inbox`]: [`InboxStore`] stores and acks, [`InboxWorker`] processes with retries and dead letters (Postgres, SQLite or MySQL) |
 //! | C5 | [`ConsumeModel`]; the runtime warns about broadcasting without [`Idempotency`] |
 //! | C6 | [`ConsumerBuilder::batch_size`], 1 by default; [`BatchLayer`] for handlers of `Vec<Delivery>` |
-//! | C7 | [`Idempotency`]: the record and the handler's writes in one transaction, on Postgres or SQLite ([`TxDatabase`]) |
+//! | C7 | [`Idempotency`]: the record and the handler's writes in one transaction, on Postgres, SQLite or MySQL ([`TxDatabase`]) |
 //! | C8 | [`ConsumerBuilder::max_deliveries`] (16), [`Reject`], [`DeliverySource::dead_letter`] |
 //! | P1 | the broker-lite publisher fails every status but `SEND_OK` (opt-out per status: `accept_status`); [`RequireSendOk`] with [`SendStatus`] for other publishers |
 //! | P2, P8 | [`Producer`]: `send`, `send_async` ([`SendHandle`], `#[must_use]`), `send_with_callback` |
@@ -81,13 +81,16 @@
 //! |---|---|---|
 //! | `postgres` | yes | [`Idempotency`], [`Inbox`], [`FailureFallback`] on Postgres (tables in schema `courier_inbox`, created by `courier_outbox::MIGRATOR`); [`PgTx`] |
 //! | `sqlite` | no | [`Idempotency`] and [`Inbox`] on SQLite (tables `courier_inbox_*`, created by `courier_outbox::SQLITE_MIGRATOR`); `SqliteTx` |
+//! | `mysql` | no | [`Idempotency`] and [`Inbox`] on MySQL 8.0.1+ / MariaDB 10.6+ (tables `courier_inbox_*`, created by `courier_outbox::MYSQL_MIGRATOR`); `MySqlTx` |
 //!
 //! The transactional types take the database as a type parameter that defaults to Postgres
 //! (`Inbox<DB = Postgres>`, `TxDelivery<DB = Postgres>` …): `IdempotencyLayer::new(pool)` and
 //! `Inbox::new(pool)` pick it from the pool. On SQLite the handler's transaction is
 //! `BEGIN IMMEDIATE` and holds the database's write lock while the handler runs, so handlers run
 //! one at a time per database file; see [`TxDatabase`]. The inbox's idle workers are woken
-//! in-process there (SQLite has no `NOTIFY`), rows from other processes by polling.
+//! in-process there (SQLite has no `NOTIFY`), rows from other processes by polling. MySQL wakes
+//! them in-process too, plus polling; its handler transaction is a plain `BEGIN`, and a handler
+//! must return its database errors: see [`TxDatabase`] for what InnoDB does on a deadlock.
 //! | `broker-lite` | yes | `BrokerLitePublisher` and `BrokerLiteSource` for the bundled broker (adds the `broker-lite` crate) |
 //! | `rabbitmq` | no | `RabbitMqPublisher`, `RabbitMqSource` and `RabbitMqTopology` for RabbitMQ (adds lapin) |
 //! | `nats` | no | the `nats` module: `NatsPublisher`, `NatsSource`, `StreamSpec` for NATS JetStream (adds async-nats) |
@@ -99,21 +102,23 @@ mod brokers;
 #[cfg(feature = "sqlite")]
 mod clock;
 mod consumer;
-#[cfg(any(feature = "postgres", feature = "sqlite"))]
+#[cfg(any(feature = "postgres", feature = "sqlite", feature = "mysql"))]
 mod database;
 mod delivery;
 mod error;
-#[cfg(any(feature = "postgres", feature = "sqlite"))]
+#[cfg(any(feature = "postgres", feature = "sqlite", feature = "mysql"))]
 mod idempotency;
-#[cfg(any(feature = "postgres", feature = "sqlite"))]
+#[cfg(any(feature = "postgres", feature = "sqlite", feature = "mysql"))]
 mod inbox;
 mod memory;
+#[cfg(feature = "mysql")]
+mod mysql;
 mod producer;
 mod runtime;
 mod source;
 mod timeout;
 mod trace_context;
-#[cfg(any(feature = "postgres", feature = "sqlite"))]
+#[cfg(any(feature = "postgres", feature = "sqlite", feature = "mysql"))]
 mod tx;
 
 #[cfg(feature = "broker-lite")]
@@ -135,16 +140,16 @@ pub use consumer::catch_panic::{CatchPanic, CatchPanicLayer};
 pub use consumer::metrics::{ConsumeMetrics, ConsumeMetricsLayer};
 pub use consumer::retry::{LocalRetry, LocalRetryLayer, LocalRetryPolicy};
 pub use consumer::trace::{Trace, TraceLayer};
-#[cfg(any(feature = "postgres", feature = "sqlite"))]
+#[cfg(any(feature = "postgres", feature = "sqlite", feature = "mysql"))]
 pub use database::{DefaultDatabase, TxDatabase};
 pub use delivery::{AsDelivery, Delivery};
 pub use error::{Disposition, Elapsed, Panicked, Reject, Retry};
-#[cfg(any(feature = "postgres", feature = "sqlite"))]
+#[cfg(any(feature = "postgres", feature = "sqlite", feature = "mysql"))]
 pub use idempotency::{
     BatchedIdempotency, BatchedIdempotencyLayer, DEFAULT_IDEMPOTENCY_WINDOW, Handled, Idempotency,
     IdempotencyKey, IdempotencyLayer, LateDelivery,
 };
-#[cfg(any(feature = "postgres", feature = "sqlite"))]
+#[cfg(any(feature = "postgres", feature = "sqlite", feature = "mysql"))]
 pub use inbox::{Inbox, InboxDeadLetter, InboxStore, InboxWorker, Stored};
 /// The RabbitMQ client the `rabbitmq` adapters use (connection properties, TLS features).
 #[cfg(feature = "rabbitmq")]
@@ -167,11 +172,13 @@ pub use timeout::{
 };
 pub use tower::BoxError;
 pub use trace_context::{TRACEPARENT, TraceParent};
+#[cfg(feature = "mysql")]
+pub use tx::{MySqlTx, MySqlTxGuard};
 #[cfg(feature = "postgres")]
 pub use tx::{PgTx, PgTxGuard};
 #[cfg(feature = "sqlite")]
 pub use tx::{SqliteTx, SqliteTxGuard};
-#[cfg(any(feature = "postgres", feature = "sqlite"))]
+#[cfg(any(feature = "postgres", feature = "sqlite", feature = "mysql"))]
 pub use tx::{Tx, TxDelivery, TxGuard};
 
 /// NATS JetStream (feature `nats`): publisher, source, stream provisioning; see the guarantees
@@ -189,9 +196,9 @@ pub mod future {
     pub use crate::consumer::metrics::future::ResponseFuture as ConsumeMetricsFuture;
     pub use crate::consumer::retry::future::ResponseFuture as LocalRetryFuture;
     pub use crate::consumer::trace::future::ResponseFuture as TraceFuture;
-    #[cfg(any(feature = "postgres", feature = "sqlite"))]
+    #[cfg(any(feature = "postgres", feature = "sqlite", feature = "mysql"))]
     pub use crate::idempotency::future::ResponseFuture as IdempotencyFuture;
-    #[cfg(any(feature = "postgres", feature = "sqlite"))]
+    #[cfg(any(feature = "postgres", feature = "sqlite", feature = "mysql"))]
     pub use crate::inbox::future::ResponseFuture as InboxStoreFuture;
     pub use crate::producer::status::ResponseFuture as RequireSendOkFuture;
     pub use crate::producer::trace::ResponseFuture as TracePublishFuture;

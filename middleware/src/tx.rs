@@ -17,7 +17,7 @@ use crate::{AsDelivery, Delivery};
 ///
 /// The handler cannot commit or roll back: the middleware does, once the handler has answered.
 /// Cloning the handle is cheap; all clones share one transaction. `DB` is the database
-/// ([`TxDatabase`](crate::TxDatabase)); [`PgTx`] and [`SqliteTx`] name the two.
+/// ([`TxDatabase`](crate::TxDatabase)); `PgTx`, `SqliteTx` and `MySqlTx` name them.
 ///
 /// ```no_run
 /// # async fn example(tx: courier_middleware::Tx<sqlx::Postgres>) -> Result<(), sqlx::Error> {
@@ -63,6 +63,23 @@ pub type PgTx = Tx<sqlx::Postgres>;
 /// ```
 #[cfg(feature = "sqlite")]
 pub type SqliteTx = Tx<sqlx::Sqlite>;
+
+/// The handler's transaction on MySQL or MariaDB (a plain `BEGIN`, at the session's isolation
+/// level). Return the errors of your statements (`?`): a deadlock (error 1213) has already rolled
+/// the whole transaction back, see [`TxDatabase`](crate::TxDatabase).
+///
+/// ```no_run
+/// # async fn example(tx: courier_middleware::MySqlTx) -> Result<(), sqlx::Error> {
+/// let mut conn = tx.lock().await;
+/// sqlx::query("UPDATE orders SET paid = TRUE WHERE id = ?")
+///     .bind(7_i64)
+///     .execute(&mut *conn)
+///     .await?;
+/// # Ok(())
+/// # }
+/// ```
+#[cfg(feature = "mysql")]
+pub type MySqlTx = Tx<sqlx::MySql>;
 
 impl<DB: Database> Clone for Tx<DB> {
     fn clone(&self) -> Self {
@@ -117,7 +134,7 @@ impl<DB: Database> Tx<DB> {
 }
 
 /// Exclusive access to a [`Tx`]'s connection; dereferences to the database's connection
-/// (`PgConnection`, `SqliteConnection`), so `&mut *guard` is an sqlx executor.
+/// (`PgConnection`, `SqliteConnection`, `MySqlConnection`), so `&mut *guard` is an sqlx executor.
 ///
 /// ```no_run
 /// # async fn example(tx: courier_middleware::PgTx) -> Result<(), sqlx::Error> {
@@ -152,6 +169,17 @@ pub type PgTxGuard = TxGuard<sqlx::Postgres>;
 /// ```
 #[cfg(feature = "sqlite")]
 pub type SqliteTxGuard = TxGuard<sqlx::Sqlite>;
+
+/// A [`TxGuard`] on MySQL; dereferences to `MySqlConnection`.
+///
+/// ```no_run
+/// # async fn example(tx: courier_middleware::MySqlTx) {
+/// let guard: courier_middleware::MySqlTxGuard = tx.lock().await;
+/// # let _ = guard;
+/// # }
+/// ```
+#[cfg(feature = "mysql")]
+pub type MySqlTxGuard = TxGuard<sqlx::MySql>;
 
 impl<DB: Database> fmt::Debug for TxGuard<DB> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -1,5 +1,5 @@
-//! Idempotency layer against real databases (safeguard C7): every case runs on Postgres and on
-//! SQLite (`store_support`).
+//! Idempotency layer against real databases (safeguard C7): every case runs on Postgres, SQLite
+//! and MySQL (`store_support`); the MySQL-only cases are in `mysql_only.rs`.
 
 mod store_support;
 

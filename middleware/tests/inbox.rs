@@ -1,5 +1,5 @@
-//! The durable inbox against real databases (safeguard C4): every case runs on Postgres and on
-//! SQLite (`store_support`).
+//! The durable inbox against real databases (safeguard C4): every case runs on Postgres, SQLite
+//! and MySQL (`store_support`).
 
 mod store_support;
 
@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use courier_middleware::{Consumer, Delivery, Inbox, MemorySource, Reject, Stored, TxDelivery};
 use courier_outbox::{Backoff, Message};
-use sqlx::{PgConnection, Pool, Postgres, Sqlite, SqliteConnection};
+use sqlx::{MySql, MySqlConnection, PgConnection, Pool, Postgres, Sqlite, SqliteConnection};
 use store_support::{PATIENCE, Store};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -256,8 +256,8 @@ async fn a_crash_during_processing_is_processed_after_restart<DB: Store>(pool: P
     assert_eq!(DB::inbox_attempts(&pool, message.id).await, 2);
 }
 
-/// Postgres wakes the worker with the insert trigger's `NOTIFY`, SQLite with the in-process signal
-/// [`Inbox::insert`] fires.
+/// Postgres wakes the worker with the insert trigger's `NOTIFY`, SQLite and MySQL with the
+/// in-process signal [`Inbox::insert`] fires.
 async fn an_idle_worker_wakes_when_a_row_is_stored<DB: Store>(pool: Pool<DB>) {
     DB::create_effects(&pool).await;
     // Polling alone would not find the row within the test's patience.
@@ -305,6 +305,16 @@ impl EndTransaction for Sqlite {
         sqlx::query("ROLLBACK").execute(&mut *conn).await.unwrap();
         // Deferred: takes no lock until it writes.
         sqlx::query("BEGIN").execute(&mut *conn).await.unwrap();
+    }
+}
+
+impl EndTransaction for MySql {
+    async fn end_transaction(conn: &mut MySqlConnection) {
+        sqlx::query("ROLLBACK").execute(&mut *conn).await.unwrap();
+        sqlx::query("START TRANSACTION")
+            .execute(&mut *conn)
+            .await
+            .unwrap();
     }
 }
 

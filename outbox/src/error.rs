@@ -9,11 +9,13 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// A message was refused before it reached the database; nothing was written.
-    #[error("invalid message: {0}")]
+    /// A message was refused before it reached the database; nothing was written. Says what the
+    /// validation error says (which names the message's field).
+    #[error(transparent)]
     Invalid(#[from] ValidationError),
-    /// The database refused a statement or could not be reached.
-    #[error("outbox database error: {0}")]
+    /// The database refused a statement or could not be reached; the sqlx error is the source
+    /// (print the chain, e.g. `{:#}` with anyhow, to see it).
+    #[error("outbox database error")]
     Database(#[from] sqlx::Error),
     /// The outbox tables are missing: the migrations have not been run on this database.
     #[error(

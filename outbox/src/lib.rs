@@ -91,3 +91,16 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/pos
 /// ```
 #[cfg(feature = "sqlite")]
 pub static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
+
+/// Creates and upgrades the outbox and consumer tables on MySQL 8 or MariaDB 10.6+, in the pool's
+/// database (`outbox_messages`, `outbox_failures`, `outbox_claim_turn`, and the consumer tables of
+/// `courier-middleware`; `migrations/mysql/` in the repository).
+///
+/// ```no_run
+/// # async fn example(pool: sqlx::MySqlPool) -> Result<(), sqlx::migrate::MigrateError> {
+/// courier_outbox::MYSQL_MIGRATOR.run(&pool).await?;
+/// # Ok(())
+/// # }
+/// ```
+#[cfg(feature = "mysql")]
+pub static MYSQL_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/mysql");

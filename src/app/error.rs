@@ -5,7 +5,7 @@
 #[non_exhaustive]
 pub enum Error {
     /// The outbox migrations failed; nothing else was started.
-    #[error("the outbox migrations failed: {0}")]
+    #[error("the outbox migrations failed")]
     Migrate(#[source] sqlx::migrate::MigrateError),
     /// broker-lite could not be reached when a part connected.
     #[error("cannot reach broker-lite at {addresses} for {part}: start it, or fix the address")]
@@ -19,7 +19,7 @@ pub enum Error {
         source: broker_lite_client::ClientError,
     },
     /// The relay stopped with an error (its configuration, or its database).
-    #[error("the relay stopped: {0}")]
+    #[error("the relay stopped")]
     Relay(#[source] courier_outbox::Error),
     /// A part of the service panicked.
     #[error("a part of the service panicked: {0}")]

@@ -99,7 +99,15 @@ where
         while let Some(joined) = running.join_next().await {
             let (name, result) = joined.map_err(|error| Error::Task(error.to_string()))?;
             if let Err(error) = result {
-                tracing::error!(part = %name, %error, "stopping the service");
+                // The causes too: the error's own message does not repeat its source's.
+                let causes = std::iter::successors(
+                    Some(&error as &(dyn std::error::Error + 'static)),
+                    |e| e.source(),
+                )
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(": ");
+                tracing::error!(part = %name, error = %causes, "stopping the service");
                 stop.cancel();
                 first_error.get_or_insert(error);
             }

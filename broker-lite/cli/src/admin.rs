@@ -69,10 +69,17 @@ pub(crate) enum AdminCommand {
         #[arg(long)]
         topic: Option<String>,
     },
-    /// The life of one message.
+    /// The life of one message, found by id or by key: stored, delivered, acked...
     Trace {
-        /// Message id.
-        id: Uuid,
+        /// Message id (`outbox_messages.id`, the `message` the producer logged).
+        #[arg(conflicts_with = "key", required_unless_present = "key")]
+        id: Option<Uuid>,
+        /// Message key instead of an id (needs --topic); traces every message with this key.
+        #[arg(long, requires = "topic")]
+        key: Option<String>,
+        /// Topic of the key.
+        #[arg(long)]
+        topic: Option<String>,
     },
     /// Dead letters.
     #[command(subcommand)]
@@ -91,14 +98,16 @@ pub(crate) async fn run(addresses: &str, command: AdminCommand) -> Result<()> {
             println!("created topic {name} with {queues} queues");
         }
         AdminCommand::Topics(TopicsCommand::List) => {
+            let topics = admin.topics().await?;
             println!("{:<40} {:>6}", "TOPIC", "QUEUES");
-            for t in admin.topics().await? {
+            for t in topics {
                 println!("{:<40} {:>6}", t.name, t.queues);
             }
         }
         AdminCommand::Groups => {
+            let groups = admin.groups().await?;
             println!("{:<30} {:<12} {:<30} MEMBERS", "GROUP", "MODEL", "TOPICS");
-            for g in admin.groups().await? {
+            for g in groups {
                 let model = format!("{:?}", g.model).to_lowercase();
                 println!(
                     "{:<30} {:<12} {:<30} {}",
@@ -111,23 +120,42 @@ pub(crate) async fn run(addresses: &str, command: AdminCommand) -> Result<()> {
         }
         AdminCommand::Lag { group } => {
             let lags = admin.lag(&group).await?;
+            // A clustering group shares one cursor per queue among its members, so the broker
+            // names no member per queue; say who the members are instead of a column of `-`.
+            let per_member = lags.iter().any(|l| l.consumer_id.is_some());
+            let member_column = if per_member { " MEMBER" } else { "" };
             println!(
-                "{:<30} {:>5} {:>12} {:>12} {:>10} {:>10} MEMBER",
+                "{:<30} {:>5} {:>12} {:>12} {:>10} {:>10}{member_column}",
                 "TOPIC", "QUEUE", "COMMITTED", "MAX", "LAG", "UNSETTLED"
             );
             for l in &lags {
+                let member = match &l.consumer_id {
+                    Some(member) => format!(" {member}"),
+                    None => String::new(),
+                };
                 println!(
-                    "{:<30} {:>5} {:>12} {:>12} {:>10} {:>10} {}",
-                    l.topic,
-                    l.queue_id,
-                    l.committed,
-                    l.max,
-                    l.lag,
-                    l.unsettled,
-                    l.consumer_id.as_deref().unwrap_or("-")
+                    "{:<30} {:>5} {:>12} {:>12} {:>10} {:>10}{member}",
+                    l.topic, l.queue_id, l.committed, l.max, l.lag, l.unsettled,
                 );
             }
             println!("total lag: {}", lags.iter().map(|l| l.lag).sum::<u64>());
+            if !per_member {
+                let members = admin
+                    .groups()
+                    .await?
+                    .into_iter()
+                    .find(|g| g.name == group)
+                    .map(|g| g.members)
+                    .unwrap_or_default();
+                println!(
+                    "members (clustering: the queues are shared out among them): {}",
+                    if members.is_empty() {
+                        "none connected".to_owned()
+                    } else {
+                        members.join(", ")
+                    }
+                );
+            }
         }
         AdminCommand::Lookup { id, key, topic } => {
             let messages = match (id, key, topic) {
@@ -140,27 +168,47 @@ pub(crate) async fn run(addresses: &str, command: AdminCommand) -> Result<()> {
             }
             for m in messages {
                 println!(
-                    "{} {}:{}@{} key={} tag={} stored_ms={} body={}",
+                    "{} {}:{}@{} key={} tag={} stored={} body={}",
                     m.message_id,
                     m.topic,
                     m.queue_id,
                     m.queue_offset,
                     m.key.as_deref().unwrap_or("-"),
                     m.tag.as_deref().unwrap_or("-"),
-                    m.stored_timestamp_ms,
+                    timestamp(m.stored_timestamp_ms),
                     String::from_utf8_lossy(&m.body)
                 );
             }
         }
-        AdminCommand::Trace { id } => {
-            let events = admin.trace(id).await?;
-            if events.is_empty() {
-                println!(
-                    "no trace for {id} (the trace is in memory and starts empty after a restart)"
-                );
-            }
-            for e in events {
-                println!("{} {:<14} {}", e.timestamp_ms, e.event, e.detail);
+        AdminCommand::Trace { id, key, topic } => {
+            let ids = match (id, key, topic) {
+                (Some(id), _, _) => vec![id],
+                (None, Some(key), Some(topic)) => {
+                    let found = admin.lookup_by_key(&topic, &key, 100).await?;
+                    if found.is_empty() {
+                        anyhow::bail!("no message with key {key:?} in topic {topic}");
+                    }
+                    found.into_iter().map(|m| m.message_id).collect()
+                }
+                _ => anyhow::bail!("pass a message id, or --key with --topic"),
+            };
+            for id in ids {
+                let events = admin.trace(id).await?;
+                if events.is_empty() {
+                    anyhow::bail!(
+                        "no trace for {id}: the broker never stored it, or it restarted since (the \
+                         trace is in memory); `lookup --id {id}` finds a stored message"
+                    );
+                }
+                println!("message {id}");
+                for e in events {
+                    println!(
+                        "  {}  {:<14} {}",
+                        timestamp(e.timestamp_ms),
+                        e.event,
+                        e.detail
+                    );
+                }
             }
         }
         AdminCommand::Dlq(DlqCommand::List { group, max }) => {
@@ -219,5 +267,30 @@ fn retention(ms: u64) -> String {
         format!("{} h", ms / HOUR)
     } else {
         format!("{:.2} h ({ms} ms)", ms as f64 / HOUR as f64)
+    }
+}
+
+/// `2026-11-30 08:00:00.123 UTC` for milliseconds since the Unix epoch.
+fn timestamp(ms: u64) -> String {
+    i64::try_from(ms)
+        .ok()
+        .and_then(chrono::DateTime::from_timestamp_millis)
+        .map_or_else(
+            || format!("{ms} ms after the epoch"),
+            |at| at.format("%Y-%m-%d %H:%M:%S%.3f UTC").to_string(),
+        )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::timestamp;
+
+    #[test]
+    fn timestamps_are_readable_utc() {
+        assert_eq!(timestamp(1_764_489_600_123), "2025-11-30 08:00:00.123 UTC");
+        assert_eq!(
+            timestamp(u64::MAX),
+            "18446744073709551615 ms after the epoch"
+        );
     }
 }

@@ -63,6 +63,7 @@ fn main() -> ExitCode {
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
+        .with_ansi(colours_wanted())
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
@@ -91,6 +92,13 @@ fn main() -> ExitCode {
         }
         Command::Admin(command) => report(runtime.block_on(admin::run(&cli.addr, command))),
     }
+}
+
+/// Colours in the log only for a person: stderr is a terminal and `NO_COLOR` is unset or empty
+/// (<https://no-color.org>); a log redirected to a file gets no escape codes.
+fn colours_wanted() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
 fn report(result: Result<()>) -> ExitCode {

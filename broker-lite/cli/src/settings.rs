@@ -175,6 +175,16 @@ impl Settings {
         config.broker.max_message_size = message as usize;
         config.broker.store.max_record_size =
             config.broker.store.max_record_size.max(message + 64 * 1024);
+        // Checked here so the error names the flag; the store would refuse it as `segment_size`.
+        let smallest_segment = u64::from(config.broker.store.max_record_size) + 8;
+        if config.broker.store.segment_size < smallest_segment {
+            bail!(
+                "--segment-bytes (segment_bytes) is {} bytes, but a segment must hold the largest \
+                 record: give at least {smallest_segment} (the largest message, {message} bytes, \
+                 plus 64 KiB of headers and 8 bytes), or lower --max-message-bytes",
+                config.broker.store.segment_size
+            );
+        }
         if let Some(batch) = self.max_batch {
             if batch == 0 || batch > 65_536 {
                 bail!("max_batch must be 1 to 65536");
@@ -191,10 +201,8 @@ impl Settings {
         if let Some(ms) = self.shutdown_grace_ms {
             config.server.shutdown_grace = Duration::from_millis(ms);
         }
-        config
-            .broker
-            .validate()
-            .context("invalid broker configuration")?;
+        // Its error says "invalid broker configuration" itself.
+        config.broker.validate()?;
         Ok((data_dir, config))
     }
 }
@@ -208,6 +216,20 @@ mod tests {
             data_dir: Some("/tmp/x".into()),
             ..Settings::default()
         }
+    }
+
+    #[test]
+    fn a_segment_too_small_for_a_record_names_the_flag_once() {
+        let settings = Settings {
+            segment_bytes: Some(1000),
+            ..with_dir()
+        };
+        let error = format!("{:#}", settings.build().unwrap_err());
+        assert!(
+            error.starts_with("--segment-bytes (segment_bytes) is 1000 bytes, but a segment must hold the largest record: give at least "),
+            "{error}"
+        );
+        assert!(!error.contains("invalid broker configuration"), "{error}");
     }
 
     #[test]

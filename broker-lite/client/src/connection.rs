@@ -15,8 +15,8 @@ use tokio::task::JoinHandle;
 
 use super::error::{ClientError, Result};
 use crate::protocol::{
-    CONNECTION_REQUEST_ID, ErrorReply, Frame, FrameKind, FrameReader, FrameWriter, Request,
-    Response,
+    CONNECTION_REQUEST_ID, DecodeError, ErrorReply, Frame, FrameKind, FrameReader, FrameWriter,
+    ReadError, Request, Response,
 };
 
 type Answer = std::result::Result<Frame, ClientError>;
@@ -217,8 +217,14 @@ async fn read_loop(
     pending: Arc<Mutex<Pending>>,
     addr: String,
 ) {
+    // Whether the peer has sent one valid frame: until then, bytes that are no frame at all mean
+    // the address is some other server's (Postgres answers a broker-lite request with an error
+    // message whose first bytes read as a frame of about 1 GiB).
+    let mut framed = false;
     let reason = loop {
-        match reader.read_frame().await {
+        let read = reader.read_frame().await;
+        framed |= matches!(read, Ok(Some(_)));
+        match read {
             Ok(Some(frame))
                 if frame.request_id == CONNECTION_REQUEST_ID && frame.kind == FrameKind::Error =>
             {
@@ -242,10 +248,19 @@ async fn read_loop(
                 }
             }
             Ok(None) => break "closed by the broker".to_string(),
+            Err(ReadError::Decode(e)) if !framed => break not_a_broker(&e),
             Err(e) => break e.to_string(),
         }
     };
     fail_all(&pending, &addr, reason);
+}
+
+/// Why a connection whose first answer is not a frame failed: the address is not broker-lite's.
+fn not_a_broker(error: &DecodeError) -> String {
+    format!(
+        "this is not a broker-lite server (did you give the database port?): its answer is not \
+         a broker-lite frame ({error})"
+    )
 }
 
 async fn write_loop(

@@ -12,7 +12,7 @@ use tokio::sync::{Mutex, mpsc, oneshot};
 use tokio_util::sync::PollSender;
 use tower::{BoxError, Layer, Service, ServiceExt};
 
-use super::{Config, Handled, IdempotencyLayer, LateDelivery, refuse};
+use super::{Config, Handled, IdempotencyLayer, LateDelivery, begin, refuse};
 use crate::boxed::BoxResponseFuture;
 use crate::{Delivery, Panicked, Tx, TxDatabase, TxDelivery};
 
@@ -249,16 +249,13 @@ where
             .iter()
             .map(|job| (job.delivery.group.clone(), config.key.of(&job.delivery)))
             .collect();
-        let mut tx = match DB::begin_write(&config.pool).await {
-            Ok(tx) => tx,
-            Err(error) => return fail_all(batch, &error.to_string()),
-        };
-        let mut fresh = match DB::idempotency_record_many(&mut tx, &keys).await {
-            Ok(fresh) => fresh,
+        let (tx, mut fresh) = match begin::begin_recorded_many(&config.pool, &keys).await {
+            Ok(recorded) => recorded,
             Err(error) => return fail_all(batch, &error.to_string()),
         };
         let handle = Tx::new(tx);
         let mut answers = Vec::with_capacity(batch.len());
+        let mut processed = Vec::with_capacity(batch.len());
         let mut failed = None;
         for (index, (job, key)) in batch.iter().zip(&keys).enumerate() {
             // A key seen earlier in this batch (or committed by someone else) is a duplicate.
@@ -267,7 +264,10 @@ where
                 continue;
             }
             match handle_one(service.clone(), &handle, job.delivery.clone()).await {
-                Ok(response) => answers.push(Handled::Processed(response)),
+                Ok(response) => {
+                    answers.push(Handled::Processed(response));
+                    processed.push(key.clone());
+                }
                 Err(error) => {
                     failed = Some((index, error));
                     break;
@@ -283,7 +283,7 @@ where
             continue;
         }
         let committed = match tx {
-            Some(tx) => tx.commit().await.map_err(|error| error.to_string()),
+            Some(tx) => commit_held(tx, &processed).await,
             None => Err("the batch's transaction disappeared".to_owned()),
         };
         if let Err(error) = committed {
@@ -292,6 +292,22 @@ where
         for (job, answer) in batch.drain(..).zip(answers) {
             let _ = job.reply.send(Ok(answer));
         }
+    }
+}
+
+/// Commits the batch if its transaction still holds the records of the deliveries it processed
+/// (see [`IdempotencySql::idempotency_still_held`](super::store::IdempotencySql::idempotency_still_held)).
+async fn commit_held<DB: TxDatabase>(
+    mut tx: sqlx::Transaction<'static, DB>,
+    processed: &[(String, String)],
+) -> Result<(), String> {
+    match DB::idempotency_still_held(&mut tx, processed).await {
+        Ok(true) => tx.commit().await.map_err(|error| error.to_string()),
+        Ok(false) => {
+            let _ = tx.rollback().await;
+            Err(begin::transaction_lost().to_string())
+        }
+        Err(error) => Err(error.to_string()),
     }
 }
 

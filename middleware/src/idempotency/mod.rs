@@ -5,6 +5,7 @@
 //! the contract is documented for users.
 
 mod batch;
+mod begin;
 pub(crate) mod future;
 mod late;
 mod layer;
@@ -382,8 +383,8 @@ where
         let config = self.config.clone();
         ResponseFuture::new(Box::pin(async move {
             let key = config.key.of(&delivery);
-            let mut tx = DB::begin_write(&config.pool).await?;
-            if !DB::idempotency_record(&mut tx, &delivery.group, &key).await? {
+            let (tx, fresh) = begin::begin_recorded(&config.pool, &delivery.group, &key).await?;
+            if !fresh {
                 tx.rollback().await?;
                 tracing::debug!(message.id = %delivery.message.id, group = %delivery.group, %key,
                     "duplicate delivery acked without running the handler");
@@ -397,6 +398,7 @@ where
                 tx.rollback().await?;
                 return Err(refuse(late));
             }
+            let record = [(delivery.group.clone(), key)];
             let handle = Tx::new(tx);
             let result = service
                 .call(TxDelivery::new(delivery, handle.clone()))
@@ -405,7 +407,11 @@ where
             let tx = handle.take().await;
             match result {
                 Ok(response) => {
-                    let tx = tx.ok_or("the handler's transaction disappeared")?;
+                    let mut tx = tx.ok_or("the handler's transaction disappeared")?;
+                    if !DB::idempotency_still_held(&mut tx, &record).await? {
+                        let _ = tx.rollback().await;
+                        return Err(begin::transaction_lost());
+                    }
                     tx.commit().await?;
                     Ok(Handled::Processed(response))
                 }

@@ -1,7 +1,7 @@
-//! Runs one behavioural test against both stores: each case is a generic `async fn` over the
-//! database, and [`for_each_store!`] makes a `postgres` and an `sqlite` `#[sqlx::test]` of it. The
-//! raw SQL a test needs (its business table, counting rows, ageing a record) sits behind
-//! [`Store`], one impl per database.
+//! Runs one behavioural test against the three stores: each case is a generic `async fn` over the
+//! database, and [`for_each_store!`] makes a `postgres` and an `sqlite` `#[sqlx::test]` and a
+//! `mysql` test (a database of its own on `MYSQL_URL`) of it. The raw SQL a test needs (its
+//! business table, counting rows, ageing a record) sits behind [`Store`], one impl per database.
 
 #![allow(dead_code, unreachable_pub)] // each test binary uses a part of it
 
@@ -9,13 +9,17 @@ use std::future::Future;
 use std::time::Duration;
 
 use courier_middleware::{Delivery, Inbox, Stored, TxDatabase};
-use sqlx::{PgConnection, PgPool, Pool, Postgres, Sqlite, SqliteConnection, SqlitePool};
+use courier_test_support::MySqlTestDatabase;
+use sqlx::{
+    MySql, MySqlConnection, MySqlPool, PgConnection, PgPool, Pool, Postgres, Sqlite,
+    SqliteConnection, SqlitePool,
+};
 use uuid::Uuid;
 
 /// How long a test waits for a condition before failing; never asserted on.
 pub const PATIENCE: Duration = Duration::from_secs(30);
 
-/// `mod $case { postgres, sqlite }`, each calling the generic `$case` with its store's pool.
+/// `mod $case { postgres, sqlite, mysql }`, each calling the generic `$case` with its store's pool.
 #[macro_export]
 macro_rules! for_each_store {
     ($($case:ident),* $(,)?) => {$(
@@ -29,8 +33,24 @@ macro_rules! for_each_store {
             async fn sqlite(pool: sqlx::SqlitePool) {
                 super::$case(pool).await;
             }
+
+            #[tokio::test]
+            async fn mysql() {
+                let db = $crate::store_support::mysql_database().await;
+                super::$case(db.pool().clone()).await;
+            }
         }
     )*};
+}
+
+/// A MySQL database of the test's own with the outbox and inbox tables; dropped with the value.
+pub async fn mysql_database() -> MySqlTestDatabase {
+    let db = MySqlTestDatabase::create().await;
+    courier_outbox::MYSQL_MIGRATOR
+        .run(db.pool())
+        .await
+        .expect("migrating the MySQL test database");
+    db
 }
 
 /// The SQL a test writes itself, per database. The business table is
@@ -265,4 +285,117 @@ impl Store for Sqlite {
         // In-process wake-ups: a row stored before the worker waits is found by its next claim,
         // one stored after wakes it. There is no listener to wait for.
     }
+}
+
+impl Store for MySql {
+    async fn create_effects(pool: &MySqlPool) {
+        sqlx::query(
+            "CREATE TABLE effects (message_id BINARY(16) NOT NULL,
+                                   consumer_group VARCHAR(255) NOT NULL) ENGINE = InnoDB",
+        )
+        .execute(pool)
+        .await
+        .unwrap();
+    }
+
+    async fn effects(pool: &MySqlPool) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM effects")
+            .fetch_one(pool)
+            .await
+            .unwrap()
+    }
+
+    async fn insert_effect(
+        conn: &mut MySqlConnection,
+        message_id: Uuid,
+        group: &str,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query("INSERT INTO effects (message_id, consumer_group) VALUES (?, ?)")
+            .bind(message_id)
+            .bind(group)
+            .execute(conn)
+            .await?;
+        Ok(())
+    }
+
+    async fn failing_statement(conn: &mut MySqlConnection) {
+        let _ = sqlx::query("SELECT * FROM no_such_table")
+            .execute(conn)
+            .await;
+    }
+
+    async fn records(pool: &MySqlPool) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM courier_inbox_processed")
+            .fetch_one(pool)
+            .await
+            .unwrap()
+    }
+
+    async fn age_record(pool: &MySqlPool, key: &str, by: Duration) {
+        sqlx::query(
+            "UPDATE courier_inbox_processed
+             SET processed_at = processed_at - INTERVAL ? MICROSECOND WHERE `key` = ?",
+        )
+        .bind(i64::try_from(by.as_micros()).unwrap())
+        .bind(key.as_bytes())
+        .execute(pool)
+        .await
+        .unwrap();
+    }
+
+    async fn second_writer_waits(pool: &MySqlPool) {
+        lock_waits_at_least(pool, 1).await;
+    }
+
+    async fn insert(inbox: &Inbox<Self>, pool: &MySqlPool, delivery: &Delivery) -> Stored {
+        inbox.insert(pool, delivery).await.unwrap()
+    }
+
+    async fn inbox_attempts(pool: &MySqlPool, id: Uuid) -> i64 {
+        let attempts: i32 =
+            sqlx::query_scalar("SELECT attempts FROM courier_inbox_messages WHERE id = ?")
+                .bind(id)
+                .fetch_one(pool)
+                .await
+                .unwrap();
+        attempts.into()
+    }
+
+    async fn workers_listen(_: &MySqlPool) {
+        // In-process wake-ups, as on SQLite: nothing to wait for.
+    }
+}
+
+/// Returns once `n` transactions of this test's database wait for a row lock.
+///
+/// Read from `SHOW ENGINE INNODB STATUS` (MySQL 8 and MariaDB alike), not from
+/// `information_schema.INNODB_TRX`: MariaDB refreshes that table's cache only when nobody read it
+/// for 100 ms, so tests polling it in parallel keep each other's view stale.
+pub async fn lock_waits_at_least(pool: &MySqlPool, n: usize) {
+    poll_until(
+        &format!("{n} transaction(s) to wait for a lock"),
+        || async {
+            let ours: Vec<i64> = sqlx::query_scalar(
+                "SELECT ID FROM information_schema.PROCESSLIST WHERE DB = DATABASE()",
+            )
+            .fetch_all(pool)
+            .await
+            .unwrap();
+            let (_, _, status): (String, String, String) =
+                sqlx::query_as("SHOW ENGINE INNODB STATUS")
+                    .fetch_one(pool)
+                    .await
+                    .unwrap();
+            let waiting = status
+                .split("---TRANSACTION")
+                .filter(|transaction| transaction.contains("LOCK WAIT"))
+                .filter(|transaction| {
+                    ours.iter()
+                        .any(|id| transaction.contains(&format!("thread id {id},")))
+                })
+                .count();
+            waiting >= n
+        },
+    )
+    .await;
 }

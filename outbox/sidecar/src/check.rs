@@ -16,9 +16,10 @@ const MIN_RETENTION_MS: u64 = 24 * HOUR_MS;
 const HOUR_MS: u64 = 3_600_000;
 
 pub(crate) async fn run(config: &Config) -> anyhow::Result<()> {
-    println!("configuration: valid");
-
+    // The database URL is part of the configuration: only once it has been understood (and
+    // used) is the configuration known to be valid.
     let pool = database::connect(config).await?;
+    println!("configuration: valid");
     println!(
         "database: reachable ({})",
         database::redact(config.database_url()?)
@@ -32,30 +33,27 @@ pub(crate) async fn run(config: &Config) -> anyhow::Result<()> {
     if config.broker_kind() == BrokerKind::Nats {
         return nats_check::run(config).await;
     }
-    let admin = Admin::connect(config.broker.addresses.as_str(), AdminConfig::default())
-        .await
-        .map_err(|error| {
-            anyhow::anyhow!(
-                "cannot reach broker-lite at {}: {error}; start it or fix broker.addresses",
-                config.broker.addresses
-            )
-        })?;
-    admin.ping().await?;
-    println!("broker: reachable ({})", config.broker.addresses);
-    let described = match admin.describe().await {
+    let brokers = reach_brokers(config).await?;
+    let described = match brokers.admin.describe().await {
         Ok(description) => Some(description),
         // A broker-lite from before the describe command: check what the relay knows.
         Err(ClientError::Server(reply)) if reply.code == ErrorCode::UnknownCommand => None,
         Err(error) => {
-            return Err(anyhow::anyhow!(
-                "broker-lite at {} did not describe its settings: {error}",
-                config.broker.addresses
-            ));
+            return Err(anyhow::Error::new(error).context(format!(
+                "broker-lite at {} did not describe its settings",
+                brokers.address
+            )));
         }
     };
 
     print_profile(config, described.as_ref());
-    let warnings = warnings(config, described.as_ref());
+    let mut warnings = warnings(config, described.as_ref());
+    warnings.extend(brokers.unreachable.iter().map(|(address, cause)| {
+        format!(
+            "failover address {address} is unreachable ({cause}): the relay cannot fail over to \
+             it while it stays so (P9)"
+        )
+    }));
     for warning in &warnings {
         println!("WARNING: {warning}");
     }
@@ -111,8 +109,108 @@ fn print_profile(config: &Config, broker: Option<&BrokerDescription>) {
                 "{h} h"
             ))
     );
-    println!("  one-way topics:      {:?} (P3)", settings.oneway_topics);
-    println!("  critical topics:     {:?}", settings.critical_topics);
+    println!(
+        "  one-way topics:      {} (P3)",
+        topics(&settings.oneway_topics)
+    );
+    println!(
+        "  critical topics:     {}",
+        topics(&settings.critical_topics)
+    );
+}
+
+/// `ORDER_CREATED, PAYMENT_DONE`, or `none`.
+fn topics(topics: &std::collections::BTreeSet<String>) -> String {
+    if topics.is_empty() {
+        "none".to_owned()
+    } else {
+        topics
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// The broker addresses as `check` found them: an admin client on the first one that answered,
+/// and the others that did not, with why.
+struct Reached {
+    admin: Admin,
+    address: String,
+    unreachable: Vec<(String, String)>,
+}
+
+/// Tries each address of the failover list on its own and prints what it found: a list whose
+/// second broker is down still works today, but will not fail over.
+async fn reach_brokers(config: &Config) -> anyhow::Result<Reached> {
+    let mut reached = None;
+    let mut unreachable = Vec::new();
+    for address in config.broker_addresses() {
+        match ping(address).await {
+            Ok(admin) => {
+                println!("broker: {address} reachable");
+                reached.get_or_insert((admin, address.to_owned()));
+            }
+            Err(cause) => {
+                println!("broker: {address} unreachable: {cause}");
+                unreachable.push((address.to_owned(), cause));
+            }
+        }
+    }
+    match reached {
+        Some((admin, address)) => Ok(Reached {
+            admin,
+            address,
+            unreachable,
+        }),
+        None => match unreachable.as_slice() {
+            [(address, cause)] => anyhow::bail!(
+                "cannot reach broker-lite at {address}: {cause}; {}",
+                what_to_do(cause)
+            ),
+            all => anyhow::bail!(
+                "cannot reach broker-lite at any of {}: {}; start one, or fix broker.addresses",
+                config.broker.addresses,
+                all.iter()
+                    .map(|(address, cause)| format!("{address}: {cause}"))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ),
+        },
+    }
+}
+
+/// Start the broker, unless something else answered at its address.
+fn what_to_do(cause: &str) -> &'static str {
+    if cause.contains("not a broker-lite server") {
+        "fix broker.addresses"
+    } else {
+        "start it, or fix broker.addresses"
+    }
+}
+
+/// An admin client on `address` alone that has answered a ping, or why not, causes included.
+async fn ping(address: &str) -> Result<Admin, String> {
+    let admin = Admin::connect(address, AdminConfig::default())
+        .await
+        .map_err(|error| causes(&error))?;
+    admin.ping().await.map_err(|error| causes(&error))?;
+    Ok(admin)
+}
+
+/// `error: its source: ...`, each said once.
+fn causes(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut said = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !said.ends_with(&text) {
+            said.push_str(": ");
+            said.push_str(&text);
+        }
+        source = cause.source();
+    }
+    said
 }
 
 fn flush_mode(broker: &BrokerDescription) -> String {

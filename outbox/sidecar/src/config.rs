@@ -75,6 +75,9 @@ pub(crate) struct RelaySettings {
     /// How long the relay's database connection may stay silent before Postgres ends it and
     /// another relay takes its partitions and its batch (a relay cut off by a network partition).
     pub(crate) session_timeout_ms: u64,
+    /// How long `run` waits for the outbox tables to appear before it gives up: a sidecar usually
+    /// starts beside its service, which creates them when it starts. 0 gives up at once.
+    pub(crate) migrations_wait_ms: u64,
 }
 
 /// The health and metrics endpoint.
@@ -111,6 +114,7 @@ impl Default for RelaySettings {
             retention_hours: None,
             shutdown_grace_ms: 10_000,
             session_timeout_ms: 30_000,
+            migrations_wait_ms: 120_000,
         }
     }
 }
@@ -202,6 +206,9 @@ impl Config {
                  the stream's PubAck; remove broker.oneway_topics"
             );
         }
+        for address in self.broker_addresses() {
+            check_broker_address(address)?;
+        }
         if let Some(topic) = self
             .broker
             .oneway_topics
@@ -259,6 +266,40 @@ impl Config {
     pub(crate) fn send_timeout(&self) -> Duration {
         Duration::from_millis(self.broker.send_timeout_ms)
     }
+
+    /// The addresses of `broker.addresses`, in failover order, without empty entries.
+    pub(crate) fn broker_addresses(&self) -> impl Iterator<Item = &str> {
+        self.broker
+            .addresses
+            .split(';')
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+    }
+
+    /// How long `run` waits for the outbox tables.
+    pub(crate) fn migrations_wait(&self) -> Duration {
+        Duration::from_millis(self.relay.migrations_wait_ms)
+    }
+}
+
+/// A `host:port` address needs both: without the port the connection fails with no more than
+/// "invalid socket address", and the relay would report an unreachable broker instead.
+fn check_broker_address(address: &str) -> anyhow::Result<()> {
+    if address.contains("://") {
+        // A URL names its own scheme and default port; its client checks it.
+        return Ok(());
+    }
+    let port = address
+        .rsplit_once(':')
+        .map(|(host, port)| (host, port.parse::<u16>()));
+    match port {
+        Some((host, Ok(port))) if !host.is_empty() && port != 0 => Ok(()),
+        _ => bail!(
+            "broker address {address:?} is not host:port: add the port, for example \
+             {}:9876 (broker-lite's default)",
+            address.rsplit_once(':').map_or(address, |(host, _)| host)
+        ),
+    }
 }
 
 #[cfg(test)]
@@ -287,6 +328,24 @@ mod tests {
         }
         let config: Config = toml::from_str("[broker]\nsend_timeout_ms = 100\n").unwrap();
         config.validate().unwrap();
+    }
+
+    #[test]
+    fn a_broker_address_without_a_port_is_refused_with_the_fix() {
+        let error = invalid("[broker]\naddresses = \"127.0.0.1:9876;broker-2\"\n");
+        assert_eq!(
+            error,
+            "broker address \"broker-2\" is not host:port: add the port, for example \
+             broker-2:9876 (broker-lite's default)"
+        );
+        assert!(invalid("[broker]\naddresses = \"127.0.0.1:x\"\n").contains("127.0.0.1:9876"));
+        let config: Config =
+            toml::from_str("[broker]\naddresses = \"127.0.0.1:9876; broker-2:9877;\"\n").unwrap();
+        config.validate().unwrap();
+        assert_eq!(
+            config.broker_addresses().collect::<Vec<_>>(),
+            ["127.0.0.1:9876", "broker-2:9877"]
+        );
     }
 
     #[test]

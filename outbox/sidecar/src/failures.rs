@@ -32,11 +32,11 @@ pub(crate) struct Selection {
     /// Only this key.
     #[arg(long)]
     key: Option<String>,
-    /// Only failures at or after this time (RFC 3339).
-    #[arg(long)]
+    /// Only failures at or after this time (RFC 3339, e.g. 2026-11-30T08:00:00Z, or a date).
+    #[arg(long, value_parser = parse_time)]
     since: Option<DateTime<Utc>>,
-    /// Only failures before this time (RFC 3339).
-    #[arg(long)]
+    /// Only failures before this time (RFC 3339, e.g. 2026-11-30T08:00:00Z, or a date).
+    #[arg(long, value_parser = parse_time)]
     until: Option<DateTime<Utc>>,
     /// Only failures whose last error contains this text (case-insensitive).
     #[arg(long)]
@@ -47,6 +47,23 @@ pub(crate) struct Selection {
     /// At most this many (list defaults to 100).
     #[arg(long)]
     limit: Option<u32>,
+    /// Purge with --all without asking (needed when stdin is not a terminal).
+    #[arg(long)]
+    yes: bool,
+}
+
+/// An RFC 3339 time, or a date (`2026-11-30`, midnight UTC); the error shows both forms.
+fn parse_time(text: &str) -> Result<DateTime<Utc>, String> {
+    if let Ok(at) = DateTime::parse_from_rfc3339(text) {
+        return Ok(at.with_timezone(&Utc));
+    }
+    if let Ok(day) = chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d") {
+        return Ok(day.and_time(chrono::NaiveTime::MIN).and_utc());
+    }
+    Err(format!(
+        "{text:?} is not an RFC 3339 time: write it like 2026-11-30T08:00:00Z (UTC), \
+         2026-11-30T09:00:00+01:00, or a date, 2026-11-30 (midnight UTC)"
+    ))
 }
 
 impl Selection {
@@ -142,6 +159,15 @@ pub(crate) async fn run(pool: &PgPool, command: FailuresCommand) -> anyhow::Resu
             if let Some(limit) = selection.limit {
                 filter = filter.limit(limit);
             }
+            if selection.is_unfiltered() && !selection.yes {
+                let count = failures.list(pool, &filter).await?.len();
+                if !confirmed(&format!(
+                    "purge every failed message ({count}) for good? [y/N] "
+                ))? {
+                    println!("nothing purged");
+                    return Ok(());
+                }
+            }
             let purged = failures.purge(pool, &filter).await?;
             println!("purged {purged} failed message(s)");
         }
@@ -167,6 +193,28 @@ fn print_replay(report: &ReplayReport) -> anyhow::Result<()> {
     )
 }
 
+/// Asks `question` on the terminal; `true` for "y" or "yes". Without a terminal there is nobody
+/// to ask: the command must say `--yes` itself.
+fn confirmed(question: &str) -> anyhow::Result<bool> {
+    use std::io::{BufRead, IsTerminal, Write};
+    if !std::io::stdin().is_terminal() {
+        bail!(
+            "purge --all deletes every failed message for good and stdin is not a terminal to \
+             ask on: add --yes to confirm, or narrow it with --id, --topic, --key, --since, \
+             --until or --error"
+        );
+    }
+    let mut stdout = std::io::stdout();
+    write!(stdout, "{question}")?;
+    stdout.flush()?;
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer)?;
+    Ok(matches!(
+        answer.trim().to_ascii_lowercase().as_str(),
+        "y" | "yes"
+    ))
+}
+
 fn refuse_unfiltered(selection: &Selection, verb: &str) -> anyhow::Result<()> {
     if selection.is_unfiltered() && !selection.all {
         bail!(
@@ -174,4 +222,30 @@ fn refuse_unfiltered(selection: &Selection, verb: &str) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_time;
+
+    #[test]
+    fn times_are_rfc_3339_or_a_date() {
+        assert_eq!(
+            parse_time("2026-11-30T09:00:00+01:00")
+                .unwrap()
+                .to_rfc3339(),
+            "2026-11-30T08:00:00+00:00"
+        );
+        assert_eq!(
+            parse_time("2026-11-30").unwrap().to_rfc3339(),
+            "2026-11-30T00:00:00+00:00"
+        );
+        let error = parse_time("yesterday").unwrap_err();
+        assert!(
+            error.starts_with(
+                "\"yesterday\" is not an RFC 3339 time: write it like 2026-11-30T08:00:00Z"
+            ),
+            "{error}"
+        );
+    }
 }

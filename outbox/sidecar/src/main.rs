@@ -18,6 +18,7 @@ mod config;
 mod database;
 mod failures;
 mod http;
+mod migrate;
 mod nats_check;
 mod publisher;
 mod rabbitmq_check;
@@ -68,18 +69,24 @@ enum Command {
     Check,
 }
 
+/// The log filter unless `RUST_LOG` says otherwise: sqlx's Postgres notices ("relation ...
+/// already exists, skipping" on every start) are not news.
+const DEFAULT_LOG_FILTER: &str = "info,sqlx::postgres::notice=warn";
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| DEFAULT_LOG_FILTER.into()),
         )
+        .with_ansi(colours_wanted())
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
     let config = match settings(&cli) {
         Ok(config) => config,
         Err(error) => {
-            eprintln!("error: {error:#}");
+            eprintln!("error: {}", report(&error));
             return ExitCode::from(2);
         }
     };
@@ -93,10 +100,34 @@ fn main() -> ExitCode {
     match runtime.block_on(execute(cli.command, config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("error: {error:#}");
+            eprintln!("error: {}", report(&error));
             exit_code(&error)
         }
     }
+}
+
+/// Colours in the log only for a person: stderr is a terminal and `NO_COLOR` is unset or empty
+/// (<https://no-color.org>); a log redirected to a file gets no escape codes.
+fn colours_wanted() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
+/// `error` and its causes, `: `-separated, each said once: some errors (sqlx's among them) put
+/// their source's text in their own message as well as in the chain.
+fn report(error: &anyhow::Error) -> String {
+    let mut said = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if said.ends_with(&text) {
+            continue;
+        }
+        if !said.is_empty() {
+            said.push_str(": ");
+        }
+        said.push_str(&text);
+    }
+    said
 }
 
 /// 2 for a setting the library refused (`settings` catches most of them before any connection;
@@ -131,9 +162,7 @@ async fn execute(command: Command, config: Config) -> anyhow::Result<()> {
     match command {
         Command::Migrate => {
             let pool = database::connect(&config).await?;
-            courier_outbox::MIGRATOR.run(&pool).await?;
-            println!("outbox tables are up to date");
-            Ok(())
+            migrate::run(&pool).await
         }
         Command::Run => {
             let shutdown = CancellationToken::new();
@@ -166,4 +195,47 @@ async fn stop_on_signal(shutdown: CancellationToken) {
         _ = term => tracing::info!("SIGTERM: finishing the batch in hand"),
     }
     shutdown.cancel();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::report;
+
+    /// Like `sqlx::Error::Database`: its message repeats its source's.
+    #[derive(Debug)]
+    struct EchoesItsSource(std::io::Error);
+
+    impl std::fmt::Display for EchoesItsSource {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "error returned from database: {}", self.0)
+        }
+    }
+
+    impl std::error::Error for EchoesItsSource {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn a_cause_already_in_its_parents_message_is_said_once() {
+        let error = anyhow::Error::new(EchoesItsSource(std::io::Error::other(
+            "database \"app\" does not exist",
+        )))
+        .context("cannot connect to the database at postgres://127.0.0.1/app");
+        assert_eq!(
+            report(&error),
+            "cannot connect to the database at postgres://127.0.0.1/app: error returned from \
+             database: database \"app\" does not exist"
+        );
+    }
+
+    #[test]
+    fn distinct_causes_are_all_said() {
+        let error = anyhow::anyhow!("connection refused").context("cannot reach broker-lite");
+        assert_eq!(
+            report(&error),
+            "cannot reach broker-lite: connection refused"
+        );
+    }
 }

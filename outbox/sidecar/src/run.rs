@@ -5,6 +5,8 @@ use std::time::Duration;
 use anyhow::Context;
 use courier_outbox::{Backoff, Relay};
 use metrics_exporter_prometheus::PrometheusBuilder;
+use sqlx::PgPool;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
@@ -15,7 +17,9 @@ pub(crate) async fn run(config: &Config, shutdown: CancellationToken) -> anyhow:
         .install_recorder()
         .context("cannot install the Prometheus metrics recorder")?;
     let pool = database::connect(config).await?;
-    database::ensure_migrated(&pool).await?;
+    if !wait_for_migrations(&pool, config.migrations_wait(), &shutdown).await? {
+        return Ok(());
+    }
     let publisher = publisher::connect(config).await?;
 
     let settings = &config.relay;
@@ -53,4 +57,53 @@ pub(crate) async fn run(config: &Config, shutdown: CancellationToken) -> anyhow:
     relay.run(shutdown).await?;
     tracing::info!("outbox relay stopped");
     Ok(())
+}
+
+/// How often `run` looks for the outbox tables while it waits for them.
+const MIGRATIONS_RECHECK: Duration = Duration::from_secs(2);
+
+/// Waits until the outbox tables exist, saying so at each look, for at most `patience`: a sidecar
+/// usually starts beside its service, which creates them when it starts. `Ok(false)` when
+/// `shutdown` came first.
+async fn wait_for_migrations(
+    pool: &PgPool,
+    patience: Duration,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<bool> {
+    let deadline = Instant::now() + patience;
+    let mut waited = false;
+    loop {
+        let missing = match database::ensure_migrated(pool).await {
+            Ok(()) => {
+                if waited {
+                    tracing::info!("the outbox tables are there: starting the relay");
+                }
+                return Ok(true);
+            }
+            Err(missing) => missing,
+        };
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(missing.context(format!(
+                "the outbox tables did not appear within {} s (relay.migrations_wait_ms): start \
+                 the service, which creates them when it starts, or create them with \
+                 `outbox-relay migrate`",
+                patience.as_secs()
+            )));
+        }
+        tracing::info!(
+            "waiting for the outbox tables ({} s left): the service creates them when it \
+             starts, or run `outbox-relay migrate`",
+            (deadline - now).as_secs()
+        );
+        waited = true;
+        let pause = MIGRATIONS_RECHECK.min(deadline - now);
+        if shutdown
+            .run_until_cancelled(tokio::time::sleep(pause))
+            .await
+            .is_none()
+        {
+            return Ok(false);
+        }
+    }
 }

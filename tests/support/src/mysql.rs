@@ -135,6 +135,21 @@ impl Drop for MySqlTestDatabase {
                 .ok()?;
             runtime.block_on(async {
                 let mut admin = MySqlConnection::connect_with(&server).await.ok()?;
+                // The test's pool is still open here, and a connection returned with an open
+                // transaction (sqlx sends its ROLLBACK only on the connection's next use) holds a
+                // metadata lock that would make DROP DATABASE wait forever: end those sessions.
+                let sessions: Vec<i64> = sqlx::query_scalar(
+                    "SELECT ID FROM information_schema.PROCESSLIST WHERE DB = ?",
+                )
+                .bind(&name)
+                .fetch_all(&mut admin)
+                .await
+                .ok()?;
+                for id in sessions {
+                    let _ = sqlx::raw_sql(&format!("KILL CONNECTION {id}"))
+                        .execute(&mut admin)
+                        .await;
+                }
                 sqlx::raw_sql(&format!("DROP DATABASE IF EXISTS {name}"))
                     .execute(&mut admin)
                     .await

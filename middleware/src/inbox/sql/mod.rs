@@ -1,5 +1,7 @@
 //! The SQL of the durable inbox, one file per database.
 
+#[cfg(feature = "mysql")]
+mod mysql;
 #[cfg(feature = "postgres")]
 mod postgres;
 #[cfg(feature = "sqlite")]

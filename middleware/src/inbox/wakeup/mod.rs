@@ -1,5 +1,7 @@
 //! Waking idle inbox workers when rows arrive, one file per database.
 
+#[cfg(feature = "mysql")]
+mod mysql;
 #[cfg(feature = "postgres")]
 mod postgres;
 #[cfg(feature = "sqlite")]

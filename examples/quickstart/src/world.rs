@@ -6,9 +6,9 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use anyhow::Context;
-use broker_lite::embedded::{self, EmbeddedBroker, EmbeddedConfig};
-use broker_lite::storage::FlushMode;
 use courier::broker::{ConsumerConfig, ProducerConfig};
+use courier::broker_lite::embedded::{self, EmbeddedBroker, EmbeddedConfig};
+use courier::broker_lite::storage::FlushMode;
 use courier::middleware::{
     BrokerLitePublisher, BrokerLiteSource, Consumer, RequireSendOk, RequireSendOkLayer,
 };
@@ -123,7 +123,7 @@ impl World {
         let shutdown = self.shutdown.clone();
         self.tasks.push(tokio::spawn(async move {
             if let Err(error) = relay.run(shutdown).await {
-                eprintln!("the relay stopped: {error}");
+                eprintln!("the relay stopped: {:#}", anyhow::Error::from(error));
             }
         }));
         Ok(())

@@ -1,4 +1,4 @@
-//! The whole product in one process, nothing to install: `cargo run --example quickstart`.
+//! The whole product in one process, nothing to install: `cargo run -p courier-quickstart`.
 //!
 //! An order service writes orders and their `ORDER_CREATED` messages to a SQLite database in one
 //! transaction each; the relay publishes the outbox to an embedded broker-lite (SYNC_FLUSH: a send
@@ -25,19 +25,16 @@ use world::World;
 /// How long the quickstart waits for the whole story before it gives up; it takes about a second.
 const PATIENCE: Duration = Duration::from_secs(30);
 
-#[tokio::main]
-async fn main() {
-    match run().await {
-        Ok(()) => {}
-        Err(error) => {
-            eprintln!("\nquickstart failed: {error:#}");
-            std::process::exit(1);
-        }
-    }
-}
-
-/// Runs the story end to end and checks its outcome.
-pub(crate) async fn run() -> anyhow::Result<()> {
+/// Runs the story end to end, printing each step, and checks its outcome: two payments, an empty
+/// outbox and failure table, one dead letter. The error names what did not happen.
+///
+/// ```no_run
+/// # async fn demo() -> anyhow::Result<()> {
+/// courier_quickstart::run().await?;
+/// # Ok(())
+/// # }
+/// ```
+pub async fn run() -> anyhow::Result<()> {
     let account = Account::new();
     let world = World::start(&account).await?;
     account.heading(&format!(
