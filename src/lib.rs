@@ -26,6 +26,7 @@
 //! | `broker-lite` | yes | the broker-lite client as [`broker`], the publisher and source, and [`App`] |
 //! | `embedded-broker` | no | the broker-lite server as `broker_lite` (storage engine, broker core, TCP server) |
 //! | `nats` | no | NATS JetStream as `nats`: `NatsPublisher` (PubAck awaited, `Nats-Msg-Id` = message id), `NatsSource`, `StreamSpec` |
+//! | `rabbitmq` | no | `RabbitMqPublisher`, `RabbitMqSource` and `RabbitMqTopology` in [`middleware`], and lapin as `lapin` |
 
 #![forbid(unsafe_code)]
 
@@ -37,6 +38,9 @@ pub use app::App;
 #[cfg(feature = "broker-lite")]
 pub use broker_lite_client as broker;
 pub use courier_middleware as middleware;
+/// The RabbitMQ client under the `rabbitmq` adapters (for connection properties and TLS).
+#[cfg(feature = "rabbitmq")]
+pub use courier_middleware::lapin;
 pub use courier_outbox as outbox;
 
 /// NATS JetStream (feature `nats`): the relay's publisher, the consumer runtime's source, stream

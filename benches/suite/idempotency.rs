@@ -17,7 +17,7 @@ pub(crate) const SCENARIO: &str =
     "5. Consumer throughput, idempotency layer on Postgres (64 in flight, one row per delivery)";
 pub(crate) const CONCURRENCY: usize = 64;
 
-fn handler()
+pub(crate) fn handler()
 -> impl Service<TxDelivery, Response = (), Error = BoxError, Future: Send> + Clone + Send + 'static
 {
     tower::service_fn(|request: TxDelivery| async move {

@@ -1,5 +1,6 @@
 //! The courier benchmark suite (issue 7): enqueue cost, relay drain, end-to-end latency,
-//! broker-lite against NATS JetStream and RabbitMQ, idempotent consumer throughput.
+//! broker-lite against NATS JetStream and RabbitMQ, idempotent consumer throughput, the relay and
+//! consumer runtime on RabbitMQ (scenario 7).
 //!
 //! ```sh
 //! # quick mode (under 2 minutes), then the full suite (under 15 minutes)
@@ -22,6 +23,7 @@ mod idempotency;
 mod latency;
 mod mysql;
 mod nats;
+mod rabbitmq;
 mod relay;
 mod report;
 
@@ -203,14 +205,14 @@ async fn main() -> anyhow::Result<()> {
         }
         Ok(Err(e)) => {
             report.skip(
-                "Postgres scenarios (1, 2, 3, 5)",
+                "Postgres scenarios (1, 2, 3, 5, 7)",
                 format!("PostgreSQL at {url} unreachable or unusable: {e:#}"),
             );
             None
         }
         Err(_) => {
             report.skip(
-                "Postgres scenarios (1, 2, 3, 5)",
+                "Postgres scenarios (1, 2, 3, 5, 7)",
                 format!("PostgreSQL at {url} did not answer within 10 s"),
             );
             None
@@ -291,14 +293,14 @@ async fn main() -> anyhow::Result<()> {
         }
         Ok(Err(e)) => {
             report.skip(
-                "scenario 4, RabbitMQ",
+                "scenarios 4 and 7, RabbitMQ",
                 format!("RabbitMQ at {rabbit_url} unreachable: {e}"),
             );
             false
         }
         Err(_) => {
             report.skip(
-                "scenario 4, RabbitMQ",
+                "scenarios 4 and 7, RabbitMQ",
                 format!("RabbitMQ at {rabbit_url} did not answer within 5 s"),
             );
             false
@@ -347,6 +349,9 @@ async fn main() -> anyhow::Result<()> {
             }
             if wanted(5) {
                 idempotency::run(pool, &params, &mut report).await?;
+            }
+            if wanted(7) && rabbit {
+                rabbitmq::run(pool, &rabbit_url, &params, &mut report).await?;
             }
         }
         if let Some(pool) = &mysql_pool {
@@ -453,6 +458,18 @@ fn targets(params: &Params) -> Vec<Target> {
         text: "MySQL relay drain >= 0.7x raw SQL drain".into(),
         metric: format!(
             "MySQL relay → in-memory sink, 1 relay, {}k backlog / raw",
+            params.backlog / 1000
+        ),
+        at_least: true,
+        bound: 0.7,
+    });
+    targets.push(Target {
+        text: format!(
+            "relay → RabbitMQ >= 0.7x hand-written lapin loop ({} backlog)",
+            size_label(params.backlog)
+        ),
+        metric: format!(
+            "relay → RabbitMQ, 1 relay, {}k backlog / hand-written loop",
             params.backlog / 1000
         ),
         at_least: true,

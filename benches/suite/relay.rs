@@ -289,9 +289,9 @@ async fn relay_drain(
     Ok(backlog as f64 / took.as_secs_f64())
 }
 
-type RelayTask = tokio::task::JoinHandle<courier::outbox::Result<()>>;
+pub(crate) type RelayTask = tokio::task::JoinHandle<courier::outbox::Result<()>>;
 
-fn spawn_relay<P: Publisher + Sync>(
+pub(crate) fn spawn_relay<P: Publisher + Sync>(
     pool: &PgPool,
     publisher: P,
     name: &str,

@@ -92,6 +92,7 @@
 //! them in-process too, plus polling; its handler transaction is a plain `BEGIN`, and a handler
 //! must return its database errors: see [`TxDatabase`] for what InnoDB does on a deadlock.
 //! | `broker-lite` | yes | `BrokerLitePublisher` and `BrokerLiteSource` for the bundled broker (adds the `broker-lite` crate) |
+//! | `rabbitmq` | no | `RabbitMqPublisher`, `RabbitMqSource` and `RabbitMqTopology` for RabbitMQ (adds lapin) |
 //! | `nats` | no | the `nats` module: `NatsPublisher`, `NatsSource`, `StreamSpec` for NATS JetStream (adds async-nats) |
 
 #![forbid(unsafe_code)]
@@ -126,6 +127,14 @@ pub use brokers::broker_lite::{
 };
 #[cfg(feature = "nats")]
 pub use brokers::nats::{NatsPublisher, NatsSource, NatsSourceConfig};
+#[cfg(feature = "rabbitmq")]
+pub use brokers::rabbitmq::{
+    AuditFinding, DEFAULT_CONFIRM_TIMEOUT, DEFAULT_DELAY_LEVELS, DEFAULT_MAX_IN_FLIGHT,
+    DEFAULT_PREFETCH, QueueSpec, QueueType, RABBITMQ_CREATED_AT_HEADER,
+    RABBITMQ_DEAD_LETTER_REASON_HEADER, RABBITMQ_KEY_HEADER, RABBITMQ_ORIGINAL_QUEUE_HEADER,
+    RABBITMQ_REDELIVERIES_HEADER, RABBITMQ_TAG_HEADER, RABBITMQ_TOPIC_HEADER, RabbitMqError,
+    RabbitMqPublisher, RabbitMqReceipt, RabbitMqSource, RabbitMqSourceConfig, RabbitMqTopology,
+};
 pub use consumer::batch::{Batch, BatchFailed, BatchLayer};
 pub use consumer::catch_panic::{CatchPanic, CatchPanicLayer};
 pub use consumer::metrics::{ConsumeMetrics, ConsumeMetricsLayer};
@@ -142,6 +151,9 @@ pub use idempotency::{
 };
 #[cfg(any(feature = "postgres", feature = "sqlite", feature = "mysql"))]
 pub use inbox::{Inbox, InboxDeadLetter, InboxStore, InboxWorker, Stored};
+/// The RabbitMQ client the `rabbitmq` adapters use (connection properties, TLS features).
+#[cfg(feature = "rabbitmq")]
+pub use lapin;
 pub use memory::{MemoryReceipt, MemorySource};
 #[cfg(feature = "postgres")]
 pub use producer::fallback::{FailureFallback, FailureFallbackLayer, NotParked, Parked};

@@ -54,10 +54,10 @@ pub enum ConsumeModel {
 ///
 /// | method | broker-lite | NATS JetStream (pull consumer) | RabbitMQ |
 /// |---|---|---|---|
-/// | `pull(max, wait)` | `pull(max, long_poll)` | `fetch().max_messages(max).expires(wait)` | `basic_get` / prefetch `max` |
+/// | `pull(max, wait)` | `pull(max, long_poll)` | `fetch().max_messages(max).expires(wait)` | `basic_consume` with `basic_qos(prefetch)` |
 /// | `ack` | `ack(receipt)` | `ack()` | `basic_ack(tag)` |
-/// | `nack(delay)` | `nack(receipt, delay level ≥ delay)` | `ack_with(Nak(delay))` | `basic_nack(requeue)` + delay queue |
-/// | `dead_letter` | `dead_letter(receipt, reason)`: to `%DLQ%<group>` at once | `ack_with(Term)` + advisory | `basic_reject(requeue=false)` with a DLX |
+/// | `nack(delay)` | `nack(receipt, delay level ≥ delay)` | `ack_with(Nak(delay))` | confirmed copy into a TTL delay queue, then `basic_ack` |
+/// | `dead_letter` | `dead_letter(receipt, reason)`: to `%DLQ%<group>` at once | `ack_with(Term)` + advisory | confirmed copy into `<queue>.dlq`, then `basic_ack` |
 ///
 /// Receipts are consumed by `ack`, `nack` and `dead_letter`, so a delivery is settled at most
 /// once. A source that fails to settle leaves the message to the broker's redelivery timer: nothing

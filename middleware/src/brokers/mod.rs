@@ -5,3 +5,5 @@
 pub(crate) mod broker_lite;
 #[cfg(feature = "nats")]
 pub(crate) mod nats;
+#[cfg(feature = "rabbitmq")]
+pub(crate) mod rabbitmq;

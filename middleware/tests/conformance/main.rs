@@ -13,6 +13,8 @@ mod nats;
 #[cfg(feature = "nats")]
 #[path = "../nats_support/mod.rs"]
 mod nats_support;
+#[cfg(feature = "rabbitmq")]
+mod rabbitmq;
 
 courier_test_support::postgres_for_tests!();
 
@@ -30,13 +32,16 @@ macro_rules! for_each_adapter {
                 crate::cases::$case(crate::broker_lite::BrokerLite::start().await, pool).await;
             }
 
+            #[cfg(feature = "rabbitmq")]
+            #[sqlx::test(migrator = "courier_outbox::MIGRATOR")]
+            async fn rabbitmq(pool: PgPool) {
+                crate::cases::$case(crate::rabbitmq::RabbitMq::start().await, pool).await;
+            }
             #[cfg(feature = "nats")]
             #[sqlx::test(migrator = "courier_outbox::MIGRATOR")]
             async fn nats(pool: PgPool) {
                 crate::cases::$case(crate::nats::Nats::start().await, pool).await;
             }
-
-            // RabbitMQ (feature `rabbitmq`) plugs in here.
         }
     };
 }

@@ -9,7 +9,7 @@ use broker_lite_client::protocol::{BrokerDescription, ErrorCode, FlushMode, Repl
 use broker_lite_client::{Admin, AdminConfig, ClientError};
 
 use crate::config::{BrokerKind, Config};
-use crate::{database, nats_check};
+use crate::{database, nats_check, rabbitmq_check};
 
 /// Below this retention a message expires unconsumed while its consumer is down for a day (B5).
 const MIN_RETENTION_MS: u64 = 24 * HOUR_MS;
@@ -27,6 +27,9 @@ pub(crate) async fn run(config: &Config) -> anyhow::Result<()> {
     database::ensure_migrated(&pool).await?;
     println!("database: outbox tables present");
 
+    if config.broker_kind() == BrokerKind::RabbitMq {
+        return rabbitmq_check::run(config).await;
+    }
     if config.broker_kind() == BrokerKind::Nats {
         return nats_check::run(config).await;
     }

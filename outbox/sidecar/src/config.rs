@@ -30,7 +30,8 @@ pub(crate) struct Config {
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct BrokerSettings {
     /// The broker's address; its form picks the broker ([`Config::broker_kind`]):
-    /// `nats://host:port[,nats://host:port]` for NATS JetStream, a plain `host:port;host:port`
+    /// `nats://host:port[,nats://host:port]` for NATS JetStream, `amqp://user:password@host:port/vhost`
+    /// for RabbitMQ, a plain `host:port;host:port`
     /// for broker-lite (P9).
     pub(crate) addresses: String,
     /// Per-attempt send timeout (P5).
@@ -41,6 +42,9 @@ pub(crate) struct BrokerSettings {
     pub(crate) critical_topics: BTreeSet<String>,
     /// Topics allowed to use one-way sends (P3); never a critical topic.
     pub(crate) oneway_topics: BTreeSet<String>,
+    /// RabbitMQ: consumer queues `check` audits (quorum, durable); AMQP cannot list the queues
+    /// bound to a topic's exchange, so they are named here.
+    pub(crate) audit_queues: BTreeSet<String>,
 }
 
 /// The broker the relay publishes to, from the form of `broker.addresses`.
@@ -50,7 +54,8 @@ pub(crate) enum BrokerKind {
     BrokerLite,
     /// `nats://…`: NATS JetStream.
     Nats,
-    // RabbitMQ (`amqp://…`) goes here.
+    /// `amqp://…` / `amqps://…`: RabbitMQ.
+    RabbitMq,
 }
 
 /// How the relay drains the outbox.
@@ -91,6 +96,7 @@ impl Default for BrokerSettings {
             retries: 2,
             critical_topics: BTreeSet::new(),
             oneway_topics: BTreeSet::new(),
+            audit_queues: BTreeSet::new(),
         }
     }
 }
@@ -158,7 +164,9 @@ impl Config {
         if addresses.starts_with("nats://") || addresses.starts_with("tls://") {
             return BrokerKind::Nats;
         }
-        // `amqp://` / `amqps://` (RabbitMQ): an arm of its own here when its adapter lands.
+        if addresses.starts_with("amqp://") || addresses.starts_with("amqps://") {
+            return BrokerKind::RabbitMq;
+        }
         BrokerKind::BrokerLite
     }
 
@@ -185,6 +193,12 @@ impl Config {
             .all(|a| a.trim().is_empty())
         {
             bail!("broker.addresses is empty: give at least one host:port");
+        }
+        if self.broker_kind() == BrokerKind::RabbitMq && !self.broker.oneway_topics.is_empty() {
+            bail!(
+                "broker.oneway_topics is set but the broker is RabbitMQ: every RabbitMQ publish \
+                 waits for its publisher confirm; remove broker.oneway_topics"
+            );
         }
         if self.broker_kind() == BrokerKind::Nats && !self.broker.oneway_topics.is_empty() {
             bail!(

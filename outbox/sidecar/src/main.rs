@@ -21,6 +21,7 @@ mod http;
 mod migrate;
 mod nats_check;
 mod publisher;
+mod rabbitmq_check;
 mod run;
 
 use std::path::PathBuf;

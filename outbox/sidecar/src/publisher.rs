@@ -1,9 +1,11 @@
 //! The relay's publisher, picked by the form of `broker.addresses`: broker-lite's producer with
-//! anything but `SEND_OK` an error, or NATS JetStream with every PubAck awaited.
+//! anything but `SEND_OK` an error, NATS JetStream with every PubAck awaited, or RabbitMQ with
+//! every publisher confirm awaited.
 
 use anyhow::Context as _;
 use broker_lite_client::ProducerConfig;
 use courier_middleware::BrokerLitePublisher;
+use courier_middleware::RabbitMqPublisher;
 use courier_middleware::nats::NatsPublisher;
 use courier_outbox::Message;
 use tower::util::BoxCloneService;
@@ -21,7 +23,7 @@ pub(crate) async fn connect(config: &Config) -> anyhow::Result<RelayPublisher> {
             BoxCloneService::new(broker_lite(config).await?.map_response(|_| ()))
         }
         BrokerKind::Nats => BoxCloneService::new(nats(config).await?.map_response(|_| ())),
-        // BrokerKind::RabbitMq => …
+        BrokerKind::RabbitMq => BoxCloneService::new(rabbitmq(config).await?),
     })
 }
 
@@ -56,4 +58,13 @@ pub(crate) async fn nats(config: &Config) -> anyhow::Result<NatsPublisher> {
             )
         })?;
     Ok(publisher.with_ack_timeout(config.send_timeout()))
+}
+
+/// RabbitMQ, waiting `broker.send_timeout_ms` for each publisher confirm (always on, with
+/// `mandatory`: an unroutable message fails its publish). Retries are the relay's.
+async fn rabbitmq(config: &Config) -> anyhow::Result<RabbitMqPublisher> {
+    let publisher = RabbitMqPublisher::connect(config.broker.addresses.trim())
+        .await
+        .context("start RabbitMQ, or fix broker.addresses")?;
+    Ok(publisher.confirm_timeout(config.send_timeout()))
 }
