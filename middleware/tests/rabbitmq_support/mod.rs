@@ -37,9 +37,15 @@ pub struct Admin {
 
 impl Admin {
     pub async fn connect() -> Self {
-        let connection = Connection::connect(&amqp_url(), ConnectionProperties::default())
+        let url = amqp_url();
+        let connection = Connection::connect(&url, ConnectionProperties::default())
             .await
-            .expect("RabbitMQ runs on AMQP_URL");
+            .unwrap_or_else(|error| {
+                panic!(
+                    "these tests need RabbitMQ: cannot connect to {url}: {error}; start it \
+                     (`rabbitmq-server -detached`) or set AMQP_URL"
+                )
+            });
         Self {
             connection,
             queues: Mutex::new(Vec::new()),

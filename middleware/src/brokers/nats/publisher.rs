@@ -35,11 +35,11 @@ pub const DEFAULT_PUB_ACK_TIMEOUT: Duration = Duration::from_secs(5);
 ///   attempt and pauses, probing, until the server answers. Anything else is retryable.
 /// - **Subject**: the topic, or topic and key ([`SubjectMapping`]); key, tag, creation time and
 ///   headers (the `traceparent` the relay or [`TracePublish`](crate::TracePublish) set included)
-///   travel as headers, listed in [`envelope`](super#the-envelope).
+///   travel as headers, listed in [`envelope`](crate::nats#the-envelope).
 ///
 /// What a PubAck is worth depends on the stream: a file stream with one replica acknowledges
 /// before its data is fsynced (every 2 minutes by default); see the
-/// [module documentation](super#guarantees) and `outbox-relay check`.
+/// [module documentation](crate::nats#guarantees) and `outbox-relay check`.
 ///
 /// Cheap to clone: clones share the connection. Publishes of clones are pipelined on it.
 ///

@@ -146,7 +146,7 @@ impl NatsSourceConfig {
 
     /// At most `n` messages delivered and not yet acknowledged, across the group. Default 1000.
     /// `1` gives strict stream order across every member of the group (see the
-    /// [module documentation](super#ordering)).
+    /// [module documentation](crate::nats#ordering)).
     #[must_use]
     pub fn max_ack_pending(mut self, n: i64) -> Self {
         self.max_ack_pending = n.max(1);
@@ -224,7 +224,7 @@ impl NatsSourceConfig {
 /// `Nats-Msg-Id` deduplicates repeats within the dead-letter stream's window). The consumer is
 /// created with unlimited `max_deliver` for that reason.
 ///
-/// Each [`Delivery`] carries the envelope (see the [envelope table](super#the-envelope)), the
+/// Each [`Delivery`] carries the envelope (see the [envelope table](crate::nats#the-envelope)), the
 /// attempt (JetStream's delivery count), the group and the subject as its queue (the ordering key
 /// of unkeyed messages).
 ///
