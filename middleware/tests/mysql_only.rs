@@ -115,7 +115,9 @@ async fn a_handler_that_swallows_a_deadlock_is_not_acked_and_its_redelivery_runs
 
     let error = answer.expect_err("acked a delivery whose transaction was rolled back");
     assert!(
-        error.to_string().contains("rolled its transaction back"),
+        error
+            .to_string()
+            .contains("its transaction had already failed"),
         "{error}"
     );
     assert_eq!(MySql::records(&pool).await, 0);

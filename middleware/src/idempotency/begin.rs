@@ -61,13 +61,13 @@ fn restarted(error: &sqlx::Error, restarts: u32) {
     metrics::counter!("courier_consume_record_restarts_total").increment(1);
 }
 
-/// The error of a delivery whose transaction the database rolled back while the handler ran,
+/// The error of a delivery whose transaction failed or was rolled back while the handler ran,
 /// found before the commit: nothing is committed under the record, so it is not acked.
 pub(super) fn transaction_lost() -> tower::BoxError {
-    "the handler returned Ok, but the database had rolled its transaction back meanwhile \
-     (MySQL does so when it breaks a deadlock, error 1213, which the handler did not return): \
-     the idempotency record is gone with it, so the delivery is not acked and will be \
-     redelivered; statements the handler ran after that error were committed one by one in \
-     autocommit mode, so return database errors from the handler (`?`) instead of ignoring them"
+    "the handler returned Ok, but its transaction had already failed (Postgres aborts it on a \
+     statement error; MySQL rolls it back to break a deadlock, error 1213), so neither its writes \
+     nor the idempotency record would commit: the delivery is not acked and will be redelivered; \
+     return database errors from the handler (`?`) instead of ignoring them (on MySQL, statements \
+     run after that error were committed one by one in autocommit mode)"
         .into()
 }

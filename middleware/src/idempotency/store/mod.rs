@@ -32,10 +32,11 @@ pub trait IdempotencySql: Database {
     ) -> impl Future<Output = Result<HashSet<(String, String)>, sqlx::Error>> + Send;
 
     /// Whether the transaction on `conn` still holds the records of `keys` it inserted, checked
-    /// before it commits. Postgres and SQLite end a transaction only when told (a failed statement
-    /// aborts a Postgres transaction, and every later statement fails), so they answer `true`
-    /// without asking. MySQL ends it by itself on a deadlock and goes on in autocommit mode: a
-    /// handler that swallowed the error would have its commit commit nothing, the record gone.
+    /// before it commits. A handler that swallowed a database error may answer `Ok` over a
+    /// transaction that can no longer commit: Postgres aborts it on a failed statement (and its
+    /// `COMMIT` then rolls back without an error), MySQL rolls it back on a deadlock and goes on
+    /// in autocommit mode. Either way the record is gone, so the delivery must not be acked.
+    /// SQLite keeps the transaction after a failed statement and answers `true` without asking.
     fn idempotency_still_held(
         conn: &mut Self::Connection,
         keys: &[(String, String)],

@@ -44,6 +44,23 @@ impl IdempotencySql for Postgres {
         Ok(rows.into_iter().collect())
     }
 
+    async fn idempotency_still_held(
+        conn: &mut PgConnection,
+        keys: &[(String, String)],
+    ) -> Result<bool, sqlx::Error> {
+        let _ = keys;
+        // A failed statement aborts the transaction, and `COMMIT` of an aborted transaction rolls
+        // back without an error: a handler that swallowed the failure would be acked with its
+        // writes and the record gone. Any statement tells: it fails with 25P02 once aborted.
+        match sqlx::query("SELECT 1").execute(conn).await {
+            Ok(_) => Ok(true),
+            Err(sqlx::Error::Database(error)) if error.code().as_deref() == Some("25P02") => {
+                Ok(false)
+            }
+            Err(error) => Err(error),
+        }
+    }
+
     async fn idempotency_seen(pool: &PgPool, group: &str, key: &str) -> Result<bool, sqlx::Error> {
         sqlx::query_scalar(
             "SELECT EXISTS (SELECT 1 FROM courier_inbox.processed
