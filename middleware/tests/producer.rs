@@ -91,3 +91,85 @@ async fn a_successful_send_writes_nothing(pool: PgPool) {
         .unwrap();
     assert_eq!(failures, 0);
 }
+
+/// A batch publisher answering each message by its payload: "slow-disk" never gets `SEND_OK`,
+/// "glitch" fails its first call only. Records the payloads of every call.
+#[derive(Clone, Default)]
+struct StatusBroker {
+    calls: std::sync::Arc<std::sync::Mutex<Vec<Vec<String>>>>,
+}
+
+impl courier_outbox::PublishBatch for StatusBroker {
+    type Response = SendStatus;
+
+    fn publish_batch(
+        &mut self,
+        messages: Vec<Message>,
+    ) -> courier_core::batch::BatchFuture<SendStatus> {
+        let bodies: Vec<String> = messages
+            .iter()
+            .map(|m| String::from_utf8_lossy(&m.payload).into_owned())
+            .collect();
+        let first = {
+            let mut calls = self.calls.lock().unwrap();
+            calls.push(bodies.clone());
+            calls.len() == 1
+        };
+        Box::pin(async move {
+            bodies
+                .iter()
+                .map(|body| match body.as_str() {
+                    "slow-disk" => Ok(SendStatus::FlushDiskTimeout),
+                    "glitch" if first => Err("connection reset".into()),
+                    _ => Ok(SendStatus::SendOk),
+                })
+                .collect()
+        })
+    }
+}
+
+#[sqlx::test(migrator = "courier_outbox::MIGRATOR")]
+async fn a_batch_through_the_producer_stack_retries_and_parks_only_the_failed(pool: PgPool) {
+    use courier_outbox::PublishBatch;
+    let broker = StatusBroker::default();
+    let mut stack = ServiceBuilder::new()
+        .layer(FailureFallbackLayer::new(pool.clone()))
+        .layer(SendRetryLayer::default().backoff(no_wait()))
+        .layer(SendTimeoutLayer::default())
+        .layer(RequireSendOkLayer::new())
+        .service(broker.clone());
+    let batch = vec![
+        Message::new("payments", "ok-1"),
+        Message::new("payments", "slow-disk"),
+        Message::new("payments", "glitch"),
+        Message::new("payments", "ok-2"),
+    ];
+    let outcomes = stack.publish_batch(batch.clone()).await;
+
+    assert_eq!(*outcomes[0].as_ref().unwrap(), SendStatus::SendOk);
+    let parked = outcomes[1].as_ref().unwrap_err();
+    assert_eq!(parked.downcast_ref::<Parked>().unwrap().id(), batch[1].id);
+    assert_eq!(*outcomes[2].as_ref().unwrap(), SendStatus::SendOk);
+    assert_eq!(*outcomes[3].as_ref().unwrap(), SendStatus::SendOk);
+    // The status check failed "slow-disk" alone; the retries sent only what had failed.
+    let calls = broker.calls.lock().unwrap().clone();
+    assert_eq!(
+        calls,
+        vec![
+            vec!["ok-1", "slow-disk", "glitch", "ok-2"],
+            vec!["slow-disk", "glitch"],
+            vec!["slow-disk"],
+        ]
+    );
+    let failed = Failures::new()
+        .list(&pool, &FailureFilter::all())
+        .await
+        .unwrap();
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0].message.id, batch[1].id);
+    assert!(
+        failed[0].last_error.contains("FLUSH_DISK_TIMEOUT"),
+        "{}",
+        failed[0].last_error
+    );
+}

@@ -76,7 +76,9 @@ mod writer;
 pub use courier_core::{Limits, Message};
 pub use error::{Error, Result, ValidationError};
 pub use failures::{FailedMessage, FailureFilter, Failures, ReplayReport};
-pub use publisher::{Permanent, Publisher, Unavailable};
+pub use publisher::{
+    Batched, NotAttempted, OneByOne, Permanent, PublishBatch, PublishMode, Publisher, Unavailable,
+};
 pub use relay::{Backoff, CircuitState, Relay, RelayBuilder, RelayState};
 pub use store::{Store, migrate};
 pub use writer::Outbox;

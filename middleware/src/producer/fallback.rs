@@ -6,6 +6,7 @@ use std::fmt;
 use std::task::{Context, Poll};
 
 use courier_core::Message;
+use courier_core::batch::{BatchFuture, PublishBatch, fail_all};
 use sqlx::PgPool;
 use sqlx::types::Json;
 use tower::{BoxError, Layer, Service, ServiceExt};
@@ -166,30 +167,71 @@ where
                 Ok(response) => return Ok(response),
                 Err(error) => error.into(),
             };
-            match park(&pool, &kept, attempts, &send_error.to_string()).await {
-                Ok(()) => {
-                    tracing::warn!(message.id = %kept.id, topic = %kept.topic, error = %send_error,
-                        "send failed; the message is kept in outbox.failures");
-                    metrics::counter!("courier_send_parked_total", "topic" => kept.topic.clone())
-                        .increment(1);
-                    Err(Parked {
-                        id: kept.id,
-                        source: send_error,
-                    }
-                    .into())
-                }
-                Err(store_error) => {
-                    tracing::error!(message.id = %kept.id, error = %send_error, %store_error,
-                        "send failed and the message could not be saved to outbox.failures");
-                    Err(NotParked {
-                        message: kept,
-                        send_error,
-                        store_error,
-                    }
-                    .into())
-                }
-            }
+            Err(keep(&pool, kept, attempts, send_error).await)
         }))
+    }
+}
+
+/// Parks `message` after `send_error`: the error to answer, [`Parked`] or [`NotParked`].
+async fn keep(pool: &PgPool, kept: Message, attempts: u32, send_error: BoxError) -> BoxError {
+    match park(pool, &kept, attempts, &send_error.to_string()).await {
+        Ok(()) => {
+            tracing::warn!(message.id = %kept.id, topic = %kept.topic, error = %send_error,
+                "send failed; the message is kept in outbox.failures");
+            metrics::counter!("courier_send_parked_total", "topic" => kept.topic.clone())
+                .increment(1);
+            Parked {
+                id: kept.id,
+                source: send_error,
+            }
+            .into()
+        }
+        Err(store_error) => {
+            tracing::error!(message.id = %kept.id, error = %send_error, %store_error,
+                "send failed and the message could not be saved to outbox.failures");
+            NotParked {
+                message: kept,
+                send_error,
+                store_error,
+            }
+            .into()
+        }
+    }
+}
+
+/// Every message of a batch that failed, or was not sent behind a failure, is parked alone;
+/// the others keep their answer. Parked in batch order, so replay keeps each key's order.
+impl<S> PublishBatch for FailureFallback<S>
+where
+    S: PublishBatch,
+{
+    type Response = S::Response;
+
+    fn publish_batch(&mut self, messages: Vec<Message>) -> BatchFuture<S::Response> {
+        let kept = messages.clone();
+        let call = self.inner.publish_batch(messages);
+        let pool = self.pool.clone();
+        let attempts = self.attempts;
+        Box::pin(async move {
+            let count = kept.len();
+            let mut answered = call.await;
+            if answered.len() != count {
+                // Nothing may slip through a miscounted answer: every message counts as failed.
+                let error = format!(
+                    "the publisher answered {} outcomes for {count} messages",
+                    answered.len()
+                );
+                answered = fail_all(error.into(), count);
+            }
+            let mut outcomes = Vec::with_capacity(count);
+            for (message, outcome) in kept.into_iter().zip(answered) {
+                outcomes.push(match outcome {
+                    Ok(response) => Ok(response),
+                    Err(error) => Err(keep(&pool, message, attempts, error).await),
+                });
+            }
+            outcomes
+        })
     }
 }
 

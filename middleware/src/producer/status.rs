@@ -7,6 +7,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use courier_core::Message;
+use courier_core::batch::{BatchFuture, PublishBatch};
 use pin_project_lite::pin_project;
 use tower::{BoxError, Layer, Service};
 
@@ -174,15 +176,41 @@ where
             Poll::Pending => return Poll::Pending,
             Poll::Ready(result) => result.map_err(Into::into)?,
         };
-        let status = response.send_status();
-        if status == SendStatus::SendOk || this.accepted.contains(&status) {
-            if status != SendStatus::SendOk {
-                tracing::warn!(%status, "send accepted with a degraded status");
-            }
-            Poll::Ready(Ok(response))
-        } else {
-            Poll::Ready(Err(NotSendOk::new(status).into()))
+        Poll::Ready(check(response, this.accepted))
+    }
+}
+
+/// `response` if its status is `SendOk` or accepted, else a [`NotSendOk`].
+fn check<T: HasSendStatus>(response: T, accepted: &BTreeSet<SendStatus>) -> Result<T, BoxError> {
+    let status = response.send_status();
+    if status == SendStatus::SendOk || accepted.contains(&status) {
+        if status != SendStatus::SendOk {
+            tracing::warn!(%status, "send accepted with a degraded status");
         }
+        Ok(response)
+    } else {
+        Err(NotSendOk::new(status).into())
+    }
+}
+
+/// The check applies to each message's outcome: one answered with a status not accepted fails
+/// alone.
+impl<S> PublishBatch for RequireSendOk<S>
+where
+    S: PublishBatch,
+    S::Response: HasSendStatus,
+{
+    type Response = S::Response;
+
+    fn publish_batch(&mut self, messages: Vec<Message>) -> BatchFuture<S::Response> {
+        let call = self.inner.publish_batch(messages);
+        let accepted = self.accepted.clone();
+        Box::pin(async move {
+            call.await
+                .into_iter()
+                .map(|outcome| outcome.and_then(|response| check(response, &accepted)))
+                .collect()
+        })
     }
 }
 
@@ -222,6 +250,45 @@ mod tests {
     use super::*;
     use tower::ServiceExt;
     use tower_test::{assert_request_eq, mock};
+
+    #[tokio::test]
+    async fn each_outcome_of_a_batch_is_checked() {
+        #[derive(Clone)]
+        struct Statuses;
+        impl PublishBatch for Statuses {
+            type Response = SendStatus;
+            fn publish_batch(&mut self, messages: Vec<Message>) -> BatchFuture<SendStatus> {
+                Box::pin(async move {
+                    messages
+                        .iter()
+                        .map(|m| match m.payload.as_ref() {
+                            b"late" => Ok(SendStatus::FlushDiskTimeout),
+                            b"error" => Err("broker error".into()),
+                            _ => Ok(SendStatus::SendOk),
+                        })
+                        .collect()
+                })
+            }
+        }
+        let mut checked = RequireSendOk::new(Statuses);
+        let outcomes = checked
+            .publish_batch(vec![
+                Message::new("t", "ok"),
+                Message::new("t", "late"),
+                Message::new("t", "error"),
+            ])
+            .await;
+        assert_eq!(*outcomes[0].as_ref().unwrap(), SendStatus::SendOk);
+        let late = outcomes[1].as_ref().unwrap_err();
+        assert_eq!(
+            late.downcast_ref::<NotSendOk>().unwrap().status(),
+            SendStatus::FlushDiskTimeout
+        );
+        assert_eq!(
+            outcomes[2].as_ref().unwrap_err().to_string(),
+            "broker error"
+        );
+    }
 
     #[tokio::test]
     async fn only_send_ok_passes_unless_accepted() {

@@ -5,6 +5,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use courier_core::Message;
+use courier_core::batch::{BatchFuture, PublishBatch};
 use pin_project_lite::pin_project;
 use tower::{BoxError, Layer, Service};
 use tracing::Instrument;
@@ -70,30 +71,56 @@ where
     }
 
     fn call(&mut self, mut message: Message) -> Self::Future {
-        let context = match message
-            .headers
-            .get(TRACEPARENT)
-            .and_then(|v| TraceParent::parse(v))
-        {
-            Some(parent) => parent.child(),
-            None => TraceParent::new_root(),
-        };
-        message
-            .headers
-            .insert(TRACEPARENT.to_owned(), context.to_string());
-        let span = tracing::info_span!(
-            "courier.publish",
-            message.id = %message.id,
-            topic = %message.topic,
-            key = message.key.as_deref(),
-            attempts = message.attempts,
-            trace_id = context.trace_id(),
-            span_id = context.span_id(),
-        );
+        let span = inject(&mut message);
         let future = span.in_scope(|| self.inner.call(message));
         ResponseFuture {
             inner: future.instrument(span),
         }
+    }
+}
+
+/// Puts this hop's trace context into `message` and returns its `courier.publish` span.
+fn inject(message: &mut Message) -> tracing::Span {
+    let context = match message
+        .headers
+        .get(TRACEPARENT)
+        .and_then(|v| TraceParent::parse(v))
+    {
+        Some(parent) => parent.child(),
+        None => TraceParent::new_root(),
+    };
+    message
+        .headers
+        .insert(TRACEPARENT.to_owned(), context.to_string());
+    tracing::info_span!(
+        "courier.publish",
+        message.id = %message.id,
+        topic = %message.topic,
+        key = message.key.as_deref(),
+        attempts = message.attempts,
+        trace_id = context.trace_id(),
+        span_id = context.span_id(),
+    )
+}
+
+/// Each message of a batch gets its own trace context and span, in which its outcome is logged.
+impl<S: PublishBatch> PublishBatch for TracePublish<S> {
+    type Response = S::Response;
+
+    fn publish_batch(&mut self, mut messages: Vec<Message>) -> BatchFuture<S::Response> {
+        let spans: Vec<tracing::Span> = messages.iter_mut().map(inject).collect();
+        let call = self.inner.publish_batch(messages);
+        Box::pin(async move {
+            let outcomes = call.await;
+            for (outcome, span) in outcomes.iter().zip(&spans) {
+                let _entered = span.enter();
+                match outcome {
+                    Ok(_) => tracing::debug!("sent"),
+                    Err(error) => tracing::warn!(%error, "send failed"),
+                }
+            }
+            outcomes
+        })
     }
 }
 
@@ -154,6 +181,38 @@ mod tests {
     use super::*;
     use tower::ServiceExt;
     use tower_test::mock;
+
+    #[tokio::test]
+    async fn each_message_of_a_batch_gets_its_own_trace_context() {
+        #[derive(Clone)]
+        struct Headers;
+        impl PublishBatch for Headers {
+            type Response = String;
+            fn publish_batch(&mut self, messages: Vec<Message>) -> BatchFuture<String> {
+                Box::pin(async move {
+                    messages
+                        .into_iter()
+                        .map(|m| Ok(m.headers[TRACEPARENT].clone()))
+                        .collect()
+                })
+            }
+        }
+        let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let outcomes = TracePublish::new(Headers)
+            .publish_batch(vec![
+                Message::new("t", "x").with_header(TRACEPARENT, parent),
+                Message::new("t", "y"),
+            ])
+            .await;
+        let first = TraceParent::parse(outcomes[0].as_ref().unwrap()).unwrap();
+        let second = TraceParent::parse(outcomes[1].as_ref().unwrap()).unwrap();
+        assert_eq!(first.trace_id(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_ne!(
+            second.trace_id(),
+            first.trace_id(),
+            "a message without a trace starts one"
+        );
+    }
 
     #[tokio::test]
     async fn an_existing_trace_is_continued_with_a_new_span_id() {

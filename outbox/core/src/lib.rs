@@ -23,6 +23,7 @@
 #![forbid(unsafe_code)]
 
 mod backoff;
+pub mod batch;
 mod error;
 mod failure;
 mod limits;

@@ -47,11 +47,12 @@ pub use config::RelayConfig;
 pub use session::{Backlog, BatchEnd, Claimed, Outcome, PublishFn, Session};
 pub use state::RelayState;
 
-use crate::{Error, Publisher, Result, Store};
+use crate::{Batched, Error, OneByOne, PublishBatch, PublishMode, Publisher, Result, Store};
 use circuit::Circuit;
 use publish::PublishPolicy;
 
-/// Drains the outbox table to a [`Publisher`].
+/// Drains the outbox table to a [`Publisher`] (one message per call, [`OneByOne`]) or a
+/// [`PublishBatch`] (one call per batch, [`Batched`]).
 ///
 /// Run as many relays against one database as you like, in-process or as sidecars: each row is
 /// claimed by one relay (Postgres: `SKIP LOCKED`, keys partitioned among the live relays; SQLite:
@@ -84,9 +85,10 @@ use publish::PublishPolicy;
 /// # }
 /// ```
 #[derive(Debug)]
-pub struct Relay<DB: Store, P> {
+pub struct Relay<DB: Store, P, M = OneByOne> {
     pool: Pool<DB>,
     publisher: P,
+    mode: std::marker::PhantomData<fn() -> M>,
     config: RelayConfig,
     state: watch::Sender<RelayState>,
     circuit: watch::Sender<CircuitState>,
@@ -95,9 +97,10 @@ pub struct Relay<DB: Store, P> {
 /// Configures a [`Relay`]; start from [`Relay::builder`].
 #[derive(Debug)]
 #[must_use = "a builder does nothing until `build` is called"]
-pub struct RelayBuilder<DB: Store, P> {
+pub struct RelayBuilder<DB: Store, P, M = OneByOne> {
     pool: Pool<DB>,
     publisher: P,
+    mode: std::marker::PhantomData<fn() -> M>,
     config: RelayConfig,
 }
 
@@ -111,7 +114,7 @@ macro_rules! setter {
     };
 }
 
-impl<DB: Store, P: Publisher> RelayBuilder<DB, P> {
+impl<DB: Store, P, M> RelayBuilder<DB, P, M> {
     /// Names the relay in logs and in `pg_stat_activity.application_name`. Default `courier-relay`.
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.config.name = name.into();
@@ -123,11 +126,13 @@ impl<DB: Store, P: Publisher> RelayBuilder<DB, P> {
         batch_size: usize
     );
     setter!(
-        /// Most keys published concurrently within a batch. Default 64.
+        /// Most keys published concurrently within a batch, one by one ([`Relay::builder`]); a
+        /// batch publisher paces itself. Default 64.
         max_in_flight: usize
     );
     setter!(
-        /// Longest a single publish call may take before it counts as failed. Default 10 s.
+        /// Longest a single publish call may take before it counts as failed: one message, or
+        /// the whole batch with a batch publisher. Default 10 s.
         publish_timeout: Duration
     );
     setter!(
@@ -203,13 +208,14 @@ impl<DB: Store, P: Publisher> RelayBuilder<DB, P> {
     /// # Errors
     ///
     /// [`Error::Config`] naming the setting that is out of range.
-    pub fn build(self) -> Result<Relay<DB, P>> {
+    pub fn build(self) -> Result<Relay<DB, P, M>> {
         self.config.validate().map_err(Error::Config)?;
         let (state, _) = watch::channel(RelayState::Starting);
         let (circuit, _) = watch::channel(CircuitState::Closed);
         Ok(Relay {
             pool: self.pool,
             publisher: self.publisher,
+            mode: std::marker::PhantomData,
             config: self.config,
             state,
             circuit,
@@ -237,17 +243,42 @@ impl From<sqlx::Error> for SessionEnd {
 
 impl<DB: Store, P: Publisher> Relay<DB, P> {
     /// Starts configuring a relay that claims from `pool`'s database (Postgres, SQLite or MySQL)
-    /// and publishes through `publisher`. On Postgres the relay opens its own connections with
-    /// the pool's options; on SQLite and MySQL it borrows the pool's connections for short
-    /// transactions.
+    /// and publishes through `publisher`, one message per call ([`OneByOne`]). On Postgres the
+    /// relay opens its own connections with the pool's options; on SQLite and MySQL it borrows
+    /// the pool's connections for short transactions.
     pub fn builder(pool: Pool<DB>, publisher: P) -> RelayBuilder<DB, P> {
         RelayBuilder {
             pool,
             publisher,
+            mode: std::marker::PhantomData,
             config: RelayConfig::default(),
         }
     }
+}
 
+impl<DB: Store, P: PublishBatch + Clone + Send + 'static> Relay<DB, P, Batched> {
+    /// As [`builder`](Relay::builder), but hands each claimed batch to `publisher` in one call
+    /// ([`Batched`]): broker-lite stores it in one request and one group commit.
+    ///
+    /// ```no_run
+    /// # async fn demo(pool: sqlx::PgPool, publisher: impl courier_outbox::PublishBatch + Clone + Send + 'static) -> Result<(), courier_outbox::Error> {
+    /// use courier_outbox::Relay;
+    ///
+    /// let relay = Relay::batch_builder(pool, publisher).batch_size(500).build()?;
+    /// # let _ = relay;
+    /// # Ok(()) }
+    /// ```
+    pub fn batch_builder(pool: Pool<DB>, publisher: P) -> RelayBuilder<DB, P, Batched> {
+        RelayBuilder {
+            pool,
+            publisher,
+            mode: std::marker::PhantomData,
+            config: RelayConfig::default(),
+        }
+    }
+}
+
+impl<DB: Store, P: Clone + Send + 'static, M: PublishMode<P>> Relay<DB, P, M> {
     /// Watches what the relay is doing; useful for readiness probes and tests.
     pub fn state(&self) -> watch::Receiver<RelayState> {
         self.state.subscribe()
@@ -472,7 +503,8 @@ impl<DB: Store, P: Publisher> Relay<DB, P> {
             state.send_replace(RelayState::Draining);
             let size = claimed.len();
             let span = tracing::info_span!("outbox.batch", size);
-            let publishing = publish::publish_batch(publisher, &claimed, policy).instrument(span);
+            let publishing =
+                publish::publish_batch::<P, M>(publisher, &claimed, policy).instrument(span);
             tokio::pin!(publishing);
             let published = tokio::select! {
                 published = &mut publishing => published,

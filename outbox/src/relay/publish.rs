@@ -1,22 +1,21 @@
-//! Publishing one claimed batch: keys in parallel, each key's messages in order.
+//! Publishing one claimed batch: the publisher sends it (one by one per key, or as a batch),
+//! then each row's outcome is read in key order.
 //!
 //! A publish that finds the broker [`Unavailable`] stops the batch: that row and every row not
 //! yet attempted go back [`Held`](Outcome::Held), untouched, and the batch reports the error so
-//! the relay opens its circuit (`circuit.rs`). Publishes already in flight finish and keep their
-//! outcome.
+//! the relay opens its circuit (`circuit.rs`). Publishes already done keep their outcome. A row
+//! after a failed row of its key is held too, even if a batch publisher sent it: it goes again
+//! after the failed one, so no key's messages overtake each other.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use futures::StreamExt;
-use tower::{BoxError, ServiceExt};
-use tracing::Instrument;
+use courier_core::batch::key_groups;
+use tower::BoxError;
 
 use super::metrics;
 use super::{Claimed, Outcome};
-use crate::publisher::Marker;
-use crate::{Backoff, Publisher};
+use crate::publisher::{Marker, NotAttempted, PublishMode};
+use crate::{Backoff, Message};
 
 /// How the relay treats publish results.
 #[derive(Debug, Clone, Copy)]
@@ -37,122 +36,74 @@ pub(crate) struct Published {
 }
 
 /// Publishes `batch` and returns one outcome per row, in the batch's order.
-///
-/// Rows are grouped by key in sequence order; groups run concurrently, and inside a group a failure
-/// holds every later row of that key so none overtakes it. Unkeyed rows are groups of one.
-pub(crate) async fn publish_batch<P: Publisher>(
-    publisher: P,
+pub(crate) async fn publish_batch<P, M: PublishMode<P>>(
+    mut publisher: P,
     batch: &[Claimed],
     policy: PublishPolicy,
 ) -> Published {
-    let mut outcomes: Vec<Option<Outcome>> = batch.iter().map(|_| None).collect();
-    // Shared by the groups: once set, none of them starts another publish.
-    let unavailable = Mutex::new(None);
-    let shared = &unavailable;
-    // `move`: the stream owns the publisher (a reference would need it to be `Sync`).
-    let mut results = futures::stream::iter(group_by_key(batch))
-        .map(move |group| publish_group(publisher.clone(), batch, group, policy, shared))
-        .buffer_unordered(policy.max_in_flight);
-    while let Some(group) = results.next().await {
-        for (index, outcome) in group {
-            outcomes[index] = Some(outcome);
-        }
-    }
-    drop(results);
-    Published {
-        outcomes: outcomes
-            .into_iter()
-            .map(|outcome| outcome.unwrap_or(Outcome::Held))
-            .collect(),
-        unavailable: unavailable.into_inner().unwrap_or_else(|e| e.into_inner()),
-    }
-}
-
-/// Indices of `batch`, grouped by key, each group in batch (sequence) order.
-fn group_by_key(batch: &[Claimed]) -> Vec<Vec<usize>> {
-    let mut groups: Vec<Vec<usize>> = Vec::new();
-    let mut by_key: HashMap<&str, usize> = HashMap::new();
-    for (index, row) in batch.iter().enumerate() {
-        match row.message.key.as_deref() {
-            None => groups.push(vec![index]),
-            Some(key) => match by_key.get(key) {
-                Some(&group) => groups[group].push(index),
-                None => {
-                    by_key.insert(key, groups.len());
-                    groups.push(vec![index]);
+    let messages: Vec<Message> = batch.iter().map(|row| row.message.clone()).collect();
+    let groups = key_groups(&messages);
+    let results = M::publish(
+        &mut publisher,
+        messages,
+        policy.timeout,
+        policy.max_in_flight,
+    )
+    .await;
+    let mut results: Vec<Option<Result<Duration, BoxError>>> =
+        results.into_iter().map(Some).collect();
+    results.resize_with(batch.len(), || None);
+    let mut outcomes: Vec<Outcome> = batch.iter().map(|_| Outcome::Held).collect();
+    let mut unavailable: Option<String> = None;
+    for group in groups {
+        let mut held = false;
+        for index in group {
+            let result = results[index].take();
+            if held {
+                // The broker may have it already; it goes again after the failed row of its key.
+                continue;
+            }
+            let message = &batch[index].message;
+            let attempt = message.attempts + 1;
+            let span = tracing::info_span!(
+                "outbox.publish",
+                message.id = %message.id,
+                message.topic = %message.topic,
+                message.key = message.key.as_deref(),
+                attempt,
+            );
+            let outcome = match result {
+                // A publisher that answered fewer outcomes than messages; `Batched` checks the count.
+                None => Outcome::Held,
+                Some(Err(error)) if NotAttempted::is_not_attempted(error.as_ref()) => Outcome::Held,
+                Some(result) => {
+                    let took = result.as_ref().ok().copied().unwrap_or_default();
+                    match classify(result.map(drop), attempt, &policy) {
+                        Verdict::Done(outcome) => {
+                            span.in_scope(|| {
+                                metrics::record_attempt(&message.topic, &outcome, took)
+                            });
+                            outcome
+                        }
+                        Verdict::Unavailable(error) => {
+                            span.in_scope(|| {
+                                tracing::warn!(%error, "broker unavailable; the message goes back untouched");
+                                metrics::record_unavailable(&message.topic);
+                            });
+                            unavailable.get_or_insert(error);
+                            Outcome::Held
+                        }
+                    }
                 }
-            },
+            };
+            held = !matches!(outcome, Outcome::Published);
+            outcomes[index] = outcome;
         }
     }
-    groups
-}
-
-async fn publish_group<P: Publisher>(
-    mut publisher: P,
-    batch: &[Claimed],
-    group: Vec<usize>,
-    policy: PublishPolicy,
-    unavailable: &Mutex<Option<String>>,
-) -> Vec<(usize, Outcome)> {
-    let mut outcomes = Vec::with_capacity(group.len());
-    let mut held = false;
-    for index in group {
-        if held || broker_down(unavailable) {
-            outcomes.push((index, Outcome::Held));
-            held = true;
-            continue;
-        }
-        let message = &batch[index].message;
-        let attempt = message.attempts + 1;
-        let span = tracing::info_span!(
-            "outbox.publish",
-            message.id = %message.id,
-            message.topic = %message.topic,
-            message.key = message.key.as_deref(),
-            attempt,
-        );
-        let started = Instant::now();
-        let result = async {
-            let ready = publisher.ready().await.map_err(Into::into)?;
-            match tokio::time::timeout(policy.timeout, ready.call(message.clone())).await {
-                Ok(result) => result.map(drop).map_err(Into::into),
-                Err(_) => Err(BoxError::from(format!(
-                    "publish timed out after {:?}",
-                    policy.timeout
-                ))),
-            }
-        }
-        .instrument(span.clone())
-        .await;
-        let outcome = match classify(result, attempt, &policy) {
-            Verdict::Done(outcome) => {
-                span.in_scope(|| {
-                    metrics::record_attempt(&message.topic, &outcome, started.elapsed())
-                });
-                outcome
-            }
-            Verdict::Unavailable(error) => {
-                span.in_scope(|| {
-                    tracing::warn!(%error, "broker unavailable; the message goes back untouched");
-                    metrics::record_unavailable(&message.topic);
-                });
-                let mut first = unavailable.lock().unwrap_or_else(|e| e.into_inner());
-                first.get_or_insert(error);
-                Outcome::Held
-            }
-        };
-        held = !matches!(outcome, Outcome::Published);
-        outcomes.push((index, outcome));
+    Published {
+        outcomes,
+        unavailable,
     }
-    outcomes
-}
-
-/// Whether a publish of this batch already found the broker unavailable.
-fn broker_down(unavailable: &Mutex<Option<String>>) -> bool {
-    unavailable
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .is_some()
 }
 
 /// What one publish result means for its row.
@@ -209,7 +160,9 @@ fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Message, Permanent, Unavailable};
+    use crate::{Batched, OneByOne, Permanent, Unavailable};
+    use courier_core::batch::BatchFuture;
+    use std::sync::Arc;
 
     fn row(seq: i64, key: Option<&str>) -> Claimed {
         let mut message = Message::new("t", "");
@@ -222,20 +175,138 @@ mod tests {
         }
     }
 
-    #[test]
-    fn groups_keep_sequence_order_per_key() {
+    fn policy() -> PublishPolicy {
+        PublishPolicy {
+            timeout: Duration::from_secs(5),
+            max_attempts: 3,
+            backoff: Backoff::default(),
+            max_in_flight: 4,
+        }
+    }
+
+    /// A batch publisher that sends every message and answers what `answer` says for each.
+    #[derive(Clone)]
+    struct Scripted(Arc<dyn Fn(&Message) -> Result<(), BoxError> + Send + Sync>);
+
+    impl crate::PublishBatch for Scripted {
+        type Response = ();
+        fn publish_batch(&mut self, messages: Vec<Message>) -> BatchFuture<()> {
+            let outcomes = messages.iter().map(|m| (self.0)(m)).collect();
+            Box::pin(async move { outcomes })
+        }
+    }
+
+    fn scripted(f: impl Fn(&Message) -> Result<(), BoxError> + Send + Sync + 'static) -> Scripted {
+        Scripted(Arc::new(f))
+    }
+
+    fn keyed(seq: i64, key: &str, body: &'static str) -> Claimed {
+        let mut row = row(seq, Some(key));
+        row.message.payload = body.into();
+        row
+    }
+
+    #[tokio::test]
+    async fn each_message_of_a_batch_has_its_own_outcome() {
         let batch = [
-            row(1, Some("a")),
-            row(2, None),
-            row(3, Some("b")),
-            row(4, Some("a")),
-            row(5, None),
+            keyed(1, "a", "permanent"),
+            keyed(2, "b", "ok"),
+            keyed(3, "c", "flaky"),
+            keyed(4, "d", "down"),
+            keyed(5, "e", "skipped"),
         ];
-        let seqs: Vec<Vec<i64>> = group_by_key(&batch)
-            .iter()
-            .map(|g| g.iter().map(|&i| batch[i].seq).collect())
-            .collect();
-        assert_eq!(seqs, vec![vec![1, 4], vec![2], vec![3], vec![5]]);
+        let publisher = scripted(|m| match m.payload.as_ref() {
+            b"permanent" => Err(Permanent::new("too large").into()),
+            b"flaky" => Err("flaky".into()),
+            b"down" => Err(Unavailable::new("refused").into()),
+            b"skipped" => Err(NotAttempted::broker_unavailable().into()),
+            _ => Ok(()),
+        });
+        let published = publish_batch::<_, Batched>(publisher, &batch, policy()).await;
+        let o = &published.outcomes;
+        assert!(matches!(o[0], Outcome::Failed { .. }), "{o:?}");
+        assert!(matches!(o[1], Outcome::Published), "{o:?}");
+        assert!(matches!(o[2], Outcome::Retry { .. }), "{o:?}");
+        assert!(matches!(o[3], Outcome::Held), "{o:?}");
+        assert!(matches!(o[4], Outcome::Held), "{o:?}");
+        assert!(published.unavailable.unwrap().contains("refused"));
+    }
+
+    #[tokio::test]
+    async fn a_failed_head_holds_the_followers_a_batch_publisher_sent_anyway() {
+        let batch = [
+            keyed(1, "a", "fails"),
+            keyed(2, "b", "ok"),
+            keyed(3, "a", "ok"),
+            keyed(4, "a", "ok"),
+        ];
+        let publisher = scripted(|m| match m.payload.as_ref() {
+            b"fails" => Err("broker error".into()),
+            _ => Ok(()),
+        });
+        let o = publish_batch::<_, Batched>(publisher, &batch, policy())
+            .await
+            .outcomes;
+        assert!(matches!(o[0], Outcome::Retry { .. }), "{o:?}");
+        assert!(matches!(o[1], Outcome::Published), "{o:?}");
+        assert!(matches!(o[2], Outcome::Held), "{o:?}");
+        assert!(matches!(o[3], Outcome::Held), "{o:?}");
+    }
+
+    #[tokio::test]
+    async fn a_plain_service_publishes_one_by_one_and_stops_a_failed_key() {
+        let sent = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = sent.clone();
+        let service = tower::service_fn(move |m: Message| {
+            log.lock().unwrap().push(m.payload.clone());
+            async move {
+                if m.payload == "fails" {
+                    Err::<(), BoxError>("broker error".into())
+                } else {
+                    Ok(())
+                }
+            }
+        });
+        let batch = [
+            keyed(1, "a", "fails"),
+            keyed(2, "b", "b1"),
+            keyed(3, "a", "a2"),
+        ];
+        let o = publish_batch::<_, OneByOne>(service, &batch, policy())
+            .await
+            .outcomes;
+        assert!(matches!(o[0], Outcome::Retry { .. }), "{o:?}");
+        assert!(matches!(o[1], Outcome::Published), "{o:?}");
+        assert!(matches!(o[2], Outcome::Held), "{o:?}");
+        let mut sent = sent.lock().unwrap().clone();
+        sent.sort();
+        assert_eq!(
+            sent,
+            ["b1", "fails"],
+            "a2 must not be sent after its key failed"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_batch_that_outlives_the_timeout_fails_every_message() {
+        #[derive(Clone)]
+        struct Stuck;
+        impl crate::PublishBatch for Stuck {
+            type Response = ();
+            fn publish_batch(&mut self, _: Vec<Message>) -> BatchFuture<()> {
+                Box::pin(std::future::pending())
+            }
+        }
+        let batch = [keyed(1, "a", "x"), keyed(2, "b", "y")];
+        let o = publish_batch::<_, Batched>(Stuck, &batch, policy())
+            .await
+            .outcomes;
+        for outcome in &o {
+            match outcome {
+                Outcome::Retry { error, .. } => assert!(error.contains("timed out"), "{error}"),
+                other => panic!("expected a retry, got {other:?}"),
+            }
+        }
     }
 
     #[test]

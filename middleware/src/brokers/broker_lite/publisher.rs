@@ -11,8 +11,9 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use broker_lite_client::protocol::{ErrorCode, SendResult};
+use broker_lite_client::protocol::{DEFAULT_MAX_FRAME_SIZE, ErrorCode, SendResult};
 use broker_lite_client::{Addresses, ClientError, Producer, ProducerConfig, SendError};
+use courier_core::batch::{BatchFuture, NotAttempted, Outcomes, PublishBatch, by_key, fail_all};
 use courier_core::{Message, Permanent, Unavailable};
 use tower::{BoxError, Service};
 
@@ -164,6 +165,130 @@ impl Service<Message> for BrokerLitePublisher {
     }
 }
 
+/// Largest estimated size of one batch request: half the default frame limit, so a batch never
+/// reaches the limit at which the broker closes the connection.
+const BATCH_BYTES: usize = DEFAULT_MAX_FRAME_SIZE as usize / 2;
+
+/// Keys publishing at once when a refused batch is sent again one message at a time.
+const ONE_BY_ONE_IN_FLIGHT: usize = 64;
+
+/// The batch publisher the relay uses through `Relay::batch_builder`: a batch goes in one
+/// `SEND_BATCH` request, which the broker validates as a whole and stores in one group commit
+/// (one fsync under SYNC_FLUSH; each message is acked only once on disk, as with `send`).
+///
+/// - **Outcomes**: one per message, with the same status check as a single send (only
+///   `SEND_OK` or an opted-in status passes).
+/// - **A refused batch** (a message too large, a reserved property: the broker stores nothing
+///   then) is sent again one message at a time, so only the refused message fails
+///   ([`Permanent`]) and the rest are stored.
+/// - **Large batches** are split into requests of at most 4 MiB, sent one after the other; after
+///   a failed request the rest is not sent ([`NotAttempted`]), so no key overtakes itself.
+///
+/// ```no_run
+/// # async fn demo(pool: sqlx::PgPool) -> Result<(), tower::BoxError> {
+/// use broker_lite_client::ProducerConfig;
+/// use courier_middleware::BrokerLitePublisher;
+/// use courier_outbox::Relay;
+/// use tokio_util::sync::CancellationToken;
+///
+/// let publisher = BrokerLitePublisher::connect("127.0.0.1:9876", ProducerConfig::default()).await?;
+/// // One request and one group commit per claimed batch.
+/// Relay::batch_builder(pool, publisher).build()?.run(CancellationToken::new()).await?;
+/// # Ok(()) }
+/// ```
+impl PublishBatch for BrokerLitePublisher {
+    type Response = SendResult;
+
+    fn publish_batch(&mut self, messages: Vec<Message>) -> BatchFuture<SendResult> {
+        let publisher = self.clone();
+        Box::pin(async move {
+            let mut outcomes = Vec::with_capacity(messages.len());
+            let mut chunks = chunks(messages).into_iter();
+            for chunk in chunks.by_ref() {
+                let sent = publisher.send_chunk(chunk).await;
+                let failed = sent.iter().any(Result::is_err);
+                outcomes.extend(sent);
+                if failed {
+                    break;
+                }
+            }
+            for chunk in chunks {
+                outcomes.extend(
+                    chunk
+                        .iter()
+                        .map(|m| Err(NotAttempted::after_failure(m.key.as_deref()).into())),
+                );
+            }
+            outcomes
+        })
+    }
+}
+
+impl BrokerLitePublisher {
+    /// One `SEND_BATCH` request; on a refusal, the messages one by one.
+    async fn send_chunk(&self, messages: Vec<Message>) -> Outcomes<SendResult> {
+        let count = messages.len();
+        let refused_again = messages.clone();
+        let request = messages.into_iter().map(super::to_broker).collect();
+        match self.producer.send_batch(request).await {
+            Ok(results) if results.len() == count => results
+                .into_iter()
+                .map(|result| {
+                    check_status(&result, &self.accepted)?;
+                    Ok(result)
+                })
+                .collect(),
+            Ok(results) => fail_all(
+                format!(
+                    "broker-lite answered {} results for a batch of {count}",
+                    results.len()
+                )
+                .into(),
+                count,
+            ),
+            Err(error) if kind(&error) == Kind::Refused => {
+                tracing::warn!(error = %error, messages = count,
+                    "broker-lite refused the batch; sending its messages one by one so only the refused ones fail");
+                let publisher = self.clone();
+                let publisher = &publisher;
+                by_key(refused_again, ONE_BY_ONE_IN_FLIGHT, |message| {
+                    let mut publisher = publisher.clone();
+                    async move { publisher.call(message).await }
+                })
+                .await
+            }
+            Err(error) => fail_all(classify_client(error), count),
+        }
+    }
+}
+
+/// Splits a batch into requests of at most [`BATCH_BYTES`] (estimated), in order.
+fn chunks(messages: Vec<Message>) -> Vec<Vec<Message>> {
+    let mut chunks = vec![Vec::new()];
+    let mut bytes = 0;
+    for message in messages {
+        let size = message.payload.len()
+            + message.topic.len()
+            + message.key.as_ref().map_or(0, String::len)
+            + message.tag.as_ref().map_or(0, String::len)
+            + message
+                .headers
+                .iter()
+                .map(|(k, v)| k.len() + v.len() + 8)
+                .sum::<usize>()
+            + 128;
+        let last = chunks.last_mut().expect("never empty");
+        if !last.is_empty() && bytes + size > BATCH_BYTES {
+            chunks.push(vec![message]);
+            bytes = size;
+        } else {
+            last.push(message);
+            bytes += size;
+        }
+    }
+    chunks
+}
+
 /// `Ok` for `SEND_OK` and the statuses opted into; a retryable [`NotSendOk`] otherwise.
 fn check_status(result: &SendResult, accepted: &BTreeSet<SendStatus>) -> Result<(), NotSendOk> {
     let status = result.send_status();
@@ -192,6 +317,15 @@ enum Kind {
 /// [`Unavailable`] when the broker could not be reached.
 fn classify(error: SendError) -> BoxError {
     match kind(&error.error) {
+        Kind::Refused => Box::new(Permanent::new(error)),
+        Kind::Unreachable => Box::new(Unavailable::new(error)),
+        Kind::Failed => Box::new(error),
+    }
+}
+
+/// As [`classify`], for an error of a whole batch request.
+fn classify_client(error: ClientError) -> BoxError {
+    match kind(&error) {
         Kind::Refused => Box::new(Permanent::new(error)),
         Kind::Unreachable => Box::new(Unavailable::new(error)),
         Kind::Failed => Box::new(error),
