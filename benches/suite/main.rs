@@ -1,6 +1,7 @@
 //! The courier benchmark suite (issue 7): enqueue cost, relay drain, end-to-end latency,
 //! broker-lite against NATS JetStream and RabbitMQ, idempotent consumer throughput, the relay and
-//! consumer runtime on RabbitMQ (scenario 7).
+//! consumer runtime on RabbitMQ (scenario 7), the relay on NATS JetStream (scenario 8, feature
+//! `nats`: `cargo bench --bench suite --features nats -- --quick --only 8`).
 //!
 //! ```sh
 //! # quick mode (under 2 minutes), then the full suite (under 15 minutes)
@@ -23,6 +24,8 @@ mod idempotency;
 mod latency;
 mod mysql;
 mod nats;
+#[cfg(feature = "nats")]
+mod nats_relay;
 mod rabbitmq;
 mod relay;
 mod report;
@@ -353,6 +356,18 @@ async fn main() -> anyhow::Result<()> {
             if wanted(7) && rabbit {
                 rabbitmq::run(pool, &rabbit_url, &params, &mut report).await?;
             }
+            #[cfg(feature = "nats")]
+            if wanted(8) && nats {
+                nats_relay::run(pool, &nats_addr, &params, &mut report).await?;
+            }
+            #[cfg(not(feature = "nats"))]
+            if wanted(8) && repeat == 1 {
+                report.skip(
+                    "scenario 8, relay → NATS JetStream",
+                    "built without the `nats` feature: cargo bench --bench suite --features nats"
+                        .into(),
+                );
+            }
         }
         if let Some(pool) = &mysql_pool {
             mysql::run(pool, &params, &mut report).await?;
@@ -416,6 +431,16 @@ fn targets(params: &Params) -> Vec<Target> {
             bound: 0.7,
         },
         Target {
+            text: format!(
+                "relay batch publish >= 0.7x raw SQL drain ({backlog} backlog, SYNC_FLUSH, 1 relay)"
+            ),
+            metric: format!(
+                "relay → broker-lite SYNC_FLUSH, batch publish, 1 relay, {backlog} backlog / raw"
+            ),
+            at_least: true,
+            bound: 0.7,
+        },
+        Target {
             text: "end-to-end p99 <= 10 ms at 1k msg/s".into(),
             metric: "1000 msg/s: p99".into(),
             at_least: false,
@@ -470,6 +495,30 @@ fn targets(params: &Params) -> Vec<Target> {
         ),
         metric: format!(
             "relay → RabbitMQ, 1 relay, {}k backlog / hand-written loop",
+            params.backlog / 1000
+        ),
+        at_least: true,
+        bound: 0.7,
+    });
+    targets.push(Target {
+        text: format!(
+            "relay batch publish → RabbitMQ >= 0.7x hand-written lapin loop ({} backlog)",
+            size_label(params.backlog)
+        ),
+        metric: format!(
+            "relay → RabbitMQ, batch publish, 1 relay, {}k backlog / hand-written loop",
+            params.backlog / 1000
+        ),
+        at_least: true,
+        bound: 0.7,
+    });
+    targets.push(Target {
+        text: format!(
+            "relay batch publish → NATS JetStream >= 0.7x hand-written async-nats loop ({} backlog)",
+            size_label(params.backlog)
+        ),
+        metric: format!(
+            "relay → NATS JetStream, batch publish, 1 relay, {}k backlog / hand-written loop",
             params.backlog / 1000
         ),
         at_least: true,

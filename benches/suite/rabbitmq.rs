@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tower::{BoxError, Layer, ServiceBuilder};
 
 use crate::Params;
-use crate::relay::{mark_published, spawn_relay};
+use crate::relay::{Counted, mark_published, spawn_batch_relay, spawn_relay};
 use crate::report::Report;
 
 pub(crate) const SCENARIO: &str = "7. RabbitMQ: relay drain and consumer throughput (quorum queues, confirms, 256-byte payloads, 1024 keys)";
@@ -49,10 +49,19 @@ pub(crate) async fn run(
 ) -> anyhow::Result<()> {
     let backlog = params.backlog;
     let size = format!("{}k", backlog / 1000);
-    let relay = relay_drain(pool, url, backlog, params).await?;
+    let relay = relay_drain(pool, url, backlog, params, false).await?;
+    let batched = relay_drain(pool, url, backlog, params, true).await?;
     let hand = hand_publish(url, DRAIN_QUEUE, backlog).await?;
     let relay_label = format!("relay → RabbitMQ, 1 relay, {size} backlog");
+    let batch_label = format!("relay → RabbitMQ, batch publish, 1 relay, {size} backlog");
     report.add(SCENARIO, &relay_label, "msg/s", relay);
+    report.add(SCENARIO, &batch_label, "msg/s", batched);
+    report.add(
+        SCENARIO,
+        &format!("{batch_label} / hand-written loop"),
+        "x",
+        batched / hand,
+    );
     report.add(
         SCENARIO,
         &format!("hand-written lapin loop, {IN_FLIGHT} confirms in flight, {size} messages"),
@@ -147,6 +156,7 @@ async fn relay_drain(
     url: &str,
     backlog: usize,
     params: &Params,
+    batch: bool,
 ) -> anyhow::Result<f64> {
     fresh_queue(url, DRAIN_QUEUE).await?;
     sqlx::query("TRUNCATE outbox.messages")
@@ -164,8 +174,21 @@ async fn relay_drain(
             .service(rabbit)
     };
     let shutdown = CancellationToken::new();
-    let (task, mut state) =
-        spawn_relay(pool, counted, "bench-relay-rabbitmq", IN_FLIGHT, &shutdown)?;
+    let (task, mut state) = if batch {
+        let publisher = Counted {
+            inner: RabbitMqPublisher::connect(url).await?,
+            stored: stored.clone(),
+        };
+        spawn_batch_relay(
+            pool,
+            publisher,
+            "bench-relay-rabbitmq",
+            IN_FLIGHT,
+            &shutdown,
+        )?
+    } else {
+        spawn_relay(pool, counted, "bench-relay-rabbitmq", IN_FLIGHT, &shutdown)?
+    };
     tokio::time::sleep(Duration::from_millis(100)).await;
     state.wait_for(|s| *s == RelayState::Idle).await?;
     sqlx::query(

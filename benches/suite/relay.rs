@@ -11,7 +11,9 @@ use broker_lite::embedded::{self, EmbeddedBroker, EmbeddedConfig};
 use broker_lite::storage::FlushMode;
 use courier::broker::protocol::{self, SendStatus};
 use courier::broker::{Producer, ProducerConfig};
-use courier::outbox::{Message, Publisher, Relay, RelayState};
+use courier::middleware::BrokerLitePublisher;
+use courier::outbox::batch::BatchFuture;
+use courier::outbox::{Message, PublishBatch, Publisher, Relay, RelayState};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use tower::{BoxError, service_fn};
@@ -32,6 +34,8 @@ pub(crate) const SCENARIO: &str = "2. Relay drain (batch 500, 256-byte payloads,
 pub(crate) enum Sink {
     Memory,
     Broker(FlushMode),
+    /// `BrokerLitePublisher` through `Relay::batch_builder`: one request per claimed batch.
+    BrokerBatch(FlushMode),
 }
 
 impl Sink {
@@ -40,6 +44,8 @@ impl Sink {
             Sink::Memory => "in-memory sink",
             Sink::Broker(FlushMode::Sync) => "broker-lite SYNC_FLUSH",
             Sink::Broker(_) => "broker-lite ASYNC_FLUSH",
+            Sink::BrokerBatch(FlushMode::Sync) => "broker-lite SYNC_FLUSH, batch publish",
+            Sink::BrokerBatch(_) => "broker-lite ASYNC_FLUSH, batch publish",
         }
     }
 }
@@ -86,6 +92,32 @@ pub(crate) fn broker_publisher(producer: Producer, stored: Arc<AtomicUsize>) -> 
             Ok(())
         }
     })
+}
+
+/// A batch publisher that counts the messages its inner publisher stored.
+#[derive(Clone)]
+pub(crate) struct Counted<P> {
+    pub(crate) inner: P,
+    pub(crate) stored: Arc<AtomicUsize>,
+}
+
+impl<P: PublishBatch> PublishBatch for Counted<P> {
+    type Response = ();
+
+    fn publish_batch(&mut self, messages: Vec<Message>) -> BatchFuture<()> {
+        let call = self.inner.publish_batch(messages);
+        let stored = self.stored.clone();
+        Box::pin(async move {
+            let outcomes: Vec<Result<(), BoxError>> =
+                call.await.into_iter().map(|o| o.map(drop)).collect();
+            stored.fetch_add(
+                outcomes.iter().filter(|o| o.is_ok()).count(),
+                Ordering::Relaxed,
+            );
+            mark_published();
+            outcomes
+        })
+    }
 }
 
 /// The base of [`LAST_PUBLISHED`].
@@ -136,11 +168,16 @@ pub(crate) async fn run(
     );
     // (sink, relays, max_in_flight); 64 is the relay's default.
     let variants: &[(Sink, usize, usize)] = if big {
-        &[(Sink::Broker(FlushMode::Sync), 1, 64)]
+        &[
+            (Sink::Broker(FlushMode::Sync), 1, 64),
+            (Sink::BrokerBatch(FlushMode::Sync), 1, 64),
+        ]
     } else {
         &[
             (Sink::Memory, 1, 64),
             (Sink::Broker(FlushMode::Sync), 1, 64),
+            (Sink::BrokerBatch(FlushMode::Sync), 1, 64),
+            (Sink::BrokerBatch(FlushMode::ASYNC_DEFAULT), 1, 64),
             (Sink::Broker(FlushMode::ASYNC_DEFAULT), 1, 64),
             (Sink::Broker(FlushMode::Sync), 2, 64),
             (Sink::Broker(FlushMode::ASYNC_DEFAULT), 2, 64),
@@ -209,7 +246,7 @@ async fn relay_drain(
     let stored = Arc::new(AtomicUsize::new(0));
     let broker = match sink {
         Sink::Memory => None,
-        Sink::Broker(flush) => Some(start_broker(flush).await?),
+        Sink::Broker(flush) | Sink::BrokerBatch(flush) => Some(start_broker(flush).await?),
     };
     let shutdown = CancellationToken::new();
     let mut tasks = Vec::new();
@@ -225,6 +262,15 @@ async fn relay_drain(
                     async { Ok::<_, BoxError>(()) }
                 });
                 spawn_relay(pool, publisher, &name, in_flight, &shutdown)?
+            }
+            Some((broker, _)) if matches!(sink, Sink::BrokerBatch(_)) => {
+                let publisher =
+                    BrokerLitePublisher::connect(broker.addr(), ProducerConfig::default()).await?;
+                let publisher = Counted {
+                    inner: publisher,
+                    stored: stored.clone(),
+                };
+                spawn_batch_relay(pool, publisher, &name, in_flight, &shutdown)?
             }
             Some((broker, _)) => {
                 let producer = Producer::connect(broker.addr(), ProducerConfig::default()).await?;
@@ -302,6 +348,24 @@ where
     P::Future: Send,
 {
     let relay = Relay::builder(pool.clone(), publisher)
+        .name(name)
+        .batch_size(BATCH)
+        .max_in_flight(in_flight)
+        .rebalance_interval(Duration::from_millis(200))
+        .build()?;
+    let state = relay.state();
+    Ok((tokio::spawn(relay.run(shutdown.clone())), state))
+}
+
+/// As [`spawn_relay`], through `Relay::batch_builder`: one publisher call per claimed batch.
+pub(crate) fn spawn_batch_relay<P: PublishBatch + Clone + Send + Sync + 'static>(
+    pool: &PgPool,
+    publisher: P,
+    name: &str,
+    in_flight: usize,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<(RelayTask, tokio::sync::watch::Receiver<RelayState>)> {
+    let relay = Relay::batch_builder(pool.clone(), publisher)
         .name(name)
         .batch_size(BATCH)
         .max_in_flight(in_flight)

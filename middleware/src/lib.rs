@@ -121,6 +121,9 @@ mod trace_context;
 #[cfg(any(feature = "postgres", feature = "sqlite", feature = "mysql"))]
 mod tx;
 
+/// The NATS client the `nats` adapters use (connect options, JetStream context).
+#[cfg(feature = "nats")]
+pub use async_nats;
 #[cfg(feature = "broker-lite")]
 pub use brokers::broker_lite::{
     BROKER_LITE_CREATED_AT, BrokerLitePublisher, BrokerLiteReceipt, BrokerLiteSource,

@@ -73,6 +73,8 @@ mod relay;
 mod store;
 mod writer;
 
+/// The batch publish contract and its helpers (`PublishBatch`, `by_key`, `NotAttempted`).
+pub use courier_core::batch;
 pub use courier_core::{Limits, Message};
 pub use error::{Error, Result, ValidationError};
 pub use failures::{FailedMessage, FailureFilter, Failures, ReplayReport};

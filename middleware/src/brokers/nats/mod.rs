@@ -95,7 +95,9 @@ pub use envelope::{
     EnvelopeError, NATS_CREATED_AT_HEADER, NATS_KEY_HEADER, NATS_MSG_ID_HEADER, NATS_TAG_HEADER,
     NATS_TOPIC_HEADER, SubjectMapping,
 };
-pub use publisher::{DEFAULT_PUB_ACK_TIMEOUT, NatsPublishError, NatsPublished, NatsPublisher};
+pub use publisher::{
+    DEFAULT_MAX_IN_FLIGHT, DEFAULT_PUB_ACK_TIMEOUT, NatsPublishError, NatsPublished, NatsPublisher,
+};
 pub use source::{
     DEFAULT_NATS_DELAYS, NATS_DEAD_LETTER_DELIVERIES_HEADER, NATS_DEAD_LETTER_GROUP_HEADER,
     NATS_DEAD_LETTER_REASON_HEADER, NATS_DEAD_LETTER_SEQUENCE_HEADER,

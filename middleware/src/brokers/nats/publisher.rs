@@ -7,6 +7,7 @@ use async_nats::connection::State;
 use async_nats::jetstream::context::{PublishError, PublishErrorKind};
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::{self, publish::PublishAck};
+use courier_core::batch::{BatchFuture, PublishBatch, by_key};
 use courier_core::{Message, Permanent, Unavailable};
 use tower::{BoxError, Service};
 
@@ -16,6 +17,14 @@ use crate::{HasSendStatus, SendStatus};
 
 /// How long the publisher waits for a stream's PubAck unless configured: 5 s.
 pub const DEFAULT_PUB_ACK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How many messages of a batch wait for their PubAck at once by default (one per key at a
+/// time; see the [`PublishBatch`] impl of [`NatsPublisher`]).
+///
+/// ```
+/// assert_eq!(courier_middleware::nats::DEFAULT_MAX_IN_FLIGHT, 256);
+/// ```
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 256;
 
 /// A `tower::Service<Message>` that publishes each envelope to JetStream and answers the stream's
 /// acknowledgement ([`NatsPublished`]): the publisher the outbox relay publishes through.
@@ -61,6 +70,7 @@ pub const DEFAULT_PUB_ACK_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct NatsPublisher {
     jetstream: jetstream::Context,
     subjects: SubjectMapping,
+    max_in_flight: usize,
 }
 
 impl NatsPublisher {
@@ -71,6 +81,7 @@ impl NatsPublisher {
         Self {
             jetstream,
             subjects: SubjectMapping::default(),
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
         }
     }
 
@@ -88,6 +99,23 @@ impl NatsPublisher {
     #[must_use]
     pub fn with_ack_timeout(mut self, timeout: Duration) -> Self {
         self.jetstream.set_timeout(timeout);
+        self
+    }
+
+    /// How many messages of a batch wait for their PubAck at once (at least 1). Default
+    /// [`DEFAULT_MAX_IN_FLIGHT`].
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), async_nats::ConnectError> {
+    /// let publisher = courier_middleware::nats::NatsPublisher::connect("nats://127.0.0.1:4222")
+    ///     .await?
+    ///     .with_max_in_flight(64);
+    /// # let _ = publisher;
+    /// # Ok(()) }
+    /// ```
+    #[must_use]
+    pub fn with_max_in_flight(mut self, n: usize) -> Self {
+        self.max_in_flight = n.max(1);
         self
     }
 
@@ -202,6 +230,40 @@ impl Service<Message> for NatsPublisher {
 }
 
 /// What a publish error says about the message.
+/// A batch is published with its PubAcks pipelined: the first message of every key (up to
+/// [`with_max_in_flight`](NatsPublisher::with_max_in_flight)) is published at once, each key's
+/// next one once the previous is acked, so a failed message never has a later message of its
+/// key stored before it. Each PubAck is checked on its own, with the same classification and
+/// `Nats-Msg-Id` deduplication as a single publish: an error or a missing ack fails only that
+/// message (a missing ack also marks the broker unavailable, which stops the batch's keys that
+/// have not started).
+///
+/// ```no_run
+/// # async fn demo(pool: sqlx::PgPool) -> Result<(), tower::BoxError> {
+/// use courier_middleware::nats::NatsPublisher;
+/// use courier_outbox::Relay;
+///
+/// let publisher = NatsPublisher::connect("nats://127.0.0.1:4222").await?;
+/// let relay = Relay::batch_builder(pool, publisher).build()?;
+/// # let _ = relay;
+/// # Ok(()) }
+/// ```
+impl PublishBatch for NatsPublisher {
+    type Response = NatsPublished;
+
+    fn publish_batch(&mut self, messages: Vec<Message>) -> BatchFuture<NatsPublished> {
+        let publisher = self.clone();
+        Box::pin(async move {
+            let publisher = &publisher;
+            by_key(messages, publisher.max_in_flight, |message| {
+                let mut publisher = publisher.clone();
+                async move { publisher.call(message).await }
+            })
+            .await
+        })
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
     /// NATS refuses this message; it can never pass.

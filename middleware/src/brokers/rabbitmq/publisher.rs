@@ -5,11 +5,15 @@
 //! comes back, and a returned message is a failure even though the broker then acks it;
 //! messages are persistent. None of it can be turned off.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use courier_core::Message;
+use courier_core::batch::{
+    BatchFuture, NotAttempted, Outcomes, PublishBatch, fail_all, key_groups,
+};
 use lapin::options::BasicPublishOptions;
 use lapin::publisher_confirm::Confirmation;
 use lapin::{BasicProperties, Channel, ConnectionProperties};
@@ -76,6 +80,8 @@ struct Shared {
     idle: Mutex<Vec<Channel>>,
     /// One permit per publish in flight, so at most that many channels.
     in_flight: Semaphore,
+    /// The semaphore's size, and the keys of a batch published at once.
+    max_in_flight: usize,
     confirm_timeout: Duration,
 }
 
@@ -101,6 +107,7 @@ impl RabbitMqPublisher {
                 connection: Reconnecting::new(uri, properties),
                 idle: Mutex::new(Vec::new()),
                 in_flight: Semaphore::new(DEFAULT_MAX_IN_FLIGHT),
+                max_in_flight: DEFAULT_MAX_IN_FLIGHT,
                 confirm_timeout: DEFAULT_CONFIRM_TIMEOUT,
             }),
         }
@@ -132,6 +139,7 @@ impl RabbitMqPublisher {
     #[must_use]
     pub fn max_in_flight(mut self, n: usize) -> Self {
         self.shared_mut().in_flight = Semaphore::new(n.max(1));
+        self.shared_mut().max_in_flight = n.max(1);
         self
     }
 
@@ -195,6 +203,28 @@ impl Shared {
             .await
             .expect("the semaphore is never closed");
         let channel = self.check_out().await?;
+        let outcome = self
+            .publish_on(&channel, route, payload, properties, id)
+            .await;
+        match &outcome {
+            Err(RabbitMqError::ConfirmTimeout { .. }) => retire(channel),
+            // The channel (or the connection under it) broke; it is not reused.
+            Err(RabbitMqError::Operation { .. }) => {}
+            _ => self.check_in(channel),
+        }
+        outcome
+    }
+
+    /// Publishes on `channel` and waits for this message's confirmation; other publishes may be
+    /// in flight on the same channel (confirms are matched by delivery tag).
+    async fn publish_on(
+        &self,
+        channel: &Channel,
+        route: Route<'_>,
+        payload: &[u8],
+        properties: BasicProperties,
+        id: Uuid,
+    ) -> Result<(), RabbitMqError> {
         let options = BasicPublishOptions {
             mandatory: true,
             ..BasicPublishOptions::default()
@@ -212,26 +242,14 @@ impl Shared {
                 .await
         })
         .await;
-        let confirmation = match confirmed {
-            Ok(Ok(confirmation)) => confirmation,
-            Ok(Err(source)) => {
-                // The channel (or the connection under it) broke; it is not reused.
-                return Err(RabbitMqError::operation("publish")(source));
-            }
-            Err(_) => {
-                // A late confirmation would belong to nobody: retire the channel.
-                tokio::spawn(async move {
-                    let _ = channel.close(200, "confirm timed out").await;
-                });
-                return Err(RabbitMqError::ConfirmTimeout {
-                    message_id: id,
-                    after: self.confirm_timeout,
-                });
-            }
-        };
-        let outcome = judge(confirmation, id, &route);
-        self.check_in(channel);
-        outcome
+        match confirmed {
+            Ok(Ok(confirmation)) => judge(confirmation, id, &route),
+            Ok(Err(source)) => Err(RabbitMqError::operation("publish")(source)),
+            Err(_) => Err(RabbitMqError::ConfirmTimeout {
+                message_id: id,
+                after: self.confirm_timeout,
+            }),
+        }
     }
 
     /// An idle channel that is still open, or a new one.
@@ -251,6 +269,212 @@ impl Shared {
             self.idle.lock().expect("never poisoned").push(channel);
         }
     }
+}
+
+/// A late confirmation would belong to nobody: the channel is closed, not reused.
+fn retire(channel: Channel) {
+    tokio::spawn(async move {
+        let _ = channel.close(200, "confirm timed out").await;
+    });
+}
+
+/// A batch goes out on one channel with its confirms pipelined, in waves: the first message of
+/// every key (up to the publisher's `max_in_flight` at once), then, once all of a wave is
+/// confirmed, each key's next message, so a nacked or returned message never has a later
+/// message of its key queued before it. Each confirmation is checked on its own: a nack, a
+/// missing confirmation, or a return of an unroutable message (`mandatory`) fails only that
+/// message. Returns are matched to their message by its `message_id` (the outbox id), not by
+/// the confirmation lapin hands them to, which under a multiple ack can be another message's.
+///
+/// A publish to an exchange that does not exist closes the channel, so the other messages in
+/// flight on it fail too (retryable), unlike single sends, which each have their own channel.
+///
+/// ```no_run
+/// # async fn demo(pool: sqlx::PgPool) -> Result<(), tower::BoxError> {
+/// use courier_middleware::RabbitMqPublisher;
+/// use courier_outbox::Relay;
+///
+/// let publisher = RabbitMqPublisher::connect("amqp://guest:guest@127.0.0.1:5672/%2f").await?;
+/// let relay = Relay::batch_builder(pool, publisher).build()?;
+/// # let _ = relay;
+/// # Ok(()) }
+/// ```
+impl PublishBatch for RabbitMqPublisher {
+    type Response = ();
+
+    fn publish_batch(&mut self, messages: Vec<Message>) -> BatchFuture<()> {
+        let shared = self.shared.clone();
+        Box::pin(async move {
+            let channel = match shared.check_out().await {
+                Ok(channel) => channel,
+                Err(error) => return fail_all(error.into_publish_error(), messages.len()),
+            };
+            let (outcomes, fate) = shared.publish_waves(&channel, &messages).await;
+            match fate {
+                Fate::Reuse => shared.check_in(channel),
+                Fate::Retire => retire(channel),
+                Fate::Broken => {}
+            }
+            outcomes
+        })
+    }
+}
+
+/// What becomes of a batch's channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Fate {
+    Reuse,
+    /// A confirmation is missing; a late one would belong to nobody.
+    Retire,
+    /// The channel broke.
+    Broken,
+}
+
+impl Shared {
+    async fn publish_waves(&self, channel: &Channel, messages: &[Message]) -> (Outcomes<()>, Fate) {
+        let groups = key_groups(messages);
+        let mut outcomes: Vec<Option<Result<(), BoxError>>> =
+            messages.iter().map(|_| None).collect();
+        // (group, position of its next message)
+        let mut active: Vec<(usize, usize)> = (0..groups.len()).map(|g| (g, 0)).collect();
+        let mut fate = Fate::Reuse;
+        let mut unreachable = false;
+        while !active.is_empty() {
+            let wave: Vec<usize> = active.iter().map(|&(g, p)| groups[g][p]).collect();
+            let mut confirmations = Vec::with_capacity(wave.len());
+            for chunk in wave.chunks(self.max_in_flight) {
+                if unreachable {
+                    break;
+                }
+                let answered = futures::future::join_all(
+                    chunk.iter().map(|&i| self.confirm(channel, &messages[i])),
+                )
+                .await;
+                let returned = returned_ids(&answered);
+                for (&index, answer) in chunk.iter().zip(answered) {
+                    let outcome = self.judge_in_wave(&messages[index], answer, &returned);
+                    if let Err(error) = &outcome {
+                        fate = fate.max(match error {
+                            RabbitMqError::ConfirmTimeout { .. } => Fate::Retire,
+                            RabbitMqError::Operation { .. } => Fate::Broken,
+                            _ => Fate::Reuse,
+                        });
+                        unreachable |= error.is_unreachable();
+                    }
+                    confirmations.push((index, outcome));
+                }
+            }
+            let mut next = Vec::with_capacity(active.len());
+            for (&(group, position), &index) in active.iter().zip(&wave) {
+                let Some(slot) = confirmations.iter().position(|(i, _)| *i == index) else {
+                    // Not sent: a publish of this wave found the broker unreachable.
+                    for &i in &groups[group][position..] {
+                        outcomes[i] = Some(Err(NotAttempted::broker_unavailable().into()));
+                    }
+                    continue;
+                };
+                let (_, outcome) = confirmations.swap_remove(slot);
+                let failed = outcome.is_err();
+                outcomes[index] = Some(outcome.map_err(RabbitMqError::into_publish_error));
+                if failed {
+                    let key = messages[index].key.as_deref();
+                    for &i in &groups[group][position + 1..] {
+                        outcomes[i] = Some(Err(NotAttempted::after_failure(key).into()));
+                    }
+                } else if position + 1 < groups[group].len() {
+                    next.push((group, position + 1));
+                }
+            }
+            active = next;
+        }
+        let outcomes = outcomes
+            .into_iter()
+            .map(|outcome| outcome.expect("every message has an outcome"))
+            .collect();
+        (outcomes, fate)
+    }
+
+    /// Publishes `message` on `channel` and waits for its confirmation, as it came.
+    async fn confirm(
+        &self,
+        channel: &Channel,
+        message: &Message,
+    ) -> Result<Confirmation, RabbitMqError> {
+        let options = BasicPublishOptions {
+            mandatory: true,
+            ..BasicPublishOptions::default()
+        };
+        let confirmed = tokio::time::timeout(self.confirm_timeout, async {
+            channel
+                .basic_publish(
+                    &message.topic,
+                    envelope::routing_key(message),
+                    options,
+                    &message.payload,
+                    envelope::properties(message),
+                )
+                .await?
+                .await
+        })
+        .await;
+        match confirmed {
+            Ok(Ok(confirmation)) => Ok(confirmation),
+            Ok(Err(source)) => Err(RabbitMqError::operation("publish")(source)),
+            Err(_) => Err(RabbitMqError::ConfirmTimeout {
+                message_id: message.id,
+                after: self.confirm_timeout,
+            }),
+        }
+    }
+
+    /// A message's outcome from its confirmation and the returns of its wave (by message id).
+    fn judge_in_wave(
+        &self,
+        message: &Message,
+        answer: Result<Confirmation, RabbitMqError>,
+        returned: &HashMap<String, (u16, String)>,
+    ) -> Result<(), RabbitMqError> {
+        let confirmation = answer?;
+        if let Some((reply_code, reply_text)) = returned.get(&message.id.to_string()) {
+            return Err(RabbitMqError::Unroutable {
+                message_id: message.id,
+                exchange: message.topic.clone(),
+                routing_key: envelope::routing_key(message).to_owned(),
+                reply_code: *reply_code,
+                reply_text: reply_text.clone(),
+            });
+        }
+        match confirmation {
+            Confirmation::Ack(_) => Ok(()),
+            Confirmation::Nack(_) | Confirmation::NotRequested => Err(RabbitMqError::Nacked {
+                message_id: message.id,
+            }),
+        }
+    }
+}
+
+/// The message ids of the returned messages the confirmations of a wave carry.
+fn returned_ids(
+    answered: &[Result<Confirmation, RabbitMqError>],
+) -> HashMap<String, (u16, String)> {
+    let mut ids = HashMap::new();
+    for answer in answered {
+        if let Ok(Confirmation::Ack(Some(returned)) | Confirmation::Nack(Some(returned))) = answer {
+            match returned.properties.message_id() {
+                Some(id) => {
+                    ids.insert(
+                        id.as_str().to_owned(),
+                        (returned.reply_code, returned.reply_text.as_str().to_owned()),
+                    );
+                }
+                None => tracing::warn!(
+                    exchange = %returned.exchange,
+                    "RabbitMQ returned a message without a message id; it cannot be matched to a publish"
+                ),
+            }
+        }
+    }
+    ids
 }
 
 /// `Ok` for a plain ack of this publish; an error for a nack or a returned message.
