@@ -10,7 +10,7 @@
 //!
 //! The markers keep their meaning per message: an outcome carrying
 //! [`Permanent`](crate::Permanent) fails that message for good, one carrying
-//! [`Unavailable`](crate::Unavailable) says the broker cannot be reached.
+//! [`Unavailable`] says the broker cannot be reached.
 
 use std::collections::HashMap;
 use std::fmt;

@@ -186,7 +186,9 @@ mod tests {
 
     /// A batch publisher that sends every message and answers what `answer` says for each.
     #[derive(Clone)]
-    struct Scripted(Arc<dyn Fn(&Message) -> Result<(), BoxError> + Send + Sync>);
+    struct Scripted(Arc<Answer>);
+
+    type Answer = dyn Fn(&Message) -> Result<(), BoxError> + Send + Sync;
 
     impl crate::PublishBatch for Scripted {
         type Response = ();
