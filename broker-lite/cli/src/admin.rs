@@ -271,7 +271,7 @@ fn retention(ms: u64) -> String {
 }
 
 /// `2026-11-30 08:00:00.123 UTC` for milliseconds since the Unix epoch.
-fn timestamp(ms: u64) -> String {
+pub(crate) fn timestamp(ms: u64) -> String {
     i64::try_from(ms)
         .ok()
         .and_then(chrono::DateTime::from_timestamp_millis)
