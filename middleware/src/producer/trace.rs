@@ -10,11 +10,18 @@ use tower::{BoxError, Layer, Service};
 use tracing::Instrument;
 use tracing::instrument::Instrumented;
 
+use courier_core::trace_context;
+
+#[cfg(test)]
 use crate::{TRACEPARENT, TraceParent};
 
 /// Runs each send in a `courier.publish` span (message id, topic, key, attempts, trace id) and
-/// injects the trace context: a message that carries a `traceparent` gets a child of it (same
-/// trace, new span id: this hop), one without gets a new trace. Logs the result of every send.
+/// writes the span's W3C trace context into the message's `traceparent` with OpenTelemetry's
+/// propagator ([`courier_core::trace_context`]), so the consumer's span becomes its child. The
+/// span's parent is the current span when it is traced (the relay's `outbox.publish`), else the
+/// message's own `traceparent`. Without an OpenTelemetry layer the message still leaves with a
+/// `traceparent`: a child of the one it carried (same trace, new span id), or a new trace. Logs
+/// the result of every send.
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")] async fn main() {
@@ -70,26 +77,27 @@ where
     }
 
     fn call(&mut self, mut message: Message) -> Self::Future {
-        let context = match message
-            .headers
-            .get(TRACEPARENT)
-            .and_then(|v| TraceParent::parse(v))
-        {
-            Some(parent) => parent.child(),
-            None => TraceParent::new_root(),
-        };
-        message
-            .headers
-            .insert(TRACEPARENT.to_owned(), context.to_string());
         let span = tracing::info_span!(
             "courier.publish",
             message.id = %message.id,
             topic = %message.topic,
             key = message.key.as_deref(),
             attempts = message.attempts,
-            trace_id = context.trace_id(),
-            span_id = context.span_id(),
+            trace_id = tracing::field::Empty,
+            span_id = tracing::field::Empty,
         );
+        // The parent is the span this send runs in (the relay's publish, a handler) when that
+        // one is traced, else the trace the message came with.
+        if !trace_context::is_traced(&tracing::Span::current()) {
+            trace_context::adopt(&span, &message.headers);
+        }
+        if !trace_context::stamp(&span, &mut message.headers) {
+            trace_context::hop(&mut message.headers);
+        }
+        if let Some(sent) = trace_context::span_context(&message.headers) {
+            span.record("trace_id", sent.trace_id().to_string());
+            span.record("span_id", sent.span_id().to_string());
+        }
         let future = span.in_scope(|| self.inner.call(message));
         ResponseFuture {
             inner: future.instrument(span),

@@ -111,10 +111,14 @@ async fn publish_group<P: Publisher>(
             message.key = message.key.as_deref(),
             attempt,
         );
+        // Continues the trace the row was enqueued in; the broker's message is this span's child.
+        let mut outgoing = message.clone();
+        courier_core::trace_context::adopt(&span, &message.headers);
+        courier_core::trace_context::stamp(&span, &mut outgoing.headers);
         let started = Instant::now();
         let result = async {
             let ready = publisher.ready().await.map_err(Into::into)?;
-            match tokio::time::timeout(policy.timeout, ready.call(message.clone())).await {
+            match tokio::time::timeout(policy.timeout, ready.call(outgoing)).await {
                 Ok(result) => result.map(drop).map_err(Into::into),
                 Err(_) => Err(BoxError::from(format!(
                     "publish timed out after {:?}",
