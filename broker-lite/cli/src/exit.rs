@@ -12,7 +12,7 @@ use std::fmt;
 /// | 2 | invalid input: bad flags, unknown topic, message too large, unreadable file |
 /// | 3 | stored but not as durable as configured (a status other than `SEND_OK`) |
 ///
-/// ```ignore
+/// ```text
 /// return Err(Exit::input("unknown topic \"ordrs\"").into());
 /// ```
 #[derive(Debug)]

@@ -23,6 +23,27 @@ pub(crate) struct Config {
     pub(crate) broker: BrokerSettings,
     pub(crate) relay: RelaySettings,
     pub(crate) http: HttpSettings,
+    pub(crate) telemetry: TelemetrySettings,
+}
+
+/// OpenTelemetry export of the relay's spans (`outbox.publish`, continuing each row's
+/// `traceparent`). Off unless an endpoint is given.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct TelemetrySettings {
+    /// An OTLP/gRPC collector, e.g. `http://127.0.0.1:4317`; `None` exports nothing.
+    pub(crate) otlp_endpoint: Option<String>,
+    /// The `service.name` of the exported spans.
+    pub(crate) service_name: String,
+}
+
+impl Default for TelemetrySettings {
+    fn default() -> Self {
+        Self {
+            otlp_endpoint: None,
+            service_name: "outbox-relay".to_owned(),
+        }
+    }
 }
 
 /// Where messages go.
@@ -314,6 +335,23 @@ mod tests {
     #[test]
     fn the_defaults_are_valid() {
         Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn spans_are_exported_only_when_an_endpoint_is_configured() {
+        let default = Config::default().telemetry;
+        assert_eq!(default.otlp_endpoint, None);
+        assert_eq!(default.service_name, "outbox-relay");
+        let config: Config = toml::from_str(
+            "[telemetry]\notlp_endpoint = \"http://collector:4317\"\nservice_name = \"payments-relay\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            config.telemetry.otlp_endpoint.as_deref(),
+            Some("http://collector:4317")
+        );
+        assert_eq!(config.telemetry.service_name, "payments-relay");
+        assert!(toml::from_str::<Config>("[telemetry]\nendpoint = \"x\"\n").is_err());
     }
 
     #[test]

@@ -23,6 +23,7 @@ mod nats_check;
 mod publisher;
 mod rabbitmq_check;
 mod run;
+mod telemetry;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -53,6 +54,13 @@ struct Cli {
     /// Address for /healthz, /readyz and /metrics, or "off" (overrides `http.listen`).
     #[arg(long, env = "OUTBOX_RELAY_HTTP")]
     http_listen: Option<String>,
+    /// Export spans to this OTLP/gRPC collector, e.g. `http://127.0.0.1:4317` (overrides
+    /// `telemetry.otlp_endpoint`; default: no export).
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
+    /// The `service.name` of exported spans (overrides `telemetry.service_name`).
+    #[arg(long, env = "OTEL_SERVICE_NAME")]
+    otel_service_name: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -75,14 +83,6 @@ enum Command {
 const DEFAULT_LOG_FILTER: &str = "info,sqlx::postgres::notice=warn";
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| DEFAULT_LOG_FILTER.into()),
-        )
-        .with_ansi(colours_wanted())
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
     let config = match settings(&cli) {
         Ok(config) => config,
@@ -98,7 +98,19 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(execute(cli.command, config)) {
+    // The OTLP/gRPC exporter is built inside the runtime it sends with.
+    let telemetry = match runtime.block_on(async {
+        telemetry::init(&config.telemetry, DEFAULT_LOG_FILTER, colours_wanted())
+    }) {
+        Ok(telemetry) => telemetry,
+        Err(error) => {
+            eprintln!("error: {}", report(&error));
+            return ExitCode::from(2);
+        }
+    };
+    let result = runtime.block_on(execute(cli.command, config));
+    telemetry.shutdown(&runtime);
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {}", report(&error));
@@ -154,6 +166,12 @@ fn settings(cli: &Cli) -> anyhow::Result<Config> {
     }
     if let Some(listen) = &cli.http_listen {
         config.http.listen = listen.clone();
+    }
+    if let Some(endpoint) = &cli.otlp_endpoint {
+        config.telemetry.otlp_endpoint = Some(endpoint.clone()).filter(|e| !e.is_empty());
+    }
+    if let Some(name) = &cli.otel_service_name {
+        config.telemetry.service_name = name.clone();
     }
     config.validate()?;
     Ok(config)
