@@ -78,6 +78,14 @@ async fn notify_wakes_an_idle_relay_long_before_its_poll(pool: PgPool) {
     assert_eq!(recorder.accepted_ids(), vec![id]);
 }
 
+/// `expression` over the `pg_stat_activity` row of this database's connection named `name`.
+fn activity(name: &str, expression: &str) -> String {
+    format!(
+        "(SELECT {expression} FROM pg_stat_activity \
+         WHERE datname = current_database() AND application_name = '{name}')"
+    )
+}
+
 // A busy relay has withdrawn its idle mark, so the trigger sends no NOTIFY: a writer in the
 // relay's process wakes it through the in-process signal, at insert time (before the commit),
 // and the relay keeps looking until the commit lands.
@@ -87,9 +95,8 @@ async fn a_writer_in_the_relays_process_wakes_a_busy_relay_before_it_commits(poo
     enqueue(&pool, std::slice::from_ref(&first)).await;
     let recorder = Recorder::default();
     // Busy for an hour, busy polls an hour apart: only a wake-up explains a second publish.
-    let mut running = Running::start(
-        wake_only_relay(&pool, &recorder, "busy").linger(Duration::from_secs(3600)),
-    );
+    let mut running =
+        Running::start(wake_only_relay(&pool, &recorder, "busy").linger(Duration::from_secs(3600)));
     recorder.wait_for_accepted(1).await;
     running.wait_for_state(RelayState::Idle).await;
     let marks: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox.idle_relays")
@@ -98,15 +105,43 @@ async fn a_writer_in_the_relays_process_wakes_a_busy_relay_before_it_commits(poo
         .unwrap();
     assert_eq!(marks, 0, "a busy relay must not ask for NOTIFY");
 
-    running.state.mark_unchanged();
+    // The listener wakes the relay once it is connected; let that wake-up pass first.
+    let relay_query = activity("busy", "query_start");
+    let listened = activity("busy-listener", "state_change");
+    let listener_up = activity("busy-listener", "state = 'idle' AND query LIKE 'LISTEN%'");
+    eventually(
+        &pool,
+        "the listener is up",
+        &format!("SELECT coalesce({listener_up}, false)"),
+    )
+    .await;
+    let after_listener = format!("SELECT coalesce({relay_query} > {listened}, false)");
+    eventually(
+        &pool,
+        "the relay looked after the listener's wake-up",
+        &after_listener,
+    )
+    .await;
+    // The follow-up looks after that wake-up end within about 130 ms.
+    let quiet = format!("SELECT {relay_query} < clock_timestamp() - interval '500 ms'");
+    eventually(&pool, "the relay's follow-up looks to end", &quiet).await;
+
+    let before: chrono::DateTime<chrono::Utc> = sqlx::query_scalar("SELECT clock_timestamp()")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
     let second = Message::new("t", "wakes it");
     let mut tx = pool.begin().await.unwrap();
     Outbox::new().enqueue(&mut *tx, &second).await.unwrap();
-    // The relay looks once before the commit (and finds nothing yet).
-    tokio::time::timeout(common::PATIENCE, running.state.changed())
-        .await
-        .expect("the insert did not wake the busy relay")
-        .unwrap();
+    // The relay looks before the commit (and finds nothing yet): only the insert explains it.
+    common::eventually("the insert woke the busy relay", async || {
+        sqlx::query_scalar::<_, bool>(&format!("SELECT coalesce({relay_query} > $1, false)"))
+            .bind(before)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+    })
+    .await;
     tx.commit().await.unwrap();
     recorder.wait_for_accepted(2).await;
     running.stop().await;

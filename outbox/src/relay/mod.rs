@@ -224,12 +224,15 @@ impl<DB: Store, P: Publisher> RelayBuilder<DB, P> {
 /// transactions that inserted before the registration (so sent no NOTIFY) and commit after it.
 const SETTLE_POLLS: [u32; 4] = [2, 10, 50, 200];
 
-/// The first pause between looks after a wake-up; each further one doubles, up to the busy poll
-/// interval. An in-process wake-up comes when the writer inserts, before its transaction commits:
-/// the first look usually comes too early, and waiting the whole busy poll interval for the next
-/// would be most of the commit-to-publish latency. Doubling keeps the extra looks few (a handful
-/// per wake-up) and still catches a transaction that stays open longer.
+/// The first pause between looks after a wake-up; each further one doubles, while shorter than
+/// the busy poll interval and [`LAST_FOLLOW_UP`]. An in-process wake-up comes when the writer
+/// inserts, before its transaction commits: the first look usually comes too early, and waiting the
+/// whole busy poll interval for the next would be most of the commit-to-publish latency. Doubling
+/// keeps the extra looks few (at most eight per wake-up); a transaction that stays open longer is
+/// caught by the busy poll.
 const FIRST_FOLLOW_UP: Duration = Duration::from_micros(500);
+/// The longest pause between follow-up looks.
+const LAST_FOLLOW_UP: Duration = Duration::from_millis(64);
 
 /// Why a session on one connection ended.
 enum SessionEnd {
@@ -426,7 +429,9 @@ impl<DB: Store, P: Publisher> Relay<DB, P> {
                 .min(next_maintenance);
             if busy {
                 let step = follow_up.take().map_or(config.busy_poll_interval, |step| {
-                    follow_up = Some(step * 2).filter(|next| *next < config.busy_poll_interval);
+                    follow_up = Some(step * 2).filter(|next| {
+                        *next < config.busy_poll_interval && *next <= LAST_FOLLOW_UP
+                    });
                     step.min(config.busy_poll_interval)
                 });
                 deadline = deadline.min(now + step);

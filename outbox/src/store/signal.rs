@@ -34,7 +34,11 @@ impl Signal {
     }
 
     /// Spawns the task that notifies `wake` on every insert in this process until `stop`.
-    pub(crate) fn spawn(&'static self, wake: Arc<Notify>, stop: CancellationToken) -> JoinHandle<()> {
+    pub(crate) fn spawn(
+        &'static self,
+        wake: Arc<Notify>,
+        stop: CancellationToken,
+    ) -> JoinHandle<()> {
         let mut inserts = self.0.subscribe();
         tokio::spawn(async move {
             stop.run_until_cancelled(async move {
