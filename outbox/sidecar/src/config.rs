@@ -23,6 +23,7 @@ pub(crate) struct Config {
     pub(crate) broker: BrokerSettings,
     pub(crate) relay: RelaySettings,
     pub(crate) http: HttpSettings,
+    pub(crate) topology: crate::topology::TopologySettings,
 }
 
 /// Where messages go.

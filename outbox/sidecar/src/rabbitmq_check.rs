@@ -124,7 +124,7 @@ pub(crate) fn warnings(config: &Config, findings: &[AuditFinding]) -> Vec<String
 }
 
 /// `amqp://user:password@host/vhost` as `amqp://host/vhost`.
-fn redacted(uri: &str) -> String {
+pub(crate) fn redacted(uri: &str) -> String {
     match uri.split_once("://") {
         Some((scheme, rest)) => {
             format!(

@@ -189,6 +189,34 @@ impl StreamSpec {
         Ok((info, Provisioned::Created))
     }
 
+    /// Checks the stream on the server against this specification, changing nothing: `None`
+    /// when it does not exist, its information when it is at least as durable as specified.
+    ///
+    /// ```no_run
+    /// # async fn demo(jetstream: async_nats::jetstream::Context) -> Result<(), tower::BoxError> {
+    /// use courier_middleware::nats::StreamSpec;
+    ///
+    /// match StreamSpec::for_topic("orders").verify(&jetstream).await? {
+    ///     Some(info) => println!("{} as specified", info.config.name),
+    ///     None => println!("missing"),
+    /// }
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`ensure`](Self::ensure): [`TopologyError::Contradicts`] names the field that differs.
+    pub async fn verify(
+        &self,
+        jetstream: &jetstream::Context,
+    ) -> Result<Option<stream::Info>, TopologyError> {
+        let existing = self.existing(jetstream).await?;
+        if let Some(info) = &existing {
+            self.check(&info.config)?;
+        }
+        Ok(existing)
+    }
+
     /// The stream as the server has it, `None` when it does not exist.
     async fn existing(
         &self,

@@ -127,16 +127,37 @@ impl QueueSpec {
     }
 
     fn table(&self) -> FieldTable {
+        let mut table = self.type_table();
+        for (name, value) in &self.arguments {
+            table.insert(name.as_str().into(), value.to_amqp());
+        }
+        table
+    }
+
+    /// Only `x-queue-type`.
+    fn type_table(&self) -> FieldTable {
         let mut table = FieldTable::default();
         let kind = match self.queue_type {
             QueueType::Quorum => "quorum",
             QueueType::Classic => "classic",
         };
         table.insert("x-queue-type".into(), AMQPValue::LongString(kind.into()));
-        for (name, value) in &self.arguments {
-            table.insert(name.as_str().into(), value.to_amqp());
-        }
         table
+    }
+
+    /// The broker's PRECONDITION_FAILED text when the existing queue has another type: a
+    /// declaration with the type alone.
+    async fn type_conflict(&self, connection: &Connection) -> Result<Option<String>, RabbitMqError> {
+        let options = QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        let declared = channel(connection)
+            .await?
+            .queue_declare(&self.name, options, self.type_table())
+            .await;
+        let text = declared.err().as_ref().and_then(precondition_failed);
+        Ok(text.filter(|t| inequivalent_argument(t) == Some("x-queue-type")))
     }
 
     /// What this spec declares for `argument`, for the conflict message.
@@ -466,13 +487,22 @@ impl Item<'_> {
                 false => (AuditFinding::Created { kind, name }, None),
             });
         };
-        let Some(reply_text) = precondition_failed(&error) else {
+        let Some(mut reply_text) = precondition_failed(&error) else {
             let operation = match self {
                 Self::Exchange(_) => "declaring an exchange",
                 Self::Queue(_) => "declaring a queue",
             };
             return Err(RabbitMqError::operation(operation)(error));
         };
+        // RabbitMQ names the first argument it compares, often a dead-letter setting; whether
+        // the queue is of another type (a classic queue: one copy) matters most, so ask that too.
+        if let Self::Queue(queue) = self {
+            if inequivalent_argument(&reply_text) != Some("x-queue-type") {
+                if let Some(text) = queue.type_conflict(connection).await? {
+                    reply_text = text;
+                }
+            }
+        }
         let (argument, expected) = match self {
             Self::Exchange(_) => (
                 inequivalent_argument(&reply_text).unwrap_or("type or durability"),
