@@ -27,8 +27,12 @@ async fn main() {
 }
 
 /// The broker of `--broker ADDRESS` / `--broker=ADDRESS`, else of `COURIER_BROKER`, else none.
-fn broker_argument(mut args: impl Iterator<Item = String>) -> Result<Option<BrokerAddress>, String> {
-    let mut address = std::env::var("COURIER_BROKER").ok().filter(|a| !a.is_empty());
+fn broker_argument(
+    mut args: impl Iterator<Item = String>,
+) -> Result<Option<BrokerAddress>, String> {
+    let mut address = std::env::var("COURIER_BROKER")
+        .ok()
+        .filter(|a| !a.is_empty());
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--broker" => address = Some(args.next().ok_or("--broker needs an address")?),
@@ -43,6 +47,9 @@ fn broker_argument(mut args: impl Iterator<Item = String>) -> Result<Option<Brok
         }
     }
     address
-        .map(|a| a.parse().map_err(|e: courier::middleware::BrokerAddressError| e.to_string()))
+        .map(|a| {
+            a.parse()
+                .map_err(|e: courier::middleware::BrokerAddressError| e.to_string())
+        })
         .transpose()
 }

@@ -299,5 +299,8 @@ fn run_id() -> String {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());
-    format!("{:x}", (nanos as u64) ^ (u64::from(std::process::id()) << 40))
+    format!(
+        "{:x}",
+        (nanos as u64) ^ (u64::from(std::process::id()) << 40)
+    )
 }

@@ -179,7 +179,10 @@ impl Subscription {
     /// broker's `&BrokerConfig` converts), so the source picks the right delay levels.
     #[cfg(feature = "broker-lite")]
     #[must_use]
-    pub fn broker_lite_redelivery(mut self, schedule: impl Into<broker_lite_client::Redelivery>) -> Self {
+    pub fn broker_lite_redelivery(
+        mut self,
+        schedule: impl Into<broker_lite_client::Redelivery>,
+    ) -> Self {
         self.broker_lite_redelivery = Some(schedule.into());
         self
     }
@@ -260,7 +263,9 @@ impl BrokerAddress {
                 let publisher = crate::BrokerLitePublisher::connect(address.as_str(), config)
                     .await
                     .map_err(|e| self.unreachable(e))?;
-                Ok(BoxCloneSyncService::new(publisher.map_response(move |_| stored)))
+                Ok(BoxCloneSyncService::new(
+                    publisher.map_response(move |_| stored),
+                ))
             }
             #[cfg(feature = "nats")]
             Self::Nats(url) => {
@@ -276,7 +281,9 @@ impl BrokerAddress {
             #[cfg(feature = "rabbitmq")]
             Self::RabbitMq(url) => {
                 let publisher = crate::RabbitMqPublisher::connect(url.as_str()).await?;
-                Ok(BoxCloneSyncService::new(publisher.map_response(move |()| stored)))
+                Ok(BoxCloneSyncService::new(
+                    publisher.map_response(move |()| stored),
+                ))
             }
             #[allow(unreachable_patterns)]
             _ => Err(self.not_built()),
@@ -378,7 +385,8 @@ impl BrokerAddress {
                 let Some(stream) = config.dead_letter_stream() else {
                     return Ok(0);
                 };
-                let jetstream = async_nats::jetstream::new(async_nats::connect(url.as_str()).await?);
+                let jetstream =
+                    async_nats::jetstream::new(async_nats::connect(url.as_str()).await?);
                 let Ok(stream) = jetstream.get_stream(stream).await else {
                     return Ok(0);
                 };
@@ -444,10 +452,14 @@ impl BrokerAddress {
             Self::BrokerLite(_) => Ok(Vec::new()),
             #[cfg(feature = "nats")]
             Self::Nats(url) => {
-                let jetstream = async_nats::jetstream::new(async_nats::connect(url.as_str()).await?);
+                let jetstream =
+                    async_nats::jetstream::new(async_nats::connect(url.as_str()).await?);
                 let config = subscription.nats_config();
                 let mut deleted = Vec::new();
-                for stream in [Some(config.stream()), config.dead_letter_stream()].into_iter().flatten() {
+                for stream in [Some(config.stream()), config.dead_letter_stream()]
+                    .into_iter()
+                    .flatten()
+                {
                     if jetstream.get_stream(stream).await.is_ok() {
                         jetstream.delete_stream(stream).await?;
                         deleted.push(format!("stream {stream}"));
@@ -463,11 +475,15 @@ impl BrokerAddress {
                 let topology = subscription.rabbitmq_config().topology();
                 let mut deleted = Vec::new();
                 for queue in topology.queues() {
-                    channel.queue_delete(queue.name(), Default::default()).await?;
+                    channel
+                        .queue_delete(queue.name(), Default::default())
+                        .await?;
                     deleted.push(format!("queue {}", queue.name()));
                 }
                 for exchange in topology.exchanges() {
-                    channel.exchange_delete(exchange, Default::default()).await?;
+                    channel
+                        .exchange_delete(exchange, Default::default())
+                        .await?;
                     deleted.push(format!("exchange {exchange}"));
                 }
                 let _ = connection.close(200, "removed").await;

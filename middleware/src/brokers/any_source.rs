@@ -21,6 +21,8 @@ use crate::source::{ConsumeModel, DeliverySource, NackOutcome, Pulled};
 /// assert!(matches!(source, AnySource::BrokerLite(_)));
 /// # Ok(()) }
 /// ```
+// One per consumer, built once and never moved in a hot path: boxing would only add a pointer hop.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum AnySource {

@@ -182,7 +182,10 @@ mod tests {
         ];
         let warnings = warnings(&config, &findings);
         assert_eq!(warnings.len(), 4, "{warnings:#?}");
-        assert!(warnings[3].contains("no consumer queue audited"), "{warnings:#?}");
+        assert!(
+            warnings[3].contains("no consumer queue audited"),
+            "{warnings:#?}"
+        );
         assert!(warnings[0].contains("no exchange for critical topic"));
         assert!(warnings[1].contains("not a quorum queue"));
         assert!(warnings[2].contains("not durable"));

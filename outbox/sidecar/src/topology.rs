@@ -70,7 +70,9 @@ fn group_and_topic(value: &str) -> Result<(String, String), String> {
         Some((group, topic)) if !group.is_empty() && !topic.is_empty() => {
             Ok((group.to_owned(), topic.to_owned()))
         }
-        _ => Err(format!("{value:?} is not GROUP=TOPIC, e.g. payment-service=ORDER_CREATED")),
+        _ => Err(format!(
+            "{value:?} is not GROUP=TOPIC, e.g. payment-service=ORDER_CREATED"
+        )),
     }
 }
 
@@ -188,7 +190,11 @@ fn describe(spec: &StreamSpec) -> String {
     )
 }
 
-async fn nats(config: &Config, settings: &TopologySettings, apply: bool) -> anyhow::Result<Outcome> {
+async fn nats(
+    config: &Config,
+    settings: &TopologySettings,
+    apply: bool,
+) -> anyhow::Result<Outcome> {
     let publisher = publisher::nats(config).await?;
     let jetstream = publisher.jetstream();
     let mut outcome = Outcome::default();
@@ -218,7 +224,10 @@ async fn nats(config: &Config, settings: &TopologySettings, apply: bool) -> anyh
             }
             Ok(None) => {
                 outcome.missing += 1;
-                println!("stream {name}: missing (apply creates it: {})", describe(&spec));
+                println!(
+                    "stream {name}: missing (apply creates it: {})",
+                    describe(&spec)
+                );
             }
             Err(error @ TopologyError::Contradicts { .. }) => {
                 outcome.contradictions += 1;
@@ -246,7 +255,9 @@ fn rabbitmq_topologies(settings: &TopologySettings) -> Vec<RabbitMqTopology> {
     for (group, topics) in &settings.groups {
         let config = topics
             .iter()
-            .fold(RabbitMqSourceConfig::new(group), |c, topic| c.bind(topic, "#"));
+            .fold(RabbitMqSourceConfig::new(group), |c, topic| {
+                c.bind(topic, "#")
+            });
         all.push(config.topology());
     }
     all
@@ -338,7 +349,11 @@ mod tests {
         let names: Vec<&str> = streams.iter().map(StreamSpec::name).collect();
         assert_eq!(
             names,
-            ["ORDER_CREATED", "ORDER_CREATED_DEAD_LETTERS", "PAYMENT_DONE"]
+            [
+                "ORDER_CREATED",
+                "ORDER_CREATED_DEAD_LETTERS",
+                "PAYMENT_DONE"
+            ]
         );
         let window = streams[0].config().duplicate_window;
         assert!(window >= config.retry_horizon(), "{window:?}");
@@ -347,6 +362,10 @@ mod tests {
             group_and_topic("billing=orders").unwrap(),
             ("billing".into(), "orders".into())
         );
-        assert!(group_and_topic("billing").unwrap_err().contains("GROUP=TOPIC"));
+        assert!(
+            group_and_topic("billing")
+                .unwrap_err()
+                .contains("GROUP=TOPIC")
+        );
     }
 }

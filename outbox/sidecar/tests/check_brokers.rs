@@ -27,7 +27,13 @@ fn check(pool: &PgPool, toml: &str) -> Output {
     std::fs::write(&file, toml).unwrap();
     let url = pool.connect_options().to_url_lossy().to_string();
     Command::new(RELAY)
-        .args(["--config", file.to_str().unwrap(), "--database-url", &url, "check"])
+        .args([
+            "--config",
+            file.to_str().unwrap(),
+            "--database-url",
+            &url,
+            "check",
+        ])
         .env_remove("DATABASE_URL")
         .env_remove("OUTBOX_RELAY_BROKER")
         .output()
@@ -55,14 +61,21 @@ async fn a_nats_stream_that_deletes_unconsumed_messages_is_a_warning(pool: PgPoo
     );
     js.delete_stream(&topic).await.unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     for expected in [
         "uses memory storage",
         "has interest retention: a message published while no consumer is subscribed",
         "deletes messages after 3600s (max_age)",
         "JetStream acknowledges a publish before it is fsynced",
     ] {
-        assert!(stdout.contains(expected), "{expected:?} missing from:\n{stdout}");
+        assert!(
+            stdout.contains(expected),
+            "{expected:?} missing from:\n{stdout}"
+        );
     }
 }
 
@@ -99,10 +112,20 @@ async fn a_classic_consumer_queue_is_reported_as_not_quorum(pool: PgPool) {
             "[broker]\naddresses = \"{url}\"\ncritical_topics = [\"{topic}\"]\naudit_queues = [\"{queue}\"]\n"
         ),
     );
-    channel.queue_delete(&queue, Default::default()).await.unwrap();
-    channel.exchange_delete(&topic, Default::default()).await.unwrap();
+    channel
+        .queue_delete(&queue, Default::default())
+        .await
+        .unwrap();
+    channel
+        .exchange_delete(&topic, Default::default())
+        .await
+        .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     assert!(
         stdout.contains(&format!("WARNING: queue {queue:?} is not a quorum queue")),
         "{stdout}"

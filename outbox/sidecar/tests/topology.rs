@@ -49,7 +49,11 @@ fn stderr(output: &Output) -> String {
 }
 
 async fn jetstream() -> jetstream::Context {
-    jetstream::new(async_nats::connect(nats_url()).await.expect("NATS on NATS_URL"))
+    jetstream::new(
+        async_nats::connect(nats_url())
+            .await
+            .expect("NATS on NATS_URL"),
+    )
 }
 
 #[tokio::test]
@@ -63,32 +67,63 @@ async fn nats_streams_are_created_once_checked_after_and_fit_the_consumer() {
 
     let before = relay(&url, &with("check"));
     assert_eq!(before.status.code(), Some(1), "{}", stdout(&before));
-    assert!(stdout(&before).contains(&format!("stream {stream}: missing")), "{}", stdout(&before));
+    assert!(
+        stdout(&before).contains(&format!("stream {stream}: missing")),
+        "{}",
+        stdout(&before)
+    );
     assert!(stderr(&before).contains("2 missing"), "{}", stderr(&before));
 
     let first = relay(&url, &with("apply"));
     assert!(first.status.success(), "{}", stderr(&first));
     let text = stdout(&first);
-    assert!(text.contains(&format!("stream {stream}: created (File storage")), "{text}");
-    assert!(text.contains(&format!("stream {stream}_DEAD_LETTERS: created")), "{text}");
-    assert!(text.contains("2 created, 0 already as configured"), "{text}");
+    assert!(
+        text.contains(&format!("stream {stream}: created (File storage")),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("stream {stream}_DEAD_LETTERS: created")),
+        "{text}"
+    );
+    assert!(
+        text.contains("2 created, 0 already as configured"),
+        "{text}"
+    );
 
     let second = relay(&url, &with("apply"));
     assert!(second.status.success(), "{}", stderr(&second));
-    assert!(stdout(&second).contains("nothing to change: 2 already as configured"), "{}", stdout(&second));
+    assert!(
+        stdout(&second).contains("nothing to change: 2 already as configured"),
+        "{}",
+        stdout(&second)
+    );
 
     let after = relay(&url, &with("check"));
     assert!(after.status.success(), "{}", stderr(&after));
-    assert!(stdout(&after).contains("everything as configured: 2 checked"), "{}", stdout(&after));
+    assert!(
+        stdout(&after).contains("everything as configured: 2 checked"),
+        "{}",
+        stdout(&after)
+    );
 
     let js = jetstream().await;
-    let info = js.get_stream(&stream).await.unwrap().info().await.unwrap().clone();
+    let info = js
+        .get_stream(&stream)
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .clone();
     assert_eq!(info.config.storage, StorageType::File);
     assert!(info.config.duplicate_window.as_secs() >= 120);
     // The consumer's own provisioning accepts what `apply` made (stream and dead-letter stream).
     let broker: BrokerAddress = url.parse().unwrap();
     let subscription = Subscription::new(&topic, &group);
-    broker.subscribe(&subscription).await.expect("subscribing after apply");
+    broker
+        .subscribe(&subscription)
+        .await
+        .expect("subscribing after apply");
     broker.remove_provisioned(&subscription).await.unwrap();
 }
 
@@ -111,8 +146,9 @@ async fn a_nats_stream_with_memory_storage_is_a_contradiction_named_by_its_field
     js.delete_stream(&stream).await.unwrap();
     assert_eq!(apply.status.code(), Some(1), "{}", stdout(&apply));
     assert!(
-        error.contains(&format!("NATS stream {stream} exists with storage = Memory"))
-            && error.contains("wants File"),
+        error.contains(&format!(
+            "NATS stream {stream} exists with storage = Memory"
+        )) && error.contains("wants File"),
         "{error}"
     );
 }
@@ -133,26 +169,50 @@ async fn rabbitmq_exchanges_and_quorum_queues_are_declared_once_and_checked_afte
 
     let before = relay(&url, &with("check"));
     assert_eq!(before.status.code(), Some(1), "{}", stdout(&before));
-    assert!(stdout(&before).contains(&format!("queue {group}: missing")), "{}", stdout(&before));
+    assert!(
+        stdout(&before).contains(&format!("queue {group}: missing")),
+        "{}",
+        stdout(&before)
+    );
 
     let first = relay(&url, &with("apply"));
     assert!(first.status.success(), "{}", stderr(&first));
     let text = stdout(&first);
-    assert!(text.contains(&format!("queue {group}: created (durable, quorum)")), "{text}");
-    assert!(text.contains(&format!("queue {group}.dlq: created")), "{text}");
-    assert!(text.contains(&format!("exchange {topic}: created")), "{text}");
+    assert!(
+        text.contains(&format!("queue {group}: created (durable, quorum)")),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("queue {group}.dlq: created")),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("exchange {topic}: created")),
+        "{text}"
+    );
 
     let second = relay(&url, &with("apply"));
     assert!(second.status.success(), "{}", stderr(&second));
-    assert!(stdout(&second).contains("nothing to change"), "{}", stdout(&second));
+    assert!(
+        stdout(&second).contains("nothing to change"),
+        "{}",
+        stdout(&second)
+    );
     let after = relay(&url, &with("check"));
     assert!(after.status.success(), "{}", stderr(&after));
-    assert!(stdout(&after).contains("everything as configured"), "{}", stdout(&after));
+    assert!(
+        stdout(&after).contains("everything as configured"),
+        "{}",
+        stdout(&after)
+    );
 
     // The consumer declares the same topology at connect: it must agree with `apply`'s.
     let broker: BrokerAddress = url.parse().unwrap();
     let subscription = Subscription::new(&topic, &group);
-    broker.subscribe(&subscription).await.expect("subscribing after apply");
+    broker
+        .subscribe(&subscription)
+        .await
+        .expect("subscribing after apply");
     broker.remove_provisioned(&subscription).await.unwrap();
 }
 
@@ -163,15 +223,27 @@ async fn a_classic_queue_where_a_quorum_queue_is_configured_is_named_in_the_erro
     let connection = amqp().await;
     let channel = connection.create_channel().await.unwrap();
     let mut classic = FieldTable::default();
-    classic.insert("x-queue-type".into(), AMQPValue::LongString("classic".into()));
+    classic.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("classic".into()),
+    );
     let durable = QueueDeclareOptions {
         durable: true,
         ..Default::default()
     };
-    channel.queue_declare(&group, durable, classic).await.unwrap();
+    channel
+        .queue_declare(&group, durable, classic)
+        .await
+        .unwrap();
 
-    let apply = relay(&amqp_url(), &["apply", "--group", &format!("{group}={topic}")]);
-    let check = relay(&amqp_url(), &["check", "--group", &format!("{group}={topic}")]);
+    let apply = relay(
+        &amqp_url(),
+        &["apply", "--group", &format!("{group}={topic}")],
+    );
+    let check = relay(
+        &amqp_url(),
+        &["check", "--group", &format!("{group}={topic}")],
+    );
     let broker: BrokerAddress = amqp_url().parse().unwrap();
     broker
         .remove_provisioned(&Subscription::new(&topic, &group))
@@ -180,13 +252,16 @@ async fn a_classic_queue_where_a_quorum_queue_is_configured_is_named_in_the_erro
     assert_eq!(apply.status.code(), Some(1), "{}", stdout(&apply));
     let error = stderr(&apply);
     assert!(
-        error.contains(&format!("queue '{group}' already exists with a different x-queue-type"))
-            && error.contains("quorum"),
+        error.contains(&format!(
+            "queue '{group}' already exists with a different x-queue-type"
+        )) && error.contains("quorum"),
         "{error}"
     );
     assert_eq!(check.status.code(), Some(1));
     assert!(
-        stdout(&check).contains(&format!("queue {group}: exists with a different x-queue-type")),
+        stdout(&check).contains(&format!(
+            "queue {group}: exists with a different x-queue-type"
+        )),
         "{}",
         stdout(&check)
     );
@@ -196,8 +271,16 @@ async fn a_classic_queue_where_a_quorum_queue_is_configured_is_named_in_the_erro
 fn broker_lite_says_what_it_does_instead_of_failing() {
     let output = relay("127.0.0.1:9876", &["apply", "--topic", "ORDER_CREATED"]);
     assert!(output.status.success(), "{}", stderr(&output));
-    assert!(stdout(&output).contains("nothing to provision"), "{}", stdout(&output));
+    assert!(
+        stdout(&output).contains("nothing to provision"),
+        "{}",
+        stdout(&output)
+    );
     let output = relay("127.0.0.1:9876", &["apply"]);
     assert_eq!(output.status.code(), Some(1));
-    assert!(stderr(&output).contains("no topics to provision"), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("no topics to provision"),
+        "{}",
+        stderr(&output)
+    );
 }

@@ -179,7 +179,10 @@ impl StreamSpec {
             Ok(stream) => stream,
             // Another process created it meanwhile: check what it created.
             Err(error) if error.to_string().contains("already in use") => {
-                let info = self.existing(jetstream).await?.ok_or_else(|| request(error))?;
+                let info = self
+                    .existing(jetstream)
+                    .await?
+                    .ok_or_else(|| request(error))?;
                 self.check(&info.config)?;
                 return Ok((info, Provisioned::Unchanged));
             }
@@ -289,9 +292,11 @@ impl StreamSpec {
         if limited && existing.discard != DiscardPolicy::New {
             return contradicts(
                 "discard",
-                format!("{:?} (with max_messages or max_bytes set)", existing.discard),
-                "New (a full stream refuses publishes instead of deleting old messages)"
-                    .to_owned(),
+                format!(
+                    "{:?} (with max_messages or max_bytes set)",
+                    existing.discard
+                ),
+                "New (a full stream refuses publishes instead of deleting old messages)".to_owned(),
             );
         }
         if existing.retention != RetentionPolicy::Limits {

@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
-use lapin::types::{AMQPValue, FieldTable};
 use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
+use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Connection, ExchangeKind};
 
 use super::RabbitMqError;
@@ -147,7 +147,10 @@ impl QueueSpec {
 
     /// The broker's PRECONDITION_FAILED text when the existing queue has another type: a
     /// declaration with the type alone.
-    async fn type_conflict(&self, connection: &Connection) -> Result<Option<String>, RabbitMqError> {
+    async fn type_conflict(
+        &self,
+        connection: &Connection,
+    ) -> Result<Option<String>, RabbitMqError> {
         let options = QueueDeclareOptions {
             durable: true,
             ..Default::default()
@@ -476,7 +479,11 @@ impl Item<'_> {
         let exists = match self.declare(&channel(connection).await?, true).await {
             Ok(()) => true,
             Err(error) if is_not_found(&error) => false,
-            Err(error) => return Err(RabbitMqError::operation("looking up a queue or exchange")(error)),
+            Err(error) => {
+                return Err(RabbitMqError::operation("looking up a queue or exchange")(
+                    error,
+                ));
+            }
         };
         if !exists && !create {
             return Ok((AuditFinding::Missing { kind, name }, None));
