@@ -253,7 +253,8 @@ impl BrokerAddress {
     ///
     /// The broker cannot be reached, or this build lacks the broker's cargo feature.
     pub async fn publisher(&self) -> Result<AnyPublisher, BoxError> {
-        let stored = Published {
+        // Only NATS deduplicates publishes.
+        let stored = || Published {
             deduplicated: false,
         };
         match self {
@@ -264,7 +265,7 @@ impl BrokerAddress {
                     .await
                     .map_err(|e| self.unreachable(e))?;
                 Ok(BoxCloneSyncService::new(
-                    publisher.map_response(move |_| stored),
+                    publisher.map_response(move |_| stored()),
                 ))
             }
             #[cfg(feature = "nats")]
@@ -282,7 +283,7 @@ impl BrokerAddress {
             Self::RabbitMq(url) => {
                 let publisher = crate::RabbitMqPublisher::connect(url.as_str()).await?;
                 Ok(BoxCloneSyncService::new(
-                    publisher.map_response(move |()| stored),
+                    publisher.map_response(move |()| stored()),
                 ))
             }
             #[allow(unreachable_patterns)]
