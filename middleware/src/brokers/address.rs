@@ -115,6 +115,17 @@ pub struct Published {
     pub deduplicated: bool,
 }
 
+impl Published {
+    /// Stored, and not known to be a duplicate: what brokers that do not deduplicate answer.
+    ///
+    /// ```
+    /// assert!(!courier_middleware::Published::STORED.deduplicated);
+    /// ```
+    pub const STORED: Self = Self {
+        deduplicated: false,
+    };
+}
+
 /// What a consumer subscribes to, and how its broker redelivers: the same settings on every
 /// broker.
 ///
@@ -253,10 +264,6 @@ impl BrokerAddress {
     ///
     /// The broker cannot be reached, or this build lacks the broker's cargo feature.
     pub async fn publisher(&self) -> Result<AnyPublisher, BoxError> {
-        // Only NATS deduplicates publishes.
-        let stored = || Published {
-            deduplicated: false,
-        };
         match self {
             #[cfg(feature = "broker-lite")]
             Self::BrokerLite(address) => {
@@ -265,7 +272,7 @@ impl BrokerAddress {
                     .await
                     .map_err(|e| self.unreachable(e))?;
                 Ok(BoxCloneSyncService::new(
-                    publisher.map_response(move |_| stored()),
+                    publisher.map_response(|_| Published::STORED),
                 ))
             }
             #[cfg(feature = "nats")]
@@ -283,7 +290,7 @@ impl BrokerAddress {
             Self::RabbitMq(url) => {
                 let publisher = crate::RabbitMqPublisher::connect(url.as_str()).await?;
                 Ok(BoxCloneSyncService::new(
-                    publisher.map_response(move |()| stored()),
+                    publisher.map_response(|()| Published::STORED),
                 ))
             }
             #[allow(unreachable_patterns)]
@@ -450,7 +457,11 @@ impl BrokerAddress {
     ) -> Result<Vec<String>, BoxError> {
         match self {
             #[cfg(feature = "broker-lite")]
-            Self::BrokerLite(_) => Ok(Vec::new()),
+            Self::BrokerLite(_) => {
+                // Topics and groups stay: broker-lite has no deletion to offer here.
+                let _ = subscription;
+                Ok(Vec::new())
+            }
             #[cfg(feature = "nats")]
             Self::Nats(url) => {
                 let jetstream =
