@@ -121,6 +121,12 @@ mod trace_context;
 #[cfg(any(feature = "postgres", feature = "sqlite", feature = "mysql"))]
 mod tx;
 
+#[cfg(any(feature = "broker-lite", feature = "nats", feature = "rabbitmq"))]
+pub use brokers::address::{
+    AnyPublisher, BrokerAddress, BrokerAddressError, Published, Subscription,
+};
+#[cfg(any(feature = "broker-lite", feature = "nats", feature = "rabbitmq"))]
+pub use brokers::any_source::{AnyReceipt, AnySource};
 #[cfg(feature = "broker-lite")]
 pub use brokers::broker_lite::{
     BROKER_LITE_CREATED_AT, BrokerLitePublisher, BrokerLiteReceipt, BrokerLiteSource,

@@ -24,6 +24,7 @@ pub(crate) struct Config {
     pub(crate) relay: RelaySettings,
     pub(crate) http: HttpSettings,
     pub(crate) telemetry: TelemetrySettings,
+    pub(crate) topology: crate::topology::TopologySettings,
 }
 
 /// OpenTelemetry export of the relay's spans (`outbox.publish`, continuing each row's

@@ -7,6 +7,7 @@
 //! outbox-relay --config relay.toml run
 //! outbox-relay --config relay.toml failures list --topic payments
 //! outbox-relay --config relay.toml failures replay --error "connection refused"
+//! outbox-relay --broker nats://127.0.0.1:4222 topology apply --topic ORDER_CREATED --group payment-service=ORDER_CREATED
 //! ```
 //!
 //! Settings come from the TOML file (`--config`), then the environment, then flags; see
@@ -24,6 +25,7 @@ mod publisher;
 mod rabbitmq_check;
 mod run;
 mod telemetry;
+mod topology;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -38,7 +40,7 @@ use failures::FailuresCommand;
 #[command(
     name = "outbox-relay",
     version,
-    about = "Drains a transactional outbox to broker-lite or NATS JetStream."
+    about = "Drains a transactional outbox to broker-lite, NATS JetStream or RabbitMQ."
 )]
 struct Cli {
     /// TOML configuration file.
@@ -48,7 +50,7 @@ struct Cli {
     /// `database_url` in the file).
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     database_url: Option<String>,
-    /// The broker: `nats://host:port` for NATS JetStream, broker-lite addresses `host:port;host:port` otherwise (overrides `broker.addresses`).
+    /// The broker: `nats://host:port` for NATS JetStream, `amqp://user:password@host:port/vhost` for RabbitMQ, broker-lite addresses `host:port;host:port` otherwise (overrides `broker.addresses`).
     #[arg(long, env = "OUTBOX_RELAY_BROKER")]
     broker: Option<String>,
     /// Address for /healthz, /readyz and /metrics, or "off" (overrides `http.listen`).
@@ -76,6 +78,9 @@ enum Command {
     Failures(FailuresCommand),
     /// Validate the configuration, reach the database and the broker, print the durability profile.
     Check,
+    /// Provision (`apply`) or audit (`check`) the streams, exchanges and queues of the topics.
+    #[command(subcommand)]
+    Topology(topology::TopologyCommand),
 }
 
 /// The log filter unless `RUST_LOG` says otherwise: sqlx's Postgres notices ("relation ...
@@ -201,6 +206,7 @@ async fn execute(command: Command, config: Config) -> anyhow::Result<()> {
             database::with_pool!(&database, |pool| failures::run(pool, command).await)
         }
         Command::Check => check::run(&config).await,
+        Command::Topology(command) => topology::run(&config, command).await,
     }
 }
 
