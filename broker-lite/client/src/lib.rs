@@ -41,9 +41,11 @@ mod connection;
 mod consumer;
 mod endpoints;
 mod error;
+mod login;
 mod producer;
 pub mod protocol;
 mod redelivery;
+mod security;
 
 pub use admin::{Admin, AdminConfig};
 pub use connection::Connection;
@@ -51,4 +53,5 @@ pub use consumer::{Consumer, ConsumerConfig};
 pub use endpoints::Addresses;
 pub use error::{ClientError, Result, SendError};
 pub use producer::{Producer, ProducerConfig, SendHandle};
+pub use security::{ClientTls, Credentials, Security};
 pub use redelivery::{ROCKETMQ_DELAY_LEVELS, Redelivery};
