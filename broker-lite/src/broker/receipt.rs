@@ -168,6 +168,33 @@ impl Receipt {
         Ok(receipt)
     }
 
+    /// Reads the receipt inside a sealed one **without checking it**: for logs, tools and tests
+    /// that want its attempt or position. Settling always goes through [`open`](Self::open).
+    ///
+    /// # Errors
+    /// [`BrokerError::MalformedReceipt`] when `sealed` is not a sealed receipt.
+    ///
+    /// ```
+    /// # use broker_lite::broker::{Receipt, ReceiptKey};
+    /// # fn f(receipt: Receipt) -> Result<(), broker_lite::broker::BrokerError> {
+    /// let sealed = receipt.seal(&ReceiptKey::generate(), "orders");
+    /// assert_eq!(Receipt::peek(&sealed)?.attempt(), receipt.attempt());
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn peek(sealed: &[u8]) -> Result<Receipt> {
+        let body = sealed
+            .len()
+            .checked_sub(TAG_LEN)
+            .and_then(|end| sealed.get(..end))
+            .ok_or(BrokerError::MalformedReceipt)?;
+        let len = match body {
+            [a, b, ..] => u16::from_le_bytes([*a, *b]) as usize,
+            _ => return Err(BrokerError::MalformedReceipt),
+        };
+        Receipt::from_bytes(body.get(2 + len..).ok_or(BrokerError::MalformedReceipt)?)
+    }
+
     /// Decodes a receipt made by [`to_bytes`](Self::to_bytes).
     ///
     /// # Errors
