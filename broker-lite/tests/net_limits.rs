@@ -40,7 +40,11 @@ fn ping_frame(request_id: u64) -> BytesMut {
 async fn closing_error(stream: TcpStream) -> ErrorReply {
     let mut reader = FrameReader::new(stream, 8 << 20);
     loop {
-        let frame = reader.read_frame().await.unwrap().expect("an error frame before the close");
+        let frame = reader
+            .read_frame()
+            .await
+            .unwrap()
+            .expect("an error frame before the close");
         if frame.kind == FrameKind::Error && frame.request_id == 0 {
             return ErrorReply::decode(frame.body).unwrap();
         }
@@ -72,10 +76,16 @@ async fn a_silent_connection_is_closed_at_the_handshake_timeout_and_frees_its_pl
     let reply = closing_error(silent).await;
     assert_eq!(reply.code, ErrorCode::Timeout);
     assert!(
-        reply.message.starts_with("no request within the handshake timeout of 10s"),
+        reply
+            .message
+            .starts_with("no request within the handshake timeout of 10s"),
         "{reply}"
     );
-    client(&server).await.request(&Request::Ping, TIMEOUT).await.unwrap();
+    client(&server)
+        .await
+        .request(&Request::Ping, TIMEOUT)
+        .await
+        .unwrap();
 }
 
 #[tokio::test(start_paused = true)]
@@ -89,7 +99,11 @@ async fn an_idle_connection_is_closed_and_frees_its_slot() {
     assert_eq!(reply.code, ErrorCode::Timeout);
     assert!(reply.message.contains("(the idle timeout)"), "{reply}");
     // The only slot is free again.
-    client(&server).await.request(&Request::Ping, TIMEOUT).await.unwrap();
+    client(&server)
+        .await
+        .request(&Request::Ping, TIMEOUT)
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
@@ -143,7 +157,10 @@ async fn a_pull_past_the_bytes_in_flight_is_refused_and_the_connection_stays_usa
     match conn.request(&pull, TIMEOUT).await {
         Err(ClientError::Server(reply)) => {
             assert_eq!(reply.code, ErrorCode::LimitExceeded);
-            assert!(reply.message.contains("max_bytes_in_flight_per_connection"), "{reply}");
+            assert!(
+                reply.message.contains("max_bytes_in_flight_per_connection"),
+                "{reply}"
+            );
         }
         other => panic!("expected LimitExceeded, got {other:?}"),
     }

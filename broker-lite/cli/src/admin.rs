@@ -262,7 +262,10 @@ fn print_description(d: &BrokerDescription) {
     println!("consume timeout:     {} ms", d.consume_timeout_ms);
     println!("max reconsume times: {}", d.max_reconsume_times);
     println!("listen:              {}", d.listen);
-    println!("authentication:      {}", on_off(d.authentication, "SCRAM-SHA-256, per-user permissions"));
+    println!(
+        "authentication:      {}",
+        on_off(d.authentication, "SCRAM-SHA-256, per-user permissions")
+    );
     println!("tls:                 {}", on_off(d.tls, "rustls"));
     if d.is_exposed() {
         println!(
@@ -275,12 +278,18 @@ fn print_description(d: &BrokerDescription) {
             }
         );
     } else if !d.authentication {
-        println!("note:                open broker on loopback: every local process may do anything");
+        println!(
+            "note:                open broker on loopback: every local process may do anything"
+        );
     }
 }
 
 fn on_off(on: bool, what: &str) -> String {
-    if on { format!("on ({what})") } else { "off".to_owned() }
+    if on {
+        format!("on ({what})")
+    } else {
+        "off".to_owned()
+    }
 }
 
 /// `72 h`, or fractional hours with the exact milliseconds when not a whole number of hours.

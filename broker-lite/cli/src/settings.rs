@@ -132,7 +132,10 @@ impl UserSettings {
         match (&self.password_file, &self.password_env) {
             (Some(path), None) => {
                 let text = std::fs::read_to_string(path).with_context(|| {
-                    format!("user {name:?}: cannot read password_file {}", path.display())
+                    format!(
+                        "user {name:?}: cannot read password_file {}",
+                        path.display()
+                    )
                 })?;
                 let password = text.trim_end_matches(['\n', '\r']).to_string();
                 if password.is_empty() {
@@ -142,7 +145,9 @@ impl UserSettings {
             }
             (None, Some(var)) => match std::env::var(var) {
                 Ok(password) if !password.is_empty() => Ok(password),
-                _ => bail!("user {name:?}: the environment variable {var} (password_env) is unset or empty"),
+                _ => bail!(
+                    "user {name:?}: the environment variable {var} (password_env) is unset or empty"
+                ),
             },
             _ => bail!("user {name:?}: give exactly one of password_file and password_env"),
         }
@@ -385,7 +390,10 @@ mod tests {
             file.display().to_string()
         );
         let settings: Settings = toml::from_str(&text).unwrap();
-        assert!(!format!("{settings:?}").contains("s3cret"), "secrets are never printed");
+        assert!(
+            !format!("{settings:?}").contains("s3cret"),
+            "secrets are never printed"
+        );
         let (_, config) = Settings::default().over(settings).build().unwrap();
         assert_eq!(config.server.users.as_ref().map(|u| u.len()), Some(1));
 
@@ -394,7 +402,10 @@ mod tests {
         )
         .unwrap();
         let error = format!("{:#}", bad.build().unwrap_err());
-        assert!(error.contains("BROKER_LITE_TEST_UNSET_VAR (password_env) is unset"), "{error}");
+        assert!(
+            error.contains("BROKER_LITE_TEST_UNSET_VAR (password_env) is unset"),
+            "{error}"
+        );
         assert!(
             toml::from_str::<Settings>("[[users]]\nname = \"x\"\npassword = \"inline\"\n").is_err(),
             "a password in the file itself is refused"

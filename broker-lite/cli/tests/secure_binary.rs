@@ -38,7 +38,11 @@ async fn describe_reports_authentication_and_admin_commands_authenticate_from_th
         .read_line(&mut line)
         .await
         .unwrap();
-    let addr = line.trim().strip_prefix("broker-lite listening on ").unwrap().to_string();
+    let addr = line
+        .trim()
+        .strip_prefix("broker-lite listening on ")
+        .unwrap()
+        .to_string();
     let describe = |with_credentials: bool| {
         let mut command = Command::new(BIN);
         command.args(["--addr", &addr, "describe"]);
@@ -56,11 +60,21 @@ async fn describe_reports_authentication_and_admin_commands_authenticate_from_th
     assert!(stderr.contains("authentication required"), "{stderr}");
 
     let out = describe(true).await.unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("authentication:      on (SCRAM-SHA-256"), "{stdout}");
+    assert!(
+        stdout.contains("authentication:      on (SCRAM-SHA-256"),
+        "{stdout}"
+    );
     assert!(stdout.contains("tls:                 off"), "{stdout}");
-    assert!(!stdout.contains("warning:"), "loopback is not exposed: {stdout}");
+    assert!(
+        !stdout.contains("warning:"),
+        "loopback is not exposed: {stdout}"
+    );
     assert!(!stdout.contains("hunter2") && !stderr.contains("hunter2"));
     child.start_kill().unwrap();
     child.wait().await.unwrap();

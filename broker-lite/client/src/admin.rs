@@ -5,8 +5,8 @@ use std::time::Duration;
 use uuid::Uuid;
 
 use super::endpoints::{Addresses, ConnectOptions, Endpoints};
-use super::security::Security;
 use super::error::{ClientError, Result};
+use super::security::Security;
 use crate::protocol::{
     BrokerDescription, DEFAULT_MAX_FRAME_SIZE, GroupInfo, MessageView, QueueLag, Request, Response,
     TopicInfo, TraceEvent,

@@ -7,8 +7,8 @@ use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 use super::endpoints::{Addresses, ConnectOptions, Endpoints};
-use super::security::Security;
 use super::error::{ClientError, Result};
+use super::security::Security;
 use crate::protocol::{
     AckRequest, ConsumeModel, DEFAULT_MAX_FRAME_SIZE, DeadLetterRequest, Delivery, ErrorCode,
     Member, NackRequest, NackResult, PullRequest, Request, Response, Subscription,

@@ -53,5 +53,5 @@ pub use consumer::{Consumer, ConsumerConfig};
 pub use endpoints::Addresses;
 pub use error::{ClientError, Result, SendError};
 pub use producer::{Producer, ProducerConfig, SendHandle};
-pub use security::{ClientTls, Credentials, Security};
 pub use redelivery::{ROCKETMQ_DELAY_LEVELS, Redelivery};
+pub use security::{ClientTls, Credentials, Security};

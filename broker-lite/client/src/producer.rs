@@ -12,8 +12,8 @@ use tracing::{debug, warn};
 use uuid::Uuid;
 
 use super::endpoints::{Addresses, ConnectOptions, Endpoints};
-use super::security::Security;
 use super::error::{ClientError, Result, SendError};
+use super::security::Security;
 use crate::protocol::{DEFAULT_MAX_FRAME_SIZE, Message, Request, Response, SendResult};
 
 /// Producer settings. The defaults match RocketMQ's.

@@ -135,8 +135,8 @@ pub use consumer::{
     ConsumerSpec, Delivery, MessageModel, NackOutcome, PullRequest, Receipt, SessionId,
 };
 pub use error::{BrokerError, Result};
-pub use receipt::ReceiptKey;
 pub use message::{SendRequest, SendResult, SendStatus, StoredMessage};
+pub use receipt::ReceiptKey;
 pub use retention::{LostMessages, RetentionOutcome};
 pub use topics::TopicInfo;
 pub use trace::{TraceEvent, TraceKind};

@@ -276,15 +276,27 @@ mod tests {
             other => panic!("expected a foreign receipt, got {other:?}"),
         };
         let other_key = ReceiptKey::generate();
-        assert!(foreign(Receipt::open(&sealed, &other_key, "alice", "billing").unwrap_err()).contains("not issued by this broker"));
-        assert!(foreign(Receipt::open(&sealed, &key, "bob", "billing").unwrap_err()).contains("issued to principal \"alice\""));
-        assert!(foreign(Receipt::open(&sealed, &key, "alice", "shipping").unwrap_err()).contains("group \"billing\""));
+        assert!(
+            foreign(Receipt::open(&sealed, &other_key, "alice", "billing").unwrap_err())
+                .contains("not issued by this broker")
+        );
+        assert!(
+            foreign(Receipt::open(&sealed, &key, "bob", "billing").unwrap_err())
+                .contains("issued to principal \"alice\"")
+        );
+        assert!(
+            foreign(Receipt::open(&sealed, &key, "alice", "shipping").unwrap_err())
+                .contains("group \"billing\"")
+        );
         // A receipt built from admin output, or any flipped bit, fails the signature.
         assert!(Receipt::open(&r.to_bytes(), &key, "alice", "billing").is_err());
         for i in 0..sealed.len() {
             let mut altered = sealed.clone();
             altered[i] ^= 1;
-            assert!(Receipt::open(&altered, &key, "alice", "billing").is_err(), "bit flip at {i}");
+            assert!(
+                Receipt::open(&altered, &key, "alice", "billing").is_err(),
+                "bit flip at {i}"
+            );
         }
     }
 }

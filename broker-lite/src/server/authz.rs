@@ -29,7 +29,10 @@ pub(super) fn authorize(principal: &Principal, request: &Request) -> Result<(), 
         if p.may_use_group(group) {
             Ok(())
         } else {
-            Err(forbidden(principal, format!("use consumer group {group:?}")))
+            Err(forbidden(
+                principal,
+                format!("use consumer group {group:?}"),
+            ))
         }
     };
     let consume = |g: &str, topic: &str| {
@@ -44,7 +47,10 @@ pub(super) fn authorize(principal: &Principal, request: &Request) -> Result<(), 
         if p.admin {
             Ok(())
         } else {
-            Err(forbidden(principal, format!("run the admin command {what}")))
+            Err(forbidden(
+                principal,
+                format!("run the admin command {what}"),
+            ))
         }
     };
     match request {
@@ -105,7 +111,10 @@ mod tests {
             Message::new("orders", "x"),
             Message::new("payments", "y"),
         ]);
-        assert!(authorize(&p, &batch).is_err(), "one foreign topic refuses the batch");
+        assert!(
+            authorize(&p, &batch).is_err(),
+            "one foreign topic refuses the batch"
+        );
         let pull = |group: &str, topic: &str| {
             Request::Pull(PullRequest {
                 group: group.into(),
@@ -124,7 +133,10 @@ mod tests {
         });
         assert!(authorize(&p, &ack).is_err());
         let admin = authorize(&p, &Request::ListGroups).unwrap_err();
-        assert!(admin.message.contains("admin command list_groups"), "{admin}");
+        assert!(
+            admin.message.contains("admin command list_groups"),
+            "{admin}"
+        );
         assert!(authorize(&Principal::anonymous(), &Request::ListGroups).is_ok());
     }
 }

@@ -10,8 +10,7 @@ use bytes::Bytes;
 use super::handler::Handler;
 use super::principal::Principal;
 use crate::broker::{
-    self, Broker, BrokerError, ConsumerSpec, Receipt, ReceiptKey, SendRequest, SessionId,
-    TraceKind,
+    self, Broker, BrokerError, ConsumerSpec, Receipt, ReceiptKey, SendRequest, SessionId, TraceKind,
 };
 use crate::protocol::{
     BrokerDescription, Delivery, ErrorCode, ErrorReply, GroupInfo, Message, MessageView, Request,
@@ -197,12 +196,13 @@ impl BrokerHandler {
                 Response::Done
             }
             Request::Pull(p) => {
-                let pull = broker::PullRequest::new(p.group, p.consumer_id, p.topic)
-                    .with_max_messages(p.max_messages as usize)
-                    .with_max_bytes(self.max_pull_bytes.saturating_sub(
-                        p.max_messages as usize * seal_overhead(self.principal()),
-                    ))
-                    .with_long_poll(Duration::from_millis(p.long_poll_ms));
+                let pull =
+                    broker::PullRequest::new(p.group, p.consumer_id, p.topic)
+                        .with_max_messages(p.max_messages as usize)
+                        .with_max_bytes(self.max_pull_bytes.saturating_sub(
+                            p.max_messages as usize * seal_overhead(self.principal()),
+                        ))
+                        .with_long_poll(Duration::from_millis(p.long_poll_ms));
                 let principal = self.principal();
                 Response::Pull(
                     b.pull(pull)
@@ -340,8 +340,7 @@ fn delivery(d: broker::Delivery, key: &ReceiptKey, principal: &str) -> Delivery 
     v.born_timestamp_ms = d.born_timestamp_ms;
     v.stored_timestamp_ms = d.stored_timestamp_ms;
     let receipt = Bytes::from(d.receipt.seal(key, principal));
-    Delivery::new(v, receipt, d.reconsume_times)
-        .with_first_delivered_at_ms(d.first_delivered_at_ms)
+    Delivery::new(v, receipt, d.reconsume_times).with_first_delivered_at_ms(d.first_delivered_at_ms)
 }
 
 fn trace_event(e: broker::TraceEvent) -> TraceEvent {

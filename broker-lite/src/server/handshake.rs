@@ -154,7 +154,10 @@ async fn answer<W: AsyncWrite + Unpin>(
         code: to.code,
         body: response.encode_body(),
     };
-    writer.write_frame(&frame).await.map_err(|_| Refusal::Closed)?;
+    writer
+        .write_frame(&frame)
+        .await
+        .map_err(|_| Refusal::Closed)?;
     writer.flush().await.map_err(|_| Refusal::Closed)
 }
 

@@ -64,7 +64,11 @@ impl ServerTls {
         .map_err(|e| TlsError(e.to_string()))?
         .with_no_client_auth()
         .with_single_cert(chain, key)
-        .map_err(|e| TlsError(format!("certificate and key do not make a usable pair: {e}")))?;
+        .map_err(|e| {
+            TlsError(format!(
+                "certificate and key do not make a usable pair: {e}"
+            ))
+        })?;
         Ok(ServerTls {
             acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)),
         })

@@ -60,9 +60,21 @@ fn rights(produce: &[&str], consume: &[&str], groups: &[&str], admin: bool) -> P
 /// `payments` and uses group `shipping`; root may do anything.
 pub fn users() -> Users {
     let mut users = Users::new();
-    users.add("alice", PASSWORD.as_bytes(), rights(&["orders"], &["orders"], &["billing"], false));
-    users.add("carol", PASSWORD.as_bytes(), rights(&["orders"], &["orders"], &["billing"], false));
-    users.add("bob", PASSWORD.as_bytes(), rights(&["payments"], &["orders"], &["shipping"], false));
+    users.add(
+        "alice",
+        PASSWORD.as_bytes(),
+        rights(&["orders"], &["orders"], &["billing"], false),
+    );
+    users.add(
+        "carol",
+        PASSWORD.as_bytes(),
+        rights(&["orders"], &["orders"], &["billing"], false),
+    );
+    users.add(
+        "bob",
+        PASSWORD.as_bytes(),
+        rights(&["payments"], &["orders"], &["shipping"], false),
+    );
     users.add("root", PASSWORD.as_bytes(), Permissions::all());
     users
 }

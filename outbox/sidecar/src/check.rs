@@ -303,7 +303,11 @@ fn warnings(config: &Config, broker: Option<&BrokerDescription>) -> Vec<String> 
                 broker.listen,
                 if broker.authentication { "on" } else { "off" },
                 if broker.tls { "on" } else { "off" },
-                if broker.authentication { "read the traffic" } else { "send, consume, ack and administer" }
+                if broker.authentication {
+                    "read the traffic"
+                } else {
+                    "send, consume, ack and administer"
+                }
             ));
         }
         if broker.retention_ms < MIN_RETENTION_MS {
@@ -422,11 +426,16 @@ mod tests {
     fn an_open_broker_off_loopback_is_a_warning() {
         let config = Config::default();
         let mut open = broker(FlushMode::Sync, 72);
-        assert!(warnings(&config, Some(&open)).is_empty(), "loopback may run open");
+        assert!(
+            warnings(&config, Some(&open)).is_empty(),
+            "loopback may run open"
+        );
         open.listen = "0.0.0.0:9876".to_owned();
         let found = warnings(&config, Some(&open));
         assert!(
-            found.iter().any(|w| w.contains("authentication off and TLS off")),
+            found
+                .iter()
+                .any(|w| w.contains("authentication off and TLS off")),
             "{found:?}"
         );
         open.authentication = true;

@@ -280,14 +280,22 @@ impl Config {
         let b = &self.broker;
         match (&b.user, &b.password_file) {
             (Some(user), Some(file)) => {
-                security.credentials = Some(broker_lite_client::Credentials::from_file(user.as_str(), file)?);
+                security.credentials = Some(broker_lite_client::Credentials::from_file(
+                    user.as_str(),
+                    file,
+                )?);
             }
             (None, Some(_)) => bail!("broker.password_file is set without broker.user"),
             (Some(user), None) => match std::env::var("BROKER_LITE_PASSWORD") {
                 Ok(password) if !password.is_empty() => {
-                    security.credentials = Some(broker_lite_client::Credentials::new(user.as_str(), password));
+                    security.credentials = Some(broker_lite_client::Credentials::new(
+                        user.as_str(),
+                        password,
+                    ));
                 }
-                _ => bail!("broker.user is set without broker.password_file or BROKER_LITE_PASSWORD"),
+                _ => {
+                    bail!("broker.user is set without broker.password_file or BROKER_LITE_PASSWORD")
+                }
             },
             (None, None) => {}
         }

@@ -54,7 +54,8 @@ pub use frame::{
     CONNECTION_REQUEST_ID, DEFAULT_MAX_FRAME_SIZE, Frame, FrameKind, HEADER_LEN, PROTOCOL_VERSION,
 };
 pub use types::{
-    AckRequest, AuthChallenge, AuthDone, AuthFinish, AuthStart, BrokerDescription, ConsumeModel, DeadLetterRequest, Delivery, FlushMode, GroupInfo,
-    Member, Message, MessageView, NackRequest, NackResult, PullRequest, QueueLag, Replication,
-    SendResult, SendStatus, Subscription, TopicInfo, TraceEvent,
+    AckRequest, AuthChallenge, AuthDone, AuthFinish, AuthStart, BrokerDescription, ConsumeModel,
+    DeadLetterRequest, Delivery, FlushMode, GroupInfo, Member, Message, MessageView, NackRequest,
+    NackResult, PullRequest, QueueLag, Replication, SendResult, SendStatus, Subscription,
+    TopicInfo, TraceEvent,
 };

@@ -223,10 +223,8 @@ fn request() -> impl Strategy<Value = Request> {
         (s(), any::<u32>()).prop_map(|(group, max)| Request::DeadLetters { group, max }),
         (s(), proptest::collection::vec(uuid(), 0..3))
             .prop_map(|(group, ids)| Request::RedriveDeadLetters { group, ids }),
-        (s(), bytes()).prop_map(|(user, client_nonce)| Request::AuthStart(AuthStart {
-            user,
-            client_nonce
-        })),
+        (s(), bytes())
+            .prop_map(|(user, client_nonce)| Request::AuthStart(AuthStart { user, client_nonce })),
         bytes().prop_map(|proof| Request::AuthFinish(AuthFinish { proof })),
     ]
 }

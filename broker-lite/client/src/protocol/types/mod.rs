@@ -10,8 +10,8 @@ mod consumer;
 mod describe;
 mod message;
 
-pub use auth::{AuthChallenge, AuthDone, AuthFinish, AuthStart};
 pub use admin::{GroupInfo, QueueLag, TopicInfo, TraceEvent};
+pub use auth::{AuthChallenge, AuthDone, AuthFinish, AuthStart};
 pub use consumer::{
     AckRequest, ConsumeModel, DeadLetterRequest, Delivery, Member, NackRequest, NackResult,
     PullRequest, Subscription,
