@@ -138,7 +138,8 @@ impl BrokerDescription {
             .listen
             .parse::<std::net::SocketAddr>()
             .is_ok_and(|a| a.ip().is_loopback());
-        !loopback && !(self.authentication && self.tls)
+        let protected = self.authentication && self.tls;
+        !(loopback || protected)
     }
 }
 
