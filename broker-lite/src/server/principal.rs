@@ -8,8 +8,9 @@ use std::fmt;
 /// ```
 /// use broker_lite::server::Permissions;
 ///
-/// let p = Permissions { produce: vec!["orders".into()], consume: vec!["orders".into()],
-///     groups: vec!["billing-*".into()], admin: false };
+/// let mut p = Permissions::default();
+/// p.produce = vec!["orders".into()];
+/// p.groups = vec!["billing-*".into()];
 /// assert!(p.may_produce("orders") && !p.may_produce("payments"));
 /// assert!(p.may_use_group("billing-eu") && !p.may_use_group("shipping"));
 /// ```

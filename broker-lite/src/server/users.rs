@@ -26,7 +26,9 @@ pub(super) struct UserEntry {
 /// use broker_lite::server::{Permissions, Users};
 ///
 /// let mut users = Users::new();
-/// users.add("orders", b"s3cret", Permissions { produce: vec!["orders".into()], ..Permissions::default() });
+/// let mut rights = Permissions::default();
+/// rights.produce = vec!["orders".into()];
+/// users.add("orders", b"s3cret", rights);
 /// assert_eq!(users.len(), 1);
 /// assert!(!format!("{users:?}").contains("s3cret"));
 /// ```
