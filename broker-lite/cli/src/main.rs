@@ -53,6 +53,8 @@ struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+// Parsed once per process: the size of the `serve` settings does not matter.
+#[allow(clippy::large_enum_variant)]
 enum Command {
     /// Run the broker until SIGTERM or SIGINT, then shut down gracefully.
     Serve {

@@ -67,6 +67,14 @@ pub(crate) struct BrokerSettings {
     /// RabbitMQ: consumer queues `check` audits (quorum, durable); AMQP cannot list the queues
     /// bound to a topic's exchange, so they are named here.
     pub(crate) audit_queues: BTreeSet<String>,
+    /// broker-lite user (issue 16); its password comes from `password_file`, or from
+    /// `BROKER_LITE_PASSWORD(_FILE)`, never from this file. Unset: `BROKER_LITE_USER`, or none.
+    pub(crate) user: Option<String>,
+    /// File holding the broker-lite password.
+    pub(crate) password_file: Option<std::path::PathBuf>,
+    /// PEM CA that signed broker-lite's certificate: connect with TLS. Unset:
+    /// `BROKER_LITE_TLS_CA`, or plain TCP.
+    pub(crate) tls_ca: Option<std::path::PathBuf>,
 }
 
 /// The broker the relay publishes to, from the form of `broker.addresses`.
@@ -119,6 +127,9 @@ impl Default for BrokerSettings {
             critical_topics: BTreeSet::new(),
             oneway_topics: BTreeSet::new(),
             audit_queues: BTreeSet::new(),
+            user: None,
+            password_file: None,
+            tls_ca: None,
         }
     }
 }
@@ -283,6 +294,37 @@ impl Config {
         }
         self.http_listen()?;
         Ok(())
+    }
+
+    /// broker-lite credentials and TLS: this file's fields over the `BROKER_LITE_*` environment.
+    pub(crate) fn broker_lite_security(&self) -> anyhow::Result<broker_lite_client::Security> {
+        let mut security = broker_lite_client::Security::from_env()?;
+        let b = &self.broker;
+        match (&b.user, &b.password_file) {
+            (Some(user), Some(file)) => {
+                security.credentials = Some(broker_lite_client::Credentials::from_file(
+                    user.as_str(),
+                    file,
+                )?);
+            }
+            (None, Some(_)) => bail!("broker.password_file is set without broker.user"),
+            (Some(user), None) => match std::env::var("BROKER_LITE_PASSWORD") {
+                Ok(password) if !password.is_empty() => {
+                    security.credentials = Some(broker_lite_client::Credentials::new(
+                        user.as_str(),
+                        password,
+                    ));
+                }
+                _ => {
+                    bail!("broker.user is set without broker.password_file or BROKER_LITE_PASSWORD")
+                }
+            },
+            (None, None) => {}
+        }
+        if let Some(ca) = &b.tls_ca {
+            security.tls = Some(broker_lite_client::ClientTls::from_ca_file(ca)?);
+        }
+        Ok(security)
     }
 
     pub(crate) fn send_timeout(&self) -> Duration {
