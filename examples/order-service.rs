@@ -1,6 +1,7 @@
 //! order-service: an HTTP API whose `POST /orders` writes the order and an `ORDER_CREATED` message
-//! in one transaction. The `outbox-relay` sidecar publishes the message to broker-lite;
-//! `payment-service` consumes it.
+//! in one transaction. The `outbox-relay` sidecar publishes the message to the broker its
+//! `--broker` names (broker-lite, `nats://…`, `amqp://…`); `payment-service` consumes it. This
+//! service never talks to the broker: changing brokers changes only those two addresses.
 //!
 //! ```sh
 //! DATABASE_URL=postgres://postgres@127.0.0.1:5432/orders cargo run --example order-service

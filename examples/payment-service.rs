@@ -1,21 +1,25 @@
-//! payment-service: consumes `ORDER_CREATED` from broker-lite through the idempotency layer,
-//! writes a payment and emits `PAYMENT_DONE` through its own outbox, all in one transaction with
-//! the idempotency record. A redelivered or duplicated `ORDER_CREATED` is acked without a second
-//! payment.
+//! payment-service: consumes `ORDER_CREATED` through the idempotency layer, writes a payment and
+//! emits `PAYMENT_DONE` through its own outbox, all in one transaction with the idempotency
+//! record. A redelivered or duplicated `ORDER_CREATED` is acked without a second payment.
 //!
 //! ```sh
 //! DATABASE_URL=postgres://postgres@127.0.0.1:5432/payments BROKER=127.0.0.1:9876 \
 //!     cargo run --example payment-service
+//! # the same on NATS JetStream or RabbitMQ: only the address changes
+//! BROKER=nats://127.0.0.1:4222 ...
+//! BROKER=amqp://guest:guest@127.0.0.1:5672/%2f ...
 //! ```
 //!
-//! Environment: `DATABASE_URL` (required), `BROKER` (default `127.0.0.1:9876`). A second
-//! `outbox-relay` pointed at the payments database publishes `PAYMENT_DONE`.
+//! Environment: `DATABASE_URL` (required), `BROKER` (default `127.0.0.1:9876`, broker-lite; its
+//! form picks the broker, as `outbox-relay --broker` does). Subscribing provisions what the broker
+//! needs (the NATS stream `ORDER_CREATED`, the RabbitMQ exchange `ORDER_CREATED` and quorum queue
+//! `payment-service`). A second `outbox-relay` pointed at the payments database publishes
+//! `PAYMENT_DONE`.
 
 use anyhow::Context;
-use courier::broker::ConsumerConfig;
 use courier::middleware::{
-    BrokerLiteSource, CatchPanicLayer, ConsumeTimeoutLayer, Consumer, IdempotencyLayer, Reject,
-    TraceLayer, TxDelivery,
+    BrokerAddress, CatchPanicLayer, ConsumeTimeoutLayer, Consumer, IdempotencyLayer, Reject,
+    Subscription, TraceLayer, TxDelivery,
 };
 use courier::outbox::{MIGRATOR, Message, Outbox};
 use serde::{Deserialize, Serialize};
@@ -50,7 +54,9 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let url = std::env::var("DATABASE_URL")
         .context("set DATABASE_URL, e.g. postgres://postgres@127.0.0.1:5432/payments")?;
-    let broker = std::env::var("BROKER").unwrap_or_else(|_| "127.0.0.1:9876".to_owned());
+    let broker: BrokerAddress = std::env::var("BROKER")
+        .unwrap_or_else(|_| "127.0.0.1:9876".to_owned())
+        .parse()?;
     let pool = PgPool::connect(&url)
         .await
         .context("connecting to the database")?;
@@ -66,12 +72,11 @@ async fn main() -> anyhow::Result<()> {
     .execute(&pool)
     .await?;
 
-    let source = BrokerLiteSource::connect(
-        broker.as_str(),
-        ConsumerConfig::new("payment-service", "ORDER_CREATED"),
-    )
-    .await
-    .with_context(|| format!("cannot reach broker-lite at {broker}"))?;
+    let source = broker
+        .subscribe(&Subscription::new("ORDER_CREATED", "payment-service"))
+        .await
+        .map_err(anyhow::Error::from_boxed)
+        .with_context(|| format!("subscribing to ORDER_CREATED at {broker}"))?;
     let outbox = Outbox::new();
     let handler = ServiceBuilder::new()
         .layer(TraceLayer::new())
@@ -109,7 +114,10 @@ async fn main() -> anyhow::Result<()> {
         let _ = tokio::signal::ctrl_c().await;
         stop.cancel();
     });
-    println!("payment-service consuming ORDER_CREATED from {broker}");
+    println!(
+        "payment-service consuming ORDER_CREATED from {} at {broker}",
+        broker.kind()
+    );
     Consumer::builder(source, handler)
         .group("payment-service")
         .build()

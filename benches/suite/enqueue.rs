@@ -13,18 +13,26 @@ use crate::report::Report;
 pub(crate) const PAYLOAD: usize = 256;
 pub(crate) const SCENARIO: &str = "1. Enqueue cost (256-byte payload, one connection, interleaved)";
 
-/// Drops and recreates the scratch database `courier_bench`, with the outbox schema, a business
-/// table and a copy of the outbox table for the hand-written INSERT.
+/// Drops and recreates the scratch database (`courier_bench`, or `$BENCH_DATABASE` so that two
+/// suites on one server do not drop each other's), with the outbox schema, a business table and a
+/// copy of the outbox table for the hand-written INSERT.
 pub(crate) async fn fresh_database(url: &str, connections: u32) -> anyhow::Result<PgPool> {
     let options: PgConnectOptions = url.parse()?;
+    let name = std::env::var("BENCH_DATABASE").unwrap_or_else(|_| "courier_bench".into());
+    anyhow::ensure!(
+        !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+        "BENCH_DATABASE must be letters, digits and '_' (it is dropped and recreated), got {name:?}"
+    );
     let mut admin = sqlx::PgConnection::connect_with(&options).await?;
     admin
-        .execute("DROP DATABASE IF EXISTS courier_bench WITH (FORCE)")
+        .execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str())
         .await?;
-    admin.execute("CREATE DATABASE courier_bench").await?;
+    admin
+        .execute(format!("CREATE DATABASE {name}").as_str())
+        .await?;
     let pool = PgPoolOptions::new()
         .max_connections(connections)
-        .connect_with(options.database("courier_bench"))
+        .connect_with(options.database(&name))
         .await?;
     MIGRATOR.run(&pool).await?;
     pool.execute(

@@ -12,8 +12,9 @@
 //! Options: `--quick` (3 repeats, small sizes) or `--full` (5 repeats; the default), `--only 1,2`
 //! (scenarios by number), `--write-report` (also copy the Markdown to `benches/REPORT.md`).
 //! Environment: `DATABASE_URL` (default `postgres://postgres@127.0.0.1:5432/postgres`; the suite
-//! recreates the database `courier_bench` there), `NATS_ADDR` (default `127.0.0.1:4222`),
-//! `RABBITMQ_URL` (default `amqp://guest:guest@127.0.0.1:5672/%2f`). A service that does not
+//! recreates the database `courier_bench` there, or `BENCH_DATABASE`), `NATS_ADDR` (default
+//! `127.0.0.1:4222`), `RABBITMQ_URL` (default `amqp://guest:guest@127.0.0.1:5672/%2f`),
+//! `MYSQL_URL` (scenario 6; default `mysql://root@127.0.0.1:3306/test`). A service that does not
 //! answer is reported, and the scenarios needing it are skipped with the reason.
 //!
 //! Writes `<target dir>/bench-report/report.md` and `report.json`.
@@ -369,7 +370,9 @@ async fn main() -> anyhow::Result<()> {
                 );
             }
         }
-        if let Some(pool) = &mysql_pool {
+        if let Some(pool) = &mysql_pool
+            && wanted(6)
+        {
             mysql::run(pool, &params, &mut report).await?;
         }
         if wanted(4) {

@@ -152,7 +152,15 @@ async fn connections_past_the_limit_are_refused() {
     let first = client(&server).await;
     first.request(&Request::Ping, TIMEOUT).await.unwrap();
 
-    let frames = raw_exchange(&server, &[]).await;
+    // A connection takes a slot once it has sent its first request (issue 16: silent ones
+    // only wait among the handshaking connections).
+    let ping = Frame {
+        kind: FrameKind::Request,
+        request_id: 1,
+        code: Request::Ping.code() as u16,
+        body: Bytes::new(),
+    };
+    let frames = raw_exchange(&server, &encode(&ping)).await;
     assert_eq!(frames.len(), 1);
     assert_eq!(error_of(&frames[0]).code, ErrorCode::TooManyConnections);
 

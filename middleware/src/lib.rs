@@ -124,6 +124,12 @@ mod tx;
 /// The NATS client the `nats` adapters use (connect options, JetStream context).
 #[cfg(feature = "nats")]
 pub use async_nats;
+#[cfg(any(feature = "broker-lite", feature = "nats", feature = "rabbitmq"))]
+pub use brokers::address::{
+    AnyPublisher, BrokerAddress, BrokerAddressError, Published, Subscription,
+};
+#[cfg(any(feature = "broker-lite", feature = "nats", feature = "rabbitmq"))]
+pub use brokers::any_source::{AnyReceipt, AnySource};
 #[cfg(feature = "broker-lite")]
 pub use brokers::broker_lite::{
     BROKER_LITE_CREATED_AT, BrokerLitePublisher, BrokerLiteReceipt, BrokerLiteSource,

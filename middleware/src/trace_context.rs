@@ -1,10 +1,14 @@
-//! W3C trace context (`traceparent` header): read on the consumer side, written on the producer
-//! side.
+//! W3C trace context (`traceparent` header) as a value: parsed and written by OpenTelemetry's
+//! propagator ([`courier_core::trace_context`]), for code that reads or sets the header itself.
 
+use std::collections::BTreeMap;
 use std::fmt;
 
+use courier_core::trace_context::{self, span_context};
+use opentelemetry::trace::{SpanContext, TraceContextExt};
+
 /// The name of the W3C trace-context header.
-pub const TRACEPARENT: &str = "traceparent";
+pub const TRACEPARENT: &str = trace_context::TRACEPARENT;
 
 /// A parsed W3C `traceparent` value: `00-<trace id>-<parent span id>-<flags>`.
 ///
@@ -20,54 +24,42 @@ pub const TRACEPARENT: &str = "traceparent";
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TraceParent {
+    context: SpanContext,
     trace_id: String,
     span_id: String,
-    flags: u8,
 }
 
 impl TraceParent {
-    /// Parses a version-00 `traceparent`; `None` if it is malformed or all-zero.
+    /// Parses a `traceparent`; `None` if it is malformed or all-zero.
     pub fn parse(value: &str) -> Option<Self> {
-        let mut parts = value.trim().split('-');
-        let (version, trace_id, span_id, flags) =
-            (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-        let hex = |s: &str, len: usize| {
-            s.len() == len && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-        };
-        if version != "00"
-            || parts.next().is_some()
-            || !hex(trace_id, 32)
-            || !hex(span_id, 16)
-            || !hex(flags, 2)
-            || trace_id.bytes().all(|b| b == b'0')
-            || span_id.bytes().all(|b| b == b'0')
-        {
-            return None;
-        }
+        Self::from_headers(&BTreeMap::from([(
+            TRACEPARENT.to_owned(),
+            value.to_owned(),
+        )]))
+    }
+
+    fn from_headers(headers: &BTreeMap<String, String>) -> Option<Self> {
+        let context = span_context(headers)?;
         Some(Self {
-            trace_id: trace_id.to_owned(),
-            span_id: span_id.to_owned(),
-            flags: u8::from_str_radix(flags, 16).ok()?,
+            trace_id: context.trace_id().to_string(),
+            span_id: context.span_id().to_string(),
+            context,
         })
     }
 
     /// A new trace with random ids, sampled.
     pub fn new_root() -> Self {
-        Self {
-            trace_id: format!("{:032x}", rand::random::<u128>().max(1)),
-            span_id: random_span_id(),
-            flags: 1,
-        }
+        let mut headers = BTreeMap::new();
+        trace_context::hop(&mut headers);
+        Self::from_headers(&headers).expect("hop writes a valid traceparent")
     }
 
     /// The same trace with a new span id: what a hop passes on.
     #[must_use]
     pub fn child(&self) -> Self {
-        Self {
-            trace_id: self.trace_id.clone(),
-            span_id: random_span_id(),
-            flags: self.flags,
-        }
+        let mut headers = BTreeMap::from([(TRACEPARENT.to_owned(), self.to_string())]);
+        trace_context::hop(&mut headers);
+        Self::from_headers(&headers).expect("hop writes a valid traceparent")
     }
 
     /// The 32-hex-digit trace id.
@@ -82,21 +74,16 @@ impl TraceParent {
 
     /// Whether the sender sampled this trace.
     pub fn sampled(&self) -> bool {
-        self.flags & 1 == 1
+        self.context.is_sampled()
     }
-}
-
-fn random_span_id() -> String {
-    format!("{:016x}", rand::random::<u64>().max(1))
 }
 
 impl fmt::Display for TraceParent {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "00-{}-{}-{:02x}",
-            self.trace_id, self.span_id, self.flags
-        )
+        let mut headers = BTreeMap::new();
+        let context = opentelemetry::Context::new().with_remote_span_context(self.context.clone());
+        trace_context::inject(&context, &mut headers);
+        f.write_str(headers.get(TRACEPARENT).map_or("", String::as_str))
     }
 }
 
@@ -108,15 +95,17 @@ mod tests {
     fn round_trips_and_refuses_bad_values() {
         let text = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
         assert_eq!(TraceParent::parse(text).unwrap().to_string(), text);
+        // Versions above 00 are read as 00 (W3C: forward compatible), so only bad fields fail.
         for bad in [
-            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
             "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
             "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
         ] {
             assert!(TraceParent::parse(bad).is_none(), "{bad}");
         }
         let root = TraceParent::new_root();
+        assert!(root.sampled());
         assert_eq!(TraceParent::parse(&root.to_string()), Some(root));
     }
 }

@@ -1,6 +1,10 @@
 //! The writer: puts messages into the outbox table inside the caller's transaction.
 
+use std::borrow::Cow;
+
+use courier_core::trace_context::{self, TRACEPARENT};
 use sqlx::Executor;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::store::sealed::Dialect;
@@ -17,6 +21,11 @@ use crate::{Limits, Message, Result, Store};
 /// the transaction commits. On SQLite, begin business transactions with
 /// `pool.begin_with("BEGIN IMMEDIATE")`: a transaction that reads before it writes may otherwise
 /// fail with "database is locked" when another writer got in between.
+///
+/// Each enqueue runs in an `outbox.enqueue` span. With an OpenTelemetry layer in the subscriber
+/// the row is stored with that span's W3C `traceparent` (a child of the caller's span), which the
+/// relay's `outbox.publish` span and the consumer's span continue: one trace from the business
+/// transaction to the handler ([`courier_core::trace_context`]).
 ///
 /// # Examples
 ///
@@ -72,7 +81,17 @@ impl Outbox {
         E::Database: Store,
     {
         self.limits.check(message)?;
-        <E::Database as Dialect>::insert_one(executor, message)
+        let span = tracing::info_span!(
+            "outbox.enqueue",
+            message.id = %message.id,
+            message.topic = %message.topic,
+        );
+        // A traceparent the application set is this span's parent; the row then carries the
+        // span's own context, which the relay's publish span continues.
+        trace_context::adopt(&span, &message.headers);
+        let message = traced(&span, message);
+        <E::Database as Dialect>::insert_one(executor, &message)
+            .instrument(span)
             .await
             .map_err(<E::Database as Dialect>::map_error)?;
         <E::Database as Dialect>::enqueued();
@@ -97,12 +116,39 @@ impl Outbox {
         for message in messages {
             self.limits.check(message)?;
         }
-        let written = <E::Database as Dialect>::insert_many(executor, messages)
+        let span = tracing::info_span!("outbox.enqueue", size = messages.len());
+        // One span for the statement: messages without a traceparent get its context, those
+        // with one keep theirs.
+        let messages: Cow<'_, [Message]> = if trace_context::is_traced(&span) {
+            messages
+                .iter()
+                .map(|message| match message.headers.contains_key(TRACEPARENT) {
+                    true => message.clone(),
+                    false => traced(&span, message).into_owned(),
+                })
+                .collect::<Vec<_>>()
+                .into()
+        } else {
+            Cow::Borrowed(messages)
+        };
+        let written = <E::Database as Dialect>::insert_many(executor, &messages)
+            .instrument(span)
             .await
             .map_err(<E::Database as Dialect>::map_error)?;
         <E::Database as Dialect>::enqueued();
         Ok(written)
     }
+}
+
+/// `message` with `span`'s trace context in its headers; as it is (not copied) when `span` has no
+/// OpenTelemetry context.
+fn traced<'m>(span: &tracing::Span, message: &'m Message) -> Cow<'m, Message> {
+    if !trace_context::is_traced(span) {
+        return Cow::Borrowed(message);
+    }
+    let mut message = message.clone();
+    trace_context::stamp(span, &mut message.headers);
+    Cow::Owned(message)
 }
 
 /// The message's delay in microseconds, saturating.

@@ -61,16 +61,122 @@ async fn late_commit_with_lower_sequence_is_published(pool: PgPool) {
 #[sqlx::test(migrator = "courier_outbox::MIGRATOR")]
 async fn notify_wakes_an_idle_relay_long_before_its_poll(pool: PgPool) {
     let recorder = Recorder::default();
-    // Only the NOTIFY sent on commit can explain a publish.
+    // Only the NOTIFY sent on commit can explain a publish: the row is written as a writer in
+    // another process would, without this process's in-process signal.
     let mut running = Running::start(wake_only_relay(&pool, &recorder, "sleeper"));
     running.wait_for_state(RelayState::Idle).await;
-    let message = Message::new("t", "wake up");
+    let id = Message::new("t", "wake up").id;
     let mut tx = pool.begin().await.unwrap();
-    Outbox::new().enqueue(&mut *tx, &message).await.unwrap();
+    sqlx::query("INSERT INTO outbox.messages (id, topic, payload) VALUES ($1, 't', 'wake up')")
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
     tx.commit().await.unwrap();
     recorder.wait_for_accepted(1).await;
     running.stop().await;
-    assert_eq!(recorder.accepted_ids(), vec![message.id]);
+    assert_eq!(recorder.accepted_ids(), vec![id]);
+}
+
+/// `expression` over the `pg_stat_activity` row of this database's connection named `name`.
+fn activity(name: &str, expression: &str) -> String {
+    format!(
+        "(SELECT {expression} FROM pg_stat_activity \
+         WHERE datname = current_database() AND application_name = '{name}')"
+    )
+}
+
+// A busy relay has withdrawn its idle mark, so the trigger sends no NOTIFY: a writer in the
+// relay's process wakes it through the in-process signal, at insert time (before the commit),
+// and the relay keeps looking until the commit lands.
+#[sqlx::test(migrator = "courier_outbox::MIGRATOR")]
+async fn a_writer_in_the_relays_process_wakes_a_busy_relay_before_it_commits(pool: PgPool) {
+    let first = Message::new("t", "makes the relay busy");
+    enqueue(&pool, std::slice::from_ref(&first)).await;
+    let recorder = Recorder::default();
+    // Busy for an hour, busy polls an hour apart: only a wake-up explains a second publish.
+    let mut running =
+        Running::start(wake_only_relay(&pool, &recorder, "busy").linger(Duration::from_secs(3600)));
+    recorder.wait_for_accepted(1).await;
+    running.wait_for_state(RelayState::Idle).await;
+    let marks: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox.idle_relays")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(marks, 0, "a busy relay must not ask for NOTIFY");
+
+    // The listener wakes the relay once it is connected; let that wake-up pass first.
+    let relay_query = activity("busy", "query_start");
+    let listened = activity("busy-listener", "state_change");
+    let listener_up = activity("busy-listener", "state = 'idle' AND query LIKE 'LISTEN%'");
+    eventually(
+        &pool,
+        "the listener is up",
+        &format!("SELECT coalesce({listener_up}, false)"),
+    )
+    .await;
+    let after_listener = format!("SELECT coalesce({relay_query} > {listened}, false)");
+    eventually(
+        &pool,
+        "the relay looked after the listener's wake-up",
+        &after_listener,
+    )
+    .await;
+    // The follow-up looks after that wake-up end within about 130 ms.
+    let quiet = format!("SELECT {relay_query} < clock_timestamp() - interval '500 ms'");
+    eventually(&pool, "the relay's follow-up looks to end", &quiet).await;
+
+    let before: chrono::DateTime<chrono::Utc> = sqlx::query_scalar("SELECT clock_timestamp()")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let second = Message::new("t", "wakes it");
+    let mut tx = pool.begin().await.unwrap();
+    Outbox::new().enqueue(&mut *tx, &second).await.unwrap();
+    // The relay looks before the commit (and finds nothing yet): only the insert explains it.
+    common::eventually("the insert woke the busy relay", async || {
+        sqlx::query_scalar::<_, bool>(&format!("SELECT coalesce({relay_query} > $1, false)"))
+            .bind(before)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+    })
+    .await;
+    tx.commit().await.unwrap();
+    recorder.wait_for_accepted(2).await;
+    running.stop().await;
+    assert_eq!(recorder.accepted_ids(), vec![first.id, second.id]);
+    assert_eq!(pending(&pool).await, 0);
+}
+
+// The claim's check for an earlier message of the key that is not due yet: a scheduled head holds
+// its key's followers, whatever else is scheduled, and no other key.
+#[sqlx::test(migrator = "courier_outbox::MIGRATOR")]
+async fn a_scheduled_head_holds_its_keys_followers_among_many_scheduled_rows(pool: PgPool) {
+    let hour = Duration::from_secs(3600);
+    let head = Message::new("t", "head").with_key("k").with_delay(hour);
+    let follower = Message::new("t", "follower").with_key("k");
+    let other = Message::new("t", "other key").with_key("j");
+    let mut messages: Vec<Message> = (0..200)
+        .map(|i| {
+            Message::new("t", "scheduled")
+                .with_key(format!("s{}", i % 20))
+                .with_delay(hour)
+        })
+        .collect();
+    messages.extend([head.clone(), follower.clone(), other.clone()]);
+    // A scheduled row of `j` after `other` holds nothing: only earlier rows hold a key.
+    messages.push(Message::new("t", "later j").with_key("j").with_delay(hour));
+    enqueue(&pool, &messages).await;
+
+    let recorder = Recorder::default();
+    let mut running = Running::start(relay(&pool, &recorder, "scheduled"));
+    recorder.wait_for_accepted(1).await;
+    running.wait_for_state(RelayState::Idle).await;
+    running.stop().await;
+    assert_eq!(recorder.accepted_ids(), vec![other.id]);
+    assert_eq!(recorder.calls(follower.id), 0);
+    assert_eq!(pending(&pool).await, 203);
 }
 
 #[sqlx::test(migrator = "courier_outbox::MIGRATOR")]

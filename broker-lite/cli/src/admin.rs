@@ -88,7 +88,10 @@ pub(crate) enum AdminCommand {
 
 /// Runs `command` against the brokers at `addresses`.
 pub(crate) async fn run(addresses: &str, command: AdminCommand) -> Result<()> {
-    let admin = Admin::connect(addresses, AdminConfig::default())
+    let mut config = AdminConfig::default();
+    // BROKER_LITE_USER / _PASSWORD(_FILE) / _TLS_CA: secrets stay out of the command line.
+    config.security = broker_lite_client::Security::from_env()?;
+    let admin = Admin::connect(addresses, config)
         .await
         .with_context(|| format!("cannot reach a broker at {addresses}"))?;
     match command {
@@ -258,6 +261,35 @@ fn print_description(d: &BrokerDescription) {
     println!("max message size:    {} bytes", d.max_message_size);
     println!("consume timeout:     {} ms", d.consume_timeout_ms);
     println!("max reconsume times: {}", d.max_reconsume_times);
+    println!("listen:              {}", d.listen);
+    println!(
+        "authentication:      {}",
+        on_off(d.authentication, "SCRAM-SHA-256, per-user permissions")
+    );
+    println!("tls:                 {}", on_off(d.tls, "rustls"));
+    if d.is_exposed() {
+        println!(
+            "warning:             the broker listens on a non-loopback address without {}: \
+             anyone who can reach it can read or change what it is not protected against",
+            match (d.authentication, d.tls) {
+                (false, false) => "authentication and TLS",
+                (false, true) => "authentication",
+                _ => "TLS",
+            }
+        );
+    } else if !d.authentication {
+        println!(
+            "note:                open broker on loopback: every local process may do anything"
+        );
+    }
+}
+
+fn on_off(on: bool, what: &str) -> String {
+    if on {
+        format!("on ({what})")
+    } else {
+        "off".to_owned()
+    }
 }
 
 /// `72 h`, or fractional hours with the exact milliseconds when not a whole number of hours.
@@ -271,7 +303,7 @@ fn retention(ms: u64) -> String {
 }
 
 /// `2026-11-30 08:00:00.123 UTC` for milliseconds since the Unix epoch.
-fn timestamp(ms: u64) -> String {
+pub(crate) fn timestamp(ms: u64) -> String {
     i64::try_from(ms)
         .ok()
         .and_then(chrono::DateTime::from_timestamp_millis)

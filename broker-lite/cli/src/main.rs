@@ -8,12 +8,20 @@
 //! broker-lite lag billing
 //! broker-lite lookup --id 0190c6f2-...
 //! broker-lite dlq redrive billing
+//! broker-lite produce orders 'order 7 created' --key order-7 -H source=ops
+//! broker-lite consume orders --tail
 //! ```
 //!
-//! Exit codes: 0 success, 1 runtime failure, 2 invalid command line or configuration.
+//! Exit codes: 0 success, 1 runtime failure, 2 invalid command line, configuration or input
+//! (unknown topic, message too large), 3 a message stored but not as durably as configured.
 
 mod admin;
+mod consume;
+mod exit;
+mod produce;
 mod settings;
+mod show;
+mod target;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -45,6 +53,8 @@ struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+// Parsed once per process: the size of the `serve` settings does not matter.
+#[allow(clippy::large_enum_variant)]
 enum Command {
     /// Run the broker until SIGTERM or SIGINT, then shut down gracefully.
     Serve {
@@ -54,6 +64,10 @@ enum Command {
         #[command(flatten)]
         settings: Settings,
     },
+    /// Send messages (from arguments, a file or stdin) and print each send status and id.
+    Produce(produce::ProduceArgs),
+    /// Print a topic's deliveries, in a consumer group (no ack unless --ack) or as a tail.
+    Consume(consume::ConsumeArgs),
     #[command(flatten)]
     Admin(AdminCommand),
 }
@@ -90,6 +104,8 @@ fn main() -> ExitCode {
             };
             report(runtime.block_on(serve(dir, config)))
         }
+        Command::Produce(args) => report(runtime.block_on(produce::run(&cli.addr, args))),
+        Command::Consume(args) => report(runtime.block_on(consume::run(&cli.addr, args))),
         Command::Admin(command) => report(runtime.block_on(admin::run(&cli.addr, command))),
     }
 }
@@ -106,7 +122,7 @@ fn report(result: Result<()>) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::from(1)
+            ExitCode::from(exit::Exit::code_of(&e))
         }
     }
 }

@@ -29,6 +29,17 @@ pub(crate) enum Flush {
 /// flush = "sync"
 /// sync_flush_timeout_ms = 5000
 /// retention_hours = 72
+/// # Security (issue 16): TLS and users; passwords come from files or the environment only.
+/// tls_cert = "/etc/broker-lite/cert.pem"
+/// tls_key = "/etc/broker-lite/key.pem"
+///
+/// [[users]]
+/// name = "orders-service"
+/// password_file = "/run/secrets/orders-service"   # or password_env = "ORDERS_PASSWORD"
+/// produce = ["orders"]
+/// consume = ["orders"]
+/// groups = ["billing-*"]
+/// admin = false
 /// ```
 #[derive(Debug, Default, Clone, Args, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -72,6 +83,75 @@ pub(crate) struct Settings {
     /// Grace period for requests in flight at shutdown, in milliseconds [default: 10000].
     #[arg(long)]
     pub(crate) shutdown_grace_ms: Option<u64>,
+    /// PEM certificate chain: the listener speaks TLS only (needs --tls-key) [default: no TLS].
+    #[arg(long, requires = "tls_key")]
+    pub(crate) tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    pub(crate) tls_key: Option<PathBuf>,
+    /// Time for a new connection to finish TLS and authentication (or send its first
+    /// request), in milliseconds [default: 10000].
+    #[arg(long)]
+    pub(crate) handshake_timeout_ms: Option<u64>,
+    /// Most connections in their handshake at once; the longest waiting makes room [default: 256].
+    #[arg(long)]
+    pub(crate) max_handshaking: Option<usize>,
+    /// Close a connection that sends nothing for this long, in milliseconds [default: 300000].
+    #[arg(long)]
+    pub(crate) idle_timeout_ms: Option<u64>,
+    /// Most request and answer bytes held per connection [default: 256 MiB].
+    #[arg(long)]
+    pub(crate) max_bytes_in_flight: Option<usize>,
+    /// Users (config file only): with any, every client must authenticate [default: none,
+    /// the broker runs open, for loopback only].
+    #[arg(skip)]
+    pub(crate) users: Option<Vec<UserSettings>>,
+}
+
+/// One `[[users]]` entry. The password is read from `password_file` or the environment
+/// variable `password_env`, never from the file itself.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct UserSettings {
+    name: String,
+    password_file: Option<PathBuf>,
+    password_env: Option<String>,
+    #[serde(default)]
+    produce: Vec<String>,
+    #[serde(default)]
+    consume: Vec<String>,
+    #[serde(default)]
+    groups: Vec<String>,
+    #[serde(default)]
+    admin: bool,
+}
+
+impl UserSettings {
+    fn password(&self) -> Result<String> {
+        let name = &self.name;
+        match (&self.password_file, &self.password_env) {
+            (Some(path), None) => {
+                let text = std::fs::read_to_string(path).with_context(|| {
+                    format!(
+                        "user {name:?}: cannot read password_file {}",
+                        path.display()
+                    )
+                })?;
+                let password = text.trim_end_matches(['\n', '\r']).to_string();
+                if password.is_empty() {
+                    bail!("user {name:?}: password_file {} is empty", path.display());
+                }
+                Ok(password)
+            }
+            (None, Some(var)) => match std::env::var(var) {
+                Ok(password) if !password.is_empty() => Ok(password),
+                _ => bail!(
+                    "user {name:?}: the environment variable {var} (password_env) is unset or empty"
+                ),
+            },
+            _ => bail!("user {name:?}: give exactly one of password_file and password_env"),
+        }
+    }
 }
 
 macro_rules! merge {
@@ -106,7 +186,14 @@ impl Settings {
             max_frame_bytes,
             max_batch,
             max_connections,
-            shutdown_grace_ms
+            shutdown_grace_ms,
+            tls_cert,
+            tls_key,
+            handshake_timeout_ms,
+            max_handshaking,
+            idle_timeout_ms,
+            max_bytes_in_flight,
+            users
         )
     }
 
@@ -117,7 +204,7 @@ impl Settings {
         config.listen = listen
             .parse::<SocketAddr>()
             .with_context(|| format!("listen address {listen:?} is not an ip:port"))?;
-        let Some(data_dir) = self.data_dir else {
+        let Some(data_dir) = self.data_dir.clone() else {
             bail!("no data directory: pass --data-dir or set data_dir in the config file");
         };
         let store = &mut config.broker.store;
@@ -201,9 +288,70 @@ impl Settings {
         if let Some(ms) = self.shutdown_grace_ms {
             config.server.shutdown_grace = Duration::from_millis(ms);
         }
+        self.security(&mut config.server)?;
         // Its error says "invalid broker configuration" itself.
         config.broker.validate()?;
         Ok((data_dir, config))
+    }
+}
+
+impl Settings {
+    /// TLS, users and connection bounds.
+    fn security(&self, server: &mut broker_lite::server::ServerConfig) -> Result<()> {
+        if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
+            server.tls = Some(broker_lite::server::ServerTls::from_files(cert, key)?);
+        } else if self.tls_cert.is_some() || self.tls_key.is_some() {
+            bail!("tls_cert and tls_key go together: give both or neither");
+        }
+        if let Some(users) = &self.users {
+            let mut table = broker_lite::server::Users::new();
+            for user in users {
+                if user.name.is_empty() || user.name.len() > 255 {
+                    bail!("user names must be 1 to 255 bytes long: {:?}", user.name);
+                }
+                let mut rights = broker_lite::server::Permissions::default();
+                rights.produce = user.produce.clone();
+                rights.consume = user.consume.clone();
+                rights.groups = user.groups.clone();
+                rights.admin = user.admin;
+                table.add(user.name.clone(), user.password()?.as_bytes(), rights);
+            }
+            if table.len() != users.len() {
+                bail!("a user name appears twice in [[users]]");
+            }
+            if !table.is_empty() {
+                server.users = Some(std::sync::Arc::new(table));
+            }
+        }
+        let positive = |name: &str, ms: Option<u64>| -> Result<Option<Duration>> {
+            match ms {
+                Some(0) => bail!("{name} must be greater than zero"),
+                other => Ok(other.map(Duration::from_millis)),
+            }
+        };
+        if let Some(d) = positive("handshake_timeout_ms", self.handshake_timeout_ms)? {
+            server.handshake_timeout = d;
+        }
+        if let Some(d) = positive("idle_timeout_ms", self.idle_timeout_ms)? {
+            server.idle_timeout = d;
+        }
+        if let Some(n) = self.max_handshaking {
+            if n == 0 {
+                bail!("max_handshaking must be at least 1");
+            }
+            server.max_handshaking = n;
+        }
+        if let Some(bytes) = self.max_bytes_in_flight {
+            server.max_bytes_in_flight_per_connection = bytes;
+        }
+        let frame = server.limits.max_frame_size as usize;
+        if server.max_bytes_in_flight_per_connection < 2 * frame {
+            bail!(
+                "max_bytes_in_flight ({}) must be at least twice the frame size ({frame}): one pull's answer and one request",
+                server.max_bytes_in_flight_per_connection
+            );
+        }
+        Ok(())
     }
 }
 
@@ -230,6 +378,38 @@ mod tests {
             "{error}"
         );
         assert!(!error.contains("invalid broker configuration"), "{error}");
+    }
+
+    #[test]
+    fn users_read_their_passwords_from_files_or_the_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pw");
+        std::fs::write(&file, "s3cret\n").unwrap();
+        let text = format!(
+            "data_dir = \"/a\"\n[[users]]\nname = \"orders\"\npassword_file = {:?}\nproduce = [\"orders\"]\n",
+            file.display().to_string()
+        );
+        let settings: Settings = toml::from_str(&text).unwrap();
+        assert!(
+            !format!("{settings:?}").contains("s3cret"),
+            "secrets are never printed"
+        );
+        let (_, config) = Settings::default().over(settings).build().unwrap();
+        assert_eq!(config.server.users.as_ref().map(|u| u.len()), Some(1));
+
+        let bad: Settings = toml::from_str(
+            "data_dir = \"/a\"\n[[users]]\nname = \"x\"\npassword_env = \"BROKER_LITE_TEST_UNSET_VAR\"\n",
+        )
+        .unwrap();
+        let error = format!("{:#}", bad.build().unwrap_err());
+        assert!(
+            error.contains("BROKER_LITE_TEST_UNSET_VAR (password_env) is unset"),
+            "{error}"
+        );
+        assert!(
+            toml::from_str::<Settings>("[[users]]\nname = \"x\"\npassword = \"inline\"\n").is_err(),
+            "a password in the file itself is refused"
+        );
     }
 
     #[test]

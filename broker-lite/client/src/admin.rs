@@ -6,6 +6,7 @@ use uuid::Uuid;
 
 use super::endpoints::{Addresses, ConnectOptions, Endpoints};
 use super::error::{ClientError, Result};
+use super::security::Security;
 use crate::protocol::{
     BrokerDescription, DEFAULT_MAX_FRAME_SIZE, GroupInfo, MessageView, QueueLag, Request, Response,
     TopicInfo, TraceEvent,
@@ -21,6 +22,9 @@ pub struct AdminConfig {
     pub connect_timeout: Duration,
     /// Largest frame accepted from the broker. Default 8 MiB.
     pub max_frame_size: u32,
+    /// Credentials and TLS for the broker (issue 16). Default: neither, for a broker on
+    /// loopback that runs open.
+    pub security: Security,
 }
 
 impl Default for AdminConfig {
@@ -29,6 +33,7 @@ impl Default for AdminConfig {
             request_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(3),
             max_frame_size: DEFAULT_MAX_FRAME_SIZE,
+            security: Security::default(),
         }
     }
 }
@@ -72,6 +77,7 @@ impl Admin {
         let options = ConnectOptions {
             connect_timeout: config.connect_timeout,
             max_frame_size: config.max_frame_size,
+            security: config.security.clone(),
         };
         let endpoints = Endpoints::new(addresses.into(), options)?;
         endpoints.connection().await?;

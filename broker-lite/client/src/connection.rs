@@ -13,7 +13,10 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
+use tokio::io::{AsyncRead, AsyncWrite};
+
 use super::error::{ClientError, Result};
+use super::security::Security;
 use crate::protocol::{
     CONNECTION_REQUEST_ID, DecodeError, ErrorReply, Frame, FrameKind, FrameReader, FrameWriter,
     ReadError, Request, Response,
@@ -64,45 +67,65 @@ impl Drop for PendingGuard<'_> {
 }
 
 impl Connection {
-    /// Connects to `addr` (`host:port`) within `timeout`.
+    /// Connects to `addr` (`host:port`) within `timeout`, in plain text and without
+    /// credentials.
     ///
     /// # Errors
     ///
     /// [`ClientError::Connect`] when the address cannot be reached in time.
     pub async fn connect(addr: &str, timeout: Duration, max_frame_size: u32) -> Result<Connection> {
+        Connection::connect_with(addr, timeout, max_frame_size, &Security::default()).await
+    }
+
+    /// Connects to `addr` within `timeout` with `security`: TLS first when set, then
+    /// authentication when credentials are set, all within `timeout`.
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError::Connect`] when the address cannot be reached in time,
+    /// [`ClientError::Security`] when TLS fails or the broker cannot prove it holds the user's
+    /// keys, [`ClientError::Server`] with
+    /// [`ErrorCode::Unauthenticated`](crate::protocol::ErrorCode::Unauthenticated) for wrong
+    /// credentials or a broker that wants some.
+    pub async fn connect_with(
+        addr: &str,
+        timeout: Duration,
+        max_frame_size: u32,
+        security: &Security,
+    ) -> Result<Connection> {
         let connect_error = |source| ClientError::Connect {
             addr: addr.to_string(),
             source,
         };
-        let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(e)) => return Err(connect_error(e)),
-            Err(_) => return Err(connect_error(std::io::ErrorKind::TimedOut.into())),
+        let setup = async {
+            let stream = TcpStream::connect(addr).await.map_err(connect_error)?;
+            let _ = stream.set_nodelay(true);
+            match &security.tls {
+                None => {
+                    let (rd, wr) = stream.into_split();
+                    start(addr, rd, wr, max_frame_size, security).await
+                }
+                Some(tls) => {
+                    let name = tls.name_for(addr)?;
+                    let stream = tls.connector().connect(name, stream).await.map_err(|e| {
+                        ClientError::Security {
+                            addr: addr.to_string(),
+                            reason: format!(
+                                "TLS handshake failed: {e} (does the broker listen with TLS, and \
+                                 is its certificate signed by the CA given and valid for the \
+                                 name connected to?)"
+                            ),
+                        }
+                    })?;
+                    let (rd, wr) = tokio::io::split(stream);
+                    start(addr, rd, wr, max_frame_size, security).await
+                }
+            }
         };
-        let _ = stream.set_nodelay(true);
-        let (rd, wr) = stream.into_split();
-        let (tx, rx) = mpsc::channel::<Frame>(1024);
-        let pending = Arc::new(Mutex::new(Pending::default()));
-        let writer = tokio::spawn(write_loop(
-            FrameWriter::new(wr),
-            rx,
-            pending.clone(),
-            addr.to_string(),
-        ));
-        let reader = tokio::spawn(read_loop(
-            FrameReader::new(rd, max_frame_size),
-            pending.clone(),
-            addr.to_string(),
-        ));
-        Ok(Connection {
-            inner: Arc::new(Inner {
-                addr: addr.to_string(),
-                tx,
-                pending,
-                next_id: AtomicU64::new(1),
-                tasks: [writer, reader],
-            }),
-        })
+        match tokio::time::timeout(timeout, setup).await {
+            Ok(result) => result,
+            Err(_) => Err(connect_error(std::io::ErrorKind::TimedOut.into())),
+        }
     }
 
     /// The address this connection goes to.
@@ -212,8 +235,8 @@ fn fail_all(pending: &Mutex<Pending>, addr: &str, reason: String) {
     pending.closed.get_or_insert(reason);
 }
 
-async fn read_loop(
-    mut reader: FrameReader<tokio::net::tcp::OwnedReadHalf>,
+async fn read_loop<R: AsyncRead + Unpin>(
+    mut reader: FrameReader<R>,
     pending: Arc<Mutex<Pending>>,
     addr: String,
 ) {
@@ -263,8 +286,8 @@ fn not_a_broker(error: &DecodeError) -> String {
     )
 }
 
-async fn write_loop(
-    mut writer: FrameWriter<tokio::net::tcp::OwnedWriteHalf>,
+async fn write_loop<W: AsyncWrite + Unpin>(
+    mut writer: FrameWriter<W>,
     mut rx: mpsc::Receiver<Frame>,
     pending: Arc<Mutex<Pending>>,
     addr: String,
@@ -283,4 +306,38 @@ async fn write_loop(
             return;
         }
     }
+}
+
+/// Authenticates when `security` has credentials, then starts the reader and writer tasks.
+async fn start<R, W>(
+    addr: &str,
+    rd: R,
+    wr: W,
+    max_frame_size: u32,
+    security: &Security,
+) -> Result<Connection>
+where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let mut reader = FrameReader::new(rd, max_frame_size);
+    let mut writer = FrameWriter::new(wr);
+    let mut next_id = 1;
+    if let Some(credentials) = &security.credentials {
+        super::login::login(addr, &mut reader, &mut writer, credentials).await?;
+        next_id = 3;
+    }
+    let (tx, rx) = mpsc::channel::<Frame>(1024);
+    let pending = Arc::new(Mutex::new(Pending::default()));
+    let writer = tokio::spawn(write_loop(writer, rx, pending.clone(), addr.to_string()));
+    let reader = tokio::spawn(read_loop(reader, pending.clone(), addr.to_string()));
+    Ok(Connection {
+        inner: Arc::new(Inner {
+            addr: addr.to_string(),
+            tx,
+            pending,
+            next_id: AtomicU64::new(next_id),
+            tasks: [writer, reader],
+        }),
+    })
 }

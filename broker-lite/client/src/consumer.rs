@@ -8,6 +8,7 @@ use uuid::Uuid;
 
 use super::endpoints::{Addresses, ConnectOptions, Endpoints};
 use super::error::{ClientError, Result};
+use super::security::Security;
 use crate::protocol::{
     AckRequest, ConsumeModel, DEFAULT_MAX_FRAME_SIZE, DeadLetterRequest, Delivery, ErrorCode,
     Member, NackRequest, NackResult, PullRequest, Request, Response, Subscription,
@@ -37,6 +38,9 @@ pub struct ConsumerConfig {
     pub connect_timeout: Duration,
     /// Largest frame accepted from the broker. Default 8 MiB.
     pub max_frame_size: u32,
+    /// Credentials and TLS for the broker (issue 16). Default: neither, for a broker on
+    /// loopback that runs open.
+    pub security: Security,
 }
 
 impl ConsumerConfig {
@@ -53,6 +57,7 @@ impl ConsumerConfig {
             request_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(3),
             max_frame_size: DEFAULT_MAX_FRAME_SIZE,
+            security: Security::default(),
         }
     }
 }
@@ -103,6 +108,7 @@ impl Consumer {
         let options = ConnectOptions {
             connect_timeout: config.connect_timeout,
             max_frame_size: config.max_frame_size,
+            security: config.security.clone(),
         };
         let endpoints = Arc::new(Endpoints::new(addresses.into(), options)?);
         let config = Arc::new(config);

@@ -80,10 +80,11 @@ impl From<Vec<SocketAddr>> for Addresses {
 }
 
 /// Connection settings shared by the clients.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct ConnectOptions {
     pub(crate) connect_timeout: Duration,
     pub(crate) max_frame_size: u32,
+    pub(crate) security: super::security::Security,
 }
 
 #[derive(Debug)]
@@ -132,10 +133,11 @@ impl Endpoints {
         for i in 0..self.addresses.len() {
             let index = (state.current + i) % self.addresses.len();
             let addr = &self.addresses[index];
-            match Connection::connect(
+            match Connection::connect_with(
                 addr,
                 self.options.connect_timeout,
                 self.options.max_frame_size,
+                &self.options.security,
             )
             .await
             {

@@ -47,6 +47,15 @@ pub enum ClientError {
     /// The request is refused by the client itself (one-way send to a topic not opted in, ...).
     #[error("refused by the client: {0}")]
     Refused(String),
+    /// TLS or credentials could not be set up, or the broker failed the TLS handshake or its
+    /// proof of identity: not retryable, the configuration has to change.
+    #[error("broker at {addr}: {reason}")]
+    Security {
+        /// The address (empty when loading the configuration failed).
+        addr: String,
+        /// What is wrong and what to do.
+        reason: String,
+    },
     /// Every attempt failed; the last error is the source.
     #[error("{attempts} attempts failed")]
     RetriesExhausted {

@@ -41,9 +41,11 @@ mod connection;
 mod consumer;
 mod endpoints;
 mod error;
+mod login;
 mod producer;
 pub mod protocol;
 mod redelivery;
+mod security;
 
 pub use admin::{Admin, AdminConfig};
 pub use connection::Connection;
@@ -52,3 +54,4 @@ pub use endpoints::Addresses;
 pub use error::{ClientError, Result, SendError};
 pub use producer::{Producer, ProducerConfig, SendHandle};
 pub use redelivery::{ROCKETMQ_DELAY_LEVELS, Redelivery};
+pub use security::{ClientTls, Credentials, Security};

@@ -13,6 +13,7 @@ use uuid::Uuid;
 
 use super::endpoints::{Addresses, ConnectOptions, Endpoints};
 use super::error::{ClientError, Result, SendError};
+use super::security::Security;
 use crate::protocol::{DEFAULT_MAX_FRAME_SIZE, Message, Request, Response, SendResult};
 
 /// Producer settings. The defaults match RocketMQ's.
@@ -34,6 +35,9 @@ pub struct ProducerConfig {
     pub oneway_topics: HashSet<String>,
     /// Largest frame accepted from the broker. Default 8 MiB.
     pub max_frame_size: u32,
+    /// Credentials and TLS for the broker (issue 16). Default: neither, for a broker on
+    /// loopback that runs open.
+    pub security: Security,
 }
 
 impl Default for ProducerConfig {
@@ -46,6 +50,7 @@ impl Default for ProducerConfig {
             connect_timeout: Duration::from_secs(3),
             oneway_topics: HashSet::new(),
             max_frame_size: DEFAULT_MAX_FRAME_SIZE,
+            security: Security::default(),
         }
     }
 }
@@ -93,6 +98,7 @@ impl Producer {
         let options = ConnectOptions {
             connect_timeout: config.connect_timeout,
             max_frame_size: config.max_frame_size,
+            security: config.security.clone(),
         };
         let endpoints = Endpoints::new(addresses.into(), options)?;
         endpoints.connection().await?;

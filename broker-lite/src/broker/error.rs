@@ -105,6 +105,10 @@ pub enum BrokerError {
     /// A receipt could not be decoded.
     #[error("malformed receipt; pass the receipt exactly as it was delivered")]
     MalformedReceipt,
+    /// The receipt was not issued by this broker process to this principal and group: forged,
+    /// altered, issued before a restart, or someone else's. Nothing was settled.
+    #[error("receipt refused: {0}; nothing was settled")]
+    ForeignReceipt(String),
     /// A message body is larger than `max_message_size`.
     #[error(
         "message of {size} bytes exceeds the limit of {limit} bytes (`max_message_size`); send a smaller message"

@@ -136,6 +136,7 @@ pub use consumer::{
 };
 pub use error::{BrokerError, Result};
 pub use message::{SendRequest, SendResult, SendStatus, StoredMessage};
+pub use receipt::ReceiptKey;
 pub use retention::{LostMessages, RetentionOutcome};
 pub use topics::TopicInfo;
 pub use trace::{TraceEvent, TraceKind};

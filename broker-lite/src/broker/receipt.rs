@@ -1,8 +1,43 @@
 //! Receipts: opaque handles that settle one delivery.
 
+use std::fmt;
+
+use ring::hmac;
+
 use super::error::{BrokerError, Result};
 
 const VERSION: u8 = 1;
+
+/// Length of a sealed receipt's signature.
+const TAG_LEN: usize = 32;
+
+/// The key a server signs the receipts it hands out with (HMAC-SHA256), so that a receipt
+/// assembled from admin output, altered, or issued to another principal cannot settle a
+/// delivery (issue 16). New for each server: receipts from before a restart are refused, and
+/// their messages are redelivered after the consume timeout.
+///
+/// ```
+/// use broker_lite::broker::ReceiptKey;
+/// let key = ReceiptKey::generate();
+/// assert_eq!(format!("{key:?}"), "ReceiptKey(..)");
+/// ```
+pub struct ReceiptKey(hmac::Key);
+
+impl fmt::Debug for ReceiptKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ReceiptKey(..)")
+    }
+}
+
+impl ReceiptKey {
+    /// A fresh random key.
+    pub fn generate() -> Self {
+        ReceiptKey(hmac::Key::new(
+            hmac::HMAC_SHA256,
+            &crate::protocol::scram::nonce(),
+        ))
+    }
+}
 
 /// The handle of one delivery: group, topic, queue, offset, delivery attempt and member.
 ///
@@ -73,6 +108,93 @@ impl Receipt {
         b
     }
 
+    /// The receipt as handed to `principal` over the wire: its bytes, the principal's name, and
+    /// a signature over both.
+    ///
+    /// ```
+    /// # use broker_lite::broker::{Receipt, ReceiptKey};
+    /// # fn f(receipt: Receipt) -> Result<(), broker_lite::broker::BrokerError> {
+    /// let key = ReceiptKey::generate();
+    /// let sealed = receipt.seal(&key, "orders");
+    /// assert_eq!(Receipt::open(&sealed, &key, "orders", receipt.group())?, receipt);
+    /// assert!(Receipt::open(&sealed, &key, "mallory", receipt.group()).is_err());
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn seal(&self, key: &ReceiptKey, principal: &str) -> Vec<u8> {
+        let mut b = Vec::with_capacity(2 + principal.len() + 64 + TAG_LEN);
+        b.extend_from_slice(&(principal.len() as u16).to_le_bytes());
+        b.extend_from_slice(principal.as_bytes());
+        b.extend_from_slice(&self.to_bytes());
+        let tag = hmac::sign(&key.0, &b);
+        b.extend_from_slice(tag.as_ref());
+        b
+    }
+
+    /// Checks a receipt made by [`seal`](Self::seal): signed with `key`, issued to
+    /// `principal`, for `group`.
+    ///
+    /// # Errors
+    /// [`BrokerError::ForeignReceipt`] for a forged or altered receipt, or one issued to another
+    /// principal or group; [`BrokerError::MalformedReceipt`] when too short to be one.
+    pub fn open(sealed: &[u8], key: &ReceiptKey, principal: &str, group: &str) -> Result<Receipt> {
+        if sealed.len() < 2 + TAG_LEN {
+            return Err(BrokerError::MalformedReceipt);
+        }
+        let (signed, tag) = sealed.split_at(sealed.len() - TAG_LEN);
+        if hmac::verify(&key.0, signed, tag).is_err() {
+            return Err(BrokerError::ForeignReceipt(
+                "it was not issued by this broker (forged, altered, or from before a restart)"
+                    .into(),
+            ));
+        }
+        let len = u16::from_le_bytes([signed[0], signed[1]]) as usize;
+        let Some(owner) = signed.get(2..2 + len) else {
+            return Err(BrokerError::MalformedReceipt);
+        };
+        if owner != principal.as_bytes() {
+            return Err(BrokerError::ForeignReceipt(format!(
+                "it was issued to principal {:?}, not {principal:?}",
+                String::from_utf8_lossy(owner)
+            )));
+        }
+        let receipt = Receipt::from_bytes(&signed[2 + len..])?;
+        if receipt.group != group {
+            return Err(BrokerError::ForeignReceipt(format!(
+                "it belongs to group {:?}, not {group:?}",
+                receipt.group
+            )));
+        }
+        Ok(receipt)
+    }
+
+    /// Reads the receipt inside a sealed one **without checking it**: for logs, tools and tests
+    /// that want its attempt or position. Settling always goes through [`open`](Self::open).
+    ///
+    /// # Errors
+    /// [`BrokerError::MalformedReceipt`] when `sealed` is not a sealed receipt.
+    ///
+    /// ```
+    /// # use broker_lite::broker::{Receipt, ReceiptKey};
+    /// # fn f(receipt: Receipt) -> Result<(), broker_lite::broker::BrokerError> {
+    /// let sealed = receipt.seal(&ReceiptKey::generate(), "orders");
+    /// assert_eq!(Receipt::peek(&sealed)?.attempt(), receipt.attempt());
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn peek(sealed: &[u8]) -> Result<Receipt> {
+        let body = sealed
+            .len()
+            .checked_sub(TAG_LEN)
+            .and_then(|end| sealed.get(..end))
+            .ok_or(BrokerError::MalformedReceipt)?;
+        let len = match body {
+            [a, b, ..] => u16::from_le_bytes([*a, *b]) as usize,
+            _ => return Err(BrokerError::MalformedReceipt),
+        };
+        Receipt::from_bytes(body.get(2 + len..).ok_or(BrokerError::MalformedReceipt)?)
+    }
+
     /// Decodes a receipt made by [`to_bytes`](Self::to_bytes).
     ///
     /// # Errors
@@ -134,5 +256,47 @@ mod tests {
         let mut extra = b.clone();
         extra.push(0);
         assert!(Receipt::from_bytes(&extra).is_err());
+    }
+
+    #[test]
+    fn sealed_receipts_bind_key_principal_and_group() {
+        let r = Receipt {
+            group: "billing".into(),
+            client_id: "c-1".into(),
+            topic: "orders".into(),
+            queue_id: 3,
+            queue_offset: 99,
+            attempt: 2,
+        };
+        let key = ReceiptKey::generate();
+        let sealed = r.seal(&key, "alice");
+        assert_eq!(Receipt::open(&sealed, &key, "alice", "billing").unwrap(), r);
+        let foreign = |e: BrokerError| match e {
+            BrokerError::ForeignReceipt(why) => why,
+            other => panic!("expected a foreign receipt, got {other:?}"),
+        };
+        let other_key = ReceiptKey::generate();
+        assert!(
+            foreign(Receipt::open(&sealed, &other_key, "alice", "billing").unwrap_err())
+                .contains("not issued by this broker")
+        );
+        assert!(
+            foreign(Receipt::open(&sealed, &key, "bob", "billing").unwrap_err())
+                .contains("issued to principal \"alice\"")
+        );
+        assert!(
+            foreign(Receipt::open(&sealed, &key, "alice", "shipping").unwrap_err())
+                .contains("group \"billing\"")
+        );
+        // A receipt built from admin output, or any flipped bit, fails the signature.
+        assert!(Receipt::open(&r.to_bytes(), &key, "alice", "billing").is_err());
+        for i in 0..sealed.len() {
+            let mut altered = sealed.clone();
+            altered[i] ^= 1;
+            assert!(
+                Receipt::open(&altered, &key, "alice", "billing").is_err(),
+                "bit flip at {i}"
+            );
+        }
     }
 }

@@ -8,8 +8,9 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use super::handler::Handler;
+use super::principal::Principal;
 use crate::broker::{
-    self, Broker, BrokerError, ConsumerSpec, Receipt, SendRequest, SessionId, TraceKind,
+    self, Broker, BrokerError, ConsumerSpec, Receipt, ReceiptKey, SendRequest, SessionId, TraceKind,
 };
 use crate::protocol::{
     BrokerDescription, Delivery, ErrorCode, ErrorReply, GroupInfo, Message, MessageView, Request,
@@ -28,12 +29,25 @@ pub struct BrokerHandler {
     connection: Option<Arc<ConnectionState>>,
     /// The byte budget of a pull's deliveries: what a frame holds besides the answer's framing.
     max_pull_bytes: usize,
+    /// Signs the receipts handed out and checks those given back (issue 16).
+    receipts: Arc<ReceiptKey>,
+    /// What the server tells `describe`.
+    security: Arc<SecuritySummary>,
+}
+
+/// The server's security settings, as `describe` reports them.
+#[derive(Debug, Clone, Default)]
+pub(super) struct SecuritySummary {
+    pub(super) authentication: bool,
+    pub(super) tls: bool,
+    pub(super) listen: String,
 }
 
 /// What a handler knows about its connection.
 #[derive(Debug)]
 struct ConnectionState {
     session: SessionId,
+    principal: Arc<Principal>,
     /// Set when the connection stopped reading.
     closed: AtomicBool,
 }
@@ -46,7 +60,27 @@ impl BrokerHandler {
             broker,
             connection: None,
             max_pull_bytes: pull_budget(crate::protocol::DEFAULT_MAX_FRAME_SIZE),
+            receipts: Arc::new(ReceiptKey::generate()),
+            security: Arc::default(),
         }
+    }
+
+    /// What `describe` reports about authentication, TLS and the listen address.
+    pub(super) fn with_security(mut self, security: SecuritySummary) -> Self {
+        self.security = Arc::new(security);
+        self
+    }
+
+    /// The principal of this handler's connection: anonymous when it serves no connection.
+    fn principal(&self) -> &str {
+        self.connection
+            .as_ref()
+            .map_or("anonymous", |c| c.principal.name())
+    }
+
+    /// Checks a receipt given back by this handler's connection for `group`.
+    fn open(&self, receipt: &[u8], group: &str) -> Result<Receipt, BrokerError> {
+        Receipt::open(receipt, &self.receipts, self.principal(), group)
     }
 
     /// Sizes pull answers for frames of at most `max_frame_size` bytes (the server's
@@ -56,6 +90,12 @@ impl BrokerHandler {
         self.max_pull_bytes = pull_budget(max_frame_size);
         self
     }
+}
+
+/// What sealing adds to each delivery's receipt (the broker's pull budget counts the plain
+/// receipt): the principal's name with its length, and the signature.
+fn seal_overhead(principal: &str) -> usize {
+    2 + principal.len() + 32
 }
 
 /// The deliveries' share of a frame: the frame less its header and the delivery count.
@@ -69,13 +109,17 @@ impl Handler for BrokerHandler {
     }
 
     fn connect(&self) -> Self {
+        self.connect_as(Arc::new(Principal::anonymous()))
+    }
+
+    fn connect_as(&self, principal: Arc<Principal>) -> Self {
         BrokerHandler {
-            broker: self.broker.clone(),
             connection: Some(Arc::new(ConnectionState {
                 session: SessionId::new(),
+                principal,
                 closed: AtomicBool::new(false),
             })),
-            max_pull_bytes: self.max_pull_bytes,
+            ..self.clone()
         }
     }
 
@@ -152,22 +196,32 @@ impl BrokerHandler {
                 Response::Done
             }
             Request::Pull(p) => {
-                let pull = broker::PullRequest::new(p.group, p.consumer_id, p.topic)
-                    .with_max_messages(p.max_messages as usize)
-                    .with_max_bytes(self.max_pull_bytes)
-                    .with_long_poll(Duration::from_millis(p.long_poll_ms));
-                Response::Pull(b.pull(pull).await?.into_iter().map(delivery).collect())
+                let pull =
+                    broker::PullRequest::new(p.group, p.consumer_id, p.topic)
+                        .with_max_messages(p.max_messages as usize)
+                        .with_max_bytes(self.max_pull_bytes.saturating_sub(
+                            p.max_messages as usize * seal_overhead(self.principal()),
+                        ))
+                        .with_long_poll(Duration::from_millis(p.long_poll_ms));
+                let principal = self.principal();
+                Response::Pull(
+                    b.pull(pull)
+                        .await?
+                        .into_iter()
+                        .map(|d| delivery(d, &self.receipts, principal))
+                        .collect(),
+                )
             }
             Request::Ack(a) => {
-                b.ack(&Receipt::from_bytes(&a.receipt)?).await?;
+                b.ack(&self.open(&a.receipt, &a.group)?).await?;
                 Response::Done
             }
             Request::Nack(n) => {
                 let level = n.delay_level.map(|l| u8::try_from(l).unwrap_or(u8::MAX));
-                Response::Nacked(b.nack(&Receipt::from_bytes(&n.receipt)?, level).await?)
+                Response::Nacked(b.nack(&self.open(&n.receipt, &n.group)?, level).await?)
             }
             Request::DeadLetter(d) => {
-                b.dead_letter(&Receipt::from_bytes(&d.receipt)?, d.reason)
+                b.dead_letter(&self.open(&d.receipt, &d.group)?, d.reason)
                     .await?;
                 Response::Done
             }
@@ -202,13 +256,18 @@ impl BrokerHandler {
                 let ids = if ids.is_empty() { None } else { Some(ids) };
                 Response::Redriven(b.redrive_dead_letters(&group, ids).await?)
             }
-            Request::Describe => Response::Described(describe(b.config())),
+            Request::Describe => Response::Described(describe(b.config(), &self.security)),
+            Request::AuthStart(_) | Request::AuthFinish(_) => {
+                return Err(BrokerError::InvalidRequest(
+                    "authentication happens when a connection starts; this one already has".into(),
+                ));
+            }
         })
     }
 }
 
 /// The wire view of the broker's configuration (safeguard L2).
-fn describe(config: &broker::BrokerConfig) -> BrokerDescription {
+fn describe(config: &broker::BrokerConfig, security: &SecuritySummary) -> BrokerDescription {
     let store = &config.store;
     BrokerDescription {
         version: env!("CARGO_PKG_VERSION").to_string(),
@@ -220,6 +279,9 @@ fn describe(config: &broker::BrokerConfig) -> BrokerDescription {
         max_message_size: config.max_message_size as u64,
         consume_timeout_ms: millis(config.consume_timeout),
         max_reconsume_times: config.max_reconsume_times,
+        authentication: security.authentication,
+        tls: security.tls,
+        listen: security.listen.clone(),
     }
 }
 
@@ -234,6 +296,7 @@ fn to_reply(e: BrokerError) -> ErrorReply {
         | BrokerError::UnknownMember { .. }
         | BrokerError::UnknownQueue { .. } => ErrorCode::NotFound,
         BrokerError::Closed => ErrorCode::ShuttingDown,
+        BrokerError::ForeignReceipt(_) => ErrorCode::Forbidden,
         BrokerError::Storage(_) | BrokerError::CorruptState { .. } => ErrorCode::Internal,
         _ => ErrorCode::InvalidRequest,
     };
@@ -269,15 +332,15 @@ fn send_result(r: broker::SendResult) -> SendResult {
     }
 }
 
-fn delivery(d: broker::Delivery) -> Delivery {
+fn delivery(d: broker::Delivery, key: &ReceiptKey, principal: &str) -> Delivery {
     let mut v = MessageView::new(d.topic, d.queue_id, d.queue_offset, d.message_id, d.body);
     v.key = d.key;
     v.tag = d.tag;
     v.properties = d.properties;
     v.born_timestamp_ms = d.born_timestamp_ms;
     v.stored_timestamp_ms = d.stored_timestamp_ms;
-    Delivery::new(v, Bytes::from(d.receipt.to_bytes()), d.reconsume_times)
-        .with_first_delivered_at_ms(d.first_delivered_at_ms)
+    let receipt = Bytes::from(d.receipt.seal(key, principal));
+    Delivery::new(v, receipt, d.reconsume_times).with_first_delivered_at_ms(d.first_delivered_at_ms)
 }
 
 fn trace_event(e: broker::TraceEvent) -> TraceEvent {
@@ -398,8 +461,11 @@ mod tests {
                     attempt: u32::MAX,
                 },
             };
-            let one = Response::Pull(vec![delivery(d)]).encode_body().len();
+            let one = Response::Pull(vec![delivery(d, &ReceiptKey::generate(), "anonymous")])
+                .encode_body()
+                .len();
             let empty = Response::Pull(Vec::new()).encode_body().len();
+            let cost = cost + seal_overhead("anonymous");
             assert!(one - empty <= cost, "wire {} > cost {cost}", one - empty);
             assert_eq!(
                 pull_budget(1000),

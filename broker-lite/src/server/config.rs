@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use crate::protocol::Limits;
 
+use super::{ServerTls, Users};
+
 /// Configuration of [`run`](super::run) and [`serve`](super::serve).
 ///
 /// ```
@@ -33,6 +35,27 @@ pub struct ServerConfig {
     /// checked between them, so that shutdown never cancels a pull that may already have
     /// reserved messages (they would stay in flight until the consume timeout). Default 500 ms.
     pub long_poll_slice: Duration,
+    /// The users that may connect. `None` (the default): no authentication, every connection
+    /// may do anything, which suits a broker on loopback only; with a table, every connection
+    /// must authenticate (SCRAM-SHA-256) before any other command.
+    pub users: Option<std::sync::Arc<Users>>,
+    /// TLS on the listener. Default none (plain TCP); a plain-text client then gets a clear
+    /// error frame.
+    pub tls: Option<ServerTls>,
+    /// How long a new connection may take to finish TLS and authentication (or, on an open
+    /// broker, to send its first request) before it is closed. Default 10 s.
+    pub handshake_timeout: Duration,
+    /// Most connections in their handshake at once; when full, the one that has waited longest
+    /// is closed to make room. Default 256.
+    pub max_handshaking: usize,
+    /// An established connection that sends nothing for this long while it has no request in
+    /// flight is closed (the clients reconnect on their next request). Default 5 min, well
+    /// above the consumer's heartbeat interval.
+    pub idle_timeout: Duration,
+    /// Most request and answer bytes held at once for one connection; past it the connection
+    /// is read no further until answers go out, and a pull that would go over is refused with
+    /// `LimitExceeded`. Default 256 MiB.
+    pub max_bytes_in_flight_per_connection: usize,
 }
 
 impl Default for ServerConfig {
@@ -44,6 +67,12 @@ impl Default for ServerConfig {
             shutdown_grace: Duration::from_secs(10),
             max_long_poll: Duration::from_secs(30),
             long_poll_slice: Duration::from_millis(500),
+            users: None,
+            tls: None,
+            handshake_timeout: Duration::from_secs(10),
+            max_handshaking: 256,
+            idle_timeout: Duration::from_secs(300),
+            max_bytes_in_flight_per_connection: 256 << 20,
         }
     }
 }

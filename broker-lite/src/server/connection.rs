@@ -5,13 +5,17 @@ use std::time::Instant;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+use super::admission::Ticket;
+use super::authz::authorize;
 use super::config::ServerConfig;
 use super::handler::Handler;
+use super::handshake::{self, Handshake, Refusal};
+use super::tls::ServerTls;
 use crate::protocol::{
     CONNECTION_REQUEST_ID, CommandCode, DecodeError, ErrorCode, ErrorReply, Frame, FrameKind,
     FrameReader, FrameWriter, HEADER_LEN, ReadError, Request, Response,
@@ -26,30 +30,157 @@ pub(super) struct Stop {
     pub(super) hard: CancellationToken,
 }
 
-/// Serves one connection until the peer closes it, it misbehaves, or the server stops.
-pub(super) async fn serve_connection<H: Handler>(
+/// Serves one accepted TCP connection: TLS when configured, the handshake, then requests until
+/// the peer closes it, it misbehaves, it idles, or the server stops.
+pub(super) async fn serve_tcp<H: Handler>(
     stream: TcpStream,
+    ticket: Ticket,
     handler: H,
     config: Arc<ServerConfig>,
     stop: Stop,
 ) {
     let _ = stream.set_nodelay(true);
-    let (rd, wr) = stream.into_split();
-    serve_stream(rd, wr, handler, config, stop).await;
+    let deadline = tokio::time::Instant::now() + config.handshake_timeout;
+    let Some(tls) = config.tls.clone() else {
+        let (rd, wr) = stream.into_split();
+        admit(rd, wr, deadline, ticket, handler, config, stop).await;
+        return;
+    };
+    let accepted = tokio::select! {
+        biased;
+        _ = stop.graceful.cancelled() => return,
+        _ = ticket.evicted() => return,
+        accepted = tokio::time::timeout_at(deadline, accept_tls(stream, &tls)) => accepted,
+    };
+    match accepted {
+        Ok(Some(stream)) => {
+            let (rd, wr) = tokio::io::split(stream);
+            admit(rd, wr, deadline, ticket, handler, config, stop).await;
+        }
+        Ok(None) => {}
+        Err(_) => debug!("no TLS handshake within the handshake timeout; closing"),
+    }
 }
 
-async fn serve_stream<H, R, W>(rd: R, wr: W, handler: H, config: Arc<ServerConfig>, stop: Stop)
-where
+/// The TLS handshake; a peer that speaks plain broker-lite gets a plain error frame saying so.
+async fn accept_tls(
+    stream: TcpStream,
+    tls: &ServerTls,
+) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+    match ServerTls::speaks_tls(&stream).await? {
+        true => match tls.acceptor().accept(stream).await {
+            Ok(stream) => Some(stream),
+            Err(e) => {
+                warn!(error = %e, "TLS handshake failed");
+                metrics::counter!("broker_lite_server_tls_failures_total").increment(1);
+                None
+            }
+        },
+        false => {
+            let reply = ErrorReply::new(
+                ErrorCode::Unauthenticated,
+                "this broker requires TLS: connect with TLS (the client's Security::tls, or \
+                 BROKER_LITE_TLS_CA with the CA that signed the broker's certificate)",
+            );
+            handshake::refuse(&mut FrameWriter::new(stream), &reply).await;
+            None
+        }
+    }
+}
+
+/// Runs the handshake within `deadline`, takes a connection slot, then serves requests.
+async fn admit<H, R, W>(
+    rd: R,
+    wr: W,
+    deadline: tokio::time::Instant,
+    ticket: Ticket,
+    handler: H,
+    config: Arc<ServerConfig>,
+    stop: Stop,
+) where
     H: Handler,
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin + Send + 'static,
 {
-    let handler = handler.connect();
-    let (tx, rx) = mpsc::channel::<Frame>(256);
-    let writer = tokio::spawn(write_loop(FrameWriter::new(wr), rx));
     let mut reader = FrameReader::new(rd, config.limits.max_frame_size);
+    let mut writer = FrameWriter::new(wr);
+    let users = config.users.as_deref();
+    let outcome = tokio::select! {
+        biased;
+        _ = stop.graceful.cancelled() => Err(Refusal::Reply(ErrorReply::new(
+            ErrorCode::ShuttingDown,
+            "the server is shutting down; try another address",
+        ))),
+        _ = ticket.evicted() => Err(Refusal::Reply(ErrorReply::new(
+            ErrorCode::TooManyConnections,
+            "too many connections are in their handshake at once; this one waited longest \
+             and is closed to make room; try again",
+        ))),
+        done = tokio::time::timeout_at(deadline, handshake::handshake(&mut reader, &mut writer, users)) => {
+            done.unwrap_or_else(|_| Err(Refusal::Reply(ErrorReply::new(
+                ErrorCode::Timeout,
+                format!(
+                    "no {} within the handshake timeout of {:?}; closing the connection",
+                    if users.is_some() { "authentication" } else { "request" },
+                    config.handshake_timeout
+                ),
+            ))))
+        }
+    };
+    let done = match outcome {
+        Ok(done) => done,
+        Err(Refusal::Closed) => return,
+        Err(Refusal::Reply(reply)) => {
+            metrics::counter!("broker_lite_server_refused_connections_total").increment(1);
+            handshake::refuse(&mut writer, &reply).await;
+            return;
+        }
+    };
+    let Some(permit) = ticket.establish() else {
+        warn!("connection limit reached; refusing a connection");
+        metrics::counter!("broker_lite_server_refused_connections_total").increment(1);
+        let reply = ErrorReply::new(
+            ErrorCode::TooManyConnections,
+            format!(
+                "the server's limit of {} connections is reached; try again later",
+                config.max_connections
+            ),
+        );
+        handshake::refuse(&mut writer, &reply).await;
+        return;
+    };
+    metrics::counter!("broker_lite_server_connections_total").increment(1);
+    metrics::gauge!("broker_lite_server_connections").increment(1.0);
+    let handler = handler.connect_as(done.principal.clone());
+    serve_stream(reader, writer, done, handler, config, stop).await;
+    metrics::gauge!("broker_lite_server_connections").decrement(1.0);
+    drop(permit);
+}
+
+/// A frame on its way out, with the bytes it holds of the connection's budget.
+type Outgoing = (Frame, Option<OwnedSemaphorePermit>);
+
+async fn serve_stream<H, R, W>(
+    mut reader: FrameReader<R>,
+    writer: FrameWriter<W>,
+    done: Handshake,
+    handler: H,
+    config: Arc<ServerConfig>,
+    stop: Stop,
+) where
+    H: Handler,
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let Handshake { principal, first } = done;
+    let mut first = first;
+    let (tx, rx) = mpsc::channel::<Outgoing>(256);
+    let writer = tokio::spawn(write_loop(writer, rx));
     let in_flight = Arc::new(Semaphore::new(config.max_in_flight_per_connection));
+    let budget = config.max_bytes_in_flight_per_connection.max(1);
+    let bytes = Arc::new(Semaphore::new(budget));
     let mut tasks = JoinSet::new();
+    let mut active = tokio::time::Instant::now();
 
     loop {
         let permit = tokio::select! {
@@ -57,13 +188,31 @@ where
             _ = stop.graceful.cancelled() => break,
             permit = in_flight.clone().acquire_owned() => permit.expect("never closed"),
         };
-        let frame = tokio::select! {
-            biased;
-            _ = stop.graceful.cancelled() => break,
-            // Reap finished request tasks so the set does not grow.
-            Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
-            frame = reader.read_frame() => frame,
+        let frame = match first.take() {
+            Some(frame) => Ok(Some(frame)),
+            None => tokio::select! {
+                biased;
+                _ = stop.graceful.cancelled() => break,
+                // Reap finished request tasks so the set does not grow.
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => {
+                    active = tokio::time::Instant::now();
+                    continue;
+                }
+                _ = tokio::time::sleep_until(active + config.idle_timeout), if tasks.is_empty() => {
+                    let reply = ErrorReply::new(
+                        ErrorCode::Timeout,
+                        format!(
+                            "no request for {:?} (the idle timeout); closing the connection",
+                            config.idle_timeout
+                        ),
+                    );
+                    reject(&tx, CONNECTION_REQUEST_ID, 0, reply).await;
+                    break;
+                }
+                frame = reader.read_frame() => frame,
+            },
         };
+        active = tokio::time::Instant::now();
         let frame = match frame {
             Ok(Some(frame)) => frame,
             Ok(None) => break,
@@ -99,6 +248,7 @@ where
                 break;
             }
         };
+        let body_len = frame.body.len();
         let request = match Request::decode(frame.code, frame.body) {
             Ok(request) => request,
             Err(DecodeError::UnknownCommand(c)) => {
@@ -118,10 +268,42 @@ where
                 break;
             }
         };
-        if let Err(reply) = request.validate(&config.limits) {
+        if let Err(reply) = request
+            .validate(&config.limits)
+            .and_then(|()| authorize(&principal, &request))
+        {
             reject(&tx, frame.request_id, frame.code, reply).await;
             continue;
         }
+        // The request's bytes wait for room (back pressure on this connection only); the room
+        // an answer may need is taken at once or refused, so that a long poll never holds up
+        // this connection's other requests.
+        let body = (body_len as u32).min(budget as u32);
+        let held = tokio::select! {
+            biased;
+            _ = stop.graceful.cancelled() => break,
+            held = bytes.clone().acquire_many_owned(body) => held.expect("never closed"),
+        };
+        let answer = answer_reserve(&request, config.limits.max_frame_size).min(budget as u32);
+        let held = match bytes.clone().try_acquire_many_owned(answer) {
+            Ok(mut reserve) => {
+                reserve.merge(held);
+                reserve
+            }
+            Err(_) => {
+                let reply = ErrorReply::new(
+                    ErrorCode::LimitExceeded,
+                    format!(
+                        "this connection holds {} of its {budget} bytes in flight \
+                         (max_bytes_in_flight_per_connection); wait for answers before sending \
+                         more large requests or pulls",
+                        budget - bytes.available_permits()
+                    ),
+                );
+                reject(&tx, frame.request_id, frame.code, reply).await;
+                continue;
+            }
+        };
         let (handler, tx, config, shutdown) = (
             handler.clone(),
             tx.clone(),
@@ -131,6 +313,7 @@ where
         let request_id = frame.request_id;
         tasks.spawn(async move {
             let _permit = permit;
+            let held = Some(held);
             let command = request.code();
             let started = Instant::now();
             let result = handle(&handler, request, &config, &shutdown).await;
@@ -175,7 +358,7 @@ where
                     error_frame(request_id, command as u16, &reply)
                 }
             };
-            let _ = tx.send(frame).await;
+            let _ = tx.send((frame, held)).await;
         });
     }
 
@@ -237,22 +420,23 @@ fn error_frame(request_id: u64, code: u16, reply: &ErrorReply) -> Frame {
     }
 }
 
-async fn reject(tx: &mpsc::Sender<Frame>, request_id: u64, code: u16, reply: ErrorReply) {
+async fn reject(tx: &mpsc::Sender<Outgoing>, request_id: u64, code: u16, reply: ErrorReply) {
     let command = CommandCode::from_u16(code).map_or("unknown", |c| c.name());
     warn!(request_id, command, error = %reply, "rejecting a request");
     metrics::counter!("broker_lite_server_rejected_requests_total", "code" => reply.code.to_string()).increment(1);
-    let _ = tx.send(error_frame(request_id, code, &reply)).await;
+    let _ = tx.send((error_frame(request_id, code, &reply), None)).await;
 }
 
 /// Writes frames as they come, flushing whenever the queue runs dry; ends when every sender is gone.
 async fn write_loop<W: AsyncWrite + Unpin>(
     mut writer: FrameWriter<W>,
-    mut rx: mpsc::Receiver<Frame>,
+    mut rx: mpsc::Receiver<Outgoing>,
 ) {
-    while let Some(frame) = rx.recv().await {
+    while let Some((frame, held)) = rx.recv().await {
         if writer.write_frame(&frame).await.is_err() {
             return;
         }
+        drop(held);
         if rx.is_empty() && writer.flush().await.is_err() {
             return;
         }
@@ -260,11 +444,14 @@ async fn write_loop<W: AsyncWrite + Unpin>(
     let _ = writer.shutdown().await;
 }
 
-/// Sends one connection-level error frame and closes the stream (connection limit, shutdown).
-pub(super) async fn refuse(stream: TcpStream, reply: ErrorReply) {
-    let mut writer = FrameWriter::new(stream);
-    let frame = error_frame(CONNECTION_REQUEST_ID, 0, &reply);
-    if writer.write_frame(&frame).await.is_ok() {
-        let _ = writer.shutdown().await;
+/// The room an answer to `request` may need beyond its own bytes: a frame for the answers
+/// that carry messages, nothing for the small ones.
+fn answer_reserve(request: &Request, max_frame_size: u32) -> u32 {
+    match request {
+        Request::Pull(_)
+        | Request::DeadLetters { .. }
+        | Request::LookupById(_)
+        | Request::LookupByKey { .. } => max_frame_size,
+        _ => 0,
     }
 }

@@ -2,6 +2,9 @@
 
 use std::future::Future;
 
+use std::sync::Arc;
+
+use super::principal::Principal;
 use crate::protocol::{ErrorReply, Request, Response};
 
 /// Answers decoded, validated requests. The server calls it once per request, concurrently.
@@ -21,6 +24,14 @@ pub trait Handler: Clone + Send + Sync + 'static {
     /// (the broker's handler ties the members subscribed over it to it). Default: a clone.
     fn connect(&self) -> Self {
         self.clone()
+    }
+
+    /// Like [`connect`](Self::connect), for a connection that authenticated as `principal`
+    /// (or [`Principal::anonymous`] on an open broker); the server calls this one. Default:
+    /// [`connect`](Self::connect).
+    fn connect_as(&self, principal: Arc<Principal>) -> Self {
+        let _ = principal;
+        self.connect()
     }
 
     /// Called once, on the handler [`connect`](Self::connect) returned, as soon as the server

@@ -18,8 +18,20 @@
 //!   messages go to the other members at once instead of after the heartbeat timeout. A client
 //!   that reconnects subscribes again (the consumer client does so when a pull or heartbeat
 //!   answers `NotFound`). A peer that only shuts down its write side counts as closed.
-//! - **Connection limit**: past [`ServerConfig::max_connections`] a new connection gets a
-//!   `TooManyConnections` error frame and is closed.
+//! - **Security** (issue 16): with [`ServerConfig::users`] every connection authenticates
+//!   (SCRAM-SHA-256, no reusable secret on the wire) before any other command, and each request
+//!   is checked against the principal's [`Permissions`] (a refusal is a `Forbidden` error frame
+//!   and changes nothing); receipts are signed and bound to the principal they were issued to.
+//!   With [`ServerConfig::tls`] the listener speaks TLS only. Without users the broker runs
+//!   open, which suits loopback; the server warns when it listens elsewhere without them.
+//! - **Connection limits**: a connection must finish its handshake (TLS, authentication, or on
+//!   an open broker its first request) within [`ServerConfig::handshake_timeout`]; at most
+//!   [`ServerConfig::max_handshaking`] are in their handshake at once and the longest-waiting
+//!   one makes room for a newcomer, so silent connections cannot lock clients out. Past
+//!   [`ServerConfig::max_connections`] established ones a new connection gets a
+//!   `TooManyConnections` error frame; one idle for [`ServerConfig::idle_timeout`] is closed.
+//!   Request and answer bytes per connection are bounded by
+//!   [`ServerConfig::max_bytes_in_flight_per_connection`].
 //! - **Graceful shutdown**: when the `shutdown` future completes the server stops accepting,
 //!   connections stop reading, long polls answer with no deliveries after their current slice
 //!   ([`ServerConfig::long_poll_slice`]), and requests in flight get
@@ -30,17 +42,22 @@
 //! `broker_lite_server_errors_total{command}`, `broker_lite_server_rejected_requests_total{code}`,
 //! `broker_lite_server_request_seconds{command}`.
 
+mod admission;
+mod authz;
 mod broker;
 mod config;
 mod connection;
 mod handler;
+mod handshake;
+mod principal;
+mod tls;
+mod users;
 
 use std::future::Future;
 use std::io;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info, warn};
@@ -48,8 +65,11 @@ use tracing::{Instrument, info, warn};
 pub use broker::BrokerHandler;
 pub use config::ServerConfig;
 pub use handler::Handler;
+pub use principal::{Permissions, Principal};
+pub use tls::{ServerTls, TlsError};
+pub use users::Users;
 
-use crate::protocol::{ErrorCode, ErrorReply};
+use admission::Admission;
 use connection::Stop;
 
 /// Serves `broker` on `listener` until `shutdown` completes, then shuts down gracefully.
@@ -66,7 +86,14 @@ pub async fn run(
     config: ServerConfig,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
-    let handler = BrokerHandler::new(broker).with_max_frame_size(config.limits.max_frame_size);
+    let addr = listener.local_addr()?;
+    let handler = BrokerHandler::new(broker)
+        .with_max_frame_size(config.limits.max_frame_size)
+        .with_security(broker::SecuritySummary {
+            authentication: config.users.is_some(),
+            tls: config.tls.is_some(),
+            listen: addr.to_string(),
+        });
     serve(listener, handler, config, shutdown).await
 }
 
@@ -83,8 +110,16 @@ pub async fn serve<H: Handler>(
 ) -> io::Result<()> {
     let addr = listener.local_addr()?;
     info!(%addr, max_connections = config.max_connections, "broker-lite server listening");
+    if config.users.is_none() && !addr.ip().is_loopback() {
+        warn!(%addr, "broker-lite listens on a non-loopback address without authentication: \
+            anyone who can reach it can send, consume, ack and administer; configure users \
+            (and TLS)");
+    } else if config.tls.is_none() && !addr.ip().is_loopback() {
+        warn!(%addr, "broker-lite listens on a non-loopback address without TLS: traffic, \
+            messages included, can be read on the network");
+    }
     let config = Arc::new(config);
-    let limit = Arc::new(Semaphore::new(config.max_connections));
+    let admission = Admission::new(config.max_handshaking, config.max_connections);
     let stop = Stop {
         graceful: CancellationToken::new(),
         hard: CancellationToken::new(),
@@ -105,30 +140,14 @@ pub async fn serve<H: Handler>(
                 }
             },
         };
-        let Ok(permit) = limit.clone().try_acquire_owned() else {
-            warn!(%peer, "connection limit reached; refusing a connection");
-            metrics::counter!("broker_lite_server_refused_connections_total").increment(1);
-            let reply = ErrorReply::new(
-                ErrorCode::TooManyConnections,
-                format!(
-                    "the server's limit of {} connections is reached; try again later",
-                    config.max_connections
-                ),
-            );
-            tracker.spawn(connection::refuse(stream, reply));
-            continue;
-        };
-        metrics::counter!("broker_lite_server_connections_total").increment(1);
-        metrics::gauge!("broker_lite_server_connections").increment(1.0);
+        let ticket = admission.arrive();
         let (handler, config, stop) = (handler.clone(), config.clone(), stop.clone());
         let span = tracing::debug_span!("connection", %peer);
         tracker.spawn(
             async move {
                 tracing::debug!("connection opened");
-                connection::serve_connection(stream, handler, config, stop).await;
-                metrics::gauge!("broker_lite_server_connections").decrement(1.0);
+                connection::serve_tcp(stream, ticket, handler, config, stop).await;
                 tracing::debug!("connection closed");
-                drop(permit);
             }
             .instrument(span),
         );

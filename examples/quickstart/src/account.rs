@@ -11,7 +11,8 @@ use tokio::sync::watch;
 pub(crate) struct Story {
     pub(crate) paid: BTreeSet<String>,
     pub(crate) duplicates: u32,
-    pub(crate) dead_lettered: BTreeSet<String>,
+    /// Messages the broker holds as dead letters of the payment group.
+    pub(crate) dead_letters: u64,
 }
 
 /// Prints timestamped lines and keeps the [`Story`] for the main flow to wait on.

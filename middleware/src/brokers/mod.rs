@@ -7,3 +7,9 @@ pub(crate) mod broker_lite;
 pub(crate) mod nats;
 #[cfg(feature = "rabbitmq")]
 pub(crate) mod rabbitmq;
+
+/// A broker address to a publisher and a source, whichever the broker.
+#[cfg(any(feature = "broker-lite", feature = "nats", feature = "rabbitmq"))]
+pub(crate) mod address;
+#[cfg(any(feature = "broker-lite", feature = "nats", feature = "rabbitmq"))]
+pub(crate) mod any_source;

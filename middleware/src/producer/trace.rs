@@ -11,11 +11,18 @@ use tower::{BoxError, Layer, Service};
 use tracing::Instrument;
 use tracing::instrument::Instrumented;
 
+use courier_core::trace_context;
+
+#[cfg(test)]
 use crate::{TRACEPARENT, TraceParent};
 
 /// Runs each send in a `courier.publish` span (message id, topic, key, attempts, trace id) and
-/// injects the trace context: a message that carries a `traceparent` gets a child of it (same
-/// trace, new span id: this hop), one without gets a new trace. Logs the result of every send.
+/// writes the span's W3C trace context into the message's `traceparent` with OpenTelemetry's
+/// propagator ([`courier_core::trace_context`]), so the consumer's span becomes its child. The
+/// span's parent is the current span when it is traced (the relay's `outbox.publish`), else the
+/// message's own `traceparent`. Without an OpenTelemetry layer the message still leaves with a
+/// `traceparent`: a child of the one it carried (same trace, new span id), or a new trace. Logs
+/// the result of every send.
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")] async fn main() {
@@ -79,31 +86,33 @@ where
     }
 }
 
-/// Puts this hop's trace context into `message` and returns its `courier.publish` span.
+/// Opens this send's `courier.publish` span and writes its trace context into `message`.
 fn inject(message: &mut Message) -> tracing::Span {
-    let context = match message
-        .headers
-        .get(TRACEPARENT)
-        .and_then(|v| TraceParent::parse(v))
-    {
-        Some(parent) => parent.child(),
-        None => TraceParent::new_root(),
-    };
-    message
-        .headers
-        .insert(TRACEPARENT.to_owned(), context.to_string());
-    tracing::info_span!(
+    let span = tracing::info_span!(
         "courier.publish",
         message.id = %message.id,
         topic = %message.topic,
         key = message.key.as_deref(),
         attempts = message.attempts,
-        trace_id = context.trace_id(),
-        span_id = context.span_id(),
-    )
+        trace_id = tracing::field::Empty,
+        span_id = tracing::field::Empty,
+    );
+    // The parent is the span this send runs in (the relay's publish, a handler) when that
+    // one is traced, else the trace the message came with.
+    if !trace_context::is_traced(&tracing::Span::current()) {
+        trace_context::adopt(&span, &message.headers);
+    }
+    if !trace_context::stamp(&span, &mut message.headers) {
+        trace_context::hop(&mut message.headers);
+    }
+    if let Some(sent) = trace_context::span_context(&message.headers) {
+        span.record("trace_id", sent.trace_id().to_string());
+        span.record("span_id", sent.span_id().to_string());
+    }
+    span
 }
 
-/// Each message of a batch gets its own trace context and span, in which its outcome is logged.
+/// Each message of a batch gets its own span and trace context, in which its outcome is logged.
 impl<S: PublishBatch> PublishBatch for TracePublish<S> {
     type Response = S::Response;
 
@@ -181,38 +190,6 @@ mod tests {
     use super::*;
     use tower::ServiceExt;
     use tower_test::mock;
-
-    #[tokio::test]
-    async fn each_message_of_a_batch_gets_its_own_trace_context() {
-        #[derive(Clone)]
-        struct Headers;
-        impl PublishBatch for Headers {
-            type Response = String;
-            fn publish_batch(&mut self, messages: Vec<Message>) -> BatchFuture<String> {
-                Box::pin(async move {
-                    messages
-                        .into_iter()
-                        .map(|m| Ok(m.headers[TRACEPARENT].clone()))
-                        .collect()
-                })
-            }
-        }
-        let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-        let outcomes = TracePublish::new(Headers)
-            .publish_batch(vec![
-                Message::new("t", "x").with_header(TRACEPARENT, parent),
-                Message::new("t", "y"),
-            ])
-            .await;
-        let first = TraceParent::parse(outcomes[0].as_ref().unwrap()).unwrap();
-        let second = TraceParent::parse(outcomes[1].as_ref().unwrap()).unwrap();
-        assert_eq!(first.trace_id(), "4bf92f3577b34da6a3ce929d0e0e4736");
-        assert_ne!(
-            second.trace_id(),
-            first.trace_id(),
-            "a message without a trace starts one"
-        );
-    }
 
     #[tokio::test]
     async fn an_existing_trace_is_continued_with_a_new_span_id() {

@@ -31,6 +31,7 @@ mod limits;
 pub mod listen;
 mod message;
 pub mod time;
+pub mod trace_context;
 
 pub use backoff::Backoff;
 pub use error::ValidationError;

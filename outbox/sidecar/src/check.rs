@@ -75,6 +75,12 @@ fn print_profile(config: &Config, broker: Option<&BrokerDescription>) {
                 "  broker retention:    {} (fileReservedTime, B5)",
                 hours(broker.retention_ms)
             );
+            println!("  broker listens on:   {}", broker.listen);
+            println!(
+                "  broker security:     authentication {}, TLS {}",
+                if broker.authentication { "on" } else { "off" },
+                if broker.tls { "on" } else { "off" }
+            );
             println!(
                 "  broker disk ceiling: {}",
                 broker.max_disk_bytes.map_or(
@@ -145,8 +151,9 @@ struct Reached {
 async fn reach_brokers(config: &Config) -> anyhow::Result<Reached> {
     let mut reached = None;
     let mut unreachable = Vec::new();
+    let security = config.broker_lite_security()?;
     for address in config.broker_addresses() {
-        match ping(address).await {
+        match ping(address, &security).await {
             Ok(admin) => {
                 println!("broker: {address} reachable");
                 reached.get_or_insert((admin, address.to_owned()));
@@ -190,8 +197,10 @@ fn what_to_do(cause: &str) -> &'static str {
 }
 
 /// An admin client on `address` alone that has answered a ping, or why not, causes included.
-async fn ping(address: &str) -> Result<Admin, String> {
-    let admin = Admin::connect(address, AdminConfig::default())
+async fn ping(address: &str, security: &broker_lite_client::Security) -> Result<Admin, String> {
+    let mut config = AdminConfig::default();
+    config.security = security.clone();
+    let admin = Admin::connect(address, config)
         .await
         .map_err(|error| causes(&error))?;
     admin.ping().await.map_err(|error| causes(&error))?;
@@ -286,6 +295,21 @@ fn warnings(config: &Config, broker: Option<&BrokerDescription>) -> Vec<String> 
         }
     }
     if let Some(broker) = broker {
+        if broker.is_exposed() {
+            warnings.push(format!(
+                "broker-lite listens on {} (not loopback) with authentication {} and TLS {}: \
+                 anyone who can reach it can {}; configure [[users]] and tls_cert/tls_key in its \
+                 config (issue 16)",
+                broker.listen,
+                if broker.authentication { "on" } else { "off" },
+                if broker.tls { "on" } else { "off" },
+                if broker.authentication {
+                    "read the traffic"
+                } else {
+                    "send, consume, ack and administer"
+                }
+            ));
+        }
         if broker.retention_ms < MIN_RETENTION_MS {
             warnings.push(format!(
                 "broker-lite keeps messages {} (fileReservedTime): messages not consumed within \
@@ -324,6 +348,9 @@ mod tests {
             max_message_size: 4 << 20,
             consume_timeout_ms: 900_000,
             max_reconsume_times: 16,
+            authentication: false,
+            tls: false,
+            listen: "127.0.0.1:9876".to_owned(),
         }
     }
 
@@ -393,6 +420,27 @@ mod tests {
             found.iter().any(|w| w.contains("does not report")),
             "{found:?}"
         );
+    }
+
+    #[test]
+    fn an_open_broker_off_loopback_is_a_warning() {
+        let config = Config::default();
+        let mut open = broker(FlushMode::Sync, 72);
+        assert!(
+            warnings(&config, Some(&open)).is_empty(),
+            "loopback may run open"
+        );
+        open.listen = "0.0.0.0:9876".to_owned();
+        let found = warnings(&config, Some(&open));
+        assert!(
+            found
+                .iter()
+                .any(|w| w.contains("authentication off and TLS off")),
+            "{found:?}"
+        );
+        open.authentication = true;
+        open.tls = true;
+        assert!(warnings(&config, Some(&open)).is_empty());
     }
 
     #[test]

@@ -23,6 +23,28 @@ pub(crate) struct Config {
     pub(crate) broker: BrokerSettings,
     pub(crate) relay: RelaySettings,
     pub(crate) http: HttpSettings,
+    pub(crate) telemetry: TelemetrySettings,
+    pub(crate) topology: crate::topology::TopologySettings,
+}
+
+/// OpenTelemetry export of the relay's spans (`outbox.publish`, continuing each row's
+/// `traceparent`). Off unless an endpoint is given.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct TelemetrySettings {
+    /// An OTLP/gRPC collector, e.g. `http://127.0.0.1:4317`; `None` exports nothing.
+    pub(crate) otlp_endpoint: Option<String>,
+    /// The `service.name` of the exported spans.
+    pub(crate) service_name: String,
+}
+
+impl Default for TelemetrySettings {
+    fn default() -> Self {
+        Self {
+            otlp_endpoint: None,
+            service_name: "outbox-relay".to_owned(),
+        }
+    }
 }
 
 /// Where messages go.
@@ -45,6 +67,14 @@ pub(crate) struct BrokerSettings {
     /// RabbitMQ: consumer queues `check` audits (quorum, durable); AMQP cannot list the queues
     /// bound to a topic's exchange, so they are named here.
     pub(crate) audit_queues: BTreeSet<String>,
+    /// broker-lite user (issue 16); its password comes from `password_file`, or from
+    /// `BROKER_LITE_PASSWORD(_FILE)`, never from this file. Unset: `BROKER_LITE_USER`, or none.
+    pub(crate) user: Option<String>,
+    /// File holding the broker-lite password.
+    pub(crate) password_file: Option<std::path::PathBuf>,
+    /// PEM CA that signed broker-lite's certificate: connect with TLS. Unset:
+    /// `BROKER_LITE_TLS_CA`, or plain TCP.
+    pub(crate) tls_ca: Option<std::path::PathBuf>,
 }
 
 /// The broker the relay publishes to, from the form of `broker.addresses`.
@@ -97,6 +127,9 @@ impl Default for BrokerSettings {
             critical_topics: BTreeSet::new(),
             oneway_topics: BTreeSet::new(),
             audit_queues: BTreeSet::new(),
+            user: None,
+            password_file: None,
+            tls_ca: None,
         }
     }
 }
@@ -263,6 +296,37 @@ impl Config {
         Ok(())
     }
 
+    /// broker-lite credentials and TLS: this file's fields over the `BROKER_LITE_*` environment.
+    pub(crate) fn broker_lite_security(&self) -> anyhow::Result<broker_lite_client::Security> {
+        let mut security = broker_lite_client::Security::from_env()?;
+        let b = &self.broker;
+        match (&b.user, &b.password_file) {
+            (Some(user), Some(file)) => {
+                security.credentials = Some(broker_lite_client::Credentials::from_file(
+                    user.as_str(),
+                    file,
+                )?);
+            }
+            (None, Some(_)) => bail!("broker.password_file is set without broker.user"),
+            (Some(user), None) => match std::env::var("BROKER_LITE_PASSWORD") {
+                Ok(password) if !password.is_empty() => {
+                    security.credentials = Some(broker_lite_client::Credentials::new(
+                        user.as_str(),
+                        password,
+                    ));
+                }
+                _ => {
+                    bail!("broker.user is set without broker.password_file or BROKER_LITE_PASSWORD")
+                }
+            },
+            (None, None) => {}
+        }
+        if let Some(ca) = &b.tls_ca {
+            security.tls = Some(broker_lite_client::ClientTls::from_ca_file(ca)?);
+        }
+        Ok(security)
+    }
+
     pub(crate) fn send_timeout(&self) -> Duration {
         Duration::from_millis(self.broker.send_timeout_ms)
     }
@@ -314,6 +378,23 @@ mod tests {
     #[test]
     fn the_defaults_are_valid() {
         Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn spans_are_exported_only_when_an_endpoint_is_configured() {
+        let default = Config::default().telemetry;
+        assert_eq!(default.otlp_endpoint, None);
+        assert_eq!(default.service_name, "outbox-relay");
+        let config: Config = toml::from_str(
+            "[telemetry]\notlp_endpoint = \"http://collector:4317\"\nservice_name = \"payments-relay\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            config.telemetry.otlp_endpoint.as_deref(),
+            Some("http://collector:4317")
+        );
+        assert_eq!(config.telemetry.service_name, "payments-relay");
+        assert!(toml::from_str::<Config>("[telemetry]\nendpoint = \"x\"\n").is_err());
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! outbox-relay --config relay.toml run
 //! outbox-relay --config relay.toml failures list --topic payments
 //! outbox-relay --config relay.toml failures replay --error "connection refused"
+//! outbox-relay --broker nats://127.0.0.1:4222 topology apply --topic ORDER_CREATED --group payment-service=ORDER_CREATED
 //! ```
 //!
 //! Settings come from the TOML file (`--config`), then the environment, then flags; see
@@ -23,6 +24,8 @@ mod nats_check;
 mod publisher;
 mod rabbitmq_check;
 mod run;
+mod telemetry;
+mod topology;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -37,7 +40,7 @@ use failures::FailuresCommand;
 #[command(
     name = "outbox-relay",
     version,
-    about = "Drains a transactional outbox to broker-lite or NATS JetStream."
+    about = "Drains a transactional outbox to broker-lite, NATS JetStream or RabbitMQ."
 )]
 struct Cli {
     /// TOML configuration file.
@@ -47,12 +50,19 @@ struct Cli {
     /// `database_url` in the file).
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     database_url: Option<String>,
-    /// The broker: `nats://host:port` for NATS JetStream, broker-lite addresses `host:port;host:port` otherwise (overrides `broker.addresses`).
+    /// The broker: `nats://host:port` for NATS JetStream, `amqp://user:password@host:port/vhost` for RabbitMQ, broker-lite addresses `host:port;host:port` otherwise (overrides `broker.addresses`).
     #[arg(long, env = "OUTBOX_RELAY_BROKER")]
     broker: Option<String>,
     /// Address for /healthz, /readyz and /metrics, or "off" (overrides `http.listen`).
     #[arg(long, env = "OUTBOX_RELAY_HTTP")]
     http_listen: Option<String>,
+    /// Export spans to this OTLP/gRPC collector, e.g. `http://127.0.0.1:4317` (overrides
+    /// `telemetry.otlp_endpoint`; default: no export).
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
+    /// The `service.name` of exported spans (overrides `telemetry.service_name`).
+    #[arg(long, env = "OTEL_SERVICE_NAME")]
+    otel_service_name: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -68,6 +78,9 @@ enum Command {
     Failures(FailuresCommand),
     /// Validate the configuration, reach the database and the broker, print the durability profile.
     Check,
+    /// Provision (`apply`) or audit (`check`) the streams, exchanges and queues of the topics.
+    #[command(subcommand)]
+    Topology(topology::TopologyCommand),
 }
 
 /// The log filter unless `RUST_LOG` says otherwise: sqlx's Postgres notices ("relation ...
@@ -75,14 +88,6 @@ enum Command {
 const DEFAULT_LOG_FILTER: &str = "info,sqlx::postgres::notice=warn";
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| DEFAULT_LOG_FILTER.into()),
-        )
-        .with_ansi(colours_wanted())
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
     let config = match settings(&cli) {
         Ok(config) => config,
@@ -98,7 +103,19 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(execute(cli.command, config)) {
+    // The OTLP/gRPC exporter is built inside the runtime it sends with.
+    let telemetry = match runtime.block_on(async {
+        telemetry::init(&config.telemetry, DEFAULT_LOG_FILTER, colours_wanted())
+    }) {
+        Ok(telemetry) => telemetry,
+        Err(error) => {
+            eprintln!("error: {}", report(&error));
+            return ExitCode::from(2);
+        }
+    };
+    let result = runtime.block_on(execute(cli.command, config));
+    telemetry.shutdown(&runtime);
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {}", report(&error));
@@ -155,6 +172,12 @@ fn settings(cli: &Cli) -> anyhow::Result<Config> {
     if let Some(listen) = &cli.http_listen {
         config.http.listen = listen.clone();
     }
+    if let Some(endpoint) = &cli.otlp_endpoint {
+        config.telemetry.otlp_endpoint = Some(endpoint.clone()).filter(|e| !e.is_empty());
+    }
+    if let Some(name) = &cli.otel_service_name {
+        config.telemetry.service_name = name.clone();
+    }
     config.validate()?;
     Ok(config)
 }
@@ -183,6 +206,7 @@ async fn execute(command: Command, config: Config) -> anyhow::Result<()> {
             database::with_pool!(&database, |pool| failures::run(pool, command).await)
         }
         Command::Check => check::run(&config).await,
+        Command::Topology(command) => topology::run(&config, command).await,
     }
 }
 

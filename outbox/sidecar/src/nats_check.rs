@@ -1,10 +1,14 @@
 //! `outbox-relay check` against NATS JetStream: the server, and for each critical topic the stream
-//! that captures it (storage, replicas, duplicate window against the relay's retry horizon),
-//! with the fsync caveat JetStream always has.
+//! that captures it (storage, replicas, duplicate window against the relay's retry horizon,
+//! retention, expiry and discard policy: whatever can drop an acknowledged message), with the
+//! fsync caveat JetStream always has.
 
 use std::time::Duration;
 
-use async_nats::jetstream::{self, stream::StorageType};
+use async_nats::jetstream::{
+    self,
+    stream::{DiscardPolicy, RetentionPolicy, StorageType},
+};
 
 use crate::config::Config;
 use crate::publisher;
@@ -15,6 +19,18 @@ pub(crate) struct StreamFacts {
     pub(crate) topic: String,
     /// `None`: no stream captures the topic.
     pub(crate) stream: Option<(String, StorageType, usize, Duration)>,
+    /// The stream's settings that delete messages whatever the consumers did.
+    pub(crate) deletion: Deletion,
+}
+
+/// How a stream deletes messages on its own.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct Deletion {
+    pub(crate) retention: Option<RetentionPolicy>,
+    /// Zero: never.
+    pub(crate) max_age: Duration,
+    /// Old messages deleted when `max_messages` or `max_bytes` is reached.
+    pub(crate) discards_old_when_full: bool,
 }
 
 pub(crate) async fn run(config: &Config) -> anyhow::Result<()> {
@@ -36,8 +52,10 @@ pub(crate) async fn run(config: &Config) -> anyhow::Result<()> {
     for fact in &facts {
         match &fact.stream {
             Some((name, storage, replicas, window)) => println!(
-                "  topic {:?}: stream {name}, {storage:?} storage, {replicas} replica(s), duplicate window {window:?}",
-                fact.topic
+                "  topic {:?}: stream {name}, {storage:?} storage, {replicas} replica(s), duplicate window {window:?}, {:?} retention, max_age {:?}",
+                fact.topic,
+                fact.deletion.retention.unwrap_or(RetentionPolicy::Limits),
+                fact.deletion.max_age,
             ),
             None => println!("  topic {:?}: no stream captures it", fact.topic),
         }
@@ -66,6 +84,7 @@ async fn stream_facts(jetstream: &jetstream::Context, topic: &str) -> anyhow::Re
         return Ok(StreamFacts {
             topic: topic.to_owned(),
             stream: None,
+            deletion: Deletion::default(),
         });
     };
     let mut stream = jetstream.get_stream(&name).await?;
@@ -78,6 +97,12 @@ async fn stream_facts(jetstream: &jetstream::Context, topic: &str) -> anyhow::Re
             config.num_replicas.max(1),
             config.duplicate_window,
         )),
+        deletion: Deletion {
+            retention: Some(config.retention),
+            max_age: config.max_age,
+            discards_old_when_full: config.discard == DiscardPolicy::Old
+                && (config.max_messages > 0 || config.max_bytes > 0),
+        },
     })
 }
 
@@ -111,6 +136,26 @@ pub(crate) fn warnings(config: &Config, version: &str, facts: &[StreamFacts]) ->
         if *replicas < 3 {
             warnings.push(format!(
                 "stream {name} (topic {topic:?}) has {replicas} replica(s) and JetStream acknowledges a publish before it is fsynced (every 2 minutes by default): a machine crash can lose acknowledged messages; run 3 replicas on a cluster, or {sync_option}"
+            ));
+        }
+        match fact.deletion.retention {
+            Some(RetentionPolicy::Interest) => warnings.push(format!(
+                "stream {name} (topic {topic:?}) has interest retention: a message published while no consumer is subscribed is acknowledged and then deleted; use limits retention"
+            )),
+            Some(RetentionPolicy::WorkQueue) => warnings.push(format!(
+                "stream {name} (topic {topic:?}) has work-queue retention: a message is deleted once any one consumer acks it, so a second consumer group never sees it and a message no filter matches is refused; use limits retention"
+            )),
+            _ => {}
+        }
+        if fact.deletion.max_age > Duration::ZERO {
+            warnings.push(format!(
+                "stream {name} (topic {topic:?}) deletes messages after {:?} (max_age) whether consumed or not: a consumer down longer loses them; set max_age 0 or longer than any outage",
+                fact.deletion.max_age
+            ));
+        }
+        if fact.deletion.discards_old_when_full {
+            warnings.push(format!(
+                "stream {name} (topic {topic:?}) discards its oldest messages when max_messages or max_bytes is reached, consumed or not; use discard new (a full stream then refuses publishes and the relay keeps them)"
             ));
         }
         if *window < horizon {
@@ -150,6 +195,7 @@ mod tests {
                 1,
                 Duration::from_secs(120),
             )),
+            deletion: Deletion::default(),
         }];
         let warnings = warnings(&config, "2.9.10", &facts);
         assert_eq!(warnings.len(), 3, "{warnings:#?}");
@@ -172,6 +218,7 @@ mod tests {
                 3,
                 Duration::from_secs(30 * 86400),
             )),
+            deletion: Deletion::default(),
         }];
         assert!(warnings_for(&config, "2.10.1", &durable).is_empty());
         let single = [StreamFacts {
@@ -182,8 +229,33 @@ mod tests {
                 1,
                 Duration::from_secs(30 * 86400),
             )),
+            deletion: Deletion::default(),
         }];
         assert!(warnings_for(&config, "2.10.1", &single)[0].contains("sync_interval: always"));
+    }
+
+    #[test]
+    fn streams_that_delete_unconsumed_messages_are_reported() {
+        let config = config();
+        let facts = [StreamFacts {
+            topic: "orders".into(),
+            stream: Some((
+                "ORDERS".into(),
+                StorageType::File,
+                3,
+                Duration::from_secs(30 * 86400),
+            )),
+            deletion: Deletion {
+                retention: Some(RetentionPolicy::Interest),
+                max_age: Duration::from_secs(3600),
+                discards_old_when_full: true,
+            },
+        }];
+        let warnings = warnings_for(&config, "2.10.1", &facts);
+        assert_eq!(warnings.len(), 3, "{warnings:#?}");
+        assert!(warnings[0].contains("interest retention"));
+        assert!(warnings[1].contains("after 3600s (max_age)"));
+        assert!(warnings[2].contains("discards its oldest"));
     }
 
     fn warnings_for(config: &Config, version: &str, facts: &[StreamFacts]) -> Vec<String> {

@@ -35,6 +35,7 @@ async fn broker_lite(config: &Config) -> anyhow::Result<BrokerLitePublisher> {
     settings.send_timeout = config.send_timeout();
     settings.retries = config.broker.retries;
     settings.oneway_topics = config.broker.oneway_topics.iter().cloned().collect();
+    settings.security = config.broker_lite_security()?;
     let publisher = BrokerLitePublisher::connect(config.broker.addresses.as_str(), settings)
         .await
         .with_context(|| {

@@ -31,7 +31,7 @@ pub(crate) async fn run(config: &Config) -> anyhow::Result<()> {
         exchanges = exchanges.exchange(topic);
     }
     let mut findings = exchanges.audit_on(&connection).await?;
-    for queue in &config.broker.audit_queues {
+    for queue in audited_queues(config) {
         // The declaration RabbitMqSource makes with its defaults.
         let topology = RabbitMqSourceConfig::new(queue).topology();
         let work = topology
@@ -59,7 +59,7 @@ pub(crate) async fn run(config: &Config) -> anyhow::Result<()> {
         println!("  {}", describe(finding));
     }
     println!("  critical topics:     {:?}", config.broker.critical_topics);
-    println!("  audited queues:      {:?}", config.broker.audit_queues);
+    println!("  audited queues:      {:?}", audited_queues(config));
     let warnings = warnings(config, &findings);
     for warning in &warnings {
         println!("WARNING: {warning}");
@@ -119,12 +119,23 @@ pub(crate) fn warnings(config: &Config, findings: &[AuditFinding]) -> Vec<String
     }
     if config.broker.critical_topics.is_empty() {
         warnings.push("no critical topics configured, so no exchange was audited".to_owned());
+    } else if audited_queues(config).is_empty() {
+        warnings.push(
+            "no consumer queue audited: a confirmed message lives in the queues bound to the exchange, and a classic or non-durable one can lose it; name them in broker.audit_queues (or topology.groups)"
+                .to_owned(),
+        );
     }
     warnings
 }
 
+/// `broker.audit_queues` and the consumer groups of `[topology]` (a group's queue is its name).
+fn audited_queues(config: &Config) -> std::collections::BTreeSet<&String> {
+    let groups = config.topology.groups.keys();
+    config.broker.audit_queues.iter().chain(groups).collect()
+}
+
 /// `amqp://user:password@host/vhost` as `amqp://host/vhost`.
-fn redacted(uri: &str) -> String {
+pub(crate) fn redacted(uri: &str) -> String {
     match uri.split_once("://") {
         Some((scheme, rest)) => {
             format!(
@@ -170,7 +181,11 @@ mod tests {
             },
         ];
         let warnings = warnings(&config, &findings);
-        assert_eq!(warnings.len(), 3, "{warnings:#?}");
+        assert_eq!(warnings.len(), 4, "{warnings:#?}");
+        assert!(
+            warnings[3].contains("no consumer queue audited"),
+            "{warnings:#?}"
+        );
         assert!(warnings[0].contains("no exchange for critical topic"));
         assert!(warnings[1].contains("not a quorum queue"));
         assert!(warnings[2].contains("not durable"));

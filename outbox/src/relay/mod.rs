@@ -10,11 +10,14 @@
 //!
 //! How a store claims differs (Postgres: `SKIP LOCKED` in the publishing transaction, key partitions
 //! through advisory locks; SQLite: short leases), the loop does not. Wake-ups adapt to the load.
-//! While work keeps arriving (within `linger` of the last batch or wake-up) the relay polls every
-//! `busy_poll_interval`, and on Postgres the insert trigger stays silent, because a NOTIFY takes a
-//! database-wide lock at commit that would serialise the application's transactions. Once quiet,
-//! the relay marks itself idle (on Postgres the trigger then notifies) and waits for a wake-up, the
-//! poll interval, the next delayed message or the next rebalance. A transaction that inserted just
+//! Writers in the relay's process wake it at once (an in-process signal per insert, on every
+//! store), and it looks again a few times within the next milliseconds, since the signal comes
+//! before the writer's commit. While work keeps arriving (within `linger` of the last batch or
+//! wake-up) the relay polls every `busy_poll_interval`, and on Postgres the insert trigger stays
+//! silent, because a NOTIFY takes a database-wide lock at commit that would serialise the
+//! application's transactions. Once quiet, the relay marks itself idle (on Postgres the trigger
+//! then notifies) and waits for a wake-up, the poll interval, the next delayed message or the next
+//! rebalance. A transaction that inserted just
 //! before the mark and commits just after it sent no wake-up; a few spaced re-polls catch it.
 //!
 //! A broker that cannot be reached is not a message failure. A publish error marked
@@ -149,7 +152,7 @@ impl<DB: Store, P, M> RelayBuilder<DB, P, M> {
     );
     setter!(
         /// While busy, how often the relay looks for new messages without waiting for a NOTIFY.
-        /// Default 5 ms.
+        /// Inserts made in the relay's own process wake it sooner. Default 5 ms.
         busy_poll_interval: Duration
     );
     setter!(
@@ -226,6 +229,16 @@ impl<DB: Store, P, M> RelayBuilder<DB, P, M> {
 /// Re-polls after registering as idle, in multiples of the busy poll interval: they catch
 /// transactions that inserted before the registration (so sent no NOTIFY) and commit after it.
 const SETTLE_POLLS: [u32; 4] = [2, 10, 50, 200];
+
+/// The first pause between looks after a wake-up; each further one doubles, while shorter than
+/// the busy poll interval and [`LAST_FOLLOW_UP`]. An in-process wake-up comes when the writer
+/// inserts, before its transaction commits: the first look usually comes too early, and waiting the
+/// whole busy poll interval for the next would be most of the commit-to-publish latency. Doubling
+/// keeps the extra looks few (at most eight per wake-up); a transaction that stays open longer is
+/// caught by the busy poll.
+const FIRST_FOLLOW_UP: Duration = Duration::from_micros(500);
+/// The longest pause between follow-up looks.
+const LAST_FOLLOW_UP: Duration = Duration::from_millis(64);
 
 /// Why a session on one connection ended.
 enum SessionEnd {
@@ -384,6 +397,7 @@ impl<DB: Store, P: Clone + Send + 'static, M: PublishMode<P>> Relay<DB, P, M> {
         let mut last_work: Option<Instant> = None;
         let mut marked_idle = false;
         let mut settle_polls = SETTLE_POLLS.iter();
+        let mut follow_up: Option<Duration> = None;
         loop {
             if shutdown.is_cancelled() {
                 return SessionEnd::Shutdown;
@@ -445,7 +459,13 @@ impl<DB: Store, P: Clone + Send + 'static, M: PublishMode<P>> Relay<DB, P, M> {
                 .min(next_rebalance)
                 .min(next_maintenance);
             if busy {
-                deadline = deadline.min(now + config.busy_poll_interval);
+                let step = follow_up.take().map_or(config.busy_poll_interval, |step| {
+                    follow_up = Some(step * 2).filter(|next| {
+                        *next < config.busy_poll_interval && *next <= LAST_FOLLOW_UP
+                    });
+                    step.min(config.busy_poll_interval)
+                });
+                deadline = deadline.min(now + step);
             } else if !marked_idle {
                 if let Err(error) = session.set_idle(true).await {
                     return error.into();
@@ -468,9 +488,10 @@ impl<DB: Store, P: Clone + Send + 'static, M: PublishMode<P>> Relay<DB, P, M> {
             self.state.send_replace(RelayState::Idle);
             tokio::select! {
                 _ = wake.notified() => {
-                    // A wake-up says a writer inserted. On SQLite it comes before the writer's
-                    // commit, so keep polling briefly instead of waiting for the next one.
+                    // A wake-up says a writer inserted. In-process ones come before the writer's
+                    // commit, so look again within milliseconds, then keep polling for a while.
                     last_work = Some(Instant::now());
+                    follow_up = Some(FIRST_FOLLOW_UP);
                 }
                 _ = tokio::time::sleep_until(deadline) => {}
                 _ = shutdown.cancelled() => return SessionEnd::Shutdown,

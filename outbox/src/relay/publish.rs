@@ -41,7 +41,32 @@ pub(crate) async fn publish_batch<P, M: PublishMode<P>>(
     batch: &[Claimed],
     policy: PublishPolicy,
 ) -> Published {
-    let messages: Vec<Message> = batch.iter().map(|row| row.message.clone()).collect();
+    // One span per row, opened before the publish: it continues the trace the row was enqueued
+    // in, and the broker's message carries it as its parent.
+    let spans: Vec<tracing::Span> = batch
+        .iter()
+        .map(|row| {
+            let message = &row.message;
+            let span = tracing::info_span!(
+                "outbox.publish",
+                message.id = %message.id,
+                message.topic = %message.topic,
+                message.key = message.key.as_deref(),
+                attempt = message.attempts + 1,
+            );
+            courier_core::trace_context::adopt(&span, &message.headers);
+            span
+        })
+        .collect();
+    let messages: Vec<Message> = batch
+        .iter()
+        .zip(&spans)
+        .map(|(row, span)| {
+            let mut outgoing = row.message.clone();
+            courier_core::trace_context::stamp(span, &mut outgoing.headers);
+            outgoing
+        })
+        .collect();
     let groups = key_groups(&messages);
     let results = M::publish(
         &mut publisher,
@@ -65,13 +90,7 @@ pub(crate) async fn publish_batch<P, M: PublishMode<P>>(
             }
             let message = &batch[index].message;
             let attempt = message.attempts + 1;
-            let span = tracing::info_span!(
-                "outbox.publish",
-                message.id = %message.id,
-                message.topic = %message.topic,
-                message.key = message.key.as_deref(),
-                attempt,
-            );
+            let span = &spans[index];
             let outcome = match result {
                 // A publisher that answered fewer outcomes than messages; `Batched` checks the count.
                 None => Outcome::Held,

@@ -12,6 +12,7 @@ mod mysql;
 mod postgres;
 #[cfg(test)]
 mod send_check;
+mod signal;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 
@@ -115,7 +116,7 @@ pub(crate) mod sealed {
         where
             E: Executor<'e, Database = Self> + 'a;
 
-        /// Called after a successful insert: wakes in-process relays of stores without NOTIFY.
+        /// Called after a successful insert: wakes the relays of this process (`signal.rs`).
         fn enqueued() {}
 
         /// The failures matching `filter`, oldest first.

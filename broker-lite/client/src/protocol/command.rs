@@ -59,11 +59,15 @@ pub enum CommandCode {
     DeadLetter = 20,
     /// The broker's version and durability settings (L2).
     Describe = 21,
+    /// Authentication, first step (SCRAM-SHA-256): user and client nonce.
+    AuthStart = 22,
+    /// Authentication, second step: the client's proof.
+    AuthFinish = 23,
 }
 
 impl CommandCode {
     /// Every command.
-    pub const ALL: [CommandCode; 21] = [
+    pub const ALL: [CommandCode; 23] = [
         CommandCode::Ping,
         CommandCode::Send,
         CommandCode::SendBatch,
@@ -85,6 +89,8 @@ impl CommandCode {
         CommandCode::RedriveDeadLetters,
         CommandCode::DeadLetter,
         CommandCode::Describe,
+        CommandCode::AuthStart,
+        CommandCode::AuthFinish,
     ];
 
     /// From the wire value.
@@ -124,6 +130,8 @@ impl CommandCode {
             CommandCode::RedriveDeadLetters => "redrive_dead_letters",
             CommandCode::DeadLetter => "dead_letter",
             CommandCode::Describe => "describe",
+            CommandCode::AuthStart => "auth_start",
+            CommandCode::AuthFinish => "auth_finish",
         }
     }
 }
@@ -217,6 +225,10 @@ pub enum Request {
     },
     /// [`CommandCode::Describe`].
     Describe,
+    /// [`CommandCode::AuthStart`].
+    AuthStart(AuthStart),
+    /// [`CommandCode::AuthFinish`].
+    AuthFinish(AuthFinish),
 }
 
 impl Request {
@@ -244,6 +256,8 @@ impl Request {
             Request::DeadLetters { .. } => CommandCode::DeadLetters,
             Request::RedriveDeadLetters { .. } => CommandCode::RedriveDeadLetters,
             Request::Describe => CommandCode::Describe,
+            Request::AuthStart(_) => CommandCode::AuthStart,
+            Request::AuthFinish(_) => CommandCode::AuthFinish,
         }
     }
 
@@ -260,6 +274,8 @@ impl Request {
             Request::Ack(a) => a.put(&mut buf),
             Request::Nack(n) => n.put(&mut buf),
             Request::DeadLetter(d) => d.put(&mut buf),
+            Request::AuthStart(a) => a.put(&mut buf),
+            Request::AuthFinish(a) => a.put(&mut buf),
             Request::CreateTopic(t) => t.put(&mut buf),
             Request::Lag { group } => put_str(&mut buf, group),
             Request::RedriveDeadLetters { group, ids } => {
@@ -303,6 +319,8 @@ impl Request {
             CommandCode::ListTopics => Request::ListTopics,
             CommandCode::ListGroups => Request::ListGroups,
             CommandCode::Describe => Request::Describe,
+            CommandCode::AuthStart => Request::AuthStart(AuthStart::get(b)?),
+            CommandCode::AuthFinish => Request::AuthFinish(AuthFinish::get(b)?),
             CommandCode::Lag => Request::Lag {
                 group: get_str(b, "group")?,
             },

@@ -64,6 +64,14 @@ pub enum ErrorCode {
     TooManyConnections,
     /// The request timed out on the server.
     Timeout,
+    /// The connection has not authenticated, or its credentials are wrong; the server closes it.
+    Unauthenticated,
+    /// The principal may not do this (produce to the topic, consume the group, run admin
+    /// commands), or the receipt was not issued to it; nothing was changed.
+    Forbidden,
+    /// A configured resource limit refused the request (bytes in flight, topics or groups per
+    /// principal); the message says which limit and how to raise it.
+    LimitExceeded,
     /// A code this version does not know.
     Other(u16),
 }
@@ -82,6 +90,9 @@ impl ErrorCode {
             ErrorCode::ShuttingDown => 8,
             ErrorCode::TooManyConnections => 9,
             ErrorCode::Timeout => 10,
+            ErrorCode::Unauthenticated => 11,
+            ErrorCode::Forbidden => 12,
+            ErrorCode::LimitExceeded => 13,
             ErrorCode::Other(c) => c,
         }
     }
@@ -99,6 +110,9 @@ impl ErrorCode {
             8 => ErrorCode::ShuttingDown,
             9 => ErrorCode::TooManyConnections,
             10 => ErrorCode::Timeout,
+            11 => ErrorCode::Unauthenticated,
+            12 => ErrorCode::Forbidden,
+            13 => ErrorCode::LimitExceeded,
             c => ErrorCode::Other(c),
         }
     }
@@ -128,6 +142,9 @@ impl fmt::Display for ErrorCode {
             ErrorCode::ShuttingDown => "shutting down",
             ErrorCode::TooManyConnections => "too many connections",
             ErrorCode::Timeout => "timeout",
+            ErrorCode::Unauthenticated => "unauthenticated",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::LimitExceeded => "limit exceeded",
             ErrorCode::Other(c) => return write!(f, "error code {c}"),
         };
         f.write_str(name)

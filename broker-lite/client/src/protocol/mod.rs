@@ -43,6 +43,7 @@ mod command;
 mod connection;
 mod error;
 mod frame;
+pub mod scram;
 mod types;
 mod wire;
 
@@ -53,7 +54,8 @@ pub use frame::{
     CONNECTION_REQUEST_ID, DEFAULT_MAX_FRAME_SIZE, Frame, FrameKind, HEADER_LEN, PROTOCOL_VERSION,
 };
 pub use types::{
-    AckRequest, BrokerDescription, ConsumeModel, DeadLetterRequest, Delivery, FlushMode, GroupInfo,
-    Member, Message, MessageView, NackRequest, NackResult, PullRequest, QueueLag, Replication,
-    SendResult, SendStatus, Subscription, TopicInfo, TraceEvent,
+    AckRequest, AuthChallenge, AuthDone, AuthFinish, AuthStart, BrokerDescription, ConsumeModel,
+    DeadLetterRequest, Delivery, FlushMode, GroupInfo, Member, Message, MessageView, NackRequest,
+    NackResult, PullRequest, QueueLag, Replication, SendResult, SendStatus, Subscription,
+    TopicInfo, TraceEvent,
 };

@@ -104,4 +104,4 @@ pub use source::{
     NATS_DEAD_LETTER_SUBJECT_HEADER, NATS_MESSAGE_ID_HEADER, NatsReceipt, NatsSource,
     NatsSourceConfig,
 };
-pub use topology::{DEFAULT_DUPLICATE_WINDOW, StreamSpec, TopologyError};
+pub use topology::{DEFAULT_DUPLICATE_WINDOW, Provisioned, StreamSpec, TopologyError};

@@ -61,6 +61,30 @@ impl StreamSpec {
         }
     }
 
+    /// The stream for `topic` when nothing else is configured, as
+    /// [`BrokerAddress::subscribe`](crate::BrokerAddress::subscribe) and `outbox-relay topology
+    /// apply` provision it: named after the topic (upper case, each character a stream name
+    /// cannot hold as `_`), capturing the topic's subject (the publisher's default
+    /// [`SubjectMapping::Topic`](super::SubjectMapping::Topic)).
+    ///
+    /// ```
+    /// use courier_middleware::nats::StreamSpec;
+    ///
+    /// let spec = StreamSpec::for_topic("orders.created");
+    /// assert_eq!(spec.name(), "ORDERS_CREATED");
+    /// assert_eq!(spec.config().subjects, ["orders.created"]);
+    /// ```
+    pub fn for_topic(topic: &str) -> Self {
+        let name: String = topic
+            .chars()
+            .map(|c| match c {
+                'a'..='z' | 'A'..='Z' | '0'..='9' | '-' | '_' => c.to_ascii_uppercase(),
+                _ => '_',
+            })
+            .collect();
+        Self::new(name, [topic])
+    }
+
     /// Keeps `n` copies on a cluster (at least 1). Default 1.
     #[must_use]
     pub fn replicas(mut self, n: usize) -> Self {
@@ -123,25 +147,89 @@ impl StreamSpec {
         &self,
         jetstream: &jetstream::Context,
     ) -> Result<stream::Info, TopologyError> {
-        let existing = match jetstream.get_stream(&self.name).await {
-            Ok(mut stream) => Some(stream.info().await.map_err(request)?.clone()),
-            Err(error) if is_not_found(&error) => None,
+        self.apply(jetstream).await.map(|(info, _)| info)
+    }
+
+    /// As [`ensure`](Self::ensure), saying whether the stream was created or already there as
+    /// specified (for `outbox-relay topology apply`: a second run changes nothing).
+    ///
+    /// ```no_run
+    /// # async fn demo(jetstream: async_nats::jetstream::Context) -> Result<(), tower::BoxError> {
+    /// use courier_middleware::nats::{Provisioned, StreamSpec};
+    ///
+    /// let (info, provisioned) = StreamSpec::for_topic("orders").apply(&jetstream).await?;
+    /// assert!(matches!(provisioned, Provisioned::Created | Provisioned::Unchanged));
+    /// println!("{} holds {} messages", info.config.name, info.state.messages);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`ensure`](Self::ensure).
+    pub async fn apply(
+        &self,
+        jetstream: &jetstream::Context,
+    ) -> Result<(stream::Info, Provisioned), TopologyError> {
+        if let Some(info) = self.existing(jetstream).await? {
+            self.check(&info.config)?;
+            return Ok((info, Provisioned::Unchanged));
+        }
+        tracing::info!(stream = %self.name, subjects = ?self.subjects, "creating NATS stream");
+        let mut stream = match jetstream.create_stream(self.config()).await {
+            Ok(stream) => stream,
+            // Another process created it meanwhile: check what it created.
+            Err(error) if error.to_string().contains("already in use") => {
+                let info = self
+                    .existing(jetstream)
+                    .await?
+                    .ok_or_else(|| request(error))?;
+                self.check(&info.config)?;
+                return Ok((info, Provisioned::Unchanged));
+            }
             Err(error) => return Err(request(error)),
         };
-        let Some(info) = existing else {
-            tracing::info!(stream = %self.name, subjects = ?self.subjects, "creating NATS stream");
-            let mut stream = match jetstream.create_stream(self.config()).await {
-                Ok(stream) => stream,
-                // Another process created it meanwhile: check what it created.
-                Err(error) if error.to_string().contains("already in use") => {
-                    return Box::pin(self.ensure(jetstream)).await;
-                }
-                Err(error) => return Err(request(error)),
-            };
-            return Ok(stream.info().await.map_err(request)?.clone());
-        };
-        self.check(&info.config)?;
-        Ok(info)
+        let info = stream.info().await.map_err(request)?.clone();
+        Ok((info, Provisioned::Created))
+    }
+
+    /// Checks the stream on the server against this specification, changing nothing: `None`
+    /// when it does not exist, its information when it is at least as durable as specified.
+    ///
+    /// ```no_run
+    /// # async fn demo(jetstream: async_nats::jetstream::Context) -> Result<(), tower::BoxError> {
+    /// use courier_middleware::nats::StreamSpec;
+    ///
+    /// match StreamSpec::for_topic("orders").verify(&jetstream).await? {
+    ///     Some(info) => println!("{} as specified", info.config.name),
+    ///     None => println!("missing"),
+    /// }
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`ensure`](Self::ensure): [`TopologyError::Contradicts`] names the field that differs.
+    pub async fn verify(
+        &self,
+        jetstream: &jetstream::Context,
+    ) -> Result<Option<stream::Info>, TopologyError> {
+        let existing = self.existing(jetstream).await?;
+        if let Some(info) = &existing {
+            self.check(&info.config)?;
+        }
+        Ok(existing)
+    }
+
+    /// The stream as the server has it, `None` when it does not exist.
+    async fn existing(
+        &self,
+        jetstream: &jetstream::Context,
+    ) -> Result<Option<stream::Info>, TopologyError> {
+        match jetstream.get_stream(&self.name).await {
+            Ok(mut stream) => Ok(Some(stream.info().await.map_err(request)?.clone())),
+            Err(error) if is_not_found(&error) => Ok(None),
+            Err(error) => Err(request(error)),
+        }
     }
 
     /// `Ok` when `existing` is at least as durable as this specification and covers its
@@ -188,6 +276,29 @@ impl StreamSpec {
                 format!("{:?} (missing {missing:?})", self.subjects),
             );
         }
+        let expires = |age: Duration| age != Duration::ZERO;
+        if expires(existing.max_age) && (!expires(self.max_age) || existing.max_age < self.max_age)
+        {
+            return contradicts(
+                "max_age",
+                format!("{:?}", existing.max_age),
+                match expires(self.max_age) {
+                    true => format!("{:?}", self.max_age),
+                    false => "0 (messages never expire unconsumed)".to_owned(),
+                },
+            );
+        }
+        let limited = existing.max_messages > 0 || existing.max_bytes > 0;
+        if limited && existing.discard != DiscardPolicy::New {
+            return contradicts(
+                "discard",
+                format!(
+                    "{:?} (with max_messages or max_bytes set)",
+                    existing.discard
+                ),
+                "New (a full stream refuses publishes instead of deleting old messages)".to_owned(),
+            );
+        }
         if existing.retention != RetentionPolicy::Limits {
             return contradicts(
                 "retention",
@@ -197,6 +308,16 @@ impl StreamSpec {
         }
         Ok(())
     }
+}
+
+/// What [`StreamSpec::apply`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Provisioned {
+    /// The stream did not exist and was created.
+    Created,
+    /// The stream existed, at least as durable as specified; nothing was changed.
+    Unchanged,
 }
 
 /// The durable pull consumer behind a [`NatsSource`](super::NatsSource).
@@ -359,7 +480,14 @@ mod tests {
         short.duplicate_window = Duration::from_secs(10);
         let mut other = spec.config();
         other.subjects = vec!["payments.>".into()];
+        let mut expiring = spec.config();
+        expiring.max_age = Duration::from_secs(3600);
+        let mut discarding = spec.config();
+        discarding.max_messages = 1000;
+        discarding.discard = DiscardPolicy::Old;
         for (config, field) in [
+            (expiring, "max_age"),
+            (discarding, "discard"),
             (memory, "storage"),
             (fewer, "replicas"),
             (short, "duplicate_window"),

@@ -62,4 +62,5 @@ pub use envelope::{
 pub use error::RabbitMqError;
 pub use publisher::{DEFAULT_CONFIRM_TIMEOUT, DEFAULT_MAX_IN_FLIGHT, RabbitMqPublisher};
 pub use source::{RabbitMqReceipt, RabbitMqSource};
+pub(crate) use topology::is_not_found;
 pub use topology::{AuditFinding, QueueSpec, QueueType, RabbitMqTopology};

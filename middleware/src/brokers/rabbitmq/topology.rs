@@ -4,8 +4,9 @@
 use std::time::Duration;
 
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{Connection, ExchangeKind};
+use lapin::{Channel, Connection, ExchangeKind};
 
 use super::RabbitMqError;
 use super::error::{inequivalent_argument, precondition_failed};
@@ -126,16 +127,40 @@ impl QueueSpec {
     }
 
     fn table(&self) -> FieldTable {
+        let mut table = self.type_table();
+        for (name, value) in &self.arguments {
+            table.insert(name.as_str().into(), value.to_amqp());
+        }
+        table
+    }
+
+    /// Only `x-queue-type`.
+    fn type_table(&self) -> FieldTable {
         let mut table = FieldTable::default();
         let kind = match self.queue_type {
             QueueType::Quorum => "quorum",
             QueueType::Classic => "classic",
         };
         table.insert("x-queue-type".into(), AMQPValue::LongString(kind.into()));
-        for (name, value) in &self.arguments {
-            table.insert(name.as_str().into(), value.to_amqp());
-        }
         table
+    }
+
+    /// The broker's PRECONDITION_FAILED text when the existing queue has another type: a
+    /// declaration with the type alone.
+    async fn type_conflict(
+        &self,
+        connection: &Connection,
+    ) -> Result<Option<String>, RabbitMqError> {
+        let options = QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        let declared = channel(connection)
+            .await?
+            .queue_declare(&self.name, options, self.type_table())
+            .await;
+        let text = declared.err().as_ref().and_then(precondition_failed);
+        Ok(text.filter(|t| inequivalent_argument(t) == Some("x-queue-type")))
     }
 
     /// What this spec declares for `argument`, for the conflict message.
@@ -247,77 +272,67 @@ impl RabbitMqTopology {
     /// [`RabbitMqError::TopologyConflict`] when an existing queue or exchange has other
     /// arguments, or the failed operation.
     pub async fn declare_on(&self, connection: &Connection) -> Result<(), RabbitMqError> {
-        // A failed declaration closes its channel: one channel per step keeps the error precise.
-        let channel = || async {
-            connection
-                .create_channel()
-                .await
-                .map_err(RabbitMqError::operation("opening a channel"))
-        };
-        for exchange in &self.exchanges {
-            let options = ExchangeDeclareOptions {
-                durable: true,
-                ..Default::default()
-            };
-            let declared = channel()
-                .await?
-                .exchange_declare(
-                    exchange,
-                    ExchangeKind::Topic,
-                    options,
-                    FieldTable::default(),
-                )
-                .await;
-            declared.map_err(|source| match precondition_failed(&source) {
-                Some(reply_text) => RabbitMqError::TopologyConflict {
-                    kind: "exchange",
-                    name: exchange.clone(),
-                    argument: inequivalent_argument(&reply_text)
-                        .unwrap_or("type or durability")
-                        .to_owned(),
-                    expected: "a durable topic exchange".into(),
-                    reply_text,
-                },
-                None => RabbitMqError::operation("declaring an exchange")(source),
-            })?;
-        }
-        let mut work = channel().await?;
-        for queue in &self.queues {
-            if queue.queue_type == QueueType::Classic {
-                tracing::warn!(queue = %queue.name, "declaring a classic queue (opted out of quorum): a confirmed message lives on one node only");
+        self.apply_on(connection).await.map(drop)
+    }
+
+    /// Declares everything on `connection`, as [`declare_on`](Self::declare_on), and says what
+    /// each exchange and queue was: [`AuditFinding::Created`] or [`AuditFinding::Matches`]
+    /// (bindings are declared too; AMQP cannot tell whether one existed). For
+    /// `outbox-relay topology apply`: a second run finds everything `Matches`.
+    ///
+    /// ```no_run
+    /// # async fn demo(connection: lapin::Connection) -> Result<(), courier_middleware::RabbitMqError> {
+    /// use courier_middleware::{AuditFinding, QueueSpec, RabbitMqTopology};
+    ///
+    /// let findings = RabbitMqTopology::new()
+    ///     .exchange("orders")
+    ///     .queue(QueueSpec::new("billing"))
+    ///     .bind("billing", "orders", "#")
+    ///     .apply_on(&connection)
+    ///     .await?;
+    /// let created = findings.iter().filter(|f| matches!(f, AuditFinding::Created { .. })).count();
+    /// println!("{created} created");
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`RabbitMqError::TopologyConflict`] when an existing queue or exchange has other
+    /// arguments (nothing after it is declared), or the failed operation.
+    pub async fn apply_on(
+        &self,
+        connection: &Connection,
+    ) -> Result<Vec<AuditFinding>, RabbitMqError> {
+        let mut findings = Vec::new();
+        for item in self.items() {
+            if let Item::Queue(queue) = item {
+                if queue.queue_type == QueueType::Classic {
+                    tracing::warn!(queue = %queue.name, "declaring a classic queue (opted out of quorum): a confirmed message lives on one node only");
+                }
             }
-            let options = QueueDeclareOptions {
-                durable: true,
-                ..Default::default()
-            };
-            match work
-                .queue_declare(&queue.name, options, queue.table())
-                .await
-            {
-                Ok(_) => {}
-                Err(source) => match precondition_failed(&source) {
-                    Some(reply_text) => {
-                        let argument = inequivalent_argument(&reply_text)
-                            .unwrap_or("argument")
-                            .to_owned();
-                        return Err(RabbitMqError::TopologyConflict {
-                            kind: "queue",
-                            name: queue.name.clone(),
-                            expected: queue.expected(&argument),
-                            argument,
-                            reply_text,
-                        });
-                    }
-                    None => {
-                        return Err(RabbitMqError::operation("declaring a queue")(source));
-                    }
-                },
+            match item.settle(connection, true).await? {
+                (
+                    AuditFinding::Differs {
+                        kind,
+                        name,
+                        argument,
+                        expected,
+                    },
+                    Some(reply_text),
+                ) => {
+                    return Err(RabbitMqError::TopologyConflict {
+                        kind,
+                        name,
+                        argument,
+                        expected,
+                        reply_text,
+                    });
+                }
+                (finding, _) => findings.push(finding),
             }
         }
+        let work = channel(connection).await?;
         for (queue, exchange, pattern) in &self.bindings {
-            if !work.status().connected() {
-                work = channel().await?;
-            }
             work.queue_bind(
                 queue,
                 exchange,
@@ -329,16 +344,49 @@ impl RabbitMqTopology {
             .map_err(RabbitMqError::operation("binding a queue"))?;
         }
         let _ = work.close(200, "declared").await;
-        Ok(())
+        Ok(findings)
+    }
+
+    /// Compares what exists on the broker with this topology, changing nothing: each exchange and
+    /// queue is looked up passively, and only an existing one is declared again with the
+    /// configured arguments (a no-op when equivalent, a PRECONDITION_FAILED naming the first
+    /// argument that differs otherwise). For `outbox-relay check` and `topology check`.
+    ///
+    /// # Errors
+    ///
+    /// A failed connection or channel.
+    pub async fn audit_on(
+        &self,
+        connection: &Connection,
+    ) -> Result<Vec<AuditFinding>, RabbitMqError> {
+        let mut findings = Vec::new();
+        for item in self.items() {
+            findings.push(item.settle(connection, false).await?.0);
+        }
+        Ok(findings)
+    }
+
+    /// Exchanges first (bindings need them), then queues.
+    fn items(&self) -> impl Iterator<Item = Item<'_>> {
+        let exchanges = self.exchanges.iter().map(|e| Item::Exchange(e));
+        exchanges.chain(self.queues.iter().map(Item::Queue))
     }
 }
 
-/// What [`RabbitMqTopology::audit_on`] found for one exchange or queue.
+/// What [`RabbitMqTopology::audit_on`] and [`RabbitMqTopology::apply_on`] found for one exchange
+/// or queue.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum AuditFinding {
     /// It exists with the declared type, durability and arguments.
     Matches {
+        /// `queue` or `exchange`.
+        kind: &'static str,
+        /// Its name.
+        name: String,
+    },
+    /// It did not exist and [`apply_on`](RabbitMqTopology::apply_on) declared it.
+    Created {
         /// `queue` or `exchange`.
         kind: &'static str,
         /// Its name.
@@ -365,125 +413,134 @@ pub enum AuditFinding {
     },
 }
 
-impl RabbitMqTopology {
-    /// Compares what exists on the broker with this topology, changing nothing: each exchange and
-    /// queue is looked up passively, and only an existing one is declared again with the
-    /// configured arguments (a no-op when equivalent, a PRECONDITION_FAILED naming the first
-    /// argument that differs otherwise). For `outbox-relay check`.
-    ///
-    /// # Errors
-    ///
-    /// A failed connection or channel.
-    pub async fn audit_on(
-        &self,
-        connection: &Connection,
-    ) -> Result<Vec<AuditFinding>, RabbitMqError> {
-        let channel = || async {
-            connection
-                .create_channel()
-                .await
-                .map_err(RabbitMqError::operation("opening a channel"))
-        };
-        let mut findings = Vec::new();
-        for exchange in &self.exchanges {
-            let passive = ExchangeDeclareOptions {
-                passive: true,
-                ..Default::default()
-            };
-            let exists = channel()
-                .await?
-                .exchange_declare(
-                    exchange,
-                    ExchangeKind::Topic,
-                    passive,
-                    FieldTable::default(),
-                )
-                .await
-                .is_ok();
-            if !exists {
-                findings.push(AuditFinding::Missing {
-                    kind: "exchange",
-                    name: exchange.clone(),
-                });
-                continue;
-            }
-            let options = ExchangeDeclareOptions {
-                durable: true,
-                ..Default::default()
-            };
-            let declared = channel()
-                .await?
-                .exchange_declare(
-                    exchange,
-                    ExchangeKind::Topic,
-                    options,
-                    FieldTable::default(),
-                )
-                .await;
-            findings.push(
-                match declared.as_ref().err().and_then(precondition_failed) {
-                    None => AuditFinding::Matches {
-                        kind: "exchange",
-                        name: exchange.clone(),
-                    },
-                    Some(text) => AuditFinding::Differs {
-                        kind: "exchange",
-                        name: exchange.clone(),
-                        argument: inequivalent_argument(&text)
-                            .unwrap_or("type or durability")
-                            .to_owned(),
-                        expected: "a durable topic exchange".into(),
-                    },
-                },
-            );
+/// One exchange or queue of a topology: what declaring and auditing share.
+#[derive(Clone, Copy)]
+enum Item<'a> {
+    Exchange(&'a str),
+    Queue(&'a QueueSpec),
+}
+
+impl Item<'_> {
+    fn kind(self) -> &'static str {
+        match self {
+            Self::Exchange(_) => "exchange",
+            Self::Queue(_) => "queue",
         }
-        for queue in &self.queues {
-            let passive = QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            };
-            let exists = channel()
-                .await?
-                .queue_declare(&queue.name, passive, FieldTable::default())
-                .await
-                .is_ok();
-            if !exists {
-                findings.push(AuditFinding::Missing {
-                    kind: "queue",
-                    name: queue.name.clone(),
-                });
-                continue;
-            }
-            let options = QueueDeclareOptions {
-                durable: true,
-                ..Default::default()
-            };
-            let declared = channel()
-                .await?
-                .queue_declare(&queue.name, options, queue.table())
-                .await;
-            findings.push(
-                match declared.as_ref().err().and_then(precondition_failed) {
-                    None => AuditFinding::Matches {
-                        kind: "queue",
-                        name: queue.name.clone(),
-                    },
-                    Some(text) => {
-                        let argument = inequivalent_argument(&text)
-                            .unwrap_or("argument")
-                            .to_owned();
-                        AuditFinding::Differs {
-                            kind: "queue",
-                            name: queue.name.clone(),
-                            expected: queue.expected(&argument),
-                            argument,
-                        }
-                    }
-                },
-            );
-        }
-        Ok(findings)
     }
+
+    fn name(self) -> String {
+        match self {
+            Self::Exchange(name) => name.to_owned(),
+            Self::Queue(queue) => queue.name.clone(),
+        }
+    }
+
+    /// Declares it durable with its arguments, or only looks it up (`passive`).
+    async fn declare(self, channel: &Channel, passive: bool) -> Result<(), lapin::Error> {
+        match self {
+            Self::Exchange(name) => {
+                let options = ExchangeDeclareOptions {
+                    passive,
+                    durable: true,
+                    ..Default::default()
+                };
+                channel
+                    .exchange_declare(name, ExchangeKind::Topic, options, FieldTable::default())
+                    .await
+            }
+            Self::Queue(queue) => {
+                let options = QueueDeclareOptions {
+                    passive,
+                    durable: true,
+                    ..Default::default()
+                };
+                let arguments = if passive {
+                    FieldTable::default()
+                } else {
+                    queue.table()
+                };
+                channel
+                    .queue_declare(&queue.name, options, arguments)
+                    .await
+                    .map(drop)
+            }
+        }
+    }
+
+    /// Looks it up, declares it when it exists (or when `create`), and says what it found; a
+    /// [`AuditFinding::Differs`] comes with the broker's PRECONDITION_FAILED text. A channel per
+    /// step: a failed declaration closes its channel.
+    async fn settle(
+        self,
+        connection: &Connection,
+        create: bool,
+    ) -> Result<(AuditFinding, Option<String>), RabbitMqError> {
+        let (kind, name) = (self.kind(), self.name());
+        let exists = match self.declare(&channel(connection).await?, true).await {
+            Ok(()) => true,
+            Err(error) if is_not_found(&error) => false,
+            Err(error) => {
+                return Err(RabbitMqError::operation("looking up a queue or exchange")(
+                    error,
+                ));
+            }
+        };
+        if !exists && !create {
+            return Ok((AuditFinding::Missing { kind, name }, None));
+        }
+        let Err(error) = self.declare(&channel(connection).await?, false).await else {
+            return Ok(match exists {
+                true => (AuditFinding::Matches { kind, name }, None),
+                false => (AuditFinding::Created { kind, name }, None),
+            });
+        };
+        let Some(mut reply_text) = precondition_failed(&error) else {
+            let operation = match self {
+                Self::Exchange(_) => "declaring an exchange",
+                Self::Queue(_) => "declaring a queue",
+            };
+            return Err(RabbitMqError::operation(operation)(error));
+        };
+        // RabbitMQ names the first argument it compares, often a dead-letter setting; whether
+        // the queue is of another type (a classic queue: one copy) matters most, so ask that too.
+        if let Self::Queue(queue) = self {
+            if inequivalent_argument(&reply_text) != Some("x-queue-type") {
+                if let Some(text) = queue.type_conflict(connection).await? {
+                    reply_text = text;
+                }
+            }
+        }
+        let (argument, expected) = match self {
+            Self::Exchange(_) => (
+                inequivalent_argument(&reply_text).unwrap_or("type or durability"),
+                "a durable topic exchange".to_owned(),
+            ),
+            Self::Queue(queue) => {
+                let argument = inequivalent_argument(&reply_text).unwrap_or("argument");
+                (argument, queue.expected(argument))
+            }
+        };
+        let argument = argument.to_owned();
+        let finding = AuditFinding::Differs {
+            kind,
+            name,
+            argument,
+            expected,
+        };
+        Ok((finding, Some(reply_text)))
+    }
+}
+
+async fn channel(connection: &Connection) -> Result<Channel, RabbitMqError> {
+    connection
+        .create_channel()
+        .await
+        .map_err(RabbitMqError::operation("opening a channel"))
+}
+
+/// A passive declaration of something that does not exist: NOT_FOUND (which closes the channel).
+pub(crate) fn is_not_found(error: &lapin::Error) -> bool {
+    matches!(error, lapin::Error::ProtocolError(e) if matches!(e.kind(), AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND)))
 }
 
 #[cfg(test)]

@@ -7,11 +7,15 @@ use std::task::{Context, Poll};
 use tower::{BoxError, Layer, Service};
 use tracing::Instrument;
 
-use crate::{AsDelivery, TRACEPARENT, TraceParent};
+use courier_core::trace_context;
+
+use crate::AsDelivery;
 use future::ResponseFuture;
 
 /// Runs each handler call in a `courier.consume` span with the message id, topic, group and attempt,
-/// and the `trace_id` / `parent_span_id` of the producer's `traceparent` header when it has one;
+/// and the `trace_id` / `parent_span_id` of the producer's `traceparent` header when it has one.
+/// With an OpenTelemetry layer the span is the child of the producer's span in that trace
+/// ([`courier_core::trace_context::adopt`]). It
 /// records the `outcome` (`ack`, `redeliver`, `dead_letter`) and logs failures.
 ///
 /// # Examples
@@ -68,21 +72,20 @@ where
 
     fn call(&mut self, request: Request) -> Self::Future {
         let delivery = request.delivery();
-        let parent = delivery
-            .message
-            .headers
-            .get(TRACEPARENT)
-            .and_then(|value| TraceParent::parse(value));
+        let headers = &delivery.message.headers;
+        let parent = trace_context::span_context(headers);
         let span = tracing::info_span!(
             "courier.consume",
             message.id = %delivery.message.id,
             topic = %delivery.message.topic,
             group = %delivery.group,
             attempt = delivery.attempt,
-            trace_id = parent.as_ref().map(TraceParent::trace_id),
-            parent_span_id = parent.as_ref().map(TraceParent::span_id),
+            trace_id = parent.as_ref().map(|p| p.trace_id().to_string()),
+            parent_span_id = parent.as_ref().map(|p| p.span_id().to_string()),
             outcome = tracing::field::Empty,
         );
+        // The producer's span is the parent, whatever span the runtime polls in.
+        trace_context::adopt(&span, headers);
         let future = span.in_scope(|| self.inner.call(request));
         ResponseFuture::new(future.instrument(span))
     }
@@ -121,7 +124,7 @@ mod tests {
     use tracing_subscriber::layer::{Context as LayerContext, SubscriberExt};
 
     use super::*;
-    use crate::{Delivery, Reject};
+    use crate::{Delivery, Reject, TRACEPARENT};
 
     type Fields = Arc<Mutex<BTreeMap<String, String>>>;
 

@@ -149,7 +149,7 @@ where
     tx.commit().await?;
     if replayed > 0 {
         // Replayed rows are new outbox rows: wake this process's relays as the writer does.
-        super::signal::enqueued();
+        super::SIGNAL.enqueued();
     }
     Ok(ReplayReport {
         replayed,

@@ -14,7 +14,6 @@ mod failures;
 mod housekeeping;
 mod retry;
 mod session;
-mod signal;
 mod writer;
 
 use std::sync::Arc;
@@ -33,6 +32,9 @@ use crate::relay::RelayConfig;
 use crate::{Error, FailedMessage, FailureFilter, Message, ReplayReport, Result};
 #[allow(unreachable_pub)] // named by the sealed `Store` trait only
 pub use session::MySqlSession;
+
+/// Wakes this process's relays of this store on every insert (`super::signal`).
+pub(super) static SIGNAL: super::signal::Signal = super::signal::Signal::new();
 
 /// ER_NO_SUCH_TABLE: "Table 'db.outbox_messages' doesn't exist".
 const NO_SUCH_TABLE: u16 = 1146;
@@ -76,7 +78,7 @@ impl Dialect for MySql {
     }
 
     fn enqueued() {
-        signal::enqueued();
+        SIGNAL.enqueued();
     }
 
     fn list_failures<'a, 'e: 'a, E>(
@@ -119,6 +121,6 @@ impl Dialect for MySql {
         wake: Arc<Notify>,
         stop: CancellationToken,
     ) -> JoinHandle<()> {
-        signal::spawn(wake, stop)
+        SIGNAL.spawn(wake, stop)
     }
 }

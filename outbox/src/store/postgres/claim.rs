@@ -14,9 +14,17 @@ use sqlx::{PgConnection, Row};
 use crate::Message;
 use crate::relay::{Claimed, Outcome};
 
+// `seq = ANY(ARRAY(…))`, not `seq IN (…)`: for a semi-join the planner weighs a merge join and
+// reads the live ends of the primary key to cost it, which walks every dead entry a draining relay
+// left at the low end (measured on a 1M backlog: 6-10 ms of planning per claim, more than the
+// claim itself). An array parameter is no join, so it plans in well under a millisecond.
+//
+// The "earlier message backing off" check looks up `(key, available_at > now())` in
+// `messages_pending_key_due`: only the key's rows that are not due yet, not every earlier row of
+// the key nor every scheduled row in the table.
 const CLAIM: &str = "\
 DELETE FROM outbox.messages
-WHERE seq IN (
+WHERE seq = ANY(ARRAY(
     SELECT m.seq FROM outbox.messages m
     WHERE m.sent_at IS NULL
       AND m.available_at <= now()
@@ -26,7 +34,7 @@ WHERE seq IN (
             WHERE e.key = m.key AND e.seq < m.seq AND e.sent_at IS NULL AND e.available_at > now()))
     ORDER BY m.seq
     LIMIT $2
-    FOR UPDATE SKIP LOCKED)
+    FOR UPDATE SKIP LOCKED))
 RETURNING seq, id, topic, key, tag, headers, payload, created_at, available_at, attempts,
           last_error, last_attempt_at";
 

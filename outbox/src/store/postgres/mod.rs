@@ -27,6 +27,9 @@ use crate::{Error, FailedMessage, FailureFilter, Message, ReplayReport, Result};
 #[allow(unreachable_pub)] // named by the sealed `Store` trait only
 pub use session::PgSession;
 
+/// Wakes this process's Postgres relays on every insert (`super::signal`), before NOTIFY could.
+pub(super) static SIGNAL: super::signal::Signal = super::signal::Signal::new();
+
 impl Dialect for Postgres {
     type Session = PgSession;
 
@@ -64,6 +67,10 @@ impl Dialect for Postgres {
         E: Executor<'e, Database = Self> + 'a,
     {
         Box::pin(writer::insert_many(executor, messages))
+    }
+
+    fn enqueued() {
+        SIGNAL.enqueued();
     }
 
     fn list_failures<'a, 'e: 'a, E>(
@@ -106,6 +113,10 @@ impl Dialect for Postgres {
         wake: Arc<Notify>,
         stop: CancellationToken,
     ) -> JoinHandle<()> {
-        wakeup::spawn(pool.clone(), config.name.clone(), wake, stop)
+        let inserts = SIGNAL.spawn(wake.clone(), stop.clone());
+        let listener = wakeup::spawn(pool.clone(), config.name.clone(), wake, stop);
+        tokio::spawn(async move {
+            let _ = tokio::join!(inserts, listener);
+        })
     }
 }

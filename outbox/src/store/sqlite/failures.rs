@@ -129,7 +129,7 @@ where
     tx.commit().await?;
     if !added.is_empty() {
         // Replayed rows are new outbox rows: wake this process's relays as the writer does.
-        super::signal::enqueued();
+        super::SIGNAL.enqueued();
     }
     Ok(ReplayReport {
         replayed: added.len() as u64,

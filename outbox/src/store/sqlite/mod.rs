@@ -5,7 +5,6 @@ mod claim;
 mod failures;
 mod housekeeping;
 mod session;
-mod signal;
 mod time;
 mod writer;
 
@@ -24,6 +23,9 @@ use crate::relay::RelayConfig;
 use crate::{Error, FailedMessage, FailureFilter, Message, ReplayReport, Result};
 #[allow(unreachable_pub)] // named by the sealed `Store` trait only
 pub use session::SqliteSession;
+
+/// Wakes this process's relays of this store on every insert (`super::signal`).
+pub(super) static SIGNAL: super::signal::Signal = super::signal::Signal::new();
 
 impl Dialect for Sqlite {
     type Session = SqliteSession;
@@ -63,7 +65,7 @@ impl Dialect for Sqlite {
     }
 
     fn enqueued() {
-        signal::enqueued();
+        SIGNAL.enqueued();
     }
 
     fn list_failures<'a, 'e: 'a, E>(
@@ -106,6 +108,6 @@ impl Dialect for Sqlite {
         wake: Arc<Notify>,
         stop: CancellationToken,
     ) -> JoinHandle<()> {
-        signal::spawn(wake, stop)
+        SIGNAL.spawn(wake, stop)
     }
 }

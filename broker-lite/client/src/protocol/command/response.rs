@@ -39,6 +39,10 @@ pub enum Response {
     Redriven(u64),
     /// The broker's version and durability settings.
     Described(BrokerDescription),
+    /// The broker's SCRAM challenge (answer to [`CommandCode::AuthStart`]).
+    AuthChallenge(AuthChallenge),
+    /// The broker's SCRAM signature (answer to [`CommandCode::AuthFinish`]).
+    AuthDone(AuthDone),
 }
 
 impl Response {
@@ -65,6 +69,8 @@ impl Response {
             Response::Trace(es) => put_list(&mut buf, es, |b, e| e.put(b)),
             Response::Redriven(n) => buf.put_u64(*n),
             Response::Described(d) => d.put(&mut buf),
+            Response::AuthChallenge(c) => c.put(&mut buf),
+            Response::AuthDone(d) => d.put(&mut buf),
         }
         buf.freeze()
     }
@@ -105,6 +111,8 @@ impl Response {
             CommandCode::Trace => Response::Trace(get_list(b, 16, "trace", TraceEvent::get)?),
             CommandCode::RedriveDeadLetters => Response::Redriven(get_u64(b, "redriven")?),
             CommandCode::Describe => Response::Described(BrokerDescription::get(b)?),
+            CommandCode::AuthStart => Response::AuthChallenge(AuthChallenge::get(b)?),
+            CommandCode::AuthFinish => Response::AuthDone(AuthDone::get(b)?),
         };
         ensure_empty(&body)?;
         Ok(response)

@@ -121,6 +121,7 @@ fn description() -> impl Strategy<Value = BrokerDescription> {
         any::<u64>(),
         any::<u64>(),
         any::<u32>(),
+        (any::<bool>(), any::<bool>(), s()),
     )
         .prop_map(
             |(
@@ -132,6 +133,7 @@ fn description() -> impl Strategy<Value = BrokerDescription> {
                 max_message_size,
                 consume_timeout_ms,
                 max_reconsume_times,
+                (authentication, tls, listen),
             )| BrokerDescription {
                 version,
                 flush_mode: async_interval_ms.map_or(FlushMode::Sync, |ms| FlushMode::Async {
@@ -144,6 +146,9 @@ fn description() -> impl Strategy<Value = BrokerDescription> {
                 max_message_size,
                 consume_timeout_ms,
                 max_reconsume_times,
+                authentication,
+                tls,
+                listen,
             },
         )
 }
@@ -218,6 +223,9 @@ fn request() -> impl Strategy<Value = Request> {
         (s(), any::<u32>()).prop_map(|(group, max)| Request::DeadLetters { group, max }),
         (s(), proptest::collection::vec(uuid(), 0..3))
             .prop_map(|(group, ids)| Request::RedriveDeadLetters { group, ids }),
+        (s(), bytes())
+            .prop_map(|(user, client_nonce)| Request::AuthStart(AuthStart { user, client_nonce })),
+        bytes().prop_map(|proof| Request::AuthFinish(AuthFinish { proof })),
     ]
 }
 
@@ -343,6 +351,18 @@ fn response() -> impl Strategy<Value = (CommandCode, Response)> {
         }),
         any::<u64>().prop_map(|n| (CommandCode::RedriveDeadLetters, Response::Redriven(n))),
         description().prop_map(|d| (CommandCode::Describe, Response::Described(d))),
+        (bytes(), any::<u32>(), bytes()).prop_map(|(salt, iterations, nonce)| (
+            CommandCode::AuthStart,
+            Response::AuthChallenge(AuthChallenge {
+                salt,
+                iterations,
+                nonce
+            })
+        )),
+        bytes().prop_map(|server_signature| (
+            CommandCode::AuthFinish,
+            Response::AuthDone(AuthDone { server_signature })
+        )),
     ]
 }
 
@@ -453,6 +473,9 @@ fn unknown_flush_mode_and_replication_tags_are_invalid() {
         max_message_size: 1 << 20,
         consume_timeout_ms: 900_000,
         max_reconsume_times: 16,
+        authentication: false,
+        tls: false,
+        listen: "127.0.0.1:9876".into(),
     };
     let body = Response::Described(description).encode_body().to_vec();
     // version: u32 length + 5 bytes, then the flush mode tag.

@@ -109,6 +109,38 @@ pub struct BrokerDescription {
     pub consume_timeout_ms: u64,
     /// Redeliveries before a message is dead-lettered (C8).
     pub max_reconsume_times: u32,
+    /// Whether clients must authenticate (issue 16).
+    pub authentication: bool,
+    /// Whether the listener speaks TLS.
+    pub tls: bool,
+    /// The address the broker listens on.
+    pub listen: String,
+}
+
+impl BrokerDescription {
+    /// Whether anyone who can reach the port can do anything: no authentication and no TLS
+    /// on an address other than loopback.
+    ///
+    /// ```
+    /// # use broker_lite_client::protocol::{BrokerDescription, FlushMode, Replication};
+    /// let mut d = BrokerDescription {
+    ///     version: "0.1.0".into(), flush_mode: FlushMode::Sync, sync_flush_timeout_ms: 5000,
+    ///     replication: Replication::None, retention_ms: 0, max_disk_bytes: None,
+    ///     max_message_size: 1024, consume_timeout_ms: 15_000, max_reconsume_times: 16,
+    ///     authentication: false, tls: false, listen: "0.0.0.0:9876".into(),
+    /// };
+    /// assert!(d.is_exposed());
+    /// d.listen = "127.0.0.1:9876".into();
+    /// assert!(!d.is_exposed());
+    /// ```
+    pub fn is_exposed(&self) -> bool {
+        let loopback = self
+            .listen
+            .parse::<std::net::SocketAddr>()
+            .is_ok_and(|a| a.ip().is_loopback());
+        let protected = self.authentication && self.tls;
+        !(loopback || protected)
+    }
 }
 
 impl Wire for BrokerDescription {
@@ -122,6 +154,9 @@ impl Wire for BrokerDescription {
         buf.put_u64(self.max_message_size);
         buf.put_u64(self.consume_timeout_ms);
         buf.put_u32(self.max_reconsume_times);
+        buf.put_u8(u8::from(self.authentication));
+        buf.put_u8(u8::from(self.tls));
+        put_str(buf, &self.listen);
     }
 
     fn get(buf: &mut Bytes) -> Result<Self, DecodeError> {
@@ -135,6 +170,9 @@ impl Wire for BrokerDescription {
             max_message_size: get_u64(buf, "max message size")?,
             consume_timeout_ms: get_u64(buf, "consume timeout")?,
             max_reconsume_times: get_u32(buf, "max reconsume times")?,
+            authentication: get_bool(buf, "authentication")?,
+            tls: get_bool(buf, "tls")?,
+            listen: get_str(buf, "listen")?,
         })
     }
 }

@@ -5,11 +5,13 @@ use bytes::{Bytes, BytesMut};
 use super::error::DecodeError;
 
 mod admin;
+mod auth;
 mod consumer;
 mod describe;
 mod message;
 
 pub use admin::{GroupInfo, QueueLag, TopicInfo, TraceEvent};
+pub use auth::{AuthChallenge, AuthDone, AuthFinish, AuthStart};
 pub use consumer::{
     AckRequest, ConsumeModel, DeadLetterRequest, Delivery, Member, NackRequest, NackResult,
     PullRequest, Subscription,
