@@ -8,22 +8,52 @@ use courier_middleware::BrokerLitePublisher;
 use courier_middleware::RabbitMqPublisher;
 use courier_middleware::nats::NatsPublisher;
 use courier_outbox::Message;
-use tower::util::BoxCloneService;
-use tower::{BoxError, ServiceExt};
+use courier_outbox::batch::{BatchFuture, Outcomes, PublishBatch};
 
 use crate::config::{BrokerKind, Config};
 
-/// The publisher the relay runs with, whatever the broker.
-pub(crate) type RelayPublisher = BoxCloneService<Message, (), BoxError>;
+/// The publisher the relay runs with, whatever the broker. It takes each claimed batch in one
+/// call: broker-lite stores it with one `SEND_BATCH` request (one group commit), NATS and RabbitMQ
+/// keep many PubAcks / confirms in flight, each one checked.
+#[derive(Debug, Clone)]
+pub(crate) enum RelayPublisher {
+    BrokerLite(BrokerLitePublisher),
+    /// Boxed: the NATS client and JetStream context are much larger than the other handles.
+    Nats(Box<NatsPublisher>),
+    RabbitMq(RabbitMqPublisher),
+}
+
+impl PublishBatch for RelayPublisher {
+    type Response = ();
+
+    fn publish_batch(&mut self, messages: Vec<Message>) -> BatchFuture<()> {
+        /// The outcomes without the broker's answer, which the relay does not need.
+        fn settled<R>(outcomes: Outcomes<R>) -> Outcomes<()> {
+            outcomes
+                .into_iter()
+                .map(|outcome| outcome.map(drop))
+                .collect()
+        }
+        match self {
+            Self::BrokerLite(publisher) => {
+                let sent = publisher.publish_batch(messages);
+                Box::pin(async move { settled(sent.await) })
+            }
+            Self::Nats(publisher) => {
+                let sent = publisher.publish_batch(messages);
+                Box::pin(async move { settled(sent.await) })
+            }
+            Self::RabbitMq(publisher) => publisher.publish_batch(messages),
+        }
+    }
+}
 
 /// Connects to the configured broker.
 pub(crate) async fn connect(config: &Config) -> anyhow::Result<RelayPublisher> {
     Ok(match config.broker_kind() {
-        BrokerKind::BrokerLite => {
-            BoxCloneService::new(broker_lite(config).await?.map_response(|_| ()))
-        }
-        BrokerKind::Nats => BoxCloneService::new(nats(config).await?.map_response(|_| ())),
-        BrokerKind::RabbitMq => BoxCloneService::new(rabbitmq(config).await?),
+        BrokerKind::BrokerLite => RelayPublisher::BrokerLite(broker_lite(config).await?),
+        BrokerKind::Nats => RelayPublisher::Nats(Box::new(nats(config).await?)),
+        BrokerKind::RabbitMq => RelayPublisher::RabbitMq(rabbitmq(config).await?),
     })
 }
 

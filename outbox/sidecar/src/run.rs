@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use courier_outbox::{Backoff, Publisher, Relay, Store};
+use courier_outbox::{Backoff, PublishBatch, Relay, Store};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use sqlx::Pool;
 use tokio::time::Instant;
@@ -27,8 +27,9 @@ pub(crate) async fn run(config: &Config, shutdown: CancellationToken) -> anyhow:
     .await)
 }
 
-/// Builds the relay on `pool`'s store and runs it until `shutdown`.
-async fn drain<DB: Store, P: Publisher>(
+/// Builds the relay on `pool`'s store and runs it until `shutdown`, one publish call per claimed
+/// batch.
+async fn drain<DB: Store, P: PublishBatch + Clone + Send + 'static>(
     config: &Config,
     pool: Pool<DB>,
     publisher: P,
@@ -36,7 +37,7 @@ async fn drain<DB: Store, P: Publisher>(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let settings = &config.relay;
-    let mut builder = Relay::builder(pool, publisher)
+    let mut builder = Relay::batch_builder(pool, publisher)
         .name(settings.name.clone())
         .batch_size(settings.batch_size)
         .max_attempts(settings.max_attempts)
