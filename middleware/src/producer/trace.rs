@@ -19,8 +19,8 @@ use crate::{TRACEPARENT, TraceParent};
 /// Runs each send in a `courier.publish` span (message id, topic, key, attempts, trace id) and
 /// writes the span's W3C trace context into the message's `traceparent` with OpenTelemetry's
 /// propagator ([`courier_core::trace_context`]), so the consumer's span becomes its child. The
-/// span's parent is the current span when it is traced (the relay's `outbox.publish`), else the
-/// message's own `traceparent`. Without an OpenTelemetry layer the message still leaves with a
+/// span's parent is the message's own `traceparent` when it carries one (the relay's
+/// `outbox.publish`), else the current span. Without an OpenTelemetry layer the message still leaves with a
 /// `traceparent`: a child of the one it carried (same trace, new span id), or a new trace. Logs
 /// the result of every send.
 ///
@@ -97,11 +97,11 @@ fn inject(message: &mut Message) -> tracing::Span {
         trace_id = tracing::field::Empty,
         span_id = tracing::field::Empty,
     );
-    // The parent is the span this send runs in (the relay's publish, a handler) when that
-    // one is traced, else the trace the message came with.
-    if !trace_context::is_traced(&tracing::Span::current()) {
-        trace_context::adopt(&span, &message.headers);
-    }
+    // The parent is the trace the message carries: the relay stamps each row's `outbox.publish`
+    // span into the message it hands over, and the send runs in the relay's `outbox.batch` span,
+    // which belongs to no message's trace. A message without a trace (one a handler creates) gets
+    // the span the send runs in.
+    trace_context::adopt(&span, &message.headers);
     if !trace_context::stamp(&span, &mut message.headers) {
         trace_context::hop(&mut message.headers);
     }
