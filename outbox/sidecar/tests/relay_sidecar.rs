@@ -77,21 +77,25 @@ async fn relays_committed_messages_to_broker_lite_and_stops_on_sigterm(pool: PgP
     rolled_back.rollback().await.unwrap();
 
     let url = database_url(&pool);
-    let mut child = Command::new(RELAY)
-        .args([
-            "--database-url",
-            &url,
-            "--broker",
-            &addr,
-            "--http-listen",
-            "127.0.0.1:0",
-            "run",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    // Killed if the test fails before its SIGTERM: a relay left running would hold the test
+    // database open.
+    let mut child = KillOnDrop(Some(
+        Command::new(RELAY)
+            .args([
+                "--database-url",
+                &url,
+                "--broker",
+                &addr,
+                "--http-listen",
+                "127.0.0.1:0",
+                "run",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    ));
+    let mut stdout = BufReader::new(child.0.as_mut().unwrap().stdout.take().unwrap());
     let mut line = String::new();
     stdout.read_line(&mut line).unwrap();
     let http = line
@@ -121,12 +125,25 @@ async fn relays_committed_messages_to_broker_lite_and_stops_on_sigterm(pool: PgP
     .await
     .unwrap();
     assert_eq!(status, 200, "{body}");
-    let (status, body) = tokio::task::spawn_blocking(move || http_get(&http, "/metrics"))
+    // The consumer may see the batch before the relay has recorded it (the broker acks the
+    // batch, then the relay commits and counts): wait for the count, bounded.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, body) = tokio::task::spawn_blocking({
+            let http = http.clone();
+            move || http_get(&http, "/metrics")
+        })
         .await
         .unwrap();
-    assert_eq!(status, 200);
-    assert!(body.contains("outbox_published_total"), "{body}");
+        assert_eq!(status, 200);
+        if body.contains("outbox_published_total") {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
+    let child = child.0.take().unwrap();
     tokio::task::spawn_blocking(move || terminate(child))
         .await
         .unwrap();
