@@ -183,7 +183,11 @@ fn relay_part<DB: Store>(settings: &Settings<DB>) -> Part {
                         part: "the relay".to_owned(),
                         source,
                     })?;
-            let relay = Relay::builder(pool, publisher)
+            // Each claimed batch goes out in one call: broker-lite stores it with one
+            // `SEND_BATCH` request and one group commit, with a per-message outcome (a message
+            // the broker refused is retried alone, the others are deleted), instead of one
+            // `SEND` and one commit wait per message.
+            let relay = Relay::batch_builder(pool, publisher)
                 .build()
                 .map_err(Error::Relay)?;
             relay.run(shutdown).await.map_err(Error::Relay)

@@ -26,8 +26,10 @@
 //!
 //! - the outbox migrations ([`courier_outbox::migrate`]), which also create the consumer tables;
 //! - a [`Relay`](courier_outbox::Relay) draining this database's outbox to broker-lite through
-//!   [`BrokerLitePublisher`](courier_middleware::BrokerLitePublisher): synchronous sends with a
-//!   3 s timeout and two retries (P1, P4, P5), anything but `SEND_OK` a failed attempt, the
+//!   [`BrokerLitePublisher`](courier_middleware::BrokerLitePublisher), each claimed batch in one
+//!   `SEND_BATCH` request ([`Relay::batch_builder`](courier_outbox::Relay::batch_builder): one
+//!   group commit per batch, an outcome per message): synchronous sends with a 3 s timeout and
+//!   two retries (P1, P4, P5), anything but `SEND_OK` a failed attempt for that message, the
 //!   failure table after the last one (P6);
 //! - per handler, a clustering consumer of one topic in one group, with the recommended stack:
 //!   [`TraceLayer`](courier_middleware::TraceLayer) (continues the message's `traceparent`, L1),
