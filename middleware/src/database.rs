@@ -84,6 +84,49 @@ pub(crate) mod sealed {
             let _ = error;
             false
         }
+
+        /// Begins a write transaction whose first statement records (`group`, `key`); `None`
+        /// for a duplicate, with nothing left open. An error comes back after the rollback, for
+        /// the caller to begin again if it is [`restartable`](Self::restartable). Postgres does it
+        /// in one round trip; the others begin, then insert.
+        fn begin_recorded_once(
+            pool: &Pool<Self>,
+            group: &str,
+            key: &str,
+        ) -> impl Future<Output = Result<Option<Transaction<'static, Self>>, sqlx::Error>> + Send
+        {
+            async move {
+                let mut tx = Self::begin_write(pool).await?;
+                match Self::idempotency_record(&mut tx, group, key).await {
+                    Ok(true) => Ok(Some(tx)),
+                    Ok(false) => {
+                        tx.rollback().await?;
+                        Ok(None)
+                    }
+                    Err(error) => {
+                        let _ = tx.rollback().await;
+                        Err(error)
+                    }
+                }
+            }
+        }
+
+        /// Commits `tx` if it still holds the records of `keys`
+        /// ([`idempotency_still_held`](IdempotencySql::idempotency_still_held)); `Ok(false)`,
+        /// rolled back, when it does not. Postgres checks and commits in one round trip.
+        fn commit_recorded(
+            mut tx: Transaction<'static, Self>,
+            keys: &[(String, String)],
+        ) -> impl Future<Output = Result<bool, sqlx::Error>> + Send {
+            async move {
+                if !Self::idempotency_still_held(&mut tx, keys).await? {
+                    let _ = tx.rollback().await;
+                    return Ok(false);
+                }
+                tx.commit().await?;
+                Ok(true)
+            }
+        }
     }
 }
 
@@ -96,6 +139,23 @@ impl sealed::Dialect for sqlx::Postgres {
         pool: &Pool<Self>,
     ) -> impl Future<Output = Result<Transaction<'static, Self>, sqlx::Error>> + Send {
         pool.begin()
+    }
+
+    fn begin_recorded_once(
+        pool: &Pool<Self>,
+        group: &str,
+        key: &str,
+    ) -> impl Future<Output = Result<Option<Transaction<'static, Self>>, sqlx::Error>> + Send {
+        crate::idempotency::store::postgres::begin_recorded(pool, group, key)
+    }
+
+    fn commit_recorded(
+        tx: Transaction<'static, Self>,
+        keys: &[(String, String)],
+    ) -> impl Future<Output = Result<bool, sqlx::Error>> + Send {
+        // The transaction's own state tells, whatever the records.
+        let _ = keys;
+        crate::idempotency::store::postgres::commit_recorded(tx)
     }
 }
 

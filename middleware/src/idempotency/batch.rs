@@ -298,15 +298,12 @@ where
 /// Commits the batch if its transaction still holds the records of the deliveries it processed
 /// (see [`IdempotencySql::idempotency_still_held`](super::store::IdempotencySql::idempotency_still_held)).
 async fn commit_held<DB: TxDatabase>(
-    mut tx: sqlx::Transaction<'static, DB>,
+    tx: sqlx::Transaction<'static, DB>,
     processed: &[(String, String)],
 ) -> Result<(), String> {
-    match DB::idempotency_still_held(&mut tx, processed).await {
-        Ok(true) => tx.commit().await.map_err(|error| error.to_string()),
-        Ok(false) => {
-            let _ = tx.rollback().await;
-            Err(begin::transaction_lost().to_string())
-        }
+    match DB::commit_recorded(tx, processed).await {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(begin::transaction_lost().to_string()),
         Err(error) => Err(error.to_string()),
     }
 }

@@ -11,26 +11,24 @@ use crate::TxDatabase;
 /// delivery fails (and is redelivered).
 const RESTARTS: u32 = 5;
 
-/// Begins a write transaction and inserts the record of (`group`, `key`); the flag says whether
-/// it is new. Restarts on a [`restartable`](crate::database::sealed::Dialect::restartable) error:
-/// the record is the transaction's first statement, so the rolled-back transaction held nothing
-/// else and beginning it again repeats nothing.
+/// Begins a write transaction and inserts the record of (`group`, `key`); `None` for a duplicate
+/// (nothing left open). Restarts on a
+/// [`restartable`](crate::database::sealed::Dialect::restartable) error: the record is the
+/// transaction's first statement, so the rolled-back transaction held nothing else and beginning
+/// it again repeats nothing.
 pub(super) async fn begin_recorded<DB: TxDatabase>(
     pool: &Pool<DB>,
     group: &str,
     key: &str,
-) -> Result<(Transaction<'static, DB>, bool), sqlx::Error> {
+) -> Result<Option<Transaction<'static, DB>>, sqlx::Error> {
     let mut restarts = 0;
     loop {
-        let mut tx = DB::begin_write(pool).await?;
-        match DB::idempotency_record(&mut tx, group, key).await {
-            Ok(fresh) => return Ok((tx, fresh)),
+        match DB::begin_recorded_once(pool, group, key).await {
             Err(error) if DB::restartable(&error) && restarts < RESTARTS => {
                 restarts += 1;
                 restarted(&error, restarts);
-                let _ = tx.rollback().await;
             }
-            Err(error) => return Err(error),
+            done => return done,
         }
     }
 }

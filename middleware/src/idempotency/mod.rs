@@ -383,15 +383,13 @@ where
         let config = self.config.clone();
         ResponseFuture::new(Box::pin(async move {
             let key = config.key.of(&delivery);
-            let (tx, fresh) = begin::begin_recorded(&config.pool, &delivery.group, &key).await?;
-            if !fresh {
-                tx.rollback().await?;
+            let Some(tx) = begin::begin_recorded(&config.pool, &delivery.group, &key).await? else {
                 tracing::debug!(message.id = %delivery.message.id, group = %delivery.group, %key,
                     "duplicate delivery acked without running the handler");
                 metrics::counter!("courier_consume_duplicates_total", "group" => delivery.group)
                     .increment(1);
                 return Ok(Handled::Duplicate);
-            }
+            };
             // A new record for a message older than the window: it may have been handled before
             // and its record purged. The record goes with the rollback.
             if let Some(late) = config.late(&delivery) {
@@ -407,12 +405,10 @@ where
             let tx = handle.take().await;
             match result {
                 Ok(response) => {
-                    let mut tx = tx.ok_or("the handler's transaction disappeared")?;
-                    if !DB::idempotency_still_held(&mut tx, &record).await? {
-                        let _ = tx.rollback().await;
+                    let tx = tx.ok_or("the handler's transaction disappeared")?;
+                    if !DB::commit_recorded(tx, &record).await? {
                         return Err(begin::transaction_lost());
                     }
-                    tx.commit().await?;
                     Ok(Handled::Processed(response))
                 }
                 Err(error) => {

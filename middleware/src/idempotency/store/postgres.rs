@@ -3,9 +3,102 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use sqlx::{PgConnection, PgPool, Postgres};
+use sqlx::{Executor, PgConnection, PgPool, Postgres, Transaction};
 
 use super::IdempotencySql;
+
+/// Begins the handler's transaction with the record of (`group`, `key`) as its first statement,
+/// in one round trip; `None` for a duplicate (nothing left open).
+///
+/// One simple query, `INSERT ...; BEGIN`: Postgres runs the statements of a multi-statement
+/// query in an implicit transaction, and a `BEGIN` in it turns that into a regular transaction
+/// that includes the statements before it (the protocol's "Multiple Statements in a Simple
+/// Query"). So on success the record is in the open transaction, as if inserted after `BEGIN`;
+/// on any error the `BEGIN` never runs and the implicit transaction rolls back, so the pooled
+/// connection goes back idle, not in an aborted transaction (a failing `BEGIN; INSERT ...` would
+/// leave one, which the pool would hand to the next user). A duplicate is the primary key's
+/// violation (23505) rather than `ON CONFLICT DO NOTHING`, since sqlx returns nothing of the
+/// statement that begins a transaction; like the conflict clause, the insert first waits for a
+/// concurrent transaction holding the key, and goes in if that one rolls back. A simple query
+/// takes no parameters: the values go in as escaped literals ([`literal`]).
+pub(crate) async fn begin_recorded(
+    pool: &PgPool,
+    group: &str,
+    key: &str,
+) -> Result<Option<Transaction<'static, Postgres>>, sqlx::Error> {
+    let statement = format!(
+        "INSERT INTO courier_inbox.processed (consumer_group, key) VALUES ({}, {}); BEGIN",
+        literal(group)?,
+        literal(key)?
+    );
+    match pool.begin_with(statement).await {
+        Ok(tx) => Ok(Some(tx)),
+        Err(sqlx::Error::Database(error))
+            if error.code().as_deref() == Some("23505") && error.table() == Some("processed") =>
+        {
+            Ok(None)
+        }
+        Err(error) => Err(error),
+    }
+}
+
+/// Checks that the transaction is not aborted and commits it, in one round trip: `SELECT 1;
+/// COMMIT; BEGIN`. A failed statement aborts a Postgres transaction, and its `COMMIT` then rolls
+/// back without an error (see [`IdempotencySql::idempotency_still_held`]); here the `SELECT 1`
+/// fails first (25P02), the rest of the query is skipped, and the answer is `false`, rolled back.
+/// sqlx does not know that the query committed, so the trailing `BEGIN` opens an empty
+/// transaction for sqlx's own rollback when `tx` is dropped: queued, that goes out with the
+/// pool's check of the returned connection, not as a round trip of its own (after a bare `COMMIT`
+/// it would find no transaction, and leave a warning in the server's log for every delivery).
+pub(crate) async fn commit_recorded(
+    mut tx: Transaction<'static, Postgres>,
+) -> Result<bool, sqlx::Error> {
+    let committed = check_and_commit(&mut tx).await;
+    match committed {
+        Ok(true) => drop(tx),
+        Ok(false) => {
+            let _ = tx.rollback().await;
+        }
+        // The commit itself failed (a deferred constraint, a serialization failure, a lost
+        // connection): not acked; dropping rolls back whatever is left.
+        Err(_) => drop(tx),
+    }
+    committed
+}
+
+async fn check_and_commit(conn: &mut PgConnection) -> Result<bool, sqlx::Error> {
+    match conn.execute("SELECT 1; COMMIT; BEGIN").await {
+        Ok(_) => Ok(true),
+        Err(sqlx::Error::Database(error)) if error.code().as_deref() == Some("25P02") => Ok(false),
+        Err(error) => Err(error),
+    }
+}
+
+/// `value` as a Postgres string literal: an escape string (`E'...'`), with its backslashes and
+/// quotes escaped, so it reads the same whatever `standard_conforming_strings` says. A NUL cannot
+/// be in a Postgres text value (nor in a simple query), so it is refused.
+fn literal(value: &str) -> Result<String, sqlx::Error> {
+    if value.contains('\0') {
+        return Err(sqlx::Error::Encode(
+            format!(
+                "the idempotency record's group or key {value:?} contains a NUL character, which \
+                 a Postgres text value cannot hold; derive the key without it"
+            )
+            .into(),
+        ));
+    }
+    let mut out = String::with_capacity(value.len() + 3);
+    out.push_str("E'");
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\'' => out.push_str("''"),
+            c => out.push(c),
+        }
+    }
+    out.push('\'');
+    Ok(out)
+}
 
 impl IdempotencySql for Postgres {
     async fn idempotency_record(
