@@ -3,15 +3,17 @@
 use std::future::Future;
 use std::time::Duration;
 
-use broker_lite_client::{ConsumerConfig, ProducerConfig};
+use broker_lite_client::ConsumerConfig;
 use courier_middleware::{
-    BrokerLitePublisher, BrokerLiteSource, CatchPanicLayer, ConsumeTimeoutLayer, Consumer,
-    DEFAULT_CONSUME_TIMEOUT, IdempotencyLayer, TraceLayer, TxDatabase, TxDelivery,
+    BrokerAddress, BrokerLiteSource, CatchPanicLayer, ConsumeTimeoutLayer, Consumer,
+    DEFAULT_CONSUME_TIMEOUT, Delivery, DeliverySource, IdempotencyLayer, Subscription, TraceLayer,
+    TxDatabase, TxDelivery,
 };
 use courier_outbox::{Relay, Store};
 use sqlx::{Database, Pool};
 use tower::{BoxError, Service, ServiceBuilder};
 
+use super::publisher::AppPublisher;
 use super::{App, Error, Part};
 
 /// Builds an [`App`]: [`consume`](Self::consume) once per handler, then
@@ -175,14 +177,8 @@ fn relay_part<DB: Store>(settings: &Settings<DB>) -> Part {
     let (pool, broker) = (settings.pool.clone(), settings.broker.clone());
     Box::new(move |shutdown| {
         Box::pin(async move {
-            let publisher =
-                BrokerLitePublisher::connect(broker.as_str(), ProducerConfig::default())
-                    .await
-                    .map_err(|source| Error::Broker {
-                        addresses: broker.clone(),
-                        part: "the relay".to_owned(),
-                        source,
-                    })?;
+            let address: BrokerAddress = broker.parse().map_err(Error::Address)?;
+            let publisher = AppPublisher::connect(&address, &broker).await?;
             // Each claimed batch goes out in one call: broker-lite stores it with one
             // `SEND_BATCH` request and one group commit, with a per-message outcome (a message
             // the broker refused is retried alone, the others are deleted), instead of one
@@ -208,28 +204,62 @@ where
     let (concurrency, timeout) = (settings.concurrency, settings.consume_timeout);
     Box::new(move |shutdown| {
         Box::pin(async move {
-            let source =
-                BrokerLiteSource::connect(broker.as_str(), ConsumerConfig::new(&group, &topic))
-                    .await
-                    .map_err(|source| Error::Broker {
-                        addresses: broker.clone(),
-                        part: format!("consumer group {group}"),
-                        source,
-                    })?;
+            let address: BrokerAddress = broker.parse().map_err(Error::Address)?;
             let stack = ServiceBuilder::new()
                 .layer(TraceLayer::new())
                 .layer(CatchPanicLayer::new())
                 .layer(ConsumeTimeoutLayer::new(timeout))
                 .layer(IdempotencyLayer::new(pool))
                 .service(handler);
-            Consumer::builder(source, stack)
-                .concurrency(concurrency)
-                .consume_timeout(timeout)
-                .declare_idempotent()
-                .build()
-                .run(shutdown)
-                .await;
+            if let BrokerAddress::BrokerLite(addresses) = &address {
+                let source = BrokerLiteSource::connect(
+                    addresses.as_str(),
+                    ConsumerConfig::new(&group, &topic),
+                )
+                .await
+                .map_err(|source| Error::Broker {
+                    addresses: broker.clone(),
+                    part: format!("consumer group {group}"),
+                    source,
+                })?;
+                run_consumer(source, stack, concurrency, timeout, shutdown).await;
+                return Ok(());
+            }
+            // NATS or RabbitMQ: the source provisions the group's stream consumer or queues (with
+            // their delay and dead-letter parts) with durable defaults when it subscribes.
+            let source = address
+                .subscribe(&Subscription::new(&topic, &group))
+                .await
+                .map_err(|source| Error::Connect {
+                    broker: address.to_string(),
+                    part: format!("consumer group {group}"),
+                    source,
+                })?;
+            run_consumer(source, stack, concurrency, timeout, shutdown).await;
             Ok(())
         })
     })
+}
+
+/// Runs the consumer of `source` with the app's stack until `shutdown`.
+async fn run_consumer<S, H>(
+    source: S,
+    stack: H,
+    concurrency: usize,
+    timeout: Duration,
+    shutdown: tokio_util::sync::CancellationToken,
+) where
+    S: DeliverySource,
+    H: Service<Delivery> + Clone + Send + 'static,
+    H::Response: Send + 'static,
+    H::Error: Into<BoxError>,
+    H::Future: Send + 'static,
+{
+    Consumer::builder(source, stack)
+        .concurrency(concurrency)
+        .consume_timeout(timeout)
+        .declare_idempotent()
+        .build()
+        .run(shutdown)
+        .await;
 }

@@ -18,6 +18,30 @@ pub enum Error {
         #[source]
         source: broker_lite_client::ClientError,
     },
+    /// The broker address is neither `host:port` (broker-lite), `nats://…` nor `amqp://…`.
+    #[error("the app's broker address is not one it can use")]
+    Address(#[source] courier_middleware::BrokerAddressError),
+    /// NATS or RabbitMQ could not be reached, or refused the topology, when a part connected.
+    #[error("cannot use the broker at {broker} for {part}: start it, or fix the address")]
+    Connect {
+        /// The address, without its password.
+        broker: String,
+        /// `"the relay"` or `"consumer group <name>"`.
+        part: String,
+        /// The client's error.
+        #[source]
+        source: tower::BoxError,
+    },
+    /// The address names a broker this build has no client for.
+    #[error(
+        "the broker at {broker} is {kind}, which this build of courier does not include: enable courier's `nats` or `rabbitmq` feature"
+    )]
+    NotBuilt {
+        /// The address, without its password.
+        broker: String,
+        /// Which broker it is.
+        kind: &'static str,
+    },
     /// The relay stopped with an error (its configuration, or its database).
     #[error("the relay stopped")]
     Relay(#[source] courier_outbox::Error),

@@ -1,5 +1,7 @@
 //! The short path: one builder that runs the migrations, the relay and idempotent consumers on a
-//! pool and a broker-lite address, until a signal.
+//! pool and a broker address, until a signal. The address picks the broker: broker-lite's
+//! `host:port`, NATS JetStream's `nats://…` (courier feature `nats`) or RabbitMQ's `amqp://…`
+//! (feature `rabbitmq`); nothing else changes.
 //!
 //! ```no_run
 //! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
@@ -25,13 +27,18 @@
 //! What it sets up, each with the framework's safe defaults:
 //!
 //! - the outbox migrations ([`courier_outbox::migrate`]), which also create the consumer tables;
-//! - a [`Relay`](courier_outbox::Relay) draining this database's outbox to broker-lite through
+//! - a [`Relay`](courier_outbox::Relay) draining this database's outbox to the broker, each claimed
+//!   batch in one call ([`Relay::batch_builder`](courier_outbox::Relay::batch_builder)): on NATS
+//!   every PubAck awaited (pipelined, `Nats-Msg-Id` = message id), on RabbitMQ every publisher
+//!   confirm (pipelined, `mandatory`); on broker-lite through
 //!   [`BrokerLitePublisher`](courier_middleware::BrokerLitePublisher), each claimed batch in one
-//!   `SEND_BATCH` request ([`Relay::batch_builder`](courier_outbox::Relay::batch_builder): one
-//!   group commit per batch, an outcome per message): synchronous sends with a 3 s timeout and
+//!   `SEND_BATCH` request (one group commit per batch, an outcome per message): synchronous sends with a 3 s timeout and
 //!   two retries (P1, P4, P5), anything but `SEND_OK` a failed attempt for that message, the
 //!   failure table after the last one (P6);
-//! - per handler, a clustering consumer of one topic in one group, with the recommended stack:
+//! - per handler, a clustering consumer of one topic in one group (on NATS a durable pull consumer,
+//!   on RabbitMQ a quorum queue with delay and dead-letter queues, provisioned when it subscribes,
+//!   [`BrokerAddress::subscribe`](courier_middleware::BrokerAddress::subscribe)), with the
+//!   recommended stack:
 //!   [`TraceLayer`](courier_middleware::TraceLayer) (continues the message's `traceparent`, L1),
 //!   [`CatchPanicLayer`](courier_middleware::CatchPanicLayer) (C2),
 //!   [`ConsumeTimeoutLayer`](courier_middleware::ConsumeTimeoutLayer) (C3) and
@@ -39,11 +46,12 @@
 //!   [`TxDelivery`](courier_middleware::TxDelivery) whose transaction holds the idempotency
 //!   record, and the broker is acked only after it commits.
 //!
-//! For anything else (another broker, a layer of your own, a durable inbox) build the pieces from
+//! For anything else (a broker of your own, a layer of your own, a durable inbox) build the pieces from
 //! `courier::outbox` and `courier::middleware` directly; this builder is a composition of them.
 
 mod builder;
 mod error;
+mod publisher;
 mod signal;
 
 pub use builder::AppBuilder;
@@ -74,8 +82,20 @@ where
     DB: Store + TxDatabase,
     <DB as Database>::Connection: sqlx::migrate::Migrate,
 {
-    /// A builder for the service on `pool` (Postgres or SQLite) talking to broker-lite at
-    /// `broker` (`host:port`, or a failover list `host1:port;host2:port`, P9).
+    /// A builder for the service on `pool` (Postgres or SQLite) talking to the broker at `broker`:
+    /// broker-lite's `host:port` (or a failover list `host1:port;host2:port`, P9), NATS
+    /// JetStream's `nats://host:port` (feature `nats`) or RabbitMQ's
+    /// `amqp://user:password@host:port/vhost` (feature `rabbitmq`); see
+    /// [`BrokerAddress`](courier_middleware::BrokerAddress).
+    ///
+    /// ```no_run
+    /// # async fn example(pool: sqlx::PgPool) -> Result<(), courier::app::Error> {
+    /// courier::App::builder(pool, "nats://127.0.0.1:4222")
+    ///     .consume("payments", "ORDER_CREATED", |_request| async move { Ok(()) })
+    ///     .run_until_signal()
+    ///     .await
+    /// # }
+    /// ```
     pub fn builder(pool: Pool<DB>, broker: impl Into<String>) -> AppBuilder<DB> {
         AppBuilder::new(pool, broker.into())
     }
