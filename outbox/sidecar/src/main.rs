@@ -16,6 +16,7 @@
 
 mod check;
 mod config;
+mod console;
 mod database;
 mod failures;
 mod http;

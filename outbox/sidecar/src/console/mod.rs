@@ -1,0 +1,120 @@
+//! The web console, served by `outbox-relay run` on its HTTP listener under `/console`:
+//! server-rendered pages (no JavaScript framework, no CDN, works offline) over the outbox
+//! tables, the failure table, broker-lite's admin API and a message's whole trace.
+//!
+//! | page | what |
+//! |---|---|
+//! | `/console` | backlog, oldest due age, publish rate, per-topic counts, relay instances and their partitions, the broker circuit |
+//! | `/console/failures` | the failure table: filter, view one message, replay or purge a selection or everything matching |
+//! | `/console/broker` | broker-lite topics, groups, lag per queue, dead letters with redrive |
+//! | `/console/trace` | one message's timeline by id or key: outbox, failure, broker, consumer |
+//!
+//! Reads are open to whoever reaches the listener (like `/metrics`); writes need the console
+//! token (see [`auth`]).
+
+mod auth;
+mod broker;
+mod failures;
+mod form;
+mod html;
+mod overview;
+mod trace;
+
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use broker_lite_client::{Admin, AdminConfig};
+use courier_outbox::{CircuitState, RelayState};
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::sync::watch;
+
+use crate::config::{BrokerKind, Config};
+use crate::database::Database;
+
+/// Everything the pages read from.
+pub(crate) struct Console {
+    database: Database,
+    /// broker-lite's addresses and admin settings; `None` for NATS or RabbitMQ.
+    broker: Option<(String, AdminConfig)>,
+    relay_name: String,
+    state: watch::Receiver<RelayState>,
+    circuit: watch::Receiver<CircuitState>,
+    metrics: PrometheusHandle,
+    auth: auth::Auth,
+    /// The last sample of the published counter, for the publish rate.
+    rate: Mutex<overview::RateSample>,
+}
+
+impl Console {
+    /// The console of a running relay. `loopback`: the listener is on a loopback address.
+    pub(crate) fn new(
+        config: &Config,
+        database: Database,
+        state: watch::Receiver<RelayState>,
+        circuit: watch::Receiver<CircuitState>,
+        metrics: PrometheusHandle,
+        loopback: bool,
+    ) -> anyhow::Result<Self> {
+        let broker = if config.broker_kind() == BrokerKind::BrokerLite {
+            let mut admin = AdminConfig::default();
+            admin.security = config.broker_lite_security()?;
+            admin.request_timeout = config.send_timeout().max(std::time::Duration::from_secs(3));
+            Some((config.broker.addresses.clone(), admin))
+        } else {
+            None
+        };
+        Ok(Self {
+            database,
+            broker,
+            relay_name: config.relay.name.clone(),
+            state,
+            circuit,
+            metrics,
+            auth: auth::Auth::new(config.console_token()?, loopback),
+            rate: Mutex::new(overview::RateSample::at_start()),
+        })
+    }
+
+    /// An admin connection to broker-lite, or a message saying why there is none.
+    async fn admin(&self) -> Result<Admin, String> {
+        let Some((addresses, config)) = &self.broker else {
+            return Err(
+                "the broker is not broker-lite: its topics, groups and traces are in its own \
+                 tools (nats CLI, RabbitMQ management UI)"
+                    .to_owned(),
+            );
+        };
+        Admin::connect(addresses.as_str(), config.clone())
+            .await
+            .map_err(|e| format!("cannot reach broker-lite at {addresses}: {e}"))
+    }
+}
+
+/// The console's routes, to merge into the sidecar's HTTP router.
+pub(crate) fn router(console: Arc<Console>) -> Router {
+    Router::new()
+        .route("/console", get(overview::page))
+        .route(
+            "/console/login",
+            get(|| async { auth::login_page(None) }).post(login),
+        )
+        .route("/console/failures", get(failures::list))
+        .route("/console/failures/message", get(failures::show))
+        .route("/console/failures/confirm", post(failures::confirm))
+        .route("/console/failures/apply", post(failures::apply))
+        .route("/console/broker", get(broker::page))
+        .route("/console/broker/redrive", post(broker::redrive))
+        .route("/console/trace", get(trace::page))
+        .with_state(console)
+}
+
+async fn login(
+    axum::extract::State(console): axum::extract::State<Arc<Console>>,
+    headers: HeaderMap,
+    body: String,
+) -> Response {
+    console.auth.login(&headers, &body).into_response()
+}
