@@ -1,0 +1,165 @@
+// Drives the outbox-relay web console in Debian's headless chromium (Playwright, playwright-core
+// only: no downloaded browser). Run by outbox/sidecar/tests/console.rs, which starts the real
+// relay, broker-lite and an idempotent consumer and passes what to look for in the environment:
+//
+//   CONSOLE_URL   http://127.0.0.1:<port>      the relay's HTTP listener
+//   CONSOLE_TOKEN the console token (console.token)
+//   FAILED_ID     a message in the failure table (topic missing on the broker when it was sent)
+//   FAILED_KEY    its key, to filter by
+//   TRACED_ID     a message relayed, stored and handled by the idempotent consumer
+//   SHOTS         directory for the screenshots
+//   CHROMIUM      the browser (default /usr/bin/chromium)
+//
+// Prints one line per step and, at the end, `RESULT {"ok":true,"screenshots":[...]}`; any failed
+// expectation exits with status 1 and says which step and what the page showed.
+
+import { chromium } from 'playwright-core';
+import { mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+
+const env = (name) => {
+  const value = process.env[name];
+  if (!value) {
+    console.error(`missing environment variable ${name}`);
+    process.exit(2);
+  }
+  return value;
+};
+const base = env('CONSOLE_URL');
+const token = env('CONSOLE_TOKEN');
+const failedId = env('FAILED_ID');
+const failedKey = env('FAILED_KEY');
+const tracedId = env('TRACED_ID');
+const shots = env('SHOTS');
+mkdirSync(shots, { recursive: true });
+
+const screenshots = [];
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+  args: ['--headless', '--no-sandbox', '--disable-gpu'],
+});
+
+function fail(step, detail) {
+  throw new Error(`${step}: ${detail}`);
+}
+
+async function shot(page, name) {
+  const path = join(shots, `${name}.png`);
+  await page.screenshot({ path, fullPage: true });
+  screenshots.push(path);
+  console.log(`screenshot ${path}`);
+}
+
+async function text(page, selector) {
+  return (await page.locator(selector).first().innerText()).trim();
+}
+
+// Reloads `url` until `check(page)` is true, at most `tries` times: the relay works on its own
+// schedule, so the page is polled with a bound instead of waited for with a timer.
+async function until(page, url, check, what, tries = 100) {
+  for (let i = 0; i < tries; i++) {
+    await page.goto(url);
+    if (await check(page)) return;
+    await page.waitForTimeout(200);
+  }
+  fail(what, `not seen after ${tries} reloads; the page said:\n${await page.locator('main').innerText()}`);
+}
+
+try {
+  // 1. Without the token: a write action is refused.
+  const anonymous = await (await browser.newContext()).newPage();
+  const refusedAnswer = await anonymous.request.post(`${base}/console/failures/confirm`, {
+    form: { action: 'replay', scope: 'selected', id: failedId },
+    headers: { Origin: base },
+  });
+  if (refusedAnswer.status() !== 401) {
+    fail('refused without the token', `POST answered ${refusedAnswer.status()}, expected 401`);
+  }
+  await anonymous.setContent(await refusedAnswer.text());
+  await shot(anonymous, 'refused');
+  console.log('ok: a replay without the token is refused with 401');
+
+  // 2. Log in with the token.
+  const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
+  const page = await context.newPage();
+  await page.goto(`${base}/console/login`);
+  await page.locator('input[type=password]').fill(token);
+  const name = page.locator('input[name=name]');
+  if (await name.count()) await name.fill('on-call engineer');
+  await Promise.all([page.waitForNavigation(), page.locator('input[type=password]').press('Enter')]);
+  console.log('ok: logged in');
+
+  // 3. See the failure, filter by its key, open it.
+  await page.goto(`${base}/console/failures`);
+  if (!(await page.locator(`a:has-text("${failedId}")`).count())) {
+    fail('see a failure', `${failedId} is not listed:\n${await page.locator('main').innerText()}`);
+  }
+  await page.locator('#filter input[name=key]').fill(failedKey);
+  await Promise.all([page.waitForNavigation(), page.locator('#filter button[type=submit]').click()]);
+  const rows = await page.locator('input[type=checkbox][name=id]').count();
+  if (rows !== 1) fail('filter by key', `${rows} rows for key ${failedKey}, expected 1`);
+  await shot(page, 'failures');
+  await Promise.all([page.waitForNavigation(), page.locator(`a:has-text("${failedId}")`).first().click()]);
+  const payload = await text(page, '#payload');
+  if (!payload.includes('"invoice"')) fail('see one message', `payload shown: ${payload}`);
+  await shot(page, 'failure-message');
+  console.log('ok: the failure is listed, filtered by key and shown with its payload');
+
+  // 4. Replay it, through the confirmation page that gives the count.
+  await page.goBack();
+  await page.locator(`input[type=checkbox][value="${failedId}"]`).check();
+  await Promise.all([page.waitForNavigation(), page.locator('button[value=replay]').first().click()]);
+  const count = await text(page, '#confirm-count');
+  if (!/\b1\b/.test(count)) fail('confirm the replay', `confirmation said: ${count}`);
+  await shot(page, 'replay-confirm');
+  await Promise.all([page.waitForNavigation(), page.locator('#confirm').click()]);
+  const result = await text(page, '#result');
+  if (!result.includes('Replayed 1')) fail('replay', `result said: ${result}`);
+  console.log(`ok: ${result}`);
+
+  // 5. Watch the outbox drain on the overview.
+  await until(
+    page,
+    `${base}/console`,
+    async (p) => (await text(p, '#backlog b')) === '0' && (await text(p, '#failures b')) === '0',
+    'the outbox drains after the replay',
+  );
+  await shot(page, 'overview');
+  console.log('ok: the backlog and the failure table are empty after the replay');
+
+  // 6. Trace a message through the relay, broker-lite and the idempotent consumer.
+  await until(
+    page,
+    `${base}/console/trace?q=${tracedId}`,
+    async (p) => {
+      for (const source of ['outbox', 'broker', 'consumer']) {
+        if (!(await p.locator(`#timeline li[data-source=${source}]`).count())) return false;
+      }
+      return true;
+    },
+    'a timeline with outbox, broker and consumer steps',
+  );
+  const timeline = await text(page, '#timeline');
+  for (const step of [/enqueued/i, /stored/i, /deliver/i, /idempot|handled|processed/i]) {
+    if (!step.test(timeline)) fail('trace', `no step matching ${step} in:\n${timeline}`);
+  }
+  await shot(page, 'trace');
+  console.log('ok: the trace shows the outbox, broker and consumer steps');
+
+  // 7. The broker page lists the topics and the consumer group.
+  await page.goto(`${base}/console/broker`);
+  const broker = await page.locator('main').innerText();
+  if (!broker.includes('orders') || !broker.includes('billing')) {
+    fail('broker page', `no topic orders or group billing:\n${broker}`);
+  }
+  await shot(page, 'broker');
+  console.log('ok: the broker page lists topics and groups');
+
+  console.log(`RESULT ${JSON.stringify({ ok: true, screenshots })}`);
+  await browser.close();
+} catch (error) {
+  console.error(`FAILED ${error.message}`);
+  console.log(`RESULT ${JSON.stringify({ ok: false, error: error.message, screenshots })}`);
+  await browser.close();
+  process.exit(1);
+}
