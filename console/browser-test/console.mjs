@@ -7,6 +7,7 @@
 //   FAILED_ID     a message in the failure table (topic missing on the broker when it was sent)
 //   FAILED_KEY    its key, to filter by
 //   TRACED_ID     a message relayed, stored and handled by the idempotent consumer
+//   DEAD_ID       a message the consumer rejected once: in group billing's dead letters
 //   SHOTS         directory for the screenshots
 //   CHROMIUM      the browser (default /usr/bin/chromium)
 //
@@ -30,6 +31,7 @@ const token = env('CONSOLE_TOKEN');
 const failedId = env('FAILED_ID');
 const failedKey = env('FAILED_KEY');
 const tracedId = env('TRACED_ID');
+const deadId = env('DEAD_ID');
 const shots = env('SHOTS');
 mkdirSync(shots, { recursive: true });
 
@@ -152,8 +154,29 @@ try {
   if (!broker.includes('orders') || !broker.includes('billing')) {
     fail('broker page', `no topic orders or group billing:\n${broker}`);
   }
+  if (!(await page.locator(`input[type=checkbox][value="${deadId}"]`).count())) {
+    fail('dead letters', `${deadId} is not among the dead letters:\n${broker}`);
+  }
   await shot(page, 'broker');
-  console.log('ok: the broker page lists topics and groups');
+  console.log('ok: the broker page lists topics, groups and the dead letter');
+
+  // 8. Redrive the dead letter; its trace shows it dead-lettered, redriven and then handled.
+  await page.locator(`input[type=checkbox][value="${deadId}"]`).check();
+  await Promise.all([page.waitForNavigation(), page.locator('#redrive-billing button[value=selected]').click()]);
+  const redriven = await text(page, '#result');
+  if (!redriven.includes('Redrove 1')) fail('redrive', `result said: ${redriven}`);
+  console.log(`ok: ${redriven}`);
+  await until(
+    page,
+    `${base}/console/trace?q=${deadId}`,
+    async (p) => {
+      const steps = await p.locator('#timeline').innerText();
+      return /dead-lettered/.test(steps) && /redriven/.test(steps) && /handled by group billing/.test(steps);
+    },
+    'the redriven message handled',
+  );
+  await shot(page, 'trace-redriven');
+  console.log('ok: the trace shows the dead letter, the redrive and the handler');
 
   console.log(`RESULT ${JSON.stringify({ ok: true, screenshots })}`);
   await browser.close();

@@ -6,7 +6,8 @@
 //! Scenarios, in one run: a replay without the token is refused (401); with the token, a failure
 //! is seen, filtered by key, opened, replayed through the confirmation page, and the outbox
 //! drains; a message is traced through the relay, the broker and the consumer, every step
-//! shown; the broker page lists topics and groups. Screenshots of each page go to
+//! shown; on the broker page a dead letter is redriven, and its trace shows it dead-lettered,
+//! redriven and handled. Screenshots of each page go to
 //! `$CARGO_TARGET_TMPDIR/console-screenshots/` and their paths are printed.
 //!
 //! Needs `node` and `chromium` (Debian: `apt-get install chromium chromium-driver nodejs npm`) and
@@ -15,12 +16,14 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use broker_lite::broker::TraceKind;
 use broker_lite::embedded::{self, EmbeddedConfig};
 use broker_lite_client::ConsumerConfig;
 use courier_middleware::{
-    BrokerLiteSource, CatchPanicLayer, Consumer, IdempotencyLayer, TxDelivery,
+    BrokerLiteSource, CatchPanicLayer, Consumer, IdempotencyLayer, Reject, TxDelivery,
 };
 use courier_outbox::{Message, Outbox};
 use sqlx::{ConnectOptions, PgPool};
@@ -32,6 +35,8 @@ courier_test_support::postgres_for_tests!();
 
 const RELAY: &str = env!("CARGO_BIN_EXE_outbox-relay");
 const TOKEN: &str = "console-test-token-7f3a";
+/// Whether the consumer has refused the poison message already.
+static POISON_REFUSED: AtomicBool = AtomicBool::new(false);
 /// How long the relay and the consumer get for each step (polled, never slept out).
 const PATIENCE: Duration = Duration::from_secs(60);
 
@@ -110,7 +115,18 @@ async fn the_console_replays_a_failure_and_traces_a_message_in_a_real_browser(po
     let handler = ServiceBuilder::new()
         .layer(CatchPanicLayer::new())
         .layer(IdempotencyLayer::new(pool.clone()))
-        .service_fn(|_request: TxDelivery| async move { Ok::<_, BoxError>(()) });
+        .service_fn(move |request: TxDelivery| {
+            // The "poison" message is refused once (dead-lettered at once by `Reject`) and
+            // handled after the console redrives it.
+            let refuse = &request.delivery.message.payload[..] == b"poison"
+                && !POISON_REFUSED.swap(true, Ordering::SeqCst);
+            async move {
+                if refuse {
+                    return Err(Box::new(Reject::new("poison: cannot be handled yet")) as BoxError);
+                }
+                Ok::<_, BoxError>(())
+            }
+        });
     let consumer = Consumer::builder(source, handler)
         .group("billing")
         .poll_wait(Duration::from_millis(100))
@@ -178,6 +194,16 @@ async fn the_console_replays_a_failure_and_traces_a_message_in_a_real_browser(po
         }
     })
     .await;
+    let poison = Message::new("orders", "poison").with_key("order-13");
+    Outbox::new().enqueue(&pool, &poison).await.unwrap();
+    eventually("the poison message is dead-lettered", || async {
+        broker
+            .broker()
+            .trace(poison.id)
+            .iter()
+            .any(|event| matches!(event.kind, TraceKind::DeadLettered { .. }))
+    })
+    .await;
     Outbox::new().enqueue(&pool, &invoice).await.unwrap();
     eventually("the invoice is in the failure table", || {
         let pool = pool.clone();
@@ -208,6 +234,7 @@ async fn the_console_replays_a_failure_and_traces_a_message_in_a_real_browser(po
                 .env("FAILED_ID", invoice.id.to_string())
                 .env("FAILED_KEY", "invoice-7")
                 .env("TRACED_ID", order.id.to_string())
+                .env("DEAD_ID", poison.id.to_string())
                 .env("SHOTS", &shots)
                 .env("CHROMIUM", &chromium)
                 .output()
@@ -248,6 +275,16 @@ async fn the_console_replays_a_failure_and_traces_a_message_in_a_real_browser(po
         1
     );
     assert!(!broker.broker().trace(invoice.id).is_empty());
+    // The redriven message was handled: its idempotency record is there.
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT count(*) FROM courier_inbox.processed WHERE key = $1::uuid::text",
+            poison.id
+        )
+        .await,
+        1
+    );
 
     drop(relay);
     shutdown.cancel();
