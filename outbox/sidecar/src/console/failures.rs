@@ -7,9 +7,9 @@ use std::sync::Arc;
 
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::response::{IntoResponse, Redirect, Response};
 use chrono::{DateTime, Utc};
-use courier_outbox::{FailedMessage, FailureFilter, Failures, ReplayReport};
+use courier_outbox::{FailedMessage, FailureFilter, Failures};
 use uuid::Uuid;
 
 use super::Console;
@@ -19,8 +19,7 @@ use crate::database::with_pool;
 
 /// Rows shown on the list page.
 const PAGE_ROWS: u32 = 200;
-/// Replays and purges go in chunks, so that none holds one huge transaction.
-const CHUNK: usize = 1_000;
+use super::actions::CHUNK;
 /// The filter fields, carried from the list to the confirmation and the action.
 const FILTER_FIELDS: [&str; 5] = ["topic", "key", "error", "since", "until"];
 
@@ -389,7 +388,8 @@ pub(crate) async fn confirm(
     html::page(&format!("Confirm: {verb}"), Some(&who), &page_body).into_response()
 }
 
-/// `POST /console/failures/apply`: replays or purges, in chunks, and reports what it did.
+/// `POST /console/failures/apply`: replays or purges, in chunks, and reports what it did. More
+/// than one chunk runs in the background, answered with a redirect to its progress page.
 pub(crate) async fn apply(
     State(console): State<Arc<Console>>,
     headers: HeaderMap,
@@ -408,81 +408,41 @@ pub(crate) async fn apply(
         Ok(found) => found.iter().map(|f| f.message.id).collect(),
         Err(error) => return database_error(&error),
     };
-    let failures = Failures::new();
-    let mut report = ReplayReport::default();
-    let mut purged = 0u64;
-    for chunk in ids.chunks(CHUNK) {
-        let chunk_filter = FailureFilter::all().ids(chunk.iter().copied());
-        let done: anyhow::Result<()> = if wanted.replay {
-            with_pool!(&console.database, |pool| failures
-                .replay(pool, &chunk_filter)
-                .await)
-            .map(|done| {
-                report.replayed += done.replayed;
-                report.conflicts.extend(done.conflicts);
-            })
-            .map_err(Into::into)
+    let action = super::actions::Action {
+        replay: wanted.replay,
+        scope: if wanted.selected {
+            "selected"
         } else {
-            with_pool!(&console.database, |pool| failures
-                .purge(pool, &chunk_filter)
-                .await)
-            .map(|n| purged += n)
-            .map_err(Into::into)
-        };
-        if let Err(error) = done {
-            console.auth.audit(
-                &who,
-                if wanted.replay { "replay" } else { "purge" },
-                &format!("stopped by an error after part of {} message(s)", ids.len()),
-            );
-            return database_error(&error);
-        }
-    }
-    let scope = if wanted.selected {
-        "selected"
-    } else {
-        "matching a filter"
+            "matching a filter"
+        },
+        who,
     };
-    let mut page_body;
-    if wanted.replay {
-        console.auth.audit(
-            &who,
-            "replay",
-            &format!(
-                "{} message(s) {scope}, {} kept (id already in the outbox)",
-                report.replayed,
-                report.conflicts.len()
-            ),
-        );
-        page_body = format!(
-            "<p id=\"result\">Replayed {} message(s) into the outbox.</p>",
-            report.replayed
-        );
-        if !report.conflicts.is_empty() {
-            let _ = write!(
-                page_body,
-                "<p class=\"notice\">{} kept in the failure table: the outbox already holds a \
-                 message with the same id. Purge them if that message supersedes them, or replay \
-                 them once it is gone: {}</p>",
-                report.conflicts.len(),
-                esc(&report
-                    .conflicts
-                    .iter()
-                    .map(Uuid::to_string)
-                    .collect::<Vec<_>>()
-                    .join(", "))
-            );
-        }
-    } else {
-        console
-            .auth
-            .audit(&who, "purge", &format!("{purged} message(s) {scope}"));
-        page_body = format!("<p id=\"result\">Purged {purged} failed message(s).</p>");
+    if ids.len() <= CHUNK {
+        return match action.run(&console, &ids, None).await {
+            Ok(body) => html::page("Done", Some(&action.who), &body).into_response(),
+            Err(error) => database_error(&error),
+        };
     }
-    page_body.push_str(
-        "<p><a href=\"/console\">watch the outbox drain</a> · <a href=\"/console/failures\">back to the failures</a></p>",
+    let (id, job) = console.jobs.start(
+        format!(
+            "{} {} message(s)",
+            if action.replay { "replay" } else { "purge" },
+            ids.len()
+        ),
+        ids.len() as u64,
     );
-    html::page("Done", Some(&who), &page_body).into_response()
+    tokio::spawn(async move {
+        let body = match action.run(&console, &ids, Some(&job)).await {
+            Ok(body) => body,
+            Err(error) => format!(
+                "<p class=\"notice\" id=\"result\">Stopped by an error: {}. Reload the \
+                 failure table to see what is left, and run it again.</p>",
+                esc(&format!("{error:#}"))
+            ),
+        };
+        job.finish(body);
+    });
+    Redirect::to(&format!("/console/jobs/{id}")).into_response()
 }
 
 #[cfg(test)]

@@ -43,11 +43,21 @@ form.inline{display:inline}input,select,button{font-size:.95em;margin:.15em}butt
 /// A whole page: the navigation, `title` and `body` (already escaped HTML). `who` is the signed-in
 /// operator, if any.
 pub(crate) fn page(title: &str, who: Option<&str>, body: &str) -> Html<String> {
+    page_with_head(title, who, "", body)
+}
+
+/// [`page`] with extra `head` elements (already HTML), e.g. a `<meta refresh>`.
+pub(crate) fn page_with_head(
+    title: &str,
+    who: Option<&str>,
+    head: &str,
+    body: &str,
+) -> Html<String> {
     let mut out = String::with_capacity(body.len() + 2048);
     let _ = write!(
         out,
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{} · courier console</title>\
-         <style>{STYLE}</style></head><body><nav><a href=\"/console\">Outbox</a>\
+         <style>{STYLE}</style>{head}</head><body><nav><a href=\"/console\">Outbox</a>\
          <a href=\"/console/failures\">Failures</a><a href=\"/console/broker\">Broker</a>\
          <a href=\"/console/trace\">Trace</a><span class=\"who\">{}</span></nav><main><h1>{}</h1>{body}</main></body></html>",
         esc(title),

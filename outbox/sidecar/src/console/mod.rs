@@ -8,15 +8,18 @@
 //! | `/console/failures` | the failure table: filter, view one message, replay or purge a selection or everything matching |
 //! | `/console/broker` | broker-lite topics, groups, lag per queue, dead letters with redrive |
 //! | `/console/trace` | one message's timeline by id or key: outbox, failure, broker, consumer |
+//! | `/console/jobs/{id}` | the progress of a long replay or purge, then its result |
 //!
 //! Reads are open to whoever reaches the listener (like `/metrics`); writes need the console
 //! token (see [`auth`]).
 
+mod actions;
 mod auth;
 mod broker;
 mod failures;
 mod form;
 mod html;
+mod jobs;
 mod overview;
 mod trace;
 
@@ -44,6 +47,8 @@ pub(crate) struct Console {
     circuit: watch::Receiver<CircuitState>,
     metrics: PrometheusHandle,
     auth: auth::Auth,
+    /// Background replays and purges, with their progress.
+    jobs: jobs::Jobs,
     /// The last sample of the published counter, for the publish rate.
     rate: Mutex<overview::RateSample>,
 }
@@ -74,6 +79,7 @@ impl Console {
             circuit,
             metrics,
             auth: auth::Auth::new(config.console_token()?, loopback),
+            jobs: jobs::Jobs::default(),
             rate: Mutex::new(overview::RateSample::at_start()),
         })
     }
@@ -105,6 +111,7 @@ pub(crate) fn router(console: Arc<Console>) -> Router {
         .route("/console/failures/message", get(failures::show))
         .route("/console/failures/confirm", post(failures::confirm))
         .route("/console/failures/apply", post(failures::apply))
+        .route("/console/jobs/{id}", get(jobs::page))
         .route("/console/broker", get(broker::page))
         .route("/console/broker/redrive", post(broker::redrive))
         .route("/console/trace", get(trace::page))
