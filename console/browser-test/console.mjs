@@ -8,6 +8,8 @@
 //   FAILED_KEY    its key, to filter by
 //   TRACED_ID     a message relayed, stored and handled by the idempotent consumer
 //   DEAD_ID       a message the consumer rejected once: in group billing's dead letters
+//   PURGE_ERROR   error text of the failures to purge (all matching), one of them
+//   TRACED_KEY    the key of TRACED_ID, to trace by key
 //   SHOTS         directory for the screenshots
 //   CHROMIUM      the browser (default /usr/bin/chromium)
 //
@@ -32,6 +34,8 @@ const failedId = env('FAILED_ID');
 const failedKey = env('FAILED_KEY');
 const tracedId = env('TRACED_ID');
 const deadId = env('DEAD_ID');
+const purgeError = env('PURGE_ERROR');
+const tracedKey = env('TRACED_KEY');
 const shots = env('SHOTS');
 mkdirSync(shots, { recursive: true });
 
@@ -105,6 +109,10 @@ try {
   const payload = await text(page, '#payload');
   if (!payload.includes('"invoice"')) fail('see one message', `payload shown: ${payload}`);
   await shot(page, 'failure-message');
+  await Promise.all([page.waitForNavigation(), page.locator('a:text-is("hex")').click()]);
+  const hex = await text(page, '#payload');
+  if (!hex.startsWith('00000000  7b')) fail('hex view', `hex view shows: ${hex}`);
+  await page.goBack();
   console.log('ok: the failure is listed, filtered by key and shown with its payload');
 
   // 4. Replay it, through the confirmation page that gives the count.
@@ -119,6 +127,16 @@ try {
   if (!result.includes('Replayed 1')) fail('replay', `result said: ${result}`);
   console.log(`ok: ${result}`);
 
+  // 4b. Purge everything matching an error text: the count, the confirmation, the result.
+  await page.goto(`${base}/console/failures?error=${encodeURIComponent(purgeError)}`);
+  await Promise.all([page.waitForNavigation(), page.locator('button[value=purge]').nth(1).click()]);
+  const purgeCount = await text(page, '#confirm-count');
+  if (!/Purge\s+1\b/.test(purgeCount)) fail('confirm the purge', `confirmation said: ${purgeCount}`);
+  await Promise.all([page.waitForNavigation(), page.locator('#confirm').click()]);
+  const purged = await text(page, '#result');
+  if (!purged.includes('Purged 1')) fail('purge', `result said: ${purged}`);
+  console.log(`ok: purge of all matching "${purgeError}": ${purged}`);
+
   // 5. Watch the outbox drain on the overview.
   await until(
     page,
@@ -129,7 +147,13 @@ try {
   await shot(page, 'overview');
   console.log('ok: the backlog and the failure table are empty after the replay');
 
-  // 6. Trace a message through the relay, broker-lite and the idempotent consumer.
+  // 6. Trace a message through the relay, broker-lite and the idempotent consumer, found by key.
+  await page.goto(`${base}/console/trace`);
+  await page.locator('input[name=q]').fill(tracedKey);
+  await Promise.all([page.waitForNavigation(), page.locator('input[name=q]').press('Enter')]);
+  if (!(await page.locator(`a:has-text("${tracedId}")`).count())) {
+    fail('trace by key', `${tracedId} not found for key ${tracedKey}:\n${await page.locator('main').innerText()}`);
+  }
   await until(
     page,
     `${base}/console/trace?q=${tracedId}`,

@@ -5,7 +5,8 @@
 //!
 //! Scenarios, in one run: a replay without the token is refused (401); with the token, a failure
 //! is seen, filtered by key, opened, replayed through the confirmation page, and the outbox
-//! drains; a message is traced through the relay, the broker and the consumer, every step
+//! drains; another is purged with everything matching its error text; a message is traced
+//! (found by key) through the relay, the broker and the consumer, every step
 //! shown; on the broker page a dead letter is redriven, and its trace shows it dead-lettered,
 //! redriven and handled. Screenshots of each page go to
 //! `$CARGO_TARGET_TMPDIR/console-screenshots/` and their paths are printed.
@@ -218,6 +219,22 @@ async fn the_console_replays_a_failure_and_traces_a_message_in_a_real_browser(po
         }
     })
     .await;
+    // A failure for good: the operator purges it (everything matching its error text).
+    let refund = Message::new("refunds", "refund 3").with_key("refund-3");
+    Outbox::new().enqueue(&pool, &refund).await.unwrap();
+    eventually("the refund is in the failure table", || {
+        let pool = pool.clone();
+        async move {
+            count(
+                &pool,
+                "SELECT count(*) FROM outbox.failures WHERE id = $1",
+                refund.id,
+            )
+            .await
+                == 1
+        }
+    })
+    .await;
     // The administrator creates the missing topic: now a replay can succeed.
     broker.broker().create_topic("invoices", 2).await.unwrap();
 
@@ -235,6 +252,8 @@ async fn the_console_replays_a_failure_and_traces_a_message_in_a_real_browser(po
                 .env("FAILED_KEY", "invoice-7")
                 .env("TRACED_ID", order.id.to_string())
                 .env("DEAD_ID", poison.id.to_string())
+                .env("PURGE_ERROR", "unknown topic \"refunds\"")
+                .env("TRACED_KEY", "order-42")
                 .env("SHOTS", &shots)
                 .env("CHROMIUM", &chromium)
                 .output()
@@ -275,6 +294,16 @@ async fn the_console_replays_a_failure_and_traces_a_message_in_a_real_browser(po
         1
     );
     assert!(!broker.broker().trace(invoice.id).is_empty());
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT count(*) FROM outbox.failures WHERE id = $1",
+            refund.id
+        )
+        .await,
+        0,
+        "the refund was purged"
+    );
     // The redriven message was handled: its idempotency record is there.
     assert_eq!(
         count(
