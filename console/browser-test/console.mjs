@@ -72,18 +72,27 @@ async function until(page, url, check, what, tries = 100) {
 }
 
 try {
-  // 1. Without the token: a write action is refused.
+  // 1. Without the token: the failure is visible, but replaying it from the page is refused.
   const anonymous = await (await browser.newContext()).newPage();
-  const refusedAnswer = await anonymous.request.post(`${base}/console/failures/confirm`, {
+  await anonymous.goto(`${base}/console/failures`);
+  await anonymous.locator(`input[type=checkbox][value="${failedId}"]`).check();
+  const [refusedAnswer] = await Promise.all([
+    anonymous.waitForNavigation(),
+    anonymous.locator('button[value=replay]').first().click(),
+  ]);
+  if (refusedAnswer.status() !== 401) {
+    fail('refused without the token', `the replay answered ${refusedAnswer.status()}, expected 401`);
+  }
+  await shot(anonymous, 'refused');
+  // A script without a session or bearer token is refused the same way.
+  const scripted = await anonymous.request.post(`${base}/console/failures/apply`, {
     form: { action: 'replay', scope: 'selected', id: failedId },
     headers: { Origin: base },
   });
-  if (refusedAnswer.status() !== 401) {
-    fail('refused without the token', `POST answered ${refusedAnswer.status()}, expected 401`);
+  if (scripted.status() !== 401) {
+    fail('refused without the token', `a scripted apply answered ${scripted.status()}, expected 401`);
   }
-  await anonymous.setContent(await refusedAnswer.text());
-  await shot(anonymous, 'refused');
-  console.log('ok: a replay without the token is refused with 401');
+  console.log('ok: a replay without the token is refused with 401 (page and script)');
 
   // 2. Log in with the token.
   const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
