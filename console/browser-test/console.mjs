@@ -62,7 +62,7 @@ async function text(page, selector) {
 
 // Reloads `url` until `check(page)` is true, at most `tries` times: the relay works on its own
 // schedule, so the page is polled with a bound instead of waited for with a timer.
-async function until(page, url, check, what, tries = 100) {
+async function until(page, url, check, what, tries = 300) {
   for (let i = 0; i < tries; i++) {
     await page.goto(url);
     if (await check(page)) return;
