@@ -174,3 +174,58 @@ async fn a_long_replay_runs_in_the_background_with_progress_and_needs_the_token(
     drop(child);
     broker.shutdown().await.unwrap();
 }
+
+#[sqlx::test(migrator = "courier_outbox::MIGRATOR")]
+async fn off_loopback_the_pages_need_a_sign_in_too(pool: PgPool) {
+    let data = tempfile::tempdir().unwrap();
+    let broker = embedded::start(data.path(), EmbeddedConfig::default())
+        .await
+        .unwrap();
+    let addr = broker.addr().to_string();
+    let url = pool.connect_options().to_url_lossy().to_string();
+    let relay = courier_test_support::workspace_binary("outbox-relay", "outbox-relay");
+    let mut child = KillOnDrop(
+        Command::new(relay)
+            .args(["--database-url", &url, "--broker", &addr])
+            .args(["--http-listen", "0.0.0.0:0", "run"])
+            .env_remove("DATABASE_URL")
+            .env("OUTBOX_RELAY_CONSOLE_TOKEN", TOKEN)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap(),
+    );
+    let mut line = String::new();
+    BufReader::new(child.0.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let port = line
+        .trim()
+        .rsplit_once(':')
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .1
+        .to_owned();
+    let console = format!("127.0.0.1:{port}");
+    let bearer = format!("Bearer {TOKEN}");
+    tokio::task::spawn_blocking(move || {
+        for page in [
+            "/console",
+            "/console/failures",
+            "/console/trace?q=x",
+            "/console/broker",
+        ] {
+            let (status, body) = http(&console, "GET", page, &[], "");
+            assert_eq!(status, 401, "{page} without a sign-in: {body}");
+            let (status, body) = http(&console, "GET", page, &[("Authorization", &bearer)], "");
+            assert_eq!(status, 200, "{page} with the token: {body}");
+        }
+        let (status, body) = http(&console, "GET", "/console/login", &[], "");
+        assert_eq!(status, 200, "the login form is always reachable: {body}");
+        // The health endpoints stay open.
+        assert_eq!(http(&console, "GET", "/healthz", &[], "").0, 200);
+    })
+    .await
+    .unwrap();
+    drop(child);
+    broker.shutdown().await.unwrap();
+}

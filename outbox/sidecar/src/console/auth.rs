@@ -5,6 +5,9 @@
 //! Every write is audit-logged (a `courier::console::audit` tracing event, and the overview's
 //! recent-actions list) with who did what.
 //!
+//! Reads are open on a loopback listener; on any other address every page but the login form
+//! needs a sign-in too, because the pages show message payloads and headers.
+//!
 //! CSRF: writes are POSTs whose `Origin` (or, without it, `Referer`) must name this host; the
 //! session cookie is `SameSite=Strict` and `HttpOnly`.
 
@@ -32,6 +35,8 @@ pub(crate) struct Auth {
     token: Option<String>,
     /// Listening on loopback with no token: writes are open.
     open_writes: bool,
+    /// Not on loopback: the pages show payloads and headers, so reading needs a sign-in too.
+    reads_need_sign_in: bool,
     /// Session id -> (who, when signed in).
     sessions: Mutex<HashMap<String, (String, Instant)>>,
     /// The latest audited actions, newest last.
@@ -53,6 +58,7 @@ impl Auth {
         let token = token.filter(|t| !t.trim().is_empty());
         Self {
             open_writes: token.is_none() && loopback,
+            reads_need_sign_in: !loopback,
             token,
             sessions: Mutex::new(HashMap::new()),
             recent: Mutex::new(VecDeque::new()),
@@ -75,6 +81,12 @@ impl Auth {
         let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
         sessions.retain(|_, (_, at)| at.elapsed() < SESSION_LIFETIME);
         sessions.get(id).map(|(who, _)| who.clone())
+    }
+
+    /// Whether this request may read the console's pages: always on loopback; elsewhere only
+    /// signed in (bearer token or session), since the pages show message payloads and headers.
+    pub(crate) fn may_read(&self, headers: &HeaderMap) -> bool {
+        !self.reads_need_sign_in || self.who(headers).is_some()
     }
 
     /// Whether writes need no token (loopback, none configured).
@@ -295,6 +307,16 @@ mod tests {
             .authorize_write(&headers(&local))
             .unwrap_err();
         assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+    }
+
+    #[test]
+    fn off_loopback_reading_needs_a_sign_in_too() {
+        let anonymous = headers(&[("host", "h:1")]);
+        assert!(Auth::new(Some("s3cret".into()), true).may_read(&anonymous));
+        let remote = Auth::new(Some("s3cret".into()), false);
+        assert!(!remote.may_read(&anonymous));
+        assert!(remote.may_read(&headers(&[("authorization", "Bearer s3cret")])));
+        assert!(!Auth::new(None, false).may_read(&anonymous));
     }
 
     #[test]

@@ -10,8 +10,9 @@
 //! | `/console/trace` | one message's timeline by id or key: outbox, failure, broker, consumer |
 //! | `/console/jobs/{id}` | the progress of a long replay or purge, then its result |
 //!
-//! Reads are open to whoever reaches the listener (like `/metrics`); writes need the console
-//! token (see [`auth`]).
+//! On a loopback listener reads are open (like `/metrics`); on any other address they need a
+//! sign-in too. Writes always need the console token, unless the listener is on loopback and no
+//! token is configured (see [`auth`]).
 
 mod actions;
 mod auth;
@@ -101,12 +102,8 @@ impl Console {
 
 /// The console's routes, to merge into the sidecar's HTTP router.
 pub(crate) fn router(console: Arc<Console>) -> Router {
-    Router::new()
+    let pages = Router::new()
         .route("/console", get(overview::page))
-        .route(
-            "/console/login",
-            get(|| async { auth::login_page(None) }).post(login),
-        )
         .route("/console/failures", get(failures::list))
         .route("/console/failures/message", get(failures::show))
         .route("/console/failures/confirm", post(failures::confirm))
@@ -115,7 +112,30 @@ pub(crate) fn router(console: Arc<Console>) -> Router {
         .route("/console/broker", get(broker::page))
         .route("/console/broker/redrive", post(broker::redrive))
         .route("/console/trace", get(trace::page))
+        .route_layer(axum::middleware::from_fn_with_state(
+            console.clone(),
+            sign_in_to_read,
+        ));
+    Router::new()
+        .route(
+            "/console/login",
+            get(|| async { auth::login_page(None) }).post(login),
+        )
+        .merge(pages)
         .with_state(console)
+}
+
+/// Off loopback, every page but the login form needs a sign-in (see [`auth`]).
+async fn sign_in_to_read(
+    axum::extract::State(console): axum::extract::State<Arc<Console>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if console.auth.may_read(request.headers()) {
+        next.run(request).await
+    } else {
+        auth::unauthorized()
+    }
 }
 
 async fn login(
