@@ -114,15 +114,22 @@ try {
   const rows = await page.locator('input[type=checkbox][name=id]').count();
   if (rows !== 1) fail('filter by key', `${rows} rows for key ${failedKey}, expected 1`);
   await shot(page, 'failures');
+  // By time: nothing failed after 2999-01-01; before it, the failure is there.
+  await page.goto(`${base}/console/failures?since=2999-01-01`);
+  const later = await page.locator('input[type=checkbox][name=id]').count();
+  if (later !== 0) fail('filter by time', `${later} failures "since 2999-01-01"`);
+  await page.goto(`${base}/console/failures?key=${encodeURIComponent(failedKey)}&until=2999-01-01T00:00:00Z`);
   await Promise.all([page.waitForNavigation(), page.locator(`a:has-text("${failedId}")`).first().click()]);
   const payload = await text(page, '#payload');
   if (!payload.includes('"invoice"')) fail('see one message', `payload shown: ${payload}`);
+  const shown = await page.locator('main').innerText();
+  if (!/content-type\s+application\/json/.test(shown)) fail('see one message', `no header content-type:\n${shown}`);
   await shot(page, 'failure-message');
   await Promise.all([page.waitForNavigation(), page.locator('a:text-is("hex")').click()]);
   const hex = await text(page, '#payload');
   if (!hex.startsWith('00000000  7b')) fail('hex view', `hex view shows: ${hex}`);
   await page.goBack();
-  console.log('ok: the failure is listed, filtered by key and shown with its payload');
+  console.log('ok: the failure is listed, filtered by key and by time, shown with its headers and payload (JSON, hex)');
 
   // 4. Replay it, through the confirmation page that gives the count.
   await page.goBack();
