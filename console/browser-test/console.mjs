@@ -10,6 +10,7 @@
 //   DEAD_ID       a message the consumer rejected once: in group billing's dead letters
 //   PURGE_ERROR   error text of the failures to purge (all matching), one of them
 //   TRACED_KEY    the key of TRACED_ID, to trace by key
+//   BULK_TOPIC    a topic with BULK_SIZE failures (more than one chunk), purged with progress
 //   SHOTS         directory for the screenshots
 //   CHROMIUM      the browser (default /usr/bin/chromium)
 //
@@ -36,6 +37,8 @@ const tracedId = env('TRACED_ID');
 const deadId = env('DEAD_ID');
 const purgeError = env('PURGE_ERROR');
 const tracedKey = env('TRACED_KEY');
+const bulkTopic = env('BULK_TOPIC');
+const bulkSize = Number(env('BULK_SIZE'));
 const shots = env('SHOTS');
 mkdirSync(shots, { recursive: true });
 
@@ -152,6 +155,25 @@ try {
   const purged = await text(page, '#result');
   if (!purged.includes('Purged 1')) fail('purge', `result said: ${purged}`);
   console.log(`ok: purge of all matching "${purgeError}": ${purged}`);
+
+  // 4c. A purge of more than one chunk runs in the background behind a progress page.
+  await page.goto(`${base}/console/failures?topic=${encodeURIComponent(bulkTopic)}`);
+  await Promise.all([page.waitForNavigation(), page.locator('button[value=purge]').nth(1).click()]);
+  const bulkCount = await text(page, '#confirm-count');
+  if (!bulkCount.includes(String(bulkSize))) fail('confirm the bulk purge', `confirmation said: ${bulkCount}`);
+  await Promise.all([page.waitForNavigation(), page.locator('#confirm').click()]);
+  const jobUrl = page.url();
+  if (!jobUrl.includes('/console/jobs/')) fail('bulk purge', `landed on ${jobUrl}, not a progress page`);
+  if (await page.locator('#progress').count()) await shot(page, 'progress');
+  await until(
+    page,
+    jobUrl,
+    async (p) => (await p.locator('#result').count()) > 0,
+    'the bulk purge finishes',
+  );
+  const bulkPurged = await text(page, '#result');
+  if (!bulkPurged.includes(`Purged ${bulkSize}`)) fail('bulk purge', `result said: ${bulkPurged}`);
+  console.log(`ok: bulk purge behind the progress page: ${bulkPurged}`);
 
   // 5. Watch the outbox drain on the overview.
   await until(

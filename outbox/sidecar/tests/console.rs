@@ -5,7 +5,8 @@
 //!
 //! Scenarios, in one run: a replay without the token is refused (401); with the token, a failure
 //! is seen, filtered by key, opened, replayed through the confirmation page, and the outbox
-//! drains; another is purged with everything matching its error text; a message is traced
+//! drains; another is purged with everything matching its error text, and 1500 behind the
+//! progress page; a message is traced
 //! (found by key) through the relay, the broker and the consumer, every step
 //! shown; on the broker page a dead letter is redriven, and its trace shows it dead-lettered,
 //! redriven and handled. Screenshots of each page go to
@@ -36,6 +37,8 @@ courier_test_support::postgres_for_tests!();
 
 const RELAY: &str = env!("CARGO_BIN_EXE_outbox-relay");
 const TOKEN: &str = "console-test-token-7f3a";
+/// Failures purged in one go from the console: more than one chunk, so it shows progress.
+const BULK: i32 = 1_500;
 /// Whether the consumer has refused the poison message already.
 static POISON_REFUSED: AtomicBool = AtomicBool::new(false);
 /// How long the relay and the consumer get for each step (polled, never slept out).
@@ -235,6 +238,19 @@ async fn the_console_replays_a_failure_and_traces_a_message_in_a_real_browser(po
         }
     })
     .await;
+    // A backlog of failures larger than one chunk (1000), for the purge with progress. Written
+    // straight into the failure table: 1500 real failures would only take longer to make.
+    sqlx::query(
+        "INSERT INTO outbox.failures
+             (id, seq, topic, key, headers, payload, created_at, attempts, last_error)
+         SELECT gen_random_uuid(), g, 'audit-log', 'audit-' || g, '{}'::jsonb, 'entry'::bytea,
+                now(), 2, 'unknown topic \"audit-log\"'
+         FROM generate_series(1, $1) AS g",
+    )
+    .bind(BULK)
+    .execute(&pool)
+    .await
+    .unwrap();
     // The administrator creates the missing topic: now a replay can succeed.
     broker.broker().create_topic("invoices", 2).await.unwrap();
 
@@ -254,6 +270,8 @@ async fn the_console_replays_a_failure_and_traces_a_message_in_a_real_browser(po
                 .env("DEAD_ID", poison.id.to_string())
                 .env("PURGE_ERROR", "unknown topic \"refunds\"")
                 .env("TRACED_KEY", "order-42")
+                .env("BULK_TOPIC", "audit-log")
+                .env("BULK_SIZE", BULK.to_string())
                 .env("SHOTS", &shots)
                 .env("CHROMIUM", &chromium)
                 .output()
