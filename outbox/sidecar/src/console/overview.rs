@@ -163,6 +163,12 @@ pub(crate) async fn page(State(console): State<Arc<Console>>, headers: HeaderMap
         ],
         &rows,
     ));
+    if matches!(console.database, Database::MySql(_)) {
+        body.push_str(
+            "<p>Relay instances and their partitions are listed on Postgres only (from its \
+             advisory locks); on MySQL see the relays' logs.</p>",
+        );
+    }
     body.push_str("<h2>Recent console actions</h2><ul>");
     for line in console.auth.recent() {
         let _ = write!(body, "<li>{}</li>", esc(&line));
@@ -245,7 +251,8 @@ async fn mysql(pool: &sqlx::MySqlPool) -> anyhow::Result<Stats> {
         .fetch_one(pool)
         .await?;
     let topics = sqlx::query_as(
-        "SELECT topic, CAST(SUM(pending) AS SIGNED), CAST(SUM(failed) AS SIGNED) FROM (
+        // Topics are `ascii_bin`, which a UNION hands back as binary: cast to text.
+        "SELECT CAST(topic AS CHAR), CAST(SUM(pending) AS SIGNED), CAST(SUM(failed) AS SIGNED) FROM (
              SELECT topic, COUNT(*) AS pending, 0 AS failed FROM outbox_messages
               WHERE sent_at IS NULL GROUP BY topic
              UNION ALL

@@ -218,7 +218,12 @@ async fn outbox_postgres(
                 at: Some(at),
                 source: "outbox",
                 what: format!("publish attempt {attempts} failed"),
-                detail: error,
+                // The outbox keeps only the last attempt's error; earlier ones are in the
+                // relay's logs and its courier.publish spans.
+                detail: format!(
+                    "{error} (the last of {attempts} attempt(s); earlier errors are in the \
+                     relay's logs)"
+                ),
             });
         }
         match sent {
@@ -266,7 +271,7 @@ async fn outbox_mysql(
 ) -> anyhow::Result<()> {
     type Row = (String, DateTime<Utc>, i32, Option<DateTime<Utc>>);
     let row: Option<Row> = sqlx::query_as(
-        "SELECT topic, created_at, attempts, sent_at FROM outbox_messages WHERE id = ?",
+        "SELECT CAST(topic AS CHAR), created_at, attempts, sent_at FROM outbox_messages WHERE id = ?",
     )
     .bind(id)
     .fetch_optional(pool)
@@ -417,8 +422,9 @@ async fn by_key(console: &Console, key: &str) -> String {
         })
         .map_err(Into::into),
         Database::MySql(pool) => sqlx::query_as::<_, (Uuid, String, bool)>(
-            "SELECT id, topic, true FROM outbox_messages WHERE `key` = ?
-             UNION ALL SELECT id, topic, false FROM outbox_failures WHERE `key` = ? LIMIT 200",
+            "SELECT id, CAST(topic AS CHAR), TRUE FROM outbox_messages WHERE `key` = ?
+             UNION ALL SELECT id, CAST(topic AS CHAR), FALSE FROM outbox_failures WHERE `key` = ?
+             LIMIT 200",
         )
         .bind(key)
         .bind(key)
