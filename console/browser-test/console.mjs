@@ -146,6 +146,15 @@ try {
   if (!result.includes('Replayed 1')) fail('replay', `result said: ${result}`);
   console.log(`ok: ${result}`);
 
+  // 4a. A key that is markup is shown as text and never runs.
+  await page.goto(`${base}/console/failures?error=${encodeURIComponent(purgeError)}`);
+  const listed = await page.locator('main').innerText();
+  const ran = await page.evaluate(() => window.pwned);
+  if (ran !== undefined || !listed.includes('<script>window.pwned=1</script>')) {
+    fail('escaping', `window.pwned=${ran}; the page showed:\n${listed}`);
+  }
+  console.log('ok: a key with markup is shown as text, not run');
+
   // 4b. Purge everything matching an error text: the count, the confirmation, the result.
   await page.goto(`${base}/console/failures?error=${encodeURIComponent(purgeError)}`);
   await Promise.all([page.waitForNavigation(), page.locator('button[value=purge]').nth(1).click()]);

@@ -223,7 +223,9 @@ async fn the_console_replays_a_failure_and_traces_a_message_in_a_real_browser(po
     })
     .await;
     // A failure for good: the operator purges it (everything matching its error text).
-    let refund = Message::new("refunds", "refund 3").with_key("refund-3");
+    // Its key is markup: the pages must show it as text, never run it.
+    let refund = Message::new("refunds", "refund 3")
+        .with_key("refund-3<script>window.pwned=1</script><img src=x onerror=\"window.pwned=2\">");
     Outbox::new().enqueue(&pool, &refund).await.unwrap();
     eventually("the refund is in the failure table", || {
         let pool = pool.clone();
