@@ -67,8 +67,7 @@ async fn drain<DB: Store, P: PublishBatch + Clone + Send + 'static>(
             Some(database) => Some(console::router(std::sync::Arc::new(console::Console::new(
                 config,
                 database,
-                relay.state(),
-                relay.circuit(),
+                Some((relay.state(), relay.circuit())),
                 metrics.clone(),
                 listen.ip().is_loopback(),
             )?))),

@@ -229,3 +229,57 @@ async fn off_loopback_the_pages_need_a_sign_in_too(pool: PgPool) {
     drop(child);
     broker.shutdown().await.unwrap();
 }
+
+/// `outbox-relay console`: the console alone, beside an application that relays in-process.
+#[sqlx::test(migrator = "courier_outbox::MIGRATOR")]
+async fn the_console_runs_alone_beside_an_embedded_relay(pool: PgPool) {
+    let data = tempfile::tempdir().unwrap();
+    let broker = embedded::start(data.path(), EmbeddedConfig::default())
+        .await
+        .unwrap();
+    let addr = broker.addr().to_string();
+    sqlx::query(
+        "INSERT INTO outbox.failures (id, seq, topic, key, headers, payload, created_at, attempts, last_error)
+         VALUES (gen_random_uuid(), 1, 'payments', 'order-1', '{}', 'x', now(), 16, 'timed out')",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let url = pool.connect_options().to_url_lossy().to_string();
+    let relay = courier_test_support::workspace_binary("outbox-relay", "outbox-relay");
+    let mut child = KillOnDrop(
+        Command::new(relay)
+            .args(["--database-url", &url, "--broker", &addr])
+            .args(["--http-listen", "127.0.0.1:0", "console"])
+            .env_remove("DATABASE_URL")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap(),
+    );
+    let mut line = String::new();
+    BufReader::new(child.0.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let console = line
+        .trim()
+        .strip_prefix("outbox-relay console on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_owned();
+    tokio::task::spawn_blocking(move || {
+        let (status, body) = http(&console, "GET", "/console", &[], "");
+        assert_eq!(status, 200, "{body}");
+        assert!(body.contains("in another process"), "{body}");
+        assert!(
+            body.contains("<div class=\"card\" id=\"failures\">Failure table<b>1</b></div>"),
+            "{body}"
+        );
+        let (status, body) = http(&console, "GET", "/console/broker", &[], "");
+        assert_eq!(status, 200, "{body}");
+        assert!(!body.contains("class=\"notice\""), "{body}");
+    })
+    .await
+    .unwrap();
+    drop(child);
+    broker.shutdown().await.unwrap();
+}

@@ -22,6 +22,7 @@ mod form;
 mod html;
 mod jobs;
 mod overview;
+mod standalone;
 mod trace;
 
 use std::sync::{Arc, Mutex};
@@ -37,6 +38,7 @@ use tokio::sync::watch;
 
 use crate::config::{BrokerKind, Config};
 use crate::database::Database;
+pub(crate) use standalone::serve_only;
 
 /// Everything the pages read from.
 pub(crate) struct Console {
@@ -44,8 +46,9 @@ pub(crate) struct Console {
     /// broker-lite's addresses and admin settings; `None` for NATS or RabbitMQ.
     broker: Option<(String, AdminConfig)>,
     relay_name: String,
-    state: watch::Receiver<RelayState>,
-    circuit: watch::Receiver<CircuitState>,
+    /// The relay's state and broker circuit; `None` in console-only mode (`outbox-relay
+    /// console`), where the relay runs in the application's own process.
+    relay: Option<(watch::Receiver<RelayState>, watch::Receiver<CircuitState>)>,
     metrics: PrometheusHandle,
     auth: auth::Auth,
     /// Background replays and purges, with their progress.
@@ -55,12 +58,12 @@ pub(crate) struct Console {
 }
 
 impl Console {
-    /// The console of a running relay. `loopback`: the listener is on a loopback address.
+    /// The console of a running relay (`relay`: its state and circuit), or of an outbox whose
+    /// relay runs elsewhere (`None`). `loopback`: the listener is on a loopback address.
     pub(crate) fn new(
         config: &Config,
         database: Database,
-        state: watch::Receiver<RelayState>,
-        circuit: watch::Receiver<CircuitState>,
+        relay: Option<(watch::Receiver<RelayState>, watch::Receiver<CircuitState>)>,
         metrics: PrometheusHandle,
         loopback: bool,
     ) -> anyhow::Result<Self> {
@@ -76,8 +79,7 @@ impl Console {
             database,
             broker,
             relay_name: config.relay.name.clone(),
-            state,
-            circuit,
+            relay,
             metrics,
             auth: auth::Auth::new(config.console_token()?, loopback),
             jobs: jobs::Jobs::default(),

@@ -73,8 +73,6 @@ pub(crate) async fn page(State(console): State<Arc<Console>>, headers: HeaderMap
     let published = counter_total(&metrics, "outbox_published_total");
     let failed = counter_total(&metrics, "outbox_failed_total");
     let rate = console.publish_rate(published);
-    let circuit = *console.circuit.borrow();
-    let state = *console.state.borrow();
     let mut body = String::new();
     let db = match &console.database {
         Database::Postgres(pool) => postgres(pool).await,
@@ -119,19 +117,28 @@ pub(crate) async fn page(State(console): State<Arc<Console>>, headers: HeaderMap
         stats.failures.to_string(),
         "failures",
     ));
-    let (class, circuit_text) = match circuit {
-        CircuitState::Closed => ("ok", "closed: publishing"),
-        CircuitState::Open => ("bad", "open: broker unavailable, relay paused"),
-        _ => ("bad", "half-open: probing the broker"),
-    };
-    let _ = write!(
-        body,
-        "<div class=\"card\" id=\"circuit\">Broker circuit<b class=\"{class}\">{}</b></div>\
-         <div class=\"card\">Relay <i>{}</i><b>{}</b></div>",
-        esc(circuit_text),
-        esc(&console.relay_name),
-        esc(&format!("{state:?}"))
-    );
+    match &console.relay {
+        Some((state, circuit)) => {
+            let state = *state.borrow();
+            let (class, circuit_text) = match *circuit.borrow() {
+                CircuitState::Closed => ("ok", "closed: publishing"),
+                CircuitState::Open => ("bad", "open: broker unavailable, relay paused"),
+                _ => ("bad", "half-open: probing the broker"),
+            };
+            let _ = write!(
+                body,
+                "<div class=\"card\" id=\"circuit\">Broker circuit<b class=\"{class}\">{}</b></div>\
+                 <div class=\"card\">Relay <i>{}</i><b>{}</b></div>",
+                esc(circuit_text),
+                esc(&console.relay_name),
+                esc(&format!("{state:?}"))
+            );
+        }
+        None => body.push_str(
+            "<div class=\"card\" id=\"circuit\">Relay and broker circuit<b>in another process</b>\
+             console-only mode: see the relay's own /readyz and metrics</div>",
+        ),
+    }
     body.push_str("<h2>Per topic</h2>");
     let rows: Vec<Vec<String>> = stats
         .topics
