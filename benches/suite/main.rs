@@ -1,7 +1,8 @@
 //! The courier benchmark suite (issue 7): enqueue cost, relay drain, end-to-end latency,
 //! broker-lite against NATS JetStream and RabbitMQ, idempotent consumer throughput, the relay and
 //! consumer runtime on RabbitMQ (scenario 7), the relay on NATS JetStream (scenario 8, feature
-//! `nats`: `cargo bench --bench suite --features nats -- --quick --only 8`).
+//! `nats`: `cargo bench --bench suite --features nats -- --quick --only 8`), consumer throughput
+//! through the broker-lite, NATS and RabbitMQ sources with the idempotency layer (scenario 9).
 //!
 //! ```sh
 //! # quick mode (under 2 minutes), then the full suite (under 15 minutes)
@@ -20,6 +21,7 @@
 //! Writes `<target dir>/bench-report/report.md` and `report.json`.
 
 mod brokers;
+mod consumers;
 mod enqueue;
 mod idempotency;
 mod latency;
@@ -361,12 +363,18 @@ async fn main() -> anyhow::Result<()> {
             if wanted(8) && nats {
                 nats_relay::run(pool, &nats_addr, &params, &mut report).await?;
             }
+            if wanted(9) {
+                let brokers = consumers::Brokers {
+                    nats: nats.then(|| format!("nats://{nats_addr}")),
+                    rabbitmq: rabbit.then(|| rabbit_url.clone()),
+                };
+                consumers::run(pool, &brokers, &params, &mut report).await?;
+            }
             #[cfg(not(feature = "nats"))]
             if wanted(8) && repeat == 1 {
                 report.skip(
                     "scenario 8, relay → NATS JetStream",
-                    "built without the `nats` feature: cargo bench --bench suite --features nats"
-                        .into(),
+                    "built without the `nats` feature: cargo bench --bench suite --features nats",
                 );
             }
         }
