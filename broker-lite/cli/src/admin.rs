@@ -248,6 +248,18 @@ fn print_description(d: &BrokerDescription) {
     };
     let replication = match d.replication {
         Replication::None => "none (single node)".to_owned(),
+        Replication::SyncMaster {
+            min_sync_replicas,
+            slave_timeout,
+        } => format!(
+            "SYNC_MASTER leader (SEND_OK once {min_sync_replicas} follower(s) hold the message; slave timeout {} ms)",
+            slave_timeout.as_millis()
+        ),
+        Replication::AsyncMaster => {
+            "ASYNC_MASTER leader (acknowledged before replication: a failover loses the lag)"
+                .to_owned()
+        }
+        Replication::Follower => "follower (takes no sends until promoted)".to_owned(),
     };
     println!("version:             {}", d.version);
     println!("flush mode:          {flush}");

@@ -15,10 +15,14 @@ pub(crate) fn queue_for_key(key: &str, queues: u32) -> u32 {
     crc32c::crc32c(key.as_bytes()) % queues.max(1)
 }
 
-/// The send status of a store outcome under `replication`.
+/// The send status of a store outcome under `replication`, before any wait for replicas (see
+/// [`Leader`](crate::replication::Leader)).
 pub(crate) fn status_of(outcome: FlushOutcome, replication: Replication) -> SendStatus {
     match replication {
-        Replication::None => match outcome {
+        Replication::None
+        | Replication::SyncMaster { .. }
+        | Replication::AsyncMaster
+        | Replication::Follower => match outcome {
             FlushOutcome::FlushDiskTimeout => SendStatus::FlushDiskTimeout,
             _ => SendStatus::SendOk,
         },
@@ -113,6 +117,9 @@ impl Broker {
 
     /// Appends records (already validated) and indexes and traces them.
     pub(crate) async fn append(&self, records: Vec<NewRecord>) -> Result<Vec<SendResult>> {
+        if let Some(leader) = &self.inner.leader {
+            leader.check_writable()?;
+        }
         let heads: Vec<_> = records
             .iter()
             .map(|r| (r.message_id, r.topic.clone(), r.queue_id, r.key.clone()))
@@ -125,12 +132,20 @@ impl Broker {
                 return Err(e.into());
             }
         };
+        // SYNC_MASTER: wait for the replicas of the whole batch (records are placed in order).
+        let replicated = match (&self.inner.leader, appended.last()) {
+            (Some(leader), Some(last)) => leader.replicated(last.log_position).await,
+            _ => SendStatus::SendOk,
+        };
         let now = self.now_ms();
         let mut results = Vec::with_capacity(heads.len());
         let mut index = self.inner.index.lock().unwrap();
         let mut trace = self.inner.trace.lock().unwrap();
         for ((message_id, topic, queue_id, key), a) in heads.into_iter().zip(appended) {
-            let status = status_of(a.outcome, self.inner.config.replication);
+            let mut status = status_of(a.outcome, self.inner.config.replication);
+            if status.is_ok() {
+                status = replicated;
+            }
             metrics::counter!("broker_lite_sends_total", "status" => format!("{status:?}"))
                 .increment(1);
             index.insert(message_id, &topic, key.as_deref(), a.log_position);

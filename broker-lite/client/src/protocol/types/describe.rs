@@ -59,9 +59,9 @@ impl Wire for FlushMode {
 
 /// How a message is replicated before the producer is answered (safeguards B3, B4).
 ///
-/// broker-lite is a single node today; `SYNC_MASTER` and `ASYNC_MASTER` will be new variants
-/// with their own wire tags. With `None` the send status only reflects the local flush, and
-/// `FlushSlaveTimeout` / `SlaveNotAvailable` never occur. One type for the broker's configuration
+/// With `None` the send status only reflects the local flush, and `FlushSlaveTimeout` /
+/// `SlaveNotAvailable` never occur; the leader of a replicated pair runs `SyncMaster` or
+/// `AsyncMaster`, its followers `Follower` (they take no sends). One type for the broker's configuration
 /// and the wire; exhaustive on purpose, so that a new mode does not compile until the broker
 /// implements it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -69,18 +69,49 @@ pub enum Replication {
     /// A single node: no follower, so its disk is a single point of failure.
     #[default]
     None,
+    /// `SYNC_MASTER` (B4): `SEND_OK` only once `min_sync_replicas` followers hold the message
+    /// durably; `FLUSH_SLAVE_TIMEOUT` after `slave_timeout`, `SLAVE_NOT_AVAILABLE` at once when
+    /// fewer followers are in sync. Consumers see only replicated messages.
+    SyncMaster {
+        /// Followers that must hold a message before `SEND_OK` (default 1).
+        min_sync_replicas: u32,
+        /// How long a send waits for them (default 3 s); also how long a silent follower stays
+        /// in the in-sync set.
+        slave_timeout: Duration,
+    },
+    /// `ASYNC_MASTER` (B3): answered after the local write; followers copy in the background, so
+    /// a failover loses what they had not fetched yet (the lag that `describe` reports).
+    AsyncMaster,
+    /// A follower: it copies its leader's log and takes no sends until promoted.
+    Follower,
 }
 
 impl Wire for Replication {
     fn put(&self, buf: &mut BytesMut) {
         match self {
             Replication::None => buf.put_u8(0),
+            Replication::SyncMaster {
+                min_sync_replicas,
+                slave_timeout,
+            } => {
+                buf.put_u8(1);
+                buf.put_u32(*min_sync_replicas);
+                buf.put_u64(u64::try_from(slave_timeout.as_millis()).unwrap_or(u64::MAX));
+            }
+            Replication::AsyncMaster => buf.put_u8(2),
+            Replication::Follower => buf.put_u8(3),
         }
     }
 
     fn get(buf: &mut Bytes) -> Result<Self, DecodeError> {
         match get_u8(buf, "replication")? {
             0 => Ok(Replication::None),
+            1 => Ok(Replication::SyncMaster {
+                min_sync_replicas: get_u32(buf, "min sync replicas")?,
+                slave_timeout: Duration::from_millis(get_u64(buf, "slave timeout")?),
+            }),
+            2 => Ok(Replication::AsyncMaster),
+            3 => Ok(Replication::Follower),
             _ => Err(DecodeError::Invalid("replication")),
         }
     }
