@@ -194,17 +194,25 @@ async fn wait_acked(acked: &Mutex<Vec<Uuid>>, at_least: usize) {
     }
 }
 
-/// SYNC_MASTER + SYNC_FLUSH: the leader is killed under load from several producers, the
-/// follower (also killed) is promoted by restarting it as the leader, a fresh follower joins;
-/// `failovers` times. Every SEND_OK message is then consumable from the last leader, none twice.
-async fn sync_master_failovers(failovers: usize) {
+/// The leader is killed under load from several producers while its follower lags (stopped with
+/// SIGSTOP for a moment of load: without it the follower is a few microseconds behind and a
+/// broken SYNC_MASTER would rarely show), the follower (killed too) is promoted by restarting it
+/// as the leader, a fresh follower joins; `failovers` times. Returns the SEND_OK ids lost on the
+/// last leader; asserts none was delivered twice.
+async fn failovers(failovers: usize, replication: &str) -> Vec<Uuid> {
+    let mode = ["--replication", replication, "--slave-timeout-ms", "2000"];
+    let mode = if replication == "async" {
+        &["--replication", "async"][..]
+    } else {
+        &mode[..]
+    };
     let root = tempfile::tempdir().unwrap();
     let mut n = 0;
     let mut fresh = || {
         n += 1;
         root.path().join(format!("node{n}"))
     };
-    let mut lead = leader(&fresh(), &free_port(), &["--slave-timeout-ms", "2000"]).await;
+    let mut lead = leader(&fresh(), &free_port(), mode).await;
     let mut follow = follower(&fresh(), &free_port(), &lead.addr).await;
     until_status(&lead.addr, SendStatus::SendOk).await;
     let acked = Arc::new(Mutex::new(Vec::new()));
@@ -213,7 +221,11 @@ async fn sync_master_failovers(failovers: usize) {
         let tasks = load(&lead.addr, 4, acked.clone(), stop.clone());
         let before = acked.lock().unwrap().len();
         wait_acked(&acked, before + 200).await;
+        signal(&follow, "-STOP");
+        // A moment of load while the follower lags: SYNC_MASTER acknowledges nothing in it.
+        tokio::time::sleep(Duration::from_millis(50)).await;
         kill9(&mut lead).await;
+        signal(&follow, "-CONT");
         stop.store(true, Ordering::Relaxed);
         for t in tasks {
             t.await.unwrap();
@@ -221,7 +233,7 @@ async fn sync_master_failovers(failovers: usize) {
         // Promotion: the follower stops (killed too, the harder case) and restarts as leader.
         kill9(&mut follow).await;
         let (dir, addr) = (follow.dir.clone(), follow.addr.clone());
-        lead = leader(&dir, &addr, &["--slave-timeout-ms", "2000"]).await;
+        lead = leader(&dir, &addr, mode).await;
         follow = follower(&fresh(), &free_port(), &lead.addr).await;
         until_status(&lead.addr, SendStatus::SendOk).await;
         eprintln!(
@@ -233,24 +245,34 @@ async fn sync_master_failovers(failovers: usize) {
     let want: HashSet<Uuid> = acked.lock().unwrap().iter().copied().collect();
     let seen = consume_all(&lead.addr, &want).await;
     let have: HashSet<Uuid> = seen.iter().copied().collect();
-    let lost: Vec<_> = want.difference(&have).collect();
-    assert!(
-        lost.is_empty(),
-        "{} acknowledged messages lost: {lost:?}",
-        lost.len()
-    );
     assert_eq!(have.len(), seen.len(), "a message was delivered twice");
+    eprintln!(
+        "{replication}: {} acknowledged, {} lost after {failovers} failovers",
+        want.len(),
+        want.difference(&have).count()
+    );
+    want.difference(&have).copied().collect()
 }
 
 #[tokio::test]
 async fn sync_master_failover_loses_no_acknowledged_message() {
-    sync_master_failovers(2).await;
+    let lost = failovers(2, "sync").await;
+    assert!(lost.is_empty(), "{} acknowledged messages lost: {lost:?}", lost.len());
 }
 
 #[tokio::test]
 #[ignore = "long mode: 10 failovers"]
 async fn sync_master_ten_failovers() {
-    sync_master_failovers(10).await;
+    let lost = failovers(10, "sync").await;
+    assert!(lost.is_empty(), "{} acknowledged messages lost: {lost:?}", lost.len());
+}
+
+/// ASYNC_MASTER acknowledges before replication: the same failovers lose what the follower had
+/// not copied. The count is measured and printed (the documented window), not hidden.
+#[tokio::test]
+async fn async_master_failover_loss_is_measured() {
+    let lost = failovers(2, "async").await;
+    eprintln!("ASYNC_MASTER lost {} acknowledged messages", lost.len());
 }
 
 /// No follower at all: SLAVE_NOT_AVAILABLE at once, not SEND_OK.
