@@ -144,7 +144,7 @@ impl Leader {
         let Mode::Sync { min_sync_replicas } = self.mode else {
             return SendStatus::SendOk;
         };
-        if std::env::var_os("REPL_BREAK").is_some() || self.commit_position() > last_position {
+        if self.commit_position() > last_position {
             return SendStatus::SendOk;
         }
         if self.in_sync_count(Instant::now()) < min_sync_replicas {
