@@ -454,3 +454,100 @@ async fn consumers_see_only_replicated_messages() {
         }
     }
 }
+
+/// A producer retries SLAVE_NOT_AVAILABLE with the same message id, and the leader stores the
+/// message once: after a follower joins, it is delivered exactly once.
+#[tokio::test]
+async fn retries_of_an_unreplicated_send_are_stored_once() {
+    let root = tempfile::tempdir().unwrap();
+    let lead = leader(
+        &root.path().join("a"),
+        &free_port(),
+        &["--slave-timeout-ms", "500"],
+    )
+    .await;
+    let mut config = producer_config();
+    config.retries = 3;
+    config.retry_backoff = Duration::from_millis(5);
+    let producer = Producer::connect(lead.addr.as_str(), config).await.unwrap();
+    let m = message("retried".into());
+    let id = m.message_id.unwrap();
+    let r = producer.send(m.clone()).await.unwrap();
+    assert_eq!(r.status, SendStatus::SlaveNotAvailable, "no follower yet");
+    let _follow = follower(&root.path().join("b"), &free_port(), &lead.addr).await;
+    until_status(&lead.addr, SendStatus::SendOk).await;
+    let again = producer.send(m).await.unwrap();
+    assert_eq!(
+        again.status,
+        SendStatus::SendOk,
+        "the stored copy is replicated now"
+    );
+    assert_eq!(
+        (again.queue_id, again.queue_offset),
+        (r.queue_id, r.queue_offset)
+    );
+    let seen = consume_all(&lead.addr, &HashSet::from([id])).await;
+    assert_eq!(
+        seen.iter().filter(|s| **s == id).count(),
+        1,
+        "stored once: {seen:?}"
+    );
+}
+
+/// A former leader that wrote while its follower was cut off (nothing of it acknowledged) comes
+/// back after the follower was promoted: it cuts that suffix, follows the new leader, and when
+/// it is promoted again no message written after it was superseded reaches a consumer.
+#[tokio::test]
+async fn a_returning_old_leader_truncates_and_follows() {
+    let root = tempfile::tempdir().unwrap();
+    let (dir_a, dir_b) = (root.path().join("a"), root.path().join("b"));
+    let (addr_a, addr_b) = (free_port(), free_port());
+    let timeout = ["--slave-timeout-ms", "400"];
+    let mut a = leader(&dir_a, &addr_a, &timeout).await;
+    let mut b = follower(&dir_b, &addr_b, &addr_a).await;
+    until_status(&addr_a, SendStatus::SendOk).await;
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    for t in load(&addr_a, 2, acked.clone(), stop.clone()) {
+        wait_acked(&acked, 50).await;
+        stop.store(true, Ordering::Relaxed);
+        t.await.unwrap();
+    }
+    // Cut off: what A writes now is on A only (never SEND_OK).
+    signal(&b, "-STOP");
+    let producer = Producer::connect(addr_a.as_str(), producer_config())
+        .await
+        .unwrap();
+    let mut orphans = HashSet::new();
+    for i in 0..20 {
+        let m = message(format!("orphan {i}"));
+        orphans.insert(m.message_id.unwrap());
+        let r = producer.send(m).await.unwrap();
+        assert_ne!(r.status, SendStatus::SendOk);
+    }
+    drop(producer);
+    kill9(&mut a).await;
+    signal(&b, "-CONT");
+    kill9(&mut b).await;
+    // B promoted; A returns as its follower and must cut its suffix to get in sync.
+    let mut b = leader(&dir_b, &addr_b, &timeout).await;
+    let mut a = follower(&dir_a, &addr_a, &addr_b).await;
+    until_status(&addr_b, SendStatus::SendOk).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    for t in load(&addr_b, 2, acked.clone(), stop.clone()) {
+        wait_acked(&acked, 100).await;
+        stop.store(true, Ordering::Relaxed);
+        t.await.unwrap();
+    }
+    // A promoted again: it holds everything acknowledged and none of the orphans.
+    kill9(&mut b).await;
+    kill9(&mut a).await;
+    let a = leader(&dir_a, &addr_a, &timeout).await;
+    let want: HashSet<Uuid> = acked.lock().unwrap().iter().copied().collect();
+    let seen: HashSet<Uuid> = consume_all(&a.addr, &want).await.into_iter().collect();
+    assert!(want.is_subset(&seen), "acknowledged messages missing");
+    assert!(
+        seen.is_disjoint(&orphans),
+        "a message written after fencing reached a consumer"
+    );
+}

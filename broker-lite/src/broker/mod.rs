@@ -112,6 +112,7 @@ mod config;
 mod consumer;
 mod cursor;
 mod dead_letter;
+mod dedupe;
 mod error;
 mod group;
 mod index;
