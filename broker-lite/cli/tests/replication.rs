@@ -527,7 +527,7 @@ async fn a_returning_old_leader_truncates_and_follows() {
     }
     drop(producer);
     kill9(&mut a).await;
-    signal(&b, "-CONT");
+    // Killed while stopped: B cannot store a fetch answer still in its socket buffer.
     kill9(&mut b).await;
     // B promoted; A returns as its follower and must cut its suffix to get in sync.
     let mut b = leader(&dir_b, &addr_b, &timeout).await;
@@ -549,5 +549,43 @@ async fn a_returning_old_leader_truncates_and_follows() {
     assert!(
         seen.is_disjoint(&orphans),
         "a message written after fencing reached a consumer"
+    );
+}
+
+/// Clients given the addresses of a replicated pair, follower first, find the leader: the
+/// producer, the consumer (subscribe, pull, ack) and admin calls move along the list past the
+/// follower's refusal.
+#[tokio::test]
+async fn clients_move_along_their_address_list_to_the_leader() {
+    let root = tempfile::tempdir().unwrap();
+    let lead = leader(
+        &root.path().join("a"),
+        &free_port(),
+        &["--slave-timeout-ms", "2000"],
+    )
+    .await;
+    let follow = follower(&root.path().join("b"), &free_port(), &lead.addr).await;
+    until_status(&lead.addr, SendStatus::SendOk).await;
+    let list = format!("{};{}", follow.addr, lead.addr);
+    let mut config = ProducerConfig::default();
+    config.send_timeout = Duration::from_secs(5);
+    config.retry_backoff = Duration::from_millis(5);
+    let producer = Producer::connect(list.as_str(), config).await.unwrap();
+    let m = message("found the leader".into());
+    let id = m.message_id.unwrap();
+    let r = producer.send(m).await.unwrap();
+    assert_eq!(r.status, SendStatus::SendOk);
+    let admin = broker_lite_client::Admin::connect(
+        list.as_str(),
+        broker_lite_client::AdminConfig::default(),
+    )
+    .await
+    .unwrap();
+    let topics = admin.topics().await.expect("admin calls reach the leader");
+    assert!(topics.iter().any(|t| t.name == TOPIC), "{topics:?}");
+    let seen = consume_all(&list, &HashSet::from([id])).await;
+    assert!(
+        seen.contains(&id),
+        "the consumer reached the leader: {seen:?}"
     );
 }
