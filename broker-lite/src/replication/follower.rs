@@ -19,6 +19,7 @@
 //! - deliveries in flight (not settled yet) live in the leader's memory only: after a failover
 //!   they are redelivered, since the committed offset never passes an unsettled message.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -27,9 +28,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::epochs;
 use crate::broker::STATE_CHECKPOINTS;
-use crate::client::{ClientError, Connection, Security};
+use crate::client::{Connection, Security};
 use crate::protocol::{EpochStart, ReplicaBatch, ReplicaFetch, Request, Response};
-use crate::storage::{FlushOutcome, NewRecord, Store};
+use crate::storage::{FlushOutcome, NewRecord, Store, StoreConfig};
 
 /// How a follower reaches and copies its leader.
 #[derive(Debug, Clone)]
@@ -71,15 +72,32 @@ pub(crate) struct FollowerProgress {
     pub(crate) leader_commit: AtomicU64,
 }
 
-/// Copies the leader's log into `store` until `stop` is cancelled, reconnecting after errors.
-/// Returns an error only for what retrying cannot fix (divergence, a segment size that differs).
+/// Copies the leader's log into the store until `stop` is cancelled, reconnecting after errors,
+/// cutting a diverged suffix; closes the store at the end. Returns an error only for what
+/// retrying cannot fix (a segment size that differs, a failed truncation).
 pub(crate) async fn run(
     store: Store,
+    dir: PathBuf,
+    store_config: StoreConfig,
     config: FollowerConfig,
     progress: Arc<FollowerProgress>,
     stop: CancellationToken,
 ) -> Result<(), String> {
-    let mut history = epochs::load(&store).await.map_err(|e| e.to_string())?;
+    let mut store = store;
+    let result = follow(&mut store, &dir, &store_config, &config, &progress, &stop).await;
+    let closed = store.close().await.map_err(|e| e.to_string());
+    result.and(closed)
+}
+
+async fn follow(
+    store: &mut Store,
+    dir: &std::path::Path,
+    store_config: &StoreConfig,
+    config: &FollowerConfig,
+    progress: &FollowerProgress,
+    stop: &CancellationToken,
+) -> Result<(), String> {
+    let mut history = epochs::load(store).await.map_err(|e| e.to_string())?;
     let mut backoff = Duration::from_millis(50);
     loop {
         let connect = Connection::connect_with(
@@ -101,7 +119,7 @@ pub(crate) async fn run(
                 );
                 tokio::select! {
                     _ = stop.cancelled() => return Ok(()),
-                    r = copy(&c, &store, &config, &mut history, &progress) => r,
+                    r = copy(&c, store, config, &mut history, progress) => r,
                 }
             }
             Err(e) => Err(Failure::Retry(e.to_string())),
@@ -111,6 +129,34 @@ pub(crate) async fn run(
             Err(Failure::Fatal(reason)) => {
                 tracing::error!(%reason, "replication stopped");
                 return Err(reason);
+            }
+            Err(Failure::Truncate(position, leader_history)) => {
+                let end = store.progress().written;
+                tracing::warn!(
+                    position,
+                    end,
+                    "this node's log diverged from the leader's \
+                    (it wrote after it was superseded): cutting it at the end of the last \
+                    common epoch"
+                );
+                store.close().await.map_err(|e| e.to_string())?;
+                let owned = dir.to_owned();
+                let cut = tokio::task::spawn_blocking(move || {
+                    crate::storage::truncate_log(&owned, position)
+                })
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| format!("cutting the diverged log failed: {e}"))?;
+                *store = Store::open(dir, store_config.clone())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                epochs::save(store, &leader_history)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                history = leader_history;
+                metrics::counter!("broker_lite_replication_truncated_bytes_total").increment(cut);
+                tracing::warn!(position, cut, "diverged suffix removed; following again");
+                continue;
             }
             Err(Failure::Retry(reason)) => {
                 tracing::warn!(%reason, leader = config.leader_address, "replication interrupted; retrying");
@@ -127,6 +173,25 @@ pub(crate) async fn run(
 enum Failure {
     Retry(String),
     Fatal(String),
+    /// Cut the log here and adopt the leader's history.
+    Truncate(u64, Vec<EpochStart>),
+}
+
+/// Where this node's log must be cut to be a prefix of the leader's, judged by the epoch
+/// histories (Kafka's leader-epoch rule); `None` when it is one already.
+fn truncation_point(mine: &[EpochStart], leader: &[EpochStart], end: u64) -> Option<u64> {
+    let common = mine.iter().zip(leader).take_while(|(a, b)| a == b).count();
+    let point = if common < mine.len() {
+        // This node led an epoch the leader does not know: keep only what the last common
+        // epoch holds in the leader's log.
+        match common {
+            0 => 0,
+            _ => leader.get(common)?.start_position,
+        }
+    } else {
+        epochs::end_of(leader, epochs::current(mine))?
+    };
+    (point < end).then_some(point)
 }
 
 async fn copy(
@@ -161,11 +226,11 @@ async fn copy(
         let batch = match c.request(&Request::ReplicaFetch(fetch), timeout).await {
             Ok(Response::ReplicaBatch(b)) => b,
             Ok(other) => return Err(Failure::Retry(format!("unexpected answer {other:?}"))),
-            Err(ClientError::Server(reply)) if reply.message.contains("diverged") => {
-                return Err(Failure::Fatal(reply.message));
-            }
             Err(e) => return Err(Failure::Retry(e.to_string())),
         };
+        if let Some(point) = truncation_point(history, &batch.epochs, p.written) {
+            return Err(Failure::Truncate(point, batch.epochs));
+        }
         if want_checkpoints {
             last_checkpoints = Some(tokio::time::Instant::now());
         }
@@ -197,13 +262,6 @@ async fn apply(
         )));
     }
     if batch.epochs != *history {
-        if !batch.epochs.starts_with(history) {
-            return Err(Failure::Fatal(format!(
-                "this follower's epoch history {history:?} is not a prefix of the leader's {:?}: \
-                 its log may have diverged; move its data directory away and start it empty",
-                batch.epochs
-            )));
-        }
         epochs::save(store, &batch.epochs)
             .await
             .map_err(|e| Failure::Retry(e.to_string()))?;

@@ -195,7 +195,7 @@ impl Leader {
     ///
     /// # Errors
     /// [`BrokerError::Replication`] for a follower of a newer epoch (this leader is then fenced:
-    /// it refuses every later send) or one whose log diverged from this leader's.
+    /// it refuses every later send).
     pub(crate) async fn fetch(&self, f: ReplicaFetch) -> Result<ReplicaBatch, BrokerError> {
         let epoch = self.epoch();
         if f.epoch > epoch {
@@ -212,13 +212,17 @@ impl Leader {
         if let Some(end) = epochs::end_of(&self.epochs, f.epoch)
             && f.from_position > end
         {
-            return Err(BrokerError::Replication(format!(
-                "follower {:?} holds records past position {end}, where its epoch {} ended in \
-                 this leader's history: its log diverged (it wrote as a leader after being \
-                 superseded). Stop it, move its data directory away and start it empty as a \
-                 follower",
-                f.follower, f.epoch
-            )));
+            // The follower wrote past the end of its epoch here (a former leader): its position
+            // is no offset of this log. It gets no records, only the history, from which it
+            // finds where to cut its log (see the `follower` module).
+            tracing::warn!(
+                follower = f.follower,
+                epoch = f.epoch,
+                end,
+                from = f.from_position,
+                "a follower's log diverged; it must truncate before it can follow"
+            );
+            return Ok(self.empty_batch(f.from_position));
         }
         self.note_fetch(&f);
         let mut progress = self.store.subscribe();
@@ -271,6 +275,17 @@ impl Leader {
             commit_position: self.commit_position(),
             checkpoints,
         })
+    }
+
+    fn empty_batch(&self, position: u64) -> ReplicaBatch {
+        ReplicaBatch {
+            epochs: self.epochs.clone(),
+            segment_size: self.store.segment_size(),
+            records: Vec::new(),
+            next_position: position,
+            commit_position: self.commit_position(),
+            checkpoints: Vec::new(),
+        }
     }
 
     fn note_fetch(&self, f: &ReplicaFetch) {

@@ -23,7 +23,6 @@ use crate::storage::{FlushMode, Store};
 #[derive(Debug)]
 pub struct FollowerNode {
     addr: SocketAddr,
-    store: Store,
     progress: Arc<FollowerProgress>,
     stop: CancellationToken,
     fetch: Option<JoinHandle<Result<(), String>>>,
@@ -49,7 +48,8 @@ pub async fn start_follower(
         )
         .into());
     }
-    let store = Store::open(dir, config.broker.store.clone())
+    let dir = dir.as_ref().to_owned();
+    let store = Store::open(&dir, config.broker.store.clone())
         .await
         .map_err(BrokerError::from)?;
     let listener =
@@ -68,7 +68,9 @@ pub async fn start_follower(
     let progress = Arc::new(FollowerProgress::default());
     let stop = CancellationToken::new();
     let fetch = tokio::spawn(follower::run(
-        store.clone(),
+        store,
+        dir,
+        config.broker.store.clone(),
         follower.clone(),
         progress.clone(),
         stop.clone(),
@@ -95,7 +97,6 @@ pub async fn start_follower(
     ));
     Ok(FollowerNode {
         addr,
-        store,
         progress,
         stop,
         fetch: Some(fetch),
@@ -119,7 +120,7 @@ impl FollowerNode {
         self.progress.epoch.load(Ordering::Acquire)
     }
 
-    /// Stops fetching and serving and closes the store (flushed and checkpointed).
+    /// Stops fetching and serving; the fetch loop closes the store (flushed and checkpointed).
     ///
     /// # Errors
     /// [`EmbeddedError::Server`] when the fetch loop stopped for good earlier (divergence, a
@@ -137,7 +138,6 @@ impl FollowerNode {
         if let Some(server) = self.server.take() {
             let _ = server.await;
         }
-        self.store.close().await.map_err(BrokerError::from)?;
         match failure {
             Some(e) => Err(EmbeddedError::Server(e)),
             None => Ok(()),

@@ -122,6 +122,7 @@ mod shared;
 mod store;
 mod tail;
 mod tasks;
+mod truncate;
 
 pub use config::{FlushMode, StoreConfig};
 pub use error::{Result, StorageError};
@@ -131,3 +132,4 @@ pub use record::{NewRecord, StoredRecord};
 pub use retention::RetentionReport;
 pub use shared::Progress;
 pub use store::{Appended, FlushOutcome, MAX_APPEND_BYTES, Store};
+pub use truncate::truncate_log;
