@@ -589,3 +589,48 @@ async fn clients_move_along_their_address_list_to_the_leader() {
         "the consumer reached the leader: {seen:?}"
     );
 }
+
+/// `describe` on a leader names its followers, the in-sync set, lag and epoch; on a follower
+/// its leader.
+#[tokio::test]
+async fn describe_reports_role_epoch_and_followers() {
+    let root = tempfile::tempdir().unwrap();
+    let lead = leader(&root.path().join("a"), &free_port(), &[]).await;
+    let follow = follower(&root.path().join("b"), &free_port(), &lead.addr).await;
+    until_status(&lead.addr, SendStatus::SendOk).await;
+    let admin = broker_lite_client::Admin::connect(
+        lead.addr.as_str(),
+        broker_lite_client::AdminConfig::default(),
+    )
+    .await
+    .unwrap();
+    let d = admin.describe().await.unwrap();
+    let status = d
+        .replication_status
+        .expect("a leader reports its replication");
+    assert_eq!(status.epoch, 1);
+    assert_eq!(status.followers.len(), 1);
+    assert_eq!(status.followers[0].name, follow.addr);
+    assert!(status.followers[0].in_sync);
+    assert!(status.commit_position > 0);
+    let admin = broker_lite_client::Admin::connect(
+        follow.addr.as_str(),
+        broker_lite_client::AdminConfig::default(),
+    )
+    .await
+    .unwrap();
+    let d = admin.describe().await.unwrap();
+    assert_eq!(
+        d.replication,
+        broker_lite_client::protocol::Replication::Follower
+    );
+    let status = d.replication_status.unwrap();
+    assert_eq!(status.leader.as_deref(), Some(lead.addr.as_str()));
+    let out = Command::new(BIN)
+        .args(["--addr", &lead.addr, "describe"])
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("in sync"), "{text}");
+}

@@ -173,6 +173,27 @@ impl Leader {
                 .is_some_and(|t| now.duration_since(t) <= self.slave_timeout)
     }
 
+    /// What `describe` reports: epoch, commit position, log end and the followers.
+    pub fn status(&self) -> crate::protocol::ReplicationStatus {
+        crate::protocol::ReplicationStatus {
+            epoch: self.epoch(),
+            commit_position: self.commit_position(),
+            log_end: self.store.replicable_position(),
+            leader: None,
+            followers: self
+                .followers()
+                .into_iter()
+                .map(|f| crate::protocol::FollowerView {
+                    name: f.name,
+                    acked_position: f.acked_position,
+                    lag_bytes: f.lag_bytes,
+                    in_sync: f.in_sync,
+                    since_fetch_ms: u64::try_from(f.since_fetch.as_millis()).unwrap_or(u64::MAX),
+                })
+                .collect(),
+        }
+    }
+
     /// The followers, by name.
     pub fn followers(&self) -> Vec<FollowerStatus> {
         let now = Instant::now();

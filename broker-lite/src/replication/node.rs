@@ -80,6 +80,7 @@ pub async fn start_follower(
     let handler = FollowerHandler {
         inner: Arc::new(HandlerInner {
             leader: follower.leader_address.clone(),
+            progress: progress.clone(),
             broker,
             security: server::broker::SecuritySummary {
                 authentication: config.server.users.is_some(),
@@ -159,6 +160,7 @@ struct FollowerHandler {
 #[derive(Debug)]
 struct HandlerInner {
     leader: String,
+    progress: Arc<FollowerProgress>,
     broker: BrokerConfig,
     security: server::broker::SecuritySummary,
 }
@@ -167,10 +169,21 @@ impl Handler for FollowerHandler {
     async fn handle(&self, request: Request) -> Result<Response, ErrorReply> {
         match request {
             Request::Ping => Ok(Response::Done),
-            Request::Describe => Ok(Response::Described(server::broker::describe(
-                &self.inner.broker,
-                &self.inner.security,
-            ))),
+            Request::Describe => {
+                let p = &self.inner.progress;
+                let status = crate::protocol::ReplicationStatus {
+                    epoch: p.epoch.load(Ordering::Acquire),
+                    commit_position: p.leader_commit.load(Ordering::Acquire),
+                    log_end: p.position.load(Ordering::Acquire),
+                    leader: Some(self.inner.leader.clone()),
+                    followers: Vec::new(),
+                };
+                Ok(Response::Described(server::broker::describe(
+                    &self.inner.broker,
+                    &self.inner.security,
+                    Some(status),
+                )))
+            }
             _ => Err(ErrorReply::new(
                 ErrorCode::ShuttingDown,
                 format!(

@@ -256,7 +256,11 @@ impl BrokerHandler {
                 let ids = if ids.is_empty() { None } else { Some(ids) };
                 Response::Redriven(b.redrive_dead_letters(&group, ids).await?)
             }
-            Request::Describe => Response::Described(describe(b.config(), &self.security)),
+            Request::Describe => Response::Described(describe(
+                b.config(),
+                &self.security,
+                b.replication().map(|l| l.status()),
+            )),
             Request::ReplicaFetch(fetch) => match b.replication() {
                 Some(leader) => Response::ReplicaBatch(leader.fetch(fetch).await?),
                 None => {
@@ -279,6 +283,7 @@ impl BrokerHandler {
 pub(crate) fn describe(
     config: &broker::BrokerConfig,
     security: &SecuritySummary,
+    replication_status: Option<crate::protocol::ReplicationStatus>,
 ) -> BrokerDescription {
     let store = &config.store;
     BrokerDescription {
@@ -294,6 +299,7 @@ pub(crate) fn describe(
         authentication: security.authentication,
         tls: security.tls,
         listen: security.listen.clone(),
+        replication_status,
     }
 }
 

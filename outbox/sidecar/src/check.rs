@@ -358,6 +358,7 @@ mod tests {
             authentication: false,
             tls: false,
             listen: "127.0.0.1:9876".to_owned(),
+            replication_status: None,
         }
     }
 

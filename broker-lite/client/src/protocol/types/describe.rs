@@ -146,6 +146,73 @@ pub struct BrokerDescription {
     pub tls: bool,
     /// The address the broker listens on.
     pub listen: String,
+    /// Role, epoch, followers and lag of a replicated node; `None` for a single node.
+    pub replication_status: Option<ReplicationStatus>,
+}
+
+/// What a replicated node reports about its replication (issue 13).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ReplicationStatus {
+    /// The newest leadership epoch this node knows.
+    pub epoch: u64,
+    /// A leader: its commit position (what `SYNC_MASTER` counts as replicated); a follower: the
+    /// leader's commit position as last heard.
+    pub commit_position: u64,
+    /// The durable end of this node's log.
+    pub log_end: u64,
+    /// A follower's leader address; `None` on a leader.
+    pub leader: Option<String>,
+    /// A leader's followers (empty on a follower).
+    pub followers: Vec<FollowerView>,
+}
+
+/// One follower as its leader sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FollowerView {
+    /// The follower's name.
+    pub name: String,
+    /// It holds every record below this log position durably.
+    pub acked_position: u64,
+    /// How far it is behind the leader's durable log end, in bytes.
+    pub lag_bytes: u64,
+    /// Whether it is in the in-sync set.
+    pub in_sync: bool,
+    /// Milliseconds since its last fetch.
+    pub since_fetch_ms: u64,
+}
+
+impl Wire for ReplicationStatus {
+    fn put(&self, buf: &mut BytesMut) {
+        buf.put_u64(self.epoch);
+        buf.put_u64(self.commit_position);
+        buf.put_u64(self.log_end);
+        put_opt_str(buf, self.leader.as_deref());
+        put_list(buf, &self.followers, |b, f| {
+            put_str(b, &f.name);
+            b.put_u64(f.acked_position);
+            b.put_u64(f.lag_bytes);
+            b.put_u8(u8::from(f.in_sync));
+            b.put_u64(f.since_fetch_ms);
+        });
+    }
+
+    fn get(buf: &mut Bytes) -> Result<Self, DecodeError> {
+        Ok(ReplicationStatus {
+            epoch: get_u64(buf, "epoch")?,
+            commit_position: get_u64(buf, "commit position")?,
+            log_end: get_u64(buf, "log end")?,
+            leader: get_opt_str(buf, "leader")?,
+            followers: get_list(buf, 27, "followers", |b| {
+                Ok(FollowerView {
+                    name: get_str(b, "follower name")?,
+                    acked_position: get_u64(b, "acked position")?,
+                    lag_bytes: get_u64(b, "lag")?,
+                    in_sync: get_bool(b, "in sync")?,
+                    since_fetch_ms: get_u64(b, "since fetch")?,
+                })
+            })?,
+        })
+    }
 }
 
 impl BrokerDescription {
@@ -159,6 +226,7 @@ impl BrokerDescription {
     ///     replication: Replication::None, retention_ms: 0, max_disk_bytes: None,
     ///     max_message_size: 1024, consume_timeout_ms: 15_000, max_reconsume_times: 16,
     ///     authentication: false, tls: false, listen: "0.0.0.0:9876".into(),
+    ///     replication_status: None,
     /// };
     /// assert!(d.is_exposed());
     /// d.listen = "127.0.0.1:9876".into();
@@ -188,6 +256,13 @@ impl Wire for BrokerDescription {
         buf.put_u8(u8::from(self.authentication));
         buf.put_u8(u8::from(self.tls));
         put_str(buf, &self.listen);
+        match &self.replication_status {
+            Some(status) => {
+                buf.put_u8(1);
+                status.put(buf);
+            }
+            None => buf.put_u8(0),
+        }
     }
 
     fn get(buf: &mut Bytes) -> Result<Self, DecodeError> {
@@ -204,6 +279,11 @@ impl Wire for BrokerDescription {
             authentication: get_bool(buf, "authentication")?,
             tls: get_bool(buf, "tls")?,
             listen: get_str(buf, "listen")?,
+            replication_status: if get_bool(buf, "replication status")? {
+                Some(ReplicationStatus::get(buf)?)
+            } else {
+                None
+            },
         })
     }
 }

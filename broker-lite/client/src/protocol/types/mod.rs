@@ -17,7 +17,7 @@ pub use consumer::{
     AckRequest, ConsumeModel, DeadLetterRequest, Delivery, Member, NackRequest, NackResult,
     PullRequest, Subscription,
 };
-pub use describe::{BrokerDescription, FlushMode, Replication};
+pub use describe::{BrokerDescription, FlushMode, FollowerView, Replication, ReplicationStatus};
 pub use message::{Message, MessageView, SendResult, SendStatus};
 pub use replica::{EpochStart, ReplicaBatch, ReplicaFetch, ReplicaRecord};
 
