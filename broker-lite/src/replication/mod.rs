@@ -27,15 +27,24 @@
 //! Each leadership appends `(epoch, start position)` to the epoch history (the store checkpoint
 //! `replication-epochs`) before taking sends; followers copy the history and send their epoch
 //! with every fetch. A leader that hears of a newer epoch is fenced: it refuses every later send.
-//! A follower whose log runs past the end of its epoch in the leader's history has diverged (it
-//! wrote as a leader after being superseded); the leader refuses it with an error that says so.
-//! Cutting that suffix automatically is not implemented yet: the node must be started empty.
+//! A follower whose history is not a prefix of the leader's, or whose log runs past the end of its
+//! last epoch in the leader's history, has diverged (it wrote as a leader after being
+//! superseded): the leader sends it no records, and the follower cuts its log at the end of the
+//! last common epoch ([`truncate_log`](crate::storage::truncate_log)) and follows.
 //!
 //! # Failover
 //!
 //! Manual, by design ready for a controller: stop the in-sync follower and start its data
 //! directory with `--role leader`; the new leadership gets the next epoch. Point the other
-//! nodes at it as followers.
+//! nodes at it as followers. A controller would do the same steps: pick an in-sync follower
+//! (`describe` lists the in-sync set), fence the old leader by starting the new epoch, and
+//! restart the rest as followers.
+//!
+//! # Not yet
+//!
+//! An online promote command, automatic failover, re-seeding a follower that fell behind the
+//! leader's retention (its fetch fails until it is started empty), and copying the leader's stored
+//! timestamps (a follower stamps its copy itself).
 
 mod epochs;
 mod follower;
