@@ -109,6 +109,7 @@ impl Leader {
             store.set_visible_limit(start);
         }
         tracing::info!(epoch, start, ?mode, "leadership started");
+        metrics::gauge!("broker_lite_replication_epoch").set(epoch as f64);
         Ok(Some(Leader {
             store: store.clone(),
             mode,
@@ -328,6 +329,17 @@ impl Leader {
         if f.from_position >= s.last_sent_end {
             s.caught_up_at = Some(now);
         }
+        let lag = self
+            .store
+            .replicable_position()
+            .saturating_sub(f.from_position);
+        metrics::gauge!("broker_lite_replication_follower_lag_bytes", "follower" => f.follower.clone())
+            .set(lag as f64);
+        let in_sync = sessions
+            .values()
+            .filter(|s| self.is_in_sync(s, now))
+            .count();
+        metrics::gauge!("broker_lite_replication_in_sync_followers").set(in_sync as f64);
         let Mode::Sync { min_sync_replicas } = self.mode else {
             return;
         };
@@ -349,6 +361,7 @@ impl Leader {
             });
             if moved {
                 self.store.set_visible_limit(commit);
+                metrics::gauge!("broker_lite_replication_commit_position").set(commit as f64);
             }
         }
     }

@@ -40,6 +40,13 @@
 //! (`describe` lists the in-sync set), fence the old leader by starting the new epoch, and
 //! restart the rest as followers.
 //!
+//! # Metrics
+//!
+//! `broker_lite_replication_epoch`, `broker_lite_replication_commit_position`,
+//! `broker_lite_replication_in_sync_followers`,
+//! `broker_lite_replication_follower_lag_bytes{follower}` on a leader;
+//! `broker_lite_replication_truncated_bytes_total` on a node that cut a diverged suffix.
+//!
 //! # Not yet
 //!
 //! An online promote command, automatic failover, re-seeding a follower that fell behind the
