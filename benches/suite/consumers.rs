@@ -1,4 +1,4 @@
-//! Scenario 9, consumer throughput through each broker's delivery source with the idempotency
+//! Scenario 10, consumer throughput through each broker's delivery source with the idempotency
 //! layer on Postgres (issue 14): broker-lite (embedded, SYNC_FLUSH), NATS JetStream and RabbitMQ,
 //! side by side in one run. Each broker is filled first (a backlog of `idempotency_count`
 //! messages through the adapter's own publisher, pipelined), then drained by the consumer runtime
@@ -24,7 +24,7 @@ use tower::{Layer, ServiceBuilder, ServiceExt};
 use crate::Params;
 use crate::report::Report;
 
-pub(crate) const SCENARIO: &str = "9. Consumer throughput through each broker's source, idempotency layer on Postgres (64 in flight, one row per delivery)";
+pub(crate) const SCENARIO: &str = "10. Consumer throughput through each broker's source, idempotency layer on Postgres (64 in flight, one row per delivery)";
 /// Publishes outstanding while filling a broker.
 const IN_FLIGHT: usize = 64;
 
