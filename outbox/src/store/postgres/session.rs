@@ -12,7 +12,7 @@
 //! failed message backing off, so no later message of its key overtakes it. Its rows are deleted
 //! only in its own open transaction, committed after the broker acknowledged them when its turn
 //! comes, exactly as a batch claimed in turn. It is claimed only while the batch in hand is full
-//! (more work is likely), and given back before a rebalance (its partitions might move), before
+//! (more work is likely), and given back before a rebalance (when it releases partitions), before
 //! the relay's first connection runs anything else while it holds it, or when the next call wants
 //! fewer rows. A relay that dies holding it loses nothing: the transaction rolls back with the
 //! connection.
@@ -267,11 +267,18 @@ impl Session for PgSession {
     }
 
     async fn rebalance(&mut self) -> sqlx::Result<()> {
-        // The partitions may move to another relay: it must not find their rows held here.
-        self.give_back_ahead().await?;
+        self.free_conn().await?;
+        let timeout = self.liveness.timeout;
+        let target = bounded(timeout, Partitions::fair_share(&mut self.conn)).await?;
+        // A partition released goes to another relay: it must not find rows of it held here, or
+        // it would publish a key's later messages before the batch claimed ahead. Taking more
+        // partitions changes nothing for that batch.
+        if self.partitions.would_release(target) {
+            self.give_back_ahead().await?;
+        }
         bounded(
-            self.liveness.timeout,
-            self.partitions.rebalance(&mut self.conn),
+            timeout,
+            self.partitions.rebalance_to(&mut self.conn, target),
         )
         .await
     }
