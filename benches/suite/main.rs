@@ -1,7 +1,8 @@
 //! The courier benchmark suite (issue 7): enqueue cost, relay drain, end-to-end latency,
 //! broker-lite against NATS JetStream and RabbitMQ, idempotent consumer throughput, the relay and
 //! consumer runtime on RabbitMQ (scenario 7), the relay on NATS JetStream (scenario 8, feature
-//! `nats`: `cargo bench --bench suite --features nats -- --quick --only 8`).
+//! `nats`: `cargo bench --bench suite --features nats -- --quick --only 8`), broker-lite
+//! replication, `SYNC_MASTER` / `ASYNC_MASTER` against a single node (scenario 9).
 //!
 //! ```sh
 //! # quick mode (under 2 minutes), then the full suite (under 15 minutes)
@@ -29,6 +30,7 @@ mod nats;
 mod nats_relay;
 mod rabbitmq;
 mod relay;
+mod replication;
 mod report;
 
 use std::path::PathBuf;
@@ -379,6 +381,9 @@ async fn main() -> anyhow::Result<()> {
             let systems = brokers::Systems { nats, rabbit };
             brokers::run(&params, &systems, &mut report).await?;
         }
+        if wanted(9) {
+            replication::run(&params, &mut report).await?;
+        }
     }
     notes(&mut report, &params);
     report.context.push((
@@ -476,6 +481,18 @@ fn targets(params: &Params) -> Vec<Target> {
             bound: 1.0,
         });
     }
+    targets.push(Target {
+        text: "SYNC_MASTER >= 0.7x single-node SYNC_FLUSH throughput (16 producers)".into(),
+        metric: "ratio SYNC_MASTER / single node throughput, 16 producers".into(),
+        at_least: true,
+        bound: 0.7,
+    });
+    targets.push(Target {
+        text: "SYNC_MASTER ack p99 <= 2x single-node SYNC_FLUSH (16 producers)".into(),
+        metric: "ratio SYNC_MASTER / single node ack p99, 16 producers".into(),
+        at_least: false,
+        bound: 2.0,
+    });
     targets.push(Target {
         text: "MySQL enqueue <= 1.05x hand-written INSERT".into(),
         metric: "MySQL enqueue / hand INSERT (tx time ratio)".into(),

@@ -19,6 +19,7 @@
 
 pub mod broker;
 pub mod embedded;
+pub mod replication;
 pub mod server;
 pub mod storage;
 

@@ -6,7 +6,9 @@ mod broker_common;
 use std::time::Duration;
 
 use broker_common::{bodies, config, open_at};
-use broker_lite::broker::{ConsumerSpec, ManualClock, NackOutcome, PullRequest, SendRequest};
+use broker_lite::broker::{
+    ConsumerSpec, ManualClock, NackOutcome, PullRequest, SendRequest, SendStatus,
+};
 
 #[tokio::test]
 async fn restart_resumes_from_committed_offsets_and_redelivers_unacked() {
@@ -161,5 +163,56 @@ async fn background_task_saves_offsets_periodically() {
         1,
         "saved by the background task"
     );
+    b.close().await.unwrap();
+}
+
+/// A retried send (same message id) is stored once, also after a reopen (issue 13: retries of
+/// FLUSH_SLAVE_TIMEOUT / SLAVE_NOT_AVAILABLE and relay restarts must not store duplicates).
+#[tokio::test]
+async fn a_resent_message_id_is_stored_once_across_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::starting_now();
+    let b = open_at(dir.path(), config(&clock)).await;
+    let id = uuid::Uuid::now_v7();
+    let first = b
+        .send(SendRequest::new("t", "once").with_message_id(id))
+        .await
+        .unwrap();
+    let again = b
+        .send_batch(vec![
+            SendRequest::new("t", "other"),
+            SendRequest::new("t", "once").with_message_id(id),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(again[1].status, SendStatus::SendOk);
+    assert_eq!(
+        (again[1].queue_id, again[1].queue_offset),
+        (first.queue_id, first.queue_offset)
+    );
+    b.close().await.unwrap();
+    let b = open_at(dir.path(), config(&clock)).await;
+    let after = b
+        .send(SendRequest::new("t", "once").with_message_id(id))
+        .await
+        .unwrap();
+    assert_eq!(
+        (after.queue_id, after.queue_offset),
+        (first.queue_id, first.queue_offset)
+    );
+    // The same id on another topic is another message.
+    let other = b
+        .send(SendRequest::new("u", "once").with_message_id(id))
+        .await
+        .unwrap();
+    assert_eq!(other.queue_offset, 0);
+    let stored: u64 = b
+        .store()
+        .queues()
+        .into_iter()
+        .filter_map(|(t, q)| b.store().queue_bounds(&t, q))
+        .map(|bounds| bounds.max - bounds.min)
+        .sum();
+    assert_eq!(stored, 3, "t: once and other; u: once");
     b.close().await.unwrap();
 }

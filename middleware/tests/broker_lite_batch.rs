@@ -1,6 +1,6 @@
 //! The relay publishing to broker-lite in batches (`Relay::batch_builder`): one claimed batch is
 //! one `SEND_BATCH` request, counted by the broker's own request counter; a batch the broker
-//! refuses fails only the refused message.
+//! refuses (a message too large, a topic it does not know) fails only the refused message.
 //!
 //! The counter is read through a process-wide metrics recorder, so this binary holds a single
 //! test that sends anything through the broker.
@@ -157,4 +157,30 @@ async fn a_relay_batch_is_one_request_and_a_refused_message_fails_alone(pool: Pg
     );
     assert!(env.broker.broker().trace(batch[1].id).is_empty());
     assert!(!env.broker.broker().trace(batch[2].id).is_empty());
+
+    // One message for a topic the broker does not know (and will not create): the broker refuses
+    // the whole request; the good messages around it are stored, and only that one fails.
+    let strict = start_broker(|config| config.broker.auto_create_topics = false).await;
+    strict
+        .broker
+        .broker()
+        .create_topic("orders", 4)
+        .await
+        .unwrap();
+    let mut publisher =
+        BrokerLitePublisher::connect(strict.broker.addr(), ProducerConfig::default())
+            .await
+            .unwrap();
+    let batch = vec![
+        Message::new("orders", "order 1").with_key("a"),
+        Message::new("invoices", "invoice 1").with_key("b"),
+        Message::new("orders", "order 2").with_key("c"),
+    ];
+    let outcomes = publisher.publish_batch(batch.clone()).await;
+    assert!(outcomes[0].is_ok(), "{:?}", outcomes[0]);
+    let unknown = outcomes[1].as_ref().unwrap_err().to_string();
+    assert!(unknown.contains("invoices"), "{unknown}");
+    assert!(outcomes[2].is_ok(), "{:?}", outcomes[2]);
+    assert!(!strict.broker.broker().trace(batch[0].id).is_empty());
+    assert!(!strict.broker.broker().trace(batch[2].id).is_empty());
 }

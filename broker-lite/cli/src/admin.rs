@@ -248,10 +248,49 @@ fn print_description(d: &BrokerDescription) {
     };
     let replication = match d.replication {
         Replication::None => "none (single node)".to_owned(),
+        Replication::SyncMaster {
+            min_sync_replicas,
+            slave_timeout,
+        } => format!(
+            "SYNC_MASTER leader (SEND_OK once {min_sync_replicas} follower(s) hold the message; slave timeout {} ms)",
+            slave_timeout.as_millis()
+        ),
+        Replication::AsyncMaster => {
+            "ASYNC_MASTER leader (acknowledged before replication: a failover loses the lag)"
+                .to_owned()
+        }
+        Replication::Follower => "follower (takes no sends until promoted)".to_owned(),
     };
     println!("version:             {}", d.version);
     println!("flush mode:          {flush}");
     println!("replication:         {replication}");
+    if let Some(r) = &d.replication_status {
+        println!("epoch:               {}", r.epoch);
+        println!("log end:             {}", r.log_end);
+        println!("commit position:     {}", r.commit_position);
+        if let Some(leader) = &r.leader {
+            println!("leader:              {leader}");
+        }
+        let in_sync: Vec<&str> = r
+            .followers
+            .iter()
+            .filter(|f| f.in_sync)
+            .map(|f| f.name.as_str())
+            .collect();
+        if r.leader.is_none() {
+            println!("in-sync followers:   {in_sync:?}");
+        }
+        for f in &r.followers {
+            println!(
+                "follower {}: acked {} lag {} bytes, {}, last fetch {} ms ago",
+                f.name,
+                f.acked_position,
+                f.lag_bytes,
+                if f.in_sync { "in sync" } else { "NOT in sync" },
+                f.since_fetch_ms
+            );
+        }
+    }
     println!("retention:           {}", retention(d.retention_ms));
     println!(
         "max disk bytes:      {}",

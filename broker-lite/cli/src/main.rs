@@ -19,6 +19,7 @@ mod admin;
 mod consume;
 mod exit;
 mod produce;
+mod role;
 mod settings;
 mod show;
 mod target;
@@ -94,15 +95,23 @@ fn main() -> ExitCode {
                 .as_deref()
                 .map(Settings::from_file)
                 .transpose()
-                .and_then(|file| settings.over(file.unwrap_or_default()).build());
-            let (dir, config) = match built {
+                .and_then(|file| {
+                    let settings = settings.over(file.unwrap_or_default());
+                    let role = settings.role()?;
+                    let (dir, mut config) = settings.build()?;
+                    if let role::Role::Broker(replication) = &role {
+                        config.broker.replication = *replication;
+                    }
+                    Ok((dir, config, role))
+                });
+            let (dir, config, role) = match built {
                 Ok(built) => built,
                 Err(e) => {
                     eprintln!("error: invalid configuration: {e:#}");
                     return ExitCode::from(2);
                 }
             };
-            report(runtime.block_on(serve(dir, config)))
+            report(runtime.block_on(serve(dir, config, role)))
         }
         Command::Produce(args) => report(runtime.block_on(produce::run(&cli.addr, args))),
         Command::Consume(args) => report(runtime.block_on(consume::run(&cli.addr, args))),
@@ -127,7 +136,19 @@ fn report(result: Result<()>) -> ExitCode {
     }
 }
 
-async fn serve(dir: PathBuf, config: broker_lite::embedded::EmbeddedConfig) -> Result<()> {
+async fn serve(
+    dir: PathBuf,
+    config: broker_lite::embedded::EmbeddedConfig,
+    role: role::Role,
+) -> Result<()> {
+    if let role::Role::Follower(follower) = role {
+        let node = broker_lite::replication::start_follower(&dir, config, *follower).await?;
+        println!("broker-lite listening on {}", node.addr());
+        tracing::info!(addr = %node.addr(), dir = %dir.display(), "broker-lite follower started");
+        shutdown_signal().await?;
+        node.shutdown().await?;
+        return Ok(());
+    }
     let broker = broker_lite::embedded::start(&dir, config).await?;
     // Scripts and tests read the bound address (useful with port 0) from this line.
     println!("broker-lite listening on {}", broker.addr());

@@ -102,6 +102,34 @@ pub(crate) struct Settings {
     /// Most request and answer bytes held per connection [default: 256 MiB].
     #[arg(long)]
     pub(crate) max_bytes_in_flight: Option<usize>,
+    /// Replication role (issue 13): standalone, leader or follower [default: standalone].
+    #[arg(long, value_enum)]
+    pub(crate) role: Option<crate::role::RoleName>,
+    /// A leader's acknowledgement mode: sync (SYNC_MASTER) or async (ASYNC_MASTER) [default: sync].
+    #[arg(long, value_enum)]
+    pub(crate) replication: Option<crate::role::ReplicationName>,
+    /// SYNC_MASTER: followers that must hold a message before SEND_OK [default: 1].
+    #[arg(long)]
+    pub(crate) min_sync_replicas: Option<u32>,
+    /// SYNC_MASTER: how long a send waits for its followers (then FLUSH_SLAVE_TIMEOUT), and how
+    /// long a silent or lagging follower stays in sync, in milliseconds [default: 3000].
+    #[arg(long)]
+    pub(crate) slave_timeout_ms: Option<u64>,
+    /// A follower's leader, host:port.
+    #[arg(long)]
+    pub(crate) leader_address: Option<String>,
+    /// A follower's name, unique among its leader's followers [default: the listen address].
+    #[arg(long)]
+    pub(crate) follower_name: Option<String>,
+    /// A follower's user at the leader (it needs admin = true there).
+    #[arg(long)]
+    pub(crate) replication_user: Option<String>,
+    /// The environment variable holding that user's password.
+    #[arg(long)]
+    pub(crate) replication_password_env: Option<String>,
+    /// PEM CA certificate to check the leader's TLS certificate with (then TLS is used).
+    #[arg(long)]
+    pub(crate) replication_ca: Option<PathBuf>,
     /// Users (config file only): with any, every client must authenticate [default: none,
     /// the broker runs open, for loopback only].
     #[arg(skip)]
@@ -193,6 +221,15 @@ impl Settings {
             max_handshaking,
             idle_timeout_ms,
             max_bytes_in_flight,
+            role,
+            replication,
+            min_sync_replicas,
+            slave_timeout_ms,
+            leader_address,
+            follower_name,
+            replication_user,
+            replication_password_env,
+            replication_ca,
             users
         )
     }

@@ -178,7 +178,10 @@ impl Endpoints {
         result
     }
 
-    /// Like [`Endpoints::call`], trying each address once while the failure is a connection failure.
+    /// Like [`Endpoints::call`], trying each address once while the failure is a connection
+    /// failure or a broker that does not serve the request (`ShuttingDown`: a closing broker, a
+    /// replication follower, or a fenced former leader), so that a client with the addresses of
+    /// a replicated pair finds the current leader.
     pub(crate) async fn call_failover(
         &self,
         request: &Request,
@@ -188,13 +191,20 @@ impl Endpoints {
         loop {
             attempt += 1;
             match self.call(request, timeout).await {
-                Err(e @ (ClientError::ConnectionLost { .. } | ClientError::Connect { .. }))
-                    if attempt < self.addresses.len() =>
-                {
+                Err(e) if attempt < self.addresses.len() && moves_on(&e) => {
                     tracing::debug!(error = %super::error::chain(&e), "retrying on the next broker address");
                 }
                 other => return other,
             }
         }
+    }
+}
+
+/// Whether [`Endpoints::call_failover`] tries the next address after `e`.
+fn moves_on(e: &ClientError) -> bool {
+    match e {
+        ClientError::ConnectionLost { .. } | ClientError::Connect { .. } => true,
+        ClientError::Server(reply) => reply.code == crate::protocol::ErrorCode::ShuttingDown,
+        _ => false,
     }
 }

@@ -14,7 +14,7 @@ use uuid::Uuid;
 use super::endpoints::{Addresses, ConnectOptions, Endpoints};
 use super::error::{ClientError, Result, SendError};
 use super::security::Security;
-use crate::protocol::{DEFAULT_MAX_FRAME_SIZE, Message, Request, Response, SendResult};
+use crate::protocol::{DEFAULT_MAX_FRAME_SIZE, Message, Request, Response, SendResult, SendStatus};
 
 /// Producer settings. The defaults match RocketMQ's.
 #[derive(Debug, Clone)]
@@ -22,7 +22,11 @@ use crate::protocol::{DEFAULT_MAX_FRAME_SIZE, Message, Request, Response, SendRe
 pub struct ProducerConfig {
     /// How long one attempt waits for the broker's answer (`sendMsgTimeout`, P5). Default 3 s.
     pub send_timeout: Duration,
-    /// Extra attempts after a failed one (`retryTimesWhenSendFailed`, P4). Default 2.
+    /// Extra attempts after a failed one (`retryTimesWhenSendFailed`, P4), and after an answer
+    /// `FLUSH_SLAVE_TIMEOUT` / `SLAVE_NOT_AVAILABLE` (stored on the leader, not yet replicated;
+    /// the broker deduplicates the retry by message id). Default 2. With a replicated
+    /// broker-lite keep `send_timeout` above the leader's slave timeout, so that a send waiting
+    /// for replicas gets its answer instead of timing out.
     pub retries: u32,
     /// Backoff before the first retry; doubled for each further one, with jitter. Default 100 ms.
     pub retry_backoff: Duration,
@@ -111,8 +115,10 @@ impl Producer {
     ///
     /// Each attempt waits up to [`ProducerConfig::send_timeout`]; connection failures, timeouts
     /// and retryable broker errors are retried [`ProducerConfig::retries`] times with backoff,
-    /// moving to the next address. A result whose status is not `SendOk` is returned as is:
-    /// check it (the result is `#[must_use]`).
+    /// moving to the next address. `FLUSH_SLAVE_TIMEOUT` and `SLAVE_NOT_AVAILABLE` are retried
+    /// the same way, with the same message id. Any other result whose status is not `SendOk`,
+    /// and those two once the retries are spent, is returned as is: check it (the result is
+    /// `#[must_use]`).
     ///
     /// # Errors
     ///
@@ -211,6 +217,22 @@ impl Inner {
         loop {
             attempt += 1;
             let error = match self.endpoints.call(request, self.config.send_timeout).await {
+                // Stored on the leader but not known replicated: the same message id again,
+                // which the broker deduplicates (it answers from the stored copy).
+                Ok(response) if attempt < attempts && awaits_replicas(&response) => {
+                    debug!(
+                        attempt,
+                        "send not yet replicated; retrying with the same id"
+                    );
+                    metrics::counter!("broker_lite_client_send_retries_total").increment(1);
+                    tokio::time::sleep(backoff(
+                        self.config.retry_backoff,
+                        self.config.max_retry_backoff,
+                        attempt,
+                    ))
+                    .await;
+                    continue;
+                }
                 Ok(response) => {
                     debug!(
                         attempt,
@@ -242,6 +264,22 @@ impl Inner {
             ))
             .await;
         }
+    }
+}
+
+/// Whether an answer holds a `FLUSH_SLAVE_TIMEOUT` or `SLAVE_NOT_AVAILABLE` status: the
+/// message is on the leader, not yet on enough followers; retried like a lost answer.
+fn awaits_replicas(response: &Response) -> bool {
+    let waiting = |r: &SendResult| {
+        matches!(
+            r.status,
+            SendStatus::FlushSlaveTimeout | SendStatus::SlaveNotAvailable
+        )
+    };
+    match response {
+        Response::Send(r) => waiting(r),
+        Response::SendBatch(results) => results.iter().any(waiting),
+        _ => false,
     }
 }
 

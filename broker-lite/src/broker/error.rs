@@ -136,6 +136,10 @@ pub enum BrokerError {
     /// The broker was closed.
     #[error("the broker is closed; open it again to continue")]
     Closed,
+    /// Replication refused the request: this node is not (or no longer) the leader, the epoch is
+    /// stale, or a follower diverged. The message says which and what to do.
+    #[error("replication: {0}")]
+    Replication(String),
     /// The storage layer failed; nothing was acknowledged.
     #[error("storage failed: {0}")]
     Storage(#[from] StorageError),

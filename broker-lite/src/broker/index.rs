@@ -15,6 +15,8 @@ const MAX_PER_KEY: usize = 1024;
 pub(crate) struct MessageIndex {
     by_id: HashMap<Uuid, u64>,
     by_key: HashMap<(String, String), Vec<u64>>,
+    /// Recent producer sends, for deduplication by message id.
+    pub(crate) sent: super::dedupe::SendWindow,
 }
 
 impl MessageIndex {
@@ -37,6 +39,7 @@ impl MessageIndex {
     /// Forgets every position below `start` (removed by retention).
     pub(crate) fn prune_below(&mut self, start: u64) {
         self.by_id.retain(|_, p| *p >= start);
+        self.sent.prune_below(start);
         self.by_key.retain(|_, positions| {
             positions.retain(|p| *p >= start);
             !positions.is_empty()
@@ -72,6 +75,15 @@ pub(crate) async fn rebuild(store: &Store) -> Result<MessageIndex> {
             from = last.queue_offset + 1;
             for r in &records {
                 index.insert(r.message_id, &r.topic, r.key.as_deref(), r.log_position);
+                if !r.topic.starts_with('%') {
+                    index.sent.insert(
+                        r.message_id,
+                        &r.topic,
+                        r.queue_id,
+                        r.queue_offset,
+                        r.log_position,
+                    );
+                }
             }
         }
     }

@@ -112,6 +112,7 @@ mod config;
 mod consumer;
 mod cursor;
 mod dead_letter;
+mod dedupe;
 mod error;
 mod group;
 mod index;
@@ -127,6 +128,11 @@ mod settle;
 mod tasks;
 mod topics;
 mod trace;
+
+/// The store checkpoints that hold broker state outside the log (topics; consumer offsets with
+/// reconsume counts and the due times of delayed redeliveries): what a follower copies besides
+/// the log.
+pub(crate) const STATE_CHECKPOINTS: [&str; 2] = [topics::CHECKPOINT, offsets::CHECKPOINT];
 
 pub use admin::{GroupInfo, MemberInfo, QueueLag};
 pub use clock::{Clock, ManualClock, SystemClock};
@@ -170,6 +176,8 @@ struct Inner {
     save_lock: tokio::sync::Mutex<()>,
     closed: AtomicBool,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// The leadership, under `SyncMaster` / `AsyncMaster` replication.
+    leader: Option<crate::replication::Leader>,
 }
 
 impl Drop for Inner {
@@ -225,6 +233,7 @@ impl Broker {
     /// As [`open`](Self::open).
     pub async fn open_with_store(store: Store, config: BrokerConfig) -> Result<Broker> {
         config.validate()?;
+        let leader = crate::replication::Leader::start(&store, config.replication).await?;
         let topics = topics::load(&store).await?;
         let mut groups = offsets::load(&store).await?;
         let clamped = offsets::clamp_to_log(&store, &mut groups);
@@ -243,6 +252,7 @@ impl Broker {
                 save_lock: tokio::sync::Mutex::new(()),
                 closed: AtomicBool::new(false),
                 tasks: Mutex::new(Vec::new()),
+                leader,
                 config,
             }),
         };
@@ -259,6 +269,11 @@ impl Broker {
             "broker opened"
         );
         Ok(broker)
+    }
+
+    /// The leadership's replication state, under `SyncMaster` / `AsyncMaster` replication.
+    pub fn replication(&self) -> Option<&crate::replication::Leader> {
+        self.inner.leader.as_ref()
     }
 
     /// The underlying store.

@@ -32,7 +32,7 @@ use super::error::{BrokerError, Result};
 use super::group::{CursorKey, Group};
 use crate::storage::Store;
 
-const CHECKPOINT: &str = "broker-offsets";
+pub(crate) const CHECKPOINT: &str = "broker-offsets";
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Saved {

@@ -4,10 +4,12 @@ use std::sync::atomic::Ordering;
 
 use super::Broker;
 use super::config::Replication;
+use super::dedupe::Sent;
 use super::error::{BrokerError, Result};
 use super::message::{SendRequest, SendResult, SendStatus};
 use super::trace::TraceKind;
 use crate::storage::{FlushOutcome, NewRecord};
+use uuid::Uuid;
 
 /// The queue of a key: CRC32C of the key modulo the queue count, stable across restarts and
 /// versions, so one key always lands in one queue (and stays in order).
@@ -15,10 +17,14 @@ pub(crate) fn queue_for_key(key: &str, queues: u32) -> u32 {
     crc32c::crc32c(key.as_bytes()) % queues.max(1)
 }
 
-/// The send status of a store outcome under `replication`.
+/// The send status of a store outcome under `replication`, before any wait for replicas (see
+/// [`Leader`](crate::replication::Leader)).
 pub(crate) fn status_of(outcome: FlushOutcome, replication: Replication) -> SendStatus {
     match replication {
-        Replication::None => match outcome {
+        Replication::None
+        | Replication::SyncMaster { .. }
+        | Replication::AsyncMaster
+        | Replication::Follower => match outcome {
             FlushOutcome::FlushDiskTimeout => SendStatus::FlushDiskTimeout,
             _ => SendStatus::SendOk,
         },
@@ -70,7 +76,21 @@ impl Broker {
         self.check_open()?;
         let now = self.now_ms();
         let mut records = Vec::with_capacity(requests.len());
-        for r in requests {
+        // Sends whose id is already stored (retries, relay restarts): answered from the first
+        // copy, not stored again (see the `dedupe` module).
+        let mut duplicates = Vec::new();
+        for (i, r) in requests.into_iter().enumerate() {
+            let stored = self
+                .inner
+                .index
+                .lock()
+                .unwrap()
+                .sent
+                .get(&r.message_id, &r.topic);
+            if let Some(sent) = stored {
+                duplicates.push((i, r.message_id, r.topic, sent));
+                continue;
+            }
             let limit = self.inner.config.max_message_size;
             if r.body.len() > limit {
                 return Err(BrokerError::MessageTooLarge {
@@ -108,11 +128,55 @@ impl Broker {
             };
             records.push(record);
         }
-        self.append(records).await
+        if duplicates.is_empty() {
+            return self.append(records).await;
+        }
+        let mut fresh = if records.is_empty() {
+            Vec::new()
+        } else {
+            self.append(records).await?
+        }
+        .into_iter();
+        let mut out = Vec::with_capacity(fresh.len() + duplicates.len());
+        let mut duplicates = duplicates.into_iter().peekable();
+        while out.len() < out.capacity() {
+            match duplicates.next_if(|(i, ..)| *i == out.len()) {
+                Some((_, message_id, topic, sent)) => {
+                    out.push(self.answer_duplicate(message_id, topic, sent).await);
+                }
+                None => out.push(fresh.next().expect("one result per stored record")),
+            }
+        }
+        Ok(out)
+    }
+
+    /// The answer to a send whose message id is already stored: the first copy's place and its
+    /// status now (under `SYNC_MASTER`, waiting for its replicas as a new send would).
+    async fn answer_duplicate(&self, message_id: Uuid, topic: String, sent: Sent) -> SendResult {
+        metrics::counter!("broker_lite_sends_deduplicated_total").increment(1);
+        let status = if self.inner.store.replicable_position() <= sent.log_position {
+            // Stored but not yet durable here (a FLUSH_DISK_TIMEOUT copy).
+            SendStatus::FlushDiskTimeout
+        } else if let Some(leader) = &self.inner.leader {
+            leader.replicated(sent.log_position).await
+        } else {
+            SendStatus::SendOk
+        };
+        tracing::debug!(%message_id, topic, ?status, "duplicate send answered from the stored copy");
+        SendResult {
+            status,
+            message_id,
+            topic,
+            queue_id: sent.queue_id,
+            queue_offset: sent.queue_offset,
+        }
     }
 
     /// Appends records (already validated) and indexes and traces them.
     pub(crate) async fn append(&self, records: Vec<NewRecord>) -> Result<Vec<SendResult>> {
+        if let Some(leader) = &self.inner.leader {
+            leader.check_writable()?;
+        }
         let heads: Vec<_> = records
             .iter()
             .map(|r| (r.message_id, r.topic.clone(), r.queue_id, r.key.clone()))
@@ -125,15 +189,28 @@ impl Broker {
                 return Err(e.into());
             }
         };
+        // SYNC_MASTER: wait for the replicas of the whole batch (records are placed in order).
+        let replicated = match (&self.inner.leader, appended.last()) {
+            (Some(leader), Some(last)) => leader.replicated(last.log_position).await,
+            _ => SendStatus::SendOk,
+        };
         let now = self.now_ms();
         let mut results = Vec::with_capacity(heads.len());
         let mut index = self.inner.index.lock().unwrap();
         let mut trace = self.inner.trace.lock().unwrap();
         for ((message_id, topic, queue_id, key), a) in heads.into_iter().zip(appended) {
-            let status = status_of(a.outcome, self.inner.config.replication);
+            let mut status = status_of(a.outcome, self.inner.config.replication);
+            if status.is_ok() {
+                status = replicated;
+            }
             metrics::counter!("broker_lite_sends_total", "status" => format!("{status:?}"))
                 .increment(1);
             index.insert(message_id, &topic, key.as_deref(), a.log_position);
+            if !topic.starts_with('%') {
+                index
+                    .sent
+                    .insert(message_id, &topic, queue_id, a.queue_offset, a.log_position);
+            }
             trace.record(
                 message_id,
                 now,

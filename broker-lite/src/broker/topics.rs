@@ -8,7 +8,7 @@ use super::error::{BrokerError, Result};
 use super::{Broker, State};
 use crate::storage::Store;
 
-const CHECKPOINT: &str = "broker-topics";
+pub(crate) const CHECKPOINT: &str = "broker-topics";
 
 /// A topic and its number of queues: the wire type, one definition for the broker and its
 /// clients.

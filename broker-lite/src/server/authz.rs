@@ -72,6 +72,8 @@ pub(super) fn authorize(principal: &Principal, request: &Request) -> Result<(), 
         Request::Trace(_) => admin("trace"),
         Request::DeadLetters { .. } => admin("dead_letters"),
         Request::RedriveDeadLetters { .. } => admin("redrive_dead_letters"),
+        // A follower reads the whole log and reports offsets that decide SEND_OK.
+        Request::ReplicaFetch(_) => admin("replica_fetch"),
         Request::AuthStart(_) | Request::AuthFinish(_) => Err(ErrorReply::new(
             ErrorCode::InvalidRequest,
             "this connection has already authenticated (or the broker runs open)",

@@ -37,10 +37,10 @@ pub struct BrokerHandler {
 
 /// The server's security settings, as `describe` reports them.
 #[derive(Debug, Clone, Default)]
-pub(super) struct SecuritySummary {
-    pub(super) authentication: bool,
-    pub(super) tls: bool,
-    pub(super) listen: String,
+pub(crate) struct SecuritySummary {
+    pub(crate) authentication: bool,
+    pub(crate) tls: bool,
+    pub(crate) listen: String,
 }
 
 /// What a handler knows about its connection.
@@ -256,7 +256,20 @@ impl BrokerHandler {
                 let ids = if ids.is_empty() { None } else { Some(ids) };
                 Response::Redriven(b.redrive_dead_letters(&group, ids).await?)
             }
-            Request::Describe => Response::Described(describe(b.config(), &self.security)),
+            Request::Describe => Response::Described(describe(
+                b.config(),
+                &self.security,
+                b.replication().map(|l| l.status()),
+            )),
+            Request::ReplicaFetch(fetch) => match b.replication() {
+                Some(leader) => Response::ReplicaBatch(leader.fetch(fetch).await?),
+                None => {
+                    return Err(BrokerError::Replication(
+                        "this broker-lite is not a replication leader: start it with `--role leader` to serve followers"
+                            .into(),
+                    ));
+                }
+            },
             Request::AuthStart(_) | Request::AuthFinish(_) => {
                 return Err(BrokerError::InvalidRequest(
                     "authentication happens when a connection starts; this one already has".into(),
@@ -267,7 +280,11 @@ impl BrokerHandler {
 }
 
 /// The wire view of the broker's configuration (safeguard L2).
-fn describe(config: &broker::BrokerConfig, security: &SecuritySummary) -> BrokerDescription {
+pub(crate) fn describe(
+    config: &broker::BrokerConfig,
+    security: &SecuritySummary,
+    replication_status: Option<crate::protocol::ReplicationStatus>,
+) -> BrokerDescription {
     let store = &config.store;
     BrokerDescription {
         version: env!("CARGO_PKG_VERSION").to_string(),
@@ -282,6 +299,7 @@ fn describe(config: &broker::BrokerConfig, security: &SecuritySummary) -> Broker
         authentication: security.authentication,
         tls: security.tls,
         listen: security.listen.clone(),
+        replication_status,
     }
 }
 
@@ -295,7 +313,8 @@ fn to_reply(e: BrokerError) -> ErrorReply {
         | BrokerError::UnknownGroup(_)
         | BrokerError::UnknownMember { .. }
         | BrokerError::UnknownQueue { .. } => ErrorCode::NotFound,
-        BrokerError::Closed => ErrorCode::ShuttingDown,
+        // Retryable on another address: clients move along their address list to the leader.
+        BrokerError::Closed | BrokerError::Replication(_) => ErrorCode::ShuttingDown,
         BrokerError::ForeignReceipt(_) => ErrorCode::Forbidden,
         BrokerError::Storage(_) | BrokerError::CorruptState { .. } => ErrorCode::Internal,
         _ => ErrorCode::InvalidRequest,

@@ -44,7 +44,7 @@
 
 mod admission;
 mod authz;
-mod broker;
+pub(crate) mod broker;
 mod config;
 mod connection;
 mod handler;

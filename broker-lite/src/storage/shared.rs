@@ -1,6 +1,6 @@
 //! State shared by the store handle, its writer thread and its background tasks.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 
 use tokio::sync::{oneshot, watch};
@@ -51,6 +51,9 @@ pub(crate) struct Shared {
     /// [`shut_down`](Self::shut_down) returns this store never touches the directory again, even
     /// from a writer thread or a blocking task that outlives the handle.
     gate: RwLock<bool>,
+    /// Readers see nothing at or past this position (the replication commit position of a
+    /// `SYNC_MASTER` leader); `u64::MAX` when unlimited.
+    pub(crate) visible_limit: AtomicU64,
 }
 
 impl Shared {
@@ -78,11 +81,19 @@ impl Shared {
             checkpoint_lock: Mutex::new(()),
             flush_requests: Mutex::new(Some(Vec::new())),
             gate: RwLock::new(false),
+            visible_limit: AtomicU64::new(u64::MAX),
         }
     }
 
     /// Records are readable up to this position: flushed under sync flush, written under async.
     pub(crate) fn visible(&self) -> u64 {
+        self.replicable()
+            .min(self.visible_limit.load(Ordering::Acquire))
+    }
+
+    /// Records are durable enough to be copied to followers up to this position: flushed under
+    /// sync flush, written under async (the visible limit does not apply).
+    pub(crate) fn replicable(&self) -> u64 {
         let p = *self.progress.borrow();
         match self.config.flush_mode {
             FlushMode::Sync => p.flushed,

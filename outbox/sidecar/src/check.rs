@@ -240,6 +240,13 @@ fn flush_mode(broker: &BrokerDescription) -> String {
 fn replication(replication: Replication) -> String {
     match replication {
         Replication::None => "none (single broker-lite node, B3/B4)".to_owned(),
+        Replication::SyncMaster {
+            min_sync_replicas, ..
+        } => format!("SYNC_MASTER ({min_sync_replicas} follower(s) before SEND_OK)"),
+        Replication::AsyncMaster => {
+            "ASYNC_MASTER (a failover loses the replication lag, B3)".to_owned()
+        }
+        Replication::Follower => "follower (not a leader: send to the leader)".to_owned(),
     }
 }
 
@@ -351,6 +358,7 @@ mod tests {
             authentication: false,
             tls: false,
             listen: "127.0.0.1:9876".to_owned(),
+            replication_status: None,
         }
     }
 

@@ -25,6 +25,27 @@ pub(crate) struct Config {
     pub(crate) http: HttpSettings,
     pub(crate) telemetry: TelemetrySettings,
     pub(crate) topology: crate::topology::TopologySettings,
+    pub(crate) console: ConsoleSettings,
+}
+
+/// The web console under `/console` on the HTTP listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct ConsoleSettings {
+    /// Serve the console (default true).
+    pub(crate) enabled: bool,
+    /// File holding the token write actions need (or `OUTBOX_RELAY_CONSOLE_TOKEN`). Without one,
+    /// writes are allowed only when `http.listen` is a loopback address.
+    pub(crate) token_file: Option<std::path::PathBuf>,
+}
+
+impl Default for ConsoleSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            token_file: None,
+        }
+    }
 }
 
 /// OpenTelemetry export of the relay's spans (`outbox.publish`, continuing each row's
@@ -338,6 +359,26 @@ impl Config {
             .split(';')
             .map(str::trim)
             .filter(|a| !a.is_empty())
+    }
+
+    /// The console token: `console.token_file`'s content, else `OUTBOX_RELAY_CONSOLE_TOKEN`.
+    pub(crate) fn console_token(&self) -> anyhow::Result<Option<String>> {
+        if let Some(file) = &self.console.token_file {
+            let token = std::fs::read_to_string(file)
+                .with_context(|| format!("cannot read console.token_file {}", file.display()))?;
+            let token = token.trim().to_owned();
+            if token.is_empty() {
+                bail!(
+                    "console.token_file {} is empty: write the token in it",
+                    file.display()
+                );
+            }
+            return Ok(Some(token));
+        }
+        Ok(std::env::var("OUTBOX_RELAY_CONSOLE_TOKEN")
+            .ok()
+            .filter(|t| !t.trim().is_empty())
+            .map(|t| t.trim().to_owned()))
     }
 
     /// How long `run` waits for the outbox tables.

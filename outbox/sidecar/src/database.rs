@@ -9,6 +9,7 @@ use sqlx::{Connection, MySqlConnection, MySqlPool, PgConnection, PgPool};
 use crate::config::Config;
 
 /// The application's database: the URL's scheme picks the store.
+#[derive(Clone)]
 pub(crate) enum Database {
     /// `postgres://` or `postgresql://`.
     Postgres(PgPool),

@@ -1,4 +1,4 @@
-//! `/healthz`, `/readyz` and `/metrics` (Prometheus text).
+//! `/healthz`, `/readyz` and `/metrics` (Prometheus text), and the web console (`crate::console`).
 
 use std::net::SocketAddr;
 
@@ -21,9 +21,10 @@ pub(crate) async fn serve(
     metrics: PrometheusHandle,
     state: watch::Receiver<RelayState>,
     circuit: watch::Receiver<CircuitState>,
+    console: Option<Router>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<SocketAddr> {
-    let app = Router::new()
+    let mut app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route(
             "/readyz",
@@ -36,6 +37,9 @@ pub(crate) async fn serve(
             "/metrics",
             get(move || std::future::ready(metrics.render())),
         );
+    if let Some(console) = console {
+        app = app.merge(console);
+    }
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen} for /healthz, /readyz and /metrics"))?;

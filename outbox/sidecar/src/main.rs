@@ -7,6 +7,7 @@
 //! outbox-relay --config relay.toml run
 //! outbox-relay --config relay.toml failures list --topic payments
 //! outbox-relay --config relay.toml failures replay --error "connection refused"
+//! outbox-relay --config relay.toml --http-listen 127.0.0.1:9400 console   # the web console alone
 //! outbox-relay --broker nats://127.0.0.1:4222 topology apply --topic ORDER_CREATED --group payment-service=ORDER_CREATED
 //! ```
 //!
@@ -16,6 +17,7 @@
 
 mod check;
 mod config;
+mod console;
 mod database;
 mod failures;
 mod http;
@@ -81,6 +83,9 @@ enum Command {
     /// Provision (`apply`) or audit (`check`) the streams, exchanges and queues of the topics.
     #[command(subcommand)]
     Topology(topology::TopologyCommand),
+    /// Serve the web console only, without relaying: for an application that runs the relay in
+    /// its own process. Listens on `http.listen` (`--http-listen`).
+    Console,
 }
 
 /// The log filter unless `RUST_LOG` says otherwise: sqlx's Postgres notices ("relation ...
@@ -207,6 +212,11 @@ async fn execute(command: Command, config: Config) -> anyhow::Result<()> {
         }
         Command::Check => check::run(&config).await,
         Command::Topology(command) => topology::run(&config, command).await,
+        Command::Console => {
+            let shutdown = CancellationToken::new();
+            tokio::spawn(stop_on_signal(shutdown.clone()));
+            console::serve_only(&config, shutdown).await
+        }
     }
 }
 

@@ -10,7 +10,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::{database, http, publisher};
+use crate::{console, database, http, publisher};
 
 pub(crate) async fn run(config: &Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     let metrics = PrometheusBuilder::new()
@@ -21,8 +21,14 @@ pub(crate) async fn run(config: &Config, shutdown: CancellationToken) -> anyhow:
         return Ok(());
     }
     let publisher = publisher::connect(config).await?;
+    let console_database = config.console.enabled.then(|| database.clone());
     database::with_pool!(database, |pool| drain(
-        config, pool, publisher, metrics, shutdown
+        config,
+        pool,
+        publisher,
+        metrics,
+        console_database,
+        shutdown
     )
     .await)
 }
@@ -34,6 +40,7 @@ async fn drain<DB: Store, P: PublishBatch + Clone + Send + 'static>(
     pool: Pool<DB>,
     publisher: P,
     metrics: PrometheusHandle,
+    console_database: Option<database::Database>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let settings = &config.relay;
@@ -56,11 +63,22 @@ async fn drain<DB: Store, P: PublishBatch + Clone + Send + 'static>(
     let relay = builder.build()?;
 
     if let Some(listen) = config.http_listen()? {
+        let console = match console_database {
+            Some(database) => Some(console::router(std::sync::Arc::new(console::Console::new(
+                config,
+                database,
+                Some((relay.state(), relay.circuit())),
+                metrics.clone(),
+                listen.ip().is_loopback(),
+            )?))),
+            None => None,
+        };
         let bound = http::serve(
             listen,
             metrics,
             relay.state(),
             relay.circuit(),
+            console,
             shutdown.clone(),
         )
         .await?;

@@ -63,11 +63,13 @@ pub enum CommandCode {
     AuthStart = 22,
     /// Authentication, second step: the client's proof.
     AuthFinish = 23,
+    /// A follower's pull of the leader's log, with its durable position (replication, admin).
+    ReplicaFetch = 24,
 }
 
 impl CommandCode {
     /// Every command.
-    pub const ALL: [CommandCode; 23] = [
+    pub const ALL: [CommandCode; 24] = [
         CommandCode::Ping,
         CommandCode::Send,
         CommandCode::SendBatch,
@@ -91,6 +93,7 @@ impl CommandCode {
         CommandCode::Describe,
         CommandCode::AuthStart,
         CommandCode::AuthFinish,
+        CommandCode::ReplicaFetch,
     ];
 
     /// From the wire value.
@@ -132,6 +135,7 @@ impl CommandCode {
             CommandCode::Describe => "describe",
             CommandCode::AuthStart => "auth_start",
             CommandCode::AuthFinish => "auth_finish",
+            CommandCode::ReplicaFetch => "replica_fetch",
         }
     }
 }
@@ -229,6 +233,8 @@ pub enum Request {
     AuthStart(AuthStart),
     /// [`CommandCode::AuthFinish`].
     AuthFinish(AuthFinish),
+    /// [`CommandCode::ReplicaFetch`].
+    ReplicaFetch(ReplicaFetch),
 }
 
 impl Request {
@@ -258,6 +264,7 @@ impl Request {
             Request::Describe => CommandCode::Describe,
             Request::AuthStart(_) => CommandCode::AuthStart,
             Request::AuthFinish(_) => CommandCode::AuthFinish,
+            Request::ReplicaFetch(_) => CommandCode::ReplicaFetch,
         }
     }
 
@@ -276,6 +283,7 @@ impl Request {
             Request::DeadLetter(d) => d.put(&mut buf),
             Request::AuthStart(a) => a.put(&mut buf),
             Request::AuthFinish(a) => a.put(&mut buf),
+            Request::ReplicaFetch(f) => f.put(&mut buf),
             Request::CreateTopic(t) => t.put(&mut buf),
             Request::Lag { group } => put_str(&mut buf, group),
             Request::RedriveDeadLetters { group, ids } => {
@@ -321,6 +329,7 @@ impl Request {
             CommandCode::Describe => Request::Describe,
             CommandCode::AuthStart => Request::AuthStart(AuthStart::get(b)?),
             CommandCode::AuthFinish => Request::AuthFinish(AuthFinish::get(b)?),
+            CommandCode::ReplicaFetch => Request::ReplicaFetch(ReplicaFetch::get(b)?),
             CommandCode::Lag => Request::Lag {
                 group: get_str(b, "group")?,
             },

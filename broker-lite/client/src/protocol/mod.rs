@@ -55,7 +55,8 @@ pub use frame::{
 };
 pub use types::{
     AckRequest, AuthChallenge, AuthDone, AuthFinish, AuthStart, BrokerDescription, ConsumeModel,
-    DeadLetterRequest, Delivery, FlushMode, GroupInfo, Member, Message, MessageView, NackRequest,
-    NackResult, PullRequest, QueueLag, Replication, SendResult, SendStatus, Subscription,
-    TopicInfo, TraceEvent,
+    DeadLetterRequest, Delivery, EpochStart, FlushMode, FollowerView, GroupInfo, Member, Message,
+    MessageView, NackRequest, NackResult, PullRequest, QueueLag, ReplicaBatch, ReplicaFetch,
+    ReplicaRecord, Replication, ReplicationStatus, SendResult, SendStatus, Subscription, TopicInfo,
+    TraceEvent,
 };

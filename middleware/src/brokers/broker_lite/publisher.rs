@@ -246,7 +246,7 @@ impl BrokerLitePublisher {
                 .into(),
                 count,
             ),
-            Err(error) if kind(&error) == Kind::Refused => {
+            Err(error) if about_a_message(&error) => {
                 tracing::warn!(error = %error, messages = count,
                     "broker-lite refused the batch; sending its messages one by one so only the refused ones fail");
                 let publisher = self.clone();
@@ -329,6 +329,26 @@ fn classify_client(error: ClientError) -> BoxError {
         Kind::Refused => Box::new(Permanent::new(error)),
         Kind::Unreachable => Box::new(Unavailable::new(error)),
         Kind::Failed => Box::new(error),
+    }
+}
+
+/// Whether the broker refused a whole batch for what one of its messages is or names (too
+/// large, invalid, an unknown topic, a topic this principal may not produce to, a limit): the
+/// broker validates a batch before storing any of it, so one such message fails them all, and only
+/// sending them one by one tells which. A broker that cannot be reached or failed to store fails
+/// every message alike, and a retry of the whole batch is the right answer.
+fn about_a_message(error: &ClientError) -> bool {
+    match error {
+        ClientError::Server(reply) => matches!(
+            reply.code,
+            ErrorCode::InvalidRequest
+                | ErrorCode::FrameTooLarge
+                | ErrorCode::NotFound
+                | ErrorCode::Forbidden
+                | ErrorCode::LimitExceeded
+        ),
+        ClientError::RetriesExhausted { last, .. } => about_a_message(last),
+        _ => false,
     }
 }
 

@@ -43,6 +43,8 @@ pub enum Response {
     AuthChallenge(AuthChallenge),
     /// The broker's SCRAM signature (answer to [`CommandCode::AuthFinish`]).
     AuthDone(AuthDone),
+    /// The leader's records for a follower (answer to [`CommandCode::ReplicaFetch`]).
+    ReplicaBatch(ReplicaBatch),
 }
 
 impl Response {
@@ -71,6 +73,7 @@ impl Response {
             Response::Described(d) => d.put(&mut buf),
             Response::AuthChallenge(c) => c.put(&mut buf),
             Response::AuthDone(d) => d.put(&mut buf),
+            Response::ReplicaBatch(r) => r.put(&mut buf),
         }
         buf.freeze()
     }
@@ -113,6 +116,7 @@ impl Response {
             CommandCode::Describe => Response::Described(BrokerDescription::get(b)?),
             CommandCode::AuthStart => Response::AuthChallenge(AuthChallenge::get(b)?),
             CommandCode::AuthFinish => Response::AuthDone(AuthDone::get(b)?),
+            CommandCode::ReplicaFetch => Response::ReplicaBatch(ReplicaBatch::get(b)?),
         };
         ensure_empty(&body)?;
         Ok(response)

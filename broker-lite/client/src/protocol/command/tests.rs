@@ -149,6 +149,7 @@ fn description() -> impl Strategy<Value = BrokerDescription> {
                 authentication,
                 tls,
                 listen,
+                replication_status: None,
             },
         )
 }
@@ -476,6 +477,7 @@ fn unknown_flush_mode_and_replication_tags_are_invalid() {
         authentication: false,
         tls: false,
         listen: "127.0.0.1:9876".into(),
+        replication_status: None,
     };
     let body = Response::Described(description).encode_body().to_vec();
     // version: u32 length + 5 bytes, then the flush mode tag.

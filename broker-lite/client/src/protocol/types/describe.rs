@@ -59,9 +59,9 @@ impl Wire for FlushMode {
 
 /// How a message is replicated before the producer is answered (safeguards B3, B4).
 ///
-/// broker-lite is a single node today; `SYNC_MASTER` and `ASYNC_MASTER` will be new variants
-/// with their own wire tags. With `None` the send status only reflects the local flush, and
-/// `FlushSlaveTimeout` / `SlaveNotAvailable` never occur. One type for the broker's configuration
+/// With `None` the send status only reflects the local flush, and `FlushSlaveTimeout` /
+/// `SlaveNotAvailable` never occur; the leader of a replicated pair runs `SyncMaster` or
+/// `AsyncMaster`, its followers `Follower` (they take no sends). One type for the broker's configuration
 /// and the wire; exhaustive on purpose, so that a new mode does not compile until the broker
 /// implements it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -69,18 +69,49 @@ pub enum Replication {
     /// A single node: no follower, so its disk is a single point of failure.
     #[default]
     None,
+    /// `SYNC_MASTER` (B4): `SEND_OK` only once `min_sync_replicas` followers hold the message
+    /// durably; `FLUSH_SLAVE_TIMEOUT` after `slave_timeout`, `SLAVE_NOT_AVAILABLE` at once when
+    /// fewer followers are in sync. Consumers see only replicated messages.
+    SyncMaster {
+        /// Followers that must hold a message before `SEND_OK` (default 1).
+        min_sync_replicas: u32,
+        /// How long a send waits for them (default 3 s); also how long a silent follower stays
+        /// in the in-sync set.
+        slave_timeout: Duration,
+    },
+    /// `ASYNC_MASTER` (B3): answered after the local write; followers copy in the background, so
+    /// a failover loses what they had not fetched yet (the lag that `describe` reports).
+    AsyncMaster,
+    /// A follower: it copies its leader's log and takes no sends until promoted.
+    Follower,
 }
 
 impl Wire for Replication {
     fn put(&self, buf: &mut BytesMut) {
         match self {
             Replication::None => buf.put_u8(0),
+            Replication::SyncMaster {
+                min_sync_replicas,
+                slave_timeout,
+            } => {
+                buf.put_u8(1);
+                buf.put_u32(*min_sync_replicas);
+                buf.put_u64(u64::try_from(slave_timeout.as_millis()).unwrap_or(u64::MAX));
+            }
+            Replication::AsyncMaster => buf.put_u8(2),
+            Replication::Follower => buf.put_u8(3),
         }
     }
 
     fn get(buf: &mut Bytes) -> Result<Self, DecodeError> {
         match get_u8(buf, "replication")? {
             0 => Ok(Replication::None),
+            1 => Ok(Replication::SyncMaster {
+                min_sync_replicas: get_u32(buf, "min sync replicas")?,
+                slave_timeout: Duration::from_millis(get_u64(buf, "slave timeout")?),
+            }),
+            2 => Ok(Replication::AsyncMaster),
+            3 => Ok(Replication::Follower),
             _ => Err(DecodeError::Invalid("replication")),
         }
     }
@@ -115,6 +146,73 @@ pub struct BrokerDescription {
     pub tls: bool,
     /// The address the broker listens on.
     pub listen: String,
+    /// Role, epoch, followers and lag of a replicated node; `None` for a single node.
+    pub replication_status: Option<ReplicationStatus>,
+}
+
+/// What a replicated node reports about its replication (issue 13).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ReplicationStatus {
+    /// The newest leadership epoch this node knows.
+    pub epoch: u64,
+    /// A leader: its commit position (what `SYNC_MASTER` counts as replicated); a follower: the
+    /// leader's commit position as last heard.
+    pub commit_position: u64,
+    /// The durable end of this node's log.
+    pub log_end: u64,
+    /// A follower's leader address; `None` on a leader.
+    pub leader: Option<String>,
+    /// A leader's followers (empty on a follower).
+    pub followers: Vec<FollowerView>,
+}
+
+/// One follower as its leader sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FollowerView {
+    /// The follower's name.
+    pub name: String,
+    /// It holds every record below this log position durably.
+    pub acked_position: u64,
+    /// How far it is behind the leader's durable log end, in bytes.
+    pub lag_bytes: u64,
+    /// Whether it is in the in-sync set.
+    pub in_sync: bool,
+    /// Milliseconds since its last fetch.
+    pub since_fetch_ms: u64,
+}
+
+impl Wire for ReplicationStatus {
+    fn put(&self, buf: &mut BytesMut) {
+        buf.put_u64(self.epoch);
+        buf.put_u64(self.commit_position);
+        buf.put_u64(self.log_end);
+        put_opt_str(buf, self.leader.as_deref());
+        put_list(buf, &self.followers, |b, f| {
+            put_str(b, &f.name);
+            b.put_u64(f.acked_position);
+            b.put_u64(f.lag_bytes);
+            b.put_u8(u8::from(f.in_sync));
+            b.put_u64(f.since_fetch_ms);
+        });
+    }
+
+    fn get(buf: &mut Bytes) -> Result<Self, DecodeError> {
+        Ok(ReplicationStatus {
+            epoch: get_u64(buf, "epoch")?,
+            commit_position: get_u64(buf, "commit position")?,
+            log_end: get_u64(buf, "log end")?,
+            leader: get_opt_str(buf, "leader")?,
+            followers: get_list(buf, 27, "followers", |b| {
+                Ok(FollowerView {
+                    name: get_str(b, "follower name")?,
+                    acked_position: get_u64(b, "acked position")?,
+                    lag_bytes: get_u64(b, "lag")?,
+                    in_sync: get_bool(b, "in sync")?,
+                    since_fetch_ms: get_u64(b, "since fetch")?,
+                })
+            })?,
+        })
+    }
 }
 
 impl BrokerDescription {
@@ -128,6 +226,7 @@ impl BrokerDescription {
     ///     replication: Replication::None, retention_ms: 0, max_disk_bytes: None,
     ///     max_message_size: 1024, consume_timeout_ms: 15_000, max_reconsume_times: 16,
     ///     authentication: false, tls: false, listen: "0.0.0.0:9876".into(),
+    ///     replication_status: None,
     /// };
     /// assert!(d.is_exposed());
     /// d.listen = "127.0.0.1:9876".into();
@@ -157,6 +256,13 @@ impl Wire for BrokerDescription {
         buf.put_u8(u8::from(self.authentication));
         buf.put_u8(u8::from(self.tls));
         put_str(buf, &self.listen);
+        match &self.replication_status {
+            Some(status) => {
+                buf.put_u8(1);
+                status.put(buf);
+            }
+            None => buf.put_u8(0),
+        }
     }
 
     fn get(buf: &mut Bytes) -> Result<Self, DecodeError> {
@@ -173,6 +279,11 @@ impl Wire for BrokerDescription {
             authentication: get_bool(buf, "authentication")?,
             tls: get_bool(buf, "tls")?,
             listen: get_str(buf, "listen")?,
+            replication_status: if get_bool(buf, "replication status")? {
+                Some(ReplicationStatus::get(buf)?)
+            } else {
+                None
+            },
         })
     }
 }

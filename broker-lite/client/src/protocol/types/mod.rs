@@ -9,6 +9,7 @@ mod auth;
 mod consumer;
 mod describe;
 mod message;
+mod replica;
 
 pub use admin::{GroupInfo, QueueLag, TopicInfo, TraceEvent};
 pub use auth::{AuthChallenge, AuthDone, AuthFinish, AuthStart};
@@ -16,8 +17,9 @@ pub use consumer::{
     AckRequest, ConsumeModel, DeadLetterRequest, Delivery, Member, NackRequest, NackResult,
     PullRequest, Subscription,
 };
-pub use describe::{BrokerDescription, FlushMode, Replication};
+pub use describe::{BrokerDescription, FlushMode, FollowerView, Replication, ReplicationStatus};
 pub use message::{Message, MessageView, SendResult, SendStatus};
+pub use replica::{EpochStart, ReplicaBatch, ReplicaFetch, ReplicaRecord};
 
 /// A type with a compact binary encoding.
 pub(crate) trait Wire: Sized {

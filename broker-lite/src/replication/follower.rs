@@ -1,0 +1,313 @@
+//! The follower side: the fetch loop that copies the leader's log and state checkpoints into the
+//! local store.
+//!
+//! The loop asks from its own log end, which under `SYNC_FLUSH` (required on a follower) is
+//! durable once an append returns: asking from a position *is* the report that everything below
+//! it is on this follower's disk. Records are appended in the leader's order with the leader's
+//! segment size, so each lands at the leader's log position and queue offset; a record that
+//! would land elsewhere stops the loop (the logs diverged) instead of silently storing a
+//! different log.
+//!
+//! What is carried how:
+//! - the commit log (messages, dead letters in `%DLQ%<group>` topics, re-driven messages): record
+//!   by record;
+//! - topics and consumer-group offsets with the reconsume counts and due times of delayed
+//!   redeliveries (the broker's `broker-topics` / `broker-offsets` checkpoints): copied whole,
+//!   every `checkpoint_interval`; the leader saves them every `offsets_save_interval`, so after a
+//!   failover at most the messages acked since the last copy are delivered again (at least once,
+//!   as after a restart of a single node);
+//! - deliveries in flight (not settled yet) live in the leader's memory only: after a failover
+//!   they are redelivered, since the committed offset never passes an unsettled message.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::epochs;
+use crate::broker::STATE_CHECKPOINTS;
+use crate::client::{Connection, Security};
+use crate::protocol::{EpochStart, ReplicaBatch, ReplicaFetch, Request, Response};
+use crate::storage::{FlushOutcome, NewRecord, Store, StoreConfig};
+
+/// How a follower reaches and copies its leader.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct FollowerConfig {
+    /// The leader's `host:port`.
+    pub leader_address: String,
+    /// This follower's name, unique among the leader's followers.
+    pub name: String,
+    /// TLS and credentials for the leader (the user needs the admin permission).
+    pub security: Security,
+    /// Record bytes per fetch. Default 4 MiB.
+    pub max_fetch_bytes: u32,
+    /// How long a fetch waits at the leader for new records. Default 200 ms.
+    pub max_wait: Duration,
+    /// How often the state checkpoints are copied. Default 500 ms.
+    pub checkpoint_interval: Duration,
+}
+
+impl FollowerConfig {
+    /// A follower named `name` of the leader at `leader_address`, without TLS or credentials.
+    pub fn new(leader_address: impl Into<String>, name: impl Into<String>) -> Self {
+        FollowerConfig {
+            leader_address: leader_address.into(),
+            name: name.into(),
+            security: Security::default(),
+            max_fetch_bytes: 4 << 20,
+            max_wait: Duration::from_millis(200),
+            checkpoint_interval: Duration::from_millis(500),
+        }
+    }
+}
+
+/// What the fetch loop shares with `describe`.
+#[derive(Debug, Default)]
+pub(crate) struct FollowerProgress {
+    pub(crate) epoch: AtomicU64,
+    pub(crate) position: AtomicU64,
+    pub(crate) leader_commit: AtomicU64,
+}
+
+/// Copies the leader's log into the store until `stop` is cancelled, reconnecting after errors,
+/// cutting a diverged suffix; closes the store at the end. Returns an error only for what
+/// retrying cannot fix (a segment size that differs, a failed truncation).
+pub(crate) async fn run(
+    store: Store,
+    dir: PathBuf,
+    store_config: StoreConfig,
+    config: FollowerConfig,
+    progress: Arc<FollowerProgress>,
+    stop: CancellationToken,
+) -> Result<(), String> {
+    let mut store = store;
+    let result = follow(&mut store, &dir, &store_config, &config, &progress, &stop).await;
+    let closed = store.close().await.map_err(|e| e.to_string());
+    result.and(closed)
+}
+
+async fn follow(
+    store: &mut Store,
+    dir: &std::path::Path,
+    store_config: &StoreConfig,
+    config: &FollowerConfig,
+    progress: &FollowerProgress,
+    stop: &CancellationToken,
+) -> Result<(), String> {
+    let mut history = epochs::load(store).await.map_err(|e| e.to_string())?;
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let connect = Connection::connect_with(
+            &config.leader_address,
+            Duration::from_secs(5),
+            crate::protocol::DEFAULT_MAX_FRAME_SIZE,
+            &config.security,
+        );
+        let connection = tokio::select! {
+            _ = stop.cancelled() => return Ok(()),
+            c = connect => c,
+        };
+        let result = match connection {
+            Ok(c) => {
+                backoff = Duration::from_millis(50);
+                tracing::info!(
+                    leader = config.leader_address,
+                    "follower connected to its leader"
+                );
+                tokio::select! {
+                    _ = stop.cancelled() => return Ok(()),
+                    r = copy(&c, store, config, &mut history, progress) => r,
+                }
+            }
+            Err(e) => Err(Failure::Retry(e.to_string())),
+        };
+        match result {
+            Ok(()) => {}
+            Err(Failure::Fatal(reason)) => {
+                tracing::error!(%reason, "replication stopped");
+                return Err(reason);
+            }
+            Err(Failure::Truncate(position, leader_history)) => {
+                let end = store.progress().written;
+                tracing::warn!(
+                    position,
+                    end,
+                    "this node's log diverged from the leader's \
+                    (it wrote after it was superseded): cutting it at the end of the last \
+                    common epoch"
+                );
+                store.close().await.map_err(|e| e.to_string())?;
+                let owned = dir.to_owned();
+                let cut = tokio::task::spawn_blocking(move || {
+                    crate::storage::truncate_log(&owned, position)
+                })
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| format!("cutting the diverged log failed: {e}"))?;
+                *store = Store::open(dir, store_config.clone())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                epochs::save(store, &leader_history)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                history = leader_history;
+                metrics::counter!("broker_lite_replication_truncated_bytes_total").increment(cut);
+                tracing::warn!(position, cut, "diverged suffix removed; following again");
+                continue;
+            }
+            Err(Failure::Retry(reason)) => {
+                tracing::warn!(%reason, leader = config.leader_address, "replication interrupted; retrying");
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(1));
+    }
+}
+
+enum Failure {
+    Retry(String),
+    Fatal(String),
+    /// Cut the log here and adopt the leader's history.
+    Truncate(u64, Vec<EpochStart>),
+}
+
+/// Where this node's log must be cut to be a prefix of the leader's, judged by the epoch
+/// histories (Kafka's leader-epoch rule); `None` when it is one already.
+fn truncation_point(mine: &[EpochStart], leader: &[EpochStart], end: u64) -> Option<u64> {
+    let common = mine.iter().zip(leader).take_while(|(a, b)| a == b).count();
+    let point = if common < mine.len() {
+        // This node led an epoch the leader does not know: keep only what the last common
+        // epoch holds in the leader's log.
+        match common {
+            0 => 0,
+            _ => leader.get(common)?.start_position,
+        }
+    } else {
+        epochs::end_of(leader, epochs::current(mine))?
+    };
+    (point < end).then_some(point)
+}
+
+async fn copy(
+    c: &Connection,
+    store: &Store,
+    config: &FollowerConfig,
+    history: &mut Vec<EpochStart>,
+    progress: &FollowerProgress,
+) -> Result<(), Failure> {
+    let mut last_checkpoints: Option<tokio::time::Instant> = None;
+    loop {
+        let want_checkpoints =
+            last_checkpoints.is_none_or(|t| t.elapsed() >= config.checkpoint_interval);
+        let mut p = store.progress();
+        if p.written != p.flushed {
+            // An append answered FLUSH_DISK_TIMEOUT: report nothing past the durable end.
+            store
+                .flush()
+                .await
+                .map_err(|e| Failure::Retry(e.to_string()))?;
+            p = store.progress();
+        }
+        let fetch = ReplicaFetch {
+            follower: config.name.clone(),
+            epoch: epochs::current(history),
+            from_position: p.written,
+            max_bytes: config.max_fetch_bytes,
+            max_wait_ms: u32::try_from(config.max_wait.as_millis()).unwrap_or(u32::MAX),
+            want_checkpoints,
+        };
+        let timeout = config.max_wait + Duration::from_secs(10);
+        let batch = match c.request(&Request::ReplicaFetch(fetch), timeout).await {
+            Ok(Response::ReplicaBatch(b)) => b,
+            Ok(other) => return Err(Failure::Retry(format!("unexpected answer {other:?}"))),
+            Err(e) => return Err(Failure::Retry(e.to_string())),
+        };
+        if let Some(point) = truncation_point(history, &batch.epochs, p.written) {
+            return Err(Failure::Truncate(point, batch.epochs));
+        }
+        if want_checkpoints {
+            last_checkpoints = Some(tokio::time::Instant::now());
+        }
+        apply(store, &batch, history).await?;
+        progress
+            .epoch
+            .store(epochs::current(history), Ordering::Release);
+        progress
+            .position
+            .store(store.progress().written, Ordering::Release);
+        progress
+            .leader_commit
+            .store(batch.commit_position, Ordering::Release);
+    }
+}
+
+async fn apply(
+    store: &Store,
+    batch: &ReplicaBatch,
+    history: &mut Vec<EpochStart>,
+) -> Result<(), Failure> {
+    if batch.segment_size != store.segment_size() {
+        return Err(Failure::Fatal(format!(
+            "the leader's segment size is {} bytes and this follower's {}: start the follower \
+             with --segment-bytes {} (records must land at the leader's positions)",
+            batch.segment_size,
+            store.segment_size(),
+            batch.segment_size
+        )));
+    }
+    if batch.epochs != *history {
+        epochs::save(store, &batch.epochs)
+            .await
+            .map_err(|e| Failure::Retry(e.to_string()))?;
+        *history = batch.epochs.clone();
+    }
+    if !batch.records.is_empty() {
+        let records: Vec<NewRecord> = batch
+            .records
+            .iter()
+            .map(|r| {
+                let mut n = NewRecord::new(r.topic.clone(), r.queue_id, r.body.clone());
+                n.message_id = r.message_id;
+                n.key = r.key.clone();
+                n.tag = r.tag.clone();
+                n.properties = r.properties.clone();
+                n.born_timestamp_ms = r.born_timestamp_ms;
+                n.flags = r.flags;
+                n
+            })
+            .collect();
+        let appended = store
+            .append_batch(records)
+            .await
+            .map_err(|e| Failure::Retry(format!("storing replicated records failed: {e}")))?;
+        for (a, r) in appended.iter().zip(&batch.records) {
+            if a.log_position != r.log_position {
+                return Err(Failure::Fatal(format!(
+                    "replicated record {} landed at position {} instead of the leader's {}: the \
+                     logs diverged; move this follower's data directory away and start it empty",
+                    r.message_id, a.log_position, r.log_position
+                )));
+            }
+            if a.outcome != FlushOutcome::Flushed {
+                return Err(Failure::Retry(
+                    "replicated records not fsynced in time; fetching again".into(),
+                ));
+            }
+        }
+    }
+    for (name, bytes) in &batch.checkpoints {
+        if STATE_CHECKPOINTS.contains(&name.as_str()) {
+            store
+                .save_checkpoint(name, bytes.clone())
+                .await
+                .map_err(|e| Failure::Retry(e.to_string()))?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,375 @@
+//! The leader side: follower sessions, the in-sync set, the commit position, and the wait of a
+//! `SYNC_MASTER` send for its replicas.
+//!
+//! # In sync
+//!
+//! A follower is *in sync* while it fetched within `slave_timeout` and caught up within
+//! `slave_timeout`: its fetch asked from at least the log end the leader had when it answered the
+//! follower's previous fetch (Kafka's `replica.lag.time.max.ms` rule). A follower that falls
+//! behind leaves the set; one that catches up re-enters it on its own (no permanent
+//! `SLAVE_NOT_AVAILABLE`, RocketMQ #5579). A new follower enters only once caught up, so the set
+//! never grows with a replica that lacks committed records (RocketMQ #5663).
+//!
+//! # Commit position
+//!
+//! The `min_sync_replicas`-th highest durable position among the in-sync followers; it only
+//! grows. Under `SYNC_MASTER` consumers see nothing at or past it (the store's visible limit), so
+//! a failover to an in-sync follower never takes back a delivered message.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::epochs;
+use crate::broker::{BrokerError, STATE_CHECKPOINTS, SendStatus};
+use crate::protocol::{EpochStart, ReplicaBatch, ReplicaFetch, ReplicaRecord, Replication};
+use crate::storage::Store;
+
+/// How a leader answers producers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Sync { min_sync_replicas: usize },
+    Async,
+}
+
+/// A follower as the leader sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct FollowerStatus {
+    /// The follower's name.
+    pub name: String,
+    /// It holds every record below this log position durably.
+    pub acked_position: u64,
+    /// The leader's durable log end less `acked_position`, in bytes.
+    pub lag_bytes: u64,
+    /// Whether it is in the in-sync set.
+    pub in_sync: bool,
+    /// Time since its last fetch.
+    pub since_fetch: Duration,
+}
+
+#[derive(Debug)]
+struct Session {
+    acked: u64,
+    last_fetch: Instant,
+    caught_up_at: Option<Instant>,
+    /// The log end the leader had when it last answered this follower.
+    last_sent_end: u64,
+}
+
+/// The replication state of a leader.
+#[derive(Debug)]
+pub struct Leader {
+    store: Store,
+    mode: Mode,
+    slave_timeout: Duration,
+    epochs: Vec<EpochStart>,
+    sessions: Mutex<BTreeMap<String, Session>>,
+    commit: watch::Sender<u64>,
+    fenced: AtomicBool,
+}
+
+impl Leader {
+    /// Starts a leadership over `store` under `replication` (`SyncMaster` or `AsyncMaster`): a
+    /// new epoch starting at the log end, saved before any send is taken. `None` for other
+    /// replication settings.
+    ///
+    /// # Errors
+    /// Storage errors while saving the epoch history.
+    pub async fn start(
+        store: &Store,
+        replication: Replication,
+    ) -> Result<Option<Leader>, BrokerError> {
+        let (mode, slave_timeout) = match replication {
+            Replication::SyncMaster {
+                min_sync_replicas,
+                slave_timeout,
+            } => (
+                Mode::Sync {
+                    min_sync_replicas: min_sync_replicas.max(1) as usize,
+                },
+                slave_timeout,
+            ),
+            Replication::AsyncMaster => (Mode::Async, Duration::from_secs(3)),
+            _ => return Ok(None),
+        };
+        let mut history = epochs::load(store).await?;
+        let start = store.replicable_position();
+        let epoch = epochs::current(&history) + 1;
+        history.push(EpochStart {
+            epoch,
+            start_position: start,
+        });
+        epochs::save(store, &history).await?;
+        if mode != Mode::Async {
+            store.set_visible_limit(start);
+        }
+        tracing::info!(epoch, start, ?mode, "leadership started");
+        metrics::gauge!("broker_lite_replication_epoch").set(epoch as f64);
+        Ok(Some(Leader {
+            store: store.clone(),
+            mode,
+            slave_timeout,
+            epochs: history,
+            sessions: Mutex::new(BTreeMap::new()),
+            commit: watch::channel(start).0,
+            fenced: AtomicBool::new(false),
+        }))
+    }
+
+    /// This leadership's epoch.
+    pub fn epoch(&self) -> u64 {
+        epochs::current(&self.epochs)
+    }
+
+    /// The commit position (see the module docs).
+    pub fn commit_position(&self) -> u64 {
+        *self.commit.borrow()
+    }
+
+    /// Refuses sends once a newer leader was heard of.
+    pub(crate) fn check_writable(&self) -> Result<(), BrokerError> {
+        if self.fenced.load(Ordering::Acquire) {
+            return Err(fenced_error(self.epoch()));
+        }
+        Ok(())
+    }
+
+    /// The status of records appended up to (and including the record at) `last_position`:
+    /// waits for the replicas under `SYNC_MASTER`.
+    pub(crate) async fn replicated(&self, last_position: u64) -> SendStatus {
+        let Mode::Sync { min_sync_replicas } = self.mode else {
+            return SendStatus::SendOk;
+        };
+        if self.commit_position() > last_position {
+            return SendStatus::SendOk;
+        }
+        if self.in_sync_count(Instant::now()) < min_sync_replicas {
+            return SendStatus::SlaveNotAvailable;
+        }
+        let mut commit = self.commit.subscribe();
+        match tokio::time::timeout(self.slave_timeout, commit.wait_for(|c| *c > last_position))
+            .await
+        {
+            Ok(Ok(_)) => SendStatus::SendOk,
+            _ => SendStatus::FlushSlaveTimeout,
+        }
+    }
+
+    fn in_sync_count(&self, now: Instant) -> usize {
+        let sessions = self.sessions.lock().unwrap();
+        sessions
+            .values()
+            .filter(|s| self.is_in_sync(s, now))
+            .count()
+    }
+
+    fn is_in_sync(&self, s: &Session, now: Instant) -> bool {
+        now.duration_since(s.last_fetch) <= self.slave_timeout
+            && s.caught_up_at
+                .is_some_and(|t| now.duration_since(t) <= self.slave_timeout)
+    }
+
+    /// What `describe` reports: epoch, commit position, log end and the followers.
+    pub fn status(&self) -> crate::protocol::ReplicationStatus {
+        crate::protocol::ReplicationStatus {
+            epoch: self.epoch(),
+            commit_position: self.commit_position(),
+            log_end: self.store.replicable_position(),
+            leader: None,
+            followers: self
+                .followers()
+                .into_iter()
+                .map(|f| crate::protocol::FollowerView {
+                    name: f.name,
+                    acked_position: f.acked_position,
+                    lag_bytes: f.lag_bytes,
+                    in_sync: f.in_sync,
+                    since_fetch_ms: u64::try_from(f.since_fetch.as_millis()).unwrap_or(u64::MAX),
+                })
+                .collect(),
+        }
+    }
+
+    /// The followers, by name.
+    pub fn followers(&self) -> Vec<FollowerStatus> {
+        let now = Instant::now();
+        let end = self.store.replicable_position();
+        let sessions = self.sessions.lock().unwrap();
+        sessions
+            .iter()
+            .map(|(name, s)| FollowerStatus {
+                name: name.clone(),
+                acked_position: s.acked,
+                lag_bytes: end.saturating_sub(s.acked),
+                in_sync: self.is_in_sync(s, now),
+                since_fetch: now.duration_since(s.last_fetch),
+            })
+            .collect()
+    }
+
+    /// Answers a follower's fetch: records its durable position, moves the commit position, and
+    /// returns the records from there (waiting up to `max_wait_ms` when there are none yet).
+    ///
+    /// # Errors
+    /// [`BrokerError::Replication`] for a follower of a newer epoch (this leader is then fenced:
+    /// it refuses every later send).
+    pub(crate) async fn fetch(&self, f: ReplicaFetch) -> Result<ReplicaBatch, BrokerError> {
+        let epoch = self.epoch();
+        if f.epoch > epoch {
+            if !self.fenced.swap(true, Ordering::AcqRel) {
+                tracing::error!(
+                    epoch,
+                    follower_epoch = f.epoch,
+                    follower = f.follower,
+                    "a follower knows a newer epoch: this leader is fenced and refuses sends"
+                );
+            }
+            return Err(fenced_error(epoch));
+        }
+        if let Some(end) = epochs::end_of(&self.epochs, f.epoch)
+            && f.from_position > end
+        {
+            // The follower wrote past the end of its epoch here (a former leader): its position
+            // is no offset of this log. It gets no records, only the history, from which it
+            // finds where to cut its log (see the `follower` module).
+            tracing::warn!(
+                follower = f.follower,
+                epoch = f.epoch,
+                end,
+                from = f.from_position,
+                "a follower's log diverged; it must truncate before it can follow"
+            );
+            return Ok(self.empty_batch(f.from_position));
+        }
+        self.note_fetch(&f);
+        let mut progress = self.store.subscribe();
+        let deadline = Instant::now() + Duration::from_millis(u64::from(f.max_wait_ms));
+        while self.store.replicable_position() <= f.from_position {
+            if tokio::time::timeout_at(deadline, progress.changed())
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+        // The end before the read: a follower that asks from it next time had all of it.
+        let end = self.store.replicable_position();
+        let chunk = self
+            .store
+            .read_log(f.from_position, f.max_bytes as usize)
+            .await?;
+        let mut checkpoints = Vec::new();
+        if f.want_checkpoints {
+            for name in STATE_CHECKPOINTS {
+                if let Some(bytes) = self.store.load_checkpoint(name).await? {
+                    checkpoints.push((name.to_string(), bytes));
+                }
+            }
+        }
+        if let Some(s) = self.sessions.lock().unwrap().get_mut(&f.follower) {
+            s.last_sent_end = end;
+        }
+        Ok(ReplicaBatch {
+            epochs: self.epochs.clone(),
+            segment_size: self.store.segment_size(),
+            records: chunk
+                .records
+                .into_iter()
+                .map(|r| ReplicaRecord {
+                    log_position: r.log_position,
+                    topic: r.topic,
+                    queue_id: r.queue_id,
+                    message_id: r.message_id,
+                    key: r.key,
+                    tag: r.tag,
+                    properties: r.properties,
+                    body: r.body,
+                    born_timestamp_ms: r.born_timestamp_ms,
+                    flags: r.flags,
+                })
+                .collect(),
+            next_position: chunk.next_position,
+            commit_position: self.commit_position(),
+            checkpoints,
+        })
+    }
+
+    fn empty_batch(&self, position: u64) -> ReplicaBatch {
+        ReplicaBatch {
+            epochs: self.epochs.clone(),
+            segment_size: self.store.segment_size(),
+            records: Vec::new(),
+            next_position: position,
+            commit_position: self.commit_position(),
+            checkpoints: Vec::new(),
+        }
+    }
+
+    fn note_fetch(&self, f: &ReplicaFetch) {
+        let now = Instant::now();
+        let mut sessions = self.sessions.lock().unwrap();
+        let s = sessions.entry(f.follower.clone()).or_insert(Session {
+            acked: f.from_position,
+            last_fetch: now,
+            caught_up_at: None,
+            last_sent_end: u64::MAX,
+        });
+        if f.from_position < s.acked {
+            // A follower restarted empty or lost an unsynced tail: it no longer holds what it
+            // reported; it re-enters the set once caught up again.
+            s.caught_up_at = None;
+        }
+        s.acked = f.from_position;
+        s.last_fetch = now;
+        if f.from_position >= s.last_sent_end {
+            s.caught_up_at = Some(now);
+        }
+        let lag = self
+            .store
+            .replicable_position()
+            .saturating_sub(f.from_position);
+        metrics::gauge!("broker_lite_replication_follower_lag_bytes", "follower" => f.follower.clone())
+            .set(lag as f64);
+        let in_sync = sessions
+            .values()
+            .filter(|s| self.is_in_sync(s, now))
+            .count();
+        metrics::gauge!("broker_lite_replication_in_sync_followers").set(in_sync as f64);
+        let Mode::Sync { min_sync_replicas } = self.mode else {
+            return;
+        };
+        let mut acked: Vec<u64> = sessions
+            .values()
+            .filter(|s| self.is_in_sync(s, now))
+            .map(|s| s.acked)
+            .collect();
+        drop(sessions);
+        acked.sort_unstable_by(|a, b| b.cmp(a));
+        if let Some(&commit) = acked.get(min_sync_replicas - 1) {
+            let moved = self.commit.send_if_modified(|c| {
+                if commit > *c {
+                    *c = commit;
+                    true
+                } else {
+                    false
+                }
+            });
+            if moved {
+                self.store.set_visible_limit(commit);
+                metrics::gauge!("broker_lite_replication_commit_position").set(commit as f64);
+            }
+        }
+    }
+}
+
+fn fenced_error(epoch: u64) -> BrokerError {
+    BrokerError::Replication(format!(
+        "this broker led epoch {epoch}, but a newer leader exists: it takes no more sends; \
+         send to the new leader, and restart this node as a follower"
+    ))
+}

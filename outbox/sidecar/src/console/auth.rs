@@ -1,0 +1,327 @@
+//! Who may change things: write actions (replay, purge, redrive) need the console token, sent as
+//! `Authorization: Bearer <token>` or through the login form, which sets a session cookie. Without a
+//! configured token they are allowed only when the sidecar listens on loopback (then only local
+//! processes reach it); otherwise they are refused with a page that says how to configure one.
+//! Every write is audit-logged (a `courier::console::audit` tracing event, and the overview's
+//! recent-actions list) with who did what.
+//!
+//! Reads are open on a loopback listener; on any other address every page but the login form
+//! needs a sign-in too, because the pages show message payloads and headers.
+//!
+//! CSRF: writes are POSTs whose `Origin` (or, without it, `Referer`) must name this host; the
+//! session cookie is `SameSite=Strict` and `HttpOnly`.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Redirect, Response};
+use rand::Rng;
+
+use super::form::Fields;
+use super::html::{self, esc};
+
+/// The session cookie's name.
+const COOKIE: &str = "courier_console";
+/// How long a login lasts.
+const SESSION_LIFETIME: Duration = Duration::from_secs(12 * 3600);
+/// How many audit entries the overview keeps.
+const RECENT_ACTIONS: usize = 50;
+
+/// The console's authentication state.
+pub(crate) struct Auth {
+    /// The token; never printed, compared in constant time.
+    token: Option<String>,
+    /// Listening on loopback with no token: writes are open.
+    open_writes: bool,
+    /// Not on loopback: the pages show payloads and headers, so reading needs a sign-in too.
+    reads_need_sign_in: bool,
+    /// Session id -> (who, when signed in).
+    sessions: Mutex<HashMap<String, (String, Instant)>>,
+    /// The latest audited actions, newest last.
+    recent: Mutex<VecDeque<String>>,
+}
+
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Auth")
+            .field("token", &self.token.as_ref().map(|_| "***"))
+            .field("open_writes", &self.open_writes)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Auth {
+    /// `token` from the configuration; `loopback` when the listener is on a loopback address.
+    pub(crate) fn new(token: Option<String>, loopback: bool) -> Self {
+        let token = token.filter(|t| !t.trim().is_empty());
+        Self {
+            open_writes: token.is_none() && loopback,
+            reads_need_sign_in: !loopback,
+            token,
+            sessions: Mutex::new(HashMap::new()),
+            recent: Mutex::new(VecDeque::new()),
+        }
+    }
+
+    /// The signed-in operator, from the bearer token or the session cookie.
+    pub(crate) fn who(&self, headers: &HeaderMap) -> Option<String> {
+        if let Some(token) = &self.token {
+            if let Some(bearer) =
+                header_str(headers, header::AUTHORIZATION).and_then(|v| v.strip_prefix("Bearer "))
+            {
+                if same(bearer.trim(), token) {
+                    let user = header_str(headers, "x-console-user").unwrap_or("bearer token");
+                    return Some(format!("{user} (bearer)"));
+                }
+            }
+        }
+        let id = cookie(headers)?;
+        let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        sessions.retain(|_, (_, at)| at.elapsed() < SESSION_LIFETIME);
+        sessions.get(id).map(|(who, _)| who.clone())
+    }
+
+    /// Whether this request may read the console's pages: always on loopback; elsewhere only
+    /// signed in (bearer token or session), since the pages show message payloads and headers.
+    pub(crate) fn may_read(&self, headers: &HeaderMap) -> bool {
+        !self.reads_need_sign_in || self.who(headers).is_some()
+    }
+
+    /// Whether writes need no token (loopback, none configured).
+    pub(crate) fn open_writes(&self) -> bool {
+        self.open_writes
+    }
+
+    /// Who may perform a write request, or the refusal page: 403 for a cross-site request or a
+    /// non-loopback console without a token, 401 without a valid token.
+    pub(crate) fn authorize_write(&self, headers: &HeaderMap) -> Result<String, Box<Response>> {
+        let bearer = header_str(headers, header::AUTHORIZATION).is_some();
+        if !same_origin(headers, bearer) {
+            return Err(Box::new(html::error(
+                StatusCode::FORBIDDEN,
+                "Refused: cross-site request",
+                "This write request did not come from a console page (its Origin or Referer names \
+                 another site, or neither is present). Open the console and use its buttons.",
+            )));
+        }
+        if let Some(who) = self.who(headers) {
+            return Ok(who);
+        }
+        if self.open_writes {
+            return Ok("anonymous (loopback console without a token)".to_owned());
+        }
+        if self.token.is_none() {
+            return Err(Box::new(html::error(
+                StatusCode::FORBIDDEN,
+                "Refused: no console token configured",
+                "Write actions are disabled: the console listens on a non-loopback address and no \
+                 token is configured. Set console.token_file in the config file or the \
+                 OUTBOX_RELAY_CONSOLE_TOKEN environment variable, and restart the sidecar.",
+            )));
+        }
+        Err(Box::new(unauthorized()))
+    }
+
+    /// Records a write: a tracing event and the overview's recent-actions list.
+    pub(crate) fn audit(&self, who: &str, action: &str, detail: &str) {
+        tracing::info!(target: "courier::console::audit", who, action, detail, "console action");
+        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        if recent.len() == RECENT_ACTIONS {
+            recent.pop_front();
+        }
+        recent.push_back(format!(
+            "{} {who}: {action} {detail}",
+            chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        ));
+    }
+
+    /// The latest audited actions, newest first.
+    pub(crate) fn recent(&self) -> Vec<String> {
+        let recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        recent.iter().rev().cloned().collect()
+    }
+
+    /// `POST /console/login`: checks the token and sets the session cookie.
+    pub(crate) fn login(&self, headers: &HeaderMap, body: &str) -> Response {
+        if !same_origin(headers, false) {
+            return html::error(
+                StatusCode::FORBIDDEN,
+                "Refused: cross-site request",
+                "The login form must be sent from the console's own login page.",
+            );
+        }
+        let fields = Fields::parse(body);
+        let name = fields.get("name").unwrap_or("operator");
+        let Some(token) = &self.token else {
+            return html::error(
+                StatusCode::FORBIDDEN,
+                "No console token configured",
+                "Sign-in needs a token: set console.token_file or OUTBOX_RELAY_CONSOLE_TOKEN.",
+            );
+        };
+        if !fields.get("token").is_some_and(|given| same(given, token)) {
+            tracing::warn!(target: "courier::console::audit", who = name, "console sign-in refused: wrong token");
+            return (StatusCode::UNAUTHORIZED, login_page(Some("Wrong token."))).into_response();
+        }
+        let id: String = (0..32)
+            .map(|_| format!("{:02x}", rand::rng().random::<u8>()))
+            .collect();
+        let who: String = name.chars().take(64).collect();
+        self.audit(&who, "sign-in", "");
+        self.sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.clone(), (who, Instant::now()));
+        (
+            [(
+                header::SET_COOKIE,
+                format!("{COOKIE}={id}; Path=/console; HttpOnly; SameSite=Strict"),
+            )],
+            Redirect::to("/console"),
+        )
+            .into_response()
+    }
+}
+
+/// The 401 page, with the login form.
+pub(crate) fn unauthorized() -> Response {
+    (
+        StatusCode::UNAUTHORIZED,
+        login_page(Some(
+            "Refused: this action needs the console token. Sign in below, or send \
+             Authorization: Bearer <token>.",
+        )),
+    )
+        .into_response()
+}
+
+/// The login form.
+pub(crate) fn login_page(notice: Option<&str>) -> axum::response::Html<String> {
+    let notice = notice.map_or(String::new(), |n| {
+        format!("<p class=\"notice\" id=\"notice\">{}</p>", esc(n))
+    });
+    html::page(
+        "Sign in",
+        None,
+        &format!(
+            "{notice}<form method=\"post\" action=\"/console/login\">\
+             <p><label>Your name <input name=\"name\" required></label></p>\
+             <p><label>Console token <input name=\"token\" type=\"password\" required></label></p>\
+             <button class=\"primary\" type=\"submit\">Sign in</button></form>"
+        ),
+    )
+}
+
+fn header_str(headers: &HeaderMap, name: impl header::AsHeaderName) -> Option<&str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+fn cookie(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == COOKIE)
+        .map(|(_, value)| value)
+}
+
+/// The request came from a page of this host. A request with neither `Origin` nor `Referer`
+/// passes only with a bearer token (a script, not a browser riding a cookie).
+fn same_origin(headers: &HeaderMap, bearer: bool) -> bool {
+    let Some(host) = header_str(headers, header::HOST) else {
+        return false;
+    };
+    let ours = |value: &str| {
+        ["http://", "https://"].iter().any(|scheme| {
+            value
+                .strip_prefix(scheme)
+                .and_then(|rest| rest.strip_prefix(host))
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+        })
+    };
+    match (
+        header_str(headers, header::ORIGIN),
+        header_str(headers, header::REFERER),
+    ) {
+        (Some(origin), _) => ours(origin),
+        (None, Some(referer)) => ours(referer),
+        (None, None) => bearer,
+    }
+}
+
+/// Constant-time equality, so that response times do not reveal the token.
+fn same(given: &str, token: &str) -> bool {
+    let (a, b) = (given.as_bytes(), token.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (k, v) in pairs {
+            map.append(*k, v.parse().unwrap());
+        }
+        map
+    }
+
+    #[test]
+    fn writes_need_the_token_and_the_same_origin() {
+        let auth = Auth::new(Some("s3cret".into()), true);
+        let local = [
+            ("host", "127.0.0.1:9400"),
+            ("origin", "http://127.0.0.1:9400"),
+        ];
+        let refused = *auth.authorize_write(&headers(&local)).unwrap_err();
+        assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+        let mut with_token = local.to_vec();
+        with_token.push(("authorization", "Bearer s3cret"));
+        assert!(auth.authorize_write(&headers(&with_token)).is_ok());
+        let cross = [
+            ("host", "127.0.0.1:9400"),
+            ("origin", "http://evil.example"),
+            ("authorization", "Bearer s3cret"),
+        ];
+        let refused = *auth.authorize_write(&headers(&cross)).unwrap_err();
+        assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+    }
+
+    #[test]
+    fn without_a_token_writes_are_open_only_on_loopback() {
+        let local = [("host", "h:1"), ("origin", "http://h:1")];
+        assert!(
+            Auth::new(None, true)
+                .authorize_write(&headers(&local))
+                .is_ok()
+        );
+        let refused = *Auth::new(None, false)
+            .authorize_write(&headers(&local))
+            .unwrap_err();
+        assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+    }
+
+    #[test]
+    fn off_loopback_reading_needs_a_sign_in_too() {
+        let anonymous = headers(&[("host", "h:1")]);
+        assert!(Auth::new(Some("s3cret".into()), true).may_read(&anonymous));
+        let remote = Auth::new(Some("s3cret".into()), false);
+        assert!(!remote.may_read(&anonymous));
+        assert!(remote.may_read(&headers(&[("authorization", "Bearer s3cret")])));
+        assert!(!Auth::new(None, false).may_read(&anonymous));
+    }
+
+    #[test]
+    fn the_token_is_never_printed() {
+        let auth = Auth::new(Some("s3cret".into()), false);
+        assert!(!format!("{auth:?}").contains("s3cret"));
+    }
+}

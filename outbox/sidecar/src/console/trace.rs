@@ -1,0 +1,490 @@
+//! `/console/trace?q=<message id or key>`: one message's whole life on one timeline.
+//!
+//! Where each step comes from:
+//! - enqueued, publish attempts, sent: the outbox row (`outbox.messages`: `created_at`,
+//!   `attempts`, `last_attempt_at` + `last_error`, `sent_at` when kept for retention);
+//! - gave up: the failure record (`outbox.failures`);
+//! - stored (queue, offset, store time, flush mode), each delivery attempt per group, acks,
+//!   retries, dead letter, redrive: broker-lite's admin API (`lookup_by_id`, `trace`,
+//!   `describe`), the same calls `broker-lite trace` makes;
+//! - handled: the consumer's idempotency record, when its table `courier_inbox.processed` (the
+//!   `courier-middleware` idempotency layer's table, created by the same migrations) is in this
+//!   database. It is found by key: the message id, or `h:<value>` for a header-keyed layer, one
+//!   lookup per header value of the message. The durable inbox (`courier_inbox.messages`,
+//!   `courier_inbox.dead_letters`) is read the same way, by message id.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write;
+use std::sync::Arc;
+
+use axum::extract::{RawQuery, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use super::Console;
+use super::broker::flush_mode;
+use super::form::Fields;
+use super::html::{self, esc, millis, table};
+use crate::database::Database;
+
+/// One step of the timeline.
+struct Step {
+    at: Option<DateTime<Utc>>,
+    source: &'static str,
+    what: String,
+    detail: String,
+}
+
+fn ms(at: u64) -> Option<DateTime<Utc>> {
+    i64::try_from(at)
+        .ok()
+        .and_then(DateTime::from_timestamp_millis)
+}
+
+pub(crate) async fn page(
+    State(console): State<Arc<Console>>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let who = console.auth.who(&headers);
+    let fields = Fields::parse(query.as_deref().unwrap_or(""));
+    let q = fields.get("q").unwrap_or("");
+    let mut body = format!(
+        "<form method=\"get\" action=\"/console/trace\"><input name=\"q\" size=\"44\" \
+         placeholder=\"message id or key\" value=\"{}\"> <button type=\"submit\">Trace</button></form>",
+        esc(q)
+    );
+    if q.is_empty() {
+        return html::page("Message trace", who.as_deref(), &body).into_response();
+    }
+    match Uuid::parse_str(q) {
+        Ok(id) => {
+            let steps = timeline(&console, id).await;
+            body.push_str(&render(id, &steps));
+        }
+        Err(_) => body.push_str(&by_key(&console, q).await),
+    }
+    html::page("Message trace", who.as_deref(), &body).into_response()
+}
+
+fn render(id: Uuid, steps: &[Step]) -> String {
+    let mut out = format!("<h2>Timeline of {id}</h2><ol class=\"timeline\" id=\"timeline\">");
+    for step in steps {
+        let _ = write!(
+            out,
+            "<li data-source=\"{}\"><span class=\"t\">{}</span><b>{}</b> [{}] {}</li>",
+            step.source,
+            step.at.map_or("-".to_owned(), |at| at.to_rfc3339()),
+            esc(&step.what),
+            step.source,
+            esc(&step.detail)
+        );
+    }
+    if steps.is_empty() {
+        out.push_str("<li>nothing found: not in the outbox, the failure table, the broker or the consumer's records</li>");
+    }
+    out.push_str("</ol>");
+    out
+}
+
+/// Every step known for `id`, oldest first (steps without a time last).
+async fn timeline(console: &Console, id: Uuid) -> Vec<Step> {
+    let mut steps = Vec::new();
+    // Header values of the message, for header-keyed idempotency records.
+    let mut header_values = BTreeSet::new();
+    match &console.database {
+        Database::Postgres(pool) => {
+            if let Err(e) = outbox_postgres(pool, id, &mut steps, &mut header_values).await {
+                steps.push(error_step("outbox", &e));
+            }
+        }
+        Database::MySql(pool) => {
+            if let Err(e) = outbox_mysql(pool, id, &mut steps).await {
+                steps.push(error_step("outbox", &e));
+            }
+        }
+    }
+    match console.admin().await {
+        Ok(admin) => {
+            let flush = admin
+                .describe()
+                .await
+                .map(|d| flush_mode(&d.flush_mode))
+                .unwrap_or_else(|e| format!("flush mode unknown: {e}"));
+            match admin.lookup_by_id(id).await {
+                Ok(Some(m)) => {
+                    header_values.extend(m.properties.values().cloned());
+                    steps.push(Step {
+                        at: ms(m.stored_timestamp_ms),
+                        source: "broker",
+                        what: "stored".into(),
+                        detail: format!(
+                            "topic {} queue {} offset {}, born {}, {flush}",
+                            m.topic,
+                            m.queue_id,
+                            m.queue_offset,
+                            millis(m.born_timestamp_ms)
+                        ),
+                    });
+                }
+                Ok(None) => steps.push(Step {
+                    at: None,
+                    source: "broker",
+                    what: "not stored (or past retention)".into(),
+                    detail: String::new(),
+                }),
+                Err(e) => steps.push(error_step("broker", &e.into())),
+            }
+            match admin.trace(id).await {
+                Ok(events) => steps.extend(events.into_iter().map(|e| Step {
+                    at: ms(e.timestamp_ms),
+                    source: "broker",
+                    what: e.event,
+                    detail: e.detail,
+                })),
+                Err(e) => steps.push(error_step("broker", &e.into())),
+            }
+        }
+        Err(what) => steps.push(Step {
+            at: None,
+            source: "broker",
+            what: "broker not consulted".into(),
+            detail: what,
+        }),
+    }
+    if let Database::Postgres(pool) = &console.database {
+        if let Err(e) = consumer_postgres(pool, id, &header_values, &mut steps).await {
+            steps.push(error_step("consumer", &e));
+        }
+    }
+    steps.sort_by_key(|s| (s.at.is_none(), s.at));
+    steps
+}
+
+fn error_step(source: &'static str, error: &anyhow::Error) -> Step {
+    Step {
+        at: None,
+        source,
+        what: "could not be read".into(),
+        detail: format!("{error:#}"),
+    }
+}
+
+type OutboxRow = (
+    String,
+    Option<String>,
+    sqlx::types::Json<BTreeMap<String, String>>,
+    DateTime<Utc>,
+    DateTime<Utc>,
+    i32,
+    Option<String>,
+    Option<DateTime<Utc>>,
+    Option<DateTime<Utc>>,
+    Option<i16>,
+);
+
+async fn outbox_postgres(
+    pool: &sqlx::PgPool,
+    id: Uuid,
+    steps: &mut Vec<Step>,
+    header_values: &mut BTreeSet<String>,
+) -> anyhow::Result<()> {
+    let row: Option<OutboxRow> = sqlx::query_as(
+        "SELECT topic, key, headers, created_at, available_at, attempts, last_error,
+                last_attempt_at, sent_at, partition
+         FROM outbox.messages WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_optional(pool)
+    .await?;
+    if let Some((topic, key, headers, created, available, attempts, error, last, sent, part)) = row
+    {
+        header_values.extend(headers.0.values().cloned());
+        steps.push(Step {
+            at: Some(created),
+            source: "outbox",
+            what: "enqueued".into(),
+            detail: format!(
+                "topic {topic}, key {}, partition {}, traceparent {}",
+                key.as_deref().unwrap_or("-"),
+                part.map_or("-".to_owned(), |p| p.to_string()),
+                headers.0.get("traceparent").map_or("-", String::as_str)
+            ),
+        });
+        if let (Some(error), Some(at)) = (error, last) {
+            steps.push(Step {
+                at: Some(at),
+                source: "outbox",
+                what: format!("publish attempt {attempts} failed"),
+                // The outbox keeps only the last attempt's error; earlier ones are in the
+                // relay's logs and its courier.publish spans.
+                detail: format!(
+                    "{error} (the last of {attempts} attempt(s); earlier errors are in the \
+                     relay's logs)"
+                ),
+            });
+        }
+        match sent {
+            Some(at) => steps.push(Step {
+                at: Some(at),
+                source: "outbox",
+                what: "published".into(),
+                detail: format!("after {attempts} attempt(s); row kept for the retention period"),
+            }),
+            None => steps.push(Step {
+                at: Some(available),
+                source: "outbox",
+                what: "pending".into(),
+                detail: format!("due at this time, {attempts} attempt(s) so far"),
+            }),
+        }
+    }
+    let failure: Option<(i32, String, DateTime<Utc>, DateTime<Utc>)> = sqlx::query_as(
+        "SELECT attempts, last_error, failed_at, created_at FROM outbox.failures WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_optional(pool)
+    .await?;
+    if let Some((attempts, error, failed, created)) = failure {
+        steps.push(Step {
+            at: Some(created),
+            source: "failure",
+            what: "enqueued".into(),
+            detail: "(from the failure record)".into(),
+        });
+        steps.push(Step {
+            at: Some(failed),
+            source: "failure",
+            what: format!("gave up after {attempts} attempt(s): in the failure table"),
+            detail: error,
+        });
+    }
+    Ok(())
+}
+
+async fn outbox_mysql(
+    pool: &sqlx::MySqlPool,
+    id: Uuid,
+    steps: &mut Vec<Step>,
+) -> anyhow::Result<()> {
+    type Row = (String, DateTime<Utc>, i32, Option<DateTime<Utc>>);
+    let row: Option<Row> = sqlx::query_as(
+        "SELECT CAST(topic AS CHAR), created_at, attempts, sent_at FROM outbox_messages WHERE id = ?",
+    )
+    .bind(id)
+    .fetch_optional(pool)
+    .await?;
+    if let Some((topic, created, attempts, sent)) = row {
+        steps.push(Step {
+            at: Some(created),
+            source: "outbox",
+            what: "enqueued".into(),
+            detail: format!("topic {topic}, {attempts} attempt(s)"),
+        });
+        if let Some(at) = sent {
+            steps.push(Step {
+                at: Some(at),
+                source: "outbox",
+                what: "published".into(),
+                detail: String::new(),
+            });
+        }
+    }
+    let failure: Option<(String, DateTime<Utc>)> =
+        sqlx::query_as("SELECT last_error, failed_at FROM outbox_failures WHERE id = ?")
+            .bind(id)
+            .fetch_optional(pool)
+            .await?;
+    if let Some((error, at)) = failure {
+        steps.push(Step {
+            at: Some(at),
+            source: "failure",
+            what: "gave up: in the failure table".into(),
+            detail: error,
+        });
+    }
+    Ok(())
+}
+
+async fn consumer_postgres(
+    pool: &sqlx::PgPool,
+    id: Uuid,
+    header_values: &BTreeSet<String>,
+    steps: &mut Vec<Step>,
+) -> anyhow::Result<()> {
+    let present: bool =
+        sqlx::query_scalar("SELECT to_regclass('courier_inbox.processed') IS NOT NULL")
+            .fetch_one(pool)
+            .await?;
+    if !present {
+        steps.push(Step {
+            at: None,
+            source: "consumer",
+            what: "no idempotency table in this database".into(),
+            detail: "courier_inbox.processed is not here: the consumer keeps its records elsewhere"
+                .into(),
+        });
+        return Ok(());
+    }
+    let mut keys = vec![id.to_string()];
+    keys.extend(header_values.iter().map(|v| format!("h:{v}")));
+    let records: Vec<(String, String, DateTime<Utc>)> = sqlx::query_as(
+        "SELECT consumer_group, key, processed_at FROM courier_inbox.processed WHERE key = ANY($1)",
+    )
+    .bind(&keys)
+    .fetch_all(pool)
+    .await?;
+    if records.is_empty() {
+        steps.push(Step {
+            at: None,
+            source: "consumer",
+            what: "no idempotency record".into(),
+            detail: "no consumer group has committed a handler for this message (yet)".into(),
+        });
+    }
+    for (group, key, at) in records {
+        steps.push(Step {
+            at: Some(at),
+            source: "consumer",
+            what: format!("handled by group {group}"),
+            detail: format!("idempotency record {key} in courier_inbox.processed"),
+        });
+    }
+    type InboxRow = (
+        String,
+        DateTime<Utc>,
+        i32,
+        Option<DateTime<Utc>>,
+        Option<String>,
+    );
+    let inbox: Vec<InboxRow> = sqlx::query_as(
+        "SELECT consumer_group, received_at, attempts, done_at, last_error
+             FROM courier_inbox.messages WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_all(pool)
+    .await?;
+    for (group, received, attempts, done, error) in inbox {
+        steps.push(Step {
+            at: Some(received),
+            source: "consumer",
+            what: format!("stored in the inbox of group {group}"),
+            detail: format!(
+                "{attempts} attempt(s){}",
+                error.map_or(String::new(), |e| format!(", last error: {e}"))
+            ),
+        });
+        if let Some(at) = done {
+            steps.push(Step {
+                at: Some(at),
+                source: "consumer",
+                what: format!("inbox handler done (group {group})"),
+                detail: String::new(),
+            });
+        }
+    }
+    let dead: Vec<(String, DateTime<Utc>, String)> = sqlx::query_as(
+        "SELECT consumer_group, failed_at, last_error FROM courier_inbox.dead_letters WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_all(pool)
+    .await?;
+    for (group, at, error) in dead {
+        steps.push(Step {
+            at: Some(at),
+            source: "consumer",
+            what: format!("inbox dead letter (group {group})"),
+            detail: error,
+        });
+    }
+    Ok(())
+}
+
+/// The messages with key `key`: from the outbox, the failure table and the broker.
+async fn by_key(console: &Console, key: &str) -> String {
+    // id -> (topic, where)
+    let mut found: BTreeMap<Uuid, (String, BTreeSet<&'static str>)> = BTreeMap::new();
+    let mut notes = String::new();
+    let rows: anyhow::Result<Vec<(Uuid, String, &'static str)>> = match &console.database {
+        Database::Postgres(pool) => sqlx::query_as::<_, (Uuid, String, bool)>(
+            "SELECT id, topic, true FROM outbox.messages WHERE key = $1
+             UNION ALL SELECT id, topic, false FROM outbox.failures WHERE key = $1 LIMIT 200",
+        )
+        .bind(key)
+        .fetch_all(pool)
+        .await
+        .map(|rows| {
+            rows.into_iter()
+                .map(|(id, topic, outbox)| (id, topic, if outbox { "outbox" } else { "failure" }))
+                .collect()
+        })
+        .map_err(Into::into),
+        Database::MySql(pool) => sqlx::query_as::<_, (Uuid, String, bool)>(
+            "SELECT id, CAST(topic AS CHAR), TRUE FROM outbox_messages WHERE `key` = ?
+             UNION ALL SELECT id, CAST(topic AS CHAR), FALSE FROM outbox_failures WHERE `key` = ?
+             LIMIT 200",
+        )
+        .bind(key)
+        .bind(key)
+        .fetch_all(pool)
+        .await
+        .map(|rows| {
+            rows.into_iter()
+                .map(|(id, topic, outbox)| (id, topic, if outbox { "outbox" } else { "failure" }))
+                .collect()
+        })
+        .map_err(Into::into),
+    };
+    match rows {
+        Ok(rows) => {
+            for (id, topic, source) in rows {
+                found
+                    .entry(id)
+                    .or_insert((topic, BTreeSet::new()))
+                    .1
+                    .insert(source);
+            }
+        }
+        Err(e) => {
+            let _ = write!(
+                notes,
+                "<p class=\"notice\">outbox: {}</p>",
+                esc(&format!("{e:#}"))
+            );
+        }
+    }
+    if let Ok(admin) = console.admin().await {
+        let topics: Vec<String> = match admin.topics().await {
+            Ok(topics) => topics.into_iter().map(|t| t.name).collect(),
+            Err(_) => found.values().map(|(t, _)| t.clone()).collect(),
+        };
+        for topic in topics {
+            if let Ok(messages) = admin.lookup_by_key(&topic, key, 50).await {
+                for m in messages {
+                    found
+                        .entry(m.message_id)
+                        .or_insert((m.topic, BTreeSet::new()))
+                        .1
+                        .insert("broker");
+                }
+            }
+        }
+    }
+    let rows: Vec<Vec<String>> = found
+        .iter()
+        .map(|(id, (topic, sources))| {
+            vec![
+                format!("<a href=\"/console/trace?q={id}\">{id}</a>"),
+                esc(topic),
+                esc(&sources.iter().copied().collect::<Vec<_>>().join(", ")),
+            ]
+        })
+        .collect();
+    format!(
+        "{notes}<h2>Messages with key {}</h2>{}",
+        esc(key),
+        table(&["id", "topic", "found in"], &rows)
+    )
+}
