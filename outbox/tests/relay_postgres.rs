@@ -374,3 +374,112 @@ async fn a_relay_that_publishes_longer_than_its_session_timeout_keeps_its_batch(
     assert_eq!(recorder.calls(message.id), 1, "published once");
     assert_eq!(pending(&pool).await, 0);
 }
+
+/// Whether `name`'s relay holds two open transactions (its batch in hand and one claimed ahead).
+fn two_open_transactions(name: &str) -> String {
+    format!(
+        "SELECT count(*) >= 2 FROM pg_stat_activity
+         WHERE application_name IN ('{name}', '{name}-ahead') AND datname = current_database()
+           AND state = 'idle in transaction'"
+    )
+}
+
+// While a batch is published the relay claims the next one on its second connection. That claim
+// deletes its rows only in its own transaction: nothing leaves the outbox before the broker
+// acknowledged it, and a relay that dies holding both batches loses neither.
+#[sqlx::test(migrator = "courier_outbox::MIGRATOR")]
+async fn a_batch_claimed_ahead_leaves_the_outbox_only_when_published(pool: PgPool) {
+    let messages: Vec<Message> = (0..4)
+        .map(|n| Message::new("t", format!("m{n}")).with_key(format!("k{n}")))
+        .collect();
+    enqueue(&pool, &messages).await;
+    let recorder = Recorder::default();
+    recorder.set_rule(|_| Behaviour::WaitForGate);
+    let running = Running::start(
+        relay(&pool, &recorder, "ahead")
+            .batch_size(2)
+            .publish_timeout(Duration::from_secs(3600)),
+    );
+    recorder
+        .wait_until("the first batch in flight", |r| r.total_calls() == 2)
+        .await;
+    eventually(
+        &pool,
+        "the next batch claimed ahead",
+        &two_open_transactions("ahead"),
+    )
+    .await;
+    assert_eq!(
+        pending(&pool).await,
+        4,
+        "no claim committed before its publish"
+    );
+    assert_eq!(
+        recorder.total_calls(),
+        2,
+        "the batch claimed ahead waits its turn"
+    );
+    running.abort().await;
+
+    let recorder = Recorder::default();
+    let running = Running::start(relay(&pool, &recorder, "after"));
+    recorder.wait_for_accepted(4).await;
+    running.stop().await;
+    let mut published = recorder.accepted_ids();
+    published.sort();
+    let mut expected: Vec<_> = messages.iter().map(|m| m.id).collect();
+    expected.sort();
+    assert_eq!(published, expected);
+    assert_eq!(pending(&pool).await, 0);
+}
+
+// The batch claimed ahead holds later messages of the keys in hand. If any message of the batch in
+// hand is not published, the batch claimed ahead goes back: its messages of that key must not
+// overtake the retry.
+#[sqlx::test(migrator = "courier_outbox::MIGRATOR")]
+async fn a_failure_gives_back_the_batch_claimed_ahead_and_keys_keep_their_order(pool: PgPool) {
+    let a1 = Message::new("t", "a1").with_key("a");
+    let b1 = Message::new("t", "b1").with_key("b");
+    let a2 = Message::new("t", "a2").with_key("a");
+    let b2 = Message::new("t", "b2").with_key("b");
+    enqueue(&pool, &[a1.clone(), b1.clone(), a2.clone(), b2.clone()]).await;
+    let recorder = Recorder::default();
+    let failed_once = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (first, slow) = (a1.id, b1.id);
+    recorder.set_rule(move |message| {
+        if message.id == first && !failed_once.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            Behaviour::Fail
+        } else if message.id == slow {
+            Behaviour::WaitForGate
+        } else {
+            Behaviour::Accept
+        }
+    });
+    let running = Running::start(
+        relay(&pool, &recorder, "in-order")
+            .batch_size(2)
+            .publish_timeout(Duration::from_secs(3600)),
+    );
+    recorder
+        .wait_until("the first batch in flight", |r| r.total_calls() == 2)
+        .await;
+    eventually(
+        &pool,
+        "the next batch claimed ahead",
+        &two_open_transactions("in-order"),
+    )
+    .await;
+    recorder.open_gate();
+    recorder.wait_for_accepted(4).await;
+    running.stop().await;
+    let order = recorder.accepted_ids();
+    let at = |id| order.iter().position(|x| *x == id).unwrap();
+    assert!(at(a1.id) < at(a2.id), "a1 before a2: {order:?}");
+    assert!(at(b1.id) < at(b2.id), "b1 before b2: {order:?}");
+    assert_eq!(
+        recorder.calls(a1.id),
+        2,
+        "a1 failed once, then went through"
+    );
+    assert_eq!(pending(&pool).await, 0);
+}

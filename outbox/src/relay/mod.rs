@@ -119,6 +119,8 @@ macro_rules! setter {
 
 impl<DB: Store, P, M> RelayBuilder<DB, P, M> {
     /// Names the relay in logs and in `pg_stat_activity.application_name`. Default `courier-relay`.
+    /// On Postgres its second connection, which claims the next batch while one is published,
+    /// is named `<name>-ahead`, and its NOTIFY listener `<name>-listener`.
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.config.name = name.into();
         self

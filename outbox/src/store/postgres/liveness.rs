@@ -64,15 +64,30 @@ impl Liveness {
     /// Sets the server-side timeouts on `conn`; settings an older server lacks are skipped (and
     /// logged), so the relay still runs there with the bounds that exist.
     pub(crate) async fn apply(&self, conn: &mut PgConnection) -> sqlx::Result<()> {
+        self.apply_with_idle(conn, Some(self.idle)).await
+    }
+
+    /// As [`apply`](Self::apply), for the relay's spare claim connection, which holds nothing
+    /// outside a transaction and may rest longer than the relay's longest wait while the relay is
+    /// idle: no bound outside a transaction (0 disables `idle_session_timeout`).
+    pub(crate) async fn apply_spare(&self, conn: &mut PgConnection) -> sqlx::Result<()> {
+        self.apply_with_idle(conn, None).await
+    }
+
+    async fn apply_with_idle(
+        &self,
+        conn: &mut PgConnection,
+        idle: Option<Duration>,
+    ) -> sqlx::Result<()> {
         let settings = [
-            ("idle_in_transaction_session_timeout", self.timeout),
-            ("idle_session_timeout", self.idle),
-            ("tcp_user_timeout", self.timeout),
+            ("idle_in_transaction_session_timeout", Some(self.timeout)),
+            ("idle_session_timeout", idle),
+            ("tcp_user_timeout", Some(self.timeout)),
         ];
         let names: Vec<&str> = settings.iter().map(|(name, _)| *name).collect();
         let values: Vec<String> = settings
             .iter()
-            .map(|(_, value)| millis(*value).to_string())
+            .map(|(_, value)| value.map_or(0, millis).to_string())
             .collect();
         // One round trip. `pg_settings` lists only what this server knows, and the target list
         // is evaluated for the rows that pass the filter only.

@@ -45,6 +45,12 @@ impl Partitions {
     /// Must run between batches: releasing a partition while its rows are locked in an open
     /// transaction would let another relay overtake them.
     pub(crate) async fn rebalance(&mut self, conn: &mut PgConnection) -> sqlx::Result<()> {
+        let target = Self::fair_share(conn).await?;
+        self.rebalance_to(conn, target).await
+    }
+
+    /// This relay's fair share of the partitions, `ceil(64 / members)`.
+    pub(crate) async fn fair_share(conn: &mut PgConnection) -> sqlx::Result<usize> {
         let members: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM pg_locks
              WHERE locktype = 'advisory' AND granted AND objsubid = 2
@@ -56,8 +62,21 @@ impl Partitions {
         .fetch_one(&mut *conn)
         .await?;
         let members = members.max(1) as usize;
-        let target = (PARTITIONS as usize).div_ceil(members);
+        Ok((PARTITIONS as usize).div_ceil(members))
+    }
 
+    /// Whether [`rebalance_to`](Self::rebalance_to) `target` would release partitions.
+    pub(crate) fn would_release(&self, target: usize) -> bool {
+        self.owned.len() > target
+    }
+
+    /// Releases partitions beyond `target`, then takes free ones up to it; the same rule as
+    /// [`rebalance`](Self::rebalance) about open transactions holds for releases.
+    pub(crate) async fn rebalance_to(
+        &mut self,
+        conn: &mut PgConnection,
+        target: usize,
+    ) -> sqlx::Result<()> {
         while self.owned.len() > target {
             let Some(partition) = self.owned.pop_last() else {
                 break;
@@ -89,7 +108,7 @@ impl Partitions {
             }
         }
         tracing::debug!(
-            members,
+            target,
             owned = self.owned.len(),
             "outbox partitions rebalanced"
         );

@@ -2,24 +2,52 @@
 //! and the claim transaction, so that if the relay dies, its ownership and its row locks end
 //! together and nothing is lost. How long that connection may go silent before the database ends
 //! it (a relay cut off by a network partition) is bounded on both ends: see [`super::liveness`].
+//!
+//! **Claiming ahead.** A second connection claims the next batch while the current one is
+//! published, recorded and committed, so a busy relay does not wait for a claim between batches.
+//! The batch claimed ahead is the next rows in sequence order (`SKIP LOCKED` passes over the batch
+//! in hand), so it may hold later messages of the keys in hand. It is published only once the
+//! batch in hand was published *whole* and committed: if any message of the batch in hand failed
+//! or was held, the batch claimed ahead is given back (rolled back) and the next claim sees the
+//! failed message backing off, so no later message of its key overtakes it. Its rows are deleted
+//! only in its own open transaction, committed after the broker acknowledged them when its turn
+//! comes, exactly as a batch claimed in turn. It is claimed only while the batch in hand is full
+//! (more work is likely), and given back before a rebalance (when it releases partitions), before
+//! the relay's first connection runs anything else while it holds it, or when the next call wants
+//! fewer rows. A relay that dies holding it loses nothing: the transaction rolls back with the
+//! connection.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use sqlx::{Connection, PgConnection, PgPool};
+use tokio::sync::Notify;
 
 use super::liveness::{Liveness, bounded};
 use super::partitions::Partitions;
 use super::{claim, housekeeping};
-use crate::relay::{Backlog, BatchEnd, Claimed, PublishFn, RelayConfig, Session};
+use crate::relay::{Backlog, BatchEnd, Claimed, Outcome, PublishFn, RelayConfig, Session};
 use crate::{Error, Result};
 
-/// The relay's connection and the key partitions it owns.
+/// The relay's connections and the key partitions it owns.
 #[derive(Debug)]
 pub struct PgSession {
+    /// Holds the advisory locks and the idle mark; runs the housekeeping; claims in turn.
     conn: PgConnection,
+    /// Claims ahead, alternately with `conn`; holds nothing between transactions.
+    spare: PgConnection,
     partitions: Partitions,
     liveness: Liveness,
+    /// The batch claimed ahead, in an open transaction.
+    ahead: Option<Ahead>,
+}
+
+/// A batch claimed ahead: its rows, and whether its transaction is open on `spare`.
+#[derive(Debug)]
+struct Ahead {
+    on_spare: bool,
+    claimed: Vec<Claimed>,
 }
 
 impl PgSession {
@@ -43,21 +71,69 @@ impl PgSession {
         bounded(timeout, housekeeping::forget_dead_relays(&mut conn)).await?;
         let mut partitions = bounded(timeout, Partitions::join(&mut conn)).await?;
         bounded(timeout, partitions.rebalance(&mut conn)).await?;
+        // Named apart, so that an operator (or a test) tells the relay's main connection from it.
+        let spare_options = options
+            .clone()
+            .application_name(&format!("{}-ahead", config.name));
+        let mut spare = bounded(timeout, PgConnection::connect_with(&spare_options)).await?;
+        liveness.apply_spare(&mut spare).await?;
         tracing::info!(
             partitions = partitions.owned().len(),
             "outbox relay started"
         );
         Ok(Self {
             conn,
+            spare,
             partitions,
             liveness,
+            ahead: None,
         })
     }
+
+    /// Rolls back the batch claimed ahead, if any: its rows go back to the outbox untouched.
+    async fn give_back_ahead(&mut self) -> sqlx::Result<()> {
+        if let Some(ahead) = self.ahead.take() {
+            let conn = if ahead.on_spare {
+                &mut self.spare
+            } else {
+                &mut self.conn
+            };
+            bounded(self.liveness.timeout, end_transaction(conn, "ROLLBACK")).await?;
+        }
+        Ok(())
+    }
+
+    /// Gives back the batch claimed ahead if its transaction is open on `conn`, before `conn`
+    /// runs anything else: a statement there would join that transaction (and a commit would
+    /// delete its rows before they were published).
+    async fn free_conn(&mut self) -> sqlx::Result<()> {
+        if self.ahead.as_ref().is_some_and(|a| !a.on_spare) {
+            self.give_back_ahead().await?;
+        }
+        Ok(())
+    }
+}
+
+/// Opens a transaction on `conn` and claims up to `limit` rows in it.
+async fn begin_and_claim(
+    conn: &mut PgConnection,
+    partitions: &[i16],
+    limit: usize,
+) -> sqlx::Result<Vec<Claimed>> {
+    // By hand rather than `Connection::begin`: the transaction outlives this call (a batch claimed
+    // ahead waits in it), which a borrowed `Transaction` cannot.
+    sqlx::query("BEGIN").execute(&mut *conn).await?;
+    claim::claim(conn, partitions, limit).await
+}
+
+async fn end_transaction(conn: &mut PgConnection, how: &'static str) -> sqlx::Result<()> {
+    sqlx::query(how).execute(conn).await.map(drop)
 }
 
 impl Session for PgSession {
     /// Claims, publishes and records in one transaction: the rows stay locked (and deleted, to
-    /// everyone else) while they are published, and a relay that dies rolls the claim back.
+    /// everyone else) while they are published, and a relay that dies rolls the claim back. The
+    /// next batch is claimed ahead meanwhile on the other connection (see the module docs).
     async fn batch<F: PublishFn>(
         &mut self,
         limit: usize,
@@ -66,57 +142,149 @@ impl Session for PgSession {
     ) -> sqlx::Result<BatchEnd> {
         let liveness = self.liveness;
         let timeout = liveness.timeout;
-        let mut tx = bounded(timeout, self.conn.begin()).await?;
-        let claimed = bounded(
-            timeout,
-            claim::claim(&mut tx, &self.partitions.owned(), limit),
-        )
-        .await?;
-        if claimed.is_empty() {
-            bounded(timeout, tx.commit()).await?;
-            return Ok(BatchEnd::Empty);
+        if self.ahead.as_ref().is_some_and(|a| a.claimed.len() > limit) {
+            self.give_back_ahead().await?;
         }
-        let claimed: Arc<[Claimed]> = claimed.into();
-        let publishing = publish(claimed.clone());
-        tokio::pin!(publishing);
-        // The transaction is idle while the broker works: ping it, or the server's
-        // idle_in_transaction_session_timeout would end a relay that is merely publishing slowly.
-        let every = liveness.ping_interval();
-        let mut pings = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-        pings.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let outcomes = loop {
-            tokio::select! {
-                outcomes = &mut publishing => break outcomes,
-                _ = pings.tick() => {
-                    // A failed ping means the rows are no longer ours (or soon will not be):
-                    // stop publishing them, the relay reconnects and whoever claims them next
-                    // publishes them again.
-                    bounded(timeout, sqlx::query("SELECT 1").execute(&mut *tx)).await?;
+        let partitions = self.partitions.owned();
+        let (on_spare, claimed) = match self.ahead.take() {
+            Some(ahead) => (ahead.on_spare, ahead.claimed),
+            None => {
+                let claimed =
+                    bounded(timeout, begin_and_claim(&mut self.conn, &partitions, limit)).await?;
+                if claimed.is_empty() {
+                    bounded(timeout, end_transaction(&mut self.conn, "COMMIT")).await?;
+                    return Ok(BatchEnd::Empty);
                 }
+                (false, claimed)
             }
         };
-        let Some(outcomes) = outcomes else {
-            bounded(timeout, tx.rollback()).await?;
-            return Ok(BatchEnd::Abandoned);
+        let claimed: Arc<[Claimed]> = claimed.into();
+        // A full batch says more is probably due; a smaller one that there is not.
+        let look_ahead = claimed.len() >= limit && limit > 1;
+        let (this, other) = if on_spare {
+            (&mut self.spare, &mut self.conn)
+        } else {
+            (&mut self.conn, &mut self.spare)
         };
-        bounded(
-            timeout,
-            claim::record(&mut tx, &claimed, &outcomes, keep_sent),
-        )
-        .await?;
-        bounded(timeout, tx.commit()).await?;
-        Ok(BatchEnd::Done)
+        let every = liveness.ping_interval();
+
+        // Claims the next batch on `other`, then keeps its transaction alive until dropped.
+        let mut ahead_result: Option<sqlx::Result<Vec<Claimed>>> = None;
+        let ahead_claimed = AtomicBool::new(!look_ahead);
+        let ahead_ready = Notify::new();
+        let end = {
+            let ahead = async {
+                if look_ahead {
+                    let result = bounded(timeout, begin_and_claim(other, &partitions, limit)).await;
+                    let claimed_some = result.as_ref().is_ok_and(|rows| !rows.is_empty());
+                    ahead_result = Some(result);
+                    ahead_claimed.store(true, Ordering::Release);
+                    ahead_ready.notify_one();
+                    // Its transaction waits idle for its turn: ping it as the batch in hand's.
+                    if claimed_some {
+                        loop {
+                            tokio::time::sleep(every).await;
+                            let ping = sqlx::query("SELECT 1").execute(&mut *other);
+                            if let Err(error) = bounded(timeout, ping).await {
+                                ahead_result = Some(Err(error));
+                                break;
+                            }
+                        }
+                    }
+                }
+                std::future::pending::<()>().await
+            };
+            let this_batch = async {
+                let publishing = publish(claimed.clone());
+                tokio::pin!(publishing);
+                // The transaction is idle while the broker works: ping it, or the server's
+                // idle_in_transaction_session_timeout would end a relay that is merely
+                // publishing slowly.
+                let mut pings =
+                    tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+                pings.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                let outcomes = loop {
+                    tokio::select! {
+                        outcomes = &mut publishing => break outcomes,
+                        _ = pings.tick() => {
+                            // A failed ping means the rows are no longer ours (or soon will not
+                            // be): stop publishing them, the relay reconnects and whoever claims
+                            // them next publishes them again.
+                            bounded(timeout, sqlx::query("SELECT 1").execute(&mut *this)).await?;
+                        }
+                    }
+                };
+                let Some(outcomes) = outcomes else {
+                    bounded(timeout, end_transaction(this, "ROLLBACK")).await?;
+                    return Ok((BatchEnd::Abandoned, false));
+                };
+                // Only after the broker acknowledged them are the rows' deletions committed.
+                bounded(
+                    timeout,
+                    claim::record(&mut *this, &claimed, &outcomes, keep_sent),
+                )
+                .await?;
+                bounded(timeout, end_transaction(this, "COMMIT")).await?;
+                let whole = outcomes.iter().all(|o| matches!(o, Outcome::Published));
+                Ok::<_, sqlx::Error>((BatchEnd::Done, whole))
+            };
+            tokio::pin!(ahead);
+            tokio::pin!(this_batch);
+            let end = tokio::select! {
+                end = &mut this_batch => end,
+                () = &mut ahead => unreachable!("the claim ahead never ends on its own"),
+            };
+            // A claim still running on `other` is awaited, not dropped half-way.
+            if !ahead_claimed.load(Ordering::Acquire) {
+                tokio::select! {
+                    () = ahead_ready.notified() => {}
+                    () = &mut ahead => unreachable!("the claim ahead never ends on its own"),
+                }
+            }
+            end
+        };
+        // An error on either connection ends the session; dropping it rolls both back.
+        let (end, whole) = end?;
+        match ahead_result.transpose()? {
+            Some(next) if !next.is_empty() && end == BatchEnd::Done && whole => {
+                self.ahead = Some(Ahead {
+                    on_spare: !on_spare,
+                    claimed: next,
+                });
+            }
+            Some(_) => {
+                // Nothing claimed, or not the time to carry it over: give it back.
+                let other = if on_spare {
+                    &mut self.conn
+                } else {
+                    &mut self.spare
+                };
+                bounded(timeout, end_transaction(other, "ROLLBACK")).await?;
+            }
+            None => {}
+        }
+        Ok(end)
     }
 
     async fn rebalance(&mut self) -> sqlx::Result<()> {
+        self.free_conn().await?;
+        let timeout = self.liveness.timeout;
+        let target = bounded(timeout, Partitions::fair_share(&mut self.conn)).await?;
+        // A partition released goes to another relay: it must not find rows of it held here, or
+        // it would publish a key's later messages before the batch claimed ahead. Taking more
+        // partitions changes nothing for that batch.
+        if self.partitions.would_release(target) {
+            self.give_back_ahead().await?;
+        }
         bounded(
-            self.liveness.timeout,
-            self.partitions.rebalance(&mut self.conn),
+            timeout,
+            self.partitions.rebalance_to(&mut self.conn, target),
         )
         .await
     }
 
     async fn maintain(&mut self, retention: Option<Duration>) -> sqlx::Result<Backlog> {
+        self.free_conn().await?;
         let timeout = self.liveness.timeout;
         let backlog = bounded(timeout, housekeeping::backlog(&mut self.conn)).await?;
         bounded(timeout, housekeeping::forget_dead_relays(&mut self.conn)).await?;
@@ -134,6 +302,7 @@ impl Session for PgSession {
     }
 
     async fn set_idle(&mut self, idle: bool) -> sqlx::Result<()> {
+        self.free_conn().await?;
         let timeout = self.liveness.timeout;
         if idle {
             bounded(timeout, housekeeping::mark_idle(&mut self.conn)).await
@@ -143,6 +312,7 @@ impl Session for PgSession {
     }
 
     async fn next_due(&mut self) -> sqlx::Result<Option<Duration>> {
+        self.free_conn().await?;
         bounded(
             self.liveness.timeout,
             housekeeping::next_due(&mut self.conn),
@@ -151,8 +321,10 @@ impl Session for PgSession {
     }
 
     async fn close(mut self) {
+        let _ = self.give_back_ahead().await;
         let timeout = self.liveness.timeout;
         let _ = bounded(timeout, housekeeping::unmark_idle(&mut self.conn)).await;
         let _ = bounded(timeout, self.conn.close()).await;
+        let _ = bounded(timeout, self.spare.close()).await;
     }
 }
