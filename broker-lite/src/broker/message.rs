@@ -113,6 +113,10 @@ pub struct SendResult {
     pub queue_id: u32,
     /// Its offset in the queue.
     pub queue_offset: u64,
+    /// Whether the broker already held a message with this id on this topic (a producer or relay
+    /// retry inside its deduplication window) and stored nothing new: the queue, offset and status
+    /// are then the first copy's.
+    pub duplicate: bool,
 }
 
 /// A message read back from the log (admin lookups, dead letters): the wire's

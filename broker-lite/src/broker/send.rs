@@ -169,6 +169,7 @@ impl Broker {
             topic,
             queue_id: sent.queue_id,
             queue_offset: sent.queue_offset,
+            duplicate: true,
         }
     }
 
@@ -233,6 +234,7 @@ impl Broker {
                 topic,
                 queue_id,
                 queue_offset: a.queue_offset,
+                duplicate: false,
             });
         }
         drop((index, trace));

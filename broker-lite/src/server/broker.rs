@@ -348,6 +348,7 @@ fn send_result(r: broker::SendResult) -> SendResult {
         message_id: r.message_id,
         queue_id: r.queue_id,
         queue_offset: r.queue_offset,
+        duplicate: r.duplicate,
     }
 }
 

@@ -44,6 +44,7 @@ impl Handler for Mock {
                     message_id: m.message_id.unwrap_or_else(Uuid::now_v7),
                     queue_id: m.queue_id.unwrap_or(0),
                     queue_offset: self.offsets.fetch_add(1, Ordering::SeqCst),
+                    duplicate: false,
                 }))
             }
             Request::Pull(p) => {

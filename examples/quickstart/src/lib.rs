@@ -6,7 +6,7 @@
 //! broker-lite `host:port`: only the address changes); a payment consumer handles each message behind the idempotency
 //! layer, which records the message in the same SQLite transaction as the payment. Along the way:
 //! a rolled-back order that never produces a message, a handler failure that is redelivered and then
-//! succeeds, a duplicate delivery that is skipped, and a poison message that is dead-lettered after
+//! succeeds, a producer retry that the broker (same message id) or the consumer skips, and a poison message that is dead-lettered after
 //! its attempts. It prints what happened and exits 0, or 1 with what went wrong.
 
 mod account;
@@ -124,8 +124,9 @@ pub async fn run_with(broker: Option<BrokerAddress>) -> anyhow::Result<()> {
         .context("sending the duplicate")?;
     if published.deduplicated {
         account.line(
-            "broker      stored nothing new: same message id (Nats-Msg-Id) inside the stream's \
-             duplicate window, so the consumer never sees it",
+            "broker      stored nothing new: it already holds this message id (broker-lite's \
+             deduplication window, or Nats-Msg-Id inside the stream's duplicate window), so the \
+             consumer never sees it",
         );
     } else {
         account

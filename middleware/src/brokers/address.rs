@@ -271,9 +271,11 @@ impl BrokerAddress {
                 let publisher = crate::BrokerLitePublisher::connect(address.as_str(), config)
                     .await
                     .map_err(|e| self.unreachable(e))?;
-                Ok(BoxCloneSyncService::new(
-                    publisher.map_response(|_| Published::STORED),
-                ))
+                Ok(BoxCloneSyncService::new(publisher.map_response(
+                    |result: broker_lite_client::protocol::SendResult| Published {
+                        deduplicated: result.duplicate,
+                    },
+                )))
             }
             #[cfg(feature = "nats")]
             Self::Nats(url) => {

@@ -29,10 +29,10 @@ impl Adapter for BrokerLite {
     type Publisher = BrokerLitePublisher;
     type Source = BrokerLiteSource;
 
-    // broker-lite keeps every copy it is sent: duplicates are absorbed by the consumer's
-    // idempotency layer.
+    // broker-lite answers a send whose message id it already holds (within its window of recent
+    // sends) from the stored copy; the consumer's idempotency layer absorbs the rest.
     const PROMISES: Promises = Promises {
-        deduplicates_publishes: false,
+        deduplicates_publishes: true,
     };
 
     async fn start() -> Self {

@@ -456,6 +456,7 @@ mod tests {
             message_id: uuid::Uuid::now_v7(),
             queue_id: 0,
             queue_offset: 0,
+            duplicate: false,
         };
         let none = BTreeSet::new();
         assert!(check_status(&result(Lite::SendOk), &none).is_ok());

@@ -89,8 +89,8 @@ fn view() -> impl Strategy<Value = MessageView> {
 }
 
 fn send_result() -> impl Strategy<Value = SendResult> {
-    (0u8..4, uuid(), any::<u32>(), any::<u64>()).prop_map(
-        |(st, message_id, queue_id, queue_offset)| SendResult {
+    (0u8..4, uuid(), any::<u32>(), any::<u64>(), any::<bool>()).prop_map(
+        |(st, message_id, queue_id, queue_offset, duplicate)| SendResult {
             status: [
                 SendStatus::SendOk,
                 SendStatus::FlushDiskTimeout,
@@ -100,6 +100,7 @@ fn send_result() -> impl Strategy<Value = SendResult> {
             message_id,
             queue_id,
             queue_offset,
+            duplicate,
         },
     )
 }

@@ -179,6 +179,10 @@ pub struct SendResult {
     pub queue_id: u32,
     /// Its offset within that queue.
     pub queue_offset: u64,
+    /// Whether the broker already held a message with this id on this topic (a producer or relay
+    /// retry inside its deduplication window) and stored nothing new: the queue, offset and status
+    /// are then the first copy's.
+    pub duplicate: bool,
 }
 
 impl SendResult {
@@ -194,6 +198,7 @@ impl Wire for SendResult {
         put_uuid(buf, &self.message_id);
         buf.put_u32(self.queue_id);
         buf.put_u64(self.queue_offset);
+        buf.put_u8(u8::from(self.duplicate));
     }
 
     fn get(buf: &mut Bytes) -> Result<Self, DecodeError> {
@@ -202,6 +207,11 @@ impl Wire for SendResult {
             message_id: get_uuid(buf, "message id")?,
             queue_id: get_u32(buf, "queue id")?,
             queue_offset: get_u64(buf, "queue offset")?,
+            duplicate: match get_u8(buf, "duplicate flag")? {
+                0 => false,
+                1 => true,
+                _ => return Err(DecodeError::Invalid("duplicate flag")),
+            },
         })
     }
 }
