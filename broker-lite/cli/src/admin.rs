@@ -32,7 +32,7 @@ pub(crate) enum DlqCommand {
         #[arg(long, default_value_t = 100)]
         max: u32,
     },
-    /// Send a group's dead letters back for consumption.
+    /// Send a group's dead letters back for consumption, a page at a time, with progress.
     Redrive {
         /// Consumer group.
         group: String,
@@ -226,7 +226,7 @@ pub(crate) async fn run(addresses: &str, command: AdminCommand) -> Result<()> {
             }
         }
         AdminCommand::Dlq(DlqCommand::Redrive { group, ids }) => {
-            let n = admin.redrive_dead_letters(&group, ids).await?;
+            let n = crate::redrive::redrive(&admin, &group, ids).await?;
             println!("redrove {n} dead letters of group {group}");
         }
     }

@@ -19,6 +19,7 @@ mod admin;
 mod consume;
 mod exit;
 mod produce;
+mod redrive;
 mod role;
 mod settings;
 mod show;
