@@ -159,8 +159,34 @@ async fn timeline(console: &Console, id: Uuid) -> Vec<Step> {
             steps.push(error_step("consumer", &e));
         }
     }
-    steps.sort_by_key(|s| (s.at.is_none(), s.at));
+    order(&mut steps);
     steps
+}
+
+/// Oldest first, steps without a time last. The sources keep milliseconds (broker-lite) or
+/// microseconds on different clocks, so a delivery can carry the same time as its "stored":
+/// steps at the same time go in the order of a message's life.
+fn order(steps: &mut [Step]) {
+    steps.sort_by_key(|s| (s.at.is_none(), s.at, stage(s)));
+}
+
+/// Where a step comes in a message's life: enqueued, published, stored, delivered, handled,
+/// settled, dead-lettered, redriven.
+fn stage(step: &Step) -> u8 {
+    let what = step.what.as_str();
+    match step.source {
+        _ if what == "enqueued" => 0,
+        "outbox" if what.starts_with("publish attempt") => 1,
+        "broker" if what == "stored" => 2,
+        "outbox" | "failure" => 3,
+        "broker" if matches!(what, "delivered" | "filtered") => 4,
+        "consumer" if what.starts_with("stored in the inbox") => 5,
+        "consumer" => 6,
+        "broker" if matches!(what, "acked" | "nacked") => 7,
+        "broker" if what == "dead-lettered" => 8,
+        "broker" if what == "redriven" => 9,
+        _ => 10,
+    }
 }
 
 fn error_step(source: &'static str, error: &anyhow::Error) -> Step {
@@ -487,4 +513,51 @@ async fn by_key(console: &Console, key: &str) -> String {
         esc(key),
         table(&["id", "topic", "found in"], &rows)
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step(at: Option<DateTime<Utc>>, source: &'static str, what: &str) -> Step {
+        Step {
+            at,
+            source,
+            what: what.into(),
+            detail: String::new(),
+        }
+    }
+
+    #[test]
+    fn steps_of_the_same_millisecond_keep_the_order_of_a_message_life() {
+        let t0 = DateTime::from_timestamp_millis(1_800_000_000_000);
+        let t1 = DateTime::from_timestamp_millis(1_800_000_000_001);
+        // As the sources are read: outbox, broker lookup, broker trace, consumer.
+        let mut steps = vec![
+            step(t0, "outbox", "published"),
+            step(None, "consumer", "no idempotency record"),
+            step(t1, "consumer", "handled by group billing"),
+            step(t1, "broker", "acked"),
+            step(t0, "broker", "stored"),
+            step(t0, "outbox", "enqueued"),
+            step(t1, "broker", "delivered"),
+        ];
+        order(&mut steps);
+        let order: Vec<_> = steps
+            .iter()
+            .map(|s| format!("{} {}", s.source, s.what))
+            .collect();
+        assert_eq!(
+            order,
+            [
+                "outbox enqueued",
+                "broker stored",
+                "outbox published",
+                "broker delivered",
+                "consumer handled by group billing",
+                "broker acked",
+                "consumer no idempotency record",
+            ]
+        );
+    }
 }
