@@ -249,6 +249,32 @@ try {
   await shot(page, 'trace-redriven');
   console.log('ok: the trace shows the dead letter, the redrive and the handler');
 
+  // 9. The Audit page: every action above, newest first, by who did it; filter by action.
+  await page.goto(`${base}/console/audit`);
+  const audit = await page.locator('main table').innerText();
+  for (const action of ['sign-in', 'replay', 'purge', 'redrive']) {
+    if (!new RegExp(`on-call engineer\\s+${action}`).test(audit)) {
+      fail('audit page', `no ${action} by the on-call engineer:\n${audit}`);
+    }
+  }
+  if (audit.indexOf('redrive') > audit.indexOf('sign-in')) fail('audit page', `not newest first:\n${audit}`);
+  await shot(page, 'audit');
+  await page.locator('#audit-filter select[name=action]').selectOption('purge');
+  await Promise.all([page.waitForNavigation(), page.locator('#audit-filter button').click()]);
+  const purges = await page.locator('main table').innerText();
+  if (/replay|redrive|sign-in/.test(purges) || !/purge/.test(purges)) {
+    fail('audit filter', `filtered by purge, the page shows:\n${purges}`);
+  }
+  console.log('ok: the audit page lists every action, newest first, and filters by action');
+
+  // 10. Sign out: the session ends and a write is refused again.
+  await Promise.all([page.waitForNavigation(), page.locator('#sign-out').click()]);
+  await page.goto(`${base}/console/failures`);
+  if (await page.locator('nav .who').innerText().then((t) => t.includes('signed in'))) {
+    fail('sign out', 'still signed in after signing out');
+  }
+  console.log('ok: signed out');
+
   console.log(`RESULT ${JSON.stringify({ ok: true, screenshots })}`);
   await browser.close();
 } catch (error) {

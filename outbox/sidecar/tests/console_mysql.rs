@@ -1,37 +1,16 @@
 //! The console's pages on a MySQL / MariaDB outbox: the `outbox-relay` binary against the test
 //! MariaDB and a real broker-lite, read over HTTP.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
+mod console_support;
+
+use std::process::Command;
 
 use broker_lite::embedded::{self, EmbeddedConfig};
+use console_support::{Relay, TOKEN};
 use courier_test_support::MySqlTestDatabase;
 use uuid::Uuid;
 
 const RELAY: &str = env!("CARGO_BIN_EXE_outbox-relay");
-
-/// Kills the child process on drop.
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn get(addr: &str, path: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(addr).unwrap();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    (response[9..12].parse().unwrap(), response)
-}
 
 #[tokio::test]
 async fn the_console_reads_a_mysql_outbox() {
@@ -63,50 +42,62 @@ async fn the_console_reads_a_mysql_outbox() {
         .await
         .unwrap();
     let addr = broker.addr().to_string();
-    let mut child = KillOnDrop(
-        Command::new(RELAY)
-            .args(["--database-url", &url, "--broker", &addr])
-            .args(["--http-listen", "127.0.0.1:0", "run"])
-            .env_remove("DATABASE_URL")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap(),
-    );
-    let mut line = String::new();
-    BufReader::new(child.0.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let console = line
-        .trim()
-        .strip_prefix("outbox-relay http on ")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .to_owned();
-    tokio::task::spawn_blocking(move || {
-        let (status, body) = get(&console, "/console");
+    let relay = Relay::start(&url, &addr, "127.0.0.1:0", "run", Some(TOKEN));
+    let bearer = format!("Bearer {TOKEN}");
+    let relay = tokio::task::spawn_blocking(move || {
+        let get = |path: &str| relay.get(path, &[]);
+        let (status, body) = get("/console");
         assert_eq!(status, 200, "{body}");
         assert!(!body.contains("Cannot read the outbox"), "{body}");
         assert!(
             body.contains("<td><a href=\"/console/failures?topic=payments\">payments</a></td>"),
             "{body}"
         );
-        let (status, body) = get(&console, "/console/failures?key=order-7");
+        let (status, body) = get("/console/failures?key=order-7");
         assert_eq!(status, 200, "{body}");
         assert!(body.contains(&failed.to_string()), "{body}");
-        let (status, body) = get(&console, &format!("/console/failures/message?id={failed}"));
+        let (status, body) = get(&format!("/console/failures/message?id={failed}"));
         assert_eq!(status, 200, "{body}");
         assert!(body.contains("&quot;amount&quot;: 42"), "{body}");
-        let (status, body) = get(&console, &format!("/console/trace?q={failed}"));
+        let (status, body) = get(&format!("/console/trace?q={failed}"));
         assert_eq!(status, 200, "{body}");
         assert!(body.contains("gave up: in the failure table"), "{body}");
         assert!(!body.contains("could not be read"), "{body}");
-        let (status, body) = get(&console, "/console/trace?q=order-7");
+        let (status, body) = get("/console/trace?q=order-7");
         assert_eq!(status, 200, "{body}");
         assert!(body.contains(&failed.to_string()), "{body}");
         assert!(!body.contains("class=\"notice\""), "{body}");
+
+        // A purge from the console is in MySQL's audit table and on the Audit page.
+        let (status, body) = relay.post(
+            "/console/failures/apply",
+            &[("Authorization", &bearer), ("X-Console-User", "dave")],
+            "action=purge&scope=matching&key=order-7",
+        );
+        assert_eq!(status, 200, "{body}");
+        assert!(body.contains("Purged 1 failed message(s)."), "{body}");
+        let (status, body) = get("/console/audit?action=purge");
+        assert_eq!(status, 200, "{body}");
+        assert!(
+            body.contains(
+                "<td>dave (bearer)</td><td>purge</td><td>failure table</td>\
+                           <td>matching a filter: key=order-7</td><td>1</td><td>ok</td>"
+            ),
+            "{body}"
+        );
+        relay
     })
     .await
     .unwrap();
-    drop(child);
+    let audited: (String, String, Option<i64>) =
+        sqlx::query_as("SELECT actor, action, count FROM outbox_console_audit")
+            .fetch_one(db.pool())
+            .await
+            .unwrap();
+    assert_eq!(
+        audited,
+        ("dave (bearer)".to_owned(), "purge".to_owned(), Some(1))
+    );
+    drop(relay);
     broker.shutdown().await.unwrap();
 }

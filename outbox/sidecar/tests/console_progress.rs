@@ -2,51 +2,13 @@
 //! real broker-lite. A replay of more messages than one chunk runs in the background behind a
 //! progress page; writes without the token or from another origin are refused.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+mod console_support;
 
 use broker_lite::embedded::{self, EmbeddedConfig};
+use console_support::{Relay, TOKEN, await_job, header, http};
 use sqlx::{ConnectOptions, PgPool};
 
 courier_test_support::postgres_for_tests!();
-
-const TOKEN: &str = "progress-test-token";
-
-/// Kills the child process on drop.
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// One HTTP/1.1 request; the status and the whole response (headers and body).
-fn http(
-    addr: &str,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &str,
-) -> (u16, String) {
-    let mut stream = TcpStream::connect(addr).unwrap();
-    let mut request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for (name, value) in headers {
-        request.push_str(&format!("{name}: {value}\r\n"));
-    }
-    request.push_str("Content-Type: application/x-www-form-urlencoded\r\n\r\n");
-    request.push_str(body);
-    stream.write_all(request.as_bytes()).unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    (response[9..12].parse().unwrap(), response)
-}
 
 #[sqlx::test(migrator = "courier_outbox::MIGRATOR")]
 async fn a_long_replay_runs_in_the_background_with_progress_and_needs_the_token(pool: PgPool) {
@@ -67,111 +29,80 @@ async fn a_long_replay_runs_in_the_background_with_progress_and_needs_the_token(
     .unwrap();
 
     let url = pool.connect_options().to_url_lossy().to_string();
-    let relay = courier_test_support::workspace_binary("outbox-relay", "outbox-relay");
-    let mut child = KillOnDrop(
-        Command::new(relay)
-            .args(["--database-url", &url, "--broker", &addr])
-            .args(["--http-listen", "127.0.0.1:0", "run"])
-            .env_remove("DATABASE_URL")
-            .env("OUTBOX_RELAY_CONSOLE_TOKEN", TOKEN)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap(),
-    );
-    let mut line = String::new();
-    BufReader::new(child.0.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let console = line
-        .trim()
-        .strip_prefix("outbox-relay http on ")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .to_owned();
-    let origin = format!("http://{console}");
+    let relay = Relay::start(&url, &addr, "127.0.0.1:0", "run", Some(TOKEN));
     let bearer = format!("Bearer {TOKEN}");
     let form = "action=replay&scope=matching&topic=payments";
 
-    let blocking = {
-        let console = console.clone();
-        move || {
-            // Without the token: 401, and nothing moves.
-            let (status, body) = http(
-                &console,
-                "POST",
-                "/console/failures/apply",
-                &[("Origin", &origin)],
-                form,
-            );
-            assert_eq!(status, 401, "{body}");
-            // With the token but from another site: 403.
-            let (status, body) = http(
-                &console,
-                "POST",
-                "/console/failures/apply",
-                &[
-                    ("Origin", "http://evil.example"),
-                    ("Authorization", &bearer),
-                ],
-                form,
-            );
-            assert_eq!(status, 403, "{body}");
-            // The confirmation counts them all.
-            let (status, body) = http(
-                &console,
-                "POST",
-                "/console/failures/confirm",
-                &[("Origin", &origin), ("Authorization", &bearer)],
-                form,
-            );
-            assert_eq!(status, 200, "{body}");
-            assert!(
-                body.contains("Replay <b>2500</b> failed message(s)?"),
-                "{body}"
-            );
-            // With the token: a background job and its progress page.
-            let (status, response) = http(
-                &console,
-                "POST",
-                "/console/failures/apply",
-                &[("Origin", &origin), ("Authorization", &bearer)],
-                form,
-            );
-            assert_eq!(
-                status, 303,
-                "a long replay answers with its progress page: {response}"
-            );
-            let location = response
-                .lines()
-                .find_map(|l| l.strip_prefix("location: "))
-                .unwrap_or_else(|| panic!("no location: {response}"))
-                .trim()
-                .to_owned();
-            assert!(location.starts_with("/console/jobs/"), "{location}");
-            let deadline = std::time::Instant::now() + Duration::from_secs(60);
-            loop {
-                let (status, body) = http(&console, "GET", &location, &[], "");
-                assert_eq!(status, 200, "{body}");
-                if body.contains("id=\"result\"") {
-                    assert!(body.contains("Replayed 2500 message(s)"), "{body}");
-                    break;
-                }
-                assert!(body.contains("<progress id=\"progress\""), "{body}");
-                assert!(
-                    std::time::Instant::now() < deadline,
-                    "the job never finished: {body}"
-                );
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
+    let blocking = move || {
+        // Without the token: 401, and nothing moves.
+        let (status, body) = relay.post("/console/failures/apply", &[], form);
+        assert_eq!(status, 401, "{body}");
+        // With the token but from another site: 403.
+        let (status, body) = http(
+            &relay.addr,
+            "POST",
+            "/console/failures/apply",
+            &[
+                ("Origin", "http://evil.example"),
+                ("Authorization", &bearer),
+            ],
+            form,
+        );
+        assert_eq!(status, 403, "{body}");
+        // The confirmation counts them all.
+        let (status, body) = relay.post(
+            "/console/failures/confirm",
+            &[("Authorization", &bearer)],
+            form,
+        );
+        assert_eq!(status, 200, "{body}");
+        assert!(
+            body.contains("Replay <b>2500</b> failed message(s)?"),
+            "{body}"
+        );
+        // With the token: a background job and its progress page.
+        let (status, response) = relay.post(
+            "/console/failures/apply",
+            &[("Authorization", &bearer), ("X-Console-User", "alice")],
+            form,
+        );
+        assert_eq!(
+            status, 303,
+            "a long replay answers with its progress page: {response}"
+        );
+        let location = header(&response, "location")
+            .unwrap_or_else(|| panic!("no location: {response}"))
+            .to_owned();
+        assert!(location.starts_with("/console/jobs/"), "{location}");
+        let body = await_job(&relay, &location, &[]);
+        assert!(body.contains("Replayed 2500 message(s)"), "{body}");
+        relay
     };
-    tokio::task::spawn_blocking(blocking).await.unwrap();
+    let relay = tokio::task::spawn_blocking(blocking).await.unwrap();
     let left: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox.failures")
         .fetch_one(&pool)
         .await
         .unwrap();
     assert_eq!(left, 0);
-    drop(child);
+    // The replay is in the audit table, with who, what, the filter and the count.
+    let audited: Vec<(String, String, String, String, Option<i64>, String)> = sqlx::query_as(
+        "SELECT actor, action, target, filter, count, outcome FROM outbox.console_audit ORDER BY id",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        audited,
+        [(
+            "alice (bearer)".to_owned(),
+            "replay".to_owned(),
+            "failure table".to_owned(),
+            "matching a filter: topic=payments".to_owned(),
+            Some(2500),
+            "ok".to_owned()
+        )]
+    );
+    drop(relay);
     broker.shutdown().await.unwrap();
 }
 
@@ -183,29 +114,8 @@ async fn off_loopback_the_pages_need_a_sign_in_too(pool: PgPool) {
         .unwrap();
     let addr = broker.addr().to_string();
     let url = pool.connect_options().to_url_lossy().to_string();
-    let relay = courier_test_support::workspace_binary("outbox-relay", "outbox-relay");
-    let mut child = KillOnDrop(
-        Command::new(relay)
-            .args(["--database-url", &url, "--broker", &addr])
-            .args(["--http-listen", "0.0.0.0:0", "run"])
-            .env_remove("DATABASE_URL")
-            .env("OUTBOX_RELAY_CONSOLE_TOKEN", TOKEN)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap(),
-    );
-    let mut line = String::new();
-    BufReader::new(child.0.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let port = line
-        .trim()
-        .rsplit_once(':')
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .1
-        .to_owned();
-    let console = format!("127.0.0.1:{port}");
+    let relay = Relay::start(&url, &addr, "0.0.0.0:0", "run", Some(TOKEN));
+    let console = relay.addr.clone();
     let bearer = format!("Bearer {TOKEN}");
     tokio::task::spawn_blocking(move || {
         for page in [
@@ -213,6 +123,7 @@ async fn off_loopback_the_pages_need_a_sign_in_too(pool: PgPool) {
             "/console/failures",
             "/console/trace?q=x",
             "/console/broker",
+            "/console/audit",
         ] {
             let (status, body) = http(&console, "GET", page, &[], "");
             assert_eq!(status, 401, "{page} without a sign-in: {body}");
@@ -226,7 +137,7 @@ async fn off_loopback_the_pages_need_a_sign_in_too(pool: PgPool) {
     })
     .await
     .unwrap();
-    drop(child);
+    drop(relay);
     broker.shutdown().await.unwrap();
 }
 
@@ -246,26 +157,8 @@ async fn the_console_runs_alone_beside_an_embedded_relay(pool: PgPool) {
     .await
     .unwrap();
     let url = pool.connect_options().to_url_lossy().to_string();
-    let relay = courier_test_support::workspace_binary("outbox-relay", "outbox-relay");
-    let mut child = KillOnDrop(
-        Command::new(relay)
-            .args(["--database-url", &url, "--broker", &addr])
-            .args(["--http-listen", "127.0.0.1:0", "console"])
-            .env_remove("DATABASE_URL")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap(),
-    );
-    let mut line = String::new();
-    BufReader::new(child.0.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let console = line
-        .trim()
-        .strip_prefix("outbox-relay console on ")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .to_owned();
+    let relay = Relay::start(&url, &addr, "127.0.0.1:0", "console", None);
+    let console = relay.addr.clone();
     tokio::task::spawn_blocking(move || {
         let (status, body) = http(&console, "GET", "/console", &[], "");
         assert_eq!(status, 200, "{body}");
@@ -280,6 +173,102 @@ async fn the_console_runs_alone_beside_an_embedded_relay(pool: PgPool) {
     })
     .await
     .unwrap();
-    drop(child);
+    drop(relay);
+    broker.shutdown().await.unwrap();
+}
+
+/// More dead letters than one page (100): "Redrive all" runs in the background behind the
+/// progress page, re-drives them page by page, and the audit table has the count.
+#[sqlx::test(migrator = "courier_outbox::MIGRATOR")]
+async fn a_long_redrive_goes_page_by_page_with_progress(pool: PgPool) {
+    use broker_lite_client::{Consumer, ConsumerConfig, Producer, ProducerConfig};
+    const DEAD: usize = 250;
+    let data = tempfile::tempdir().unwrap();
+    let broker = embedded::start(data.path(), EmbeddedConfig::default())
+        .await
+        .unwrap();
+    broker.broker().create_topic("orders", 2).await.unwrap();
+    let addr = broker.addr().to_string();
+    // Subscribed before anything is sent, so the group sees every message.
+    let consumer = Consumer::connect(addr.as_str(), ConsumerConfig::new("billing", "orders"))
+        .await
+        .unwrap();
+    let producer = Producer::connect(addr.as_str(), ProducerConfig::default())
+        .await
+        .unwrap();
+    for n in 0..DEAD {
+        let _stored = producer
+            .send(broker_lite_client::protocol::Message::new(
+                "orders",
+                format!("order {n}"),
+            ))
+            .await
+            .unwrap();
+    }
+    let mut dead = 0;
+    tokio::time::timeout(std::time::Duration::from_secs(60), async {
+        while dead < DEAD {
+            for delivery in consumer
+                .pull(64, std::time::Duration::from_millis(200))
+                .await
+                .unwrap()
+            {
+                consumer
+                    .dead_letter(&delivery, Some("the test's poison"))
+                    .await
+                    .unwrap();
+                dead += 1;
+            }
+        }
+    })
+    .await
+    .expect("every message dead-lettered");
+
+    let url = pool.connect_options().to_url_lossy().to_string();
+    let relay = Relay::start(&url, &addr, "127.0.0.1:0", "console", Some(TOKEN));
+    let bearer = format!("Bearer {TOKEN}");
+    tokio::task::spawn_blocking(move || {
+        let (status, response) = relay.post(
+            "/console/broker/redrive",
+            &[("Authorization", &bearer), ("X-Console-User", "bob")],
+            "group=billing&scope=all",
+        );
+        assert_eq!(
+            status, 303,
+            "a long redrive answers with its progress page: {response}"
+        );
+        let location = header(&response, "location")
+            .unwrap_or_else(|| panic!("no location: {response}"))
+            .to_owned();
+        assert!(location.starts_with("/console/jobs/"), "{location}");
+        let body = await_job(&relay, &location, &[]);
+        assert!(
+            body.contains("Redrove 250 dead letter(s) of group billing in 3 page(s)."),
+            "{body}"
+        );
+    })
+    .await
+    .unwrap();
+    let admin = broker_lite_client::Admin::connect(addr.as_str(), Default::default())
+        .await
+        .unwrap();
+    assert_eq!(admin.dead_letters("billing", 1000).await.unwrap().len(), 0);
+    let audited: (String, String, String, Option<i64>, String) = sqlx::query_as(
+        "SELECT actor, target, filter, count, outcome FROM outbox.console_audit
+         WHERE action = 'redrive'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        audited,
+        (
+            "bob (bearer)".to_owned(),
+            "dead letters of group billing".to_owned(),
+            "all".to_owned(),
+            Some(250),
+            "ok".to_owned()
+        )
+    );
     broker.shutdown().await.unwrap();
 }

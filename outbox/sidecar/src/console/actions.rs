@@ -7,6 +7,7 @@ use courier_outbox::{FailureFilter, Failures, ReplayReport};
 use uuid::Uuid;
 
 use super::Console;
+use super::audit::Entry;
 use super::html::esc;
 use crate::database::with_pool;
 
@@ -19,6 +20,8 @@ pub(crate) struct Action {
     pub(crate) replay: bool,
     /// "selected" or "matching a filter", for the audit log.
     pub(crate) scope: &'static str,
+    /// The selection in words (the filter fields, or how many ids), for the audit log.
+    pub(crate) filter: String,
     /// Who asked.
     pub(crate) who: String,
 }
@@ -55,33 +58,30 @@ impl Action {
                 .map_err(Into::into)
             };
             if let Err(error) = done {
-                console.auth.audit(
-                    &self.who,
-                    verb,
-                    &format!(
-                        "stopped by an error after {} of {} message(s): {error:#}",
-                        report.replayed + purged,
-                        ids.len()
-                    ),
+                let outcome = format!(
+                    "stopped by an error after {} of {} message(s): {error:#}",
+                    report.replayed + purged,
+                    ids.len()
                 );
+                console
+                    .audit(self.entry(verb, report.replayed + purged).outcome(outcome))
+                    .await;
                 return Err(error);
             }
             if let Some(job) = job {
                 job.advance(chunk.len() as u64);
             }
         }
-        let scope = self.scope;
         let mut body;
         if self.replay {
-            console.auth.audit(
-                &self.who,
-                verb,
-                &format!(
-                    "{} message(s) {scope}, {} kept (id already in the outbox)",
-                    report.replayed,
+            let mut entry = self.entry(verb, report.replayed);
+            if !report.conflicts.is_empty() {
+                entry = entry.outcome(format!(
+                    "ok; {} kept (id already in the outbox)",
                     report.conflicts.len()
-                ),
-            );
+                ));
+            }
+            console.audit(entry).await;
             body = format!(
                 "<p id=\"result\">Replayed {} message(s) into the outbox.</p>",
                 report.replayed
@@ -102,9 +102,7 @@ impl Action {
                 );
             }
         } else {
-            console
-                .auth
-                .audit(&self.who, verb, &format!("{purged} message(s) {scope}"));
+            console.audit(self.entry(verb, purged)).await;
             body = format!("<p id=\"result\">Purged {purged} failed message(s).</p>");
         }
         body.push_str(
@@ -112,5 +110,12 @@ impl Action {
              <a href=\"/console/failures\">back to the failures</a></p>",
         );
         Ok(body)
+    }
+
+    /// The audit entry of this action, `count` messages done.
+    fn entry(&self, verb: &str, count: u64) -> Entry {
+        Entry::now(&self.who, verb, "failure table")
+            .filter(format!("{}: {}", self.scope, self.filter))
+            .count(count)
     }
 }

@@ -1,9 +1,9 @@
 //! Who may change things: write actions (replay, purge, redrive) need the console token, sent as
-//! `Authorization: Bearer <token>` or through the login form, which sets a session cookie. Without a
+//! `Authorization: Bearer <token>` or through the login form, which sets a signed session cookie
+//! that outlives a restart of the sidecar and is revoked by signing out (see [`super::session`]). Without a
 //! configured token they are allowed only when the sidecar listens on loopback (then only local
 //! processes reach it); otherwise they are refused with a page that says how to configure one.
-//! Every write is audit-logged (a `courier::console::audit` tracing event, and the overview's
-//! recent-actions list) with who did what.
+//! Every write, sign-in and sign-out is audit-logged with who did what (see [`super::audit`]).
 //!
 //! Reads are open on a loopback listener; on any other address every page but the login form
 //! needs a sign-in too, because the pages show message payloads and headers.
@@ -11,23 +11,16 @@
 //! CSRF: writes are POSTs whose `Origin` (or, without it, `Referer`) must name this host; the
 //! session cookie is `SameSite=Strict` and `HttpOnly`.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
-
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
-use rand::Rng;
 
+use super::audit::Entry;
 use super::form::Fields;
 use super::html::{self, esc};
+use super::session::{LIFETIME, Session, Sessions};
 
 /// The session cookie's name.
 const COOKIE: &str = "courier_console";
-/// How long a login lasts.
-const SESSION_LIFETIME: Duration = Duration::from_secs(12 * 3600);
-/// How many audit entries the overview keeps.
-const RECENT_ACTIONS: usize = 50;
 
 /// The console's authentication state.
 pub(crate) struct Auth {
@@ -37,10 +30,8 @@ pub(crate) struct Auth {
     open_writes: bool,
     /// Not on loopback: the pages show payloads and headers, so reading needs a sign-in too.
     reads_need_sign_in: bool,
-    /// Session id -> (who, when signed in).
-    sessions: Mutex<HashMap<String, (String, Instant)>>,
-    /// The latest audited actions, newest last.
-    recent: Mutex<VecDeque<String>>,
+    /// The signed session cookies.
+    sessions: Sessions,
 }
 
 impl std::fmt::Debug for Auth {
@@ -59,9 +50,8 @@ impl Auth {
         Self {
             open_writes: token.is_none() && loopback,
             reads_need_sign_in: !loopback,
+            sessions: Sessions::new(token.as_deref()),
             token,
-            sessions: Mutex::new(HashMap::new()),
-            recent: Mutex::new(VecDeque::new()),
         }
     }
 
@@ -77,10 +67,13 @@ impl Auth {
                 }
             }
         }
-        let id = cookie(headers)?;
-        let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
-        sessions.retain(|_, (_, at)| at.elapsed() < SESSION_LIFETIME);
-        sessions.get(id).map(|(who, _)| who.clone())
+        self.session(headers).map(|session| session.who)
+    }
+
+    /// The session of the request's cookie, if it is valid.
+    fn session(&self, headers: &HeaderMap) -> Option<Session> {
+        self.sessions
+            .check(cookie(headers)?, chrono::Utc::now().timestamp())
     }
 
     /// Whether this request may read the console's pages: always on loopback; elsewhere only
@@ -124,64 +117,77 @@ impl Auth {
         Err(Box::new(unauthorized()))
     }
 
-    /// Records a write: a tracing event and the overview's recent-actions list.
-    pub(crate) fn audit(&self, who: &str, action: &str, detail: &str) {
-        tracing::info!(target: "courier::console::audit", who, action, detail, "console action");
-        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
-        if recent.len() == RECENT_ACTIONS {
-            recent.pop_front();
-        }
-        recent.push_back(format!(
-            "{} {who}: {action} {detail}",
-            chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-        ));
-    }
-
-    /// The latest audited actions, newest first.
-    pub(crate) fn recent(&self) -> Vec<String> {
-        let recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
-        recent.iter().rev().cloned().collect()
-    }
-
-    /// `POST /console/login`: checks the token and sets the session cookie.
-    pub(crate) fn login(&self, headers: &HeaderMap, body: &str) -> Response {
+    /// `POST /console/login`: checks the token and sets the session cookie; the audit entry of
+    /// the attempt, unless it was refused before a name was given (cross-site, no token).
+    pub(crate) fn login(&self, headers: &HeaderMap, body: &str) -> (Response, Option<Entry>) {
         if !same_origin(headers, false) {
-            return html::error(
+            let refused = html::error(
                 StatusCode::FORBIDDEN,
                 "Refused: cross-site request",
                 "The login form must be sent from the console's own login page.",
             );
+            return (refused, None);
         }
         let fields = Fields::parse(body);
         let name = fields.get("name").unwrap_or("operator");
         let Some(token) = &self.token else {
-            return html::error(
+            let refused = html::error(
                 StatusCode::FORBIDDEN,
                 "No console token configured",
                 "Sign-in needs a token: set console.token_file or OUTBOX_RELAY_CONSOLE_TOKEN.",
             );
+            return (refused, None);
         };
-        if !fields.get("token").is_some_and(|given| same(given, token)) {
-            tracing::warn!(target: "courier::console::audit", who = name, "console sign-in refused: wrong token");
-            return (StatusCode::UNAUTHORIZED, login_page(Some("Wrong token."))).into_response();
-        }
-        let id: String = (0..32)
-            .map(|_| format!("{:02x}", rand::rng().random::<u8>()))
-            .collect();
         let who: String = name.chars().take(64).collect();
-        self.audit(&who, "sign-in", "");
-        self.sessions
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id.clone(), (who, Instant::now()));
-        (
+        if !fields.get("token").is_some_and(|given| same(given, token)) {
+            let refused = (StatusCode::UNAUTHORIZED, login_page(Some("Wrong token.")));
+            let entry = Entry::now(&who, "sign-in", "console").outcome("refused: wrong token");
+            return (refused.into_response(), Some(entry));
+        }
+        let entry = Entry::now(&who, "sign-in", "console");
+        // The key comes from the token checked above, so there is always one here.
+        let value = self
+            .sessions
+            .issue(&who, chrono::Utc::now().timestamp())
+            .unwrap_or_default();
+        let response = (
             [(
                 header::SET_COOKIE,
-                format!("{COOKIE}={id}; Path=/console; HttpOnly; SameSite=Strict"),
+                format!(
+                    "{COOKIE}={value}; Path=/console; Max-Age={}; HttpOnly; SameSite=Strict",
+                    LIFETIME.as_secs()
+                ),
             )],
             Redirect::to("/console"),
         )
-            .into_response()
+            .into_response();
+        (response, Some(entry))
+    }
+
+    /// `POST /console/logout`: revokes the session, clears its cookie and returns to the login
+    /// form; the audit entry when there was a session to end.
+    pub(crate) fn logout(&self, headers: &HeaderMap) -> (Response, Option<Entry>) {
+        if !same_origin(headers, false) {
+            let refused = html::error(
+                StatusCode::FORBIDDEN,
+                "Refused: cross-site request",
+                "Sign out with the console's own button.",
+            );
+            return (refused, None);
+        }
+        let entry = self.session(headers).map(|session| {
+            self.sessions.revoke(&session);
+            Entry::now(&session.who, "sign-out", "console")
+        });
+        let response = (
+            [(
+                header::SET_COOKIE,
+                format!("{COOKIE}=; Path=/console; Max-Age=0; HttpOnly; SameSite=Strict"),
+            )],
+            Redirect::to("/console/login"),
+        )
+            .into_response();
+        (response, entry)
     }
 }
 

@@ -5,13 +5,11 @@ use std::fmt::Write;
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use broker_lite_client::protocol::FlushMode;
-use uuid::Uuid;
 
 use super::Console;
-use super::form::Fields;
 use super::html::{self, esc, millis, table};
 
 /// Dead letters listed per group.
@@ -180,61 +178,4 @@ pub(crate) async fn page(State(console): State<Arc<Console>>, headers: HeaderMap
         }
     }
     html::page("Broker", who.as_deref(), &body).into_response()
-}
-
-/// `POST /console/broker/redrive`: `group`, and `id`s with `scope=selected` or `scope=all`.
-pub(crate) async fn redrive(
-    State(console): State<Arc<Console>>,
-    headers: HeaderMap,
-    body: String,
-) -> Response {
-    let who = match console.auth.authorize_write(&headers) {
-        Ok(who) => who,
-        Err(refused) => return *refused,
-    };
-    let fields = Fields::parse(&body);
-    let Some(group) = fields.get("group") else {
-        return html::error(StatusCode::BAD_REQUEST, "Invalid request", "no group given");
-    };
-    let ids: Vec<Uuid> = fields
-        .all("id")
-        .filter_map(|id| Uuid::parse_str(id).ok())
-        .collect();
-    if fields.get("scope") != Some("all") && ids.is_empty() {
-        return html::error(
-            StatusCode::BAD_REQUEST,
-            "Nothing selected",
-            "tick the dead letters to redrive, or use Redrive all",
-        );
-    }
-    let admin = match console.admin().await {
-        Ok(admin) => admin,
-        Err(what) => {
-            return html::error(StatusCode::SERVICE_UNAVAILABLE, "Broker unavailable", &what);
-        }
-    };
-    match admin.redrive_dead_letters(group, ids).await {
-        Ok(count) => {
-            console.auth.audit(
-                &who,
-                "redrive",
-                &format!("{count} dead letter(s) of group {group}"),
-            );
-            html::page(
-                "Redriven",
-                Some(&who),
-                &format!(
-                    "<p id=\"result\">Redrove {count} dead letter(s) of group {}.</p>\
-                     <p><a href=\"/console/broker\">back to the broker</a></p>",
-                    esc(group)
-                ),
-            )
-            .into_response()
-        }
-        Err(e) => html::error(
-            StatusCode::BAD_GATEWAY,
-            "Redrive failed",
-            &format!("broker-lite refused the redrive: {e}"),
-        ),
-    }
 }

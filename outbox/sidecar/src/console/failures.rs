@@ -72,6 +72,23 @@ fn filter(fields: &Fields, with_ids: bool) -> Result<FailureFilter, String> {
     Ok(filter)
 }
 
+/// The selection in words, for the audit log: the filter fields set (`topic=payments
+/// error=timed out`), and how many ids were ticked; "everything" when nothing narrows it.
+fn describe(fields: &Fields, with_ids: bool) -> String {
+    let mut parts: Vec<String> = FILTER_FIELDS
+        .iter()
+        .filter_map(|name| fields.get(name).map(|value| format!("{name}={value}")))
+        .collect();
+    if with_ids {
+        parts.insert(0, format!("{} id(s)", fields.all("id").count()));
+    }
+    if parts.is_empty() {
+        "everything".to_owned()
+    } else {
+        parts.join(" ")
+    }
+}
+
 /// Hidden inputs that carry the filter fields.
 fn hidden_filter(fields: &Fields) -> String {
     let mut out = String::new();
@@ -415,6 +432,7 @@ pub(crate) async fn apply(
         } else {
             "matching a filter"
         },
+        filter: describe(&fields, wanted.selected),
         who,
     };
     if ids.len() <= CHUNK {
@@ -429,7 +447,7 @@ pub(crate) async fn apply(
             if action.replay { "replay" } else { "purge" },
             ids.len()
         ),
-        ids.len() as u64,
+        Some(ids.len() as u64),
     );
     tokio::spawn(async move {
         let body = match action.run(&console, &ids, Some(&job)).await {
@@ -468,5 +486,16 @@ mod tests {
         );
         let fields = Fields::parse("action=purge&scope=matching&since=yesterday");
         assert!(request(&fields).err().unwrap().contains("is not a time"));
+    }
+
+    #[test]
+    fn the_audit_log_names_the_selection() {
+        let fields = Fields::parse("id=a&id=b&topic=payments&error=timed+out");
+        assert_eq!(
+            describe(&fields, true),
+            "2 id(s) topic=payments error=timed out"
+        );
+        assert_eq!(describe(&fields, false), "topic=payments error=timed out");
+        assert_eq!(describe(&Fields::parse(""), false), "everything");
     }
 }

@@ -59,10 +59,14 @@ pub(crate) fn page_with_head(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{} · courier console</title>\
          <style>{STYLE}</style>{head}</head><body><nav><a href=\"/console\">Outbox</a>\
          <a href=\"/console/failures\">Failures</a><a href=\"/console/broker\">Broker</a>\
-         <a href=\"/console/trace\">Trace</a><span class=\"who\">{}</span></nav><main><h1>{}</h1>{body}</main></body></html>",
+         <a href=\"/console/trace\">Trace</a><a href=\"/console/audit\">Audit</a><span class=\"who\">{}</span></nav><main><h1>{}</h1>{body}</main></body></html>",
         esc(title),
         match who {
-            Some(who) => format!("signed in as {}", esc(who)),
+            Some(who) => format!(
+                "signed in as {} <form method=\"post\" action=\"/console/logout\" class=\"inline\">\
+                 <button id=\"sign-out\" type=\"submit\">sign out</button></form>",
+                esc(who)
+            ),
             None => "<a href=\"/console/login\">sign in</a>".to_owned(),
         },
         esc(title),

@@ -1,4 +1,4 @@
-//! Long replays and purges run in the background with a progress page
+//! Long replays, purges and redrives run in the background with a progress page
 //! (`/console/jobs/{id}`), which reloads itself each second (a `<meta refresh>`, no script) until
 //! the job is done and then shows its result.
 
@@ -21,7 +21,8 @@ const KEPT: usize = 100;
 pub(crate) struct Job {
     /// What it does, e.g. "replay 5000 message(s)".
     what: String,
-    total: u64,
+    /// How many messages it goes through, when known up front (not for "redrive all").
+    total: Option<u64>,
     done: AtomicU64,
     /// The result page's body (HTML) once finished.
     result: Mutex<Option<String>>,
@@ -47,8 +48,8 @@ pub(crate) struct Jobs {
 }
 
 impl Jobs {
-    /// Registers a job over `total` messages; its id and handle.
-    pub(crate) fn start(&self, what: String, total: u64) -> (u64, Arc<Job>) {
+    /// Registers a job over `total` messages (`None`: not known up front); its id and handle.
+    pub(crate) fn start(&self, what: String, total: Option<u64>) -> (u64, Arc<Job>) {
         let id = self.next.fetch_add(1, Ordering::Relaxed) + 1;
         let job = Arc::new(Job {
             what,
@@ -100,17 +101,27 @@ pub(crate) async fn page(
         Some(body) => html::page("Done", who.as_deref(), &body).into_response(),
         None => {
             let done = job.done.load(Ordering::Relaxed);
+            // Without a total the bar is indeterminate and the count says how many so far.
+            let (bar, count) = match job.total {
+                Some(total) => (
+                    format!(
+                        "<progress id=\"progress\" value=\"{done}\" max=\"{total}\"></progress>"
+                    ),
+                    format!("{done} / {total}"),
+                ),
+                None => (
+                    "<progress id=\"progress\"></progress>".to_owned(),
+                    format!("{done} so far"),
+                ),
+            };
             html::page_with_head(
                 "In progress",
                 who.as_deref(),
                 "<meta http-equiv=\"refresh\" content=\"1\">",
                 &format!(
-                    "<p>{}: <progress id=\"progress\" value=\"{done}\" max=\"{}\"></progress> \
-                     <span id=\"progress-count\">{done} / {}</span></p>\
+                    "<p>{}: {bar} <span id=\"progress-count\">{count}</span></p>\
                      <p>This page reloads itself until the job is done.</p>",
                     esc(&job.what),
-                    job.total,
-                    job.total
                 ),
             )
             .into_response()

@@ -8,13 +8,16 @@
 //! | `/console/failures` | the failure table: filter, view one message, replay or purge a selection or everything matching |
 //! | `/console/broker` | broker-lite topics, groups, lag per queue, dead letters with redrive |
 //! | `/console/trace` | one message's timeline by id or key: outbox, failure, broker, consumer |
-//! | `/console/jobs/{id}` | the progress of a long replay or purge, then its result |
+//! | `/console/audit` | the audit log: who did what, newest first, by actor and action |
+//! | `/console/jobs/{id}` | the progress of a long replay, purge or redrive, then its result |
 //!
 //! On a loopback listener reads are open (like `/metrics`); on any other address they need a
 //! sign-in too. Writes always need the console token, unless the listener is on loopback and no
 //! token is configured (see [`auth`]).
 
 mod actions;
+mod audit;
+mod audit_page;
 mod auth;
 mod broker;
 mod failures;
@@ -22,6 +25,8 @@ mod form;
 mod html;
 mod jobs;
 mod overview;
+mod redrive;
+mod session;
 mod standalone;
 mod trace;
 
@@ -29,7 +34,7 @@ use std::sync::{Arc, Mutex};
 
 use axum::Router;
 use axum::http::HeaderMap;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::{get, post};
 use broker_lite_client::{Admin, AdminConfig};
 use courier_outbox::{CircuitState, RelayState};
@@ -53,6 +58,8 @@ pub(crate) struct Console {
     auth: auth::Auth,
     /// Background replays and purges, with their progress.
     jobs: jobs::Jobs,
+    /// The latest audited actions, for the overview (the audit table keeps them all).
+    recent: audit::Recent,
     /// The last sample of the published counter, for the publish rate.
     rate: Mutex<overview::RateSample>,
 }
@@ -83,6 +90,7 @@ impl Console {
             metrics,
             auth: auth::Auth::new(config.console_token()?, loopback),
             jobs: jobs::Jobs::default(),
+            recent: audit::Recent::default(),
             rate: Mutex::new(overview::RateSample::at_start()),
         })
     }
@@ -112,8 +120,9 @@ pub(crate) fn router(console: Arc<Console>) -> Router {
         .route("/console/failures/apply", post(failures::apply))
         .route("/console/jobs/{id}", get(jobs::page))
         .route("/console/broker", get(broker::page))
-        .route("/console/broker/redrive", post(broker::redrive))
+        .route("/console/broker/redrive", post(redrive::redrive))
         .route("/console/trace", get(trace::page))
+        .route("/console/audit", get(audit_page::page))
         .route_layer(axum::middleware::from_fn_with_state(
             console.clone(),
             sign_in_to_read,
@@ -123,8 +132,20 @@ pub(crate) fn router(console: Arc<Console>) -> Router {
             "/console/login",
             get(|| async { auth::login_page(None) }).post(login),
         )
+        .route("/console/logout", post(logout))
         .merge(pages)
         .with_state(console)
+}
+
+async fn logout(
+    axum::extract::State(console): axum::extract::State<Arc<Console>>,
+    headers: HeaderMap,
+) -> Response {
+    let (response, entry) = console.auth.logout(&headers);
+    if let Some(entry) = entry {
+        console.audit(entry).await;
+    }
+    response
 }
 
 /// Off loopback, every page but the login form needs a sign-in (see [`auth`]).
@@ -145,5 +166,9 @@ async fn login(
     headers: HeaderMap,
     body: String,
 ) -> Response {
-    console.auth.login(&headers, &body).into_response()
+    let (response, entry) = console.auth.login(&headers, &body);
+    if let Some(entry) = entry {
+        console.audit(entry).await;
+    }
+    response
 }

@@ -177,7 +177,7 @@ pub(crate) async fn page(State(console): State<Arc<Console>>, headers: HeaderMap
         );
     }
     body.push_str("<h2>Recent console actions</h2><ul>");
-    for line in console.auth.recent() {
+    for line in console.recent.lines() {
         let _ = write!(body, "<li>{}</li>", esc(&line));
     }
     body.push_str("</ul>");
