@@ -1,32 +1,20 @@
 //! `courier::App`'s relay hands each claimed batch to broker-lite in one `SEND_BATCH` request (one
 //! group commit), as the `outbox-relay` sidecar does, not one `SEND` per message. Counted with the
-//! embedded broker's own request counter, read from this test binary's Prometheus recorder (the
+//! embedded broker's own request counter, read from this test binary's counting recorder (courier-test-support) (the
 //! only test in the binary, so the counts are this test's).
 
 use std::time::Duration;
 
 use broker_lite::embedded::{self, EmbeddedConfig};
 use courier::outbox::{Message, Outbox};
-use metrics_exporter_prometheus::PrometheusBuilder;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 courier_test_support::postgres_for_tests!();
 
-/// The value of `broker_lite_server_requests_total{command="<command>"}` in `rendered`.
-fn requests(rendered: &str, command: &str) -> u64 {
-    let series = format!("broker_lite_server_requests_total{{command=\"{command}\"}} ");
-    rendered
-        .lines()
-        .find_map(|line| line.strip_prefix(&series))
-        .map_or(0, |value| value.trim().parse().unwrap())
-}
-
 #[sqlx::test(migrator = "courier::outbox::MIGRATOR")]
 async fn the_apps_relay_publishes_a_claimed_batch_in_one_request(pool: PgPool) {
-    let metrics = PrometheusBuilder::new()
-        .install_recorder()
-        .expect("the only recorder of this test binary");
+    let counters = courier_test_support::counters();
     let data = tempfile::tempdir().unwrap();
     let broker = embedded::start(data.path(), EmbeddedConfig::default())
         .await
@@ -67,13 +55,12 @@ async fn the_apps_relay_publishes_a_claimed_batch_in_one_request(pool: PgPool) {
             message.id
         );
     }
-    let rendered = metrics.render();
     assert!(
-        requests(&rendered, "send_batch") >= 1,
-        "no SEND_BATCH request reached the broker:\n{rendered}"
+        counters.broker_requests("send_batch") >= 1,
+        "no SEND_BATCH request reached the broker:\n{counters:?}"
     );
     assert_eq!(
-        requests(&rendered, "send"),
+        counters.broker_requests("send"),
         0,
         "messages went one by one instead of in the claimed batch"
     );

@@ -7,89 +7,22 @@
 
 mod broker_lite_support;
 
-use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
-
 use broker_lite::client::ProducerConfig;
 use broker_lite_support::{PATIENCE, eventually, start_broker};
 use courier_core::Permanent;
 use courier_middleware::BrokerLitePublisher;
 use courier_outbox::{Message, Outbox, PublishBatch, Relay, RelayState};
-use metrics::{
-    Counter, CounterFn, Gauge, Histogram, Key, KeyName, Metadata, Recorder, SharedString, Unit,
-};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 courier_test_support::postgres_for_tests!();
-
-/// Counters by name and labels (`name{label=value}`); gauges and histograms are dropped.
-#[derive(Default, Clone)]
-struct Counters(Arc<Mutex<BTreeMap<String, Arc<AtomicU64>>>>);
-
-struct Cell(Arc<AtomicU64>);
-
-impl CounterFn for Cell {
-    fn increment(&self, value: u64) {
-        self.0.fetch_add(value, Ordering::SeqCst);
-    }
-
-    fn absolute(&self, value: u64) {
-        self.0.store(value, Ordering::SeqCst);
-    }
-}
-
-impl Counters {
-    fn get(&self, name: &str) -> u64 {
-        self.0
-            .lock()
-            .unwrap()
-            .get(name)
-            .map_or(0, |c| c.load(Ordering::SeqCst))
-    }
-}
-
-impl Recorder for Counters {
-    fn describe_counter(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
-    fn describe_gauge(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
-    fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
-
-    fn register_counter(&self, key: &Key, _: &Metadata<'_>) -> Counter {
-        let labels: Vec<String> = key
-            .labels()
-            .map(|l| format!("{}={}", l.key(), l.value()))
-            .collect();
-        let name = format!("{}{{{}}}", key.name(), labels.join(","));
-        let cell = self.0.lock().unwrap().entry(name).or_default().clone();
-        Counter::from_arc(Arc::new(Cell(cell)))
-    }
-
-    fn register_gauge(&self, _: &Key, _: &Metadata<'_>) -> Gauge {
-        Gauge::noop()
-    }
-
-    fn register_histogram(&self, _: &Key, _: &Metadata<'_>) -> Histogram {
-        Histogram::noop()
-    }
-}
-
-/// The process-wide recorder (the broker's server tasks record from any thread).
-fn counters() -> &'static Counters {
-    static COUNTERS: OnceLock<Counters> = OnceLock::new();
-    COUNTERS.get_or_init(|| {
-        let counters = Counters::default();
-        metrics::set_global_recorder(counters.clone()).expect("the only recorder of this binary");
-        counters
-    })
-}
 
 const SEND_BATCH: &str = "broker_lite_server_requests_total{command=send_batch}";
 const SEND: &str = "broker_lite_server_requests_total{command=send}";
 
 #[sqlx::test(migrator = "courier_outbox::MIGRATOR")]
 async fn a_relay_batch_is_one_request_and_a_refused_message_fails_alone(pool: PgPool) {
-    let counters = counters();
+    let counters = courier_test_support::counters();
     let env = start_broker(|_| {}).await;
     let publisher = BrokerLitePublisher::connect(env.broker.addr(), ProducerConfig::default())
         .await

@@ -1,6 +1,6 @@
 //! The sidecar hands each claimed batch to the broker in one call: on broker-lite, one
 //! `SEND_BATCH` request (one group commit) instead of one `SEND` per message. Counted with the
-//! broker's own request counter, read from this process's Prometheus recorder (the broker runs
+//! broker's own request counter, read from this process's counting recorder (courier-test-support) (the broker runs
 //! embedded here, the relay in its own process).
 
 use std::process::{Command, Stdio};
@@ -8,27 +8,15 @@ use std::time::Duration;
 
 use broker_lite::embedded::{self, EmbeddedConfig};
 use courier_outbox::{Message, Outbox};
-use metrics_exporter_prometheus::PrometheusBuilder;
 use sqlx::{ConnectOptions, PgPool};
 
 courier_test_support::postgres_for_tests!();
 
 const RELAY: &str = env!("CARGO_BIN_EXE_outbox-relay");
 
-/// The value of `broker_lite_server_requests_total{command="<command>"}` in `rendered`.
-fn requests(rendered: &str, command: &str) -> u64 {
-    let series = format!("broker_lite_server_requests_total{{command=\"{command}\"}} ");
-    rendered
-        .lines()
-        .find_map(|line| line.strip_prefix(&series))
-        .map_or(0, |value| value.trim().parse().unwrap())
-}
-
 #[sqlx::test(migrator = "courier_outbox::MIGRATOR")]
 async fn the_sidecar_publishes_a_claimed_batch_to_broker_lite_in_one_request(pool: PgPool) {
-    let metrics = PrometheusBuilder::new()
-        .install_recorder()
-        .expect("the only recorder of this test binary");
+    let counters = courier_test_support::counters();
     let data = tempfile::tempdir().unwrap();
     let broker = embedded::start(data.path(), EmbeddedConfig::default())
         .await
@@ -80,13 +68,12 @@ async fn the_sidecar_publishes_a_claimed_batch_to_broker_lite_in_one_request(poo
             message.id
         );
     }
-    let rendered = metrics.render();
     assert!(
-        requests(&rendered, "send_batch") >= 1,
-        "no SEND_BATCH request reached the broker:\n{rendered}"
+        counters.broker_requests("send_batch") >= 1,
+        "no SEND_BATCH request reached the broker:\n{counters:?}"
     );
     assert_eq!(
-        requests(&rendered, "send"),
+        counters.broker_requests("send"),
         0,
         "messages went one by one instead of in the claimed batch"
     );

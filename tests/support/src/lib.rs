@@ -11,7 +11,8 @@
 //! [`MySqlTestDatabase::create`], on the server named by `MYSQL_URL`.
 //!
 //! End-to-end tests that run another package's binary (the `outbox-relay` sidecar, the
-//! `broker-lite` server) find it with [`workspace_binary`].
+//! `broker-lite` server) find it with [`workspace_binary`]. Tests that count the requests an
+//! embedded broker served read them from [`counters`], a counting metrics recorder.
 //!
 //! ```ignore
 //! courier_test_support::postgres_for_tests!();
@@ -21,10 +22,12 @@
 //! ```
 
 mod binary;
+mod counters;
 #[cfg(feature = "mysql")]
 mod mysql;
 
 pub use binary::workspace_binary;
+pub use counters::{Counters, counters};
 #[cfg(feature = "mysql")]
 pub use mysql::{HOW_TO_SET_MYSQL_URL, MySqlTestDatabase, mysql_url};
 
