@@ -36,6 +36,30 @@ async fn the_console_reads_a_mysql_outbox() {
     .execute(db.pool())
     .await
     .unwrap();
+    // Its consumer record (the idempotency layer's table, from the same migrations): it was
+    // handled once before the relay gave up on a resend.
+    sqlx::query(
+        "INSERT INTO courier_inbox_processed (consumer_group, `key`, processed_at)
+         VALUES ('billing', ?, UTC_TIMESTAMP(6))",
+    )
+    .bind(failed.to_string())
+    .execute(db.pool())
+    .await
+    .unwrap();
+    // A message another relay instance has claimed (leased for an hour, so the relay under test
+    // leaves it alone) after a failed attempt.
+    let leased = Uuid::now_v7();
+    sqlx::query(
+        "INSERT INTO outbox_messages (id, topic, `key`, headers, payload, created_at, available_at,
+                                      attempts, last_error, last_attempt_at, leased_until, lease_owner)
+         VALUES (?, 'payments', 'order-8', ?, 'x', UTC_TIMESTAMP(6), UTC_TIMESTAMP(6), 2, 'broker timed out',
+                 UTC_TIMESTAMP(6), UTC_TIMESTAMP(6) + INTERVAL 1 HOUR, 'relay-b/0190aaaa-instance/7')",
+    )
+    .bind(leased)
+    .bind(r#"{"traceparent":"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}"#)
+    .execute(db.pool())
+    .await
+    .unwrap();
 
     let data = tempfile::tempdir().unwrap();
     let broker = embedded::start(data.path(), EmbeddedConfig::default())
@@ -53,6 +77,11 @@ async fn the_console_reads_a_mysql_outbox() {
             body.contains("<td><a href=\"/console/failures?topic=payments\">payments</a></td>"),
             "{body}"
         );
+        // The instance that holds a lease, as Postgres lists the partition owners.
+        assert!(
+            body.contains("<td>relay-b/0190aaaa-instance</td><td>1</td>"),
+            "{body}"
+        );
         let (status, body) = get("/console/failures?key=order-7");
         assert_eq!(status, 200, "{body}");
         assert!(body.contains(&failed.to_string()), "{body}");
@@ -61,8 +90,24 @@ async fn the_console_reads_a_mysql_outbox() {
         assert!(body.contains("&quot;amount&quot;: 42"), "{body}");
         let (status, body) = get(&format!("/console/trace?q={failed}"));
         assert_eq!(status, 200, "{body}");
-        assert!(body.contains("gave up: in the failure table"), "{body}");
+        assert!(
+            body.contains("gave up after 16 attempt(s): in the failure table"),
+            "{body}"
+        );
+        assert!(body.contains("(from the failure record)"), "{body}");
+        assert!(body.contains("<b>handled by group billing</b>"), "{body}");
         assert!(!body.contains("could not be read"), "{body}");
+        // The outbox row in full: key, traceparent, the failed attempt, pending.
+        let (status, body) = get(&format!("/console/trace?q={leased}"));
+        assert_eq!(status, 200, "{body}");
+        assert!(
+            body.contains("key order-8, partition -, traceparent 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+            "{body}"
+        );
+        assert!(body.contains("<b>publish attempt 2 failed</b>"), "{body}");
+        assert!(body.contains("broker timed out"), "{body}");
+        assert!(body.contains("<b>pending</b>"), "{body}");
+        assert!(body.contains("<b>no idempotency record</b>"), "{body}");
         let (status, body) = get("/console/trace?q=order-7");
         assert_eq!(status, 200, "{body}");
         assert!(body.contains(&failed.to_string()), "{body}");

@@ -29,6 +29,7 @@ mod redrive;
 mod session;
 mod standalone;
 mod trace;
+mod trace_records;
 
 use std::sync::{Arc, Mutex};
 

@@ -7,6 +7,7 @@ use std::time::Instant;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
 use courier_outbox::CircuitState;
 
 use super::Console;
@@ -160,20 +161,22 @@ pub(crate) async fn page(State(console): State<Arc<Console>>, headers: HeaderMap
     let rows: Vec<Vec<String>> = stats
         .relays
         .iter()
-        .map(|(name, pid, partitions)| vec![esc(name), pid.to_string(), esc(partitions)])
+        .map(|(name, what, partitions)| vec![esc(name), esc(what), esc(partitions)])
         .collect();
-    body.push_str(&table(
-        &[
+    let headers = match console.database {
+        Database::Postgres(_) => [
             "relay (application_name)",
             "backend pid",
             "key partitions owned",
         ],
-        &rows,
-    ));
+        Database::MySql(_) => ["relay (lease owner)", "rows leased now", "leased until"],
+    };
+    body.push_str(&table(&headers, &rows));
     if matches!(console.database, Database::MySql(_)) {
         body.push_str(
-            "<p>Relay instances and their partitions are listed on Postgres only (from its \
-             advisory locks); on MySQL see the relays' logs.</p>",
+            "<p>On MySQL relays lease the rows they claim rather than own key partitions: a \
+             relay is listed while it holds a lease (between its claim and the outcome of its \
+             batch).</p>",
         );
     }
     body.push_str("<h2>Recent console actions</h2><ul>");
@@ -198,8 +201,9 @@ struct Stats {
     failures: i64,
     /// (topic, pending, failed)
     topics: Vec<(String, i64, i64)>,
-    /// (application_name, pid, partitions)
-    relays: Vec<(String, i32, String)>,
+    /// Postgres: (application_name, backend pid, partitions owned); MySQL: (lease owner, rows
+    /// leased, until when).
+    relays: Vec<(String, String, String)>,
 }
 
 async fn postgres(pool: &sqlx::PgPool) -> anyhow::Result<Stats> {
@@ -227,7 +231,7 @@ async fn postgres(pool: &sqlx::PgPool) -> anyhow::Result<Stats> {
     // partition, in the lock space courier's Postgres store uses (see
     // `courier_outbox` store/postgres/partitions.rs: space 0x0c0a7001, membership 1 << 20).
     let relays = sqlx::query_as(
-        "SELECT COALESCE(a.application_name, ''), l.pid,
+        "SELECT COALESCE(a.application_name, ''), l.pid::text,
                 COALESCE(string_agg(l.objid::text, ', ' ORDER BY l.objid)
                          FILTER (WHERE l.objid < 64), '-')
          FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid
@@ -257,6 +261,18 @@ async fn mysql(pool: &sqlx::MySqlPool) -> anyhow::Result<Stats> {
     let failures: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM outbox_failures")
         .fetch_one(pool)
         .await?;
+    // A lease owner is `<relay name>/<instance id>/<claim number>`: one line per instance.
+    let relays: Vec<(String, i64, DateTime<Utc>)> = sqlx::query_as(
+        "SELECT SUBSTRING_INDEX(lease_owner, '/', 2), COUNT(*), MAX(leased_until)
+         FROM outbox_messages WHERE leased_until > UTC_TIMESTAMP(6)
+         GROUP BY SUBSTRING_INDEX(lease_owner, '/', 2) ORDER BY 1",
+    )
+    .fetch_all(pool)
+    .await?;
+    let relays = relays
+        .into_iter()
+        .map(|(owner, rows, until)| (owner, rows.to_string(), until.to_rfc3339()))
+        .collect();
     let topics = sqlx::query_as(
         // Topics are `ascii_bin`, which a UNION hands back as binary: cast to text.
         "SELECT CAST(topic AS CHAR), CAST(SUM(pending) AS SIGNED), CAST(SUM(failed) AS SIGNED) FROM (
@@ -273,7 +289,7 @@ async fn mysql(pool: &sqlx::MySqlPool) -> anyhow::Result<Stats> {
         oldest_due_age_seconds: oldest,
         failures,
         topics,
-        relays: Vec::new(),
+        relays,
     })
 }
 

@@ -1,17 +1,21 @@
 //! `/console/trace?q=<message id or key>`: one message's whole life on one timeline.
 //!
 //! Where each step comes from:
-//! - enqueued, publish attempts, sent: the outbox row (`outbox.messages`: `created_at`,
-//!   `attempts`, `last_attempt_at` + `last_error`, `sent_at` when kept for retention);
+//! - enqueued, publish attempts, sent: the outbox row (`outbox.messages`: `created_at`, key,
+//!   headers, `attempts`, `last_attempt_at` + `last_error`, `sent_at` when kept for retention);
 //! - gave up: the failure record (`outbox.failures`);
 //! - stored (queue, offset, store time, flush mode), each delivery attempt per group, acks,
 //!   retries, dead letter, redrive: broker-lite's admin API (`lookup_by_id`, `trace`,
 //!   `describe`), the same calls `broker-lite trace` makes;
-//! - handled: the consumer's idempotency record, when its table `courier_inbox.processed` (the
-//!   `courier-middleware` idempotency layer's table, created by the same migrations) is in this
-//!   database. It is found by key: the message id, or `h:<value>` for a header-keyed layer, one
-//!   lookup per header value of the message. The durable inbox (`courier_inbox.messages`,
-//!   `courier_inbox.dead_letters`) is read the same way, by message id.
+//! - handled: the consumer's idempotency record, when its table `courier_inbox.processed`
+//!   (`courier_inbox_processed` on MySQL; the `courier-middleware` idempotency layer's table,
+//!   created by the same migrations) is in this database. It is found by key: the message id,
+//!   or `h:<value>` for a header-keyed layer, one lookup per header value of the message. The
+//!   durable inbox (`courier_inbox.messages`, `courier_inbox.dead_letters`) is read the same
+//!   way, by message id.
+//!
+//! MySQL shows the same steps from its tables of the same names with the prefixes `outbox_` and
+//! `courier_inbox_` (see `trace_records`); only the key partition is Postgres's alone.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
@@ -27,6 +31,7 @@ use super::Console;
 use super::broker::flush_mode;
 use super::form::Fields;
 use super::html::{self, esc, millis, table};
+use super::trace_records::{self as records, ConsumerRecords, FailureRecord, OutboxRecord};
 use crate::database::Database;
 
 /// One step of the timeline.
@@ -94,17 +99,13 @@ async fn timeline(console: &Console, id: Uuid) -> Vec<Step> {
     let mut steps = Vec::new();
     // Header values of the message, for header-keyed idempotency records.
     let mut header_values = BTreeSet::new();
-    match &console.database {
-        Database::Postgres(pool) => {
-            if let Err(e) = outbox_postgres(pool, id, &mut steps, &mut header_values).await {
-                steps.push(error_step("outbox", &e));
-            }
-        }
-        Database::MySql(pool) => {
-            if let Err(e) = outbox_mysql(pool, id, &mut steps).await {
-                steps.push(error_step("outbox", &e));
-            }
-        }
+    let outbox = match &console.database {
+        Database::Postgres(pool) => records::outbox_postgres(pool, id).await,
+        Database::MySql(pool) => records::outbox_mysql(pool, id).await,
+    };
+    match outbox {
+        Ok(found) => outbox_steps(found, &mut steps, &mut header_values),
+        Err(e) => steps.push(error_step("outbox", &e.into())),
     }
     match console.admin().await {
         Ok(admin) => {
@@ -154,10 +155,20 @@ async fn timeline(console: &Console, id: Uuid) -> Vec<Step> {
             detail: what,
         }),
     }
-    if let Database::Postgres(pool) = &console.database {
-        if let Err(e) = consumer_postgres(pool, id, &header_values, &mut steps).await {
-            steps.push(error_step("consumer", &e));
-        }
+    let keys = records::idempotency_keys(id, &header_values);
+    let (consumer, tables) = match &console.database {
+        Database::Postgres(pool) => (
+            records::consumer_postgres(pool, id, &keys).await,
+            "courier_inbox.processed",
+        ),
+        Database::MySql(pool) => (
+            records::consumer_mysql(pool, id, &keys).await,
+            "courier_inbox_processed",
+        ),
+    };
+    match consumer {
+        Ok(found) => consumer_steps(found, tables, &mut steps),
+        Err(e) => steps.push(error_step("consumer", &e.into())),
     }
     order(&mut steps);
     steps
@@ -198,48 +209,29 @@ fn error_step(source: &'static str, error: &anyhow::Error) -> Step {
     }
 }
 
-type OutboxRow = (
-    String,
-    Option<String>,
-    sqlx::types::Json<BTreeMap<String, String>>,
-    DateTime<Utc>,
-    DateTime<Utc>,
-    i32,
-    Option<String>,
-    Option<DateTime<Utc>>,
-    Option<DateTime<Utc>>,
-    Option<i16>,
-);
-
-async fn outbox_postgres(
-    pool: &sqlx::PgPool,
-    id: Uuid,
+/// The steps of the outbox row and the failure record; the row's header values go to
+/// `header_values`.
+fn outbox_steps(
+    (row, failure): (Option<OutboxRecord>, Option<FailureRecord>),
     steps: &mut Vec<Step>,
     header_values: &mut BTreeSet<String>,
-) -> anyhow::Result<()> {
-    let row: Option<OutboxRow> = sqlx::query_as(
-        "SELECT topic, key, headers, created_at, available_at, attempts, last_error,
-                last_attempt_at, sent_at, partition
-         FROM outbox.messages WHERE id = $1",
-    )
-    .bind(id)
-    .fetch_optional(pool)
-    .await?;
-    if let Some((topic, key, headers, created, available, attempts, error, last, sent, part)) = row
-    {
-        header_values.extend(headers.0.values().cloned());
+) {
+    if let Some(row) = row {
+        header_values.extend(row.headers.values().cloned());
+        let attempts = row.attempts;
         steps.push(Step {
-            at: Some(created),
+            at: Some(row.created),
             source: "outbox",
             what: "enqueued".into(),
             detail: format!(
-                "topic {topic}, key {}, partition {}, traceparent {}",
-                key.as_deref().unwrap_or("-"),
-                part.map_or("-".to_owned(), |p| p.to_string()),
-                headers.0.get("traceparent").map_or("-", String::as_str)
+                "topic {}, key {}, partition {}, traceparent {}",
+                row.topic,
+                row.key.as_deref().unwrap_or("-"),
+                row.partition.map_or("-".to_owned(), |p| p.to_string()),
+                row.headers.get("traceparent").map_or("-", String::as_str)
             ),
         });
-        if let (Some(error), Some(at)) = (error, last) {
+        if let (Some(error), Some(at)) = (row.last_error, row.last_attempt) {
             steps.push(Step {
                 at: Some(at),
                 source: "outbox",
@@ -252,7 +244,7 @@ async fn outbox_postgres(
                 ),
             });
         }
-        match sent {
+        match row.sent {
             Some(at) => steps.push(Step {
                 at: Some(at),
                 source: "outbox",
@@ -260,109 +252,44 @@ async fn outbox_postgres(
                 detail: format!("after {attempts} attempt(s); row kept for the retention period"),
             }),
             None => steps.push(Step {
-                at: Some(available),
+                at: Some(row.available),
                 source: "outbox",
                 what: "pending".into(),
                 detail: format!("due at this time, {attempts} attempt(s) so far"),
             }),
         }
     }
-    let failure: Option<(i32, String, DateTime<Utc>, DateTime<Utc>)> = sqlx::query_as(
-        "SELECT attempts, last_error, failed_at, created_at FROM outbox.failures WHERE id = $1",
-    )
-    .bind(id)
-    .fetch_optional(pool)
-    .await?;
-    if let Some((attempts, error, failed, created)) = failure {
+    if let Some(failure) = failure {
         steps.push(Step {
-            at: Some(created),
+            at: Some(failure.created),
             source: "failure",
             what: "enqueued".into(),
             detail: "(from the failure record)".into(),
         });
         steps.push(Step {
-            at: Some(failed),
+            at: Some(failure.failed),
             source: "failure",
-            what: format!("gave up after {attempts} attempt(s): in the failure table"),
-            detail: error,
+            what: format!(
+                "gave up after {} attempt(s): in the failure table",
+                failure.attempts
+            ),
+            detail: failure.last_error,
         });
     }
-    Ok(())
 }
 
-async fn outbox_mysql(
-    pool: &sqlx::MySqlPool,
-    id: Uuid,
-    steps: &mut Vec<Step>,
-) -> anyhow::Result<()> {
-    type Row = (String, DateTime<Utc>, i32, Option<DateTime<Utc>>);
-    let row: Option<Row> = sqlx::query_as(
-        "SELECT CAST(topic AS CHAR), created_at, attempts, sent_at FROM outbox_messages WHERE id = ?",
-    )
-    .bind(id)
-    .fetch_optional(pool)
-    .await?;
-    if let Some((topic, created, attempts, sent)) = row {
-        steps.push(Step {
-            at: Some(created),
-            source: "outbox",
-            what: "enqueued".into(),
-            detail: format!("topic {topic}, {attempts} attempt(s)"),
-        });
-        if let Some(at) = sent {
-            steps.push(Step {
-                at: Some(at),
-                source: "outbox",
-                what: "published".into(),
-                detail: String::new(),
-            });
-        }
-    }
-    let failure: Option<(String, DateTime<Utc>)> =
-        sqlx::query_as("SELECT last_error, failed_at FROM outbox_failures WHERE id = ?")
-            .bind(id)
-            .fetch_optional(pool)
-            .await?;
-    if let Some((error, at)) = failure {
-        steps.push(Step {
-            at: Some(at),
-            source: "failure",
-            what: "gave up: in the failure table".into(),
-            detail: error,
-        });
-    }
-    Ok(())
-}
-
-async fn consumer_postgres(
-    pool: &sqlx::PgPool,
-    id: Uuid,
-    header_values: &BTreeSet<String>,
-    steps: &mut Vec<Step>,
-) -> anyhow::Result<()> {
-    let present: bool =
-        sqlx::query_scalar("SELECT to_regclass('courier_inbox.processed') IS NOT NULL")
-            .fetch_one(pool)
-            .await?;
-    if !present {
+/// The steps of the consumer's records (`None`: its tables are not in this database).
+fn consumer_steps(records: Option<ConsumerRecords>, tables: &str, steps: &mut Vec<Step>) {
+    let Some(records) = records else {
         steps.push(Step {
             at: None,
             source: "consumer",
             what: "no idempotency table in this database".into(),
-            detail: "courier_inbox.processed is not here: the consumer keeps its records elsewhere"
-                .into(),
+            detail: format!("{tables} is not here: the consumer keeps its records elsewhere"),
         });
-        return Ok(());
-    }
-    let mut keys = vec![id.to_string()];
-    keys.extend(header_values.iter().map(|v| format!("h:{v}")));
-    let records: Vec<(String, String, DateTime<Utc>)> = sqlx::query_as(
-        "SELECT consumer_group, key, processed_at FROM courier_inbox.processed WHERE key = ANY($1)",
-    )
-    .bind(&keys)
-    .fetch_all(pool)
-    .await?;
-    if records.is_empty() {
+        return;
+    };
+    if records.processed.is_empty() {
         steps.push(Step {
             at: None,
             source: "consumer",
@@ -370,29 +297,15 @@ async fn consumer_postgres(
             detail: "no consumer group has committed a handler for this message (yet)".into(),
         });
     }
-    for (group, key, at) in records {
+    for (group, key, at) in records.processed {
         steps.push(Step {
             at: Some(at),
             source: "consumer",
             what: format!("handled by group {group}"),
-            detail: format!("idempotency record {key} in courier_inbox.processed"),
+            detail: format!("idempotency record {key} in {tables}"),
         });
     }
-    type InboxRow = (
-        String,
-        DateTime<Utc>,
-        i32,
-        Option<DateTime<Utc>>,
-        Option<String>,
-    );
-    let inbox: Vec<InboxRow> = sqlx::query_as(
-        "SELECT consumer_group, received_at, attempts, done_at, last_error
-             FROM courier_inbox.messages WHERE id = $1",
-    )
-    .bind(id)
-    .fetch_all(pool)
-    .await?;
-    for (group, received, attempts, done, error) in inbox {
+    for (group, received, attempts, done, error) in records.inbox {
         steps.push(Step {
             at: Some(received),
             source: "consumer",
@@ -411,13 +324,7 @@ async fn consumer_postgres(
             });
         }
     }
-    let dead: Vec<(String, DateTime<Utc>, String)> = sqlx::query_as(
-        "SELECT consumer_group, failed_at, last_error FROM courier_inbox.dead_letters WHERE id = $1",
-    )
-    .bind(id)
-    .fetch_all(pool)
-    .await?;
-    for (group, at, error) in dead {
+    for (group, at, error) in records.dead {
         steps.push(Step {
             at: Some(at),
             source: "consumer",
@@ -425,7 +332,6 @@ async fn consumer_postgres(
             detail: error,
         });
     }
-    Ok(())
 }
 
 /// The messages with key `key`: from the outbox, the failure table and the broker.
