@@ -5,8 +5,7 @@ mod console_support;
 
 use std::process::Command;
 
-use broker_lite::embedded::{self, EmbeddedConfig};
-use console_support::{Relay, TOKEN};
+use console_support::{Relay, TOKEN, start_broker};
 use courier_test_support::MySqlTestDatabase;
 use uuid::Uuid;
 
@@ -61,10 +60,7 @@ async fn the_console_reads_a_mysql_outbox() {
     .await
     .unwrap();
 
-    let data = tempfile::tempdir().unwrap();
-    let broker = embedded::start(data.path(), EmbeddedConfig::default())
-        .await
-        .unwrap();
+    let (broker, _data) = start_broker().await;
     let addr = broker.addr().to_string();
     let relay = Relay::start(&url, &addr, "127.0.0.1:0", "run", Some(TOKEN));
     let bearer = format!("Bearer {TOKEN}");

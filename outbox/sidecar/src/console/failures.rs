@@ -358,11 +358,10 @@ pub(crate) async fn confirm(
     headers: HeaderMap,
     body: String,
 ) -> Response {
-    let who = match console.auth.authorize_write(&headers) {
-        Ok(who) => who,
+    let (who, fields) = match console.write_form(&headers, &body) {
+        Ok(form) => form,
         Err(refused) => return *refused,
     };
-    let fields = Fields::parse(&body);
     let wanted = match request(&fields) {
         Ok(wanted) => wanted,
         Err(what) => return bad_request(&what),
@@ -412,11 +411,10 @@ pub(crate) async fn apply(
     headers: HeaderMap,
     body: String,
 ) -> Response {
-    let who = match console.auth.authorize_write(&headers) {
-        Ok(who) => who,
+    let (who, fields) = match console.write_form(&headers, &body) {
+        Ok(form) => form,
         Err(refused) => return *refused,
     };
-    let fields = Fields::parse(&body);
     let wanted = match request(&fields) {
         Ok(wanted) => wanted,
         Err(what) => return bad_request(&what),

@@ -96,6 +96,17 @@ impl Console {
         })
     }
 
+    /// A write request's operator and form fields, or the refusal page (see
+    /// [`auth::Auth::authorize_write`]).
+    fn write_form(
+        &self,
+        headers: &HeaderMap,
+        body: &str,
+    ) -> Result<(String, form::Fields), Box<Response>> {
+        let who = self.auth.authorize_write(headers)?;
+        Ok((who, form::Fields::parse(body)))
+    }
+
     /// An admin connection to broker-lite, or a message saying why there is none.
     async fn admin(&self) -> Result<Admin, String> {
         let Some((addresses, config)) = &self.broker else {

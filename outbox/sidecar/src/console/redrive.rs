@@ -140,11 +140,10 @@ pub(crate) async fn redrive(
     headers: HeaderMap,
     body: String,
 ) -> Response {
-    let who = match console.auth.authorize_write(&headers) {
-        Ok(who) => who,
+    let (who, fields) = match console.write_form(&headers, &body) {
+        Ok(form) => form,
         Err(refused) => return *refused,
     };
-    let fields = Fields::parse(&body);
     let Some(group) = fields.get("group").map(str::to_owned) else {
         return html::error(StatusCode::BAD_REQUEST, "Invalid request", "no group given");
     };

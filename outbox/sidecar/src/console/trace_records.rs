@@ -61,10 +61,12 @@ fn text(bytes: Vec<u8>) -> String {
     String::from_utf8(bytes).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
 
-type PgOutboxRow = (
+/// An outbox row as both stores select it: topic, key, headers (JSON text), created,
+/// available, attempts, last error, last attempt, sent, partition.
+type OutboxRow = (
     String,
     Option<String>,
-    sqlx::types::Json<BTreeMap<String, String>>,
+    String,
     DateTime<Utc>,
     DateTime<Utc>,
     i32,
@@ -74,92 +76,16 @@ type PgOutboxRow = (
     Option<i16>,
 );
 
-/// The outbox row and failure record of `id` on Postgres.
-pub(crate) async fn outbox_postgres(
-    pool: &PgPool,
-    id: Uuid,
-) -> sqlx::Result<(Option<OutboxRecord>, Option<FailureRecord>)> {
-    let row: Option<PgOutboxRow> = sqlx::query_as(
-        "SELECT topic, key, headers, created_at, available_at, attempts, last_error,
-                last_attempt_at, sent_at, partition
-         FROM outbox.messages WHERE id = $1",
-    )
-    .bind(id)
-    .fetch_optional(pool)
-    .await?;
-    let failure: Option<(i32, String, DateTime<Utc>, DateTime<Utc>)> = sqlx::query_as(
-        "SELECT attempts, last_error, failed_at, created_at FROM outbox.failures WHERE id = $1",
-    )
-    .bind(id)
-    .fetch_optional(pool)
-    .await?;
-    Ok((
-        row.map(
-            |(topic, key, headers, created, available, attempts, error, last, sent, part)| {
-                OutboxRecord {
-                    topic,
-                    key,
-                    headers: headers.0,
-                    created,
-                    available,
-                    attempts,
-                    last_error: error,
-                    last_attempt: last,
-                    sent,
-                    partition: part,
-                }
-            },
-        ),
-        failure.map(failure_record),
-    ))
-}
+/// A failure record as both stores select it: attempts, last error, failed, created.
+type FailureRow = (i32, String, DateTime<Utc>, DateTime<Utc>);
 
-fn failure_record(
-    (attempts, last_error, failed, created): (i32, String, DateTime<Utc>, DateTime<Utc>),
-) -> FailureRecord {
-    FailureRecord {
-        attempts,
-        last_error,
-        failed,
-        created,
-    }
-}
-
-type MySqlOutboxRow = (
-    String,
-    Option<String>,
-    String,
-    DateTime<Utc>,
-    DateTime<Utc>,
-    i32,
-    Option<String>,
-    Option<DateTime<Utc>>,
-    Option<DateTime<Utc>>,
-);
-
-/// The outbox row and failure record of `id` on MySQL.
-pub(crate) async fn outbox_mysql(
-    pool: &MySqlPool,
-    id: Uuid,
-) -> sqlx::Result<(Option<OutboxRecord>, Option<FailureRecord>)> {
-    // Topics and keys are `_bin` columns, which MySQL reports as binary: cast to text.
-    let row: Option<MySqlOutboxRow> = sqlx::query_as(
-        "SELECT CAST(topic AS CHAR), CAST(`key` AS CHAR), headers, created_at, available_at,
-                attempts, last_error, last_attempt_at, sent_at
-         FROM outbox_messages WHERE id = ?",
-    )
-    .bind(id)
-    .fetch_optional(pool)
-    .await?;
-    let failure: Option<(i32, String, DateTime<Utc>, DateTime<Utc>)> = sqlx::query_as(
-        "SELECT attempts, last_error, failed_at, created_at FROM outbox_failures WHERE id = ?",
-    )
-    .bind(id)
-    .fetch_optional(pool)
-    .await?;
-    Ok((
-        row.map(
-            |(topic, key, headers, created, available, attempts, error, last, sent)| OutboxRecord {
+fn records(
+    row: Option<OutboxRow>,
+    failure: Option<FailureRow>,
+) -> (Option<OutboxRecord>, Option<FailureRecord>) {
+    let row = row.map(
+        |(topic, key, headers, created, available, attempts, error, last, sent, partition)| {
+            OutboxRecord {
                 topic,
                 key,
                 headers: parse_headers(&headers),
@@ -169,11 +95,62 @@ pub(crate) async fn outbox_mysql(
                 last_error: error,
                 last_attempt: last,
                 sent,
-                partition: None,
-            },
-        ),
-        failure.map(failure_record),
-    ))
+                partition,
+            }
+        },
+    );
+    let failure = failure.map(|(attempts, last_error, failed, created)| FailureRecord {
+        attempts,
+        last_error,
+        failed,
+        created,
+    });
+    (row, failure)
+}
+
+/// The outbox row and failure record of `id` on Postgres.
+pub(crate) async fn outbox_postgres(
+    pool: &PgPool,
+    id: Uuid,
+) -> sqlx::Result<(Option<OutboxRecord>, Option<FailureRecord>)> {
+    let row = sqlx::query_as(
+        "SELECT topic, key, headers::text, created_at, available_at, attempts, last_error,
+                last_attempt_at, sent_at, partition
+         FROM outbox.messages WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_optional(pool)
+    .await?;
+    let failure = sqlx::query_as(
+        "SELECT attempts, last_error, failed_at, created_at FROM outbox.failures WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_optional(pool)
+    .await?;
+    Ok(records(row, failure))
+}
+
+/// The outbox row and failure record of `id` on MySQL, which has no key partitions.
+pub(crate) async fn outbox_mysql(
+    pool: &MySqlPool,
+    id: Uuid,
+) -> sqlx::Result<(Option<OutboxRecord>, Option<FailureRecord>)> {
+    // Topics and keys are `_bin` columns, which MySQL reports as binary: cast to text.
+    let row = sqlx::query_as(
+        "SELECT CAST(topic AS CHAR), CAST(`key` AS CHAR), headers, created_at, available_at,
+                attempts, last_error, last_attempt_at, sent_at, NULL
+         FROM outbox_messages WHERE id = ?",
+    )
+    .bind(id)
+    .fetch_optional(pool)
+    .await?;
+    let failure = sqlx::query_as(
+        "SELECT attempts, last_error, failed_at, created_at FROM outbox_failures WHERE id = ?",
+    )
+    .bind(id)
+    .fetch_optional(pool)
+    .await?;
+    Ok(records(row, failure))
 }
 
 /// The consumer's records of `id` on Postgres: idempotency records by `keys`, the inbox and its

@@ -7,6 +7,9 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 
+use broker_lite::embedded::{self, EmbeddedBroker, EmbeddedConfig};
+use tempfile::TempDir;
+
 /// The console token the tests configure.
 pub(crate) const TOKEN: &str = "console-shared-test-token";
 
@@ -81,6 +84,16 @@ impl Relay {
         all.extend_from_slice(headers);
         http(&self.addr, "POST", path, &all, body)
     }
+}
+
+/// An embedded broker-lite on a free loopback port, and its data directory (removed on drop:
+/// keep it as long as the broker).
+pub(crate) async fn start_broker() -> (EmbeddedBroker, TempDir) {
+    let data = tempfile::tempdir().unwrap();
+    let broker = embedded::start(data.path(), EmbeddedConfig::default())
+        .await
+        .unwrap();
+    (broker, data)
 }
 
 /// One HTTP/1.1 request; the status and the whole response (headers and body).
