@@ -1,11 +1,11 @@
 //! Console sessions: a sign-in outlives a restart of the sidecar (the cookie is signed, not kept
-//! in memory), a sign-out ends it, and both are in the audit table and on the Audit page. The
+//! in memory), a sign-out ends it for good (also across a restart), and both are in the audit
+//! table and on the Audit page. The
 //! `outbox-relay console` binary against Postgres and a real broker-lite.
 
 mod console_support;
 
-use broker_lite::embedded::{self, EmbeddedConfig};
-use console_support::{Relay, TOKEN, header};
+use console_support::{Relay, TOKEN, header, start_broker};
 use sqlx::{ConnectOptions, PgPool};
 
 courier_test_support::postgres_for_tests!();
@@ -16,10 +16,7 @@ const PURGE: &str = "action=purge&scope=matching&topic=payments";
 
 #[sqlx::test(migrator = "courier_outbox::MIGRATOR")]
 async fn a_session_survives_a_restart_and_ends_at_sign_out(pool: PgPool) {
-    let data = tempfile::tempdir().unwrap();
-    let broker = embedded::start(data.path(), EmbeddedConfig::default())
-        .await
-        .unwrap();
+    let (broker, _data) = start_broker().await;
     let addr = broker.addr().to_string();
     let url = pool.connect_options().to_url_lossy().to_string();
     let start = move || Relay::start(&url, &addr, "127.0.0.1:0", "console", Some(TOKEN));
@@ -57,6 +54,14 @@ async fn a_session_survives_a_restart_and_ends_at_sign_out(pool: PgPool) {
         assert!(cleared.contains("Max-Age=0"), "{response}");
         let (status, body) = relay.post(CONFIRM, &signed_in, PURGE);
         assert_eq!(status, 401, "the old cookie after signing out: {body}");
+        // The sign-out is in the audit table, so a restart does not bring the session back.
+        drop(relay);
+        let relay = start();
+        let (status, body) = relay.post(CONFIRM, &signed_in, PURGE);
+        assert_eq!(
+            status, 401,
+            "the old cookie after a sign-out and a restart: {body}"
+        );
 
         let (status, body) = relay.get("/console/audit?actor=CAR", &[]);
         assert_eq!(status, 200, "{body}");

@@ -131,6 +131,9 @@ pub(crate) struct Page {
 
 type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
+/// An entry's time and filter.
+pub(crate) type Dated = (DateTime<Utc>, String);
+
 /// A store the audit table lives in. The SQL is the same on every store but for the table's
 /// name and how `at` is kept, so one macro writes each implementation with concrete types.
 pub(crate) trait AuditStore: sqlx::Database {
@@ -142,6 +145,13 @@ pub(crate) trait AuditStore: sqlx::Database {
         pool: &'a Pool<Self>,
         query: &'a Query,
     ) -> BoxFuture<'a, sqlx::Result<Vec<Entry>>>;
+
+    /// The (time, filter) of every `action` entry after `since`, oldest first.
+    fn since<'a>(
+        pool: &'a Pool<Self>,
+        action: &'a str,
+        since: DateTime<Utc>,
+    ) -> BoxFuture<'a, sqlx::Result<Vec<Dated>>>;
 }
 
 /// Implements [`AuditStore`] for `$db`, whose table is `$table`, storing `at` as `$time` by
@@ -216,6 +226,33 @@ macro_rules! audit_store {
                         .collect())
                 })
             }
+
+            fn since<'a>(
+                pool: &'a Pool<Self>,
+                action: &'a str,
+                since: DateTime<Utc>,
+            ) -> BoxFuture<'a, sqlx::Result<Vec<Dated>>> {
+                Box::pin(async move {
+                    let encode: fn(DateTime<Utc>) -> $time = $encode;
+                    let decode: fn($time) -> DateTime<Utc> = $decode;
+                    let mut select = QueryBuilder::<Self>::new(concat!(
+                        "SELECT at, filter FROM ",
+                        $table,
+                        " WHERE action = "
+                    ));
+                    select
+                        .push_bind(action)
+                        .push(" AND at > ")
+                        .push_bind(encode(since))
+                        .push(" ORDER BY id");
+                    let rows: Vec<($time, String)> =
+                        select.build_query_as().fetch_all(pool).await?;
+                    Ok(rows
+                        .into_iter()
+                        .map(|(at, filter)| (decode(at), filter))
+                        .collect())
+                })
+            }
         }
     };
 }
@@ -256,6 +293,15 @@ pub(crate) async fn page<DB: AuditStore>(pool: &Pool<DB>, query: &Query) -> sqlx
     let more = entries.len() > PAGE_ROWS as usize;
     entries.truncate(PAGE_ROWS as usize);
     Ok(Page { entries, more })
+}
+
+/// The (time, filter) of every `action` entry of the audit table of `pool` after `since`.
+pub(crate) async fn since<DB: AuditStore>(
+    pool: &Pool<DB>,
+    action: &str,
+    since: DateTime<Utc>,
+) -> sqlx::Result<Vec<Dated>> {
+    DB::since(pool, action, since).await
 }
 
 /// The overview's recent-actions list.
@@ -400,6 +446,16 @@ mod tests {
         .unwrap();
         assert_eq!(bob_in.entries, written[..1]);
         assert_eq!(bob_in.entries[0].count, None);
+
+        let purges = since(pool, "purge", written[3].at).await.unwrap();
+        let expected: Vec<_> = written[..3]
+            .iter()
+            .rev()
+            .filter(|e| e.action == "purge")
+            .map(|e| (e.at, e.filter.clone()))
+            .collect();
+        assert!(!expected.is_empty());
+        assert_eq!(purges, expected);
     }
 
     #[sqlx::test(migrator = "courier_outbox::MIGRATOR")]

@@ -11,6 +11,8 @@
 //! CSRF: writes are POSTs whose `Origin` (or, without it, `Referer`) must name this host; the
 //! session cookie is `SameSite=Strict` and `HttpOnly`.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 
@@ -32,6 +34,9 @@ pub(crate) struct Auth {
     reads_need_sign_in: bool,
     /// The signed session cookies.
     sessions: Sessions,
+    /// The sign-outs of the audit table are in `sessions`: until then no cookie is accepted,
+    /// since it may have been signed out before a restart.
+    sign_outs_read: AtomicBool,
 }
 
 impl std::fmt::Debug for Auth {
@@ -51,6 +56,7 @@ impl Auth {
             open_writes: token.is_none() && loopback,
             reads_need_sign_in: !loopback,
             sessions: Sessions::new(token.as_deref()),
+            sign_outs_read: AtomicBool::new(false),
             token,
         }
     }
@@ -72,8 +78,24 @@ impl Auth {
 
     /// The session of the request's cookie, if it is valid.
     fn session(&self, headers: &HeaderMap) -> Option<Session> {
+        if !self.sign_outs_read.load(Ordering::Acquire) {
+            return None;
+        }
         self.sessions
             .check(cookie(headers)?, chrono::Utc::now().timestamp())
+    }
+
+    /// Takes the sign-outs read from the audit table: (when, the entry's filter,
+    /// `session <id>`). From now on cookies are accepted.
+    pub(crate) fn read_sign_outs(&self, sign_outs: &[(chrono::DateTime<chrono::Utc>, String)]) {
+        for (at, filter) in sign_outs {
+            if let Some(id) = filter.strip_prefix("session ") {
+                // A session expires at most LIFETIME after it began, so before this.
+                self.sessions
+                    .revoke_id(id, at.timestamp() + LIFETIME.as_secs() as i64);
+            }
+        }
+        self.sign_outs_read.store(true, Ordering::Release);
     }
 
     /// Whether this request may read the console's pages: always on loopback; elsewhere only
@@ -177,7 +199,9 @@ impl Auth {
         }
         let entry = self.session(headers).map(|session| {
             self.sessions.revoke(&session);
+            // The id lets a restarted console refuse the cookie too.
             Entry::now(&session.who, "sign-out", "console")
+                .filter(format!("session {}", session.id))
         });
         let response = (
             [(

@@ -43,7 +43,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::watch;
 
 use crate::config::{BrokerKind, Config};
-use crate::database::Database;
+use crate::database::{Database, with_pool};
 pub(crate) use standalone::serve_only;
 
 /// Everything the pages read from.
@@ -61,6 +61,8 @@ pub(crate) struct Console {
     jobs: jobs::Jobs,
     /// The latest audited actions, for the overview (the audit table keeps them all).
     recent: audit::Recent,
+    /// Set once the audit table's recent sign-outs are read (see [`Console::read_sign_outs`]).
+    sign_outs: tokio::sync::OnceCell<()>,
     /// The last sample of the published counter, for the publish rate.
     rate: Mutex<overview::RateSample>,
 }
@@ -92,6 +94,7 @@ impl Console {
             auth: auth::Auth::new(config.console_token()?, loopback),
             jobs: jobs::Jobs::default(),
             recent: audit::Recent::default(),
+            sign_outs: tokio::sync::OnceCell::new(),
             rate: Mutex::new(overview::RateSample::at_start()),
         })
     }
@@ -105,6 +108,31 @@ impl Console {
     ) -> Result<(String, form::Fields), Box<Response>> {
         let who = self.auth.authorize_write(headers)?;
         Ok((who, form::Fields::parse(body)))
+    }
+
+    /// Reads the sign-outs of the last session lifetime from the audit table into the sessions,
+    /// once: a restarted console must not take back a cookie signed out before. Until it has
+    /// read them (the database is down at start) only the bearer token signs in.
+    async fn read_sign_outs(&self) {
+        let read = self
+            .sign_outs
+            .get_or_try_init(|| async {
+                let since = chrono::Utc::now()
+                    - chrono::TimeDelta::seconds(session::LIFETIME.as_secs() as i64);
+                let sign_outs =
+                    with_pool!(&self.database, |pool| audit::since(pool, "sign-out", since)
+                        .await)?;
+                self.auth.read_sign_outs(&sign_outs);
+                Ok::<(), sqlx::Error>(())
+            })
+            .await;
+        if let Err(error) = read {
+            tracing::error!(
+                %error,
+                "cannot read the sign-outs from the console's audit table: session cookies are \
+                 refused until it can (the bearer token still works)"
+            );
+        }
     }
 
     /// An admin connection to broker-lite, or a message saying why there is none.
@@ -153,6 +181,7 @@ async fn logout(
     axum::extract::State(console): axum::extract::State<Arc<Console>>,
     headers: HeaderMap,
 ) -> Response {
+    console.read_sign_outs().await;
     let (response, entry) = console.auth.logout(&headers);
     if let Some(entry) = entry {
         console.audit(entry).await;
@@ -166,6 +195,7 @@ async fn sign_in_to_read(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
+    console.read_sign_outs().await;
     if console.auth.may_read(request.headers()) {
         next.run(request).await
     } else {

@@ -18,7 +18,6 @@ use uuid::Uuid;
 
 use super::Console;
 use super::audit::Entry;
-use super::form::Fields;
 use super::html::{self, esc};
 use super::jobs::Job;
 

@@ -4,8 +4,8 @@
 //! the sessions of the first; changing the token signs everyone out.
 //!
 //! A sign-out revokes the cookie's id until it would have expired anyway. The revocations are
-//! kept in memory: the browser drops the cookie at sign-out, but a copy taken before it stays
-//! valid after a restart until its expiry (at most [`LIFETIME`]).
+//! kept in memory and in the audit table (each sign-out's entry names the id), from which a
+//! restarted console reads them back before it accepts a cookie (see `Console::read_sign_outs`).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -25,7 +25,8 @@ const KEY_LABEL: &[u8] = b"courier console session key v1";
 pub(crate) struct Session {
     /// The operator's name given at sign-in.
     pub(crate) who: String,
-    id: String,
+    /// Random, not secret: the signature is what makes a cookie valid.
+    pub(crate) id: String,
     /// Unix seconds.
     expires: i64,
 }
@@ -105,10 +106,15 @@ impl Sessions {
 
     /// Signs `session` out: its cookie is refused from now on.
     pub(crate) fn revoke(&self, session: &Session) {
+        self.revoke_id(&session.id, session.expires);
+    }
+
+    /// Refuses the cookie with id `id` until `until` (Unix seconds), when it expires anyway.
+    pub(crate) fn revoke_id(&self, id: &str, until: i64) {
         self.revoked
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(session.id.clone(), session.expires);
+            .insert(id.to_owned(), until);
     }
 }
 
@@ -156,6 +162,11 @@ mod tests {
         sessions.revoke(&session);
         assert_eq!(sessions.check(&first, NOW), None);
         assert!(sessions.check(&second, NOW).is_some());
+        // Read back after a restart, from the sign-out's audit entry.
+        let restarted = Sessions::new(Some("s3cret"));
+        restarted.revoke_id(&session.id, NOW + 60);
+        assert_eq!(restarted.check(&first, NOW), None);
+        assert!(restarted.check(&second, NOW).is_some());
     }
 
     #[test]
