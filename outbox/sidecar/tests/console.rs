@@ -9,7 +9,9 @@
 //! progress page; a message is traced
 //! (found by key) through the relay, the broker and the consumer, every step
 //! shown; on the broker page a dead letter is redriven, and its trace shows it dead-lettered,
-//! redriven and handled. Screenshots of each page go to
+//! redriven and handled; the Audit page lists the sign-in, the replay, the purges and the redrive
+//! by the signed-in operator, newest first, and filters them by action; signing out ends the
+//! session. Screenshots of each page go to
 //! `$CARGO_TARGET_TMPDIR/console-screenshots/` and their paths are printed.
 //!
 //! Needs `node` and `chromium` (Debian: `apt-get install chromium chromium-driver nodejs npm`) and
