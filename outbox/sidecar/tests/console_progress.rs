@@ -4,7 +4,7 @@
 
 mod console_support;
 
-use console_support::{Relay, TOKEN, await_job, header, http, start_broker};
+use console_support::{Relay, TOKEN, await_job, http, job_location, start_broker};
 use sqlx::{ConnectOptions, PgPool};
 
 courier_test_support::postgres_for_tests!();
@@ -57,19 +57,14 @@ async fn a_long_replay_runs_in_the_background_with_progress_and_needs_the_token(
             "{body}"
         );
         // With the token: a background job and its progress page.
-        let (status, response) = relay.post(
-            "/console/failures/apply",
-            &[("Authorization", &bearer), ("X-Console-User", "alice")],
-            form,
+        let location = job_location(
+            "a long replay answers with its progress page",
+            relay.post(
+                "/console/failures/apply",
+                &[("Authorization", &bearer), ("X-Console-User", "alice")],
+                form,
+            ),
         );
-        assert_eq!(
-            status, 303,
-            "a long replay answers with its progress page: {response}"
-        );
-        let location = header(&response, "location")
-            .unwrap_or_else(|| panic!("no location: {response}"))
-            .to_owned();
-        assert!(location.starts_with("/console/jobs/"), "{location}");
         let body = await_job(&relay, &location, &[]);
         assert!(body.contains("Replayed 2500 message(s)"), "{body}");
         relay
@@ -215,19 +210,14 @@ async fn a_long_redrive_goes_page_by_page_with_progress(pool: PgPool) {
     let relay = Relay::start(&url, &addr, "127.0.0.1:0", "console", Some(TOKEN));
     let bearer = format!("Bearer {TOKEN}");
     tokio::task::spawn_blocking(move || {
-        let (status, response) = relay.post(
-            "/console/broker/redrive",
-            &[("Authorization", &bearer), ("X-Console-User", "bob")],
-            "group=billing&scope=all",
+        let location = job_location(
+            "a long redrive answers with its progress page",
+            relay.post(
+                "/console/broker/redrive",
+                &[("Authorization", &bearer), ("X-Console-User", "bob")],
+                "group=billing&scope=all",
+            ),
         );
-        assert_eq!(
-            status, 303,
-            "a long redrive answers with its progress page: {response}"
-        );
-        let location = header(&response, "location")
-            .unwrap_or_else(|| panic!("no location: {response}"))
-            .to_owned();
-        assert!(location.starts_with("/console/jobs/"), "{location}");
         let body = await_job(&relay, &location, &[]);
         assert!(
             body.contains("Redrove 250 dead letter(s) of group billing in 3 page(s)."),

@@ -130,6 +130,17 @@ pub(crate) fn header<'a>(response: &'a str, name: &str) -> Option<&'a str> {
         .map(str::trim)
 }
 
+/// The progress page of a write that started a background job: its answer must be a 303 to
+/// `/console/jobs/<id>`; `what` says what was expected, for the failure message.
+pub(crate) fn job_location(what: &str, (status, response): (u16, String)) -> String {
+    assert_eq!(status, 303, "{what}: {response}");
+    let location = header(&response, "location")
+        .unwrap_or_else(|| panic!("no location: {response}"))
+        .to_owned();
+    assert!(location.starts_with("/console/jobs/"), "{location}");
+    location
+}
+
 /// Follows a background job's page (`location`) until it shows its result, polling with a
 /// bounded deadline; the result page. Every page before it must show the progress bar.
 pub(crate) fn await_job(relay: &Relay, location: &str, headers: &[(&str, &str)]) -> String {
