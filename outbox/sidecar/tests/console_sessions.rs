@@ -92,3 +92,30 @@ async fn a_session_survives_a_restart_and_ends_at_sign_out(pool: PgPool) {
     );
     broker.shutdown().await.unwrap();
 }
+
+/// A sidecar upgraded without `outbox-relay migrate`: sign-outs cannot be read from the audit
+/// table, so no session could be trusted; the sign-in says so and what to do.
+#[sqlx::test(migrator = "courier_outbox::MIGRATOR")]
+async fn without_the_audit_table_the_sign_in_says_to_migrate(pool: PgPool) {
+    sqlx::query("DROP TABLE outbox.console_audit")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let (broker, _data) = start_broker().await;
+    let addr = broker.addr().to_string();
+    let url = pool.connect_options().to_url_lossy().to_string();
+    tokio::task::spawn_blocking(move || {
+        let relay = Relay::start(&url, &addr, "127.0.0.1:0", "console", Some(TOKEN));
+        let (status, body) = relay.post("/console/login", &[], &format!("name=erin&token={TOKEN}"));
+        assert_eq!(status, 503, "{body}");
+        assert!(body.contains("run `outbox-relay migrate`"), "{body}");
+        assert!(!body.to_lowercase().contains("set-cookie"), "{body}");
+        // The bearer token still works for the pages.
+        let bearer = format!("Bearer {TOKEN}");
+        let (status, body) = relay.post(CONFIRM, &[("Authorization", &bearer)], PURGE);
+        assert_eq!(status, 200, "{body}");
+    })
+    .await
+    .unwrap();
+    broker.shutdown().await.unwrap();
+}

@@ -344,7 +344,8 @@ impl Console {
             tracing::error!(
                 target: "courier::console::audit",
                 %error,
-                "the console action above is not in the audit table: writing its row failed"
+                "the console action above is not in the audit table: writing its row failed \
+                 (if the table is missing, run `outbox-relay migrate`)"
             );
             line.push_str(&format!(" (not in the audit table: {error})"));
         }

@@ -31,6 +31,7 @@ mod standalone;
 mod trace;
 mod trace_records;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use axum::Router;
@@ -63,6 +64,8 @@ pub(crate) struct Console {
     recent: audit::Recent,
     /// Set once the audit table's recent sign-outs are read (see [`Console::read_sign_outs`]).
     sign_outs: tokio::sync::OnceCell<()>,
+    /// Reading them failed once already (logged).
+    sign_outs_failed: AtomicBool,
     /// The last sample of the published counter, for the publish rate.
     rate: Mutex<overview::RateSample>,
 }
@@ -95,6 +98,7 @@ impl Console {
             jobs: jobs::Jobs::default(),
             recent: audit::Recent::default(),
             sign_outs: tokio::sync::OnceCell::new(),
+            sign_outs_failed: AtomicBool::new(false),
             rate: Mutex::new(overview::RateSample::at_start()),
         })
     }
@@ -112,8 +116,9 @@ impl Console {
 
     /// Reads the sign-outs of the last session lifetime from the audit table into the sessions,
     /// once: a restarted console must not take back a cookie signed out before. Until it has
-    /// read them (the database is down at start) only the bearer token signs in.
-    async fn read_sign_outs(&self) {
+    /// read them (the database is down, or not migrated to the audit table) only the bearer
+    /// token signs in; the error says why, and is logged once.
+    async fn read_sign_outs(&self) -> Result<(), String> {
         let read = self
             .sign_outs
             .get_or_try_init(|| async {
@@ -126,13 +131,17 @@ impl Console {
                 Ok::<(), sqlx::Error>(())
             })
             .await;
-        if let Err(error) = read {
-            tracing::error!(
-                %error,
-                "cannot read the sign-outs from the console's audit table: session cookies are \
-                 refused until it can (the bearer token still works)"
+        read.map(|_| ()).map_err(|error| {
+            let what = format!(
+                "cannot read the sign-outs from the console's audit table ({error}): sign-in is \
+                 refused until it can, the bearer token still works. If the table is missing, \
+                 run `outbox-relay migrate`"
             );
-        }
+            if !self.sign_outs_failed.swap(true, Ordering::Relaxed) {
+                tracing::error!("{what}");
+            }
+            what
+        })
     }
 
     /// An admin connection to broker-lite, or a message saying why there is none.
@@ -181,7 +190,7 @@ async fn logout(
     axum::extract::State(console): axum::extract::State<Arc<Console>>,
     headers: HeaderMap,
 ) -> Response {
-    console.read_sign_outs().await;
+    let _ = console.read_sign_outs().await;
     let (response, entry) = console.auth.logout(&headers);
     if let Some(entry) = entry {
         console.audit(entry).await;
@@ -195,7 +204,8 @@ async fn sign_in_to_read(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    console.read_sign_outs().await;
+    // A failure is logged; cookies are then refused, and the bearer token still works.
+    let _ = console.read_sign_outs().await;
     if console.auth.may_read(request.headers()) {
         next.run(request).await
     } else {
@@ -208,6 +218,14 @@ async fn login(
     headers: HeaderMap,
     body: String,
 ) -> Response {
+    // A cookie would be refused anyway: say why instead of signing in to nothing.
+    if let Err(what) = console.read_sign_outs().await {
+        return html::error(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "Sign-in unavailable",
+            &what,
+        );
+    }
     let (response, entry) = console.auth.login(&headers, &body);
     if let Some(entry) = entry {
         console.audit(entry).await;
