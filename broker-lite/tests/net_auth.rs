@@ -210,3 +210,62 @@ async fn receipts_of_another_principal_or_forged_ones_are_refused() {
     alice.ack(&delivery).await.unwrap();
     assert_eq!(unsettled(admin.lag("billing").await.unwrap()), 0);
 }
+
+#[tokio::test]
+async fn a_receipt_settles_only_for_the_member_it_was_delivered_to() {
+    let env = start(None).await;
+    let addr = env.broker.addr();
+    // Both members join before the message is sent, so no rebalance moves it afterwards.
+    let mut members = Vec::new();
+    for id in ["alice-1", "alice-2"] {
+        let mut config = consumer_config("billing", as_user("alice"));
+        config.consumer_id = id.into();
+        members.push(Consumer::connect(addr, config).await.unwrap());
+    }
+    let producer = Producer::connect(addr, producer_config(as_user("alice")))
+        .await
+        .unwrap();
+    assert!(
+        producer
+            .send(Message::new("orders", "m"))
+            .await
+            .unwrap()
+            .is_ok()
+    );
+    let mut delivered = None;
+    for (i, member) in members.iter().enumerate() {
+        if let Some(d) = member.pull(1, Duration::ZERO).await.unwrap().pop() {
+            delivered = Some((i, d));
+        }
+    }
+    let (owner, delivery) = delivered.expect("one member owns the message's queue");
+    let (owner, other) = (&members[owner], &members[1 - owner]);
+    let owner_id = owner.config().consumer_id.clone();
+
+    // Same principal, same group, but another member: ack, nack and dead-letter are refused.
+    let reply = refusal(&other.ack(&delivery).await.unwrap_err()).clone();
+    assert_eq!(reply.code, ErrorCode::Forbidden);
+    assert!(
+        reply
+            .message
+            .contains(&format!("delivered to member {owner_id:?}")),
+        "{reply}"
+    );
+    assert_eq!(
+        refusal(&other.nack(&delivery, None).await.unwrap_err()).code,
+        ErrorCode::Forbidden
+    );
+    assert_eq!(
+        refusal(&other.dead_letter(&delivery, None).await.unwrap_err()).code,
+        ErrorCode::Forbidden
+    );
+
+    // Nothing changed: still in flight, no dead letter; the owner's own ack settles it.
+    let admin = root(&env).await;
+    let unsettled =
+        |lag: Vec<broker_lite::protocol::QueueLag>| lag.iter().map(|q| q.unsettled).sum::<u64>();
+    assert_eq!(unsettled(admin.lag("billing").await.unwrap()), 1);
+    assert!(admin.dead_letters("billing", 10).await.unwrap().is_empty());
+    owner.ack(&delivery).await.unwrap();
+    assert_eq!(unsettled(admin.lag("billing").await.unwrap()), 0);
+}

@@ -78,9 +78,31 @@ impl BrokerHandler {
             .map_or("anonymous", |c| c.principal.name())
     }
 
-    /// Checks a receipt given back by this handler's connection for `group`.
+    /// Checks a receipt given back by this handler's connection for `group`: signed by this
+    /// server for this principal and group, and delivered to a member of this connection.
+    ///
+    /// A member that is gone (it left, or its connection closed) may still settle its late
+    /// deliveries over a new connection, as the broker allows, so a reconnected consumer's ack
+    /// spares a duplicate; but a live member's deliveries are settled only over the connection
+    /// it subscribed over, so another member of the same principal cannot ack (drop) them.
     fn open(&self, receipt: &[u8], group: &str) -> Result<Receipt, BrokerError> {
-        Receipt::open(receipt, &self.receipts, self.principal(), group)
+        let receipt = Receipt::open(receipt, &self.receipts, self.principal(), group)?;
+        let Some(connection) = &self.connection else {
+            return Ok(receipt);
+        };
+        match self
+            .broker
+            .member_session(receipt.group(), receipt.client_id())
+        {
+            Some(session) if session != Some(connection.session) => {
+                Err(BrokerError::ForeignReceipt(format!(
+                    "it was delivered to member {:?}, which consumes over another connection; \
+                     only that member may settle it",
+                    receipt.client_id()
+                )))
+            }
+            _ => Ok(receipt),
+        }
     }
 
     /// Sizes pull answers for frames of at most `max_frame_size` bytes (the server's
