@@ -261,6 +261,11 @@ impl Broker {
         Some(member.session)
     }
 
+    /// Whether the consumer group `group` exists.
+    pub(crate) fn has_group(&self, group: &str) -> bool {
+        self.inner.state.lock().unwrap().groups.contains_key(group)
+    }
+
     /// Evicts members whose heartbeat timed out and rebalances their groups.
     pub(crate) fn evict_silent_members(&self, now: u64) {
         let timeout = self.inner.config.heartbeat_timeout.as_millis() as u64;

@@ -9,6 +9,7 @@ use bytes::Bytes;
 
 use super::handler::Handler;
 use super::principal::Principal;
+use super::quota::Quotas;
 use crate::broker::{
     self, Broker, BrokerError, ConsumerSpec, Receipt, ReceiptKey, SendRequest, SessionId, TraceKind,
 };
@@ -33,6 +34,8 @@ pub struct BrokerHandler {
     receipts: Arc<ReceiptKey>,
     /// What the server tells `describe`.
     security: Arc<SecuritySummary>,
+    /// The topics and groups each principal created, and its limits (issue 16).
+    quotas: Arc<Quotas>,
 }
 
 /// The server's security settings, as `describe` reports them.
@@ -62,7 +65,15 @@ impl BrokerHandler {
             max_pull_bytes: pull_budget(crate::protocol::DEFAULT_MAX_FRAME_SIZE),
             receipts: Arc::new(ReceiptKey::generate()),
             security: Arc::default(),
+            quotas: Arc::new(default_quotas()),
         }
+    }
+
+    /// Limits the topics and consumer groups each principal may create (see
+    /// [`ServerConfig::max_topics_per_principal`](super::ServerConfig::max_topics_per_principal)).
+    pub(super) fn with_quotas(mut self, max_topics: usize, max_groups: usize) -> Self {
+        self.quotas = Arc::new(Quotas::new(max_topics, max_groups));
+        self
     }
 
     /// What `describe` reports about authentication, TLS and the listen address.
@@ -114,6 +125,14 @@ impl BrokerHandler {
     }
 }
 
+fn default_quotas() -> Quotas {
+    let defaults = super::ServerConfig::default();
+    Quotas::new(
+        defaults.max_topics_per_principal,
+        defaults.max_groups_per_principal,
+    )
+}
+
 /// What sealing adds to each delivery's receipt (the broker's pull budget counts the plain
 /// receipt): the principal's name with its length, and the signature.
 fn seal_overhead(principal: &str) -> usize {
@@ -127,7 +146,12 @@ fn pull_budget(max_frame_size: u32) -> usize {
 
 impl Handler for BrokerHandler {
     async fn handle(&self, request: Request) -> Result<Response, ErrorReply> {
-        self.dispatch(request).await.map_err(to_reply)
+        let reservation = self
+            .quotas
+            .reserve(self.principal(), &request, &self.broker)?;
+        let result = self.dispatch(request).await.map_err(to_reply);
+        reservation.settle(&self.broker);
+        result
     }
 
     fn connect(&self) -> Self {

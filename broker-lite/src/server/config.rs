@@ -56,6 +56,16 @@ pub struct ServerConfig {
     /// is read no further until answers go out, and a pull that would go over is refused with
     /// `LimitExceeded`. Default 256 MiB.
     pub max_bytes_in_flight_per_connection: usize,
+    /// Most topics one principal may create (by sending to, subscribing to or creating a topic
+    /// that does not exist); past it such a request is refused with `LimitExceeded` and
+    /// creates nothing, while topics that exist stay usable and other principals keep their
+    /// own allowance. On an open broker every connection is the one principal `anonymous`.
+    /// Counted since the server started. Default 10 000.
+    pub max_topics_per_principal: usize,
+    /// Most consumer groups one principal may create (by subscribing to a group that does not
+    /// exist), on the same terms as [`max_topics_per_principal`](Self::max_topics_per_principal).
+    /// Default 10 000.
+    pub max_groups_per_principal: usize,
 }
 
 impl Default for ServerConfig {
@@ -73,6 +83,8 @@ impl Default for ServerConfig {
             max_handshaking: 256,
             idle_timeout: Duration::from_secs(300),
             max_bytes_in_flight_per_connection: 256 << 20,
+            max_topics_per_principal: 10_000,
+            max_groups_per_principal: 10_000,
         }
     }
 }

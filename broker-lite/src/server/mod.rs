@@ -31,7 +31,9 @@
 //!   [`ServerConfig::max_connections`] established ones a new connection gets a
 //!   `TooManyConnections` error frame; one idle for [`ServerConfig::idle_timeout`] is closed.
 //!   Request and answer bytes per connection are bounded by
-//!   [`ServerConfig::max_bytes_in_flight_per_connection`].
+//!   [`ServerConfig::max_bytes_in_flight_per_connection`], and the topics and consumer groups
+//!   each principal may create by [`ServerConfig::max_topics_per_principal`] and
+//!   [`ServerConfig::max_groups_per_principal`] (a refusal is a `LimitExceeded` error frame).
 //! - **Graceful shutdown**: when the `shutdown` future completes the server stops accepting,
 //!   connections stop reading, long polls answer with no deliveries after their current slice
 //!   ([`ServerConfig::long_poll_slice`]), and requests in flight get
@@ -50,6 +52,7 @@ mod connection;
 mod handler;
 mod handshake;
 mod principal;
+mod quota;
 mod tls;
 mod users;
 
@@ -93,7 +96,11 @@ pub async fn run(
             authentication: config.users.is_some(),
             tls: config.tls.is_some(),
             listen: addr.to_string(),
-        });
+        })
+        .with_quotas(
+            config.max_topics_per_principal,
+            config.max_groups_per_principal,
+        );
     serve(listener, handler, config, shutdown).await
 }
 
