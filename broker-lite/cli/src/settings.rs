@@ -110,6 +110,10 @@ pub(crate) struct Settings {
     /// [default: 10000].
     #[arg(long)]
     pub(crate) max_groups_per_principal: Option<usize>,
+    /// Most bytes of one dead-letter listing or key lookup answer; longer ones are paged
+    /// [default: 4 MiB].
+    #[arg(long)]
+    pub(crate) max_response_bytes: Option<usize>,
     /// Replication role (issue 13): standalone, leader or follower [default: standalone].
     #[arg(long, value_enum)]
     pub(crate) role: Option<crate::role::RoleName>,
@@ -231,6 +235,7 @@ impl Settings {
             max_bytes_in_flight,
             max_topics_per_principal,
             max_groups_per_principal,
+            max_response_bytes,
             role,
             replication,
             min_sync_replicas,
@@ -393,6 +398,11 @@ impl Settings {
         }
         for (name, value, field) in [
             (
+                "max_response_bytes",
+                self.max_response_bytes,
+                &mut server.max_response_bytes,
+            ),
+            (
                 "max_topics_per_principal",
                 self.max_topics_per_principal,
                 &mut server.max_topics_per_principal,
@@ -480,7 +490,7 @@ mod tests {
     #[test]
     fn per_principal_topic_and_group_limits_come_from_the_file_or_the_flags() {
         let file: Settings = toml::from_str(
-            "data_dir = \"/a\"\nmax_topics_per_principal = 50\nmax_groups_per_principal = 20\n",
+            "data_dir = \"/a\"\nmax_topics_per_principal = 50\nmax_groups_per_principal = 20\nmax_response_bytes = 65536\n",
         )
         .unwrap();
         let flags = Settings {
@@ -490,6 +500,7 @@ mod tests {
         let (_, config) = flags.over(file).build().unwrap();
         assert_eq!(config.server.max_topics_per_principal, 50);
         assert_eq!(config.server.max_groups_per_principal, 5);
+        assert_eq!(config.server.max_response_bytes, 65536);
         let zero = Settings {
             max_topics_per_principal: Some(0),
             ..with_dir()

@@ -30,6 +30,8 @@ pub struct BrokerHandler {
     connection: Option<Arc<ConnectionState>>,
     /// The byte budget of a pull's deliveries: what a frame holds besides the answer's framing.
     max_pull_bytes: usize,
+    /// The byte budget of a dead-letter listing or key lookup answer (issue 16).
+    max_response_bytes: usize,
     /// Signs the receipts handed out and checks those given back (issue 16).
     receipts: Arc<ReceiptKey>,
     /// What the server tells `describe`.
@@ -63,6 +65,7 @@ impl BrokerHandler {
             broker,
             connection: None,
             max_pull_bytes: pull_budget(crate::protocol::DEFAULT_MAX_FRAME_SIZE),
+            max_response_bytes: super::ServerConfig::default().max_response_bytes,
             receipts: Arc::new(ReceiptKey::generate()),
             security: Arc::default(),
             quotas: Arc::new(default_quotas()),
@@ -122,6 +125,26 @@ impl BrokerHandler {
     pub fn with_max_frame_size(mut self, max_frame_size: u32) -> Self {
         self.max_pull_bytes = pull_budget(max_frame_size);
         self
+    }
+
+    /// Bounds dead-letter listings and key lookups to `max_bytes` of answer (see
+    /// [`ServerConfig::max_response_bytes`](super::ServerConfig::max_response_bytes)); never
+    /// more than a frame holds.
+    ///
+    /// ```
+    /// # fn f(broker: broker_lite::broker::Broker) {
+    /// let handler = broker_lite::server::BrokerHandler::new(broker).with_max_response_bytes(1 << 20);
+    /// # }
+    /// ```
+    pub fn with_max_response_bytes(mut self, max_bytes: usize) -> Self {
+        self.max_response_bytes = max_bytes;
+        self
+    }
+
+    /// The byte budget of one page: the configured one, within a frame.
+    fn page_budget(&self) -> usize {
+        self.max_response_bytes
+            .min(self.max_pull_bytes.saturating_add(4))
     }
 }
 
@@ -289,15 +312,33 @@ impl BrokerHandler {
             ),
             Request::Lag { group } => Response::Lag(b.lag(&group)?),
             Request::LookupById(id) => Response::Message(b.lookup(id).await?),
-            Request::LookupByKey { topic, key, max } => {
-                Response::Messages(b.lookup_by_key(&topic, &key, max as usize).await?)
-            }
+            // The unpaged commands of older clients get the first page.
+            Request::LookupByKey { topic, key, max } => Response::Messages(
+                b.lookup_by_key_page(&topic, &key, max as usize, None, self.page_budget())
+                    .await?
+                    .messages,
+            ),
+            Request::LookupByKeyPage {
+                topic,
+                key,
+                max,
+                cursor,
+            } => Response::Page(
+                b.lookup_by_key_page(&topic, &key, max as usize, cursor, self.page_budget())
+                    .await?,
+            ),
             Request::Trace(id) => {
                 Response::Trace(b.trace(id).into_iter().map(trace_event).collect())
             }
-            Request::DeadLetters { group, max } => {
-                Response::Messages(b.dead_letters(&group, max as usize).await?)
-            }
+            Request::DeadLetters { group, max } => Response::Messages(
+                b.dead_letters_page(&group, max as usize, None, self.page_budget())
+                    .await?
+                    .messages,
+            ),
+            Request::DeadLettersPage { group, max, cursor } => Response::Page(
+                b.dead_letters_page(&group, max as usize, cursor, self.page_budget())
+                    .await?,
+            ),
             Request::RedriveDeadLetters { group, ids } => {
                 let ids = if ids.is_empty() { None } else { Some(ids) };
                 Response::Redriven(b.redrive_dead_letters(&group, ids).await?)

@@ -66,6 +66,11 @@ pub struct ServerConfig {
     /// exist), on the same terms as [`max_topics_per_principal`](Self::max_topics_per_principal).
     /// Default 10 000.
     pub max_groups_per_principal: usize,
+    /// Most bytes of the answer to a dead-letter listing or key lookup (counted as encoded);
+    /// the paged commands end a page there with a cursor for the next, the older unpaged ones
+    /// return the first page only. At most the frame size less its header is used; a single
+    /// message larger than this budget is still returned, alone. Default 4 MiB.
+    pub max_response_bytes: usize,
 }
 
 impl Default for ServerConfig {
@@ -85,6 +90,7 @@ impl Default for ServerConfig {
             max_bytes_in_flight_per_connection: 256 << 20,
             max_topics_per_principal: 10_000,
             max_groups_per_principal: 10_000,
+            max_response_bytes: 4 << 20,
         }
     }
 }

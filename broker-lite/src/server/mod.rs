@@ -92,6 +92,7 @@ pub async fn run(
     let addr = listener.local_addr()?;
     let handler = BrokerHandler::new(broker)
         .with_max_frame_size(config.limits.max_frame_size)
+        .with_max_response_bytes(config.max_response_bytes)
         .with_security(broker::SecuritySummary {
             authentication: config.users.is_some(),
             tls: config.tls.is_some(),
