@@ -22,7 +22,9 @@ use super::{ServerTls, Users};
 pub struct ServerConfig {
     /// Frame, body and batch size limits.
     pub limits: Limits,
-    /// Most simultaneous connections; extra ones get an error frame and are closed. Default 1024.
+    /// Most simultaneous established connections. When all are taken, the one idle longest
+    /// is closed to make room for a newcomer; when every one has a request in flight, the
+    /// newcomer gets an error frame and is closed. Default 1024.
     pub max_connections: usize,
     /// Most requests being handled at once on one connection; the connection stops reading
     /// until one finishes. Default 1024.

@@ -27,9 +27,11 @@
 //! - **Connection limits**: a connection must finish its handshake (TLS, authentication, or on
 //!   an open broker its first request) within [`ServerConfig::handshake_timeout`]; at most
 //!   [`ServerConfig::max_handshaking`] are in their handshake at once and the longest-waiting
-//!   one makes room for a newcomer, so silent connections cannot lock clients out. Past
-//!   [`ServerConfig::max_connections`] established ones a new connection gets a
-//!   `TooManyConnections` error frame; one idle for [`ServerConfig::idle_timeout`] is closed.
+//!   one makes room for a newcomer, so silent connections cannot lock clients out. When all
+//!   [`ServerConfig::max_connections`] slots are taken, the established connection idle longest
+//!   (no request in flight) is closed with a `TooManyConnections` error frame to make room, so
+//!   idle ones cannot either; only when every connection is busy does a new one get that
+//!   error. One idle for [`ServerConfig::idle_timeout`] is closed.
 //!   Request and answer bytes per connection are bounded by
 //!   [`ServerConfig::max_bytes_in_flight_per_connection`], and the topics and consumer groups
 //!   each principal may create by [`ServerConfig::max_topics_per_principal`] and
