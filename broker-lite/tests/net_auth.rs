@@ -26,6 +26,15 @@ fn consumer_config(group: &str, security: Security) -> ConsumerConfig {
     config
 }
 
+/// alice sends one message to `orders`.
+async fn alice_sends_one(addr: std::net::SocketAddr) {
+    let producer = Producer::connect(addr, producer_config(as_user("alice")))
+        .await
+        .unwrap();
+    let sent = producer.send(Message::new("orders", "m")).await.unwrap();
+    assert!(sent.is_ok(), "{sent:?}");
+}
+
 async fn root(env: &security_support::Env) -> Admin {
     let mut config = AdminConfig::default();
     config.security = as_user("root");
@@ -153,16 +162,7 @@ async fn a_principal_is_refused_what_it_may_not_do_and_nothing_changes() {
 async fn receipts_of_another_principal_or_forged_ones_are_refused() {
     let env = start(None).await;
     let addr = env.broker.addr();
-    let producer = Producer::connect(addr, producer_config(as_user("alice")))
-        .await
-        .unwrap();
-    assert!(
-        producer
-            .send(Message::new("orders", "m"))
-            .await
-            .unwrap()
-            .is_ok()
-    );
+    alice_sends_one(addr).await;
     let alice = Consumer::connect(addr, consumer_config("billing", as_user("alice")))
         .await
         .unwrap();
@@ -222,16 +222,7 @@ async fn a_receipt_settles_only_for_the_member_it_was_delivered_to() {
         config.consumer_id = id.into();
         members.push(Consumer::connect(addr, config).await.unwrap());
     }
-    let producer = Producer::connect(addr, producer_config(as_user("alice")))
-        .await
-        .unwrap();
-    assert!(
-        producer
-            .send(Message::new("orders", "m"))
-            .await
-            .unwrap()
-            .is_ok()
-    );
+    alice_sends_one(addr).await;
     let mut delivered = None;
     for (i, member) in members.iter().enumerate() {
         if let Some(d) = member.pull(1, Duration::ZERO).await.unwrap().pop() {

@@ -56,6 +56,24 @@ async fn admin(broker: &EmbeddedBroker) -> Admin {
         .unwrap()
 }
 
+/// The answer to an unpaged listing `request`, checked against the budget.
+async fn unpaged(broker: &EmbeddedBroker, request: &Request) -> Vec<MessageView> {
+    let connection = Connection::connect_with(
+        &broker.addr().to_string(),
+        TIMEOUT,
+        8 << 20,
+        &Security::default(),
+    )
+    .await
+    .unwrap();
+    let Response::Messages(first) = connection.request(request, TIMEOUT).await.unwrap() else {
+        panic!("not a message list");
+    };
+    let size = Response::Messages(first.clone()).encode_body().len();
+    assert!(size <= BUDGET, "{size} bytes, over the budget of {BUDGET}");
+    first
+}
+
 fn ids(messages: &[MessageView]) -> Vec<Uuid> {
     messages.iter().map(|m| m.message_id).collect()
 }
@@ -89,25 +107,12 @@ where
 #[tokio::test]
 async fn dead_letter_listings_stay_within_the_byte_budget_and_page_to_the_end() {
     let (_dir, broker, sent) = start().await;
-    let connection = Connection::connect_with(
-        &broker.addr().to_string(),
-        TIMEOUT,
-        8 << 20,
-        &Security::default(),
-    )
-    .await
-    .unwrap();
-
     // The unpaged command of older clients gets the first page only.
     let request = Request::DeadLetters {
         group: "billing".into(),
         max: 100_000,
     };
-    let Response::Messages(first) = connection.request(&request, TIMEOUT).await.unwrap() else {
-        panic!("not a message list");
-    };
-    let size = Response::Messages(first.clone()).encode_body().len();
-    assert!(size <= BUDGET, "{size} bytes, over the budget of {BUDGET}");
+    let first = unpaged(&broker, &request).await;
     assert!(
         !first.is_empty() && first.len() < COUNT,
         "{} messages",
@@ -142,24 +147,12 @@ async fn dead_letter_listings_stay_within_the_byte_budget_and_page_to_the_end() 
 async fn key_lookups_stay_within_the_byte_budget_and_page_to_the_end() {
     let (_dir, broker, sent) = start().await;
     let newest_first: Vec<Uuid> = sent.iter().rev().copied().collect();
-    let connection = Connection::connect_with(
-        &broker.addr().to_string(),
-        TIMEOUT,
-        8 << 20,
-        &Security::default(),
-    )
-    .await
-    .unwrap();
     let request = Request::LookupByKey {
         topic: "orders".into(),
         key: "k".into(),
         max: 1000,
     };
-    let Response::Messages(first) = connection.request(&request, TIMEOUT).await.unwrap() else {
-        panic!("not a message list");
-    };
-    let size = Response::Messages(first.clone()).encode_body().len();
-    assert!(size <= BUDGET, "{size} bytes, over the budget of {BUDGET}");
+    let first = unpaged(&broker, &request).await;
     assert_eq!(ids(&first), newest_first[..first.len()]);
 
     let admin = admin(&broker).await;
