@@ -9,7 +9,7 @@ use broker_lite::client::{
     Admin, AdminConfig, ClientError, Connection, Consumer, ConsumerConfig, Credentials, Producer,
     ProducerConfig, Security,
 };
-use broker_lite::protocol::{AckRequest, ErrorCode, Message, Request};
+use broker_lite::protocol::{AckRequest, ErrorCode, Member, Message, Request};
 use security_support::{PASSWORD, as_user, refusal, start};
 
 const TIMEOUT: Duration = Duration::from_secs(5);
@@ -259,4 +259,41 @@ async fn a_receipt_settles_only_for_the_member_it_was_delivered_to() {
     assert!(admin.dead_letters("billing", 10).await.unwrap().is_empty());
     owner.ack(&delivery).await.unwrap();
     assert_eq!(unsettled(admin.lag("billing").await.unwrap()), 0);
+}
+
+#[tokio::test]
+async fn a_live_member_is_unsubscribed_only_over_its_own_connection() {
+    let env = start(None).await;
+    let addr = env.broker.addr();
+    let mut config = consumer_config("billing", as_user("alice"));
+    config.consumer_id = "alice-1".into();
+    let member = Consumer::connect(addr, config).await.unwrap();
+
+    // Same principal, another connection: it may not make alice-1 leave.
+    let other = Connection::connect_with(&addr.to_string(), TIMEOUT, 8 << 20, &as_user("alice"))
+        .await
+        .unwrap();
+    let leave = Request::Unsubscribe(Member {
+        group: "billing".into(),
+        consumer_id: "alice-1".into(),
+    });
+    let reply = refusal(&other.request(&leave, TIMEOUT).await.unwrap_err()).clone();
+    assert_eq!(reply.code, ErrorCode::Forbidden);
+    assert!(
+        reply
+            .message
+            .contains("member \"alice-1\" consumes over another connection"),
+        "{reply}"
+    );
+    let admin = root(&env).await;
+    let members = |groups: Vec<broker_lite::protocol::GroupInfo>| {
+        groups
+            .into_iter()
+            .flat_map(|g| g.members)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(members(admin.groups().await.unwrap()), ["alice-1"]);
+    // Its own connection may.
+    member.close().await.unwrap();
+    assert!(members(admin.groups().await.unwrap()).is_empty());
 }

@@ -92,6 +92,33 @@ impl BrokerHandler {
             .map_or("anonymous", |c| c.principal.name())
     }
 
+    /// Refuses to act for a live member that subscribed over another connection, so that
+    /// another client of the same principal cannot make it leave (it leaves by itself when its
+    /// connection closes).
+    fn check_own_member(&self, group: &str, client_id: &str) -> Result<(), ErrorReply> {
+        if !self.is_elsewhere(group, client_id) {
+            return Ok(());
+        }
+        Err(ErrorReply::new(
+            ErrorCode::Forbidden,
+            format!(
+                "member {client_id:?} consumes over another connection: only that connection \
+                 may unsubscribe it; nothing was changed"
+            ),
+        ))
+    }
+
+    /// Whether `client_id` of `group` is a live member that subscribed over another connection
+    /// than this handler's.
+    fn is_elsewhere(&self, group: &str, client_id: &str) -> bool {
+        let Some(connection) = &self.connection else {
+            return false;
+        };
+        self.broker
+            .member_session(group, client_id)
+            .is_some_and(|session| session != Some(connection.session))
+    }
+
     /// Checks a receipt given back by this handler's connection for `group`: signed by this
     /// server for this principal and group, and delivered to a member of this connection.
     ///
@@ -101,22 +128,14 @@ impl BrokerHandler {
     /// it subscribed over, so another member of the same principal cannot ack (drop) them.
     fn open(&self, receipt: &[u8], group: &str) -> Result<Receipt, BrokerError> {
         let receipt = Receipt::open(receipt, &self.receipts, self.principal(), group)?;
-        let Some(connection) = &self.connection else {
-            return Ok(receipt);
-        };
-        match self
-            .broker
-            .member_session(receipt.group(), receipt.client_id())
-        {
-            Some(session) if session != Some(connection.session) => {
-                Err(BrokerError::ForeignReceipt(format!(
-                    "it was delivered to member {:?}, which consumes over another connection; \
-                     only that member may settle it",
-                    receipt.client_id()
-                )))
-            }
-            _ => Ok(receipt),
+        if self.is_elsewhere(receipt.group(), receipt.client_id()) {
+            return Err(BrokerError::ForeignReceipt(format!(
+                "it was delivered to member {:?}, which consumes over another connection; only \
+                 that member may settle it",
+                receipt.client_id()
+            )));
         }
+        Ok(receipt)
     }
 
     /// Sizes pull answers for frames of at most `max_frame_size` bytes (the server's
@@ -169,6 +188,9 @@ fn pull_budget(max_frame_size: u32) -> usize {
 
 impl Handler for BrokerHandler {
     async fn handle(&self, request: Request) -> Result<Response, ErrorReply> {
+        if let Request::Unsubscribe(m) = &request {
+            self.check_own_member(&m.group, &m.consumer_id)?;
+        }
         let reservation = self
             .quotas
             .reserve(self.principal(), &request, &self.broker)?;
