@@ -9,7 +9,7 @@ use broker_lite::client::{
     Admin, AdminConfig, ClientError, Connection, Consumer, ConsumerConfig, Credentials, Producer,
     ProducerConfig, Security,
 };
-use broker_lite::protocol::{AckRequest, ErrorCode, Message, Request};
+use broker_lite::protocol::{AckRequest, ErrorCode, Member, Message, Request};
 use security_support::{PASSWORD, as_user, refusal, start};
 
 const TIMEOUT: Duration = Duration::from_secs(5);
@@ -24,6 +24,15 @@ fn consumer_config(group: &str, security: Security) -> ConsumerConfig {
     let mut config = ConsumerConfig::new(group, "orders");
     config.security = security;
     config
+}
+
+/// alice sends one message to `orders`.
+async fn alice_sends_one(addr: std::net::SocketAddr) {
+    let producer = Producer::connect(addr, producer_config(as_user("alice")))
+        .await
+        .unwrap();
+    let sent = producer.send(Message::new("orders", "m")).await.unwrap();
+    assert!(sent.is_ok(), "{sent:?}");
 }
 
 async fn root(env: &security_support::Env) -> Admin {
@@ -153,16 +162,7 @@ async fn a_principal_is_refused_what_it_may_not_do_and_nothing_changes() {
 async fn receipts_of_another_principal_or_forged_ones_are_refused() {
     let env = start(None).await;
     let addr = env.broker.addr();
-    let producer = Producer::connect(addr, producer_config(as_user("alice")))
-        .await
-        .unwrap();
-    assert!(
-        producer
-            .send(Message::new("orders", "m"))
-            .await
-            .unwrap()
-            .is_ok()
-    );
+    alice_sends_one(addr).await;
     let alice = Consumer::connect(addr, consumer_config("billing", as_user("alice")))
         .await
         .unwrap();
@@ -209,4 +209,91 @@ async fn receipts_of_another_principal_or_forged_ones_are_refused() {
     assert_eq!(unsettled(admin.lag("billing").await.unwrap()), 1);
     alice.ack(&delivery).await.unwrap();
     assert_eq!(unsettled(admin.lag("billing").await.unwrap()), 0);
+}
+
+#[tokio::test]
+async fn a_receipt_settles_only_for_the_member_it_was_delivered_to() {
+    let env = start(None).await;
+    let addr = env.broker.addr();
+    // Both members join before the message is sent, so no rebalance moves it afterwards.
+    let mut members = Vec::new();
+    for id in ["alice-1", "alice-2"] {
+        let mut config = consumer_config("billing", as_user("alice"));
+        config.consumer_id = id.into();
+        members.push(Consumer::connect(addr, config).await.unwrap());
+    }
+    alice_sends_one(addr).await;
+    let mut delivered = None;
+    for (i, member) in members.iter().enumerate() {
+        if let Some(d) = member.pull(1, Duration::ZERO).await.unwrap().pop() {
+            delivered = Some((i, d));
+        }
+    }
+    let (owner, delivery) = delivered.expect("one member owns the message's queue");
+    let (owner, other) = (&members[owner], &members[1 - owner]);
+    let owner_id = owner.config().consumer_id.clone();
+
+    // Same principal, same group, but another member: ack, nack and dead-letter are refused.
+    let reply = refusal(&other.ack(&delivery).await.unwrap_err()).clone();
+    assert_eq!(reply.code, ErrorCode::Forbidden);
+    assert!(
+        reply
+            .message
+            .contains(&format!("delivered to member {owner_id:?}")),
+        "{reply}"
+    );
+    assert_eq!(
+        refusal(&other.nack(&delivery, None).await.unwrap_err()).code,
+        ErrorCode::Forbidden
+    );
+    assert_eq!(
+        refusal(&other.dead_letter(&delivery, None).await.unwrap_err()).code,
+        ErrorCode::Forbidden
+    );
+
+    // Nothing changed: still in flight, no dead letter; the owner's own ack settles it.
+    let admin = root(&env).await;
+    let unsettled =
+        |lag: Vec<broker_lite::protocol::QueueLag>| lag.iter().map(|q| q.unsettled).sum::<u64>();
+    assert_eq!(unsettled(admin.lag("billing").await.unwrap()), 1);
+    assert!(admin.dead_letters("billing", 10).await.unwrap().is_empty());
+    owner.ack(&delivery).await.unwrap();
+    assert_eq!(unsettled(admin.lag("billing").await.unwrap()), 0);
+}
+
+#[tokio::test]
+async fn a_live_member_is_unsubscribed_only_over_its_own_connection() {
+    let env = start(None).await;
+    let addr = env.broker.addr();
+    let mut config = consumer_config("billing", as_user("alice"));
+    config.consumer_id = "alice-1".into();
+    let member = Consumer::connect(addr, config).await.unwrap();
+
+    // Same principal, another connection: it may not make alice-1 leave.
+    let other = Connection::connect_with(&addr.to_string(), TIMEOUT, 8 << 20, &as_user("alice"))
+        .await
+        .unwrap();
+    let leave = Request::Unsubscribe(Member {
+        group: "billing".into(),
+        consumer_id: "alice-1".into(),
+    });
+    let reply = refusal(&other.request(&leave, TIMEOUT).await.unwrap_err()).clone();
+    assert_eq!(reply.code, ErrorCode::Forbidden);
+    assert!(
+        reply
+            .message
+            .contains("member \"alice-1\" consumes over another connection"),
+        "{reply}"
+    );
+    let admin = root(&env).await;
+    let members = |groups: Vec<broker_lite::protocol::GroupInfo>| {
+        groups
+            .into_iter()
+            .flat_map(|g| g.members)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(members(admin.groups().await.unwrap()), ["alice-1"]);
+    // Its own connection may.
+    member.close().await.unwrap();
+    assert!(members(admin.groups().await.unwrap()).is_empty());
 }

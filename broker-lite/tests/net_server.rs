@@ -145,15 +145,44 @@ async fn unknown_command_and_invalid_request_keep_the_connection_open() {
 }
 
 #[tokio::test]
-async fn connections_past_the_limit_are_refused() {
+async fn past_the_limit_the_longest_idle_connection_makes_room_and_busy_ones_refuse() {
     let mut config = ServerConfig::default();
     config.max_connections = 1;
     let server = MockServer::start(config).await;
-    let first = client(&server).await;
-    first.request(&Request::Ping, TIMEOUT).await.unwrap();
+    let idle = client(&server).await;
+    idle.request(&Request::Ping, TIMEOUT).await.unwrap();
 
-    // A connection takes a slot once it has sent its first request (issue 16: silent ones
-    // only wait among the handshaking connections).
+    // The only slot is held by an idle connection: it is closed, with a clear error, to let
+    // the newcomer in (issue 16).
+    let newcomer = client(&server).await;
+    newcomer
+        .request(&Request::Ping, TIMEOUT)
+        .await
+        .expect("the newcomer is served");
+    match idle.request(&Request::Ping, TIMEOUT).await {
+        Err(ClientError::Server(reply)) => {
+            assert_eq!(reply.code, ErrorCode::TooManyConnections);
+            assert!(reply.message.contains("was idle longest"), "{reply}");
+        }
+        Err(ClientError::ConnectionLost { .. }) => {}
+        other => panic!("expected the idle connection closed, got {other:?}"),
+    }
+
+    // A connection with a request in flight keeps its slot: the next newcomer is refused.
+    let pull = Request::Pull(broker_lite::protocol::PullRequest {
+        group: "g".into(),
+        consumer_id: "c".into(),
+        topic: "t".into(),
+        max_messages: 1,
+        long_poll_ms: 600_000,
+    });
+    let polling = {
+        let newcomer = newcomer.clone();
+        tokio::spawn(async move { newcomer.request(&pull, TIMEOUT * 100).await })
+    };
+    newcomer.request(&Request::Ping, TIMEOUT).await.unwrap();
+    // A connection takes a slot once it has sent its first request (silent ones only wait
+    // among the handshaking connections).
     let ping = Frame {
         kind: FrameKind::Request,
         request_id: 1,
@@ -162,15 +191,14 @@ async fn connections_past_the_limit_are_refused() {
     };
     let frames = raw_exchange(&server, &encode(&ping)).await;
     assert_eq!(frames.len(), 1);
-    assert_eq!(error_of(&frames[0]).code, ErrorCode::TooManyConnections);
-
-    let second = client(&server).await;
-    match second.request(&Request::Ping, TIMEOUT).await {
-        Err(ClientError::Server(reply)) => assert_eq!(reply.code, ErrorCode::TooManyConnections),
-        Err(ClientError::ConnectionLost { .. }) => {}
-        other => panic!("expected a refusal, got {other:?}"),
-    }
-    first.request(&Request::Ping, TIMEOUT).await.unwrap();
+    let refused = error_of(&frames[0]);
+    assert_eq!(refused.code, ErrorCode::TooManyConnections);
+    assert!(
+        refused.message.contains("limit of 1 connections"),
+        "{refused}"
+    );
+    newcomer.request(&Request::Ping, TIMEOUT).await.unwrap();
+    polling.abort();
 }
 
 #[tokio::test]

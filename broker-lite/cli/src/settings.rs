@@ -102,6 +102,18 @@ pub(crate) struct Settings {
     /// Most request and answer bytes held per connection [default: 256 MiB].
     #[arg(long)]
     pub(crate) max_bytes_in_flight: Option<usize>,
+    /// Most topics one user (or, on an open broker, all clients together) may create
+    /// [default: 10000].
+    #[arg(long)]
+    pub(crate) max_topics_per_principal: Option<usize>,
+    /// Most consumer groups one user (or, on an open broker, all clients together) may create
+    /// [default: 10000].
+    #[arg(long)]
+    pub(crate) max_groups_per_principal: Option<usize>,
+    /// Most bytes of one dead-letter listing or key lookup answer; longer ones are paged
+    /// [default: 4 MiB].
+    #[arg(long)]
+    pub(crate) max_response_bytes: Option<usize>,
     /// Replication role (issue 13): standalone, leader or follower [default: standalone].
     #[arg(long, value_enum)]
     pub(crate) role: Option<crate::role::RoleName>,
@@ -221,6 +233,9 @@ impl Settings {
             max_handshaking,
             idle_timeout_ms,
             max_bytes_in_flight,
+            max_topics_per_principal,
+            max_groups_per_principal,
+            max_response_bytes,
             role,
             replication,
             min_sync_replicas,
@@ -381,6 +396,29 @@ impl Settings {
         if let Some(bytes) = self.max_bytes_in_flight {
             server.max_bytes_in_flight_per_connection = bytes;
         }
+        for (name, value, field) in [
+            (
+                "max_response_bytes",
+                self.max_response_bytes,
+                &mut server.max_response_bytes,
+            ),
+            (
+                "max_topics_per_principal",
+                self.max_topics_per_principal,
+                &mut server.max_topics_per_principal,
+            ),
+            (
+                "max_groups_per_principal",
+                self.max_groups_per_principal,
+                &mut server.max_groups_per_principal,
+            ),
+        ] {
+            match value {
+                Some(0) => bail!("{name} must be at least 1"),
+                Some(n) => *field = n,
+                None => {}
+            }
+        }
         let frame = server.limits.max_frame_size as usize;
         if server.max_bytes_in_flight_per_connection < 2 * frame {
             bail!(
@@ -446,6 +484,31 @@ mod tests {
         assert!(
             toml::from_str::<Settings>("[[users]]\nname = \"x\"\npassword = \"inline\"\n").is_err(),
             "a password in the file itself is refused"
+        );
+    }
+
+    #[test]
+    fn per_principal_topic_and_group_limits_come_from_the_file_or_the_flags() {
+        let file: Settings = toml::from_str(
+            "data_dir = \"/a\"\nmax_topics_per_principal = 50\nmax_groups_per_principal = 20\nmax_response_bytes = 65536\n",
+        )
+        .unwrap();
+        let flags = Settings {
+            max_groups_per_principal: Some(5),
+            ..Settings::default()
+        };
+        let (_, config) = flags.over(file).build().unwrap();
+        assert_eq!(config.server.max_topics_per_principal, 50);
+        assert_eq!(config.server.max_groups_per_principal, 5);
+        assert_eq!(config.server.max_response_bytes, 65536);
+        let zero = Settings {
+            max_topics_per_principal: Some(0),
+            ..with_dir()
+        };
+        let error = format!("{:#}", zero.build().unwrap_err());
+        assert!(
+            error.contains("max_topics_per_principal must be at least 1"),
+            "{error}"
         );
     }
 

@@ -8,8 +8,8 @@ use super::endpoints::{Addresses, ConnectOptions, Endpoints};
 use super::error::{ClientError, Result};
 use super::security::Security;
 use crate::protocol::{
-    BrokerDescription, DEFAULT_MAX_FRAME_SIZE, GroupInfo, MessageView, QueueLag, Request, Response,
-    TopicInfo, TraceEvent,
+    BrokerDescription, DEFAULT_MAX_FRAME_SIZE, GroupInfo, MessagePage, MessageView, QueueLag,
+    Request, Response, TopicInfo, TraceEvent,
 };
 
 /// Admin client settings.
@@ -182,7 +182,9 @@ impl Admin {
         )
     }
 
-    /// Up to `max` messages of `topic` with `key`.
+    /// Up to `max` messages of `topic` with `key`, newest first, read page by page
+    /// ([`lookup_by_key_page`](Self::lookup_by_key_page)) so that no answer exceeds the
+    /// broker's byte budget.
     ///
     /// # Errors
     ///
@@ -193,12 +195,50 @@ impl Admin {
         key: &str,
         max: u32,
     ) -> Result<Vec<MessageView>> {
-        let request = Request::LookupByKey {
+        collect_pages(max, |max, cursor| {
+            self.lookup_by_key_page(topic, key, max, cursor)
+        })
+        .await
+    }
+
+    /// One page of the messages of `topic` with `key`, newest first: at most `max`, and at
+    /// most the broker's response byte budget. Pass the page's `next` as `cursor` for the
+    /// following page; `next` is `None` after the last one.
+    ///
+    /// ```no_run
+    /// # async fn demo(admin: broker_lite_client::Admin) -> Result<(), broker_lite_client::ClientError> {
+    /// let mut cursor = None;
+    /// loop {
+    ///     let page = admin.lookup_by_key_page("orders", "customer-7", 100, cursor).await?;
+    ///     for m in &page.messages {
+    ///         println!("{} {}", m.message_id, m.queue_offset);
+    ///     }
+    ///     match page.next {
+    ///         Some(next) => cursor = Some(next),
+    ///         None => break,
+    ///     }
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// A connection error or the broker's refusal.
+    pub async fn lookup_by_key_page(
+        &self,
+        topic: &str,
+        key: &str,
+        max: u32,
+        cursor: Option<u64>,
+    ) -> Result<MessagePage> {
+        let request = Request::LookupByKeyPage {
             topic: topic.to_string(),
             key: key.to_string(),
             max,
+            cursor,
         };
-        expect!(self.call(request).await?, Messages, "lookup by key")
+        expect!(self.call(request).await?, Page, "lookup by key")
     }
 
     /// The life of message `id`: stored, delivered, acked, retried, dead-lettered (L4).
@@ -210,17 +250,50 @@ impl Admin {
         expect!(self.call(Request::Trace(id)).await?, Trace, "trace")
     }
 
-    /// Up to `max` dead letters of `group` (C8).
+    /// Up to `max` dead letters of `group` (C8), oldest first, read page by page
+    /// ([`dead_letters_page`](Self::dead_letters_page)) so that no answer exceeds the broker's
+    /// byte budget.
     ///
     /// # Errors
     ///
     /// A connection error or the broker's refusal.
     pub async fn dead_letters(&self, group: &str, max: u32) -> Result<Vec<MessageView>> {
-        let request = Request::DeadLetters {
+        collect_pages(max, |max, cursor| {
+            self.dead_letters_page(group, max, cursor)
+        })
+        .await
+    }
+
+    /// One page of the dead letters of `group`, oldest first: at most `max`, and at most the
+    /// broker's response byte budget. Pass the page's `next` as `cursor` for the following
+    /// page; `next` is `None` after the last one.
+    ///
+    /// ```no_run
+    /// # async fn demo(admin: broker_lite_client::Admin) -> Result<(), broker_lite_client::ClientError> {
+    /// let first = admin.dead_letters_page("billing", 100, None).await?;
+    /// if let Some(next) = first.next {
+    ///     let second = admin.dead_letters_page("billing", 100, Some(next)).await?;
+    ///     println!("{} more", second.messages.len());
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// A connection error or the broker's refusal.
+    pub async fn dead_letters_page(
+        &self,
+        group: &str,
+        max: u32,
+        cursor: Option<u64>,
+    ) -> Result<MessagePage> {
+        let request = Request::DeadLettersPage {
             group: group.to_string(),
             max,
+            cursor,
         };
-        expect!(self.call(request).await?, Messages, "dead letters")
+        expect!(self.call(request).await?, Page, "dead letters")
     }
 
     /// Sends the dead letters of `group` back for consumption (only those in `ids`, or all
@@ -236,4 +309,24 @@ impl Admin {
         };
         expect!(self.call(request).await?, Redriven, "redrive dead letters")
     }
+}
+
+/// Follows pages from `page(max still wanted, cursor)` until `max` messages or the last page.
+async fn collect_pages<F, Fut>(max: u32, mut page: F) -> Result<Vec<MessageView>>
+where
+    F: FnMut(u32, Option<u64>) -> Fut,
+    Fut: std::future::Future<Output = Result<MessagePage>>,
+{
+    let mut out = Vec::new();
+    let mut cursor = None;
+    while out.len() < max as usize {
+        let p = page(max - out.len() as u32, cursor).await?;
+        out.extend(p.messages);
+        match p.next {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    out.truncate(max as usize);
+    Ok(out)
 }

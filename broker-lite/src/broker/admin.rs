@@ -38,6 +38,45 @@ pub struct MemberInfo {
     pub queues: Vec<(String, u32)>,
 }
 
+/// One page of a dead-letter listing or key lookup, with the cursor of the next: the wire
+/// type, one definition for the broker and its clients.
+pub use broker_lite_client::protocol::MessagePage;
+
+/// The bytes left for one page's messages. The first message always fits, so that paging
+/// always moves on.
+pub(crate) struct PageBudget {
+    left: usize,
+    empty: bool,
+}
+
+impl PageBudget {
+    pub(crate) fn new(max_bytes: usize) -> Self {
+        PageBudget {
+            left: max_bytes.saturating_sub(MessagePage::EMPTY_LEN),
+            empty: true,
+        }
+    }
+
+    /// Counts `record`'s answer size when it fits.
+    pub(crate) fn take(&mut self, record: &crate::storage::StoredRecord) -> bool {
+        self.take_len(StoredMessage::from(record.clone()).wire_len())
+    }
+
+    /// Counts `message`'s answer size when it fits.
+    pub(crate) fn take_view(&mut self, message: &StoredMessage) -> bool {
+        self.take_len(message.wire_len())
+    }
+
+    fn take_len(&mut self, len: usize) -> bool {
+        if len > self.left && !self.empty {
+            return false;
+        }
+        self.left = self.left.saturating_sub(len);
+        self.empty = false;
+        true
+    }
+}
+
 /// How far a group (or, in broadcasting, one member) is behind on one queue (safeguard L5): the
 /// wire type, one definition for the broker and its clients.
 pub use broker_lite_client::protocol::QueueLag;
@@ -134,6 +173,62 @@ impl Broker {
             return Ok(None);
         };
         self.read_position(position).await
+    }
+
+    /// One page of the messages of `topic` with `key`, newest first: at most `limit` and at
+    /// most `max_bytes` bytes of answer, on the terms of
+    /// [`dead_letters_page`](Self::dead_letters_page). `cursor` is the previous page's
+    /// [`next`](MessagePage::next), `None` for the first page.
+    ///
+    /// # Errors
+    /// [`BrokerError::Storage`] when a record cannot be read.
+    ///
+    /// # Examples
+    /// ```
+    /// # async fn f(broker: broker_lite::broker::Broker) -> broker_lite::broker::Result<()> {
+    /// let page = broker.lookup_by_key_page("orders", "customer-7", 10, None, 1 << 20).await?;
+    /// assert!(page.messages.len() <= 10);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn lookup_by_key_page(
+        &self,
+        topic: &str,
+        key: &str,
+        limit: usize,
+        cursor: Option<u64>,
+        max_bytes: usize,
+    ) -> Result<MessagePage> {
+        // Log positions, newest first; the cursor is the position of the last one returned.
+        let positions = self
+            .inner
+            .index
+            .lock()
+            .unwrap()
+            .by_key(topic, key, usize::MAX);
+        let mut budget = PageBudget::new(max_bytes);
+        let mut page = MessagePage::default();
+        let mut rest = positions
+            .into_iter()
+            .filter(|&p| cursor.is_none_or(|c| p < c))
+            .peekable();
+        while let Some(&p) = rest.peek() {
+            if page.messages.len() == limit {
+                break;
+            }
+            if let Some(m) = self.read_position(p).await? {
+                if !budget.take_view(&m) {
+                    break;
+                }
+                page.messages.push(m);
+            }
+            rest.next();
+            page.next = Some(p);
+        }
+        if rest.peek().is_none() {
+            page.next = None;
+        }
+        Ok(page)
     }
 
     /// The newest messages of `topic` with `key`, newest first, at most `limit`.

@@ -19,6 +19,7 @@
 use uuid::Uuid;
 
 use super::Broker;
+use super::admin::{MessagePage, PageBudget};
 use super::consumer::Receipt;
 use super::error::{BrokerError, Result};
 use super::group::CursorKey;
@@ -233,40 +234,108 @@ impl Broker {
             .collect())
     }
 
+    /// One page of the dead letters of `group` not yet re-driven, oldest first: at most `limit`
+    /// messages and at most `max_bytes` bytes of answer ([`MessagePage::EMPTY_LEN`] plus each
+    /// message's [`wire_len`](StoredMessage::wire_len)), except that a first message larger than
+    /// `max_bytes` is returned alone so that a listing always moves on. `cursor` is the
+    /// previous page's [`next`](MessagePage::next) (`None` for the first page); `next` is
+    /// `None` once the dead-letter topic is read to its end.
+    ///
+    /// # Errors
+    /// [`BrokerError::UnknownGroup`]; [`BrokerError::Storage`] when the dead-letter topic cannot
+    /// be read.
+    ///
+    /// # Examples
+    /// ```
+    /// # async fn f(broker: broker_lite::broker::Broker) -> broker_lite::broker::Result<()> {
+    /// let mut cursor = None;
+    /// loop {
+    ///     let page = broker.dead_letters_page("billing", 100, cursor, 1 << 20).await?;
+    ///     println!("{} dead letters", page.messages.len());
+    ///     match page.next {
+    ///         Some(next) => cursor = Some(next),
+    ///         None => break,
+    ///     }
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn dead_letters_page(
+        &self,
+        group: &str,
+        limit: usize,
+        cursor: Option<u64>,
+        max_bytes: usize,
+    ) -> Result<MessagePage> {
+        self.check_open()?;
+        let mut budget = PageBudget::new(max_bytes);
+        let (records, next) = self
+            .scan_dead_letters(group, limit, cursor, |r| budget.take(r))
+            .await?;
+        Ok(MessagePage {
+            messages: records.into_iter().map(StoredMessage::from).collect(),
+            next,
+        })
+    }
+
     /// Dead letters of `group` not yet re-driven, oldest first, at most `limit`, scanning at most
     /// [`SCAN_LIMIT`] of them.
     async fn pending_dead_letters(&self, group: &str, limit: usize) -> Result<Vec<StoredRecord>> {
+        Ok(self
+            .scan_dead_letters(group, limit, None, |_| true)
+            .await?
+            .0)
+    }
+
+    /// Dead letters of `group` not yet re-driven from the dead-letter offset `from` (or the
+    /// start), oldest first, until `limit` of them, one that `fits` refuses, [`SCAN_LIMIT`]
+    /// scanned, or the end; with the offset to resume from, `None` at the end.
+    async fn scan_dead_letters(
+        &self,
+        group: &str,
+        limit: usize,
+        from: Option<u64>,
+        mut fits: impl FnMut(&StoredRecord) -> bool,
+    ) -> Result<(Vec<StoredRecord>, Option<u64>)> {
         let dlq = dlq_topic(group);
         let redriven = match self.inner.state.lock().unwrap().groups.get(group) {
             Some(g) => g.redriven.clone(),
             None => return Err(BrokerError::UnknownGroup(group.into())),
         };
         let Some(bounds) = self.inner.store.queue_bounds(&dlq, 0) else {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), None));
         };
         // Forget re-driven offsets that retention removed.
         if let Some(g) = self.inner.state.lock().unwrap().groups.get_mut(group) {
             g.redriven = g.redriven.split_off(&bounds.min);
         }
         let mut out = Vec::new();
-        let mut from = bounds.min;
+        let mut from = from.unwrap_or(bounds.min).max(bounds.min);
         let mut scanned = 0;
-        while from < bounds.max && out.len() < limit && scanned < SCAN_LIMIT {
+        'scan: while from < bounds.max && out.len() < limit && scanned < SCAN_LIMIT {
             let records = self
                 .inner
                 .store
                 .read_queue(&dlq, 0, from, 1024, 16 << 20)
                 .await?;
-            let Some(last) = records.last() else { break };
-            from = last.queue_offset + 1;
-            scanned += records.len();
-            out.extend(
-                records
-                    .into_iter()
-                    .filter(|r| !redriven.contains(&r.queue_offset)),
-            );
+            if records.is_empty() {
+                break;
+            }
+            for r in records {
+                scanned += 1;
+                if redriven.contains(&r.queue_offset) {
+                    from = r.queue_offset + 1;
+                    continue;
+                }
+                if out.len() == limit || !fits(&r) {
+                    from = r.queue_offset;
+                    break 'scan;
+                }
+                from = r.queue_offset + 1;
+                out.push(r);
+            }
         }
-        out.truncate(limit);
-        Ok(out)
+        let next = (from < bounds.max).then_some(from);
+        Ok((out, next))
     }
 }

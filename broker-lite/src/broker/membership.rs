@@ -252,6 +252,20 @@ impl Broker {
         Ok(gone)
     }
 
+    /// The session `client_id` of `group` subscribed over: `None` when it is no member (it
+    /// left, or was never one), `Some(None)` when it subscribed without a session. The server
+    /// uses it to let only a delivery's own member settle it.
+    pub(crate) fn member_session(&self, group: &str, client_id: &str) -> Option<Option<SessionId>> {
+        let state = self.inner.state.lock().unwrap();
+        let member = state.groups.get(group)?.members.get(client_id)?;
+        Some(member.session)
+    }
+
+    /// Whether the consumer group `group` exists.
+    pub(crate) fn has_group(&self, group: &str) -> bool {
+        self.inner.state.lock().unwrap().groups.contains_key(group)
+    }
+
     /// Evicts members whose heartbeat timed out and rebalances their groups.
     pub(crate) fn evict_silent_members(&self, now: u64) {
         let timeout = self.inner.config.heartbeat_timeout.as_millis() as u64;

@@ -134,7 +134,7 @@ mod trace;
 /// the log.
 pub(crate) const STATE_CHECKPOINTS: [&str; 2] = [topics::CHECKPOINT, offsets::CHECKPOINT];
 
-pub use admin::{GroupInfo, MemberInfo, QueueLag};
+pub use admin::{GroupInfo, MemberInfo, MessagePage, QueueLag};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{BrokerConfig, ConsumeFrom, ROCKETMQ_DELAY_LEVELS, Replication};
 pub use consumer::{

@@ -123,6 +123,11 @@ impl Broker {
             .collect()
     }
 
+    /// Whether `topic` exists.
+    pub(crate) fn has_topic(&self, topic: &str) -> bool {
+        self.inner.state.lock().unwrap().topics.contains_key(topic)
+    }
+
     /// The queue count of `topic`, creating it when allowed.
     pub(crate) async fn ensure_topic(&self, topic: &str) -> Result<u32> {
         if let Some(&q) = self.inner.state.lock().unwrap().topics.get(topic) {

@@ -68,9 +68,11 @@ pub(super) fn authorize(principal: &Principal, request: &Request) -> Result<(), 
         Request::ListTopics => admin("list_topics"),
         Request::ListGroups => admin("list_groups"),
         Request::Lag { .. } => admin("lag"),
-        Request::LookupById(_) | Request::LookupByKey { .. } => admin("lookup"),
+        Request::LookupById(_) | Request::LookupByKey { .. } | Request::LookupByKeyPage { .. } => {
+            admin("lookup")
+        }
         Request::Trace(_) => admin("trace"),
-        Request::DeadLetters { .. } => admin("dead_letters"),
+        Request::DeadLetters { .. } | Request::DeadLettersPage { .. } => admin("dead_letters"),
         Request::RedriveDeadLetters { .. } => admin("redrive_dead_letters"),
         // A follower reads the whole log and reports offsets that decide SEND_OK.
         Request::ReplicaFetch(_) => admin("replica_fetch"),

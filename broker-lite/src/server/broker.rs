@@ -9,6 +9,7 @@ use bytes::Bytes;
 
 use super::handler::Handler;
 use super::principal::Principal;
+use super::quota::Quotas;
 use crate::broker::{
     self, Broker, BrokerError, ConsumerSpec, Receipt, ReceiptKey, SendRequest, SessionId, TraceKind,
 };
@@ -29,10 +30,14 @@ pub struct BrokerHandler {
     connection: Option<Arc<ConnectionState>>,
     /// The byte budget of a pull's deliveries: what a frame holds besides the answer's framing.
     max_pull_bytes: usize,
+    /// The byte budget of a dead-letter listing or key lookup answer (issue 16).
+    max_response_bytes: usize,
     /// Signs the receipts handed out and checks those given back (issue 16).
     receipts: Arc<ReceiptKey>,
     /// What the server tells `describe`.
     security: Arc<SecuritySummary>,
+    /// The topics and groups each principal created, and its limits (issue 16).
+    quotas: Arc<Quotas>,
 }
 
 /// The server's security settings, as `describe` reports them.
@@ -60,9 +65,18 @@ impl BrokerHandler {
             broker,
             connection: None,
             max_pull_bytes: pull_budget(crate::protocol::DEFAULT_MAX_FRAME_SIZE),
+            max_response_bytes: super::ServerConfig::default().max_response_bytes,
             receipts: Arc::new(ReceiptKey::generate()),
             security: Arc::default(),
+            quotas: Arc::new(default_quotas()),
         }
+    }
+
+    /// Limits the topics and consumer groups each principal may create (see
+    /// [`ServerConfig::max_topics_per_principal`](super::ServerConfig::max_topics_per_principal)).
+    pub(super) fn with_quotas(mut self, max_topics: usize, max_groups: usize) -> Self {
+        self.quotas = Arc::new(Quotas::new(max_topics, max_groups));
+        self
     }
 
     /// What `describe` reports about authentication, TLS and the listen address.
@@ -78,9 +92,50 @@ impl BrokerHandler {
             .map_or("anonymous", |c| c.principal.name())
     }
 
-    /// Checks a receipt given back by this handler's connection for `group`.
+    /// Refuses to act for a live member that subscribed over another connection, so that
+    /// another client of the same principal cannot make it leave (it leaves by itself when its
+    /// connection closes).
+    fn check_own_member(&self, group: &str, client_id: &str) -> Result<(), ErrorReply> {
+        if !self.is_elsewhere(group, client_id) {
+            return Ok(());
+        }
+        Err(ErrorReply::new(
+            ErrorCode::Forbidden,
+            format!(
+                "member {client_id:?} consumes over another connection: only that connection \
+                 may unsubscribe it; nothing was changed"
+            ),
+        ))
+    }
+
+    /// Whether `client_id` of `group` is a live member that subscribed over another connection
+    /// than this handler's.
+    fn is_elsewhere(&self, group: &str, client_id: &str) -> bool {
+        let Some(connection) = &self.connection else {
+            return false;
+        };
+        self.broker
+            .member_session(group, client_id)
+            .is_some_and(|session| session != Some(connection.session))
+    }
+
+    /// Checks a receipt given back by this handler's connection for `group`: signed by this
+    /// server for this principal and group, and delivered to a member of this connection.
+    ///
+    /// A member that is gone (it left, or its connection closed) may still settle its late
+    /// deliveries over a new connection, as the broker allows, so a reconnected consumer's ack
+    /// spares a duplicate; but a live member's deliveries are settled only over the connection
+    /// it subscribed over, so another member of the same principal cannot ack (drop) them.
     fn open(&self, receipt: &[u8], group: &str) -> Result<Receipt, BrokerError> {
-        Receipt::open(receipt, &self.receipts, self.principal(), group)
+        let receipt = Receipt::open(receipt, &self.receipts, self.principal(), group)?;
+        if self.is_elsewhere(receipt.group(), receipt.client_id()) {
+            return Err(BrokerError::ForeignReceipt(format!(
+                "it was delivered to member {:?}, which consumes over another connection; only \
+                 that member may settle it",
+                receipt.client_id()
+            )));
+        }
+        Ok(receipt)
     }
 
     /// Sizes pull answers for frames of at most `max_frame_size` bytes (the server's
@@ -90,6 +145,34 @@ impl BrokerHandler {
         self.max_pull_bytes = pull_budget(max_frame_size);
         self
     }
+
+    /// Bounds dead-letter listings and key lookups to `max_bytes` of answer (see
+    /// [`ServerConfig::max_response_bytes`](super::ServerConfig::max_response_bytes)); never
+    /// more than a frame holds.
+    ///
+    /// ```
+    /// # fn f(broker: broker_lite::broker::Broker) {
+    /// let handler = broker_lite::server::BrokerHandler::new(broker).with_max_response_bytes(1 << 20);
+    /// # }
+    /// ```
+    pub fn with_max_response_bytes(mut self, max_bytes: usize) -> Self {
+        self.max_response_bytes = max_bytes;
+        self
+    }
+
+    /// The byte budget of one page: the configured one, within a frame.
+    fn page_budget(&self) -> usize {
+        self.max_response_bytes
+            .min(self.max_pull_bytes.saturating_add(4))
+    }
+}
+
+fn default_quotas() -> Quotas {
+    let defaults = super::ServerConfig::default();
+    Quotas::new(
+        defaults.max_topics_per_principal,
+        defaults.max_groups_per_principal,
+    )
 }
 
 /// What sealing adds to each delivery's receipt (the broker's pull budget counts the plain
@@ -105,7 +188,15 @@ fn pull_budget(max_frame_size: u32) -> usize {
 
 impl Handler for BrokerHandler {
     async fn handle(&self, request: Request) -> Result<Response, ErrorReply> {
-        self.dispatch(request).await.map_err(to_reply)
+        if let Request::Unsubscribe(m) = &request {
+            self.check_own_member(&m.group, &m.consumer_id)?;
+        }
+        let reservation = self
+            .quotas
+            .reserve(self.principal(), &request, &self.broker)?;
+        let result = self.dispatch(request).await.map_err(to_reply);
+        reservation.settle(&self.broker);
+        result
     }
 
     fn connect(&self) -> Self {
@@ -243,15 +334,33 @@ impl BrokerHandler {
             ),
             Request::Lag { group } => Response::Lag(b.lag(&group)?),
             Request::LookupById(id) => Response::Message(b.lookup(id).await?),
-            Request::LookupByKey { topic, key, max } => {
-                Response::Messages(b.lookup_by_key(&topic, &key, max as usize).await?)
-            }
+            // The unpaged commands of older clients get the first page.
+            Request::LookupByKey { topic, key, max } => Response::Messages(
+                b.lookup_by_key_page(&topic, &key, max as usize, None, self.page_budget())
+                    .await?
+                    .messages,
+            ),
+            Request::LookupByKeyPage {
+                topic,
+                key,
+                max,
+                cursor,
+            } => Response::Page(
+                b.lookup_by_key_page(&topic, &key, max as usize, cursor, self.page_budget())
+                    .await?,
+            ),
             Request::Trace(id) => {
                 Response::Trace(b.trace(id).into_iter().map(trace_event).collect())
             }
-            Request::DeadLetters { group, max } => {
-                Response::Messages(b.dead_letters(&group, max as usize).await?)
-            }
+            Request::DeadLetters { group, max } => Response::Messages(
+                b.dead_letters_page(&group, max as usize, None, self.page_budget())
+                    .await?
+                    .messages,
+            ),
+            Request::DeadLettersPage { group, max, cursor } => Response::Page(
+                b.dead_letters_page(&group, max as usize, cursor, self.page_budget())
+                    .await?,
+            ),
             Request::RedriveDeadLetters { group, ids } => {
                 let ids = if ids.is_empty() { None } else { Some(ids) };
                 Response::Redriven(b.redrive_dead_letters(&group, ids).await?)

@@ -22,7 +22,9 @@ use super::{ServerTls, Users};
 pub struct ServerConfig {
     /// Frame, body and batch size limits.
     pub limits: Limits,
-    /// Most simultaneous connections; extra ones get an error frame and are closed. Default 1024.
+    /// Most simultaneous established connections. When all are taken, the one idle longest
+    /// is closed to make room for a newcomer; when every one has a request in flight, the
+    /// newcomer gets an error frame and is closed. Default 1024.
     pub max_connections: usize,
     /// Most requests being handled at once on one connection; the connection stops reading
     /// until one finishes. Default 1024.
@@ -56,6 +58,21 @@ pub struct ServerConfig {
     /// is read no further until answers go out, and a pull that would go over is refused with
     /// `LimitExceeded`. Default 256 MiB.
     pub max_bytes_in_flight_per_connection: usize,
+    /// Most topics one principal may create (by sending to, subscribing to or creating a topic
+    /// that does not exist); past it such a request is refused with `LimitExceeded` and
+    /// creates nothing, while topics that exist stay usable and other principals keep their
+    /// own allowance. On an open broker every connection is the one principal `anonymous`.
+    /// Counted since the server started. Default 10 000.
+    pub max_topics_per_principal: usize,
+    /// Most consumer groups one principal may create (by subscribing to a group that does not
+    /// exist), on the same terms as [`max_topics_per_principal`](Self::max_topics_per_principal).
+    /// Default 10 000.
+    pub max_groups_per_principal: usize,
+    /// Most bytes of the answer to a dead-letter listing or key lookup (counted as encoded);
+    /// the paged commands end a page there with a cursor for the next, the older unpaged ones
+    /// return the first page only. At most the frame size less its header is used; a single
+    /// message larger than this budget is still returned, alone. Default 4 MiB.
+    pub max_response_bytes: usize,
 }
 
 impl Default for ServerConfig {
@@ -73,6 +90,9 @@ impl Default for ServerConfig {
             max_handshaking: 256,
             idle_timeout: Duration::from_secs(300),
             max_bytes_in_flight_per_connection: 256 << 20,
+            max_topics_per_principal: 10_000,
+            max_groups_per_principal: 10_000,
+            max_response_bytes: 4 << 20,
         }
     }
 }

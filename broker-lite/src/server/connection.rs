@@ -10,7 +10,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use super::admission::Ticket;
+use super::admission::{Slot, Ticket};
 use super::authz::authorize;
 use super::config::ServerConfig;
 use super::handler::Handler;
@@ -136,8 +136,8 @@ async fn admit<H, R, W>(
             return;
         }
     };
-    let Some(permit) = ticket.establish() else {
-        warn!("connection limit reached; refusing a connection");
+    let Some(slot) = ticket.establish().await else {
+        warn!("connection limit reached and every connection is busy; refusing a connection");
         metrics::counter!("broker_lite_server_refused_connections_total").increment(1);
         let reply = ErrorReply::new(
             ErrorCode::TooManyConnections,
@@ -152,9 +152,9 @@ async fn admit<H, R, W>(
     metrics::counter!("broker_lite_server_connections_total").increment(1);
     metrics::gauge!("broker_lite_server_connections").increment(1.0);
     let handler = handler.connect_as(done.principal.clone());
-    serve_stream(reader, writer, done, handler, config, stop).await;
+    serve_stream(reader, writer, done, handler, config, stop, &slot).await;
     metrics::gauge!("broker_lite_server_connections").decrement(1.0);
-    drop(permit);
+    drop(slot);
 }
 
 /// A frame on its way out, with the bytes it holds of the connection's budget.
@@ -167,6 +167,7 @@ async fn serve_stream<H, R, W>(
     handler: H,
     config: Arc<ServerConfig>,
     stop: Stop,
+    slot: &Slot,
 ) where
     H: Handler,
     R: AsyncRead + Unpin,
@@ -188,11 +189,28 @@ async fn serve_stream<H, R, W>(
             _ = stop.graceful.cancelled() => break,
             permit = in_flight.clone().acquire_owned() => permit.expect("never closed"),
         };
+        if tasks.is_empty() {
+            slot.idle(active);
+        } else {
+            slot.busy();
+        }
         let frame = match first.take() {
             Some(frame) => Ok(Some(frame)),
             None => tokio::select! {
                 biased;
                 _ = stop.graceful.cancelled() => break,
+                _ = slot.evicted(), if tasks.is_empty() => {
+                    let reply = ErrorReply::new(
+                        ErrorCode::TooManyConnections,
+                        format!(
+                            "the server's limit of {} connections is reached and this one was \
+                             idle longest: closed to make room (reconnect when needed)",
+                            config.max_connections
+                        ),
+                    );
+                    reject(&tx, CONNECTION_REQUEST_ID, 0, reply).await;
+                    break;
+                }
                 // Reap finished request tasks so the set does not grow.
                 Some(_) = tasks.join_next(), if !tasks.is_empty() => {
                     active = tokio::time::Instant::now();
@@ -213,6 +231,7 @@ async fn serve_stream<H, R, W>(
             },
         };
         active = tokio::time::Instant::now();
+        slot.busy();
         let frame = match frame {
             Ok(Some(frame)) => frame,
             Ok(None) => break,

@@ -27,11 +27,15 @@
 //! - **Connection limits**: a connection must finish its handshake (TLS, authentication, or on
 //!   an open broker its first request) within [`ServerConfig::handshake_timeout`]; at most
 //!   [`ServerConfig::max_handshaking`] are in their handshake at once and the longest-waiting
-//!   one makes room for a newcomer, so silent connections cannot lock clients out. Past
-//!   [`ServerConfig::max_connections`] established ones a new connection gets a
-//!   `TooManyConnections` error frame; one idle for [`ServerConfig::idle_timeout`] is closed.
+//!   one makes room for a newcomer, so silent connections cannot lock clients out. When all
+//!   [`ServerConfig::max_connections`] slots are taken, the established connection idle longest
+//!   (no request in flight) is closed with a `TooManyConnections` error frame to make room, so
+//!   idle ones cannot either; only when every connection is busy does a new one get that
+//!   error. One idle for [`ServerConfig::idle_timeout`] is closed.
 //!   Request and answer bytes per connection are bounded by
-//!   [`ServerConfig::max_bytes_in_flight_per_connection`].
+//!   [`ServerConfig::max_bytes_in_flight_per_connection`], and the topics and consumer groups
+//!   each principal may create by [`ServerConfig::max_topics_per_principal`] and
+//!   [`ServerConfig::max_groups_per_principal`] (a refusal is a `LimitExceeded` error frame).
 //! - **Graceful shutdown**: when the `shutdown` future completes the server stops accepting,
 //!   connections stop reading, long polls answer with no deliveries after their current slice
 //!   ([`ServerConfig::long_poll_slice`]), and requests in flight get
@@ -50,6 +54,7 @@ mod connection;
 mod handler;
 mod handshake;
 mod principal;
+mod quota;
 mod tls;
 mod users;
 
@@ -89,11 +94,16 @@ pub async fn run(
     let addr = listener.local_addr()?;
     let handler = BrokerHandler::new(broker)
         .with_max_frame_size(config.limits.max_frame_size)
+        .with_max_response_bytes(config.max_response_bytes)
         .with_security(broker::SecuritySummary {
             authentication: config.users.is_some(),
             tls: config.tls.is_some(),
             listen: addr.to_string(),
-        });
+        })
+        .with_quotas(
+            config.max_topics_per_principal,
+            config.max_groups_per_principal,
+        );
     serve(listener, handler, config, shutdown).await
 }
 

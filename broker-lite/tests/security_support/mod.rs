@@ -85,13 +85,32 @@ pub struct Env {
 }
 
 pub async fn start(tls: Option<ServerTls>) -> Env {
+    start_with(|config| config.server.tls = tls).await
+}
+
+/// A broker with [`users`] and the changes `configure` makes to its configuration.
+pub async fn start_with(configure: impl FnOnce(&mut EmbeddedConfig)) -> Env {
     let dir = tempfile::tempdir().unwrap();
     let mut config = EmbeddedConfig::default();
     config.broker.background_tasks = false;
     config.server.users = Some(Arc::new(users()));
-    config.server.tls = tls;
+    configure(&mut config);
     let broker = embedded::start(dir.path(), config).await.unwrap();
     Env { _dir: dir, broker }
+}
+
+/// Two users who may produce, consume and use groups of any name, without admin rights.
+pub fn unrestricted_users() -> Users {
+    let mut users = Users::new();
+    for name in ["alice", "bob"] {
+        users.add(
+            name,
+            PASSWORD.as_bytes(),
+            rights(&["*"], &["*"], &["*"], false),
+        );
+    }
+    users.add("root", PASSWORD.as_bytes(), Permissions::all());
+    users
 }
 
 pub fn as_user(user: &str) -> Security {

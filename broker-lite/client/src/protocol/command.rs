@@ -65,11 +65,15 @@ pub enum CommandCode {
     AuthFinish = 23,
     /// A follower's pull of the leader's log, with its durable position (replication, admin).
     ReplicaFetch = 24,
+    /// One page of a group's dead letters, bounded by bytes, with a cursor (admin).
+    DeadLettersPage = 25,
+    /// One page of the messages with a key, bounded by bytes, with a cursor (admin).
+    LookupByKeyPage = 26,
 }
 
 impl CommandCode {
     /// Every command.
-    pub const ALL: [CommandCode; 24] = [
+    pub const ALL: [CommandCode; 26] = [
         CommandCode::Ping,
         CommandCode::Send,
         CommandCode::SendBatch,
@@ -94,6 +98,8 @@ impl CommandCode {
         CommandCode::AuthStart,
         CommandCode::AuthFinish,
         CommandCode::ReplicaFetch,
+        CommandCode::DeadLettersPage,
+        CommandCode::LookupByKeyPage,
     ];
 
     /// From the wire value.
@@ -136,6 +142,8 @@ impl CommandCode {
             CommandCode::AuthStart => "auth_start",
             CommandCode::AuthFinish => "auth_finish",
             CommandCode::ReplicaFetch => "replica_fetch",
+            CommandCode::DeadLettersPage => "dead_letters_page",
+            CommandCode::LookupByKeyPage => "lookup_by_key_page",
         }
     }
 }
@@ -235,6 +243,26 @@ pub enum Request {
     AuthFinish(AuthFinish),
     /// [`CommandCode::ReplicaFetch`].
     ReplicaFetch(ReplicaFetch),
+    /// [`CommandCode::DeadLettersPage`]: answered with [`Response::Page`].
+    DeadLettersPage {
+        /// Consumer group.
+        group: String,
+        /// At most this many.
+        max: u32,
+        /// The previous page's [`MessagePage::next`]; `None` for the first page.
+        cursor: Option<u64>,
+    },
+    /// [`CommandCode::LookupByKeyPage`], newest first: answered with [`Response::Page`].
+    LookupByKeyPage {
+        /// Topic.
+        topic: String,
+        /// Key.
+        key: String,
+        /// At most this many.
+        max: u32,
+        /// The previous page's [`MessagePage::next`]; `None` for the first page.
+        cursor: Option<u64>,
+    },
 }
 
 impl Request {
@@ -265,6 +293,8 @@ impl Request {
             Request::AuthStart(_) => CommandCode::AuthStart,
             Request::AuthFinish(_) => CommandCode::AuthFinish,
             Request::ReplicaFetch(_) => CommandCode::ReplicaFetch,
+            Request::DeadLettersPage { .. } => CommandCode::DeadLettersPage,
+            Request::LookupByKeyPage { .. } => CommandCode::LookupByKeyPage,
         }
     }
 
@@ -299,6 +329,22 @@ impl Request {
             Request::DeadLetters { group, max } => {
                 put_str(&mut buf, group);
                 buf.put_u32(*max);
+            }
+            Request::DeadLettersPage { group, max, cursor } => {
+                put_str(&mut buf, group);
+                buf.put_u32(*max);
+                put_opt_u64(&mut buf, *cursor);
+            }
+            Request::LookupByKeyPage {
+                topic,
+                key,
+                max,
+                cursor,
+            } => {
+                put_str(&mut buf, topic);
+                put_str(&mut buf, key);
+                buf.put_u32(*max);
+                put_opt_u64(&mut buf, *cursor);
             }
         }
         buf.freeze()
@@ -347,6 +393,17 @@ impl Request {
             CommandCode::RedriveDeadLetters => Request::RedriveDeadLetters {
                 group: get_str(b, "group")?,
                 ids: get_list(b, 16, "message ids", |b| get_uuid(b, "message id"))?,
+            },
+            CommandCode::DeadLettersPage => Request::DeadLettersPage {
+                group: get_str(b, "group")?,
+                max: get_u32(b, "max")?,
+                cursor: get_opt_u64(b, "cursor")?,
+            },
+            CommandCode::LookupByKeyPage => Request::LookupByKeyPage {
+                topic: get_str(b, "topic")?,
+                key: get_str(b, "key")?,
+                max: get_u32(b, "max")?,
+                cursor: get_opt_u64(b, "cursor")?,
             },
         };
         ensure_empty(&body)?;
@@ -432,7 +489,8 @@ impl Request {
             }
             Request::Lag { group }
             | Request::RedriveDeadLetters { group, .. }
-            | Request::DeadLetters { group, .. } => check_group(group),
+            | Request::DeadLetters { group, .. }
+            | Request::DeadLettersPage { group, .. } => check_group(group),
             _ => Ok(()),
         }
     }

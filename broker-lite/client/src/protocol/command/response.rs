@@ -45,6 +45,9 @@ pub enum Response {
     AuthDone(AuthDone),
     /// The leader's records for a follower (answer to [`CommandCode::ReplicaFetch`]).
     ReplicaBatch(ReplicaBatch),
+    /// One page of messages (answer to [`CommandCode::DeadLettersPage`] and
+    /// [`CommandCode::LookupByKeyPage`]).
+    Page(MessagePage),
 }
 
 impl Response {
@@ -74,6 +77,7 @@ impl Response {
             Response::AuthChallenge(c) => c.put(&mut buf),
             Response::AuthDone(d) => d.put(&mut buf),
             Response::ReplicaBatch(r) => r.put(&mut buf),
+            Response::Page(p) => p.put(&mut buf),
         }
         buf.freeze()
     }
@@ -117,6 +121,9 @@ impl Response {
             CommandCode::AuthStart => Response::AuthChallenge(AuthChallenge::get(b)?),
             CommandCode::AuthFinish => Response::AuthDone(AuthDone::get(b)?),
             CommandCode::ReplicaFetch => Response::ReplicaBatch(ReplicaBatch::get(b)?),
+            CommandCode::DeadLettersPage | CommandCode::LookupByKeyPage => {
+                Response::Page(MessagePage::get(b)?)
+            }
         };
         ensure_empty(&body)?;
         Ok(response)

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use proptest::prelude::*;
 use uuid::Uuid;
 
@@ -228,6 +228,16 @@ fn request() -> impl Strategy<Value = Request> {
         (s(), bytes())
             .prop_map(|(user, client_nonce)| Request::AuthStart(AuthStart { user, client_nonce })),
         bytes().prop_map(|proof| Request::AuthFinish(AuthFinish { proof })),
+        (s(), any::<u32>(), proptest::option::of(any::<u64>()))
+            .prop_map(|(group, max, cursor)| Request::DeadLettersPage { group, max, cursor }),
+        (s(), s(), any::<u32>(), proptest::option::of(any::<u64>())).prop_map(
+            |(topic, key, max, cursor)| Request::LookupByKeyPage {
+                topic,
+                key,
+                max,
+                cursor
+            }
+        ),
     ]
 }
 
@@ -237,6 +247,14 @@ fn response() -> impl Strategy<Value = (CommandCode, Response)> {
         Just((CommandCode::Ping, Response::Done)),
         Just((CommandCode::Ack, Response::Done)),
         Just((CommandCode::DeadLetter, Response::Done)),
+        (
+            proptest::collection::vec(view(), 0..3),
+            proptest::option::of(any::<u64>())
+        )
+            .prop_map(|(messages, next)| (
+                CommandCode::DeadLettersPage,
+                Response::Page(MessagePage { messages, next })
+            )),
         send_result().prop_map(|r| (CommandCode::Send, Response::Send(r))),
         proptest::collection::vec(send_result(), 0..4)
             .prop_map(|r| (CommandCode::SendBatch, Response::SendBatch(r))),
@@ -405,7 +423,14 @@ proptest! {
     }
 
     #[test]
-    fn garbage_never_panics(code in 0u16..25, data in proptest::collection::vec(any::<u8>(), 0..128)) {
+    fn a_view_costs_its_encoded_size(m in view()) {
+        let mut buf = BytesMut::new();
+        m.put(&mut buf);
+        prop_assert_eq!(m.wire_len(), buf.len());
+    }
+
+    #[test]
+    fn garbage_never_panics(code in 0u16..28, data in proptest::collection::vec(any::<u8>(), 0..128)) {
         let _ = Request::decode(code, Bytes::from(data.clone()));
         let _ = Response::decode(code, Bytes::from(data.clone()));
         let _ = ErrorReply::decode(Bytes::from(data));

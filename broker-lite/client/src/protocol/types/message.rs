@@ -266,6 +266,36 @@ impl MessageView {
     }
 }
 
+impl MessageView {
+    /// The size of its encoding in an answer: what a byte budget counts it as.
+    ///
+    /// ```
+    /// use broker_lite_client::protocol::MessageView;
+    /// let m = MessageView::new("orders", 0, 7, uuid::Uuid::nil(), "body".into());
+    /// assert_eq!(m.wire_len(), 4 + 6 + 4 + 8 + 16 + 1 + 1 + 4 + 4 + 4 + 8 + 8);
+    /// ```
+    pub fn wire_len(&self) -> usize {
+        let opt = |s: &Option<String>| 1 + s.as_ref().map_or(0, |s| 4 + s.len());
+        let properties: usize = self
+            .properties
+            .iter()
+            .map(|(k, v)| 8 + k.len() + v.len())
+            .sum();
+        4 + self.topic.len()
+            + 4
+            + 8
+            + 16
+            + opt(&self.key)
+            + opt(&self.tag)
+            + 4
+            + properties
+            + 4
+            + self.body.len()
+            + 8
+            + 8
+    }
+}
+
 impl Wire for MessageView {
     fn put(&self, buf: &mut BytesMut) {
         put_str(buf, &self.topic);
