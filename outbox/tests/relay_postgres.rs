@@ -483,3 +483,45 @@ async fn a_failure_gives_back_the_batch_claimed_ahead_and_keys_keep_their_order(
     );
     assert_eq!(pending(&pool).await, 0);
 }
+
+// A batch smaller than the limit says its successors are still being written. Rows committed
+// while it is published are claimed on the second connection as soon as it was published whole,
+// while it is recorded and committed: they wait for neither that commit nor a claim after it.
+#[sqlx::test(migrator = "courier_outbox::MIGRATOR")]
+async fn rows_committed_during_a_publish_are_claimed_while_the_batch_commits(pool: PgPool) {
+    let first = Message::new("t", "first").with_key("a");
+    enqueue(&pool, std::slice::from_ref(&first)).await;
+    let recorder = Recorder::default();
+    let first_id = first.id;
+    recorder.set_rule(move |message| {
+        if message.id == first_id {
+            Behaviour::WaitForGate
+        } else {
+            Behaviour::Hang
+        }
+    });
+    let running = Running::start(
+        relay(&pool, &recorder, "partial")
+            .batch_size(10)
+            .publish_timeout(Duration::from_secs(3600)),
+    );
+    recorder
+        .wait_until("the first batch in flight", |r| r.total_calls() == 1)
+        .await;
+    let second = Message::new("t", "second").with_key("b");
+    enqueue(&pool, std::slice::from_ref(&second)).await;
+    recorder.open_gate();
+    recorder
+        .wait_until("the second message in flight", |r| r.calls(second.id) == 1)
+        .await;
+    eventually(
+        &pool,
+        "the second message's batch open on the relay's second connection",
+        "SELECT EXISTS (SELECT 1 FROM pg_stat_activity
+                        WHERE application_name = 'partial-ahead' AND datname = current_database()
+                          AND state = 'idle in transaction')",
+    )
+    .await;
+    running.abort().await;
+    assert_eq!(recorder.calls(first.id), 1);
+}
