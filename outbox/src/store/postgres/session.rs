@@ -11,8 +11,10 @@
 //! or was held, the batch claimed ahead is given back (rolled back) and the next claim sees the
 //! failed message backing off, so no later message of its key overtakes it. Its rows are deleted
 //! only in its own open transaction, committed after the broker acknowledged them when its turn
-//! comes, exactly as a batch claimed in turn. It is claimed only while the batch in hand is full
-//! (more work is likely), and given back before a rebalance (when it releases partitions), before
+//! comes, exactly as a batch claimed in turn. Behind a full batch (more work is likely) it is
+//! claimed at once; behind a smaller one, as soon as that was published whole, while it is
+//! recorded and committed (rows committed during the publish then wait for neither that commit
+//! nor a claim after it). It is given back before a rebalance (when it releases partitions), before
 //! the relay's first connection runs anything else while it holds it, or when the next call wants
 //! fewer rows. A relay that dies holding it loses nothing: the transaction rolls back with the
 //! connection.
