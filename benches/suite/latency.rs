@@ -10,7 +10,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use broker_lite::storage::FlushMode;
-use courier::broker::protocol::SendStatus;
 use courier::broker::{Admin, AdminConfig, Consumer, ConsumerConfig, Producer};
 use courier::outbox::{Message, Outbox, Publisher, Relay};
 use sqlx::{Connection, PgPool};
@@ -18,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tower::{BoxError, service_fn};
 
 use crate::Params;
-use crate::relay::{batch_claim, now_ns, start_broker, to_broker};
+use crate::relay::{batch_claim, now_ns, send_ok, start_broker};
 use crate::report::{Report, quantile};
 
 pub(crate) const SCENARIO: &str = "3. End-to-end latency, commit → handler start (broker-lite SYNC_FLUSH, relay on NOTIFY, 256 B)";
@@ -139,15 +138,9 @@ fn timed_publisher(producer: Producer, stamps: Arc<Stamps>) -> impl Publisher {
             let (claim_start, claimed) = batch_claim();
             set(&stamps.claim_start, i, claim_start);
             set(&stamps.claimed, i, claimed);
-            let result = producer
-                .send(to_broker(message))
-                .await
-                .map_err(|e| e.error)?;
-            if result.status != SendStatus::SendOk {
-                return Err::<(), BoxError>(format!("broker answered {:?}", result.status).into());
-            }
+            send_ok(&producer, message).await?;
             set(&stamps.acked, i, now_ns());
-            Ok(())
+            Ok::<(), BoxError>(())
         }
     })
 }

@@ -80,18 +80,24 @@ pub(crate) fn broker_publisher(producer: Producer, stored: Arc<AtomicUsize>) -> 
         let producer = producer.clone();
         let stored = stored.clone();
         async move {
-            let result = producer
-                .send(to_broker(message))
-                .await
-                .map_err(|e| e.error)?;
-            if result.status != SendStatus::SendOk {
-                return Err::<(), BoxError>(format!("broker answered {:?}", result.status).into());
-            }
+            send_ok(&producer, message).await?;
             stored.fetch_add(1, Ordering::Relaxed);
             mark_published();
-            Ok(())
+            Ok::<(), BoxError>(())
         }
     })
+}
+
+/// Sends one message; anything but `SendOk` is an error.
+pub(crate) async fn send_ok(producer: &Producer, message: Message) -> Result<(), BoxError> {
+    let result = producer
+        .send(to_broker(message))
+        .await
+        .map_err(|e| e.error)?;
+    if result.status != SendStatus::SendOk {
+        return Err(format!("broker answered {:?}", result.status).into());
+    }
+    Ok(())
 }
 
 /// A batch publisher that counts the messages its inner publisher stored.

@@ -438,5 +438,7 @@ async fn claimed_ahead_is_leased_and_leaves_only_when_published() {
 #[tokio::test]
 async fn a_failure_gives_back_the_batch_claimed_ahead() {
     let db = database().await;
-    common::ahead::a_failure_gives_back_the_batch_claimed_ahead(db.pool().clone()).await;
+    let pool = db.pool().clone();
+    let leased = async || common::ahead::two_batches_leased(&pool).await;
+    common::ahead::a_failure_gives_back_the_batch_claimed_ahead(pool.clone(), leased).await;
 }

@@ -438,50 +438,13 @@ async fn a_batch_claimed_ahead_leaves_the_outbox_only_when_published(pool: PgPoo
 // overtake the retry.
 #[sqlx::test(migrator = "courier_outbox::MIGRATOR")]
 async fn a_failure_gives_back_the_batch_claimed_ahead_and_keys_keep_their_order(pool: PgPool) {
-    let a1 = Message::new("t", "a1").with_key("a");
-    let b1 = Message::new("t", "b1").with_key("b");
-    let a2 = Message::new("t", "a2").with_key("a");
-    let b2 = Message::new("t", "b2").with_key("b");
-    enqueue(&pool, &[a1.clone(), b1.clone(), a2.clone(), b2.clone()]).await;
-    let recorder = Recorder::default();
-    let failed_once = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let (first, slow) = (a1.id, b1.id);
-    recorder.set_rule(move |message| {
-        if message.id == first && !failed_once.swap(true, std::sync::atomic::Ordering::SeqCst) {
-            Behaviour::Fail
-        } else if message.id == slow {
-            Behaviour::WaitForGate
-        } else {
-            Behaviour::Accept
-        }
-    });
-    let running = Running::start(
-        relay(&pool, &recorder, "in-order")
-            .batch_size(2)
-            .publish_timeout(Duration::from_secs(3600)),
-    );
-    recorder
-        .wait_until("the first batch in flight", |r| r.total_calls() == 2)
-        .await;
-    eventually(
-        &pool,
-        "the next batch claimed ahead",
-        &two_open_transactions("in-order"),
-    )
-    .await;
-    recorder.open_gate();
-    recorder.wait_for_accepted(4).await;
-    running.stop().await;
-    let order = recorder.accepted_ids();
-    let at = |id| order.iter().position(|x| *x == id).unwrap();
-    assert!(at(a1.id) < at(a2.id), "a1 before a2: {order:?}");
-    assert!(at(b1.id) < at(b2.id), "b1 before b2: {order:?}");
-    assert_eq!(
-        recorder.calls(a1.id),
-        2,
-        "a1 failed once, then went through"
-    );
-    assert_eq!(pending(&pool).await, 0);
+    let open = async || {
+        sqlx::query_scalar(&two_open_transactions("in-order"))
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+    };
+    common::ahead::a_failure_gives_back_the_batch_claimed_ahead(pool.clone(), open).await;
 }
 
 // A batch smaller than the limit says its successors are still being written. Rows committed

@@ -259,5 +259,6 @@ async fn claimed_ahead_is_leased_and_leaves_only_when_published(pool: SqlitePool
 
 #[sqlx::test(migrator = "courier_outbox::SQLITE_MIGRATOR")]
 async fn a_failure_gives_back_the_batch_claimed_ahead(pool: SqlitePool) {
-    common::ahead::a_failure_gives_back_the_batch_claimed_ahead(pool).await;
+    let leased = async || common::ahead::two_batches_leased(&pool).await;
+    common::ahead::a_failure_gives_back_the_batch_claimed_ahead(pool.clone(), leased).await;
 }

@@ -36,6 +36,9 @@ pub(crate) trait Leases: Sync {
     /// What marks this claim's rows as this relay's (`lease_owner`).
     type Token: Send + Sync;
 
+    /// How long a lease lasts; renewed every third of it.
+    fn lease(&self) -> Duration;
+
     /// Leases up to `limit` due rows, oldest first; `None` if nothing was due.
     fn claim(
         &self,
@@ -78,7 +81,6 @@ async fn renew<L: Leases>(store: &L, token: &L::Token, rows: &[Claimed], which: 
 pub(crate) async fn batch<L: Leases, F: PublishFn>(
     store: &L,
     ahead: &mut Option<Leased<L::Token>>,
-    lease: Duration,
     limit: usize,
     keep_sent: bool,
     publish: F,
@@ -100,6 +102,7 @@ pub(crate) async fn batch<L: Leases, F: PublishFn>(
     let claimed: Arc<[Claimed]> = rows.into();
     // A full batch says more is probably due; a smaller one that there is not.
     let look_ahead = claimed.len() >= limit && limit > 1;
+    let lease = store.lease();
     let renew_every = lease / 3;
 
     let mut next: Option<sqlx::Result<Option<Leased<L::Token>>>> = None;

@@ -77,6 +77,10 @@ macro_rules! read_committed {
 impl Leases for MySqlLeases {
     type Token = String;
 
+    fn lease(&self) -> Duration {
+        self.lease
+    }
+
     async fn claim(&self, limit: usize) -> sqlx::Result<Option<Leased<String>>> {
         let claims = self.claims.fetch_add(1, Ordering::Relaxed) + 1;
         let token = format!("{}/{claims}", self.owner);
@@ -127,16 +131,7 @@ impl Session for MySqlSession {
         keep_sent: bool,
         publish: F,
     ) -> sqlx::Result<BatchEnd> {
-        let lease = self.leases.lease;
-        leased::batch(
-            &self.leases,
-            &mut self.ahead,
-            lease,
-            limit,
-            keep_sent,
-            publish,
-        )
-        .await
+        leased::batch(&self.leases, &mut self.ahead, limit, keep_sent, publish).await
     }
 
     /// No partitions: every relay may take any row it can lease.

@@ -61,6 +61,10 @@ impl SqliteLeases {
 impl Leases for SqliteLeases {
     type Token = ();
 
+    fn lease(&self) -> Duration {
+        self.lease
+    }
+
     async fn claim(&self, limit: usize) -> sqlx::Result<Option<Leased<()>>> {
         let (owner, lease) = (self.owner.as_str(), self.lease);
         let rows = self
@@ -103,16 +107,7 @@ impl Session for SqliteSession {
         keep_sent: bool,
         publish: F,
     ) -> sqlx::Result<BatchEnd> {
-        let lease = self.leases.lease;
-        leased::batch(
-            &self.leases,
-            &mut self.ahead,
-            lease,
-            limit,
-            keep_sent,
-            publish,
-        )
-        .await
+        leased::batch(&self.leases, &mut self.ahead, limit, keep_sent, publish).await
     }
 
     /// One store, no partitions: every relay may take any row it can lease.
