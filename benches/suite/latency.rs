@@ -1,93 +1,152 @@
 //! Scenario 3, end-to-end latency: application transactions at a fixed rate, a relay woken by
 //! NOTIFY publishing to broker-lite (SYNC_FLUSH, over TCP), a plain `Consumer` pull loop. The time
-//! is taken just before the application's transaction begins and travels in a header; the
-//! latency is "handler start" (the consumer holding the delivery) minus that time.
+//! is taken just before the application's transaction begins; the latency is "handler start" (the
+//! consumer holding the delivery) minus that time. Each message carries its number in a header, so
+//! that the writer, the relay's spans, the publisher and the consumer note its times in one table
+//! ([`Stamps`]) and the report splits the latency into steps.
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicUsize;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use broker_lite::storage::FlushMode;
 use courier::broker::{Admin, AdminConfig, Consumer, ConsumerConfig, Producer};
-use courier::outbox::{Message, Outbox, Relay};
+use courier::outbox::{Message, Outbox, Publisher, Relay};
 use sqlx::{Connection, PgPool};
 use tokio_util::sync::CancellationToken;
+use tower::{BoxError, service_fn};
 
 use crate::Params;
-use crate::relay::{broker_publisher, start_broker};
+use crate::relay::{batch_claim, now_ns, send_ok, start_broker};
 use crate::report::{Report, quantile};
 
 pub(crate) const SCENARIO: &str = "3. End-to-end latency, commit → handler start (broker-lite SYNC_FLUSH, relay on NOTIFY, 256 B)";
-const HEADER: &str = "bench-sent-unix-ns";
+/// Carries the message's number, which indexes its times in [`Stamps`].
+const HEADER: &str = "bench-index";
 const WRITERS: usize = 16;
 
-fn unix_ns() -> u128 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_nanos()
+/// Per-message times in ns since the relay module's epoch, indexed by the message's number.
+struct Stamps {
+    sent: Vec<AtomicU64>,
+    committed: Vec<AtomicU64>,
+    claim_start: Vec<AtomicU64>,
+    claimed: Vec<AtomicU64>,
+    publish: Vec<AtomicU64>,
+    acked: Vec<AtomicU64>,
+    handler: Vec<AtomicU64>,
+}
+
+impl Stamps {
+    fn new(total: usize) -> Self {
+        let column = || (0..total).map(|_| AtomicU64::new(0)).collect();
+        Self {
+            sent: column(),
+            committed: column(),
+            claim_start: column(),
+            claimed: column(),
+            publish: column(),
+            acked: column(),
+            handler: column(),
+        }
+    }
+
+    /// `to - from` in ms for every message, sorted.
+    fn segment(&self, from: &[AtomicU64], to: &[AtomicU64]) -> Vec<f64> {
+        let mut out: Vec<f64> = from
+            .iter()
+            .zip(to)
+            .map(|(a, b)| {
+                let (a, b) = (a.load(Ordering::Relaxed), b.load(Ordering::Relaxed));
+                (b as f64 - a as f64) / 1e6
+            })
+            .collect();
+        // The first 10 % warm the connections and the relay's wake-up path.
+        out.drain(..out.len() / 10);
+        out.sort_by(f64::total_cmp);
+        out
+    }
+}
+
+fn set(column: &[AtomicU64], i: usize, ns: u64) {
+    if let Some(slot) = column.get(i) {
+        slot.store(ns, Ordering::Relaxed);
+    }
+}
+
+fn index_of(message_headers: &std::collections::BTreeMap<String, String>) -> Option<usize> {
+    message_headers.get(HEADER).and_then(|s| s.parse().ok())
 }
 
 pub(crate) async fn run(pool: &PgPool, params: &Params, report: &mut Report) -> anyhow::Result<()> {
     for &(rate, seconds) in &params.latency_rates {
         let total = (rate as f64 * seconds) as usize;
-        let (mut latencies, split, achieved) = once(pool, rate, total).await?;
-        // The first 10 % warm the connections and the relay's wake-up path.
-        let warm = latencies.len() / 10;
-        latencies.drain(..warm);
-        latencies.sort_by(f64::total_cmp);
+        let (stamps, achieved) = once(pool, rate, total).await?;
         let label = format!("{rate} msg/s");
-        report.add(
-            SCENARIO,
-            &format!("{label}: p50"),
-            "ms",
-            quantile(&latencies, 0.5),
-        );
-        report.add(
-            SCENARIO,
-            &format!("{label}: p99"),
-            "ms",
-            quantile(&latencies, 0.99),
-        );
-        report.add(
-            SCENARIO,
-            &format!("{label}: p999"),
-            "ms",
-            quantile(&latencies, 0.999),
-        );
+        let latencies = stamps.segment(&stamps.sent, &stamps.handler);
+        for (name, q) in [("p50", 0.5), ("p99", 0.99), ("p999", 0.999)] {
+            report.add(
+                SCENARIO,
+                &format!("{label}: {name}"),
+                "ms",
+                quantile(&latencies, q),
+            );
+        }
         report.add(
             SCENARIO,
             &format!("{label}: offered rate achieved"),
             "msg/s",
             achieved,
         );
-        // Where the time goes, split at the broker's store timestamp (whole ms, hence means).
-        let n = split.len().max(1) as f64;
-        let to_broker = split.iter().map(|s| s.0).sum::<f64>() / n;
-        let to_handler = split.iter().map(|s| s.1).sum::<f64>() / n;
-        report.add(
-            SCENARIO,
-            &format!("{label}: mean, tx start → stored in broker"),
-            "ms",
-            to_broker,
-        );
-        report.add(
-            SCENARIO,
-            &format!("{label}: mean, stored → handler start"),
-            "ms",
-            to_handler,
-        );
+        // Where the time goes: each step's mean and p99 (the p99s do not add up to the total's).
+        let s = &stamps;
+        let steps: [(&str, &[AtomicU64], &[AtomicU64]); 6] = [
+            ("tx start → committed", &s.sent, &s.committed),
+            (
+                "committed → claim start (relay wake-up)",
+                &s.committed,
+                &s.claim_start,
+            ),
+            ("claim (BEGIN + claim query)", &s.claim_start, &s.claimed),
+            ("claimed → publish call", &s.claimed, &s.publish),
+            ("publish → broker ack", &s.publish, &s.acked),
+            ("broker ack → handler start", &s.acked, &s.handler),
+        ];
+        for (step, from, to) in steps {
+            let values = stamps.segment(from, to);
+            let mean = values.iter().sum::<f64>() / values.len().max(1) as f64;
+            report.add(SCENARIO, &format!("{label}: {step}, mean"), "ms", mean);
+            report.add(
+                SCENARIO,
+                &format!("{label}: {step}, p99"),
+                "ms",
+                quantile(&values, 0.99),
+            );
+        }
     }
     Ok(())
 }
 
-/// Returns the latencies in ms (in arrival order), their split at the broker's store time
-/// (sent → stored, stored → handler) and the rate the writers achieved.
-async fn once(
-    pool: &PgPool,
-    rate: u32,
-    total: usize,
-) -> anyhow::Result<(Vec<f64>, Vec<(f64, f64)>, f64)> {
+/// A relay publisher as [`crate::relay::broker_publisher`], noting for each message when its
+/// batch's claim began and returned, when it was handed over and when the broker acknowledged it.
+fn timed_publisher(producer: Producer, stamps: Arc<Stamps>) -> impl Publisher {
+    service_fn(move |message: Message| {
+        let producer = producer.clone();
+        let stamps = stamps.clone();
+        async move {
+            let i = index_of(&message.headers).unwrap_or(usize::MAX);
+            set(&stamps.publish, i, now_ns());
+            let (claim_start, claimed) = batch_claim();
+            set(&stamps.claim_start, i, claim_start);
+            set(&stamps.claimed, i, claimed);
+            send_ok(&producer, message).await?;
+            set(&stamps.acked, i, now_ns());
+            Ok::<(), BoxError>(())
+        }
+    })
+}
+
+/// Runs `total` messages at `rate`; returns their times and the rate the writers achieved.
+async fn once(pool: &PgPool, rate: u32, total: usize) -> anyhow::Result<(Arc<Stamps>, f64)> {
     sqlx::query("TRUNCATE outbox.messages")
         .execute(pool)
         .await?;
@@ -97,8 +156,8 @@ async fn once(
     let consumer =
         Consumer::connect(broker.addr(), ConsumerConfig::new("bench-e2e", "e2e")).await?;
     let producer = Producer::connect(broker.addr(), Default::default()).await?;
-    let stored = Arc::new(AtomicUsize::new(0));
-    let relay = Relay::builder(pool.clone(), broker_publisher(producer, stored))
+    let stamps = Arc::new(Stamps::new(total));
+    let relay = Relay::builder(pool.clone(), timed_publisher(producer, stamps.clone()))
         .name("bench-e2e")
         .build()?;
     let shutdown = CancellationToken::new();
@@ -111,52 +170,45 @@ async fn once(
     for _ in 0..WRITERS {
         let rx = rx.clone();
         let pool = pool.clone();
+        let stamps = stamps.clone();
         writers.push(tokio::spawn(async move {
             let mut conn = pool.acquire().await?;
             let outbox = Outbox::new();
             while let Ok(i) = rx.recv().await {
-                let sent = unix_ns();
+                set(&stamps.sent, i, now_ns());
                 let message = Message::new("e2e", vec![b'x'; 256])
                     .with_key(format!("key-{}", i % 1024))
-                    .with_header(HEADER, sent.to_string());
+                    .with_header(HEADER, i.to_string());
                 let mut tx = conn.begin().await?;
                 sqlx::query("INSERT INTO orders (total) VALUES (1)")
                     .execute(&mut *tx)
                     .await?;
                 outbox.enqueue(&mut *tx, &message).await?;
                 tx.commit().await?;
+                set(&stamps.committed, i, now_ns());
             }
             anyhow::Ok(())
         }));
     }
     drop(rx);
 
+    let consumer_stamps = stamps.clone();
     let consume = tokio::spawn(async move {
-        let mut latencies = Vec::with_capacity(total);
-        let mut split = Vec::with_capacity(total);
+        let mut received = 0;
         let deadline = Instant::now() + Duration::from_secs(60);
-        while latencies.len() < total && Instant::now() < deadline {
+        while received < total && Instant::now() < deadline {
             let deliveries = consumer.pull(256, Duration::from_millis(100)).await?;
-            let now = unix_ns();
+            let now = now_ns();
             for delivery in &deliveries {
-                if let Some(sent) = delivery
-                    .message
-                    .properties
-                    .get(HEADER)
-                    .and_then(|s| s.parse::<u128>().ok())
-                {
-                    latencies.push(now.saturating_sub(sent) as f64 / 1e6);
-                    let stored = u128::from(delivery.message.stored_timestamp_ms) * 1_000_000;
-                    split.push((
-                        (stored as f64 - sent as f64) / 1e6,
-                        (now as f64 - stored as f64) / 1e6,
-                    ));
+                if let Some(i) = index_of(&delivery.message.properties) {
+                    set(&consumer_stamps.handler, i, now);
+                    received += 1;
                 }
             }
             futures::future::try_join_all(deliveries.iter().map(|d| consumer.ack(d))).await?;
         }
         consumer.close().await?;
-        anyhow::Ok((latencies, split))
+        anyhow::Ok(received)
     });
 
     // The pacer: at each millisecond, release the messages due by then.
@@ -176,16 +228,12 @@ async fn once(
         writer.await??;
     }
     let achieved = total as f64 / started.elapsed().as_secs_f64();
-    let (latencies, split) = consume.await??;
+    let received = consume.await??;
     shutdown.cancel();
     relay_task.await??;
     broker.shutdown().await?;
-    anyhow::ensure!(
-        latencies.len() == total,
-        "received {} of {total} messages",
-        latencies.len()
-    );
-    Ok((latencies, split, achieved))
+    anyhow::ensure!(received == total, "received {received} of {total} messages");
+    Ok((stamps, achieved))
 }
 
 /// A multi-consumer channel from tokio parts: an mpsc receiver behind a mutex.

@@ -162,7 +162,9 @@ async fn main() -> anyhow::Result<()> {
     let wanted = |n: u32| only.as_ref().is_none_or(|o| o.contains(&n));
 
     tracing_subscriber::registry()
-        .with(relay::BatchTimer.with_filter(filter_fn(|m| m.name() == "outbox.batch")))
+        .with(relay::BatchTimer.with_filter(filter_fn(|m| {
+            matches!(m.name(), "outbox.batch" | "outbox.claim")
+        })))
         .with(tracing_subscriber::fmt::layer().with_filter(filter_fn(|m| {
             // lapin logs its own connection teardown as errors.
             *m.level() <= tracing::Level::WARN && !m.target().starts_with("lapin")

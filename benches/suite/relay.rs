@@ -80,18 +80,24 @@ pub(crate) fn broker_publisher(producer: Producer, stored: Arc<AtomicUsize>) -> 
         let producer = producer.clone();
         let stored = stored.clone();
         async move {
-            let result = producer
-                .send(to_broker(message))
-                .await
-                .map_err(|e| e.error)?;
-            if result.status != SendStatus::SendOk {
-                return Err::<(), BoxError>(format!("broker answered {:?}", result.status).into());
-            }
+            send_ok(&producer, message).await?;
             stored.fetch_add(1, Ordering::Relaxed);
             mark_published();
-            Ok(())
+            Ok::<(), BoxError>(())
         }
     })
+}
+
+/// Sends one message; anything but `SendOk` is an error.
+pub(crate) async fn send_ok(producer: &Producer, message: Message) -> Result<(), BoxError> {
+    let result = producer
+        .send(to_broker(message))
+        .await
+        .map_err(|e| e.error)?;
+    if result.status != SendStatus::SendOk {
+        return Err(format!("broker answered {:?}", result.status).into());
+    }
+    Ok(())
 }
 
 /// A batch publisher that counts the messages its inner publisher stored.
@@ -133,6 +139,23 @@ fn epoch() -> Instant {
 pub(crate) fn mark_published() {
     let ns = epoch().elapsed().as_nanos() as u64;
     LAST_PUBLISHED.fetch_max(ns, Ordering::Relaxed);
+}
+
+/// Nanoseconds since [`EPOCH`]: the time base the latency breakdown shares with the relay's spans.
+pub(crate) fn now_ns() -> u64 {
+    epoch().elapsed().as_nanos() as u64
+}
+
+/// The last finished `outbox.claim` span, (start, end) in ns since [`EPOCH`].
+static LAST_CLAIM: Mutex<(u64, u64)> = Mutex::new((0, 0));
+/// The claim of the batch being published: [`LAST_CLAIM`] when its `outbox.batch` span began.
+static BATCH_CLAIM: Mutex<(u64, u64)> = Mutex::new((0, 0));
+
+/// When the claim of the batch now being published began and returned, in ns since [`EPOCH`]
+/// (read by the latency scenario's publisher). A batch claimed ahead was the last claim to end
+/// before its turn came, so "the last claim" is its own either way.
+pub(crate) fn batch_claim() -> (u64, u64) {
+    *BATCH_CLAIM.lock().unwrap()
 }
 
 fn last_published() -> Instant {
@@ -416,18 +439,29 @@ fn phases() -> Phases {
 }
 
 /// Times the relay's `outbox.batch` span: it is created once the claim returned, first entered
-/// when publishing starts, and closed when the batch function returns after its commit.
+/// when publishing starts, and closed when the batch function returns after its commit. Also
+/// notes when each `outbox.claim` span (the claim's BEGIN and query) began and ended.
 pub(crate) struct BatchTimer;
 
 struct Times {
     first_enter: Option<Instant>,
 }
 
+/// When an `outbox.claim` span began, in ns since [`EPOCH`].
+struct ClaimStart(u64);
+
 impl<S: tracing::Subscriber + for<'a> LookupSpan<'a>> Layer<S> for BatchTimer {
     fn on_new_span(&self, attrs: &span::Attributes<'_>, id: &span::Id, ctx: Context<'_, S>) {
+        if attrs.metadata().name() == "outbox.claim" {
+            if let Some(span) = ctx.span(id) {
+                span.extensions_mut().insert(ClaimStart(now_ns()));
+            }
+            return;
+        }
         if attrs.metadata().name() != "outbox.batch" {
             return;
         }
+        *BATCH_CLAIM.lock().unwrap() = *LAST_CLAIM.lock().unwrap();
         let now = Instant::now();
         {
             let mut p = PHASES.lock().unwrap();
@@ -452,6 +486,10 @@ impl<S: tracing::Subscriber + for<'a> LookupSpan<'a>> Layer<S> for BatchTimer {
         let now = Instant::now();
         let Some(span) = ctx.span(&id) else { return };
         let extensions = span.extensions();
+        if let Some(ClaimStart(start)) = extensions.get::<ClaimStart>() {
+            *LAST_CLAIM.lock().unwrap() = (*start, now_ns());
+            return;
+        }
         let Some(Times {
             first_enter: Some(first),
         }) = extensions.get::<Times>()

@@ -428,3 +428,17 @@ async fn deadlock_in_a_claim_is_retried_inside_the_store() {
     let states = states.lock().unwrap();
     assert!(!states.contains(&RelayState::Reconnecting), "{states:?}");
 }
+
+#[tokio::test]
+async fn claimed_ahead_is_leased_and_leaves_only_when_published() {
+    let db = database().await;
+    common::ahead::claimed_ahead_is_leased_and_leaves_only_when_published(db.pool().clone()).await;
+}
+
+#[tokio::test]
+async fn a_failure_gives_back_the_batch_claimed_ahead() {
+    let db = database().await;
+    let pool = db.pool().clone();
+    let leased = async || common::ahead::two_batches_leased(&pool).await;
+    common::ahead::a_failure_gives_back_the_batch_claimed_ahead(pool.clone(), leased).await;
+}

@@ -251,3 +251,14 @@ async fn an_outcome_brought_back_after_the_lease_ran_out_leaves_the_new_owners_r
     assert_eq!(Sqlite::pending(&pool).await, 0);
     assert_eq!(Sqlite::failure_count(&pool).await, 0);
 }
+
+#[sqlx::test(migrator = "courier_outbox::SQLITE_MIGRATOR")]
+async fn claimed_ahead_is_leased_and_leaves_only_when_published(pool: SqlitePool) {
+    common::ahead::claimed_ahead_is_leased_and_leaves_only_when_published(pool).await;
+}
+
+#[sqlx::test(migrator = "courier_outbox::SQLITE_MIGRATOR")]
+async fn a_failure_gives_back_the_batch_claimed_ahead(pool: SqlitePool) {
+    let leased = async || common::ahead::two_batches_leased(&pool).await;
+    common::ahead::a_failure_gives_back_the_batch_claimed_ahead(pool.clone(), leased).await;
+}

@@ -6,6 +6,8 @@
 //! MySQL 8 and MariaDB 10.6+). The public API is the same on all three: the database is whatever
 //! the pool or executor you pass belongs to.
 
+#[cfg(any(feature = "sqlite", feature = "mysql"))]
+mod leased;
 #[cfg(feature = "mysql")]
 mod mysql;
 #[cfg(feature = "postgres")]

@@ -2,6 +2,7 @@
 //! the macro that runs one case on every store.
 #![allow(dead_code, unreachable_pub, unused_imports)]
 
+pub mod ahead;
 mod cases;
 mod recorder;
 mod running;

@@ -1,26 +1,35 @@
 //! A relay session on MySQL: no connection of its own, no partitions; rows are leased per batch in
-//! short READ COMMITTED transactions, each retried on deadlock and lock-wait timeout.
+//! short READ COMMITTED transactions, each retried on deadlock and lock-wait timeout; the next
+//! batch is leased ahead while a full one is published (`store::leased`).
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use sqlx::{MySqlConnection, MySqlPool};
 
 use super::{claim, housekeeping, retry};
-use crate::relay::{Backlog, BatchEnd, Claimed, PublishFn, RelayConfig, Session};
+use crate::relay::{Backlog, BatchEnd, Claimed, Outcome, PublishFn, RelayConfig, Session};
+use crate::store::leased::{self, Leased, Leases};
 use crate::{Error, Result};
 
 /// How many sent rows one maintenance round purges at most.
 const PURGE_PER_ROUND: usize = 10_000;
 
-/// The pool the relay borrows short transactions from, and the name its claim tokens start with.
+/// The pool the relay borrows short transactions from, and the batch it claimed ahead.
 #[derive(Debug)]
 pub struct MySqlSession {
+    leases: MySqlLeases,
+    ahead: Option<Leased<String>>,
+}
+
+/// The pool and the name each claim's token starts with.
+#[derive(Debug)]
+struct MySqlLeases {
     pool: MySqlPool,
     /// Unique per session, so a restarted relay never mistakes a dead one's lease for its own.
     owner: String,
     lease: Duration,
-    claims: u64,
+    claims: AtomicU64,
 }
 
 impl MySqlSession {
@@ -30,10 +39,13 @@ impl MySqlSession {
         }
         tracing::info!("outbox relay started");
         Ok(Self {
-            pool: pool.clone(),
-            owner: format!("{}/{}", config.name, uuid::Uuid::now_v7()),
-            lease: config.lease,
-            claims: 0,
+            leases: MySqlLeases {
+                pool: pool.clone(),
+                owner: format!("{}/{}", config.name, uuid::Uuid::now_v7()),
+                lease: config.lease,
+                claims: AtomicU64::new(0),
+            },
+            ahead: None,
         })
     }
 }
@@ -62,64 +74,64 @@ macro_rules! read_committed {
     }};
 }
 
+impl Leases for MySqlLeases {
+    type Token = String;
+
+    fn lease(&self) -> Duration {
+        self.lease
+    }
+
+    async fn claim(&self, limit: usize) -> sqlx::Result<Option<Leased<String>>> {
+        let claims = self.claims.fetch_add(1, Ordering::Relaxed) + 1;
+        let token = format!("{}/{claims}", self.owner);
+        let (token_ref, lease) = (token.as_str(), self.lease);
+        let leased = read_committed!(&self.pool, "claim", |tx| claim::lease(
+            tx, token_ref, lease, limit
+        ))?;
+        if leased == 0 {
+            return Ok(None);
+        }
+        // Empty if taken over already (a lease shorter than the round trip).
+        let rows = claim::read(&mut *self.pool.acquire().await?, token_ref).await?;
+        Ok(Some(Leased { token, rows }))
+    }
+
+    async fn renew(&self, token: &String, rows: &[Claimed]) -> sqlx::Result<()> {
+        let (token, lease) = (token.as_str(), self.lease);
+        read_committed!(&self.pool, "renew", |tx| claim::renew(
+            tx, rows, token, lease
+        ))
+    }
+
+    async fn release(&self, token: &String, rows: &[Claimed]) -> sqlx::Result<()> {
+        let token = token.as_str();
+        read_committed!(&self.pool, "release", |tx| claim::release(tx, rows, token))
+    }
+
+    async fn record(
+        &self,
+        token: &String,
+        rows: &[Claimed],
+        outcomes: &[Outcome],
+        keep_sent: bool,
+    ) -> sqlx::Result<u64> {
+        let token = token.as_str();
+        read_committed!(&self.pool, "record", |tx| claim::record(
+            tx, rows, outcomes, token, keep_sent
+        ))
+    }
+}
+
 impl Session for MySqlSession {
+    /// Leases a batch (or takes the one claimed ahead), publishes it while leasing the next, and
+    /// records the outcomes: see `store::leased`.
     async fn batch<F: PublishFn>(
         &mut self,
         limit: usize,
         keep_sent: bool,
         publish: F,
     ) -> sqlx::Result<BatchEnd> {
-        self.claims += 1;
-        let token = format!("{}/{}", self.owner, self.claims);
-        let (token, lease) = (token.as_str(), self.lease);
-        let leased = read_committed!(&self.pool, "claim", |tx| claim::lease(
-            tx, token, lease, limit
-        ))?;
-        if leased == 0 {
-            return Ok(BatchEnd::Empty);
-        }
-        let claimed = claim::read(&mut *self.pool.acquire().await?, token).await?;
-        if claimed.is_empty() {
-            // Taken over already (a lease shorter than the round trip): nothing of ours to publish.
-            return Ok(BatchEnd::Done);
-        }
-        let claimed: Arc<[Claimed]> = claimed.into();
-        let publishing = publish(claimed.clone());
-        tokio::pin!(publishing);
-        let renew_every = lease / 3;
-        let mut renewals =
-            tokio::time::interval_at(tokio::time::Instant::now() + renew_every, renew_every);
-        let outcomes = loop {
-            tokio::select! {
-                outcomes = &mut publishing => break outcomes,
-                _ = renewals.tick() => {
-                    let rows = &*claimed;
-                    let renewed = read_committed!(&self.pool, "renew", |tx| claim::renew(tx, rows, token, lease));
-                    if let Err(error) = renewed {
-                        // Only a risk of publishing twice if the lease runs out; keep publishing.
-                        tracing::warn!(%error, "could not renew the lease of the batch in hand");
-                    }
-                }
-            }
-        };
-        let Some(outcomes) = outcomes else {
-            let rows = &*claimed;
-            read_committed!(&self.pool, "release", |tx| claim::release(tx, rows, token))?;
-            return Ok(BatchEnd::Abandoned);
-        };
-        let (rows, outcomes) = (&*claimed, outcomes.as_slice());
-        let taken_over = read_committed!(&self.pool, "record", |tx| claim::record(
-            tx, rows, outcomes, token, keep_sent
-        ))?;
-        if taken_over > 0 {
-            tracing::warn!(
-                taken_over,
-                lease = ?lease,
-                "the lease of some rows ran out while they were published and another relay \
-                 took them: their outcome here is dropped, the other relay records its own"
-            );
-        }
-        Ok(BatchEnd::Done)
+        leased::batch(&self.leases, &mut self.ahead, limit, keep_sent, publish).await
     }
 
     /// No partitions: every relay may take any row it can lease.
@@ -128,9 +140,9 @@ impl Session for MySqlSession {
     }
 
     async fn maintain(&mut self, retention: Option<Duration>) -> sqlx::Result<Backlog> {
-        let backlog = housekeeping::backlog(&self.pool).await?;
+        let backlog = housekeeping::backlog(&self.leases.pool).await?;
         if let Some(retention) = retention {
-            let pool = &self.pool;
+            let pool = &self.leases.pool;
             let purged = retry::retrying("purge", || {
                 housekeeping::purge_sent(pool, retention, PURGE_PER_ROUND)
             })
@@ -148,8 +160,11 @@ impl Session for MySqlSession {
     }
 
     async fn next_due(&mut self) -> sqlx::Result<Option<Duration>> {
-        housekeeping::next_due(&self.pool).await
+        housekeeping::next_due(&self.leases.pool).await
     }
 
-    async fn close(self) {}
+    /// Releases the batch claimed ahead, so that its rows need not wait for the lease to end.
+    async fn close(mut self) {
+        let _ = leased::give_back(&self.leases, &mut self.ahead).await;
+    }
 }

@@ -11,8 +11,10 @@
 //! or was held, the batch claimed ahead is given back (rolled back) and the next claim sees the
 //! failed message backing off, so no later message of its key overtakes it. Its rows are deleted
 //! only in its own open transaction, committed after the broker acknowledged them when its turn
-//! comes, exactly as a batch claimed in turn. It is claimed only while the batch in hand is full
-//! (more work is likely), and given back before a rebalance (when it releases partitions), before
+//! comes, exactly as a batch claimed in turn. Behind a full batch (more work is likely) it is
+//! claimed at once; behind a smaller one, as soon as that was published whole, while it is
+//! recorded and committed (rows committed during the publish then wait for neither that commit
+//! nor a claim after it). It is given back before a rebalance (when it releases partitions), before
 //! the relay's first connection runs anything else while it holds it, or when the next call wants
 //! fewer rows. A relay that dies holding it loses nothing: the transaction rolls back with the
 //! connection.
@@ -23,6 +25,7 @@ use std::time::Duration;
 
 use sqlx::{Connection, PgConnection, PgPool};
 use tokio::sync::Notify;
+use tracing::Instrument;
 
 use super::liveness::{Liveness, bounded};
 use super::partitions::Partitions;
@@ -122,8 +125,14 @@ async fn begin_and_claim(
 ) -> sqlx::Result<Vec<Claimed>> {
     // By hand rather than `Connection::begin`: the transaction outlives this call (a batch claimed
     // ahead waits in it), which a borrowed `Transaction` cannot.
-    sqlx::query("BEGIN").execute(&mut *conn).await?;
-    claim::claim(conn, partitions, limit).await
+    let claiming = async {
+        sqlx::query("BEGIN").execute(&mut *conn).await?;
+        claim::claim(conn, partitions, limit).await
+    };
+    // Its own span, so that a latency breakdown can tell the claim from the wait before it.
+    claiming
+        .instrument(tracing::debug_span!("outbox.claim"))
+        .await
 }
 
 async fn end_transaction(conn: &mut PgConnection, how: &'static str) -> sqlx::Result<()> {
@@ -159,8 +168,13 @@ impl Session for PgSession {
             }
         };
         let claimed: Arc<[Claimed]> = claimed.into();
-        // A full batch says more is probably due; a smaller one that there is not.
-        let look_ahead = claimed.len() >= limit && limit > 1;
+        // A full batch says more is probably due: the next one is claimed at once. A smaller one
+        // says the next rows are still being written: they are claimed once this batch was
+        // published whole, while it is recorded and committed, so that rows committed during its
+        // publishing wait for neither that commit nor a claim after it. A probe (one row) never
+        // claims ahead.
+        let full = claimed.len() >= limit;
+        let look_ahead = limit > 1;
         let (this, other) = if on_spare {
             (&mut self.spare, &mut self.conn)
         } else {
@@ -170,11 +184,17 @@ impl Session for PgSession {
 
         // Claims the next batch on `other`, then keeps its transaction alive until dropped.
         let mut ahead_result: Option<sqlx::Result<Vec<Claimed>>> = None;
-        let ahead_claimed = AtomicBool::new(!look_ahead);
+        let ahead_started = AtomicBool::new(false);
+        let ahead_claimed = AtomicBool::new(false);
         let ahead_ready = Notify::new();
+        let published_whole = Notify::new();
         let end = {
             let ahead = async {
                 if look_ahead {
+                    if !full {
+                        published_whole.notified().await;
+                    }
+                    ahead_started.store(true, Ordering::Release);
                     let result = bounded(timeout, begin_and_claim(other, &partitions, limit)).await;
                     let claimed_some = result.as_ref().is_ok_and(|rows| !rows.is_empty());
                     ahead_result = Some(result);
@@ -218,6 +238,10 @@ impl Session for PgSession {
                     bounded(timeout, end_transaction(this, "ROLLBACK")).await?;
                     return Ok((BatchEnd::Abandoned, false));
                 };
+                let whole = outcomes.iter().all(|o| matches!(o, Outcome::Published));
+                if whole {
+                    published_whole.notify_one();
+                }
                 // Only after the broker acknowledged them are the rows' deletions committed.
                 bounded(
                     timeout,
@@ -225,7 +249,6 @@ impl Session for PgSession {
                 )
                 .await?;
                 bounded(timeout, end_transaction(this, "COMMIT")).await?;
-                let whole = outcomes.iter().all(|o| matches!(o, Outcome::Published));
                 Ok::<_, sqlx::Error>((BatchEnd::Done, whole))
             };
             tokio::pin!(ahead);
@@ -234,8 +257,8 @@ impl Session for PgSession {
                 end = &mut this_batch => end,
                 () = &mut ahead => unreachable!("the claim ahead never ends on its own"),
             };
-            // A claim still running on `other` is awaited, not dropped half-way.
-            if !ahead_claimed.load(Ordering::Acquire) {
+            // A claim started on `other` is awaited, not dropped half-way.
+            if ahead_started.load(Ordering::Acquire) && !ahead_claimed.load(Ordering::Acquire) {
                 tokio::select! {
                     () = ahead_ready.notified() => {}
                     () = &mut ahead => unreachable!("the claim ahead never ends on its own"),

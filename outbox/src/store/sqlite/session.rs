@@ -1,18 +1,26 @@
-//! A relay session on SQLite: no connection of its own, no partitions; rows are leased per batch.
+//! A relay session on SQLite: no connection of its own, no partitions; rows are leased per batch,
+//! and the next batch is leased ahead while a full one is published (`store::leased`).
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::SqlitePool;
 use sqlx::sqlite::SqliteConnection;
 
 use super::{claim, housekeeping};
-use crate::relay::{Backlog, BatchEnd, Claimed, PublishFn, RelayConfig, Session};
+use crate::relay::{Backlog, BatchEnd, Claimed, Outcome, PublishFn, RelayConfig, Session};
+use crate::store::leased::{self, Leased, Leases};
 use crate::{Error, Result};
 
-/// The pool the relay borrows short transactions from, and the name its leases carry.
+/// The pool the relay borrows short transactions from, and the batch it claimed ahead.
 #[derive(Debug)]
 pub struct SqliteSession {
+    leases: SqliteLeases,
+    ahead: Option<Leased<()>>,
+}
+
+/// The pool and the name the leases carry (one for every claim of the session).
+#[derive(Debug)]
+struct SqliteLeases {
     pool: SqlitePool,
     /// Unique per session, so a restarted relay never mistakes a dead one's lease for its own.
     owner: String,
@@ -26,12 +34,17 @@ impl SqliteSession {
         }
         tracing::info!("outbox relay started");
         Ok(Self {
-            pool: pool.clone(),
-            owner: format!("{}/{}", config.name, uuid::Uuid::now_v7()),
-            lease: config.lease,
+            leases: SqliteLeases {
+                pool: pool.clone(),
+                owner: format!("{}/{}", config.name, uuid::Uuid::now_v7()),
+                lease: config.lease,
+            },
+            ahead: None,
         })
     }
+}
 
+impl SqliteLeases {
     /// A write transaction that takes the lock at `BEGIN`: a deferred one that reads first could
     /// fail with "database is locked" when it tries to write after another writer.
     async fn write<T>(
@@ -45,55 +58,56 @@ impl SqliteSession {
     }
 }
 
+impl Leases for SqliteLeases {
+    type Token = ();
+
+    fn lease(&self) -> Duration {
+        self.lease
+    }
+
+    async fn claim(&self, limit: usize) -> sqlx::Result<Option<Leased<()>>> {
+        let (owner, lease) = (self.owner.as_str(), self.lease);
+        let rows = self
+            .write(async |conn| claim::claim(conn, owner, lease, limit).await)
+            .await?;
+        Ok((!rows.is_empty()).then_some(Leased { token: (), rows }))
+    }
+
+    async fn renew(&self, _: &(), rows: &[Claimed]) -> sqlx::Result<()> {
+        let (owner, lease) = (self.owner.as_str(), self.lease);
+        self.write(async |conn| claim::renew(conn, rows, owner, lease).await)
+            .await
+    }
+
+    async fn release(&self, _: &(), rows: &[Claimed]) -> sqlx::Result<()> {
+        let owner = self.owner.as_str();
+        self.write(async |conn| claim::release(conn, rows, owner).await)
+            .await
+    }
+
+    async fn record(
+        &self,
+        _: &(),
+        rows: &[Claimed],
+        outcomes: &[Outcome],
+        keep_sent: bool,
+    ) -> sqlx::Result<u64> {
+        let owner = self.owner.as_str();
+        self.write(async |conn| claim::record(conn, rows, outcomes, owner, keep_sent).await)
+            .await
+    }
+}
+
 impl Session for SqliteSession {
+    /// Leases a batch (or takes the one claimed ahead), publishes it while leasing the next, and
+    /// records the outcomes: see `store::leased`.
     async fn batch<F: PublishFn>(
         &mut self,
         limit: usize,
         keep_sent: bool,
         publish: F,
     ) -> sqlx::Result<BatchEnd> {
-        let (owner, lease) = (self.owner.as_str(), self.lease);
-        let claimed = self
-            .write(async |conn| claim::claim(conn, owner, lease, limit).await)
-            .await?;
-        if claimed.is_empty() {
-            return Ok(BatchEnd::Empty);
-        }
-        let claimed: Arc<[Claimed]> = claimed.into();
-        let publishing = publish(claimed.clone());
-        tokio::pin!(publishing);
-        let renew_every = lease / 3;
-        let mut renewals =
-            tokio::time::interval_at(tokio::time::Instant::now() + renew_every, renew_every);
-        let outcomes = loop {
-            tokio::select! {
-                outcomes = &mut publishing => break outcomes,
-                _ = renewals.tick() => {
-                    let renewed = self.write(async |conn| claim::renew(conn, &claimed, owner, lease).await).await;
-                    if let Err(error) = renewed {
-                        // Only a risk of publishing twice if the lease runs out; keep publishing.
-                        tracing::warn!(%error, "could not renew the lease of the batch in hand");
-                    }
-                }
-            }
-        };
-        let Some(outcomes) = outcomes else {
-            self.write(async |conn| claim::release(conn, &claimed, owner).await)
-                .await?;
-            return Ok(BatchEnd::Abandoned);
-        };
-        let taken_over = self
-            .write(async |conn| claim::record(conn, &claimed, &outcomes, owner, keep_sent).await)
-            .await?;
-        if taken_over > 0 {
-            tracing::warn!(
-                taken_over,
-                lease = ?lease,
-                "the lease of some rows ran out while they were published and another relay \
-                 took them: their outcome here is dropped, the other relay records its own"
-            );
-        }
-        Ok(BatchEnd::Done)
+        leased::batch(&self.leases, &mut self.ahead, limit, keep_sent, publish).await
     }
 
     /// One store, no partitions: every relay may take any row it can lease.
@@ -102,9 +116,9 @@ impl Session for SqliteSession {
     }
 
     async fn maintain(&mut self, retention: Option<Duration>) -> sqlx::Result<Backlog> {
-        let backlog = housekeeping::backlog(&self.pool).await?;
+        let backlog = housekeeping::backlog(&self.leases.pool).await?;
         if let Some(retention) = retention {
-            let purged = housekeeping::purge_sent(&self.pool, retention, 10_000).await?;
+            let purged = housekeeping::purge_sent(&self.leases.pool, retention, 10_000).await?;
             if purged > 0 {
                 tracing::debug!(purged, "purged sent outbox rows past their retention");
             }
@@ -118,8 +132,11 @@ impl Session for SqliteSession {
     }
 
     async fn next_due(&mut self) -> sqlx::Result<Option<Duration>> {
-        housekeeping::next_due(&self.pool).await
+        housekeeping::next_due(&self.leases.pool).await
     }
 
-    async fn close(self) {}
+    /// Releases the batch claimed ahead, so that its rows need not wait for the lease to end.
+    async fn close(mut self) {
+        let _ = leased::give_back(&self.leases, &mut self.ahead).await;
+    }
 }
