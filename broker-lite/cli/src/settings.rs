@@ -105,7 +105,8 @@ pub(crate) struct Settings {
     /// Replication role (issue 13): standalone, leader or follower [default: standalone].
     #[arg(long, value_enum)]
     pub(crate) role: Option<crate::role::RoleName>,
-    /// A leader's acknowledgement mode: sync (SYNC_MASTER) or async (ASYNC_MASTER) [default: sync].
+    /// A leader's acknowledgement mode (a follower's once promoted): sync (SYNC_MASTER) or async
+    /// (ASYNC_MASTER) [default: sync].
     #[arg(long, value_enum)]
     pub(crate) replication: Option<crate::role::ReplicationName>,
     /// SYNC_MASTER: followers that must hold a message before SEND_OK [default: 1].

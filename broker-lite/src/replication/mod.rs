@@ -57,6 +57,7 @@ mod epochs;
 mod follower;
 mod leader;
 mod node;
+mod promote;
 
 pub use follower::FollowerConfig;
 pub use leader::{FollowerStatus, Leader};

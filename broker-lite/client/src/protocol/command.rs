@@ -65,11 +65,13 @@ pub enum CommandCode {
     AuthFinish = 23,
     /// A follower's pull of the leader's log, with its durable position (replication, admin).
     ReplicaFetch = 24,
+    /// Make a follower the leader, or report whether it could be (replication, admin).
+    Promote = 25,
 }
 
 impl CommandCode {
     /// Every command.
-    pub const ALL: [CommandCode; 24] = [
+    pub const ALL: [CommandCode; 25] = [
         CommandCode::Ping,
         CommandCode::Send,
         CommandCode::SendBatch,
@@ -94,6 +96,7 @@ impl CommandCode {
         CommandCode::AuthStart,
         CommandCode::AuthFinish,
         CommandCode::ReplicaFetch,
+        CommandCode::Promote,
     ];
 
     /// From the wire value.
@@ -136,6 +139,7 @@ impl CommandCode {
             CommandCode::AuthStart => "auth_start",
             CommandCode::AuthFinish => "auth_finish",
             CommandCode::ReplicaFetch => "replica_fetch",
+            CommandCode::Promote => "promote",
         }
     }
 }
@@ -235,6 +239,8 @@ pub enum Request {
     AuthFinish(AuthFinish),
     /// [`CommandCode::ReplicaFetch`].
     ReplicaFetch(ReplicaFetch),
+    /// [`CommandCode::Promote`].
+    Promote(PromoteRequest),
 }
 
 impl Request {
@@ -265,6 +271,7 @@ impl Request {
             Request::AuthStart(_) => CommandCode::AuthStart,
             Request::AuthFinish(_) => CommandCode::AuthFinish,
             Request::ReplicaFetch(_) => CommandCode::ReplicaFetch,
+            Request::Promote(_) => CommandCode::Promote,
         }
     }
 
@@ -284,6 +291,7 @@ impl Request {
             Request::AuthStart(a) => a.put(&mut buf),
             Request::AuthFinish(a) => a.put(&mut buf),
             Request::ReplicaFetch(f) => f.put(&mut buf),
+            Request::Promote(p) => p.put(&mut buf),
             Request::CreateTopic(t) => t.put(&mut buf),
             Request::Lag { group } => put_str(&mut buf, group),
             Request::RedriveDeadLetters { group, ids } => {
@@ -330,6 +338,7 @@ impl Request {
             CommandCode::AuthStart => Request::AuthStart(AuthStart::get(b)?),
             CommandCode::AuthFinish => Request::AuthFinish(AuthFinish::get(b)?),
             CommandCode::ReplicaFetch => Request::ReplicaFetch(ReplicaFetch::get(b)?),
+            CommandCode::Promote => Request::Promote(PromoteRequest::get(b)?),
             CommandCode::Lag => Request::Lag {
                 group: get_str(b, "group")?,
             },

@@ -45,6 +45,8 @@ pub enum Response {
     AuthDone(AuthDone),
     /// The leader's records for a follower (answer to [`CommandCode::ReplicaFetch`]).
     ReplicaBatch(ReplicaBatch),
+    /// A follower's standing, and whether it now leads (answer to [`CommandCode::Promote`]).
+    Promoted(Promotion),
 }
 
 impl Response {
@@ -74,6 +76,7 @@ impl Response {
             Response::AuthChallenge(c) => c.put(&mut buf),
             Response::AuthDone(d) => d.put(&mut buf),
             Response::ReplicaBatch(r) => r.put(&mut buf),
+            Response::Promoted(p) => p.put(&mut buf),
         }
         buf.freeze()
     }
@@ -117,6 +120,7 @@ impl Response {
             CommandCode::AuthStart => Response::AuthChallenge(AuthChallenge::get(b)?),
             CommandCode::AuthFinish => Response::AuthDone(AuthDone::get(b)?),
             CommandCode::ReplicaFetch => Response::ReplicaBatch(ReplicaBatch::get(b)?),
+            CommandCode::Promote => Response::Promoted(Promotion::get(b)?),
         };
         ensure_empty(&body)?;
         Ok(response)

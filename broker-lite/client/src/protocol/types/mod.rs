@@ -9,6 +9,7 @@ mod auth;
 mod consumer;
 mod describe;
 mod message;
+mod promote;
 mod replica;
 
 pub use admin::{GroupInfo, QueueLag, TopicInfo, TraceEvent};
@@ -19,6 +20,7 @@ pub use consumer::{
 };
 pub use describe::{BrokerDescription, FlushMode, FollowerView, Replication, ReplicationStatus};
 pub use message::{Message, MessageView, SendResult, SendStatus};
+pub use promote::{PromoteRequest, Promotion};
 pub use replica::{EpochStart, ReplicaBatch, ReplicaFetch, ReplicaRecord};
 
 /// A type with a compact binary encoding.
