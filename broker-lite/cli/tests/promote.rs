@@ -5,42 +5,10 @@
 mod replication_support;
 
 use broker_lite_client::protocol::SendStatus;
-use broker_lite_client::{Admin, AdminConfig, Producer};
+use broker_lite_client::{Admin, AdminConfig};
 use std::collections::HashSet;
-use std::process::Output;
 
 use replication_support::*;
-
-/// `broker-lite --addr <addr> promote <args>`.
-async fn promote(addr: &str, args: &[&str]) -> Output {
-    tokio::process::Command::new(BIN)
-        .args(["--addr", addr, "promote"])
-        .args(args)
-        .output()
-        .await
-        .unwrap()
-}
-
-fn text(out: &Output) -> (String, String) {
-    (
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-/// SEND_OK ids of `n` sends to `addr`.
-async fn send_acked(addr: &str, n: usize) -> HashSet<uuid::Uuid> {
-    let producer = Producer::connect(addr, producer_config()).await.unwrap();
-    let mut acked = HashSet::new();
-    for i in 0..n {
-        let m = message(format!("m{i}"));
-        let id = m.message_id.unwrap();
-        let r = producer.send(m).await.unwrap();
-        assert_eq!(r.status, SendStatus::SendOk, "send {i}");
-        acked.insert(id);
-    }
-    acked
-}
 
 /// The leader is killed; the running follower is promoted in place: the same process, on the
 /// same address, now leads epoch 2, takes a new follower and sends, and holds every message the
