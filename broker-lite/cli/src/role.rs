@@ -49,7 +49,8 @@ impl Settings {
         let follower_only = self.leader_address.is_some()
             || self.follower_name.is_some()
             || self.replication_user.is_some()
-            || self.replication_ca.is_some();
+            || self.replication_ca.is_some()
+            || self.replica_fetch_bytes.is_some();
         let leader_only = self.replication.is_some()
             || self.min_sync_replicas.is_some()
             || self.slave_timeout_ms.is_some();
@@ -91,6 +92,12 @@ impl Settings {
                     security = security.with_tls(ClientTls::from_ca_file(ca)?);
                 }
                 follower.security = security;
+                if let Some(bytes) = self.replica_fetch_bytes {
+                    if bytes == 0 {
+                        bail!("--replica-fetch-bytes must be at least 1");
+                    }
+                    follower.max_fetch_bytes = bytes;
+                }
                 // On a follower the leader settings say how it leads once promoted.
                 follower.lead_with = self.leader_replication()?;
                 Ok(Role::Follower(Box::new(follower)))

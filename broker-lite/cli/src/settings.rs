@@ -131,6 +131,9 @@ pub(crate) struct Settings {
     /// PEM CA certificate to check the leader's TLS certificate with (then TLS is used).
     #[arg(long)]
     pub(crate) replication_ca: Option<PathBuf>,
+    /// A follower's record bytes per fetch from its leader [default: 4194304].
+    #[arg(long)]
+    pub(crate) replica_fetch_bytes: Option<u32>,
     /// Users (config file only): with any, every client must authenticate [default: none,
     /// the broker runs open, for loopback only].
     #[arg(skip)]
@@ -231,6 +234,7 @@ impl Settings {
             replication_user,
             replication_password_env,
             replication_ca,
+            replica_fetch_bytes,
             users
         )
     }

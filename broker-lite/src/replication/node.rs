@@ -366,7 +366,10 @@ impl Handler for NodeHandler {
             Request::Describe => Ok(self.describe()),
             Request::Promote(p) => match self.shared.promote(p).await {
                 Ok(done) => Ok(Response::Promoted(done)),
-                Err(e) => Err(ErrorReply::new(ErrorCode::InvalidRequest, e.to_string())),
+                Err(BrokerError::InvalidRequest(why)) => {
+                    Err(ErrorReply::new(ErrorCode::InvalidRequest, why))
+                }
+                Err(e) => Err(ErrorReply::new(ErrorCode::Internal, e.to_string())),
             },
             _ => Err(ErrorReply::new(
                 ErrorCode::ShuttingDown,
