@@ -18,14 +18,7 @@ use replication_support::*;
 #[tokio::test]
 async fn an_in_sync_follower_is_promoted_without_a_restart() {
     let root = tempfile::tempdir().unwrap();
-    let mut lead = leader(
-        &root.path().join("a"),
-        &free_port(),
-        &["--slave-timeout-ms", "1000"],
-    )
-    .await;
-    let mut follow = follower(&root.path().join("b"), &free_port(), &lead.addr).await;
-    until_status(&lead.addr, SendStatus::SendOk).await;
+    let (mut lead, mut follow) = pair(root.path(), &["--slave-timeout-ms", "1000"]).await;
     let acked = send_acked(&lead.addr, 50).await;
     kill9(&mut lead).await;
 
@@ -79,9 +72,7 @@ async fn an_in_sync_follower_is_promoted_without_a_restart() {
 #[tokio::test]
 async fn a_follower_that_cannot_know_it_is_in_sync_is_promoted_only_with_force() {
     let root = tempfile::tempdir().unwrap();
-    let mut lead = leader(&root.path().join("a"), &free_port(), &[]).await;
-    let mut follow = follower(&root.path().join("b"), &free_port(), &lead.addr).await;
-    until_status(&lead.addr, SendStatus::SendOk).await;
+    let (mut lead, mut follow) = pair(root.path(), &[]).await;
     let acked = send_acked(&lead.addr, 20).await;
     kill9(&mut follow).await;
     kill9(&mut lead).await;

@@ -32,14 +32,7 @@ async fn fail_over_and_check(lead: &mut Node, follower: &Node, acked: &HashSet<U
 #[tokio::test]
 async fn a_follower_stopped_and_resumed_catches_up_without_divergence() {
     let root = tempfile::tempdir().unwrap();
-    let mut lead = leader(
-        &root.path().join("a"),
-        &free_port(),
-        &["--slave-timeout-ms", "400"],
-    )
-    .await;
-    let follow = follower(&root.path().join("b"), &free_port(), &lead.addr).await;
-    until_status(&lead.addr, SendStatus::SendOk).await;
+    let (mut lead, follow) = pair(root.path(), &["--slave-timeout-ms", "400"]).await;
     let mut acked = send_acked(&lead.addr, 30).await;
     signal(&follow, "-STOP");
     until_status(&lead.addr, SendStatus::FlushSlaveTimeout).await;
@@ -68,14 +61,7 @@ async fn a_follower_stopped_and_resumed_catches_up_without_divergence() {
 #[tokio::test]
 async fn a_follower_restarted_empty_catches_up_from_zero() {
     let root = tempfile::tempdir().unwrap();
-    let mut lead = leader(
-        &root.path().join("a"),
-        &free_port(),
-        &["--slave-timeout-ms", "400"],
-    )
-    .await;
-    let mut follow = follower(&root.path().join("b"), &free_port(), &lead.addr).await;
-    until_status(&lead.addr, SendStatus::SendOk).await;
+    let (mut lead, mut follow) = pair(root.path(), &["--slave-timeout-ms", "400"]).await;
     let mut acked = send_acked(&lead.addr, 200).await;
     kill9(&mut follow).await;
     until_status(&lead.addr, SendStatus::SlaveNotAvailable).await;
@@ -102,9 +88,7 @@ fn offsets_file(dir: &Path) -> Option<(SystemTime, Vec<u8>)> {
 #[tokio::test]
 async fn consumer_group_progress_survives_a_failover() {
     let root = tempfile::tempdir().unwrap();
-    let mut lead = leader(&root.path().join("a"), &free_port(), &[]).await;
-    let follow = follower(&root.path().join("b"), &free_port(), &lead.addr).await;
-    until_status(&lead.addr, SendStatus::SendOk).await;
+    let (mut lead, follow) = pair(root.path(), &[]).await;
     let all = send_acked(&lead.addr, 100).await;
     let consumer = Consumer::connect(lead.addr.as_str(), ConsumerConfig::new("billing", TOPIC))
         .await

@@ -133,13 +133,7 @@ impl Broker {
                 slots.push(Slot::Again(first));
                 continue;
             }
-            let claim = self
-                .inner
-                .index
-                .lock()
-                .unwrap()
-                .sent
-                .claim(r.message_id, &r.topic);
+            let claim = self.claim(r.message_id, &r.topic);
             match claim {
                 Claim::Stored(sent) => slots.push(Slot::Stored(r.message_id, r.topic, sent)),
                 // Waited for only once this batch's own claims are settled: two batches that
@@ -178,6 +172,11 @@ impl Broker {
             out.push(result);
         }
         Ok(out)
+    }
+
+    /// Claims `id` in `topic` in the send window (see the `dedupe` module).
+    fn claim(&self, id: Uuid, topic: &str) -> Claim {
+        self.inner.index.lock().unwrap().sent.claim(id, topic)
     }
 
     /// Checks what needs no topic: size and property names.
@@ -236,13 +235,7 @@ impl Broker {
         loop {
             // Never sent on: this returns when the claimant drops its sender.
             let _ = waiting.changed().await;
-            let claim = self
-                .inner
-                .index
-                .lock()
-                .unwrap()
-                .sent
-                .claim(r.message_id, &r.topic);
+            let claim = self.claim(r.message_id, &r.topic);
             match claim {
                 Claim::Stored(sent) => {
                     return Ok(self.answer_duplicate(r.message_id, r.topic, sent).await);

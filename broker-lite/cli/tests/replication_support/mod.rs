@@ -85,6 +85,14 @@ pub(crate) async fn follower(dir: &std::path::Path, addr: &str, leader: &str) ->
     .await
 }
 
+/// A leader (with `leader_args`) in `root/a` and its follower in `root/b`, once SEND_OK comes.
+pub(crate) async fn pair(root: &std::path::Path, leader_args: &[&str]) -> (Node, Node) {
+    let lead = leader(&root.join("a"), &free_port(), leader_args).await;
+    let follow = follower(&root.join("b"), &free_port(), &lead.addr).await;
+    until_status(&lead.addr, SendStatus::SendOk).await;
+    (lead, follow)
+}
+
 pub(crate) async fn kill9(node: &mut Node) {
     node.child.start_kill().unwrap();
     node.child.wait().await.unwrap();
