@@ -106,7 +106,7 @@ impl Promotion {
     ///
     /// let p = Promotion { promoted: false, in_sync: false, epoch: 1, position: 500,
     ///     leader_log_end: 900, leader_acked_end: 700, since_contact_ms: Some(1500) };
-    /// assert!(p.loss().contains("500..700 (200 bytes)"));
+    /// assert!(p.loss().contains("positions 500..700 (200 bytes;"));
     /// ```
     pub fn loss(&self) -> String {
         if self.since_contact_ms.is_none() {
