@@ -9,8 +9,9 @@
 //!   [`ReplicaFetch`](crate::protocol::ReplicaFetch)es (admin permission required: a stranger
 //!   cannot read the log or report offsets, RocketMQ #3015).
 //! - **Follower** ([`start_follower`]): pulls the log from its own log end (RocketMQ HA style),
-//!   stores it under `SYNC_FLUSH`, copies the state checkpoints, and answers only `ping` and
-//!   `describe`. What is carried how is in the `follower` module source.
+//!   stores it under `SYNC_FLUSH`, copies the state checkpoints, and answers only `ping`,
+//!   `describe` and `promote` until promoted. What is carried how is in the `follower` module
+//!   source.
 //!
 //! # Acknowledgements
 //!
