@@ -148,11 +148,11 @@ impl Broker {
             }
         }
         let fresh = if records.is_empty() {
+            drop(claims);
             Vec::new()
         } else {
-            self.append(records).await?
+            self.append_claimed(records, claims).await?
         };
-        drop(claims);
         let mut out: Vec<SendResult> = Vec::with_capacity(slots.len());
         for slot in slots {
             let result = match slot {
@@ -242,9 +242,9 @@ impl Broker {
                 }
                 Claim::Pending(next) => waiting = next,
                 Claim::Claimed(done) => {
-                    let _claim = ClaimGuard::new(self, r.message_id, &r.topic, done);
+                    let claim = ClaimGuard::new(self, r.message_id, &r.topic, done);
                     let record = self.prepare(r, now).await?;
-                    let mut out = self.append(vec![record]).await?;
+                    let mut out = self.append_claimed(vec![record], vec![claim]).await?;
                     return Ok(out.pop().expect("one result per stored record"));
                 }
             }
@@ -276,6 +276,17 @@ impl Broker {
 
     /// Appends records (already validated) and indexes and traces them.
     pub(crate) async fn append(&self, records: Vec<NewRecord>) -> Result<Vec<SendResult>> {
+        self.append_claimed(records, Vec::new()).await
+    }
+
+    /// [`append`](Self::append) for sends holding `claims` on their ids: released once the
+    /// records are in the send window, before the wait for replicas, so that a send waiting on
+    /// a claim waits for one replication, not two.
+    async fn append_claimed(
+        &self,
+        records: Vec<NewRecord>,
+        claims: Vec<ClaimGuard>,
+    ) -> Result<Vec<SendResult>> {
         if let Some(leader) = &self.inner.leader {
             leader.check_writable()?;
         }
@@ -308,6 +319,7 @@ impl Broker {
                 }
             }
         }
+        drop(claims);
         // SYNC_MASTER: wait for the replicas of the whole batch (records are placed in order).
         let replicated = match (&self.inner.leader, appended.last()) {
             (Some(leader), Some(last)) => leader.replicated(last.log_position).await,
