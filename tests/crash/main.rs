@@ -3,7 +3,8 @@
 //! separate processes and are killed with SIGKILL at random moments while orders are written (some
 //! rolled back). At the end every committed order has exactly one effect in the consumer's table,
 //! no rolled-back order has any, and the failure table is empty. The scenario runs on Postgres
-//! with broker-lite and with NATS, and on MariaDB / MySQL (`MYSQL_URL`) with broker-lite.
+//! with broker-lite, with a replicated broker-lite (leader killed, follower promoted) and with
+//! NATS, and on MariaDB / MySQL (`MYSQL_URL`) with broker-lite.
 //!
 //! ```sh
 //! # CI size
@@ -54,6 +55,7 @@ fn crash_role() {
     match role.as_str() {
         "broker" => runtime.block_on(roles::broker()),
         "consumer" => runtime.block_on(roles::consumer()),
+        "node" => runtime.block_on(roles::node()),
         other => panic!("unknown CRASH_ROLE {other}"),
     }
 }
@@ -61,6 +63,15 @@ fn crash_role() {
 #[sqlx::test(migrator = "courier_outbox::MIGRATOR")]
 async fn every_committed_order_has_exactly_one_effect_through_kills(pool: PgPool) {
     scenario::orders_through_kills(Ledger::Postgres(pool), Broker::BrokerLite).await;
+}
+
+/// The same through a replicated broker-lite (issue 13): a SYNC_MASTER leader and its follower,
+/// the relay and the consumer given both addresses. Each broker kill is a failover: the leader is
+/// killed with SIGKILL, the follower promoted online, and the old leader restarted as its
+/// follower (it truncates what it wrote unreplicated). Relay and consumer are killed as before.
+#[sqlx::test(migrator = "courier_outbox::MIGRATOR")]
+async fn every_committed_order_has_exactly_one_effect_through_failovers(pool: PgPool) {
+    scenario::orders_through_kills(Ledger::Postgres(pool), Broker::Replicated).await;
 }
 
 /// The same on NATS JetStream: the nats-server itself is killed with SIGKILL and restarted on its

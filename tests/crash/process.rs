@@ -33,12 +33,17 @@ impl Process {
     }
 
     pub(crate) fn kill_and_restart(&mut self) {
+        self.kill();
+        self.start();
+    }
+
+    /// SIGKILL, not restarted.
+    pub(crate) fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             child.kill().unwrap(); // SIGKILL
             child.wait().unwrap();
             self.kills += 1;
         }
-        self.start();
     }
 }
 

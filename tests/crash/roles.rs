@@ -5,8 +5,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use broker_lite::broker::BrokerConfig;
+use broker_lite::broker::Replication;
 use broker_lite::client::ConsumerConfig;
 use broker_lite::embedded::{self, EmbeddedConfig};
+use broker_lite::replication::{FollowerConfig, start_follower};
 use broker_lite::storage::FlushMode;
 use courier_middleware::{
     BrokerLiteSource, Consumer, Delivery, DeliverySource, IdempotencyLayer, NatsSource,
@@ -39,6 +41,39 @@ pub(crate) async fn broker() {
     config.broker = broker_config();
     let _broker = embedded::start(&dir, config).await.unwrap();
     std::future::pending::<()>().await;
+}
+
+/// The replication of the replicated mode: SYNC_MASTER, one follower, a short slave timeout so
+/// that a send waiting for a killed follower is answered (and retried) quickly.
+fn sync_master() -> Replication {
+    Replication::SyncMaster {
+        min_sync_replicas: 1,
+        slave_timeout: Duration::from_secs(1),
+    }
+}
+
+/// A node of the replicated broker-lite, on `CRASH_BROKER` with its data in `CRASH_DATA`: without
+/// `CRASH_LEADER` a SYNC_MASTER leader, with it a follower of that address, which the test
+/// promotes online (`broker-lite promote`'s admin call) when it kills the leader.
+pub(crate) async fn node() {
+    let dir = PathBuf::from(std::env::var("CRASH_DATA").unwrap());
+    let listen: std::net::SocketAddr = std::env::var("CRASH_BROKER").unwrap().parse().unwrap();
+    let mut config = EmbeddedConfig::default();
+    config.listen = listen;
+    config.broker = broker_config();
+    match std::env::var("CRASH_LEADER") {
+        Err(_) => {
+            config.broker.replication = sync_master();
+            let _leader = embedded::start(&dir, config).await.unwrap();
+            std::future::pending::<()>().await;
+        }
+        Ok(leader) => {
+            let mut follower = FollowerConfig::new(leader, listen.to_string());
+            follower.lead_with = sync_master();
+            let _follower = start_follower(&dir, config, follower).await.unwrap();
+            std::future::pending::<()>().await;
+        }
+    }
 }
 
 /// The idempotent consumer of the test's database (`CRASH_DATABASE`, Postgres or MySQL) and

@@ -34,12 +34,11 @@ pub(crate) async fn orders_through_kills(ledger: Ledger, broker: Broker) {
         let done = system.kills();
         if i % kill_every == kill_every - 1 && done < kills {
             // Each process in turn, at a random moment of its work.
-            let victim = match done % 3 {
-                0 => &mut system.broker,
-                1 => &mut system.relay,
-                _ => &mut system.consumer,
-            };
-            victim.kill_and_restart();
+            match done % 3 {
+                0 => system.kill_broker().await,
+                1 => system.relay.kill_and_restart(),
+                _ => system.consumer.kill_and_restart(),
+            }
         }
         if i % 10 == 0 {
             // Let the processes make some progress between kills.
@@ -51,11 +50,12 @@ pub(crate) async fn orders_through_kills(ledger: Ledger, broker: Broker) {
     ledger.wait_until_drained(committed.len()).await;
     let (effects, failures) = ledger.effects_and_failures().await;
     println!(
-        "crash test ({broker:?}): {} orders committed, {} rolled back; kills: broker {}, relay {}, \
-         consumer {}; {} effects; failure table {}",
+        "crash test ({broker:?}): {} orders committed, {} rolled back; kills: broker {} (failovers \
+         {}), relay {}, consumer {}; {} effects; failure table {}",
         committed.len(),
         rolled_back.len(),
         system.broker.kills,
+        system.replica.as_ref().map_or(0, |r| r.failovers),
         system.relay.kills,
         system.consumer.kills,
         effects.values().sum::<usize>(),

@@ -10,6 +10,7 @@
 //! broker-lite dlq redrive billing
 //! broker-lite produce orders 'order 7 created' --key order-7 -H source=ops
 //! broker-lite consume orders --tail
+//! broker-lite --addr 10.0.0.2:9876 promote --dry-run
 //! ```
 //!
 //! Exit codes: 0 success, 1 runtime failure, 2 invalid command line, configuration or input
@@ -19,6 +20,7 @@ mod admin;
 mod consume;
 mod exit;
 mod produce;
+mod promote;
 mod redrive;
 mod role;
 mod settings;
@@ -70,6 +72,8 @@ enum Command {
     Produce(produce::ProduceArgs),
     /// Print a topic's deliveries, in a consumer group (no ack unless --ack) or as a tail.
     Consume(consume::ConsumeArgs),
+    /// Make the running follower at --addr the leader (refused unless in sync, or --force).
+    Promote(promote::PromoteArgs),
     #[command(flatten)]
     Admin(AdminCommand),
 }
@@ -116,6 +120,7 @@ fn main() -> ExitCode {
         }
         Command::Produce(args) => report(runtime.block_on(produce::run(&cli.addr, args))),
         Command::Consume(args) => report(runtime.block_on(consume::run(&cli.addr, args))),
+        Command::Promote(args) => report(runtime.block_on(promote::run(&cli.addr, args))),
         Command::Admin(command) => report(runtime.block_on(admin::run(&cli.addr, command))),
     }
 }

@@ -19,7 +19,7 @@ pub(crate) enum RoleName {
     Standalone,
     /// Takes sends and serves followers.
     Leader,
-    /// Copies a leader; takes no sends until promoted (restarted as a leader).
+    /// Copies a leader; takes no sends until promoted (`broker-lite promote`).
     Follower,
 }
 
@@ -49,7 +49,8 @@ impl Settings {
         let follower_only = self.leader_address.is_some()
             || self.follower_name.is_some()
             || self.replication_user.is_some()
-            || self.replication_ca.is_some();
+            || self.replication_ca.is_some()
+            || self.replica_fetch_bytes.is_some();
         let leader_only = self.replication.is_some()
             || self.min_sync_replicas.is_some()
             || self.slave_timeout_ms.is_some();
@@ -64,40 +65,9 @@ impl Settings {
                 if follower_only {
                     bail!("--leader-address and the other follower settings need --role follower");
                 }
-                Ok(Role::Broker(
-                    match self.replication.unwrap_or(ReplicationName::Sync) {
-                        ReplicationName::Async => {
-                            if self.min_sync_replicas.is_some() {
-                                bail!("--min-sync-replicas applies to --replication sync only");
-                            }
-                            Replication::AsyncMaster
-                        }
-                        ReplicationName::Sync => {
-                            let min_sync_replicas = self.min_sync_replicas.unwrap_or(1);
-                            if min_sync_replicas == 0 {
-                                bail!(
-                                    "--min-sync-replicas must be at least 1 (with no follower \
-                                     use --role standalone)"
-                                );
-                            }
-                            let ms = self.slave_timeout_ms.unwrap_or(3000);
-                            if ms == 0 {
-                                bail!("--slave-timeout-ms must be greater than zero");
-                            }
-                            Replication::SyncMaster {
-                                min_sync_replicas,
-                                slave_timeout: Duration::from_millis(ms),
-                            }
-                        }
-                    },
-                ))
+                Ok(Role::Broker(self.leader_replication()?))
             }
             RoleName::Follower => {
-                if leader_only {
-                    bail!(
-                        "--replication, --min-sync-replicas and --slave-timeout-ms need --role leader"
-                    );
-                }
                 let Some(leader) = self.leader_address.clone() else {
                     bail!("--role follower needs --leader-address host:port");
                 };
@@ -122,8 +92,46 @@ impl Settings {
                     security = security.with_tls(ClientTls::from_ca_file(ca)?);
                 }
                 follower.security = security;
+                if let Some(bytes) = self.replica_fetch_bytes {
+                    if bytes == 0 {
+                        bail!("--replica-fetch-bytes must be at least 1");
+                    }
+                    follower.max_fetch_bytes = bytes;
+                }
+                // On a follower the leader settings say how it leads once promoted.
+                follower.lead_with = self.leader_replication()?;
                 Ok(Role::Follower(Box::new(follower)))
             }
         }
+    }
+
+    /// `--replication`, `--min-sync-replicas`, `--slave-timeout-ms`, checked: how a leader
+    /// answers producers (default SYNC_MASTER, one in-sync replica, 3 s).
+    fn leader_replication(&self) -> Result<Replication> {
+        Ok(match self.replication.unwrap_or(ReplicationName::Sync) {
+            ReplicationName::Async => {
+                if self.min_sync_replicas.is_some() {
+                    bail!("--min-sync-replicas applies to --replication sync only");
+                }
+                Replication::AsyncMaster
+            }
+            ReplicationName::Sync => {
+                let min_sync_replicas = self.min_sync_replicas.unwrap_or(1);
+                if min_sync_replicas == 0 {
+                    bail!(
+                        "--min-sync-replicas must be at least 1 (with no follower use --role \
+                         standalone)"
+                    );
+                }
+                let ms = self.slave_timeout_ms.unwrap_or(3000);
+                if ms == 0 {
+                    bail!("--slave-timeout-ms must be greater than zero");
+                }
+                Replication::SyncMaster {
+                    min_sync_replicas,
+                    slave_timeout: Duration::from_millis(ms),
+                }
+            }
+        })
     }
 }

@@ -117,7 +117,8 @@ pub(crate) struct Settings {
     /// Replication role (issue 13): standalone, leader or follower [default: standalone].
     #[arg(long, value_enum)]
     pub(crate) role: Option<crate::role::RoleName>,
-    /// A leader's acknowledgement mode: sync (SYNC_MASTER) or async (ASYNC_MASTER) [default: sync].
+    /// A leader's acknowledgement mode (a follower's once promoted): sync (SYNC_MASTER) or async
+    /// (ASYNC_MASTER) [default: sync].
     #[arg(long, value_enum)]
     pub(crate) replication: Option<crate::role::ReplicationName>,
     /// SYNC_MASTER: followers that must hold a message before SEND_OK [default: 1].
@@ -142,6 +143,9 @@ pub(crate) struct Settings {
     /// PEM CA certificate to check the leader's TLS certificate with (then TLS is used).
     #[arg(long)]
     pub(crate) replication_ca: Option<PathBuf>,
+    /// A follower's record bytes per fetch from its leader [default: 4194304].
+    #[arg(long)]
+    pub(crate) replica_fetch_bytes: Option<u32>,
     /// Users (config file only): with any, every client must authenticate [default: none,
     /// the broker runs open, for loopback only].
     #[arg(skip)]
@@ -245,6 +249,7 @@ impl Settings {
             replication_user,
             replication_password_env,
             replication_ca,
+            replica_fetch_bytes,
             users
         )
     }

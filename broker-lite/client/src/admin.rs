@@ -8,8 +8,8 @@ use super::endpoints::{Addresses, ConnectOptions, Endpoints};
 use super::error::{ClientError, Result};
 use super::security::Security;
 use crate::protocol::{
-    BrokerDescription, DEFAULT_MAX_FRAME_SIZE, GroupInfo, MessagePage, MessageView, QueueLag,
-    Request, Response, TopicInfo, TraceEvent,
+    BrokerDescription, DEFAULT_MAX_FRAME_SIZE, GroupInfo, MessagePage, MessageView, PromoteRequest,
+    Promotion, QueueLag, Request, Response, TopicInfo, TraceEvent,
 };
 
 /// Admin client settings.
@@ -308,6 +308,38 @@ impl Admin {
             ids,
         };
         expect!(self.call(request).await?, Redriven, "redrive dead letters")
+    }
+
+    /// Asks the follower this client is connected to to become the leader (issue 13), or with
+    /// `dry_run` only whether it could and what it would lose. Connect to that one follower's
+    /// address alone: the call is not moved along an address list.
+    ///
+    /// ```no_run
+    /// use broker_lite_client::{Admin, AdminConfig};
+    /// use broker_lite_client::protocol::PromoteRequest;
+    ///
+    /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// let admin = Admin::connect("10.0.0.2:9876", AdminConfig::default()).await?;
+    /// let check = admin.promote(PromoteRequest { force: false, dry_run: true }).await?;
+    /// if check.in_sync {
+    ///     let done = admin.promote(PromoteRequest::default()).await?;
+    ///     println!("leader of epoch {}", done.epoch);
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// A connection error, or [`ClientError::Server`] with
+    /// [`ErrorCode::InvalidRequest`](crate::protocol::ErrorCode::InvalidRequest) when the node
+    /// refuses (not in sync: the message says how far behind and since when; not a follower).
+    pub async fn promote(&self, request: PromoteRequest) -> Result<Promotion> {
+        expect!(
+            self.call(Request::Promote(request)).await?,
+            Promoted,
+            "promote"
+        )
     }
 }
 

@@ -4,12 +4,55 @@ use std::sync::atomic::Ordering;
 
 use super::Broker;
 use super::config::Replication;
-use super::dedupe::Sent;
+use super::dedupe::{Claim, Sent};
 use super::error::{BrokerError, Result};
 use super::message::{SendRequest, SendResult, SendStatus};
 use super::trace::TraceKind;
 use crate::storage::{FlushOutcome, NewRecord};
+use std::collections::HashMap;
+use tokio::sync::watch;
 use uuid::Uuid;
+
+/// Where the answer to one request of a batch comes from.
+enum Slot {
+    /// The `k`-th record this batch stored.
+    Fresh(usize),
+    /// A copy stored before.
+    Stored(Uuid, String, Sent),
+    /// The same id earlier in this batch, at this request index.
+    Again(usize),
+    /// Another send is storing this id right now.
+    Waiting(Box<SendRequest>, watch::Receiver<()>),
+}
+
+/// A claimed id, released on drop (stored, failed or cancelled), which wakes its waiters.
+struct ClaimGuard {
+    broker: Broker,
+    message_id: Uuid,
+    topic: String,
+    _done: watch::Sender<()>,
+}
+
+impl ClaimGuard {
+    fn new(broker: &Broker, message_id: Uuid, topic: &str, done: watch::Sender<()>) -> Self {
+        ClaimGuard {
+            broker: broker.clone(),
+            message_id,
+            topic: topic.to_owned(),
+            _done: done,
+        }
+    }
+}
+
+impl Drop for ClaimGuard {
+    fn drop(&mut self) {
+        // Removed before the sender drops (after this body): a woken waiter finds the id
+        // stored or free, never still claimed.
+        if let Ok(mut index) = self.broker.inner.index.lock() {
+            index.sent.release(self.message_id, &self.topic);
+        }
+    }
+}
 
 /// The queue of a key: CRC32C of the key modulo the queue count, stable across restarts and
 /// versions, so one key always lands in one queue (and stays in order).
@@ -75,79 +118,137 @@ impl Broker {
     pub async fn send_batch(&self, requests: Vec<SendRequest>) -> Result<Vec<SendResult>> {
         self.check_open()?;
         let now = self.now_ms();
-        let mut records = Vec::with_capacity(requests.len());
-        // Sends whose id is already stored (retries, relay restarts): answered from the first
-        // copy, not stored again (see the `dedupe` module).
-        let mut duplicates = Vec::new();
+        for r in &requests {
+            self.validate(r)?;
+        }
+        // Each id is claimed before its record goes to the store, so that a second send of it
+        // (a retry, a relay restart, the same id twice in this batch) is answered from the first
+        // copy instead of stored again (see the `dedupe` module).
+        let mut slots = Vec::with_capacity(requests.len());
+        let mut records = Vec::new();
+        let mut claims = Vec::new();
+        let mut first_in_batch: HashMap<(Uuid, String), usize> = HashMap::new();
         for (i, r) in requests.into_iter().enumerate() {
-            let stored = self
-                .inner
-                .index
-                .lock()
-                .unwrap()
-                .sent
-                .get(&r.message_id, &r.topic);
-            if let Some(sent) = stored {
-                duplicates.push((i, r.message_id, r.topic, sent));
+            if let Some(&first) = first_in_batch.get(&(r.message_id, r.topic.clone())) {
+                slots.push(Slot::Again(first));
                 continue;
             }
-            let limit = self.inner.config.max_message_size;
-            if r.body.len() > limit {
-                return Err(BrokerError::MessageTooLarge {
-                    size: r.body.len(),
-                    limit,
-                });
-            }
-            if let Some(name) = r.properties.keys().find(|k| k.starts_with('%')) {
-                return Err(BrokerError::InvalidRequest(format!(
-                    "property {name:?}: names starting with '%' are reserved for the broker"
-                )));
-            }
-            let queues = self.ensure_topic(&r.topic).await?;
-            let queue_id = match (r.queue_id, &r.key) {
-                (Some(q), _) if q >= queues => {
-                    return Err(BrokerError::UnknownQueue {
-                        topic: r.topic,
-                        queue_id: q,
-                        queues,
-                    });
+            let claim = self.claim(r.message_id, &r.topic);
+            match claim {
+                Claim::Stored(sent) => slots.push(Slot::Stored(r.message_id, r.topic, sent)),
+                // Waited for only once this batch's own claims are settled: two batches that
+                // each wait for an id the other claimed would wait forever.
+                Claim::Pending(waiting) => slots.push(Slot::Waiting(Box::new(r), waiting)),
+                Claim::Claimed(done) => {
+                    claims.push(ClaimGuard::new(self, r.message_id, &r.topic, done));
+                    first_in_batch.insert((r.message_id, r.topic.clone()), i);
+                    records.push(self.prepare(r, now).await?);
+                    slots.push(Slot::Fresh(records.len() - 1));
                 }
-                (Some(q), _) => q,
-                (None, Some(key)) => queue_for_key(key, queues),
-                (None, None) => self.inner.round_robin.fetch_add(1, Ordering::Relaxed) % queues,
-            };
-            let mut record = NewRecord::new(r.topic, queue_id, r.body);
-            record.message_id = r.message_id;
-            record.key = r.key;
-            record.tag = r.tag;
-            record.properties = r.properties;
-            record.born_timestamp_ms = if r.born_timestamp_ms == 0 {
-                now
-            } else {
-                r.born_timestamp_ms
-            };
-            records.push(record);
+            }
         }
-        if duplicates.is_empty() {
-            return self.append(records).await;
-        }
-        let mut fresh = if records.is_empty() {
+        let fresh = if records.is_empty() {
+            drop(claims);
             Vec::new()
         } else {
-            self.append(records).await?
-        }
-        .into_iter();
-        let mut out = Vec::with_capacity(fresh.len() + duplicates.len());
-        let mut duplicates = duplicates.into_iter().peekable();
-        while out.len() < out.capacity() {
-            match duplicates.next_if(|(i, ..)| *i == out.len()) {
-                Some((_, message_id, topic, sent)) => {
-                    out.push(self.answer_duplicate(message_id, topic, sent).await);
+            self.append_claimed(records, claims).await?
+        };
+        let mut out: Vec<SendResult> = Vec::with_capacity(slots.len());
+        for slot in slots {
+            let result = match slot {
+                Slot::Fresh(k) => fresh[k].clone(),
+                Slot::Stored(message_id, topic, sent) => {
+                    self.answer_duplicate(message_id, topic, sent).await
                 }
-                None => out.push(fresh.next().expect("one result per stored record")),
-            }
+                Slot::Again(first) => {
+                    metrics::counter!("broker_lite_sends_deduplicated_total").increment(1);
+                    SendResult {
+                        duplicate: true,
+                        ..out[first].clone()
+                    }
+                }
+                Slot::Waiting(r, waiting) => self.send_after_claim(*r, waiting, now).await?,
+            };
+            out.push(result);
         }
         Ok(out)
+    }
+
+    /// Claims `id` in `topic` in the send window (see the `dedupe` module).
+    fn claim(&self, id: Uuid, topic: &str) -> Claim {
+        self.inner.index.lock().unwrap().sent.claim(id, topic)
+    }
+
+    /// Checks what needs no topic: size and property names.
+    fn validate(&self, r: &SendRequest) -> Result<()> {
+        let limit = self.inner.config.max_message_size;
+        if r.body.len() > limit {
+            return Err(BrokerError::MessageTooLarge {
+                size: r.body.len(),
+                limit,
+            });
+        }
+        if let Some(name) = r.properties.keys().find(|k| k.starts_with('%')) {
+            return Err(BrokerError::InvalidRequest(format!(
+                "property {name:?}: names starting with '%' are reserved for the broker"
+            )));
+        }
+        Ok(())
+    }
+
+    /// The record of a validated send: its queue chosen, the topic created if need be.
+    async fn prepare(&self, r: SendRequest, now: u64) -> Result<NewRecord> {
+        let queues = self.ensure_topic(&r.topic).await?;
+        let queue_id = match (r.queue_id, &r.key) {
+            (Some(q), _) if q >= queues => {
+                return Err(BrokerError::UnknownQueue {
+                    topic: r.topic,
+                    queue_id: q,
+                    queues,
+                });
+            }
+            (Some(q), _) => q,
+            (None, Some(key)) => queue_for_key(key, queues),
+            (None, None) => self.inner.round_robin.fetch_add(1, Ordering::Relaxed) % queues,
+        };
+        let mut record = NewRecord::new(r.topic, queue_id, r.body);
+        record.message_id = r.message_id;
+        record.key = r.key;
+        record.tag = r.tag;
+        record.properties = r.properties;
+        record.born_timestamp_ms = if r.born_timestamp_ms == 0 {
+            now
+        } else {
+            r.born_timestamp_ms
+        };
+        Ok(record)
+    }
+
+    /// A send whose id another send had claimed: once that claim ends, answered from the copy
+    /// it stored, or stored now if it failed.
+    async fn send_after_claim(
+        &self,
+        r: SendRequest,
+        mut waiting: watch::Receiver<()>,
+        now: u64,
+    ) -> Result<SendResult> {
+        loop {
+            // Never sent on: this returns when the claimant drops its sender.
+            let _ = waiting.changed().await;
+            let claim = self.claim(r.message_id, &r.topic);
+            match claim {
+                Claim::Stored(sent) => {
+                    return Ok(self.answer_duplicate(r.message_id, r.topic, sent).await);
+                }
+                Claim::Pending(next) => waiting = next,
+                Claim::Claimed(done) => {
+                    let claim = ClaimGuard::new(self, r.message_id, &r.topic, done);
+                    let record = self.prepare(r, now).await?;
+                    let mut out = self.append_claimed(vec![record], vec![claim]).await?;
+                    return Ok(out.pop().expect("one result per stored record"));
+                }
+            }
+        }
     }
 
     /// The answer to a send whose message id is already stored: the first copy's place and its
@@ -175,6 +276,17 @@ impl Broker {
 
     /// Appends records (already validated) and indexes and traces them.
     pub(crate) async fn append(&self, records: Vec<NewRecord>) -> Result<Vec<SendResult>> {
+        self.append_claimed(records, Vec::new()).await
+    }
+
+    /// [`append`](Self::append) for sends holding `claims` on their ids: released once the
+    /// records are in the send window, before the wait for replicas, so that a send waiting on
+    /// a claim waits for one replication, not two.
+    async fn append_claimed(
+        &self,
+        records: Vec<NewRecord>,
+        claims: Vec<ClaimGuard>,
+    ) -> Result<Vec<SendResult>> {
         if let Some(leader) = &self.inner.leader {
             leader.check_writable()?;
         }
@@ -190,6 +302,24 @@ impl Broker {
                 return Err(e.into());
             }
         };
+        // Indexed (and in the send window) before the wait for replicas, so that a retry
+        // arriving meanwhile is answered from this copy.
+        {
+            let mut index = self.inner.index.lock().unwrap();
+            for ((message_id, topic, queue_id, key), a) in heads.iter().zip(&appended) {
+                index.insert(*message_id, topic, key.as_deref(), a.log_position);
+                if !topic.starts_with('%') {
+                    index.sent.insert(
+                        *message_id,
+                        topic,
+                        *queue_id,
+                        a.queue_offset,
+                        a.log_position,
+                    );
+                }
+            }
+        }
+        drop(claims);
         // SYNC_MASTER: wait for the replicas of the whole batch (records are placed in order).
         let replicated = match (&self.inner.leader, appended.last()) {
             (Some(leader), Some(last)) => leader.replicated(last.log_position).await,
@@ -197,21 +327,14 @@ impl Broker {
         };
         let now = self.now_ms();
         let mut results = Vec::with_capacity(heads.len());
-        let mut index = self.inner.index.lock().unwrap();
         let mut trace = self.inner.trace.lock().unwrap();
-        for ((message_id, topic, queue_id, key), a) in heads.into_iter().zip(appended) {
+        for ((message_id, topic, queue_id, _), a) in heads.into_iter().zip(appended) {
             let mut status = status_of(a.outcome, self.inner.config.replication);
             if status.is_ok() {
                 status = replicated;
             }
             metrics::counter!("broker_lite_sends_total", "status" => format!("{status:?}"))
                 .increment(1);
-            index.insert(message_id, &topic, key.as_deref(), a.log_position);
-            if !topic.starts_with('%') {
-                index
-                    .sent
-                    .insert(message_id, &topic, queue_id, a.queue_offset, a.log_position);
-            }
             trace.record(
                 message_id,
                 now,
@@ -237,7 +360,7 @@ impl Broker {
                 duplicate: false,
             });
         }
-        drop((index, trace));
+        drop(trace);
         self.inner.wake.notify_waiters();
         Ok(results)
     }
@@ -259,5 +382,72 @@ mod tests {
             status_of(FlushOutcome::FlushDiskTimeout, Replication::None),
             SendStatus::FlushDiskTimeout
         );
+    }
+
+    async fn broker() -> (tempfile::TempDir, Broker) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = crate::broker::BrokerConfig::default();
+        config.store.segment_size = 1 << 20;
+        config.store.max_record_size = 64 << 10;
+        config.max_message_size = 32 << 10;
+        let broker = Broker::open(dir.path(), config).await.unwrap();
+        (dir, broker)
+    }
+
+    fn copy_of(id: Uuid) -> SendRequest {
+        SendRequest::new("orders", "once")
+            .with_key("dedupe-key")
+            .with_message_id(id)
+    }
+
+    /// How many copies of the test's message the log holds.
+    async fn copies(broker: &Broker) -> usize {
+        broker
+            .lookup_by_key("orders", "dedupe-key", 100)
+            .await
+            .unwrap()
+            .len()
+    }
+
+    #[tokio::test]
+    async fn one_id_twice_in_one_batch_is_stored_once() {
+        let (_dir, b) = broker().await;
+        let id = Uuid::now_v7();
+        let r = b.send_batch(vec![copy_of(id), copy_of(id)]).await.unwrap();
+        assert_eq!(copies(&b).await, 1, "results {r:?}");
+        assert_eq!((r[0].duplicate, r[1].duplicate), (false, true));
+        assert_eq!(
+            (r[1].queue_id, r[1].queue_offset, r[1].status),
+            (r[0].queue_id, r[0].queue_offset, r[0].status)
+        );
+        b.close().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn sends_of_one_id_at_the_same_instant_are_stored_once() {
+        let (_dir, b) = broker().await;
+        let id = Uuid::now_v7();
+        let start = std::sync::Arc::new(tokio::sync::Barrier::new(16));
+        let tasks: Vec<_> = (0..16)
+            .map(|_| {
+                let (b, start) = (b.clone(), start.clone());
+                tokio::spawn(async move {
+                    start.wait().await;
+                    b.send(copy_of(id)).await.unwrap()
+                })
+            })
+            .collect();
+        let mut results = Vec::new();
+        for t in tasks {
+            results.push(t.await.unwrap());
+        }
+        assert_eq!(copies(&b).await, 1, "results {results:?}");
+        assert_eq!(results.iter().filter(|r| !r.duplicate).count(), 1);
+        assert!(
+            results.iter().all(
+                |r| r.status == SendStatus::SendOk && r.queue_offset == results[0].queue_offset
+            )
+        );
+        b.close().await.unwrap();
     }
 }

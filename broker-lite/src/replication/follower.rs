@@ -48,6 +48,10 @@ pub struct FollowerConfig {
     pub max_wait: Duration,
     /// How often the state checkpoints are copied. Default 500 ms.
     pub checkpoint_interval: Duration,
+    /// How this node leads once promoted (`SyncMaster` or `AsyncMaster`). Default
+    /// `SyncMaster` with one in-sync replica and a 3 s slave timeout: until a follower joins the
+    /// new leader, sends answer `SLAVE_NOT_AVAILABLE` rather than being acknowledged on one disk.
+    pub lead_with: crate::broker::Replication,
 }
 
 impl FollowerConfig {
@@ -60,6 +64,10 @@ impl FollowerConfig {
             max_fetch_bytes: 4 << 20,
             max_wait: Duration::from_millis(200),
             checkpoint_interval: Duration::from_millis(500),
+            lead_with: crate::broker::Replication::SyncMaster {
+                min_sync_replicas: 1,
+                slave_timeout: Duration::from_secs(3),
+            },
         }
     }
 }
@@ -70,6 +78,12 @@ pub(crate) struct FollowerProgress {
     pub(crate) epoch: AtomicU64,
     pub(crate) position: AtomicU64,
     pub(crate) leader_commit: AtomicU64,
+    /// The leader's durable log end at its last answer.
+    pub(crate) leader_log_end: AtomicU64,
+    /// Up to where the leader had acknowledged sends at its last answer.
+    pub(crate) leader_acked_end: AtomicU64,
+    /// When the leader last answered; `None` until it first does after this node started.
+    pub(crate) last_contact: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 /// Copies the leader's log into the store until `stop` is cancelled, reconnecting after errors,
@@ -244,6 +258,13 @@ async fn copy(
         progress
             .leader_commit
             .store(batch.commit_position, Ordering::Release);
+        progress
+            .leader_log_end
+            .store(batch.log_end, Ordering::Release);
+        progress
+            .leader_acked_end
+            .store(batch.acked_end, Ordering::Release);
+        *progress.last_contact.lock().unwrap() = Some(std::time::Instant::now());
     }
 }
 

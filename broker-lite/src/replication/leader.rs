@@ -296,7 +296,18 @@ impl Leader {
             next_position: chunk.next_position,
             commit_position: self.commit_position(),
             checkpoints,
+            log_end: end,
+            acked_end: self.acked_end(end),
         })
+    }
+
+    /// Up to where sends were acknowledged to producers, with `end` the durable log end:
+    /// what a follower must hold to be promoted without losing an acknowledged message.
+    fn acked_end(&self, end: u64) -> u64 {
+        match self.mode {
+            Mode::Sync { .. } => self.commit_position(),
+            Mode::Async => end,
+        }
     }
 
     fn empty_batch(&self, position: u64) -> ReplicaBatch {
@@ -307,6 +318,8 @@ impl Leader {
             next_position: position,
             commit_position: self.commit_position(),
             checkpoints: Vec::new(),
+            log_end: self.store.replicable_position(),
+            acked_end: self.acked_end(self.store.replicable_position()),
         }
     }
 

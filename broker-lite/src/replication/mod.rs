@@ -9,8 +9,9 @@
 //!   [`ReplicaFetch`](crate::protocol::ReplicaFetch)es (admin permission required: a stranger
 //!   cannot read the log or report offsets, RocketMQ #3015).
 //! - **Follower** ([`start_follower`]): pulls the log from its own log end (RocketMQ HA style),
-//!   stores it under `SYNC_FLUSH`, copies the state checkpoints, and answers only `ping` and
-//!   `describe`. What is carried how is in the `follower` module source.
+//!   stores it under `SYNC_FLUSH`, copies the state checkpoints, and answers only `ping`,
+//!   `describe` and `promote` until promoted. What is carried how is in the `follower` module
+//!   source.
 //!
 //! # Acknowledgements
 //!
@@ -34,11 +35,22 @@
 //!
 //! # Failover
 //!
-//! Manual, by design ready for a controller: stop the in-sync follower and start its data
-//! directory with `--role leader`; the new leadership gets the next epoch. Point the other
-//! nodes at it as followers. A controller would do the same steps: pick an in-sync follower
-//! (`describe` lists the in-sync set), fence the old leader by starting the new epoch, and
-//! restart the rest as followers.
+//! Manual, by design ready for a controller: the admin call
+//! [`Promote`](crate::protocol::PromoteRequest) (`broker-lite --addr <follower> promote`) on a
+//! running follower, admin permission required ([`FollowerNode::promote`] in process). The
+//! follower judges from its leader's last fetch answer, which carries the leader's log end and
+//! how far it had acknowledged sends (commit position under `SYNC_MASTER`, log end under
+//! `ASYNC_MASTER`): it is in sync when it holds all of that. Not in sync, it refuses and says by
+//! how many bytes and since when; `force` promotes anyway and the answer spells out the log
+//! positions that may be lost; `dry_run` only reports. Promotion stops the fetch loop, opens the
+//! store as a [`Broker`](crate::Broker) under [`FollowerConfig::lead_with`] (which starts and
+//! saves the next epoch at the log end) and serves every connection from it, on the same
+//! address. The other nodes then follow it (a returning old leader truncates, see above).
+//!
+//! A controller would: ask every follower with `dry_run`, promote the in-sync one holding the
+//! most (the highest `position`), and point the rest at it. What a follower cannot see is a
+//! leader that went on acknowledging with *another* follower after this one lost contact: the
+//! answer carries the time since the last contact for that reason.
 //!
 //! # Metrics
 //!
@@ -49,7 +61,7 @@
 //!
 //! # Not yet
 //!
-//! An online promote command, automatic failover, re-seeding a follower that fell behind the
+//! Automatic failover, re-seeding a follower that fell behind the
 //! leader's retention (its fetch fails until it is started empty), and copying the leader's stored
 //! timestamps (a follower stamps its copy itself).
 
@@ -57,6 +69,7 @@ mod epochs;
 mod follower;
 mod leader;
 mod node;
+mod promote;
 
 pub use follower::FollowerConfig;
 pub use leader::{FollowerStatus, Leader};

@@ -80,7 +80,7 @@ impl BrokerHandler {
     }
 
     /// What `describe` reports about authentication, TLS and the listen address.
-    pub(super) fn with_security(mut self, security: SecuritySummary) -> Self {
+    pub(crate) fn with_security(mut self, security: SecuritySummary) -> Self {
         self.security = Arc::new(security);
         self
     }
@@ -379,6 +379,17 @@ impl BrokerHandler {
                     ));
                 }
             },
+            // A leader or a single node: promotion is for followers (replication::FollowerNode).
+            Request::Promote(_) => {
+                return Err(BrokerError::InvalidRequest(match b.replication() {
+                    Some(l) => format!(
+                        "this node is already the leader (epoch {}); promote runs on a follower",
+                        l.epoch()
+                    ),
+                    None => "this broker-lite has no replication role; promote runs on a                              follower (`serve --role follower`)"
+                        .into(),
+                }));
+            }
             Request::AuthStart(_) | Request::AuthFinish(_) => {
                 return Err(BrokerError::InvalidRequest(
                     "authentication happens when a connection starts; this one already has".into(),

@@ -71,6 +71,17 @@ fn print_profile(config: &Config, broker: Option<&BrokerDescription>) {
             println!("  broker-lite version: {}", broker.version);
             println!("  broker flush mode:   {}", flush_mode(broker));
             println!("  replication:         {}", replication(broker.replication));
+            if let Some(status) = &broker.replication_status {
+                println!("  replication epoch:   {}", status.epoch);
+                for f in &status.followers {
+                    println!(
+                        "  follower {}: {}, {} bytes behind",
+                        f.name,
+                        if f.in_sync { "in sync" } else { "not in sync" },
+                        f.lag_bytes
+                    );
+                }
+            }
             println!(
                 "  broker retention:    {} (fileReservedTime, B5)",
                 hours(broker.retention_ms)
@@ -250,6 +261,38 @@ fn replication(replication: Replication) -> String {
     }
 }
 
+/// A leader with no follower in its in-sync set: under SYNC_MASTER nothing gets SEND_OK, under
+/// ASYNC_MASTER every acknowledged message is on one disk.
+fn no_follower_in_sync(broker: &BrokerDescription) -> Option<String> {
+    let consequence = match broker.replication {
+        Replication::SyncMaster { .. } => {
+            "sends answer SLAVE_NOT_AVAILABLE (or FLUSH_SLAVE_TIMEOUT), not SEND_OK, until one \
+             catches up"
+        }
+        Replication::AsyncMaster => "every acknowledged message is on this one disk (B3/B4)",
+        Replication::None | Replication::Follower => return None,
+    };
+    let status = broker.replication_status.as_ref()?;
+    if status.followers.iter().any(|f| f.in_sync) {
+        return None;
+    }
+    let followers = if status.followers.is_empty() {
+        "none connected".to_owned()
+    } else {
+        status
+            .followers
+            .iter()
+            .map(|f| format!("{} {} bytes behind", f.name, f.lag_bytes))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    Some(format!(
+        "broker-lite leads epoch {} with no follower in sync (followers: {followers}): \
+         {consequence}; start or repair a follower (`serve --role follower`)",
+        status.epoch
+    ))
+}
+
 /// `72 h`, or with two decimals when not a whole number of hours.
 fn hours(ms: u64) -> String {
     if ms % HOUR_MS == 0 {
@@ -286,9 +329,18 @@ fn warnings(config: &Config, broker: Option<&BrokerDescription>) -> Vec<String> 
         }
         if broker.is_some_and(|b| b.replication == Replication::None) {
             warnings.push(format!(
-                "no replication with critical topics {critical:?} (informational: broker-lite is \
-                 a single node today): its disk is a single point of failure, a lost disk loses \
-                 every stored message (B3/B4)"
+                "no replication with critical topics {critical:?}: this broker-lite's disk is a \
+                 single point of failure, a lost disk loses every stored message (B3/B4); run \
+                 it as a SYNC_MASTER leader with a follower (`serve --role leader`, \
+                 `--role follower`)"
+            ));
+        }
+        if broker.is_some_and(|b| b.replication == Replication::AsyncMaster) {
+            warnings.push(format!(
+                "broker-lite is an ASYNC_MASTER leader while critical topics {critical:?} are \
+                 configured: it acknowledges before a follower holds a message, so a failover \
+                 loses the acknowledged messages of the replication lag (B3); run the leader \
+                 with `--replication sync` (SYNC_MASTER)"
             ));
         }
         if settings.retries == 0 {
@@ -317,6 +369,9 @@ fn warnings(config: &Config, broker: Option<&BrokerDescription>) -> Vec<String> 
                 }
             ));
         }
+        if let Some(w) = no_follower_in_sync(broker) {
+            warnings.push(w);
+        }
         if broker.retention_ms < MIN_RETENTION_MS {
             warnings.push(format!(
                 "broker-lite keeps messages {} (fileReservedTime): messages not consumed within \
@@ -341,119 +396,4 @@ fn warnings(config: &Config, broker: Option<&BrokerDescription>) -> Vec<String> 
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn broker(flush_mode: FlushMode, retention_hours: u64) -> BrokerDescription {
-        BrokerDescription {
-            version: "0.1.0".to_owned(),
-            flush_mode,
-            sync_flush_timeout_ms: 5_000,
-            replication: Replication::None,
-            retention_ms: retention_hours * HOUR_MS,
-            max_disk_bytes: None,
-            max_message_size: 4 << 20,
-            consume_timeout_ms: 900_000,
-            max_reconsume_times: 16,
-            authentication: false,
-            tls: false,
-            listen: "127.0.0.1:9876".to_owned(),
-            replication_status: None,
-        }
-    }
-
-    fn critical(topics: &[&str]) -> Config {
-        let mut config = Config::default();
-        config.broker.critical_topics = topics.iter().map(|t| (*t).to_owned()).collect();
-        config
-    }
-
-    #[test]
-    fn safe_defaults_have_no_warnings() {
-        let sync = broker(FlushMode::Sync, 72);
-        assert_eq!(
-            warnings(&Config::default(), Some(&sync)),
-            Vec::<String>::new()
-        );
-        let async_flush = broker(FlushMode::ASYNC_DEFAULT, 72);
-        assert_eq!(
-            warnings(&Config::default(), Some(&async_flush)),
-            Vec::<String>::new(),
-            "async flush is only risky for critical topics"
-        );
-    }
-
-    #[test]
-    fn async_flush_with_critical_topics_is_a_warning() {
-        let async_flush = broker(FlushMode::ASYNC_DEFAULT, 72);
-        let found = warnings(&critical(&["ORDER_CREATED"]), Some(&async_flush));
-        assert!(
-            found
-                .iter()
-                .any(|w| w.contains("ASYNC_FLUSH") && w.contains("ORDER_CREATED")),
-            "{found:?}"
-        );
-        let sync = broker(FlushMode::Sync, 72);
-        let found = warnings(&critical(&["ORDER_CREATED"]), Some(&sync));
-        assert!(
-            !found.iter().any(|w| w.contains("ASYNC_FLUSH")),
-            "{found:?}"
-        );
-    }
-
-    #[test]
-    fn no_replication_with_critical_topics_is_reported() {
-        let sync = broker(FlushMode::Sync, 72);
-        let found = warnings(&critical(&["ORDER_CREATED"]), Some(&sync));
-        assert_eq!(found.len(), 1, "{found:?}");
-        assert!(found[0].contains("no replication"), "{found:?}");
-    }
-
-    #[test]
-    fn short_retention_is_a_warning() {
-        let short = broker(FlushMode::Sync, 12);
-        let found = warnings(&Config::default(), Some(&short));
-        assert_eq!(found.len(), 1, "{found:?}");
-        assert!(
-            found[0].contains("12 h") && found[0].contains("B5"),
-            "{found:?}"
-        );
-        assert!(warnings(&Config::default(), Some(&broker(FlushMode::Sync, 24))).is_empty());
-    }
-
-    #[test]
-    fn an_older_broker_still_gets_the_flush_reminder() {
-        let found = warnings(&critical(&["ORDER_CREATED"]), None);
-        assert!(
-            found.iter().any(|w| w.contains("does not report")),
-            "{found:?}"
-        );
-    }
-
-    #[test]
-    fn an_open_broker_off_loopback_is_a_warning() {
-        let config = Config::default();
-        let mut open = broker(FlushMode::Sync, 72);
-        assert!(
-            warnings(&config, Some(&open)).is_empty(),
-            "loopback may run open"
-        );
-        open.listen = "0.0.0.0:9876".to_owned();
-        let found = warnings(&config, Some(&open));
-        assert!(
-            found
-                .iter()
-                .any(|w| w.contains("authentication off and TLS off")),
-            "{found:?}"
-        );
-        open.authentication = true;
-        open.tls = true;
-        assert!(warnings(&config, Some(&open)).is_empty());
-    }
-
-    #[test]
-    fn hours_are_printed_exactly() {
-        assert_eq!(hours(72 * HOUR_MS), "72 h");
-        assert_eq!(hours(HOUR_MS / 2), "0.50 h");
-    }
-}
+mod tests;

@@ -6,7 +6,7 @@
 use broker_lite_client::protocol::{Message, SendStatus};
 use broker_lite_client::{Consumer, ConsumerConfig, Producer, ProducerConfig};
 use std::collections::HashSet;
-use std::process::Stdio;
+use std::process::{Output, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -83,6 +83,14 @@ pub(crate) async fn follower(dir: &std::path::Path, addr: &str, leader: &str) ->
         ],
     )
     .await
+}
+
+/// A leader (with `leader_args`) in `root/a` and its follower in `root/b`, once SEND_OK comes.
+pub(crate) async fn pair(root: &std::path::Path, leader_args: &[&str]) -> (Node, Node) {
+    let lead = leader(&root.join("a"), &free_port(), leader_args).await;
+    let follow = follower(&root.join("b"), &free_port(), &lead.addr).await;
+    until_status(&lead.addr, SendStatus::SendOk).await;
+    (lead, follow)
 }
 
 pub(crate) async fn kill9(node: &mut Node) {
@@ -254,4 +262,60 @@ pub(crate) async fn failovers(failovers: usize, replication: &str) -> Vec<Uuid> 
         want.difference(&have).count()
     );
     want.difference(&have).copied().collect()
+}
+
+/// `broker-lite --addr <addr> promote <args>`.
+pub(crate) async fn promote(addr: &str, args: &[&str]) -> Output {
+    tokio::process::Command::new(BIN)
+        .args(["--addr", addr, "promote"])
+        .args(args)
+        .output()
+        .await
+        .unwrap()
+}
+
+pub(crate) fn text(out: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A node's replication status from `describe`.
+pub(crate) async fn status(addr: &str) -> broker_lite_client::protocol::ReplicationStatus {
+    let admin =
+        broker_lite_client::Admin::connect(addr, broker_lite_client::AdminConfig::default())
+            .await
+            .unwrap();
+    admin.describe().await.unwrap().replication_status.unwrap()
+}
+
+/// Polls `describe` on `follower` until its log end reaches the leader's (bounded).
+pub(crate) async fn until_caught_up(leader: &str, follower: &str) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let (l, f) = (status(leader).await.log_end, status(follower).await.log_end);
+        if f == l {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the follower stayed at {f}, the leader at {l}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// SEND_OK ids of `n` sends to `addr`.
+pub(crate) async fn send_acked(addr: &str, n: usize) -> HashSet<uuid::Uuid> {
+    let producer = Producer::connect(addr, producer_config()).await.unwrap();
+    let mut acked = HashSet::new();
+    for i in 0..n {
+        let m = message(format!("m{i}"));
+        let id = m.message_id.unwrap();
+        let r = producer.send(m).await.unwrap();
+        assert_eq!(r.status, SendStatus::SendOk, "send {i}");
+        acked.insert(id);
+    }
+    acked
 }

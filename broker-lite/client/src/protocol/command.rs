@@ -69,11 +69,13 @@ pub enum CommandCode {
     DeadLettersPage = 25,
     /// One page of the messages with a key, bounded by bytes, with a cursor (admin).
     LookupByKeyPage = 26,
+    /// Make a follower the leader, or report whether it could be (replication, admin).
+    Promote = 27,
 }
 
 impl CommandCode {
     /// Every command.
-    pub const ALL: [CommandCode; 26] = [
+    pub const ALL: [CommandCode; 27] = [
         CommandCode::Ping,
         CommandCode::Send,
         CommandCode::SendBatch,
@@ -100,6 +102,7 @@ impl CommandCode {
         CommandCode::ReplicaFetch,
         CommandCode::DeadLettersPage,
         CommandCode::LookupByKeyPage,
+        CommandCode::Promote,
     ];
 
     /// From the wire value.
@@ -144,6 +147,7 @@ impl CommandCode {
             CommandCode::ReplicaFetch => "replica_fetch",
             CommandCode::DeadLettersPage => "dead_letters_page",
             CommandCode::LookupByKeyPage => "lookup_by_key_page",
+            CommandCode::Promote => "promote",
         }
     }
 }
@@ -263,6 +267,8 @@ pub enum Request {
         /// The previous page's [`MessagePage::next`]; `None` for the first page.
         cursor: Option<u64>,
     },
+    /// [`CommandCode::Promote`].
+    Promote(PromoteRequest),
 }
 
 impl Request {
@@ -295,6 +301,7 @@ impl Request {
             Request::ReplicaFetch(_) => CommandCode::ReplicaFetch,
             Request::DeadLettersPage { .. } => CommandCode::DeadLettersPage,
             Request::LookupByKeyPage { .. } => CommandCode::LookupByKeyPage,
+            Request::Promote(_) => CommandCode::Promote,
         }
     }
 
@@ -314,6 +321,7 @@ impl Request {
             Request::AuthStart(a) => a.put(&mut buf),
             Request::AuthFinish(a) => a.put(&mut buf),
             Request::ReplicaFetch(f) => f.put(&mut buf),
+            Request::Promote(p) => p.put(&mut buf),
             Request::CreateTopic(t) => t.put(&mut buf),
             Request::Lag { group } => put_str(&mut buf, group),
             Request::RedriveDeadLetters { group, ids } => {
@@ -376,6 +384,7 @@ impl Request {
             CommandCode::AuthStart => Request::AuthStart(AuthStart::get(b)?),
             CommandCode::AuthFinish => Request::AuthFinish(AuthFinish::get(b)?),
             CommandCode::ReplicaFetch => Request::ReplicaFetch(ReplicaFetch::get(b)?),
+            CommandCode::Promote => Request::Promote(PromoteRequest::get(b)?),
             CommandCode::Lag => Request::Lag {
                 group: get_str(b, "group")?,
             },

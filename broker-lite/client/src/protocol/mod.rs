@@ -56,7 +56,7 @@ pub use frame::{
 pub use types::{
     AckRequest, AuthChallenge, AuthDone, AuthFinish, AuthStart, BrokerDescription, ConsumeModel,
     DeadLetterRequest, Delivery, EpochStart, FlushMode, FollowerView, GroupInfo, Member, Message,
-    MessagePage, MessageView, NackRequest, NackResult, PullRequest, QueueLag, ReplicaBatch,
-    ReplicaFetch, ReplicaRecord, Replication, ReplicationStatus, SendResult, SendStatus,
-    Subscription, TopicInfo, TraceEvent,
+    MessagePage, MessageView, NackRequest, NackResult, PromoteRequest, Promotion, PullRequest,
+    QueueLag, ReplicaBatch, ReplicaFetch, ReplicaRecord, Replication, ReplicationStatus,
+    SendResult, SendStatus, Subscription, TopicInfo, TraceEvent,
 };

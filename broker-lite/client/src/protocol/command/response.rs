@@ -48,6 +48,8 @@ pub enum Response {
     /// One page of messages (answer to [`CommandCode::DeadLettersPage`] and
     /// [`CommandCode::LookupByKeyPage`]).
     Page(MessagePage),
+    /// A follower's standing, and whether it now leads (answer to [`CommandCode::Promote`]).
+    Promoted(Promotion),
 }
 
 impl Response {
@@ -78,6 +80,7 @@ impl Response {
             Response::AuthDone(d) => d.put(&mut buf),
             Response::ReplicaBatch(r) => r.put(&mut buf),
             Response::Page(p) => p.put(&mut buf),
+            Response::Promoted(p) => p.put(&mut buf),
         }
         buf.freeze()
     }
@@ -124,6 +127,7 @@ impl Response {
             CommandCode::DeadLettersPage | CommandCode::LookupByKeyPage => {
                 Response::Page(MessagePage::get(b)?)
             }
+            CommandCode::Promote => Response::Promoted(Promotion::get(b)?),
         };
         ensure_empty(&body)?;
         Ok(response)

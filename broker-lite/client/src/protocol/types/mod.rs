@@ -10,6 +10,7 @@ mod consumer;
 mod describe;
 mod message;
 mod page;
+mod promote;
 mod replica;
 
 pub use admin::{GroupInfo, QueueLag, TopicInfo, TraceEvent};
@@ -21,6 +22,7 @@ pub use consumer::{
 pub use describe::{BrokerDescription, FlushMode, FollowerView, Replication, ReplicationStatus};
 pub use message::{Message, MessageView, SendResult, SendStatus};
 pub use page::MessagePage;
+pub use promote::{PromoteRequest, Promotion};
 pub use replica::{EpochStart, ReplicaBatch, ReplicaFetch, ReplicaRecord};
 
 /// A type with a compact binary encoding.

@@ -146,6 +146,12 @@ pub struct ReplicaBatch {
     pub commit_position: u64,
     /// Named broker checkpoints (topics, consumer offsets), when asked for.
     pub checkpoints: Vec<(String, Bytes)>,
+    /// The leader's durable log end when it answered: a follower at or past it was caught up.
+    pub log_end: u64,
+    /// Up to where the leader had acknowledged sends to producers when it answered: the commit
+    /// position under `SYNC_MASTER`, the durable log end under `ASYNC_MASTER`. A follower that
+    /// holds less would lose acknowledged messages if promoted.
+    pub acked_end: u64,
 }
 
 impl Wire for ReplicaBatch {
@@ -162,6 +168,8 @@ impl Wire for ReplicaBatch {
             put_str(b, name);
             put_bytes(b, bytes);
         });
+        buf.put_u64(self.log_end);
+        buf.put_u64(self.acked_end);
     }
 
     fn get(buf: &mut Bytes) -> Result<Self, DecodeError> {
@@ -179,6 +187,8 @@ impl Wire for ReplicaBatch {
             checkpoints: get_list(buf, 8, "checkpoints", |b| {
                 Ok((get_str(b, "checkpoint name")?, get_bytes(b, "checkpoint")?))
             })?,
+            log_end: get_u64(buf, "log end")?,
+            acked_end: get_u64(buf, "acked end")?,
         })
     }
 }
