@@ -5,6 +5,7 @@ use uuid::Uuid;
 use super::Broker;
 use super::consumer::MessageModel;
 use super::error::{BrokerError, Result};
+use super::index;
 use super::message::StoredMessage;
 
 /// A consumer group.
@@ -123,17 +124,14 @@ impl Broker {
         Ok(lags)
     }
 
-    /// The message with id `id`, from the in-memory index rebuilt from the log on open; `None`
+    /// The message with id `id`, from the store's on-disk id index; `None`
     /// when unknown or removed by retention. A dead-lettered or re-driven copy keeps the id; the
     /// original is returned.
     ///
     /// # Errors
     /// [`BrokerError::Storage`] when the record cannot be read.
     pub async fn lookup(&self, id: Uuid) -> Result<Option<StoredMessage>> {
-        let Some(position) = self.inner.index.lock().unwrap().by_id(&id) else {
-            return Ok(None);
-        };
-        self.read_position(position).await
+        Ok(self.inner.store.find_by_id(id).await?.map(Into::into))
     }
 
     /// The newest messages of `topic` with `key`, newest first, at most `limit`.
@@ -146,21 +144,8 @@ impl Broker {
         key: &str,
         limit: usize,
     ) -> Result<Vec<StoredMessage>> {
-        let positions = self.inner.index.lock().unwrap().by_key(topic, key, limit);
-        let mut out = Vec::with_capacity(positions.len());
-        for p in positions {
-            if let Some(m) = self.read_position(p).await? {
-                out.push(m);
-            }
-        }
-        Ok(out)
-    }
-
-    async fn read_position(&self, position: u64) -> Result<Option<StoredMessage>> {
-        match self.inner.store.read_at(position).await {
-            Ok(r) => Ok(Some(r.into())),
-            Err(crate::storage::StorageError::NotFound(_)) => Ok(None),
-            Err(e) => Err(e.into()),
-        }
+        let limit = limit.min(index::MAX_PER_KEY);
+        let records = self.inner.store.find_by_key(topic, key, limit).await?;
+        Ok(records.into_iter().map(Into::into).collect())
     }
 }

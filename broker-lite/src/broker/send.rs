@@ -180,7 +180,7 @@ impl Broker {
         }
         let heads: Vec<_> = records
             .iter()
-            .map(|r| (r.message_id, r.topic.clone(), r.queue_id, r.key.clone()))
+            .map(|r| (r.message_id, r.topic.clone(), r.queue_id))
             .collect();
         let appended = match self.inner.store.append_batch(records).await {
             Ok(a) => a,
@@ -199,14 +199,13 @@ impl Broker {
         let mut results = Vec::with_capacity(heads.len());
         let mut index = self.inner.index.lock().unwrap();
         let mut trace = self.inner.trace.lock().unwrap();
-        for ((message_id, topic, queue_id, key), a) in heads.into_iter().zip(appended) {
+        for ((message_id, topic, queue_id), a) in heads.into_iter().zip(appended) {
             let mut status = status_of(a.outcome, self.inner.config.replication);
             if status.is_ok() {
                 status = replicated;
             }
             metrics::counter!("broker_lite_sends_total", "status" => format!("{status:?}"))
                 .increment(1);
-            index.insert(message_id, &topic, key.as_deref(), a.log_position);
             if !topic.starts_with('%') {
                 index
                     .sent

@@ -31,6 +31,14 @@ pub fn async_config() -> StoreConfig {
     c
 }
 
+/// [`config`] with every record checked on open (`verify_log_on_open`): damage anywhere in the
+/// log refuses the open, not only damage in the tail past the index checkpoint.
+pub fn verifying() -> StoreConfig {
+    let mut c = config();
+    c.verify_log_on_open = true;
+    c
+}
+
 /// Opens a store on `backend`.
 pub async fn open(backend: &FaultyBackend, c: StoreConfig) -> Result<Store, StorageError> {
     Store::open_with_backend(Arc::new(backend.clone()), c).await

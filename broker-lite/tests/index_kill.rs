@@ -1,0 +1,122 @@
+//! A real `kill -9` of a process appending keyed records under sync flush, with index checkpoints
+//! every few milliseconds: after the restart every acknowledged record is readable at its queue
+//! offset, by id and by key, and no queue holds a record twice.
+//!
+//! The test runs its own binary again as the child (selected by an environment variable).
+
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use broker_lite::storage::{FlushOutcome, NewRecord, Store, StoreConfig};
+
+const CHILD_DIR: &str = "BROKER_LITE_INDEX_KILL_DIR";
+const TEST_NAME: &str = "kill_9_mid_write_keeps_every_index_entry";
+
+fn config() -> StoreConfig {
+    let mut c = StoreConfig::default();
+    c.segment_size = 256 * 1024;
+    c.max_record_size = 16 * 1024;
+    c.checkpoint_interval = Duration::from_millis(5);
+    c.index_file_entries = 64;
+    c.index_cache_entries = 8;
+    c
+}
+
+/// The child: four producers append until killed (or 20 000 records, as a safety bound).
+fn child(dir: &str) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let store = Store::open(dir, config()).await.unwrap();
+        let tasks: Vec<_> = (0..4u32)
+            .map(|q| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    for i in 0..5_000u32 {
+                        let body = format!("q{q} i{i} {}", "x".repeat((i % 1500) as usize));
+                        let r = NewRecord::new("kill", q, body).with_key(format!("k{}", i % 5));
+                        let id = r.message_id;
+                        let a = store.append(r).await.unwrap();
+                        if a.outcome == FlushOutcome::Flushed {
+                            println!("ACK {q} {} {id} k{}", a.queue_offset, i % 5);
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+    });
+}
+
+#[test]
+fn kill_9_mid_write_keeps_every_index_entry() -> anyhow::Result<()> {
+    if let Ok(dir) = std::env::var(CHILD_DIR) {
+        child(&dir);
+        return Ok(());
+    }
+    let dir = tempfile::tempdir()?;
+    let mut proc = Command::new(std::env::current_exe()?)
+        .args([TEST_NAME, "--exact", "--nocapture", "--test-threads=1"])
+        .env(CHILD_DIR, dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let mut acked = Vec::new();
+    for line in BufReader::new(proc.stdout.take().unwrap()).lines() {
+        let line = line?;
+        let Some(rest) = line.strip_prefix("ACK ") else {
+            continue;
+        };
+        let parts: Vec<&str> = rest.split(' ').collect();
+        acked.push((
+            parts[0].parse::<u32>()?,
+            parts[1].parse::<u64>()?,
+            parts[2].to_string(),
+            parts[3].to_string(),
+        ));
+        if acked.len() == 1200 {
+            break;
+        }
+    }
+    proc.kill()?; // SIGKILL
+    proc.wait()?;
+    assert_eq!(
+        acked.len(),
+        1200,
+        "the child acknowledged too little before exiting"
+    );
+
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async {
+        let store = Store::open(dir.path(), config()).await?;
+        for (q, offset, id, _) in &acked {
+            let got = store.read_queue("kill", *q, *offset, 1, usize::MAX).await?;
+            assert_eq!(got[0].queue_offset, *offset);
+            assert_eq!(got[0].message_id.to_string(), *id);
+            let found = store.find_by_id(got[0].message_id).await?.expect("by id");
+            assert_eq!((found.queue_id, found.queue_offset), (*q, *offset));
+        }
+        for q in 0..4 {
+            let all = store
+                .read_queue("kill", q, 0, usize::MAX, usize::MAX)
+                .await?;
+            let ids: HashSet<_> = all.iter().map(|r| r.message_id).collect();
+            assert_eq!(ids.len(), all.len(), "queue {q} holds a record twice");
+            let bounds = store.queue_bounds("kill", q).unwrap();
+            assert_eq!(bounds.max, all.len() as u64);
+        }
+        let keyed = store.find_by_key("kill", "k2", usize::MAX).await?;
+        let keyed: HashSet<String> = keyed.iter().map(|r| r.message_id.to_string()).collect();
+        for (_, _, id, key) in &acked {
+            if key == "k2" {
+                assert!(keyed.contains(id), "{id} not found by its key");
+            }
+        }
+        let a = store.append(NewRecord::new("kill", 0, "after")).await?;
+        assert_eq!(a.outcome, FlushOutcome::Flushed);
+        anyhow::Ok(())
+    })
+}
