@@ -213,3 +213,20 @@ async fn retention_removes_the_index_files_of_removed_records() -> anyhow::Resul
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn a_failed_index_fsync_still_lets_the_checkpoint_through() -> anyhow::Result<()> {
+    let backend = FaultyBackend::new();
+    let store = open(&backend, config()).await?;
+    let mut acked = Vec::new();
+    append(&store, 0, 120, &mut acked).await?;
+    // The index files are derived data: a disk that refuses their fsync must not keep the log's
+    // checkpoint (nor, after a failure, its fence) from being written.
+    backend.fail_sync_of(Some("ix00000000000000000000"));
+    store.close().await?;
+    backend.fail_sync_of(None);
+    let after = backend.crash();
+    let store = open(&after, config()).await?;
+    check(&store, &acked, "after a failed index fsync and a crash").await?;
+    Ok(())
+}

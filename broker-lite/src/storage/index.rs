@@ -448,6 +448,27 @@ mod tests {
     }
 
     #[test]
+    fn memory_keeps_only_the_newest_entries_of_each_queue() {
+        let mut ix = index(8);
+        for i in 0..10_000u64 {
+            ix.push("t", (i % 3) as u32, e(i * 10));
+            if i % 100 == 99 {
+                ix.write_pending(i * 10 + 10).unwrap();
+            }
+        }
+        for q in ix.queues.values().flat_map(|m| m.values()) {
+            assert!(q.tail.len() <= 8, "{} entries in memory", q.tail.len());
+        }
+        // Old offsets come back from the files.
+        let old = ix.range("t", 1, 10, u64::MAX, 3, usize::MAX).unwrap();
+        assert_eq!(old, vec![e(310), e(340), e(370)]);
+        assert_eq!(
+            ix.bounds("t", 1, 5000),
+            Some(QueueBounds { min: 0, max: 167 })
+        );
+    }
+
+    #[test]
     fn recovered_offsets_must_follow() {
         let mut ix = index(10);
         ix.push_recovered("t", 0, 5, e(0)).unwrap();

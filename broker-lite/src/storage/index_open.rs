@@ -19,7 +19,7 @@ use std::sync::Arc;
 use super::backend::StorageBackend;
 use super::checkpoint::StoreCheckpoint;
 use super::config::StoreConfig;
-use super::error::Result;
+use super::error::{Result, StorageError};
 use super::id_index::{self, IdFile, IdIndex};
 use super::index::{Index, QueueIndex, QueueState};
 use super::queue_files::{self, QueueFiles};
@@ -161,7 +161,12 @@ pub(crate) fn open(
             remove(backend, &id_index::file_name(s.base));
             continue;
         }
-        let (mut file, sealed) = IdFile::open(&**backend, s.base).expect("checked above");
+        let (mut file, sealed) = IdFile::open(&**backend, s.base).ok_or_else(|| {
+            StorageError::Inconsistent(format!(
+                "the id index file of segment {} cannot be opened again",
+                s.name
+            ))
+        })?;
         if sealed && s.end() < start {
             id_files.push(file);
             continue;

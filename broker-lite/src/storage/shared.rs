@@ -218,29 +218,38 @@ impl Shared {
             .iter()
             .try_for_each(|f| f.sync_data())
             .and_then(|()| self.backend.sync_dir());
-        if let Err(e) = synced {
-            self.index.write().unwrap().restore_dirty(written.dirty);
-            return Err(StorageError::io("fsync the index files", e));
-        }
-        let ids: std::collections::HashMap<u64, u32> = written.id_counts.into_iter().collect();
-        let segments = self
-            .segments
-            .read()
-            .unwrap()
-            .iter()
-            .map(|s| {
-                (
-                    s.base,
-                    s.newest_ms(),
-                    ids.get(&s.base).copied().unwrap_or(0),
-                )
-            })
-            .collect();
-        let index = Some(IndexCheckpoint {
-            position: written.through,
-            queues: written.queues,
-            segments,
-        });
+        let index = match synced {
+            Ok(()) => {
+                let ids: std::collections::HashMap<u64, u32> =
+                    written.id_counts.into_iter().collect();
+                let segments = self
+                    .segments
+                    .read()
+                    .unwrap()
+                    .iter()
+                    .map(|s| {
+                        (
+                            s.base,
+                            s.newest_ms(),
+                            ids.get(&s.base).copied().unwrap_or(0),
+                        )
+                    })
+                    .collect();
+                Some(IndexCheckpoint {
+                    position: written.through,
+                    queues: written.queues,
+                    segments,
+                })
+            }
+            Err(e) => {
+                // The index files are derived data: rather than keep the log checkpoint (or a
+                // fence) from being written, record no index position; the next open then
+                // rebuilds the index from the whole log.
+                tracing::warn!(error = %e, "could not fsync the index files; the next open rebuilds them from the log");
+                self.index.write().unwrap().restore_dirty(written.dirty);
+                None
+            }
+        };
         // Every checkpoint written after a failure keeps the fence; `flushed` no longer moves then.
         let fenced = self.check_failed().is_err();
         let payload = StoreCheckpoint {
