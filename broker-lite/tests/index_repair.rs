@@ -111,6 +111,13 @@ fn garbage_tail(path: &Path, bytes: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn remove_all(dir: &Path, prefix: &str) -> anyhow::Result<()> {
+    for p in files(dir, prefix)? {
+        std::fs::remove_file(p)?;
+    }
+    Ok(())
+}
+
 fn cut(path: &Path, keep: u64) -> anyhow::Result<()> {
     let file = std::fs::OpenOptions::new().write(true).open(path)?;
     file.set_len(keep)?;
@@ -150,11 +157,7 @@ async fn damaged_or_removed_index_files_are_rebuilt_from_the_log() -> anyhow::Re
         ("the last queue index file with a garbage tail", |d| {
             garbage_tail(files(d, "cq")?.last().unwrap(), 40)
         }),
-        ("every queue index file removed", |d| {
-            files(d, "cq")?
-                .iter()
-                .try_for_each(|p| Ok(std::fs::remove_file(p)?))
-        }),
+        ("every queue index file removed", |d| remove_all(d, "cq")),
         ("the first id index file cut", |d| {
             let f = &files(d, "ix")?[0];
             cut(f, std::fs::metadata(f)?.len() / 2)
@@ -162,11 +165,7 @@ async fn damaged_or_removed_index_files_are_rebuilt_from_the_log() -> anyhow::Re
         ("the last id index file with a garbage tail", |d| {
             garbage_tail(files(d, "ix")?.last().unwrap(), 50)
         }),
-        ("every id index file removed", |d| {
-            files(d, "ix")?
-                .iter()
-                .try_for_each(|p| Ok(std::fs::remove_file(p)?))
-        }),
+        ("every id index file removed", |d| remove_all(d, "ix")),
     ];
     for (what, damage) in damages {
         let dir = tempfile::tempdir()?;

@@ -43,3 +43,44 @@ pub fn verifying() -> StoreConfig {
 pub async fn open(backend: &FaultyBackend, c: StoreConfig) -> Result<Store, StorageError> {
     Store::open_with_backend(Arc::new(backend.clone()), c).await
 }
+
+/// Runs test `test` of this test binary again as a child process, with environment variable
+/// `env` set to `dir` (the child's cue to append), reads the `ACK ...` lines it prints until
+/// `want` of them, then kills it with SIGKILL. Returns the space-separated fields after `ACK`.
+///
+/// # Panics
+/// When the child acknowledges fewer than `want` records before it exits.
+pub fn acks_before_kill(
+    test: &str,
+    env: &str,
+    dir: &std::path::Path,
+    want: usize,
+) -> anyhow::Result<Vec<Vec<String>>> {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    let mut proc = Command::new(std::env::current_exe()?)
+        .args([test, "--exact", "--nocapture", "--test-threads=1"])
+        .env(env, dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let mut acked = Vec::new();
+    for line in BufReader::new(proc.stdout.take().unwrap()).lines() {
+        let line = line?;
+        if let Some(rest) = line.strip_prefix("ACK ") {
+            acked.push(rest.split(' ').map(str::to_string).collect());
+            if acked.len() == want {
+                break;
+            }
+        }
+    }
+    proc.kill()?; // SIGKILL
+    proc.wait()?;
+    assert_eq!(
+        acked.len(),
+        want,
+        "the child acknowledged too little before exiting"
+    );
+    Ok(acked)
+}
