@@ -22,28 +22,9 @@ fn config() -> StoreConfig {
 
 /// The child: four producers append until killed (or 20 000 records, as a safety bound).
 fn child(dir: &str) {
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
-        let store = Store::open(dir, config()).await.unwrap();
-        let tasks: Vec<_> = (0..4u32)
-            .map(|q| {
-                let store = store.clone();
-                tokio::spawn(async move {
-                    for i in 0..5_000u32 {
-                        let body = format!("q{q} i{i} {}", "x".repeat((i % 2000) as usize));
-                        let r = NewRecord::new("kill", q, body);
-                        let id = r.message_id;
-                        let a = store.append(r).await.unwrap();
-                        if a.outcome == FlushOutcome::Flushed {
-                            println!("ACK {q} {} {id}", a.queue_offset);
-                        }
-                    }
-                })
-            })
-            .collect();
-        for t in tasks {
-            t.await.unwrap();
-        }
+    storage_common::append_until_killed(dir, config(), |q, i| {
+        let body = format!("q{q} i{i} {}", "x".repeat((i % 2000) as usize));
+        NewRecord::new("kill", q, body)
     });
 }
 

@@ -84,3 +84,37 @@ pub fn acks_before_kill(
     );
     Ok(acked)
 }
+
+/// The child of a kill test: four producers (one per queue of topic `kill`) append `make(queue,
+/// i)` for `i` up to 5 000 (a safety bound; the parent kills it long before) and print
+/// `ACK <queue> <offset> <id>` for every record acknowledged `Flushed`, followed by the record's
+/// key when it has one.
+pub fn append_until_killed(
+    dir: &str,
+    config: StoreConfig,
+    make: fn(u32, u32) -> broker_lite::storage::NewRecord,
+) {
+    use broker_lite::storage::FlushOutcome;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let store = Store::open(dir, config).await.unwrap();
+        let tasks: Vec<_> = (0..4u32)
+            .map(|q| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    for i in 0..5_000u32 {
+                        let r = make(q, i);
+                        let (id, key) = (r.message_id, r.key.clone().unwrap_or_default());
+                        let a = store.append(r).await.unwrap();
+                        if a.outcome == FlushOutcome::Flushed {
+                            println!("ACK {q} {} {id} {key}", a.queue_offset);
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+    });
+}
