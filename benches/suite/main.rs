@@ -22,6 +22,7 @@
 //!
 //! Writes `<target dir>/bench-report/report.md` and `report.json`.
 
+mod broker_memory;
 mod brokers;
 mod consumers;
 mod enqueue;
@@ -147,6 +148,9 @@ fn machine() -> Vec<(String, String)> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    if let Some(dir) = broker_memory::child_dir() {
+        return broker_memory::child(dir).await;
+    }
     let args: Vec<String> = std::env::args().skip(1).collect();
     let params = if args.iter().any(|a| a == "--quick") {
         Params::quick()
@@ -394,6 +398,9 @@ async fn main() -> anyhow::Result<()> {
         }
         if wanted(9) {
             replication::run(&params, &mut report).await?;
+        }
+        if wanted(11) && repeat == 1 {
+            broker_memory::run(&params, &mut report).await?;
         }
     }
     notes(&mut report, &params);

@@ -14,7 +14,7 @@ type Acked = (Uuid, u32, u64, bytes::Bytes);
 
 mod storage_common;
 
-use storage_common::{FIRST_SEGMENT, async_config, config, open};
+use storage_common::{FIRST_SEGMENT, async_config, config, open, verifying};
 
 fn rec(i: u64) -> NewRecord {
     NewRecord::new(
@@ -135,7 +135,7 @@ async fn a_flipped_bit_below_the_durable_position_refuses_to_start() -> anyhow::
     let victim = appended[2].log_position;
     backend.flip_bit(FIRST_SEGMENT, victim + 70, 3);
 
-    let err = open(&backend, config()).await.unwrap_err();
+    let err = open(&backend, verifying()).await.unwrap_err();
     match &err {
         StorageError::Corrupt {
             segment, offset, ..
@@ -167,7 +167,7 @@ async fn a_corrupt_record_on_real_files_names_segment_and_offset() -> anyhow::Re
     let pos = last.unwrap().log_position as usize;
     bytes[pos + 60] ^= 0x40;
     std::fs::write(&path, bytes)?;
-    let err = Store::open(dir.path(), config()).await.unwrap_err();
+    let err = Store::open(dir.path(), verifying()).await.unwrap_err();
     assert!(
         matches!(err, StorageError::Corrupt { offset, .. } if offset == pos as u64),
         "{err}"
@@ -262,6 +262,7 @@ async fn the_durable_position_is_checkpointed_on_an_interval() -> anyhow::Result
     // Without a clean close, damage to a checkpointed record still stops recovery.
     let after = backend.crash();
     after.flip_bit(FIRST_SEGMENT, first.log_position + 60, 0);
+    c.verify_log_on_open = true;
     assert!(matches!(
         open(&after, c).await,
         Err(StorageError::Corrupt { offset: 0, .. })

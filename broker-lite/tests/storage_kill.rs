@@ -3,11 +3,11 @@
 //!
 //! The test runs its own binary again as the child (selected by an environment variable).
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use broker_lite::storage::{FlushOutcome, NewRecord, Store, StoreConfig};
+
+mod storage_common;
 
 const CHILD_DIR: &str = "BROKER_LITE_KILL_TEST_DIR";
 const TEST_NAME: &str = "kill_9_loses_no_acknowledged_record";
@@ -22,28 +22,9 @@ fn config() -> StoreConfig {
 
 /// The child: four producers append until killed (or 20 000 records, as a safety bound).
 fn child(dir: &str) {
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
-        let store = Store::open(dir, config()).await.unwrap();
-        let tasks: Vec<_> = (0..4u32)
-            .map(|q| {
-                let store = store.clone();
-                tokio::spawn(async move {
-                    for i in 0..5_000u32 {
-                        let body = format!("q{q} i{i} {}", "x".repeat((i % 2000) as usize));
-                        let r = NewRecord::new("kill", q, body);
-                        let id = r.message_id;
-                        let a = store.append(r).await.unwrap();
-                        if a.outcome == FlushOutcome::Flushed {
-                            println!("ACK {q} {} {id}", a.queue_offset);
-                        }
-                    }
-                })
-            })
-            .collect();
-        for t in tasks {
-            t.await.unwrap();
-        }
+    storage_common::append_until_killed(dir, config(), |q, i| {
+        let body = format!("q{q} i{i} {}", "x".repeat((i % 2000) as usize));
+        NewRecord::new("kill", q, body)
     });
 }
 
@@ -54,35 +35,10 @@ fn kill_9_loses_no_acknowledged_record() -> anyhow::Result<()> {
         return Ok(());
     }
     let dir = tempfile::tempdir()?;
-    let mut proc = Command::new(std::env::current_exe()?)
-        .args([TEST_NAME, "--exact", "--nocapture", "--test-threads=1"])
-        .env(CHILD_DIR, dir.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()?;
     let mut acked = Vec::new();
-    for line in BufReader::new(proc.stdout.take().unwrap()).lines() {
-        let line = line?;
-        let Some(rest) = line.strip_prefix("ACK ") else {
-            continue;
-        };
-        let parts: Vec<&str> = rest.split(' ').collect();
-        acked.push((
-            parts[0].parse::<u32>()?,
-            parts[1].parse::<u64>()?,
-            parts[2].to_string(),
-        ));
-        if acked.len() == 400 {
-            break;
-        }
+    for f in storage_common::acks_before_kill(TEST_NAME, CHILD_DIR, dir.path(), 400)? {
+        acked.push((f[0].parse::<u32>()?, f[1].parse::<u64>()?, f[2].clone()));
     }
-    proc.kill()?; // SIGKILL
-    proc.wait()?;
-    assert_eq!(
-        acked.len(),
-        400,
-        "the child acknowledged too little before exiting"
-    );
 
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async {

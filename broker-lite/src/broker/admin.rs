@@ -5,6 +5,7 @@ use uuid::Uuid;
 use super::Broker;
 use super::consumer::MessageModel;
 use super::error::{BrokerError, Result};
+use super::index;
 use super::message::StoredMessage;
 
 /// A consumer group.
@@ -162,17 +163,14 @@ impl Broker {
         Ok(lags)
     }
 
-    /// The message with id `id`, from the in-memory index rebuilt from the log on open; `None`
+    /// The message with id `id`, from the store's on-disk id index; `None`
     /// when unknown or removed by retention. A dead-lettered or re-driven copy keeps the id; the
     /// original is returned.
     ///
     /// # Errors
     /// [`BrokerError::Storage`] when the record cannot be read.
     pub async fn lookup(&self, id: Uuid) -> Result<Option<StoredMessage>> {
-        let Some(position) = self.inner.index.lock().unwrap().by_id(&id) else {
-            return Ok(None);
-        };
-        self.read_position(position).await
+        Ok(self.inner.store.find_by_id(id).await?.map(Into::into))
     }
 
     /// One page of the messages of `topic` with `key`, newest first: at most `limit` and at
@@ -199,33 +197,32 @@ impl Broker {
         cursor: Option<u64>,
         max_bytes: usize,
     ) -> Result<MessagePage> {
-        // Log positions, newest first; the cursor is the position of the last one returned.
-        let positions = self
+        // Newest first; the cursor is the log position of the last one returned. One more than
+        // the page may hold tells whether another page follows.
+        let limit = limit.min(index::MAX_PER_KEY);
+        let records = self
             .inner
-            .index
-            .lock()
-            .unwrap()
-            .by_key(topic, key, usize::MAX);
+            .store
+            .find_by_key_before(topic, key, limit.saturating_add(1), cursor)
+            .await?;
         let mut budget = PageBudget::new(max_bytes);
         let mut page = MessagePage::default();
-        let mut rest = positions
-            .into_iter()
-            .filter(|&p| cursor.is_none_or(|c| p < c))
-            .peekable();
-        while let Some(&p) = rest.peek() {
+        let mut more = false;
+        for r in records {
             if page.messages.len() == limit {
+                more = true;
                 break;
             }
-            if let Some(m) = self.read_position(p).await? {
-                if !budget.take_view(&m) {
-                    break;
-                }
-                page.messages.push(m);
+            let position = r.log_position;
+            let m = StoredMessage::from(r);
+            if !budget.take_view(&m) {
+                more = true;
+                break;
             }
-            rest.next();
-            page.next = Some(p);
+            page.messages.push(m);
+            page.next = Some(position);
         }
-        if rest.peek().is_none() {
+        if !more {
             page.next = None;
         }
         Ok(page)
@@ -241,21 +238,8 @@ impl Broker {
         key: &str,
         limit: usize,
     ) -> Result<Vec<StoredMessage>> {
-        let positions = self.inner.index.lock().unwrap().by_key(topic, key, limit);
-        let mut out = Vec::with_capacity(positions.len());
-        for p in positions {
-            if let Some(m) = self.read_position(p).await? {
-                out.push(m);
-            }
-        }
-        Ok(out)
-    }
-
-    async fn read_position(&self, position: u64) -> Result<Option<StoredMessage>> {
-        match self.inner.store.read_at(position).await {
-            Ok(r) => Ok(Some(r.into())),
-            Err(crate::storage::StorageError::NotFound(_)) => Ok(None),
-            Err(e) => Err(e.into()),
-        }
+        let limit = limit.min(index::MAX_PER_KEY);
+        let records = self.inner.store.find_by_key(topic, key, limit).await?;
+        Ok(records.into_iter().map(Into::into).collect())
     }
 }

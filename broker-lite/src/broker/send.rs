@@ -292,7 +292,7 @@ impl Broker {
         }
         let heads: Vec<_> = records
             .iter()
-            .map(|r| (r.message_id, r.topic.clone(), r.queue_id, r.key.clone()))
+            .map(|r| (r.message_id, r.topic.clone(), r.queue_id))
             .collect();
         let appended = match self.inner.store.append_batch(records).await {
             Ok(a) => a,
@@ -302,12 +302,11 @@ impl Broker {
                 return Err(e.into());
             }
         };
-        // Indexed (and in the send window) before the wait for replicas, so that a retry
-        // arriving meanwhile is answered from this copy.
+        // In the send window before the wait for replicas, so that a retry arriving meanwhile is
+        // answered from this copy.
         {
             let mut index = self.inner.index.lock().unwrap();
-            for ((message_id, topic, queue_id, key), a) in heads.iter().zip(&appended) {
-                index.insert(*message_id, topic, key.as_deref(), a.log_position);
+            for ((message_id, topic, queue_id), a) in heads.iter().zip(&appended) {
                 if !topic.starts_with('%') {
                     index.sent.insert(
                         *message_id,
@@ -328,7 +327,7 @@ impl Broker {
         let now = self.now_ms();
         let mut results = Vec::with_capacity(heads.len());
         let mut trace = self.inner.trace.lock().unwrap();
-        for ((message_id, topic, queue_id, _), a) in heads.into_iter().zip(appended) {
+        for ((message_id, topic, queue_id), a) in heads.into_iter().zip(appended) {
             let mut status = status_of(a.outcome, self.inner.config.replication);
             if status.is_ok() {
                 status = replicated;

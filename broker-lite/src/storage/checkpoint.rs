@@ -9,6 +9,7 @@ use bytes::Bytes;
 
 use super::backend::StorageBackend;
 use super::error::{Result, StorageError};
+use super::index::QueueState;
 
 const MAGIC: &[u8; 4] = b"CKP1";
 /// Suffix of temporary files; leftovers are removed when the store opens.
@@ -99,6 +100,20 @@ pub(crate) struct StoreCheckpoint {
     /// reads back fine (the page cache may hold data the disk never got; "fsyncgate"), so the next
     /// open cuts the log at `durable`. Encoded as a trailing byte `1`; absent in older files.
     pub(crate) fenced: bool,
+    /// How far the index files are durable; absent in files written before they existed (the
+    /// open then rebuilds them from the whole log). Encoded after the fence byte, tagged `2`.
+    pub(crate) index: Option<IndexCheckpoint>,
+}
+
+/// How far the index files were written and fsynced when the checkpoint was taken.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct IndexCheckpoint {
+    /// Log position below which every record's entries are in the index files.
+    pub(crate) position: u64,
+    /// Every queue: its file number and how many entries are in its files.
+    pub(crate) queues: Vec<QueueState>,
+    /// Every segment: (base, newest stored timestamp in ms, entries in its id index file).
+    pub(crate) segments: Vec<(u64, u64, u32)>,
 }
 
 impl StoreCheckpoint {
@@ -115,18 +130,28 @@ impl StoreCheckpoint {
         if self.fenced {
             buf.push(1);
         }
+        if let Some(ix) = &self.index {
+            buf.push(2);
+            buf.extend_from_slice(&ix.position.to_le_bytes());
+            buf.extend_from_slice(&(ix.queues.len() as u32).to_le_bytes());
+            for q in &ix.queues {
+                buf.extend_from_slice(&(q.topic.len() as u16).to_le_bytes());
+                buf.extend_from_slice(q.topic.as_bytes());
+                buf.extend_from_slice(&q.queue_id.to_le_bytes());
+                buf.extend_from_slice(&q.number.to_le_bytes());
+                buf.extend_from_slice(&q.next.to_le_bytes());
+            }
+            buf.extend_from_slice(&(ix.segments.len() as u32).to_le_bytes());
+            for (base, newest, ids) in &ix.segments {
+                buf.extend_from_slice(&base.to_le_bytes());
+                buf.extend_from_slice(&newest.to_le_bytes());
+                buf.extend_from_slice(&ids.to_le_bytes());
+            }
+        }
         buf
     }
 
     pub(crate) fn decode(mut b: &[u8]) -> Option<Self> {
-        fn take<'a>(b: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
-            if b.len() < n {
-                return None;
-            }
-            let (head, tail) = b.split_at(n);
-            *b = tail;
-            Some(head)
-        }
         let durable = u64::from_le_bytes(take(&mut b, 8)?.try_into().ok()?);
         let count = u32::from_le_bytes(take(&mut b, 4)?.try_into().ok()?);
         let mut floors = Vec::new();
@@ -137,17 +162,69 @@ impl StoreCheckpoint {
             let min = u64::from_le_bytes(take(&mut b, 8)?.try_into().ok()?);
             floors.push((topic, queue_id, min));
         }
-        let fenced = match b {
-            [] => false,
-            [1] => true,
-            _ => return None,
+        let fenced = b.first() == Some(&1);
+        if fenced {
+            b = &b[1..];
+        }
+        let index = match b.first() {
+            None => None,
+            Some(2) => {
+                b = &b[1..];
+                Some(decode_index(&mut b)?)
+            }
+            Some(_) => return None,
         };
+        if !b.is_empty() {
+            return None;
+        }
         Some(StoreCheckpoint {
             durable,
             floors,
             fenced,
+            index,
         })
     }
+}
+
+fn take<'a>(b: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+    if b.len() < n {
+        return None;
+    }
+    let (head, tail) = b.split_at(n);
+    *b = tail;
+    Some(head)
+}
+
+fn u32_of(b: &mut &[u8]) -> Option<u32> {
+    Some(u32::from_le_bytes(take(b, 4)?.try_into().ok()?))
+}
+
+fn u64_of(b: &mut &[u8]) -> Option<u64> {
+    Some(u64::from_le_bytes(take(b, 8)?.try_into().ok()?))
+}
+
+fn decode_index(b: &mut &[u8]) -> Option<IndexCheckpoint> {
+    let position = u64_of(b)?;
+    let mut queues = Vec::new();
+    for _ in 0..u32_of(b)? {
+        let len = u16::from_le_bytes(take(b, 2)?.try_into().ok()?) as usize;
+        let topic = String::from_utf8(take(b, len)?.to_vec()).ok()?;
+        queues.push(QueueState {
+            topic,
+            queue_id: u32_of(b)?,
+            number: u64_of(b)?,
+            next: u64_of(b)?,
+        });
+    }
+    let mut segments = Vec::new();
+    for _ in 0..u32_of(b)? {
+        segments.push((u64_of(b)?, u64_of(b)?, u32_of(b)?));
+    }
+    Some(IndexCheckpoint {
+        position,
+        queues,
+        segments,
+    })
 }
 
 #[cfg(test)]
@@ -195,6 +272,7 @@ mod tests {
             durable: 77,
             floors: vec![("a".into(), 1, 5), ("topic".into(), 0, 0)],
             fenced: false,
+            index: None,
         };
         assert_eq!(StoreCheckpoint::decode(&c.encode()), Some(c.clone()));
         assert_eq!(StoreCheckpoint::decode(&c.encode()[..10]), None);
@@ -203,6 +281,21 @@ mod tests {
         let mut bad = c.encode();
         bad.push(0);
         assert_eq!(StoreCheckpoint::decode(&bad), None);
+        c.index = Some(IndexCheckpoint {
+            position: 70,
+            queues: vec![QueueState {
+                topic: "a".into(),
+                queue_id: 1,
+                number: 3,
+                next: 9,
+            }],
+            segments: vec![(0, 1234, 17)],
+        });
+        assert_eq!(StoreCheckpoint::decode(&c.encode()), Some(c.clone()));
+        c.fenced = false;
+        assert_eq!(StoreCheckpoint::decode(&c.encode()), Some(c.clone()));
+        let full = c.encode();
+        assert_eq!(StoreCheckpoint::decode(&full[..full.len() - 1]), None);
     }
 
     #[test]

@@ -45,6 +45,18 @@ pub struct StoreConfig {
     pub checkpoint_interval: Duration,
     /// How many append requests may wait for the writer before appends wait for room. Default 4096.
     pub queue_capacity: usize,
+    /// Entries per queue index file (16 bytes each). Default 262144 (4 MiB files).
+    pub index_file_entries: u64,
+    /// Newest queue index entries kept in memory per queue, so that consumers that keep up do not
+    /// read the index files. Default 256 (4 KiB per queue).
+    pub index_cache_entries: usize,
+    /// Whether opening checks every record of the log (reading all of it), not only the tail past
+    /// what the index files hold. Default `false`: the open reads only that tail, and damage
+    /// further back is reported when a read reaches it ([`StorageError::Corrupt`], naming the
+    /// segment and offset), never skipped. Turn it on to find media damage at startup.
+    ///
+    /// [`StorageError::Corrupt`]: super::StorageError::Corrupt
+    pub verify_log_on_open: bool,
 }
 
 impl Default for StoreConfig {
@@ -58,6 +70,9 @@ impl Default for StoreConfig {
             max_disk_usage: None,
             checkpoint_interval: Duration::from_secs(1),
             queue_capacity: 4096,
+            index_file_entries: 1 << 18,
+            index_cache_entries: 256,
+            verify_log_on_open: false,
         }
     }
 }
@@ -92,6 +107,9 @@ impl StoreConfig {
         }
         if self.checkpoint_interval.is_zero() {
             return bad("checkpoint_interval must be greater than zero");
+        }
+        if self.index_file_entries == 0 || self.index_cache_entries == 0 {
+            return bad("index_file_entries and index_cache_entries must be greater than zero");
         }
         if self.queue_capacity == 0 {
             return bad("queue_capacity must be greater than zero");

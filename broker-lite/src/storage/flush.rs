@@ -269,6 +269,13 @@ impl Writer {
                         size: len as u32,
                     };
                     let queue_offset = index.push(&r.topic, r.queue_id, entry);
+                    index.ids.add(
+                        self.active.base,
+                        entry.position,
+                        &r.message_id,
+                        &r.topic,
+                        r.key.as_deref(),
+                    )?;
                     codec::encode(r, queue_offset, stored_ms, &mut self.buf);
                     self.position += len;
                     placed.push(Placed {
@@ -280,6 +287,8 @@ impl Writer {
                 }
                 all.push(placed);
             }
+            // Page-cache writes only; fsynced before the next store checkpoint.
+            index.write_pending(self.position)?;
         }
         chunks.push(self.chunk(chunk_start));
         self.shared.segments.write().unwrap().extend(new_segments);

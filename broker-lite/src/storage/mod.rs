@@ -1,4 +1,4 @@
-//! Durable storage: the commit log, per-queue index, flush and retention.
+//! Durable storage: the commit log, its on-disk queue and id indexes, flush and retention.
 //!
 //! # What is on disk
 //!
@@ -9,16 +9,34 @@
 //!   (`fallocate`, not sparse: see *Segments and free space* below). Records are
 //!   appended to the last (active) one; each is framed with its length and a CRC32C (the frame
 //!   layout is documented in the `codec` module source).
-//! - `store.ckpt`, the store checkpoint: the *durable position* (everything below it was fsynced)
-//!   and the first available offset of every queue.
+//! - `store.ckpt`, the store checkpoint: the *durable position* (everything below it was fsynced),
+//!   the first available offset of every queue, and how far the index files are durable.
 //! - `cp-<name>.ckpt`, small blobs saved with [`Store::save_checkpoint`] (consumer offsets).
 //!   Checkpoints are replaced atomically: temporary file, fsync, rename, directory fsync.
+//! - **queue index files** `cq<queue number>-<first offset>` (like RocketMQ's ConsumeQueue): one
+//!   16-byte entry per queue offset (log position, frame size, CRC32C), in files of
+//!   [`StoreConfig::index_file_entries`] entries; the `queue_files` module source has the layout.
+//! - **id index files** `ix<segment base>` (like RocketMQ's IndexFile), one per segment: a
+//!   hash-slot table and chained entries for each record's message id and (topic, key), behind
+//!   [`Store::find_by_id`] and [`Store::find_by_key`]; the `id_index` module source has the layout.
 //!
-//! The per-(topic, queue) index is kept in memory and rebuilt from the log on
-//! [`Store::open`]. Opening cuts a torn tail (a partly written last batch, or preallocated zeros)
-//! but refuses to start, with [`StorageError::Corrupt`] naming the segment file and offset, when a
-//! record below the durable position is damaged: data that was acknowledged is never skipped
-//! silently. The durable position is checkpointed every [`StoreConfig::checkpoint_interval`]
+//! # Memory and restart
+//!
+//! Memory does not grow with the number of retained records: per queue it holds the bounds, the
+//! file handles and the newest [`StoreConfig::index_cache_entries`] entries; the id index keeps
+//! the slot table of the segment being written (one slot per 512 bytes of segment). Reads of
+//! older offsets and lookups are positioned reads (no mmap: the crate denies unsafe code).
+//!
+//! The writer writes each batch's index entries right after placing its records; the index
+//! files are fsynced before every store checkpoint, which records how far they are durable. So
+//! [`Store::open`] scans only the log tail past that point (plus whatever damaged or missing index
+//! files force it to rebuild: see the `index_open` module source) instead of every segment.
+//! Opening cuts a torn tail (a partly written last batch, or preallocated zeros) but refuses to
+//! start, with [`StorageError::Corrupt`] naming the segment file and offset, when a scanned record
+//! below the durable position is damaged: data that was acknowledged is never skipped silently.
+//! Damage in the part of the log an open does not scan is reported the same way by the read that
+//! reaches it; [`StoreConfig::verify_log_on_open`] makes the open scan (and check) every segment.
+//! The durable position is checkpointed every [`StoreConfig::checkpoint_interval`]
 //! (default 1 s), on [`Store::close`] and after retention, not after every fsync (that would double
 //! the fsyncs). Damage above it is cut only when it is a true torn tail, with nothing valid after
 //! it in the log; otherwise opening is refused too, naming segment and offset (under sync flush;
@@ -60,7 +78,8 @@
 //!
 //! # Retention (safeguard B5)
 //!
-//! [`Store::enforce_retention`] deletes whole old segments, never the active one: those whose newest
+//! [`Store::enforce_retention`] deletes whole old segments (with their id index files and the
+//! queue index files that only cover removed offsets), never the active one: those whose newest
 //! record is older than [`StoreConfig::file_reserved_time`] (default 72 h), and the oldest ones while
 //! the segment files exceed [`StoreConfig::max_disk_usage`]. It reports the queues whose first
 //! available offset moved; [`Store::queue_bounds`] gives the current `min..max` of a queue, and
@@ -110,9 +129,13 @@ mod codec;
 mod config;
 mod error;
 mod flush;
+mod id_index;
 mod index;
+mod index_open;
 mod lock;
 mod log_reads;
+mod lookup;
+mod queue_files;
 mod reads;
 mod record;
 mod recovery;

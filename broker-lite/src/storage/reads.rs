@@ -8,6 +8,7 @@ use super::error::{Result, StorageError};
 use super::index::QueueBounds;
 use super::record::StoredRecord;
 use super::segment::Segment;
+use super::shared::Shared;
 use super::store::{Store, blocking};
 
 impl Store {
@@ -28,18 +29,16 @@ impl Store {
     ) -> Result<Vec<StoredRecord>> {
         let shared = self.inner.shared.clone();
         let visible = shared.visible();
-        let entries = shared.index.read().unwrap().range(
-            topic,
-            queue_id,
-            from_offset,
-            visible,
-            max_records,
-            max_bytes,
-        );
-        if entries.is_empty() {
-            return Ok(Vec::new());
-        }
+        let topic = topic.to_string();
         blocking(move || {
+            let entries = shared.index.read().unwrap().range(
+                &topic,
+                queue_id,
+                from_offset,
+                visible,
+                max_records,
+                max_bytes,
+            )?;
             let mut out = Vec::with_capacity(entries.len());
             for e in entries {
                 // A segment removed by retention meanwhile: its records are gone, skip them.
@@ -62,26 +61,7 @@ impl Store {
     /// [`StorageError::NotFound`] when no readable record starts there; [`StorageError::Corrupt`].
     pub async fn read_at(&self, log_position: u64) -> Result<StoredRecord> {
         let shared = self.inner.shared.clone();
-        let visible = shared.visible();
-        blocking(move || {
-            let segment = shared
-                .segment_at(log_position)
-                .ok_or(StorageError::NotFound(log_position))?;
-            let room = segment.end() - log_position;
-            if log_position + HEADER_SIZE as u64 > visible || room < 8 {
-                return Err(StorageError::NotFound(log_position));
-            }
-            let head = segment.read(log_position, 8)?;
-            let Header::Frame(len) = codec::peek_header(&head, room) else {
-                return Err(StorageError::NotFound(log_position));
-            };
-            if log_position + len as u64 > visible {
-                return Err(StorageError::NotFound(log_position));
-            }
-            let frame = segment.read(log_position, len)?;
-            decode_at(&segment, frame, log_position)
-        })
-        .await
+        blocking(move || read_record_at(&shared, log_position)).await
     }
 
     /// The readable offsets of a queue; `None` for a queue that never had a record.
@@ -118,6 +98,10 @@ impl Store {
                     max_records,
                     usize::MAX,
                 )
+                .unwrap_or_else(|e| {
+                    tracing::warn!(topic, queue_id, error = %e, "cannot read the queue index");
+                    Vec::new()
+                })
                 .iter()
                 .map(|e| e.size)
                 .collect(),
@@ -138,4 +122,25 @@ fn decode_at(segment: &Segment, frame: Bytes, position: u64) -> Result<StoredRec
         position,
         reason: reason.to_string(),
     })
+}
+
+/// The record whose frame starts at `log_position`, if it is readable (see [`Store::read_at`]).
+pub(super) fn read_record_at(shared: &Shared, log_position: u64) -> Result<StoredRecord> {
+    let visible = shared.visible();
+    let segment = shared
+        .segment_at(log_position)
+        .ok_or(StorageError::NotFound(log_position))?;
+    let room = segment.end() - log_position;
+    if log_position + HEADER_SIZE as u64 > visible || room < 8 {
+        return Err(StorageError::NotFound(log_position));
+    }
+    let head = segment.read(log_position, 8)?;
+    let Header::Frame(len) = codec::peek_header(&head, room) else {
+        return Err(StorageError::NotFound(log_position));
+    };
+    if log_position + len as u64 > visible {
+        return Err(StorageError::NotFound(log_position));
+    }
+    let frame = segment.read(log_position, len)?;
+    decode_at(&segment, frame, log_position)
 }

@@ -1,4 +1,5 @@
-//! Opening the log: scan every segment, rebuild the index, cut a torn tail.
+//! Opening the log: scan the log tail past what the index files hold (see `index_open`; every
+//! segment under [`StoreConfig::verify_log_on_open`]), rebuild the index from it, cut a torn tail.
 //!
 //! The scan stops at the first position that does not hold a valid record (zeros, a bad length, a
 //! checksum mismatch, a queue offset that does not follow). If that position is below the durable
@@ -19,6 +20,7 @@ use super::codec::{self, END_MARKER_SIZE, Header};
 use super::config::StoreConfig;
 use super::error::{Result, StorageError};
 use super::index::{Entry, Index};
+use super::index_open;
 use super::segment::{Segment, parse_segment_name};
 use super::tail;
 
@@ -32,7 +34,11 @@ pub(crate) struct Recovered {
     pub(crate) position: u64,
 }
 
-pub(crate) fn recover(backend: &dyn StorageBackend, config: &StoreConfig) -> Result<Recovered> {
+pub(crate) fn recover(
+    backend_arc: &Arc<dyn StorageBackend>,
+    config: &StoreConfig,
+) -> Result<Recovered> {
+    let backend = &**backend_arc;
     let names = backend
         .list()
         .map_err(|e| StorageError::io("list the data directory", e))?;
@@ -82,14 +88,23 @@ pub(crate) fn recover(backend: &dyn StorageBackend, config: &StoreConfig) -> Res
         }
     }
 
-    let mut index = Index::default();
+    let opened = index_open::open(backend_arc, config, &checkpoint, &segments, &names)?;
+    let mut index = opened.index;
+    let indexed_from = opened.start;
+    let scan_from = match config.verify_log_on_open {
+        true => segments[0].base,
+        false => indexed_from,
+    };
     let mut records = 0u64;
     // After a failed fsync nothing beyond the durable position is trusted (see `tail`).
     let trusted_end = checkpoint.fenced.then_some(durable);
     let mut stop = None;
     'segments: for (i, segment) in segments.iter().enumerate() {
+        if segment.end() <= scan_from && i + 1 < segments.len() {
+            continue;
+        }
         let mut scanner = Scanner::new(segment);
-        let mut pos = segment.base;
+        let mut pos = segment.base.max(scan_from);
         while segment.end() - pos >= END_MARKER_SIZE as u64 {
             if trusted_end.is_some_and(|end| pos >= end) {
                 stop = Some((i, pos, Stop::Untrusted));
@@ -110,19 +125,33 @@ pub(crate) fn recover(backend: &dyn StorageBackend, config: &StoreConfig) -> Res
             };
             let frame = scanner.get(pos, len)?;
             let found = codec::decode(frame, pos).and_then(|r| {
+                segment.note_stored(r.stored_timestamp_ms);
+                if pos < indexed_from {
+                    return Ok(None);
+                }
                 let entry = Entry {
                     position: pos,
                     size: len as u32,
                 };
                 index.push_recovered(&r.topic, r.queue_id, r.queue_offset, entry)?;
-                segment.note_stored(r.stored_timestamp_ms);
-                Ok(())
+                Ok(Some(r))
             });
-            if let Err(reason) = found {
-                stop = Some((i, pos, Stop::Damaged(reason)));
-                break 'segments;
+            match found {
+                Err(reason) => {
+                    stop = Some((i, pos, Stop::Damaged(reason)));
+                    break 'segments;
+                }
+                Ok(Some(r)) => {
+                    index
+                        .ids
+                        .add(segment.base, pos, &r.message_id, &r.topic, r.key.as_deref())?;
+                    records += 1;
+                    if records % 4096 == 0 {
+                        index.write_pending(pos)?;
+                    }
+                }
+                Ok(None) => {}
             }
-            records += 1;
             pos += len as u64;
         }
     }
@@ -192,11 +221,13 @@ pub(crate) fn recover(backend: &dyn StorageBackend, config: &StoreConfig) -> Res
             .sync_data()
             .map_err(|e| StorageError::io(format!("fsync segment file {}", segment.name), e))?;
     }
+    index.write_pending(position)?;
     for (topic, queue_id, min) in &checkpoint.floors {
         index.set_floor(topic, *queue_id, *min);
     }
     tracing::info!(
         segments = segments.len(),
+        indexed_from,
         records,
         position,
         durable,

@@ -63,7 +63,11 @@ pub(crate) fn preview(shared: &Shared, now: SystemTime) -> RetentionReport {
         .index
         .read()
         .unwrap()
-        .preview_remove_before(last_doomed.end());
+        .preview_remove_before(last_doomed.end())
+        .unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cannot read the queue index to preview retention");
+            Vec::new()
+        });
     RetentionReport {
         removed_bytes: doomed.iter().map(|s| s.size).sum(),
         removed_segments: doomed.iter().map(|s| s.name.clone()).collect(),
@@ -79,7 +83,12 @@ pub(crate) fn enforce(shared: &Shared, now: SystemTime) -> Result<RetentionRepor
         return Ok(RetentionReport::default());
     };
     let new_start = last_doomed.end();
-    let advanced = shared.index.write().unwrap().remove_before(new_start);
+    let (advanced, index_files) = {
+        let mut index = shared.index.write().unwrap();
+        let (advanced, mut files) = index.remove_before(new_start)?;
+        files.extend(index.ids.remove_before(new_start));
+        (advanced, files)
+    };
     shared
         .segments
         .write()
@@ -98,6 +107,14 @@ pub(crate) fn enforce(shared: &Shared, now: SystemTime) -> Result<RetentionRepor
             .map_err(|e| StorageError::io(format!("remove segment file {}", segment.name), e))?;
         report.removed_bytes += segment.size;
         report.removed_segments.push(segment.name.clone());
+    }
+    // The index files of the removed records go with them (after the checkpoint, which no
+    // longer counts on them).
+    for name in index_files {
+        shared
+            .backend
+            .remove(&name)
+            .map_err(|e| StorageError::io(format!("remove index file {name}"), e))?;
     }
     shared
         .backend

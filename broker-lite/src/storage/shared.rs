@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 use tokio::sync::{oneshot, watch};
 
 use super::backend::StorageBackend;
-use super::checkpoint::{self, STORE_CHECKPOINT, StoreCheckpoint};
+use super::checkpoint::{self, IndexCheckpoint, STORE_CHECKPOINT, StoreCheckpoint};
 use super::config::{FlushMode, StoreConfig};
 use super::error::{Result, StorageError};
 use super::index::Index;
@@ -208,13 +208,55 @@ impl Shared {
     pub(crate) fn write_checkpoint_gated(&self) -> Result<u64> {
         let _guard = self.checkpoint_lock.lock().unwrap();
         let durable = self.progress.borrow().flushed;
-        let floors = self.index.read().unwrap().floors();
+        let (floors, written) = {
+            let mut index = self.index.write().unwrap();
+            (index.floors(), index.take_written())
+        };
+        // The index files are fsynced before the checkpoint says how far they are durable.
+        let synced = written
+            .dirty
+            .iter()
+            .try_for_each(|f| f.sync_data())
+            .and_then(|()| self.backend.sync_dir());
+        let index = match synced {
+            Ok(()) => {
+                let ids: std::collections::HashMap<u64, u32> =
+                    written.id_counts.into_iter().collect();
+                let segments = self
+                    .segments
+                    .read()
+                    .unwrap()
+                    .iter()
+                    .map(|s| {
+                        (
+                            s.base,
+                            s.newest_ms(),
+                            ids.get(&s.base).copied().unwrap_or(0),
+                        )
+                    })
+                    .collect();
+                Some(IndexCheckpoint {
+                    position: written.through,
+                    queues: written.queues,
+                    segments,
+                })
+            }
+            Err(e) => {
+                // The index files are derived data: rather than keep the log checkpoint (or a
+                // fence) from being written, record no index position; the next open then
+                // rebuilds the index from the whole log.
+                tracing::warn!(error = %e, "could not fsync the index files; the next open rebuilds them from the log");
+                self.index.write().unwrap().restore_dirty(written.dirty);
+                None
+            }
+        };
         // Every checkpoint written after a failure keeps the fence; `flushed` no longer moves then.
         let fenced = self.check_failed().is_err();
         let payload = StoreCheckpoint {
             durable,
             floors,
             fenced,
+            index,
         }
         .encode();
         checkpoint::write_atomic(&*self.backend, STORE_CHECKPOINT, &payload)?;

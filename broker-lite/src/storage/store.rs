@@ -124,7 +124,7 @@ impl Store {
     ) -> Result<Store> {
         config.validate()?;
         let (shared, position) = tokio::task::spawn_blocking(move || {
-            let r = recovery::recover(&*backend, &config)?;
+            let r = recovery::recover(&backend, &config)?;
             let shared = Arc::new(Shared::new(
                 backend, config, r.segments, r.index, r.position,
             ));
