@@ -1,22 +1,16 @@
-//! The [`Handler`] that answers requests with a [`Broker`]: the mapping between wire types and
-//! broker types.
+//! The [`Handler`] that answers requests with a [`Broker`] (the conversions between wire types
+//! and broker types are in the `wire` module).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use bytes::Bytes;
-
 use super::handler::Handler;
 use super::principal::Principal;
 use super::quota::Quotas;
-use crate::broker::{
-    self, Broker, BrokerError, ConsumerSpec, Receipt, ReceiptKey, SendRequest, SessionId, TraceKind,
-};
-use crate::protocol::{
-    BrokerDescription, Delivery, ErrorCode, ErrorReply, GroupInfo, Message, MessageView, Request,
-    Response, SendResult, TraceEvent,
-};
+use super::wire::{delivery, send_request, send_result, trace_event};
+use crate::broker::{self, Broker, BrokerError, ConsumerSpec, Receipt, ReceiptKey, SessionId};
+use crate::protocol::{BrokerDescription, ErrorCode, ErrorReply, GroupInfo, Request, Response};
 
 /// Answers requests with a [`Broker`].
 ///
@@ -440,102 +434,6 @@ fn to_reply(e: BrokerError) -> ErrorReply {
         _ => ErrorCode::InvalidRequest,
     };
     ErrorReply::new(code, e.to_string())
-}
-
-fn send_request(m: Message) -> SendRequest {
-    let mut r = SendRequest::new(m.topic, m.body);
-    if let Some(id) = m.message_id {
-        r = r.with_message_id(id);
-    }
-    if let Some(q) = m.queue_id {
-        r = r.with_queue(q);
-    }
-    if let Some(k) = m.key {
-        r = r.with_key(k);
-    }
-    if let Some(t) = m.tag {
-        r = r.with_tag(t);
-    }
-    for (k, v) in m.properties {
-        r = r.with_property(k, v);
-    }
-    r
-}
-
-fn send_result(r: broker::SendResult) -> SendResult {
-    SendResult {
-        status: r.status,
-        message_id: r.message_id,
-        queue_id: r.queue_id,
-        queue_offset: r.queue_offset,
-        duplicate: r.duplicate,
-    }
-}
-
-fn delivery(d: broker::Delivery, key: &ReceiptKey, principal: &str) -> Delivery {
-    let mut v = MessageView::new(d.topic, d.queue_id, d.queue_offset, d.message_id, d.body);
-    v.key = d.key;
-    v.tag = d.tag;
-    v.properties = d.properties;
-    v.born_timestamp_ms = d.born_timestamp_ms;
-    v.stored_timestamp_ms = d.stored_timestamp_ms;
-    let receipt = Bytes::from(d.receipt.seal(key, principal));
-    Delivery::new(v, receipt, d.reconsume_times).with_first_delivered_at_ms(d.first_delivered_at_ms)
-}
-
-fn trace_event(e: broker::TraceEvent) -> TraceEvent {
-    let (event, detail) = match e.kind {
-        TraceKind::Stored {
-            topic,
-            queue_id,
-            queue_offset,
-            status,
-        } => (
-            "stored",
-            format!("{topic}:{queue_id}@{queue_offset} status {status:?}"),
-        ),
-        TraceKind::Delivered {
-            group,
-            client_id,
-            attempt,
-        } => (
-            "delivered",
-            format!("group {group} member {client_id} attempt {attempt}"),
-        ),
-        TraceKind::Acked { group, client_id } => {
-            ("acked", format!("group {group} member {client_id}"))
-        }
-        TraceKind::Filtered { group } => ("filtered", format!("group {group}")),
-        TraceKind::Nacked {
-            group,
-            client_id,
-            redeliver_after,
-        } => (
-            "nacked",
-            format!("group {group} member {client_id} redeliver after {redeliver_after:?}"),
-        ),
-        TraceKind::TimedOut { group, client_id } => {
-            ("timed-out", format!("group {group} member {client_id}"))
-        }
-        TraceKind::Rejected {
-            group,
-            client_id,
-            reason,
-        } => (
-            "rejected",
-            match reason {
-                Some(reason) => format!("group {group} member {client_id}: {reason}"),
-                None => format!("group {group} member {client_id}"),
-            },
-        ),
-        TraceKind::DeadLettered { group } => ("dead-lettered", format!("group {group}")),
-        TraceKind::Redriven { group } => ("redriven", format!("group {group}")),
-    };
-    TraceEvent {
-        timestamp_ms: e.at_ms,
-        event: event.to_string(),
-        detail,
-    }
 }
 
 #[cfg(test)]

@@ -57,6 +57,7 @@ mod principal;
 mod quota;
 mod tls;
 mod users;
+mod wire;
 
 use std::future::Future;
 use std::io;
