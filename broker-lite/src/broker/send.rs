@@ -4,7 +4,7 @@ use std::sync::atomic::Ordering;
 
 use super::Broker;
 use super::config::Replication;
-use super::dedupe::{Claim, Sent};
+use super::dedupe::{Claim, SendWindow, Sent};
 use super::error::{BrokerError, Result};
 use super::message::{SendRequest, SendResult, SendStatus};
 use super::trace::TraceKind;
@@ -18,38 +18,55 @@ enum Slot {
     /// The `k`-th record this batch stored.
     Fresh(usize),
     /// A copy stored before.
-    Stored(Uuid, String, Sent),
+    Stored(Sent),
     /// The same id earlier in this batch, at this request index.
     Again(usize),
     /// Another send is storing this id right now.
-    Waiting(Box<SendRequest>, watch::Receiver<()>),
+    Waiting(watch::Receiver<()>),
 }
 
-/// A claimed id, released on drop (stored, failed or cancelled), which wakes its waiters.
-struct ClaimGuard {
+/// The ids one send claimed in the send window, released together (one lock for the whole
+/// batch) once their records are in the window, or on drop when the send failed or was
+/// cancelled; either wakes the sends waiting on them.
+struct Claims {
     broker: Broker,
-    message_id: Uuid,
-    topic: String,
-    _done: watch::Sender<()>,
+    ids: Vec<(Uuid, String)>,
+    done: Vec<watch::Sender<()>>,
 }
 
-impl ClaimGuard {
-    fn new(broker: &Broker, message_id: Uuid, topic: &str, done: watch::Sender<()>) -> Self {
-        ClaimGuard {
+impl Claims {
+    fn new(broker: &Broker) -> Self {
+        Claims {
             broker: broker.clone(),
-            message_id,
-            topic: topic.to_owned(),
-            _done: done,
+            ids: Vec::new(),
+            done: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, message_id: Uuid, topic: &str, done: watch::Sender<()>) {
+        self.ids.push((message_id, topic.to_owned()));
+        self.done.push(done);
+    }
+
+    /// Ends the claims in `window`, whose lock the caller holds; the waiters wake when `self`
+    /// drops.
+    fn release_in(&mut self, window: &mut SendWindow) {
+        for (message_id, topic) in self.ids.drain(..) {
+            window.release(message_id, &topic);
         }
     }
 }
 
-impl Drop for ClaimGuard {
+impl Drop for Claims {
     fn drop(&mut self) {
-        // Removed before the sender drops (after this body): a woken waiter finds the id
-        // stored or free, never still claimed.
-        if let Ok(mut index) = self.broker.inner.index.lock() {
-            index.sent.release(self.message_id, &self.topic);
+        // Removed before the senders drop (after this body): a woken waiter finds the id stored
+        // or free, never still claimed.
+        if self.ids.is_empty() {
+            return;
+        }
+        let broker = self.broker.clone();
+        if let Ok(mut index) = broker.inner.index.lock() {
+            self.release_in(&mut index.sent);
         }
     }
 }
@@ -125,27 +142,36 @@ impl Broker {
         // (a retry, a relay restart, the same id twice in this batch) is answered from the first
         // copy instead of stored again (see the `dedupe` module).
         let mut slots = Vec::with_capacity(requests.len());
-        let mut records = Vec::new();
-        let mut claims = Vec::new();
-        let mut first_in_batch: HashMap<(Uuid, String), usize> = HashMap::new();
-        for (i, r) in requests.into_iter().enumerate() {
-            if let Some(&first) = first_in_batch.get(&(r.message_id, r.topic.clone())) {
-                slots.push(Slot::Again(first));
-                continue;
-            }
-            let claim = self.claim(r.message_id, &r.topic);
-            match claim {
-                Claim::Stored(sent) => slots.push(Slot::Stored(r.message_id, r.topic, sent)),
-                // Waited for only once this batch's own claims are settled: two batches that
-                // each wait for an id the other claimed would wait forever.
-                Claim::Pending(waiting) => slots.push(Slot::Waiting(Box::new(r), waiting)),
-                Claim::Claimed(done) => {
-                    claims.push(ClaimGuard::new(self, r.message_id, &r.topic, done));
-                    first_in_batch.insert((r.message_id, r.topic.clone()), i);
-                    records.push(self.prepare(r, now).await?);
-                    slots.push(Slot::Fresh(records.len() - 1));
+        let mut to_store = Vec::new();
+        let mut claims = Claims::new(self);
+        {
+            // One lock for the batch's claims: the prepare below awaits, so it runs after.
+            let mut index = self.inner.index.lock().unwrap();
+            let mut first_in_batch: HashMap<(Uuid, &str), usize> = HashMap::new();
+            for (i, r) in requests.iter().enumerate() {
+                if let Some(&first) = first_in_batch.get(&(r.message_id, r.topic.as_str())) {
+                    slots.push(Slot::Again(first));
+                    continue;
+                }
+                match index.sent.claim(r.message_id, &r.topic) {
+                    Claim::Stored(sent) => slots.push(Slot::Stored(sent)),
+                    // Waited for only once this batch's own claims are settled: two batches that
+                    // each wait for an id the other claimed would wait forever.
+                    Claim::Pending(waiting) => slots.push(Slot::Waiting(waiting)),
+                    Claim::Claimed(done) => {
+                        claims.push(r.message_id, &r.topic, done);
+                        first_in_batch.insert((r.message_id, r.topic.as_str()), i);
+                        slots.push(Slot::Fresh(to_store.len()));
+                        to_store.push(i);
+                    }
                 }
             }
+        }
+        let mut requests: Vec<Option<SendRequest>> = requests.into_iter().map(Some).collect();
+        let mut records = Vec::with_capacity(to_store.len());
+        for i in to_store {
+            let r = requests[i].take().expect("each request is stored once");
+            records.push(self.prepare(r, now).await?);
         }
         let fresh = if records.is_empty() {
             drop(claims);
@@ -157,8 +183,9 @@ impl Broker {
         for slot in slots {
             let result = match slot {
                 Slot::Fresh(k) => fresh[k].clone(),
-                Slot::Stored(message_id, topic, sent) => {
-                    self.answer_duplicate(message_id, topic, sent).await
+                Slot::Stored(sent) => {
+                    let r = requests[out.len()].take().expect("answered once");
+                    self.answer_duplicate(r.message_id, r.topic, sent).await
                 }
                 Slot::Again(first) => {
                     metrics::counter!("broker_lite_sends_deduplicated_total").increment(1);
@@ -167,7 +194,10 @@ impl Broker {
                         ..out[first].clone()
                     }
                 }
-                Slot::Waiting(r, waiting) => self.send_after_claim(*r, waiting, now).await?,
+                Slot::Waiting(waiting) => {
+                    let r = requests[out.len()].take().expect("answered once");
+                    self.send_after_claim(r, waiting, now).await?
+                }
             };
             out.push(result);
         }
@@ -242,9 +272,10 @@ impl Broker {
                 }
                 Claim::Pending(next) => waiting = next,
                 Claim::Claimed(done) => {
-                    let claim = ClaimGuard::new(self, r.message_id, &r.topic, done);
+                    let mut claims = Claims::new(self);
+                    claims.push(r.message_id, &r.topic, done);
                     let record = self.prepare(r, now).await?;
-                    let mut out = self.append_claimed(vec![record], vec![claim]).await?;
+                    let mut out = self.append_claimed(vec![record], claims).await?;
                     return Ok(out.pop().expect("one result per stored record"));
                 }
             }
@@ -276,7 +307,7 @@ impl Broker {
 
     /// Appends records (already validated) and indexes and traces them.
     pub(crate) async fn append(&self, records: Vec<NewRecord>) -> Result<Vec<SendResult>> {
-        self.append_claimed(records, Vec::new()).await
+        self.append_claimed(records, Claims::new(self)).await
     }
 
     /// [`append`](Self::append) for sends holding `claims` on their ids: released once the
@@ -285,7 +316,7 @@ impl Broker {
     async fn append_claimed(
         &self,
         records: Vec<NewRecord>,
-        claims: Vec<ClaimGuard>,
+        mut claims: Claims,
     ) -> Result<Vec<SendResult>> {
         if let Some(leader) = &self.inner.leader {
             leader.check_writable()?;
@@ -317,6 +348,7 @@ impl Broker {
                     );
                 }
             }
+            claims.release_in(&mut index.sent);
         }
         drop(claims);
         // SYNC_MASTER: wait for the replicas of the whole batch (records are placed in order).
