@@ -104,7 +104,9 @@ impl Store {
         blocking(move || {
             let mut out = Vec::new();
             let mut want = limit;
-            // Candidates include hash collisions: ask for more until enough match or none remain.
+            // Candidates come newest first and include hash collisions: ask for more until
+            // enough match or none remain, reading only the candidates older than those read.
+            let mut below = before;
             loop {
                 let candidates = shared
                     .index
@@ -112,9 +114,12 @@ impl Store {
                     .unwrap()
                     .ids
                     .by_key(&topic, &key, want)?;
-                out.clear();
-                let earlier = candidates.iter().filter(|&&p| before.is_none_or(|b| p < b));
-                for &position in earlier {
+                let unread: Vec<u64> = candidates
+                    .iter()
+                    .copied()
+                    .filter(|&p| below.is_none_or(|b| p < b))
+                    .collect();
+                for &position in &unread {
                     if let Some(r) = readable(&shared, position)?
                         && r.topic == topic
                         && r.key.as_deref() == Some(key.as_str())
@@ -128,6 +133,7 @@ impl Store {
                 if candidates.len() < want {
                     return Ok(out);
                 }
+                below = unread.iter().copied().min().or(below);
                 want = want.saturating_mul(2);
             }
         })
