@@ -27,7 +27,7 @@ impl MessageIndex {
 /// of the log.
 pub(crate) async fn rebuild(store: &Store) -> Result<MessageIndex> {
     let mut index = MessageIndex::default();
-    let end = store.replicable_position();
+    let end = store.durable_position();
     let mut from = store.recent_position(super::dedupe::WINDOW);
     while from < end {
         let chunk = store.read_log(from, 16 << 20).await?;

@@ -286,7 +286,7 @@ impl Broker {
     /// status now (under `SYNC_MASTER`, waiting for its replicas as a new send would).
     async fn answer_duplicate(&self, message_id: Uuid, topic: String, sent: Sent) -> SendResult {
         metrics::counter!("broker_lite_sends_deduplicated_total").increment(1);
-        let status = if self.inner.store.replicable_position() <= sent.log_position {
+        let status = if self.inner.store.durable_position() <= sent.log_position {
             // Stored but not yet durable here (a FLUSH_DISK_TIMEOUT copy).
             SendStatus::FlushDiskTimeout
         } else if let Some(leader) = &self.inner.leader {

@@ -191,9 +191,16 @@ enum Failure {
     Truncate(u64, Vec<EpochStart>),
 }
 
-/// Where this node's log must be cut to be a prefix of the leader's, judged by the epoch
-/// histories (Kafka's leader-epoch rule); `None` when it is one already.
-fn truncation_point(mine: &[EpochStart], leader: &[EpochStart], end: u64) -> Option<u64> {
+/// Where this node's log (ending at `end`) must be cut to be a prefix of the leader's, judged by
+/// the epoch histories (Kafka's leader-epoch rule) and the leader's log end `leader_end`; `None`
+/// when it is one already. See the `replication` module docs for why what is cut was never
+/// acknowledged.
+fn truncation_point(
+    mine: &[EpochStart],
+    leader: &[EpochStart],
+    end: u64,
+    leader_end: u64,
+) -> Option<u64> {
     let common = mine.iter().zip(leader).take_while(|(a, b)| a == b).count();
     let point = if common < mine.len() {
         // This node led an epoch the leader does not know: keep only what the last common
@@ -202,7 +209,14 @@ fn truncation_point(mine: &[EpochStart], leader: &[EpochStart], end: u64) -> Opt
             0 => 0,
             _ => leader.get(common)?.start_position,
         }
+    } else if epochs::current(mine) == epochs::current(leader) {
+        // The same epoch: the leader's log end, when this node holds more (it got records the
+        // leader never made durable, and the leader lost them without starting an epoch).
+        leader_end
     } else {
+        // An older epoch: it ended where the leader's next one started. Records this node got
+        // past that point (written on the old leader, never durable there, lost in its restart
+        // or never copied to the node promoted instead) are not part of the leader's log.
         epochs::end_of(leader, epochs::current(mine))?
     };
     (point < end).then_some(point)
@@ -242,7 +256,7 @@ async fn copy(
             Ok(other) => return Err(Failure::Retry(format!("unexpected answer {other:?}"))),
             Err(e) => return Err(Failure::Retry(e.to_string())),
         };
-        if let Some(point) = truncation_point(history, &batch.epochs, p.written) {
+        if let Some(point) = truncation_point(history, &batch.epochs, p.written, batch.log_end) {
             return Err(Failure::Truncate(point, batch.epochs));
         }
         if want_checkpoints {
@@ -331,4 +345,42 @@ async fn apply(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn e(epoch: u64, start_position: u64) -> EpochStart {
+        EpochStart {
+            epoch,
+            start_position,
+        }
+    }
+
+    #[test]
+    fn a_suffix_past_the_end_of_its_epoch_is_cut() {
+        // The leader restarted (epoch 3 at 800) and lost what this follower got from 800 on.
+        let leader = [e(1, 0), e(2, 500), e(3, 800)];
+        assert_eq!(truncation_point(&leader[..2], &leader, 950, 800), Some(800));
+        assert_eq!(truncation_point(&leader[..2], &leader, 800, 800), None);
+        assert_eq!(truncation_point(&leader[..2], &leader, 700, 900), None);
+    }
+
+    #[test]
+    fn within_one_epoch_the_leader_end_bounds_the_log() {
+        let h = [e(1, 0), e(2, 500)];
+        assert_eq!(truncation_point(&h, &h, 950, 900), Some(900));
+        assert_eq!(truncation_point(&h, &h, 900, 900), None);
+        assert_eq!(truncation_point(&h, &h, 600, 900), None);
+    }
+
+    #[test]
+    fn a_former_leader_keeps_only_the_common_epochs() {
+        // This node led epoch 3 from 800; the leader led its own epoch 3 from 700.
+        let mine = [e(1, 0), e(2, 500), e(3, 800)];
+        let leader = [e(1, 0), e(2, 500), e(3, 700), e(4, 900)];
+        assert_eq!(truncation_point(&mine, &leader, 1000, 1200), Some(700));
+        assert_eq!(truncation_point(&mine[..1], &[e(2, 0)], 10, 50), Some(0));
+    }
 }

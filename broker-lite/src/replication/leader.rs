@@ -10,11 +10,25 @@
 //! `SLAVE_NOT_AVAILABLE`, RocketMQ #5579). A new follower enters only once caught up, so the set
 //! never grows with a replica that lacks committed records (RocketMQ #5663).
 //!
-//! # Commit position
+//! # Shipping and the commit position
 //!
-//! The `min_sync_replicas`-th highest durable position among the in-sync followers; it only
-//! grows. Under `SYNC_MASTER` consumers see nothing at or past it (the store's visible limit), so
-//! a failover to an in-sync follower never takes back a delivered message.
+//! A fetch is answered from the leader's *written* end ([`Store::read_log`]), as soon as new
+//! records are written (the long-poll waits on [`Store::subscribe_written`]), not once they are
+//! durable here: the leader's fsync and the follower's run at the same time, instead of one
+//! after the other.
+//!
+//! The commit position is therefore the lower of two positions:
+//! - the *replicated* position: the `min_sync_replicas`-th highest durable position among the
+//!   in-sync followers (a follower's fetch position is its report: it holds everything below it
+//!   fsynced); it only grows;
+//! - the leader's own [`durable_position`](Store::durable_position).
+//!
+//! A `SYNC_MASTER` send is `SEND_OK` only once the commit position passes it: on the leader's
+//! disk *and* on `min_sync_replicas` followers' disks. Consumers see nothing at or past it (the
+//! store's visible limit caps the replicated position, and readers never see past the durable
+//! end), so a failover to an in-sync follower never takes back a delivered message, and a leader
+//! restart never takes back a record a follower reported (see the `replication` module for the
+//! records a follower holds past the leader's durable end).
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -44,7 +58,7 @@ pub struct FollowerStatus {
     pub name: String,
     /// It holds every record below this log position durably.
     pub acked_position: u64,
-    /// The leader's durable log end less `acked_position`, in bytes.
+    /// The leader's written log end less `acked_position`, in bytes.
     pub lag_bytes: u64,
     /// Whether it is in the in-sync set.
     pub in_sync: bool,
@@ -69,7 +83,9 @@ pub struct Leader {
     slave_timeout: Duration,
     epochs: Vec<EpochStart>,
     sessions: Mutex<BTreeMap<String, Session>>,
-    commit: watch::Sender<u64>,
+    /// The replicated position (see the module docs); the commit position is the lower of it and
+    /// the leader's durable end.
+    replicated: watch::Sender<u64>,
     fenced: AtomicBool,
 }
 
@@ -98,7 +114,10 @@ impl Leader {
             _ => return Ok(None),
         };
         let mut history = epochs::load(store).await?;
-        let start = store.replicable_position();
+        // The log end as recovered (written and durable are the same right after an open). A
+        // new epoch on every start, also a restart of the same leader, is what lets a follower
+        // find out that it holds records past what this log kept (see the module docs).
+        let start = store.durable_position();
         let epoch = epochs::current(&history) + 1;
         history.push(EpochStart {
             epoch,
@@ -116,7 +135,7 @@ impl Leader {
             slave_timeout,
             epochs: history,
             sessions: Mutex::new(BTreeMap::new()),
-            commit: watch::channel(start).0,
+            replicated: watch::channel(start).0,
             fenced: AtomicBool::new(false),
         }))
     }
@@ -126,9 +145,10 @@ impl Leader {
         epochs::current(&self.epochs)
     }
 
-    /// The commit position (see the module docs).
+    /// The commit position (see the module docs): replicated as `SYNC_MASTER` requires and
+    /// durable on this leader.
     pub fn commit_position(&self) -> u64 {
-        *self.commit.borrow()
+        (*self.replicated.borrow()).min(self.store.durable_position())
     }
 
     /// Refuses sends once a newer leader was heard of.
@@ -151,11 +171,25 @@ impl Leader {
         if self.in_sync_count(Instant::now()) < min_sync_replicas {
             return SendStatus::SlaveNotAvailable;
         }
-        let mut commit = self.commit.subscribe();
-        match tokio::time::timeout(self.slave_timeout, commit.wait_for(|c| *c > last_position))
-            .await
-        {
-            Ok(Ok(_)) => SendStatus::SendOk,
+        // Subscribed before the check, so that no move between the two is missed.
+        let mut replicated = self.replicated.subscribe();
+        let mut durable = self.store.subscribe();
+        let committed = async {
+            loop {
+                if self.commit_position() > last_position {
+                    return true;
+                }
+                let moved = tokio::select! {
+                    r = replicated.changed() => r.is_ok(),
+                    r = durable.changed() => r.is_ok(),
+                };
+                if !moved {
+                    return false;
+                }
+            }
+        };
+        match tokio::time::timeout(self.slave_timeout, committed).await {
+            Ok(true) => SendStatus::SendOk,
             _ => SendStatus::FlushSlaveTimeout,
         }
     }
@@ -174,7 +208,7 @@ impl Leader {
                 .is_some_and(|t| now.duration_since(t) <= self.slave_timeout)
     }
 
-    /// What `describe` reports: epoch, commit position, log end and the followers.
+    /// What `describe` reports: epoch, commit position, (written) log end and the followers.
     pub fn status(&self) -> crate::protocol::ReplicationStatus {
         crate::protocol::ReplicationStatus {
             epoch: self.epoch(),
@@ -213,7 +247,10 @@ impl Leader {
     }
 
     /// Answers a follower's fetch: records its durable position, moves the commit position, and
-    /// returns the records from there (waiting up to `max_wait_ms` when there are none yet).
+    /// returns the written records from there, as soon as there are any (waiting up to
+    /// `max_wait_ms` for them). A follower of an older epoch whose log runs past that epoch's end
+    /// here, or one of this epoch asking from past this log's end, gets no records: it must cut
+    /// its log first (see the module docs).
     ///
     /// # Errors
     /// [`BrokerError::Replication`] for a follower of a newer epoch (this leader is then fenced:
@@ -244,17 +281,33 @@ impl Leader {
                 from = f.from_position,
                 "a follower's log diverged; it must truncate before it can follow"
             );
-            return Ok(self.empty_batch(f.from_position));
+            return Ok(self.empty_batch(f.from_position, self.store.replicable_position()));
+        }
+        // Subscribed before reading the end, so that no write between the two is missed.
+        let mut written = self.store.subscribe_written();
+        let end = self.store.replicable_position();
+        if f.epoch == epoch && f.from_position > end {
+            // Within one epoch this log only grows and a follower only holds what it fetched:
+            // this cannot happen while every leader start begins a new epoch. Should it (a
+            // controller reusing an epoch), the follower is told the log end and cuts to it;
+            // what it holds past it was never durable here, so never acknowledged.
+            tracing::warn!(
+                follower = f.follower,
+                epoch,
+                end,
+                from = f.from_position,
+                "a follower of this epoch holds more than this log; it must truncate to its end"
+            );
+            // The end read once: the follower cuts exactly there.
+            return Ok(self.empty_batch(f.from_position, end));
         }
         self.note_fetch(&f);
-        let mut progress = self.store.subscribe();
         let deadline = Instant::now() + Duration::from_millis(u64::from(f.max_wait_ms));
         while self.store.replicable_position() <= f.from_position {
-            if tokio::time::timeout_at(deadline, progress.changed())
-                .await
-                .is_err()
-            {
-                break;
+            match tokio::time::timeout_at(deadline, written.changed()).await {
+                Ok(Ok(())) => {}
+                // Out of time, or the store is gone.
+                _ => break,
             }
         }
         // The end before the read: a follower that asks from it next time had all of it.
@@ -297,20 +350,21 @@ impl Leader {
             commit_position: self.commit_position(),
             checkpoints,
             log_end: end,
-            acked_end: self.acked_end(end),
+            acked_end: self.acked_end(),
         })
     }
 
-    /// Up to where sends were acknowledged to producers, with `end` the durable log end:
-    /// what a follower must hold to be promoted without losing an acknowledged message.
-    fn acked_end(&self, end: u64) -> u64 {
+    /// Up to where sends were acknowledged to producers: what a follower must hold to be
+    /// promoted without losing an acknowledged message. Under `ASYNC_MASTER` that is this
+    /// node's durable end (sends are answered once durable here), not its written end.
+    fn acked_end(&self) -> u64 {
         match self.mode {
             Mode::Sync { .. } => self.commit_position(),
-            Mode::Async => end,
+            Mode::Async => self.store.durable_position(),
         }
     }
 
-    fn empty_batch(&self, position: u64) -> ReplicaBatch {
+    fn empty_batch(&self, position: u64, log_end: u64) -> ReplicaBatch {
         ReplicaBatch {
             epochs: self.epochs.clone(),
             segment_size: self.store.segment_size(),
@@ -318,8 +372,8 @@ impl Leader {
             next_position: position,
             commit_position: self.commit_position(),
             checkpoints: Vec::new(),
-            log_end: self.store.replicable_position(),
-            acked_end: self.acked_end(self.store.replicable_position()),
+            log_end,
+            acked_end: self.acked_end(),
         }
     }
 
@@ -363,18 +417,21 @@ impl Leader {
             .collect();
         drop(sessions);
         acked.sort_unstable_by(|a, b| b.cmp(a));
-        if let Some(&commit) = acked.get(min_sync_replicas - 1) {
-            let moved = self.commit.send_if_modified(|c| {
-                if commit > *c {
-                    *c = commit;
+        if let Some(&replicated) = acked.get(min_sync_replicas - 1) {
+            let moved = self.replicated.send_if_modified(|c| {
+                if replicated > *c {
+                    *c = replicated;
                     true
                 } else {
                     false
                 }
             });
             if moved {
-                self.store.set_visible_limit(commit);
-                metrics::gauge!("broker_lite_replication_commit_position").set(commit as f64);
+                // Readers never see past the durable end either: the visible part is the
+                // commit position.
+                self.store.set_visible_limit(replicated);
+                metrics::gauge!("broker_lite_replication_commit_position")
+                    .set(self.commit_position() as f64);
             }
         }
     }

@@ -15,8 +15,12 @@
 //!
 //! # Acknowledgements
 //!
-//! Under `SYNC_MASTER` a send is written and fsynced locally, then waits until the commit
-//! position (see [`Leader`]) passes it: `SEND_OK`; after `slave_timeout` (default 3 s)
+//! A leader ships records as soon as they are written, before its own fsync completes, so that
+//! its fsync and the follower's overlap (as Kafka and RocketMQ HA do). The commit position is
+//! the lower of the leader's durable end and the `min_sync_replicas`-th highest durable position
+//! among the in-sync followers (see [`Leader`]). Under `SYNC_MASTER` a send is written and
+//! fsynced locally, then waits until the commit position passes it: `SEND_OK`; after
+//! `slave_timeout` (default 3 s)
 //! `FLUSH_SLAVE_TIMEOUT`; at once `SLAVE_NOT_AVAILABLE` when fewer than `min_sync_replicas`
 //! followers are in sync. The two failure statuses mean "written on the leader, not known
 //! replicated": the producer retries with the same message id. Consumers see only records below
@@ -30,8 +34,38 @@
 //! with every fetch. A leader that hears of a newer epoch is fenced: it refuses every later send.
 //! A follower whose history is not a prefix of the leader's, or whose log runs past the end of its
 //! last epoch in the leader's history, has diverged (it wrote as a leader after being
-//! superseded): the leader sends it no records, and the follower cuts its log at the end of the
-//! last common epoch ([`truncate_log`](crate::storage::truncate_log)) and follows.
+//! superseded, or holds records its leader lost, below): the leader sends it no records, and the
+//! follower cuts its log at the end of the last common epoch
+//! ([`truncate_log`](crate::storage::truncate_log)) and follows.
+//!
+//! # Records a follower holds that its leader lost
+//!
+//! Shipping from the written end means a follower may hold records its leader never made
+//! durable; a leader that crashes loses them (a power cut before its fsync, a failed fsync that
+//! makes the next open cut the log at the last fsynced position), and a promoted follower may
+//! hold records the old leader lost. The rule that keeps every node from serving or acknowledging
+//! a record that can be taken back, and from losing an acknowledged one (Kafka's high watermark
+//! with leader epochs):
+//!
+//! 1. *Nothing is acknowledged or shown on a follower's copy alone.* `SEND_OK` and every
+//!    delivery lie below the commit position, which is at most the leader's durable end.
+//! 2. *Every leader start begins a new epoch*, a restart of the same node as much as a
+//!    promotion, at the log end it recovered, saved before the first send. A restarted leader
+//!    keeps everything it had made durable, so its new epoch starts at or past its old durable
+//!    end, and past every record it acknowledged or showed.
+//! 3. *A follower of an older epoch keeps only what that epoch holds in the leader's log*: if
+//!    its log runs past the start of the leader's next epoch, it cuts it there. What is cut was
+//!    never durable on the old leader (rule 2) or is missing on an in-sync promoted follower, so
+//!    it was never acknowledged nor shown (rule 1). A follower of the leader's own epoch that
+//!    holds more than the leader's log cuts to the leader's log end; rule 2 rules that case out,
+//!    the check guards a controller that would reuse an epoch.
+//! 4. *A promoted follower keeps what it holds*, also records its old leader never made
+//!    durable: they become part of the new epoch's log (an unacknowledged send may survive a
+//!    failover; the producer's retry with the same message id finds it stored). The old leader,
+//!    returning as a follower, cuts what it holds past the new epoch's start (rule 3).
+//!
+//! A node never serves a record of its log before it is its leader's: a follower answers no
+//! consumer until promoted, and then its whole log is the new epoch's.
 //!
 //! # Failover
 //!

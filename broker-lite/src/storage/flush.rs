@@ -328,6 +328,8 @@ impl Writer {
             p.written = written;
             wake
         });
+        // Replication leaders wait on this one (see `Shared::written`).
+        self.shared.written.send_replace(written);
         metrics::counter!("broker_lite_storage_appends_total").increment(count);
         metrics::histogram!("broker_lite_storage_batch_records").record(count as f64);
         Ok(all)

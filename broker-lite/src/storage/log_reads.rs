@@ -1,6 +1,12 @@
-//! Reading the commit log by position, for replication: whole records in log order, bounded by
-//! what is durable (fsynced under sync flush, written under async), whatever limit is set on what
-//! consumers see.
+//! Reading the commit log by position, for replication: whole records in log order, up to what
+//! is *written* (not only what is durable), whatever limit is set on what consumers see.
+//!
+//! A leader ships records before its own fsync of them completes, so that the leader's fsync and
+//! the follower's run at the same time (Kafka and RocketMQ HA do the same). That is safe because
+//! nothing is acknowledged or shown to consumers on the strength of a follower's copy alone: the
+//! leader's commit position is at most its own [`durable_position`](Store::durable_position)
+//! (see the `replication` module for the rule a follower holding a suffix the leader lost
+//! follows).
 
 use std::sync::atomic::Ordering;
 
@@ -22,7 +28,8 @@ pub struct LogChunk {
 
 impl Store {
     /// Reads whole records from log position `from` (a record start or a segment end), about
-    /// `max_bytes` of them (at least one when any is there), up to what is durable.
+    /// `max_bytes` of them (at least one when any is there), up to what is written (durable or
+    /// not yet: see the module docs).
     ///
     /// ```
     /// # use broker_lite::storage::{NewRecord, Store, StoreConfig};
@@ -37,7 +44,7 @@ impl Store {
     /// store.append(NewRecord::new("orders", 1, "b")).await?;
     /// let chunk = store.read_log(first.log_position, 1 << 20).await?;
     /// assert_eq!(chunk.records.len(), 2);
-    /// assert_eq!(chunk.next_position, store.progress().flushed);
+    /// assert_eq!(chunk.next_position, store.replicable_position());
     /// # Ok(()) }
     /// ```
     ///
@@ -46,7 +53,7 @@ impl Store {
     /// it: a follower that far behind must be rebuilt); [`StorageError::Corrupt`].
     pub async fn read_log(&self, from: u64, max_bytes: usize) -> Result<LogChunk> {
         let shared = self.inner.shared.clone();
-        let end = shared.replicable();
+        let end = *shared.written.borrow();
         blocking(move || {
             let mut records = Vec::new();
             let mut bytes = 0usize;
@@ -109,9 +116,24 @@ impl Store {
         }
     }
 
-    /// The durable end of the log that followers may copy (see [`read_log`](Self::read_log)).
+    /// The end of the log that followers may copy: the written end, durable or not (see
+    /// [`read_log`](Self::read_log)).
     pub fn replicable_position(&self) -> u64 {
-        self.inner.shared.replicable()
+        *self.inner.shared.written.borrow()
+    }
+
+    /// The end of what is durable as the flush mode promises: fsynced under sync flush, written
+    /// under async flush. Readers other than [`read_log`](Self::read_log) see nothing past it.
+    pub fn durable_position(&self) -> u64 {
+        self.inner.shared.durable()
+    }
+
+    /// A receiver that changes whenever the written end ([`replicable_position`](
+    /// Self::replicable_position)) moves, also under sync flush, where [`subscribe`](
+    /// Self::subscribe) wakes nobody before the fsync. A replication leader's long-poll waits on
+    /// it, so that a follower's fetch returns as soon as new records are written.
+    pub fn subscribe_written(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.shared.written.subscribe()
     }
 
     /// The segment size new segments get.

@@ -54,6 +54,10 @@ pub(crate) struct Shared {
     /// Readers see nothing at or past this position (the replication commit position of a
     /// `SYNC_MASTER` leader); `u64::MAX` when unlimited.
     pub(crate) visible_limit: AtomicU64,
+    /// The written end, published by the writer after every write, also under sync flush (where
+    /// [`progress`](Self::progress) wakes nobody before the fsync): a replication leader ships
+    /// records from here before they are durable, so that its fsync and the follower's overlap.
+    pub(crate) written: watch::Sender<u64>,
 }
 
 impl Shared {
@@ -82,18 +86,19 @@ impl Shared {
             flush_requests: Mutex::new(Some(Vec::new())),
             gate: RwLock::new(false),
             visible_limit: AtomicU64::new(u64::MAX),
+            written: watch::channel(position).0,
         }
     }
 
     /// Records are readable up to this position: flushed under sync flush, written under async.
     pub(crate) fn visible(&self) -> u64 {
-        self.replicable()
+        self.durable()
             .min(self.visible_limit.load(Ordering::Acquire))
     }
 
-    /// Records are durable enough to be copied to followers up to this position: flushed under
-    /// sync flush, written under async (the visible limit does not apply).
-    pub(crate) fn replicable(&self) -> u64 {
+    /// Records are durable as the flush mode promises up to this position: flushed under sync
+    /// flush, written under async (the visible limit does not apply).
+    pub(crate) fn durable(&self) -> u64 {
         let p = *self.progress.borrow();
         match self.config.flush_mode {
             FlushMode::Sync => p.flushed,
