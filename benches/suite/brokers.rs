@@ -23,9 +23,33 @@ use crate::report::{Report, quantile};
 use crate::{NATS_ADDR, Params, RABBIT_URL};
 
 pub(crate) const SCENARIO: &str = "4. Publish throughput and ack latency (1 KiB, one in flight per producer, own connection each)";
-const STREAM: &str = "COURIER_BENCH";
-const SUBJECT: &str = "courier.bench";
-const QUEUE: &str = "courier.bench";
+
+/// The NATS stream, its subject and the RabbitMQ queue of this suite run: named after
+/// `BENCH_DATABASE` (as the scratch database is), so that two suites running at once with
+/// different databases do not delete or fill each other's stream and queue (a fixed name made
+/// the second run's `STREAM.DELETE` remove the first run's stream in the middle of its
+/// measurement, and two streams cannot share a subject).
+struct Names {
+    stream: String,
+    subject: String,
+    queue: String,
+}
+
+impl Names {
+    fn of_this_run() -> Names {
+        let database = std::env::var("BENCH_DATABASE").unwrap_or_else(|_| "courier_bench".into());
+        // Stream names may not hold '.', '*', '>' or whitespace; subjects and queues take '_'.
+        let tag: String = database
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .collect();
+        Names {
+            stream: format!("COURIER_BENCH_{}", tag.to_ascii_uppercase()),
+            subject: format!("courier.bench.{tag}"),
+            queue: format!("courier.bench.{tag}"),
+        }
+    }
+}
 
 /// Which of the other brokers answered (broker-lite always runs, embedded).
 pub(crate) struct Systems {
@@ -40,7 +64,7 @@ enum Client {
 }
 
 impl Client {
-    async fn publish(&mut self, payload: &Bytes) -> anyhow::Result<()> {
+    async fn publish(&mut self, payload: &Bytes, names: &Names) -> anyhow::Result<()> {
         match self {
             Client::BrokerLite(producer) => {
                 let result = producer
@@ -50,13 +74,13 @@ impl Client {
                     bail!("broker-lite answered {:?}", result.status);
                 }
             }
-            Client::Nats(nats) => nats.publish(SUBJECT, payload).await?,
+            Client::Nats(nats) => nats.publish(&names.subject, payload).await?,
             Client::Rabbit(rabbit) => {
                 let channel = &rabbit.0;
                 let confirm = channel
                     .basic_publish(
                         "",
-                        QUEUE,
+                        &names.queue,
                         BasicPublishOptions::default(),
                         payload,
                         BasicProperties::default().with_delivery_mode(2),
@@ -154,6 +178,8 @@ async fn measure(
     producers: usize,
     duration: Duration,
 ) -> anyhow::Result<(f64, Vec<f64>)> {
+    let names = std::sync::Arc::new(Names::of_this_run());
+    let (stream, subject, queue) = (&names.stream, &names.subject, &names.queue);
     let mut broker = None;
     let mut clients = Vec::new();
     if system.starts_with("broker-lite") {
@@ -172,15 +198,15 @@ async fn measure(
     } else if system.starts_with("NATS") {
         let mut admin = Nats::connect(NATS_ADDR).await?;
         let _ = admin
-            .api(&format!("$JS.API.STREAM.DELETE.{STREAM}"), "")
+            .api(&format!("$JS.API.STREAM.DELETE.{stream}"), "")
             .await;
         let config = serde_json::json!({
-            "name": STREAM, "subjects": [SUBJECT], "storage": "file", "retention": "limits",
+            "name": stream, "subjects": [subject], "storage": "file", "retention": "limits",
             "num_replicas": 1, "max_bytes": 2_000_000_000i64, "discard": "old"
         });
         admin
             .api(
-                &format!("$JS.API.STREAM.CREATE.{STREAM}"),
+                &format!("$JS.API.STREAM.CREATE.{stream}"),
                 &config.to_string(),
             )
             .await?;
@@ -192,7 +218,7 @@ async fn measure(
             lapin::Connection::connect(RABBIT_URL, ConnectionProperties::default()).await?;
         let channel = connection.create_channel().await?;
         let _ = channel
-            .queue_delete(QUEUE, QueueDeleteOptions::default())
+            .queue_delete(queue, QueueDeleteOptions::default())
             .await;
         let mut arguments = FieldTable::default();
         arguments.insert(
@@ -201,7 +227,7 @@ async fn measure(
         );
         channel
             .queue_declare(
-                QUEUE,
+                queue,
                 QueueDeclareOptions {
                     durable: true,
                     ..Default::default()
@@ -227,11 +253,12 @@ async fn measure(
         .into_iter()
         .map(|mut client| {
             let payload = payload.clone();
+            let names = names.clone();
             tokio::spawn(async move {
                 let mut latencies = Vec::new();
                 while Instant::now() < deadline {
                     let sent = Instant::now();
-                    client.publish(&payload).await?;
+                    client.publish(&payload, &names).await?;
                     latencies.push(sent.elapsed().as_secs_f64() * 1e3);
                 }
                 client.close().await;
@@ -249,14 +276,14 @@ async fn measure(
     } else if system.starts_with("NATS") {
         let mut admin = Nats::connect(NATS_ADDR).await?;
         let _ = admin
-            .api(&format!("$JS.API.STREAM.DELETE.{STREAM}"), "")
+            .api(&format!("$JS.API.STREAM.DELETE.{stream}"), "")
             .await;
     } else {
         let connection =
             lapin::Connection::connect(RABBIT_URL, ConnectionProperties::default()).await?;
         let channel = connection.create_channel().await?;
         let _ = channel
-            .queue_delete(QUEUE, QueueDeleteOptions::default())
+            .queue_delete(queue, QueueDeleteOptions::default())
             .await;
         let _ = connection.close(200, "bye").await;
     }

@@ -1,16 +1,18 @@
-//! One client connection: a reader loop, a task per request, a writer task.
+//! One client connection: a reader loop, and a task per request that writes its own answer
+//! (see the `answers` module).
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use super::admission::{Slot, Ticket};
+use super::answers::Answers;
 use super::authz::authorize;
 use super::config::ServerConfig;
 use super::handler::Handler;
@@ -157,9 +159,6 @@ async fn admit<H, R, W>(
     drop(slot);
 }
 
-/// A frame on its way out, with the bytes it holds of the connection's budget.
-type Outgoing = (Frame, Option<OwnedSemaphorePermit>);
-
 async fn serve_stream<H, R, W>(
     mut reader: FrameReader<R>,
     writer: FrameWriter<W>,
@@ -175,8 +174,7 @@ async fn serve_stream<H, R, W>(
 {
     let Handshake { principal, first } = done;
     let mut first = first;
-    let (tx, rx) = mpsc::channel::<Outgoing>(256);
-    let writer = tokio::spawn(write_loop(writer, rx));
+    let tx = Arc::new(Answers::new(writer));
     let in_flight = Arc::new(Semaphore::new(config.max_in_flight_per_connection));
     let budget = config.max_bytes_in_flight_per_connection.max(1);
     let bytes = Arc::new(Semaphore::new(budget));
@@ -377,7 +375,9 @@ async fn serve_stream<H, R, W>(
                     error_frame(request_id, command as u16, &reply)
                 }
             };
-            let _ = tx.send((frame, held)).await;
+            tx.send(&frame).await;
+            // The answer's bytes leave the budget once written, as its request's did.
+            drop(held);
         });
     }
 
@@ -389,13 +389,11 @@ async fn serve_stream<H, R, W>(
         _ = async { while tasks.join_next().await.is_some() {} } => {}
         _ = stop.hard.cancelled() => tasks.abort_all(),
     }
-    drop(tx);
-    // The writer ends once the answers are out; a peer that does not read them is cut off at
-    // the hard stop.
-    let mut writer = writer;
+    // The connection ends once the answers are out; a peer that does not read them is cut off
+    // at the hard stop.
     tokio::select! {
-        _ = &mut writer => {}
-        _ = stop.hard.cancelled() => writer.abort(),
+        _ = tx.close() => {}
+        _ = stop.hard.cancelled() => {}
     }
 }
 
@@ -439,28 +437,16 @@ fn error_frame(request_id: u64, code: u16, reply: &ErrorReply) -> Frame {
     }
 }
 
-async fn reject(tx: &mpsc::Sender<Outgoing>, request_id: u64, code: u16, reply: ErrorReply) {
+async fn reject<W: AsyncWrite + Unpin>(
+    tx: &Answers<W>,
+    request_id: u64,
+    code: u16,
+    reply: ErrorReply,
+) {
     let command = CommandCode::from_u16(code).map_or("unknown", |c| c.name());
     warn!(request_id, command, error = %reply, "rejecting a request");
     metrics::counter!("broker_lite_server_rejected_requests_total", "code" => reply.code.to_string()).increment(1);
-    let _ = tx.send((error_frame(request_id, code, &reply), None)).await;
-}
-
-/// Writes frames as they come, flushing whenever the queue runs dry; ends when every sender is gone.
-async fn write_loop<W: AsyncWrite + Unpin>(
-    mut writer: FrameWriter<W>,
-    mut rx: mpsc::Receiver<Outgoing>,
-) {
-    while let Some((frame, held)) = rx.recv().await {
-        if writer.write_frame(&frame).await.is_err() {
-            return;
-        }
-        drop(held);
-        if rx.is_empty() && writer.flush().await.is_err() {
-            return;
-        }
-    }
-    let _ = writer.shutdown().await;
+    tx.send(&error_frame(request_id, code, &reply)).await;
 }
 
 /// The room an answer to `request` may need beyond its own bytes: a frame for the answers

@@ -47,6 +47,7 @@
 //! `broker_lite_server_request_seconds{command}`.
 
 mod admission;
+mod answers;
 mod authz;
 pub(crate) mod broker;
 mod config;
