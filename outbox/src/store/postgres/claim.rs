@@ -11,6 +11,7 @@
 //! (see [`cursor`] for why no row that may still become pending is ever below it).
 
 use chrono::{DateTime, Utc};
+use sqlx::postgres::PgRow;
 use sqlx::types::Json;
 use sqlx::{PgConnection, Row};
 
@@ -37,8 +38,9 @@ mod tests;
 // `messages_pending_key_due`: only the key's rows that are not due yet, not every earlier row of
 // the key nor every scheduled row in the table.
 //
-// `horizon` is what the cursor needs (see `cursor`), read in the same statement so that it costs
-// no round trip; its one row is joined to every claimed row, or returned alone when none was.
+// The last row is what the cursor needs (see `cursor`), read in the same statement so that it
+// costs no round trip; it is told from the claimed rows by its NULL `seq`. Its `lowest` sees the
+// table as the statement's snapshot does, with the rows this statement claims still in it.
 const CLAIM: &str = "\
 WITH claimed AS (
     DELETE FROM outbox.messages
@@ -56,20 +58,19 @@ WITH claimed AS (
         LIMIT $2
         FOR UPDATE SKIP LOCKED))
     RETURNING seq, id, topic, key, tag, headers, payload, created_at, available_at, attempts,
-              last_error, last_attempt_at),
-horizon AS (
-    SELECT
-        (SELECT array_agg(l.virtualtransaction) FROM pg_locks l
-         WHERE l.locktype = 'relation' AND l.mode = 'RowExclusiveLock'
-           AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
-           AND l.relation = 'outbox.messages'::regclass) AS writers,
-        (SELECT p.seq FROM outbox.messages p
-         WHERE p.seq >= (SELECT $3::int8) AND p.sent_at IS NULL
-         ORDER BY p.seq LIMIT 1) AS lowest,
-        CASE WHEN has_sequence_privilege('outbox.messages_seq_seq', 'SELECT, USAGE')
-             THEN pg_sequence_last_value('outbox.messages_seq_seq') END AS last_seq)
-SELECT h.writers, h.lowest, h.last_seq, c.*
-FROM horizon h LEFT JOIN claimed c ON true";
+              last_error, last_attempt_at)
+SELECT NULL::text[] AS writers, NULL::int8 AS lowest, NULL::int8 AS last_seq, c.* FROM claimed c
+UNION ALL
+SELECT
+    (SELECT array_agg(l.virtualtransaction) FROM pg_locks l
+     WHERE l.locktype = 'relation' AND l.mode = 'RowExclusiveLock'
+       AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+       AND l.relation = 'outbox.messages'::regclass),
+    (SELECT p.seq FROM outbox.messages p
+     WHERE p.seq >= (SELECT $3::int8) AND p.sent_at IS NULL ORDER BY p.seq LIMIT 1),
+    CASE WHEN has_sequence_privilege('outbox.messages_seq_seq', 'SELECT, USAGE')
+         THEN pg_sequence_last_value('outbox.messages_seq_seq') END,
+    NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL";
 
 /// Takes up to `limit` due rows in `conn`'s open transaction, oldest first, reading the primary
 /// key from `cursor` on, and tells `cursor` what the claim saw.
@@ -85,47 +86,47 @@ pub(crate) async fn claim(
         .bind(cursor.start())
         .fetch_all(conn)
         .await?;
-    if let Some(first) = rows.first() {
-        let writers: Option<Vec<String>> = first.try_get("writers")?;
-        cursor.observe(Horizon {
-            writers: writers.unwrap_or_default(),
-            lowest: first.try_get("lowest")?,
-            last: first.try_get("last_seq")?,
-        });
+    let mut claimed = Vec::with_capacity(rows.len().saturating_sub(1));
+    for row in rows {
+        let seq: Option<i64> = row.try_get("seq")?;
+        let Some(seq) = seq else {
+            let writers: Option<Vec<String>> = row.try_get("writers")?;
+            cursor.observe(Horizon {
+                writers: writers.unwrap_or_default(),
+                lowest: row.try_get("lowest")?,
+                last: row.try_get("last_seq")?,
+            });
+            continue;
+        };
+        claimed.push(decode(seq, &row)?);
     }
-    let mut claimed = rows
-        .into_iter()
-        // The horizon's row alone: nothing was claimed.
-        .filter(|row| {
-            row.try_get::<Option<i64>, _>("seq")
-                .is_ok_and(|seq| seq.is_some())
-        })
-        .map(|row| {
-            let Json(headers) = row.try_get("headers")?;
-            let payload: Vec<u8> = row.try_get("payload")?;
-            let attempts: i32 = row.try_get("attempts")?;
-            Ok(Claimed {
-                seq: row.try_get("seq")?,
-                message: Message {
-                    id: row.try_get("id")?,
-                    topic: row.try_get("topic")?,
-                    key: row.try_get("key")?,
-                    tag: row.try_get("tag")?,
-                    headers,
-                    payload: payload.into(),
-                    created_at: row.try_get("created_at")?,
-                    available_at: Some(row.try_get("available_at")?),
-                    delay: None,
-                    attempts: attempts.max(0) as u32,
-                },
-                last_error: row.try_get("last_error")?,
-                last_attempt_at: row.try_get("last_attempt_at")?,
-            })
-        })
-        .collect::<sqlx::Result<Vec<_>>>()?;
     // RETURNING gives no order; per-key publishing needs sequence order.
     claimed.sort_unstable_by_key(|c| c.seq);
     Ok(claimed)
+}
+
+/// One claimed row.
+fn decode(seq: i64, row: &PgRow) -> sqlx::Result<Claimed> {
+    let Json(headers) = row.try_get("headers")?;
+    let payload: Vec<u8> = row.try_get("payload")?;
+    let attempts: i32 = row.try_get("attempts")?;
+    Ok(Claimed {
+        seq,
+        message: Message {
+            id: row.try_get("id")?,
+            topic: row.try_get("topic")?,
+            key: row.try_get("key")?,
+            tag: row.try_get("tag")?,
+            headers,
+            payload: payload.into(),
+            created_at: row.try_get("created_at")?,
+            available_at: Some(row.try_get("available_at")?),
+            delay: None,
+            attempts: attempts.max(0) as u32,
+        },
+        last_error: row.try_get("last_error")?,
+        last_attempt_at: row.try_get("last_attempt_at")?,
+    })
 }
 
 const PUT_BACK: &str = "\
