@@ -1,6 +1,7 @@
 //! Scenario 2, relay drain: a Postgres backlog published by one or two relays to broker-lite over
 //! TCP (SYNC_FLUSH, ASYNC_FLUSH) or to an in-memory sink, beside a raw `DELETE … RETURNING` loop
-//! with the same batch size, in the same run. Also where a relay batch spends its time.
+//! with the same batch size, in the same run. Also where a relay batch spends its time, what one
+//! claim costs, and (full mode) that cost at 1M against 10k in the same repeat.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -162,6 +163,14 @@ fn last_published() -> Instant {
     epoch() + Duration::from_nanos(LAST_PUBLISHED.load(Ordering::Relaxed))
 }
 
+fn size_label(backlog: usize) -> String {
+    if backlog >= 1_000_000 {
+        format!("{}M", backlog / 1_000_000)
+    } else {
+        format!("{}k", backlog / 1000)
+    }
+}
+
 /// Runs the relay drains of one repeat.
 pub(crate) async fn run(
     pool: &PgPool,
@@ -170,11 +179,7 @@ pub(crate) async fn run(
     big: bool,
     report: &mut Report,
 ) -> anyhow::Result<()> {
-    let size = if backlog >= 1_000_000 {
-        format!("{}M", backlog / 1_000_000)
-    } else {
-        format!("{}k", backlog / 1000)
-    };
+    let size = size_label(backlog);
     fill_backlog(pool, backlog).await?;
     let (raw, raw_batch_us) = raw_drain(pool, BATCH).await?;
     report.add(
@@ -246,6 +251,28 @@ pub(crate) async fn run(
                     "µs/batch",
                     p.finish.as_secs_f64() * 1e6 / n,
                 );
+            }
+            if p.claims > 0 {
+                // The claim itself (BEGIN and the claim statement, the relay's `outbox.claim`
+                // span), whether it ran between batches or ahead while one was published.
+                let claim_us = p.claim_query.as_secs_f64() * 1e6 / p.claims as f64;
+                let metric =
+                    |size: &str| format!("claim per batch, {}{extra}, {size}", sink.label());
+                report.add(SCENARIO, &metric(&size), "µs/claim", claim_us);
+                // Against the 10k backlog of the same repeat, which ran just before (issue 15:
+                // within 1.2x).
+                if big
+                    && let Some(small) = report
+                        .row(&metric(&size_label(params.backlog)))
+                        .and_then(|row| row.values.last().copied())
+                {
+                    report.add(
+                        SCENARIO,
+                        &format!("{} / {}", metric(&size), size_label(params.backlog)),
+                        "x",
+                        claim_us / small,
+                    );
+                }
             }
         }
     }
@@ -408,6 +435,9 @@ pub(crate) struct Phases {
     pub(crate) publish: Duration,
     /// From the last publish to the end of the batch (record outcomes, commit).
     pub(crate) finish: Duration,
+    /// Claims (`outbox.claim` spans: BEGIN and the claim statement), and their time summed.
+    pub(crate) claims: u64,
+    pub(crate) claim_query: Duration,
     last_close: Option<Instant>,
 }
 
@@ -418,6 +448,8 @@ impl Phases {
             claim: self.claim - before.claim,
             publish: self.publish - before.publish,
             finish: self.finish - before.finish,
+            claims: self.claims - before.claims,
+            claim_query: self.claim_query - before.claim_query,
             last_close: None,
         }
     }
@@ -428,6 +460,8 @@ static PHASES: Mutex<Phases> = Mutex::new(Phases {
     claim: Duration::ZERO,
     publish: Duration::ZERO,
     finish: Duration::ZERO,
+    claims: 0,
+    claim_query: Duration::ZERO,
     last_close: None,
 });
 
@@ -487,7 +521,11 @@ impl<S: tracing::Subscriber + for<'a> LookupSpan<'a>> Layer<S> for BatchTimer {
         let Some(span) = ctx.span(&id) else { return };
         let extensions = span.extensions();
         if let Some(ClaimStart(start)) = extensions.get::<ClaimStart>() {
-            *LAST_CLAIM.lock().unwrap() = (*start, now_ns());
+            let end = now_ns();
+            *LAST_CLAIM.lock().unwrap() = (*start, end);
+            let mut p = PHASES.lock().unwrap();
+            p.claims += 1;
+            p.claim_query += Duration::from_nanos(end.saturating_sub(*start));
             return;
         }
         let Some(Times {

@@ -57,6 +57,51 @@ async fn late_commit_with_lower_sequence_is_published(pool: PgPool) {
     assert_eq!(pending(&pool).await, 0);
 }
 
+// The relay's claims start past the rows it deleted (a cursor on the primary key); the cursor must
+// never pass the row of a transaction still open, however many batches go out meanwhile.
+#[sqlx::test(migrator = "courier_outbox::MIGRATOR")]
+async fn late_commit_with_lower_sequence_is_published_after_many_batches(pool: PgPool) {
+    let mut slow = pool.begin().await.unwrap();
+    let late = Message::new("orders", "late").with_key("late");
+    Outbox::new().enqueue(&mut *slow, &late).await.unwrap();
+    let early: Vec<Message> = (0..2_000)
+        .map(|n| Message::new("orders", format!("early {n}")).with_key(format!("k{}", n % 50)))
+        .collect();
+    enqueue(&pool, &early).await;
+
+    let recorder = Recorder::default();
+    let mut running = Running::start(relay(&pool, &recorder, "late-commit-many").batch_size(50));
+    recorder.wait_for_accepted(early.len()).await;
+    running.wait_for_state(RelayState::Idle).await;
+    slow.commit().await.unwrap();
+    recorder.wait_for_accepted(early.len() + 1).await;
+    running.stop().await;
+
+    assert_eq!(recorder.accepted_ids().last(), Some(&late.id));
+    assert_eq!(pending(&pool).await, 0);
+}
+
+// outbox.messages is a queue: vacuumed after a fixed number of deleted rows, not after a share of
+// the table (which on a large backlog lets hundreds of thousands of dead entries pile up).
+#[sqlx::test(migrator = "courier_outbox::MIGRATOR")]
+async fn the_outbox_table_is_vacuumed_after_a_fixed_number_of_deleted_rows(pool: PgPool) {
+    let options: Vec<String> = sqlx::query_scalar(
+        "SELECT unnest(reloptions) FROM pg_class WHERE oid = 'outbox.messages'::regclass",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    for option in [
+        "autovacuum_vacuum_scale_factor=0",
+        "autovacuum_vacuum_threshold=10000",
+    ] {
+        assert!(
+            options.iter().any(|o| o == option),
+            "{option} missing from {options:?}"
+        );
+    }
+}
+
 // NOTIFY, the idle-relay marks, the listener and the relay's own connection exist on Postgres only.
 #[sqlx::test(migrator = "courier_outbox::MIGRATOR")]
 async fn notify_wakes_an_idle_relay_long_before_its_poll(pool: PgPool) {

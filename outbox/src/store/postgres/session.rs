@@ -44,6 +44,8 @@ pub struct PgSession {
     liveness: Liveness,
     /// The batch claimed ahead, in an open transaction.
     ahead: Option<Ahead>,
+    /// Where the claims on either connection start reading the table.
+    cursor: claim::Cursor,
 }
 
 /// A batch claimed ahead: its rows, and whether its transaction is open on `spare`.
@@ -90,6 +92,7 @@ impl PgSession {
             partitions,
             liveness,
             ahead: None,
+            cursor: claim::Cursor::default(),
         })
     }
 
@@ -120,6 +123,7 @@ impl PgSession {
 /// Opens a transaction on `conn` and claims up to `limit` rows in it.
 async fn begin_and_claim(
     conn: &mut PgConnection,
+    cursor: &mut claim::Cursor,
     partitions: &[i16],
     limit: usize,
 ) -> sqlx::Result<Vec<Claimed>> {
@@ -127,7 +131,7 @@ async fn begin_and_claim(
     // ahead waits in it), which a borrowed `Transaction` cannot.
     let claiming = async {
         sqlx::query("BEGIN").execute(&mut *conn).await?;
-        claim::claim(conn, partitions, limit).await
+        claim::claim(conn, cursor, partitions, limit).await
     };
     // Its own span, so that a latency breakdown can tell the claim from the wait before it.
     claiming
@@ -158,8 +162,9 @@ impl Session for PgSession {
         let (on_spare, claimed) = match self.ahead.take() {
             Some(ahead) => (ahead.on_spare, ahead.claimed),
             None => {
-                let claimed =
-                    bounded(timeout, begin_and_claim(&mut self.conn, &partitions, limit)).await?;
+                let claiming =
+                    begin_and_claim(&mut self.conn, &mut self.cursor, &partitions, limit);
+                let claimed = bounded(timeout, claiming).await?;
                 if claimed.is_empty() {
                     bounded(timeout, end_transaction(&mut self.conn, "COMMIT")).await?;
                     return Ok(BatchEnd::Empty);
@@ -181,6 +186,7 @@ impl Session for PgSession {
             (&mut self.conn, &mut self.spare)
         };
         let every = liveness.ping_interval();
+        let cursor = &mut self.cursor;
 
         // Claims the next batch on `other`, then keeps its transaction alive until dropped.
         let mut ahead_result: Option<sqlx::Result<Vec<Claimed>>> = None;
@@ -195,7 +201,8 @@ impl Session for PgSession {
                         published_whole.notified().await;
                     }
                     ahead_started.store(true, Ordering::Release);
-                    let result = bounded(timeout, begin_and_claim(other, &partitions, limit)).await;
+                    let claiming = begin_and_claim(other, cursor, &partitions, limit);
+                    let result = bounded(timeout, claiming).await;
                     let claimed_some = result.as_ref().is_ok_and(|rows| !rows.is_empty());
                     ahead_result = Some(result);
                     ahead_claimed.store(true, Ordering::Release);
