@@ -73,7 +73,9 @@ where
 
 /// One relay's connection to its store, from start (or reconnect) to shutdown (or loss).
 pub trait Session: Send {
-    /// Claims up to `limit` due rows, hands them to `publish`, and records the outcomes.
+    /// Claims up to `limit` due rows, hands them to `publish`, and records the outcomes. A store
+    /// may let a batch published whole finish committing behind the next call's publish (Postgres
+    /// does); it commits the next batch only after it, and any other call waits for it first.
     fn batch<F: PublishFn>(
         &mut self,
         limit: usize,

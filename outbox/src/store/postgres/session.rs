@@ -7,17 +7,31 @@
 //! published, recorded and committed, so a busy relay does not wait for a claim between batches.
 //! The batch claimed ahead is the next rows in sequence order (`SKIP LOCKED` passes over the batch
 //! in hand), so it may hold later messages of the keys in hand. It is published only once the
-//! batch in hand was published *whole* and committed: if any message of the batch in hand failed
-//! or was held, the batch claimed ahead is given back (rolled back) and the next claim sees the
-//! failed message backing off, so no later message of its key overtakes it. Its rows are deleted
-//! only in its own open transaction, committed after the broker acknowledged them when its turn
-//! comes, exactly as a batch claimed in turn. Behind a full batch (more work is likely) it is
-//! claimed at once; behind a smaller one, as soon as that was published whole, while it is
-//! recorded and committed (rows committed during the publish then wait for neither that commit
-//! nor a claim after it). It is given back before a rebalance (when it releases partitions), before
-//! the relay's first connection runs anything else while it holds it, or when the next call wants
-//! fewer rows. A relay that dies holding it loses nothing: the transaction rolls back with the
-//! connection.
+//! batch in hand was published *whole*: if any message of the batch in hand failed or was held,
+//! the batch claimed ahead is given back (rolled back) and the next claim sees the failed message
+//! backing off, so no later message of its key overtakes it. Its rows are deleted only in its own
+//! open transaction, committed after the broker acknowledged them when its turn comes, exactly as
+//! a batch claimed in turn. Behind a full batch (more work is likely) it is claimed at once;
+//! behind a smaller one, as soon as that was published whole, while it is recorded and committed
+//! (rows committed during the publish then wait for neither that commit nor a claim after it). It
+//! is given back before a rebalance (when it releases partitions), before the relay's first
+//! connection runs anything else while it holds it, or when the next call wants fewer rows. A
+//! relay that dies holding it loses nothing: the transaction rolls back with the connection.
+//!
+//! **Committing behind the next publish.** A batch published whole commits in a task of its own
+//! ([`Slot::Committing`]): [`Session::batch`] returns once its outcomes are recorded and the next
+//! batch is claimed, and the next call publishes that batch while the commit is still under way
+//! (it would otherwise wait for the commit: the "claimed → publish call" step of the latency
+//! breakdown). What the order rules need still holds. The broker acknowledged the whole batch
+//! before the next one is published. The next batch commits only after the one before it
+//! committed, and a failed commit ends the session before it does, so that it rolls back too: the
+//! outbox never loses a batch's rows while keeping those of the batch before it. A batch that was
+//! not published whole (retries go back with a delay, later messages of their keys are held)
+//! commits before the call returns, since the next claim must see the retries backing off. A claim
+//! made while a batch published whole commits finds its rows locked and passes over them. Any
+//! other use of a connection (rebalancing, housekeeping, the idle mark, closing) waits for the
+//! commit first. A relay that dies while a batch commits loses nothing either: the commit lands
+//! (the broker has the batch) or rolls back (the batch is published again).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,6 +39,7 @@ use std::time::Duration;
 
 use sqlx::{Connection, PgConnection, PgPool};
 use tokio::sync::Notify;
+use tokio::task::JoinHandle;
 use tracing::Instrument;
 
 use super::liveness::{Liveness, bounded};
@@ -33,13 +48,18 @@ use super::{claim, housekeeping};
 use crate::relay::{Backlog, BatchEnd, Claimed, Outcome, PublishFn, RelayConfig, Session};
 use crate::{Error, Result};
 
+/// The relay's main connection: it holds the advisory locks and the idle mark, runs the
+/// housekeeping and claims in turn.
+const MAIN: usize = 0;
+/// The spare connection: it claims ahead, alternately with the main one, and holds nothing
+/// between transactions.
+const SPARE: usize = 1;
+
 /// The relay's connections and the key partitions it owns.
 #[derive(Debug)]
 pub struct PgSession {
-    /// Holds the advisory locks and the idle mark; runs the housekeeping; claims in turn.
-    conn: PgConnection,
-    /// Claims ahead, alternately with `conn`; holds nothing between transactions.
-    spare: PgConnection,
+    /// [`MAIN`] and [`SPARE`].
+    conns: [Slot; 2],
     partitions: Partitions,
     liveness: Liveness,
     /// The batch claimed ahead, in an open transaction.
@@ -48,11 +68,80 @@ pub struct PgSession {
     cursor: claim::Cursor,
 }
 
-/// A batch claimed ahead: its rows, and whether its transaction is open on `spare`.
+/// A batch claimed ahead: its rows, and the connection whose open transaction holds them.
 #[derive(Debug)]
 struct Ahead {
-    on_spare: bool,
+    conn: usize,
     claimed: Vec<Claimed>,
+}
+
+/// One of the relay's connections.
+#[derive(Debug)]
+enum Slot {
+    Ready(PgConnection),
+    /// Committing a batch published whole, in a task that gives the connection back.
+    Committing(JoinHandle<(PgConnection, sqlx::Result<()>)>),
+    /// Its commit failed (or the task died): the session ends.
+    Lost,
+}
+
+impl Slot {
+    /// The connection, once the commit it runs (if any) is done. A failed commit is the
+    /// session's error: the relay reconnects and the batch it held is published again.
+    async fn ready(&mut self) -> sqlx::Result<&mut PgConnection> {
+        if let Self::Committing(task) = self {
+            let (conn, committed) = match task.await {
+                Ok(done) => done,
+                Err(died) => {
+                    *self = Self::Lost;
+                    return Err(sqlx::Error::Io(std::io::Error::other(format!(
+                        "the relay's commit task ended without an answer ({died}); \
+                         treating the connection as lost"
+                    ))));
+                }
+            };
+            if let Err(error) = committed {
+                *self = Self::Lost;
+                return Err(error);
+            }
+            *self = Self::Ready(conn);
+        }
+        self.conn()
+    }
+
+    /// The connection, if it is ready.
+    fn conn(&mut self) -> sqlx::Result<&mut PgConnection> {
+        match self {
+            Self::Ready(conn) => Ok(conn),
+            Self::Committing(_) => Err(sqlx::Error::Protocol(
+                "the relay used a connection before its commit was done (a bug in courier)"
+                    .to_owned(),
+            )),
+            Self::Lost => Err(sqlx::Error::Io(std::io::Error::other(
+                "the relay's connection was lost to a failed commit; reconnecting",
+            ))),
+        }
+    }
+
+    fn is_committing(&self) -> bool {
+        matches!(self, Self::Committing(_))
+    }
+
+    /// Commits the open transaction in a task of its own; [`ready`](Self::ready) takes the
+    /// connection back. The task outlives the session if need be: the batch was published whole,
+    /// so committing it is right even after the relay stopped caring.
+    fn commit_in_background(&mut self, timeout: Duration) {
+        if let Self::Ready(mut conn) = std::mem::replace(self, Self::Lost) {
+            let span = tracing::debug_span!("outbox.commit");
+            *self = Self::Committing(tokio::spawn(
+                async move {
+                    let committed = bounded(timeout, end_transaction(&mut conn, "COMMIT")).await;
+                    (conn, committed)
+                }
+                .instrument(span),
+            ));
+        }
+    }
 }
 
 impl PgSession {
@@ -87,8 +176,7 @@ impl PgSession {
             "outbox relay started"
         );
         Ok(Self {
-            conn,
-            spare,
+            conns: [Slot::Ready(conn), Slot::Ready(spare)],
             partitions,
             liveness,
             ahead: None,
@@ -99,21 +187,22 @@ impl PgSession {
     /// Rolls back the batch claimed ahead, if any: its rows go back to the outbox untouched.
     async fn give_back_ahead(&mut self) -> sqlx::Result<()> {
         if let Some(ahead) = self.ahead.take() {
-            let conn = if ahead.on_spare {
-                &mut self.spare
-            } else {
-                &mut self.conn
-            };
+            let conn = self.conns[ahead.conn].ready().await?;
             bounded(self.liveness.timeout, end_transaction(conn, "ROLLBACK")).await?;
         }
         Ok(())
     }
 
-    /// Gives back the batch claimed ahead if its transaction is open on `conn`, before `conn`
-    /// runs anything else: a statement there would join that transaction (and a commit would
-    /// delete its rows before they were published).
-    async fn free_conn(&mut self) -> sqlx::Result<()> {
-        if self.ahead.as_ref().is_some_and(|a| !a.on_spare) {
+    /// Frees the main connection for housekeeping (then reached through `conns[MAIN].conn()`):
+    /// the commit under way on either connection is done (the housekeeping may release what that
+    /// batch holds, or read the outbox as if it were committed), and the batch claimed ahead is
+    /// given back if its transaction is open on the main connection (a statement there would join
+    /// it, and a commit delete its rows before they were published).
+    async fn settle_main(&mut self) -> sqlx::Result<()> {
+        for slot in &mut self.conns {
+            slot.ready().await?;
+        }
+        if self.ahead.as_ref().is_some_and(|a| a.conn == MAIN) {
             self.give_back_ahead().await?;
         }
         Ok(())
@@ -143,10 +232,49 @@ async fn end_transaction(conn: &mut PgConnection, how: &'static str) -> sqlx::Re
     sqlx::query(how).execute(conn).await.map(drop)
 }
 
+/// Where the other connection is within one call of [`PgSession::batch`].
+#[derive(Default)]
+struct OtherConn {
+    /// The commit of the batch before this one (if it was still under way) is done.
+    committed: AtomicBool,
+    /// The claim ahead began.
+    claiming: AtomicBool,
+    /// The claim ahead returned.
+    claimed: AtomicBool,
+    /// Notified whenever one of the above becomes true.
+    progress: Notify,
+}
+
+impl OtherConn {
+    fn mark(&self, flag: &AtomicBool) {
+        flag.store(true, Ordering::Release);
+        self.progress.notify_one();
+    }
+
+    /// Waits until `done` holds; each change of the flags re-checks it.
+    async fn until(&self, done: impl Fn(&Self) -> bool) {
+        while !done(self) {
+            self.progress.notified().await;
+        }
+    }
+
+    fn is_committed(&self) -> bool {
+        self.committed.load(Ordering::Acquire)
+    }
+
+    /// Nothing half-done on the other connection: the commit before is done, and no claim is
+    /// under way (none began, or it returned).
+    fn is_settled(&self) -> bool {
+        self.is_committed()
+            && (!self.claiming.load(Ordering::Acquire) || self.claimed.load(Ordering::Acquire))
+    }
+}
+
 impl Session for PgSession {
     /// Claims, publishes and records in one transaction: the rows stay locked (and deleted, to
     /// everyone else) while they are published, and a relay that dies rolls the claim back. The
-    /// next batch is claimed ahead meanwhile on the other connection (see the module docs).
+    /// next batch is claimed ahead meanwhile on the other connection, and a batch published whole
+    /// commits behind the next publish (see the module docs).
     async fn batch<F: PublishFn>(
         &mut self,
         limit: usize,
@@ -159,17 +287,25 @@ impl Session for PgSession {
             self.give_back_ahead().await?;
         }
         let partitions = self.partitions.owned();
-        let (on_spare, claimed) = match self.ahead.take() {
-            Some(ahead) => (ahead.on_spare, ahead.claimed),
+        let (this_index, claimed) = match self.ahead.take() {
+            Some(ahead) => (ahead.conn, ahead.claimed),
             None => {
-                let claiming =
-                    begin_and_claim(&mut self.conn, &mut self.cursor, &partitions, limit);
-                let claimed = bounded(timeout, claiming).await?;
+                // Claims on the connection that is not committing the batch before, if one is:
+                // the claim passes over that batch's rows (locked until its commit).
+                let index = if self.conns[MAIN].is_committing() {
+                    SPARE
+                } else {
+                    MAIN
+                };
+                let conn = self.conns[index].ready().await?;
+                let claimed = bounded(timeout, begin_and_claim(conn, &mut self.cursor, &partitions, limit)).await?;
                 if claimed.is_empty() {
-                    bounded(timeout, end_transaction(&mut self.conn, "COMMIT")).await?;
+                    bounded(timeout, end_transaction(conn, "COMMIT")).await?;
+                    // The relay goes idle after this: the batch before has committed by then.
+                    self.conns[1 - index].ready().await?;
                     return Ok(BatchEnd::Empty);
                 }
-                (false, claimed)
+                (index, claimed)
             }
         };
         let claimed: Arc<[Claimed]> = claimed.into();
@@ -180,33 +316,44 @@ impl Session for PgSession {
         // claims ahead.
         let full = claimed.len() >= limit;
         let look_ahead = limit > 1;
-        let (this, other) = if on_spare {
-            (&mut self.spare, &mut self.conn)
+        let [main, spare] = &mut self.conns;
+        let (this_slot, other_slot) = if this_index == MAIN {
+            (main, spare)
         } else {
-            (&mut self.conn, &mut self.spare)
+            (spare, main)
         };
         let every = liveness.ping_interval();
         let cursor = &mut self.cursor;
 
-        // Claims the next batch on `other`, then keeps its transaction alive until dropped.
         let mut ahead_result: Option<sqlx::Result<Vec<Claimed>>> = None;
-        let ahead_started = AtomicBool::new(false);
-        let ahead_claimed = AtomicBool::new(false);
-        let ahead_ready = Notify::new();
+        let other_conn = OtherConn::default();
         let published_whole = Notify::new();
         let end = {
-            let ahead = async {
+            // On the other connection: lets the batch before commit, then claims the next batch
+            // and keeps its transaction alive until dropped. Ends only with the error of that
+            // commit, which ends the session.
+            let other = async {
+                let other = match other_slot.ready().await {
+                    Ok(conn) => conn,
+                    Err(error) => return error,
+                };
+                other_conn.mark(&other_conn.committed);
                 if look_ahead {
                     if !full {
                         published_whole.notified().await;
                     }
-                    ahead_started.store(true, Ordering::Release);
-                    let claiming = begin_and_claim(other, cursor, &partitions, limit);
-                    let result = bounded(timeout, claiming).await;
+                    other_conn.mark(&other_conn.claiming);
+                    let mut result =
+                        bounded(timeout, begin_and_claim(other, cursor, &partitions, limit)).await;
                     let claimed_some = result.as_ref().is_ok_and(|rows| !rows.is_empty());
+                    if matches!(&result, Ok(rows) if rows.is_empty()) {
+                        // Nothing to carry over: end the transaction now, while this batch
+                        // finishes, rather than after it.
+                        let ended = bounded(timeout, end_transaction(other, "ROLLBACK")).await;
+                        result = ended.map(|()| Vec::new());
+                    }
                     ahead_result = Some(result);
-                    ahead_claimed.store(true, Ordering::Release);
-                    ahead_ready.notify_one();
+                    other_conn.mark(&other_conn.claimed);
                     // Its transaction waits idle for its turn: ping it as the batch in hand's.
                     if claimed_some {
                         loop {
@@ -219,9 +366,10 @@ impl Session for PgSession {
                         }
                     }
                 }
-                std::future::pending::<()>().await
+                std::future::pending().await
             };
             let this_batch = async {
+                let this = this_slot.ready().await?;
                 let publishing = publish(claimed.clone());
                 tokio::pin!(publishing);
                 // The transaction is idle while the broker works: ping it, or the server's
@@ -249,26 +397,35 @@ impl Session for PgSession {
                 if whole {
                     published_whole.notify_one();
                 }
-                // Only after the broker acknowledged them are the rows' deletions committed.
+                // Only after the broker acknowledged them are the rows' deletions committed, and
+                // only after the batch before committed: if that commit fails, this batch rolls
+                // back with the session.
                 bounded(
                     timeout,
                     claim::record(&mut *this, &claimed, &outcomes, keep_sent),
                 )
                 .await?;
-                bounded(timeout, end_transaction(this, "COMMIT")).await?;
+                other_conn.until(OtherConn::is_committed).await;
+                if whole {
+                    this_slot.commit_in_background(timeout);
+                } else {
+                    // The next claim must see the retries backing off: commit before it.
+                    bounded(timeout, end_transaction(this, "COMMIT")).await?;
+                }
                 Ok::<_, sqlx::Error>((BatchEnd::Done, whole))
             };
-            tokio::pin!(ahead);
+            tokio::pin!(other);
             tokio::pin!(this_batch);
             let end = tokio::select! {
                 end = &mut this_batch => end,
-                () = &mut ahead => unreachable!("the claim ahead never ends on its own"),
+                error = &mut other => Err(error),
             };
-            // A claim started on `other` is awaited, not dropped half-way.
-            if ahead_started.load(Ordering::Acquire) && !ahead_claimed.load(Ordering::Acquire) {
+            // The commit before is awaited, and a claim started on the other connection too, not
+            // dropped half-way.
+            if end.is_ok() {
                 tokio::select! {
-                    () = ahead_ready.notified() => {}
-                    () = &mut ahead => unreachable!("the claim ahead never ends on its own"),
+                    () = other_conn.until(OtherConn::is_settled) => {}
+                    error = &mut other => return Err(error),
                 }
             }
             end
@@ -278,17 +435,15 @@ impl Session for PgSession {
         match ahead_result.transpose()? {
             Some(next) if !next.is_empty() && end == BatchEnd::Done && whole => {
                 self.ahead = Some(Ahead {
-                    on_spare: !on_spare,
+                    conn: 1 - this_index,
                     claimed: next,
                 });
             }
+            // Nothing claimed: its transaction has ended already.
+            Some(next) if next.is_empty() => {}
             Some(_) => {
-                // Nothing claimed, or not the time to carry it over: give it back.
-                let other = if on_spare {
-                    &mut self.conn
-                } else {
-                    &mut self.spare
-                };
+                // Not the time to carry it over: give it back.
+                let other = self.conns[1 - this_index].ready().await?;
                 bounded(timeout, end_transaction(other, "ROLLBACK")).await?;
             }
             None => {}
@@ -297,31 +452,29 @@ impl Session for PgSession {
     }
 
     async fn rebalance(&mut self) -> sqlx::Result<()> {
-        self.free_conn().await?;
+        self.settle_main().await?;
         let timeout = self.liveness.timeout;
-        let target = bounded(timeout, Partitions::fair_share(&mut self.conn)).await?;
+        let target = bounded(timeout, Partitions::fair_share(self.conns[MAIN].conn()?)).await?;
         // A partition released goes to another relay: it must not find rows of it held here, or
         // it would publish a key's later messages before the batch claimed ahead. Taking more
         // partitions changes nothing for that batch.
         if self.partitions.would_release(target) {
             self.give_back_ahead().await?;
         }
-        bounded(
-            timeout,
-            self.partitions.rebalance_to(&mut self.conn, target),
-        )
-        .await
+        let conn = self.conns[MAIN].conn()?;
+        bounded(timeout, self.partitions.rebalance_to(conn, target)).await
     }
 
     async fn maintain(&mut self, retention: Option<Duration>) -> sqlx::Result<Backlog> {
-        self.free_conn().await?;
+        self.settle_main().await?;
         let timeout = self.liveness.timeout;
-        let backlog = bounded(timeout, housekeeping::backlog(&mut self.conn)).await?;
-        bounded(timeout, housekeeping::forget_dead_relays(&mut self.conn)).await?;
+        let conn = self.conns[MAIN].conn()?;
+        let backlog = bounded(timeout, housekeeping::backlog(&mut *conn)).await?;
+        bounded(timeout, housekeeping::forget_dead_relays(&mut *conn)).await?;
         if let Some(retention) = retention {
             let purged = bounded(
                 timeout,
-                housekeeping::purge_sent(&mut self.conn, retention, 10_000),
+                housekeeping::purge_sent(&mut *conn, retention, 10_000),
             )
             .await?;
             if purged > 0 {
@@ -332,29 +485,37 @@ impl Session for PgSession {
     }
 
     async fn set_idle(&mut self, idle: bool) -> sqlx::Result<()> {
-        self.free_conn().await?;
+        self.settle_main().await?;
         let timeout = self.liveness.timeout;
+        let conn = self.conns[MAIN].conn()?;
         if idle {
-            bounded(timeout, housekeeping::mark_idle(&mut self.conn)).await
+            bounded(timeout, housekeeping::mark_idle(conn)).await
         } else {
-            bounded(timeout, housekeeping::unmark_idle(&mut self.conn)).await
+            bounded(timeout, housekeeping::unmark_idle(conn)).await
         }
     }
 
     async fn next_due(&mut self) -> sqlx::Result<Option<Duration>> {
-        self.free_conn().await?;
-        bounded(
-            self.liveness.timeout,
-            housekeeping::next_due(&mut self.conn),
-        )
-        .await
+        self.settle_main().await?;
+        let conn = self.conns[MAIN].conn()?;
+        bounded(self.liveness.timeout, housekeeping::next_due(conn)).await
     }
 
     async fn close(mut self) {
+        // The batch committing behind the last publish lands first: the broker has it.
+        for slot in &mut self.conns {
+            let _ = slot.ready().await;
+        }
         let _ = self.give_back_ahead().await;
         let timeout = self.liveness.timeout;
-        let _ = bounded(timeout, housekeeping::unmark_idle(&mut self.conn)).await;
-        let _ = bounded(timeout, self.conn.close()).await;
-        let _ = bounded(timeout, self.spare.close()).await;
+        let [main, spare] = &mut self.conns;
+        if let Ok(conn) = main.ready().await {
+            let _ = bounded(timeout, housekeeping::unmark_idle(&mut *conn)).await;
+        }
+        for slot in [main, spare] {
+            if let Slot::Ready(conn) = std::mem::replace(slot, Slot::Lost) {
+                let _ = bounded(timeout, conn.close()).await;
+            }
+        }
     }
 }
