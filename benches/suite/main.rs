@@ -4,7 +4,7 @@
 //! `nats`: `cargo bench --bench suite --features nats -- --quick --only 8`), broker-lite
 //! replication, `SYNC_MASTER` / `ASYNC_MASTER` against a single node (scenario 9), consumer
 //! throughput through the broker-lite, NATS and RabbitMQ sources with the idempotency layer
-//! (scenario 10).
+//! (scenario 10), the SQLite store's relay drain beside a raw delete loop (scenario 12).
 //!
 //! ```sh
 //! # quick mode (under 2 minutes), then the full suite (under 15 minutes)
@@ -36,6 +36,7 @@ mod rabbitmq;
 mod relay;
 mod replication;
 mod report;
+mod sqlite;
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -399,6 +400,9 @@ async fn main() -> anyhow::Result<()> {
         if wanted(9) {
             replication::run(&params, &mut report).await?;
         }
+        if wanted(12) {
+            sqlite::run(&params, &mut report).await?;
+        }
         if wanted(11) && repeat == 1 {
             broker_memory::run(&params, &mut report).await?;
         }
@@ -579,6 +583,12 @@ fn targets(params: &Params) -> Vec<Target> {
         metric: "idempotency layer, batched 128 x 2 workers".into(),
         at_least: true,
         bound: 10_000.0,
+    });
+    targets.push(Target {
+        text: "idempotency layer unbatched >= 0.85x the handler alone".into(),
+        metric: "idempotency unbatched / without".into(),
+        at_least: true,
+        bound: 0.85,
     });
     targets.push(Target {
         text: "idempotent consumer >= 10k/s (unbatched layer)".into(),

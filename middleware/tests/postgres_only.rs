@@ -65,3 +65,52 @@ async fn a_handler_that_swallows_a_failed_statement_is_not_acked_on_postgres(poo
     assert_eq!(<Postgres as Store>::effects(&pool).await, 1);
     assert_eq!(<Postgres as Store>::records(&pool).await, 1);
 }
+
+/// A handler that ends its transaction itself (`ROLLBACK` on its `Tx`) and answers `Ok` took the
+/// record with it: acking would lose the message, as its payment rolled back too. A `COMMIT` after
+/// it would only warn that no transaction is in progress, so the layer checks with a savepoint,
+/// which fails outside a live transaction, and fails the delivery instead.
+#[sqlx::test(migrator = "courier_outbox::MIGRATOR")]
+async fn a_handler_that_rolls_its_transaction_back_itself_is_not_acked_on_postgres(
+    pool: sqlx::PgPool,
+) {
+    <Postgres as Store>::create_effects(&pool).await;
+    let end_it = Arc::new(AtomicU32::new(1));
+    let handler = {
+        let end_it = end_it.clone();
+        tower::service_fn(move |request: TxDelivery<Postgres>| {
+            let end_it = end_it.clone();
+            async move {
+                let mut conn = request.tx().lock().await;
+                let message = &request.delivery.message;
+                <Postgres as Store>::insert_effect(&mut conn, message.id, &request.delivery.group)
+                    .await?;
+                if end_it
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                    .is_ok()
+                {
+                    sqlx::Executor::execute(&mut *conn, "ROLLBACK").await?;
+                }
+                Ok::<(), BoxError>(())
+            }
+        })
+    };
+    let service = IdempotencyLayer::new(pool.clone()).layer(handler);
+    let message = Message::new("payments", "p");
+
+    let first = service.clone().oneshot(delivery(&message)).await;
+    assert!(
+        first.is_err(),
+        "a delivery whose handler rolled its transaction back must not be acked: {first:?}"
+    );
+    assert_eq!(<Postgres as Store>::effects(&pool).await, 0);
+    assert_eq!(<Postgres as Store>::records(&pool).await, 0);
+
+    let redelivered = service
+        .oneshot(delivery(&message).with_attempt(2))
+        .await
+        .unwrap();
+    assert_eq!(redelivered, Handled::Processed(()));
+    assert_eq!(<Postgres as Store>::effects(&pool).await, 1);
+    assert_eq!(<Postgres as Store>::records(&pool).await, 1);
+}

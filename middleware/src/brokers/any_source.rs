@@ -38,18 +38,23 @@ pub enum AnySource {
 }
 
 /// The receipt of an [`AnySource`] delivery: the broker's own receipt.
+///
+/// Each receipt is boxed, so that one is two words whichever broker it came from. Unboxed, the
+/// enum would be as large as its largest receipt (the NATS one carries a JetStream message with
+/// its client context, the RabbitMQ one a channel, acker and properties: several hundred bytes),
+/// and every pulled delivery of a broker-lite source would be that large too.
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum AnyReceipt {
     /// broker-lite's.
     #[cfg(feature = "broker-lite")]
-    BrokerLite(crate::BrokerLiteReceipt),
+    BrokerLite(Box<crate::BrokerLiteReceipt>),
     /// NATS JetStream's.
     #[cfg(feature = "nats")]
-    Nats(crate::nats::NatsReceipt),
+    Nats(Box<crate::nats::NatsReceipt>),
     /// RabbitMQ's.
     #[cfg(feature = "rabbitmq")]
-    RabbitMq(crate::RabbitMqReceipt),
+    RabbitMq(Box<crate::RabbitMqReceipt>),
 }
 
 /// Pulls from `source` and tags each receipt with `variant`.
@@ -57,7 +62,7 @@ async fn pull_from<S: DeliverySource>(
     source: &S,
     max: usize,
     wait: Duration,
-    variant: fn(S::Receipt) -> AnyReceipt,
+    variant: impl Fn(S::Receipt) -> AnyReceipt,
 ) -> Result<Vec<Pulled<AnyReceipt>>, BoxError> {
     let pulled = source.pull(max, wait).await.map_err(Into::into)?;
     Ok(pulled
@@ -79,22 +84,26 @@ impl DeliverySource for AnySource {
     async fn pull(&self, max: usize, wait: Duration) -> Result<Vec<Pulled<AnyReceipt>>, BoxError> {
         match self {
             #[cfg(feature = "broker-lite")]
-            Self::BrokerLite(s) => pull_from(s, max, wait, AnyReceipt::BrokerLite).await,
+            Self::BrokerLite(s) => {
+                pull_from(s, max, wait, |r| AnyReceipt::BrokerLite(Box::new(r))).await
+            }
             #[cfg(feature = "nats")]
-            Self::Nats(s) => pull_from(s, max, wait, AnyReceipt::Nats).await,
+            Self::Nats(s) => pull_from(s, max, wait, |r| AnyReceipt::Nats(Box::new(r))).await,
             #[cfg(feature = "rabbitmq")]
-            Self::RabbitMq(s) => pull_from(s, max, wait, AnyReceipt::RabbitMq).await,
+            Self::RabbitMq(s) => {
+                pull_from(s, max, wait, |r| AnyReceipt::RabbitMq(Box::new(r))).await
+            }
         }
     }
 
     async fn ack(&self, receipt: AnyReceipt) -> Result<(), BoxError> {
         match (self, receipt) {
             #[cfg(feature = "broker-lite")]
-            (Self::BrokerLite(s), AnyReceipt::BrokerLite(r)) => s.ack(r).await.map_err(Into::into),
+            (Self::BrokerLite(s), AnyReceipt::BrokerLite(r)) => s.ack(*r).await.map_err(Into::into),
             #[cfg(feature = "nats")]
-            (Self::Nats(s), AnyReceipt::Nats(r)) => s.ack(r).await,
+            (Self::Nats(s), AnyReceipt::Nats(r)) => s.ack(*r).await,
             #[cfg(feature = "rabbitmq")]
-            (Self::RabbitMq(s), AnyReceipt::RabbitMq(r)) => s.ack(r).await.map_err(Into::into),
+            (Self::RabbitMq(s), AnyReceipt::RabbitMq(r)) => s.ack(*r).await.map_err(Into::into),
             #[allow(unreachable_patterns)]
             _ => Err(foreign_receipt()),
         }
@@ -108,13 +117,13 @@ impl DeliverySource for AnySource {
         match (self, receipt) {
             #[cfg(feature = "broker-lite")]
             (Self::BrokerLite(s), AnyReceipt::BrokerLite(r)) => {
-                s.nack(r, delay).await.map_err(Into::into)
+                s.nack(*r, delay).await.map_err(Into::into)
             }
             #[cfg(feature = "nats")]
-            (Self::Nats(s), AnyReceipt::Nats(r)) => s.nack(r, delay).await,
+            (Self::Nats(s), AnyReceipt::Nats(r)) => s.nack(*r, delay).await,
             #[cfg(feature = "rabbitmq")]
             (Self::RabbitMq(s), AnyReceipt::RabbitMq(r)) => {
-                s.nack(r, delay).await.map_err(Into::into)
+                s.nack(*r, delay).await.map_err(Into::into)
             }
             #[allow(unreachable_patterns)]
             _ => Err(foreign_receipt()),
@@ -125,13 +134,13 @@ impl DeliverySource for AnySource {
         match (self, receipt) {
             #[cfg(feature = "broker-lite")]
             (Self::BrokerLite(s), AnyReceipt::BrokerLite(r)) => {
-                s.dead_letter(r, reason).await.map_err(Into::into)
+                s.dead_letter(*r, reason).await.map_err(Into::into)
             }
             #[cfg(feature = "nats")]
-            (Self::Nats(s), AnyReceipt::Nats(r)) => s.dead_letter(r, reason).await,
+            (Self::Nats(s), AnyReceipt::Nats(r)) => s.dead_letter(*r, reason).await,
             #[cfg(feature = "rabbitmq")]
             (Self::RabbitMq(s), AnyReceipt::RabbitMq(r)) => {
-                s.dead_letter(r, reason).await.map_err(Into::into)
+                s.dead_letter(*r, reason).await.map_err(Into::into)
             }
             #[allow(unreachable_patterns)]
             _ => Err(foreign_receipt()),
@@ -169,5 +178,16 @@ impl DeliverySource for AnySource {
             #[cfg(feature = "rabbitmq")]
             Self::RabbitMq(s) => s.redelivery_horizon(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::AnyReceipt;
+
+    /// A receipt is a box and at most a tag, whichever brokers are compiled in.
+    #[test]
+    fn a_receipt_is_at_most_two_words() {
+        assert!(std::mem::size_of::<AnyReceipt>() <= 2 * std::mem::size_of::<usize>());
     }
 }

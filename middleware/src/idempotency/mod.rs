@@ -138,11 +138,13 @@ impl<DB: Database> std::fmt::Debug for Config<DB> {
 ///    handler's writes, and the redelivery runs the handler again.
 ///
 /// Before the commit the layer checks that the transaction is still alive (a handler that
-/// swallowed a failed statement would otherwise be acked over a rolled-back transaction). On
-/// Postgres that costs two round trips on top of the handler's own: the record insert travels
-/// with the `BEGIN` (`INSERT …; BEGIN`, a duplicate being the key's unique violation), and the
-/// check with the `COMMIT` (`SELECT 1; COMMIT; BEGIN`; the trailing empty transaction is there for
-/// sqlx's own rollback, sent when the connection goes back to the pool).
+/// swallowed a failed statement, or ended the transaction itself, would otherwise be acked over a
+/// rolled-back transaction). On Postgres the layer takes two round trips on top of the handler's
+/// own, as many as a handler that begins and commits its own transaction: the record insert
+/// travels with the `BEGIN` (`INSERT …; BEGIN`, a duplicate being the key's unique violation), and
+/// the check with the `COMMIT` (`SAVEPOINT …; COMMIT; BEGIN`: a savepoint fails outside a live
+/// transaction; the trailing empty transaction is there for sqlx's own rollback, sent when the
+/// connection goes back to the pool).
 ///
 /// Two concurrent deliveries of one message give one effect. On Postgres the second insert waits on
 /// the first transaction's row lock, then sees the row (the first committed) or takes over (it

@@ -42,14 +42,22 @@ pub(crate) async fn begin_recorded(
     }
 }
 
-/// Checks that the transaction is not aborted and commits it, in one round trip: `SELECT 1;
-/// COMMIT; BEGIN`. A failed statement aborts a Postgres transaction, and its `COMMIT` then rolls
-/// back without an error (see [`IdempotencySql::idempotency_still_held`]); here the `SELECT 1`
-/// fails first (25P02), the rest of the query is skipped, and the answer is `false`, rolled back.
-/// sqlx does not know that the query committed, so the trailing `BEGIN` opens an empty
-/// transaction for sqlx's own rollback when `tx` is dropped: queued, that goes out with the
-/// pool's check of the returned connection, not as a round trip of its own (after a bare `COMMIT`
-/// it would find no transaction, and leave a warning in the server's log for every delivery).
+/// Checks that the transaction is still open and not aborted, and commits it, in one round trip:
+/// `SAVEPOINT courier_commit_check; COMMIT; BEGIN`. A savepoint can only be set inside a live
+/// transaction block, so the first statement fails when the handler's transaction cannot commit
+/// what it holds, and the rest of the query is skipped (the answer is `false`, rolled back):
+///
+/// - a failed statement aborted it (25P02), and its `COMMIT` would roll back without an error
+///   (see [`IdempotencySql::idempotency_still_held`]);
+/// - the handler ended it itself with `ROLLBACK` (or `COMMIT`) on its [`Tx`](crate::Tx) (25P01):
+///   the record went with it (or was committed early), and a `COMMIT` would only warn that no
+///   transaction is in progress.
+///
+/// It costs about what a `SELECT 1` would, without a row to send back. sqlx does not know that the
+/// query committed, so the trailing `BEGIN` opens an empty transaction for sqlx's own rollback
+/// when `tx` is dropped: queued, that goes out with the pool's check of the returned connection,
+/// not as a round trip of its own (after a bare `COMMIT` it would find no transaction, and leave a
+/// warning in the server's log for every delivery).
 pub(crate) async fn commit_recorded(
     mut tx: Transaction<'static, Postgres>,
 ) -> Result<bool, sqlx::Error> {
@@ -67,9 +75,22 @@ pub(crate) async fn commit_recorded(
 }
 
 async fn check_and_commit(conn: &mut PgConnection) -> Result<bool, sqlx::Error> {
-    match conn.execute("SELECT 1; COMMIT; BEGIN").await {
+    still_open(
+        conn.execute("SAVEPOINT courier_commit_check; COMMIT; BEGIN")
+            .await,
+    )
+}
+
+/// The answer of a statement that needs a live transaction block: `false` when the transaction
+/// was aborted (25P02) or is no longer open (25P01, "can only be used in transaction blocks").
+fn still_open<T>(answer: Result<T, sqlx::Error>) -> Result<bool, sqlx::Error> {
+    match answer {
         Ok(_) => Ok(true),
-        Err(sqlx::Error::Database(error)) if error.code().as_deref() == Some("25P02") => Ok(false),
+        Err(sqlx::Error::Database(error))
+            if matches!(error.code().as_deref(), Some("25P02" | "25P01")) =>
+        {
+            Ok(false)
+        }
         Err(error) => Err(error),
     }
 }
@@ -144,14 +165,9 @@ impl IdempotencySql for Postgres {
         let _ = keys;
         // A failed statement aborts the transaction, and `COMMIT` of an aborted transaction rolls
         // back without an error: a handler that swallowed the failure would be acked with its
-        // writes and the record gone. Any statement tells: it fails with 25P02 once aborted.
-        match sqlx::query("SELECT 1").execute(conn).await {
-            Ok(_) => Ok(true),
-            Err(sqlx::Error::Database(error)) if error.code().as_deref() == Some("25P02") => {
-                Ok(false)
-            }
-            Err(error) => Err(error),
-        }
+        // writes and the record gone. A savepoint tells, and also tells a transaction the handler
+        // ended itself (see `commit_recorded`, which does the same check with the commit).
+        still_open(conn.execute("SAVEPOINT courier_commit_check").await)
     }
 
     async fn idempotency_seen(pool: &PgPool, group: &str, key: &str) -> Result<bool, sqlx::Error> {
