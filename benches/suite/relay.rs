@@ -433,7 +433,8 @@ pub(crate) struct Phases {
     pub(crate) claim: Duration,
     /// Publishing the batch.
     pub(crate) publish: Duration,
-    /// From the last publish to the end of the batch (record outcomes, commit).
+    /// From the last publish to the end of the batch (record outcomes; the commit too, except on
+    /// Postgres for a batch published whole, which commits behind the next publish).
     pub(crate) finish: Duration,
     /// Claims (`outbox.claim` spans: BEGIN and the claim statement), and their time summed.
     pub(crate) claims: u64,
@@ -473,7 +474,8 @@ fn phases() -> Phases {
 }
 
 /// Times the relay's `outbox.batch` span: it is created once the claim returned, first entered
-/// when publishing starts, and closed when the batch function returns after its commit. Also
+/// when publishing starts, and closed when the batch function returns (on Postgres a batch
+/// published whole may still be committing then, behind the next publish). Also
 /// notes when each `outbox.claim` span (the claim's BEGIN and query) began and ended.
 pub(crate) struct BatchTimer;
 
@@ -535,7 +537,8 @@ impl<S: tracing::Subscriber + for<'a> LookupSpan<'a>> Layer<S> for BatchTimer {
             return;
         };
         // The instrumented future is dropped (and the span closed) when the batch function
-        // returns, after the commit; the last publish to return marks the end of publishing.
+        // returns (after the commit, or once it was handed to a background task on Postgres); the
+        // last publish to return marks the end of publishing.
         let published = last_published().clamp(*first, now);
         let mut p = PHASES.lock().unwrap();
         p.batches += 1;

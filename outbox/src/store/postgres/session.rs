@@ -298,7 +298,11 @@ impl Session for PgSession {
                     MAIN
                 };
                 let conn = self.conns[index].ready().await?;
-                let claimed = bounded(timeout, begin_and_claim(conn, &mut self.cursor, &partitions, limit)).await?;
+                let claimed = bounded(
+                    timeout,
+                    begin_and_claim(conn, &mut self.cursor, &partitions, limit),
+                )
+                .await?;
                 if claimed.is_empty() {
                     bounded(timeout, end_transaction(conn, "COMMIT")).await?;
                     // The relay goes idle after this: the batch before has committed by then.

@@ -173,7 +173,7 @@ pub struct FollowerView {
     pub name: String,
     /// It holds every record below this log position durably.
     pub acked_position: u64,
-    /// How far it is behind the leader's durable log end, in bytes.
+    /// How far it is behind the leader's written log end, in bytes.
     pub lag_bytes: u64,
     /// Whether it is in the in-sync set.
     pub in_sync: bool,

@@ -66,7 +66,7 @@ pub struct Promotion {
     pub epoch: u64,
     /// Its log end: it holds every record below it durably.
     pub position: u64,
-    /// The leader's durable log end at the last contact.
+    /// The leader's written log end at the last contact.
     pub leader_log_end: u64,
     /// Up to where the leader had acknowledged sends at the last contact.
     pub leader_acked_end: u64,

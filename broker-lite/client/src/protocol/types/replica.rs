@@ -146,7 +146,9 @@ pub struct ReplicaBatch {
     pub commit_position: u64,
     /// Named broker checkpoints (topics, consumer offsets), when asked for.
     pub checkpoints: Vec<(String, Bytes)>,
-    /// The leader's durable log end when it answered: a follower at or past it was caught up.
+    /// The leader's written log end when it answered (records it may not have fsynced yet: the
+    /// leader ships them so that its fsync and the follower's overlap); a follower at or past it
+    /// was caught up.
     pub log_end: u64,
     /// Up to where the leader had acknowledged sends to producers when it answered: the commit
     /// position under `SYNC_MASTER`, the durable log end under `ASYNC_MASTER`. A follower that
