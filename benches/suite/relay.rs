@@ -25,7 +25,7 @@ use tracing_subscriber::registry::LookupSpan;
 
 use crate::Params;
 use crate::enqueue::{fill_backlog, raw_drain};
-use crate::report::Report;
+use crate::report::{Report, size_label};
 
 pub(crate) const BATCH: usize = 500;
 pub(crate) const SCENARIO: &str = "2. Relay drain (batch 500, 256-byte payloads, 1024 keys)";
@@ -161,14 +161,6 @@ pub(crate) fn batch_claim() -> (u64, u64) {
 
 fn last_published() -> Instant {
     epoch() + Duration::from_nanos(LAST_PUBLISHED.load(Ordering::Relaxed))
-}
-
-fn size_label(backlog: usize) -> String {
-    if backlog >= 1_000_000 {
-        format!("{}M", backlog / 1_000_000)
-    } else {
-        format!("{}k", backlog / 1000)
-    }
 }
 
 /// Runs the relay drains of one repeat.

@@ -131,7 +131,7 @@ impl Report {
         for (key, value) in &self.context {
             let _ = writeln!(out, "- **{key}**: {value}");
         }
-        let _ = writeln!(out, "\n## Targets (issue 7)\n");
+        let _ = writeln!(out, "\n## Targets (issues 7, 13, 15)\n");
         let _ = writeln!(out, "| target | measured | verdict |\n|---|---|---|");
         for (text, measured, verdict) in self.verdicts(targets) {
             let _ = writeln!(out, "| {text} | {measured} | {verdict} |");
@@ -205,6 +205,15 @@ impl Report {
             serde_json::to_string_pretty(&self.json(targets))?,
         )?;
         Ok(markdown)
+    }
+}
+
+/// A backlog size as metrics name it: `10k`, `1M`.
+pub(crate) fn size_label(n: usize) -> String {
+    if n >= 1_000_000 {
+        format!("{}M", n / 1_000_000)
+    } else {
+        format!("{}k", n / 1000)
     }
 }
 

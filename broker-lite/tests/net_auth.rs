@@ -46,19 +46,16 @@ async fn missing_or_wrong_credentials_are_refused_and_nothing_is_stored() {
     let env = start(None).await;
     let addr = env.broker.addr();
 
-    let anonymous = Producer::connect(addr, ProducerConfig::default())
-        .await
-        .unwrap();
-    let error = anonymous
-        .send(Message::new("orders", "x"))
+    // Without credentials the connect itself is refused (its opening ping is), not a send after.
+    let error = Producer::connect(addr, ProducerConfig::default())
         .await
         .unwrap_err();
-    let reply = refusal(&error.error);
+    let reply = refusal(&error);
     assert_eq!(reply.code, ErrorCode::Unauthenticated);
     assert!(
         reply
             .message
-            .contains("authentication required before send"),
+            .contains("authentication required before ping"),
         "{reply}"
     );
 

@@ -88,6 +88,23 @@ async fn a_silent_connection_is_closed_at_the_handshake_timeout_and_frees_its_pl
         .unwrap();
 }
 
+/// A client that connects and sends its first request later than the handshake timeout (a
+/// producer opened at start-up, a relay waiting for its tables) keeps its connection: `connect`
+/// completes the handshake itself. It used to be closed at the timeout, with a warning.
+#[tokio::test(start_paused = true)]
+async fn a_client_that_waits_past_the_handshake_timeout_keeps_its_connection() {
+    let server = MockServer::start(ServerConfig::default()).await;
+    let conn = client(&server).await;
+    tokio::time::sleep(ServerConfig::default().handshake_timeout * 2).await;
+    assert!(
+        !conn.is_closed(),
+        "the broker closed a connected client at its handshake timeout"
+    );
+    conn.request(&Request::Ping, TIMEOUT)
+        .await
+        .expect("served on the same connection");
+}
+
 #[tokio::test(start_paused = true)]
 async fn an_idle_connection_is_closed_and_frees_its_slot() {
     let mut config = ServerConfig::default();

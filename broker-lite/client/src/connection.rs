@@ -18,8 +18,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use super::error::{ClientError, Result};
 use super::security::Security;
 use crate::protocol::{
-    CONNECTION_REQUEST_ID, DecodeError, ErrorReply, Frame, FrameKind, FrameReader, FrameWriter,
-    ReadError, Request, Response,
+    CONNECTION_REQUEST_ID, DecodeError, ErrorCode, ErrorReply, Frame, FrameKind, FrameReader,
+    FrameWriter, ReadError, Request, Response,
 };
 
 type Answer = std::result::Result<Frame, ClientError>;
@@ -256,8 +256,14 @@ async fn read_loop<R: AsyncRead + Unpin>(
                     Ok(reply) => reply,
                     Err(e) => break format!("undecodable error frame: {e}"),
                 };
-                tracing::warn!(error = %reply, "the broker closed the connection");
                 let mut p = pending.lock().unwrap();
+                // An idle connection closed by the broker's idle timeout costs nothing: the
+                // clients reconnect on their next request. Anything else is worth a warning.
+                if p.waiting.is_empty() && reply.code == ErrorCode::Timeout {
+                    tracing::debug!(error = %reply, "the broker closed an idle connection");
+                } else {
+                    tracing::warn!(error = %reply, "the broker closed the connection");
+                }
                 p.closed.get_or_insert(reply.to_string());
                 for (_, tx) in p.waiting.drain() {
                     let _ = tx.send(Err(ClientError::Server(reply.clone())));
@@ -279,7 +285,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
 }
 
 /// Why a connection whose first answer is not a frame failed: the address is not broker-lite's.
-fn not_a_broker(error: &DecodeError) -> String {
+pub(crate) fn not_a_broker(error: &DecodeError) -> String {
     format!(
         "this is not a broker-lite server (did you give the database port?): its answer is not \
          a broker-lite frame ({error})"
@@ -322,11 +328,16 @@ where
 {
     let mut reader = FrameReader::new(rd, max_frame_size);
     let mut writer = FrameWriter::new(wr);
-    let mut next_id = 1;
-    if let Some(credentials) = &security.credentials {
-        super::login::login(addr, &mut reader, &mut writer, credentials).await?;
-        next_id = 3;
-    }
+    let next_id = match &security.credentials {
+        Some(credentials) => {
+            super::login::login(addr, &mut reader, &mut writer, credentials).await?;
+            3
+        }
+        None => {
+            super::handshake::hello(addr, &mut reader, &mut writer).await?;
+            super::handshake::HELLO_REQUEST_ID + 1
+        }
+    };
     let (tx, rx) = mpsc::channel::<Frame>(1024);
     let pending = Arc::new(Mutex::new(Pending::default()));
     let writer = tokio::spawn(write_loop(writer, rx, pending.clone(), addr.to_string()));

@@ -41,6 +41,7 @@ mod connection;
 mod consumer;
 mod endpoints;
 mod error;
+mod handshake;
 mod login;
 mod producer;
 pub mod protocol;

@@ -4,12 +4,10 @@
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::error::{ClientError, Result};
+use super::handshake::exchange;
 use super::security::Credentials;
 use crate::protocol::scram::{self, MIN_ITERATIONS};
-use crate::protocol::{
-    AuthFinish, AuthStart, ErrorReply, Frame, FrameKind, FrameReader, FrameWriter, Request,
-    Response,
-};
+use crate::protocol::{AuthFinish, AuthStart, FrameReader, FrameWriter, Request, Response};
 
 /// Authenticates as `credentials` with request ids 1 and 2.
 pub(crate) async fn login<R, W>(
@@ -63,49 +61,4 @@ where
         ));
     }
     Ok(())
-}
-
-/// Writes one request and reads its answer.
-async fn exchange<R, W>(
-    addr: &str,
-    reader: &mut FrameReader<R>,
-    writer: &mut FrameWriter<W>,
-    request_id: u64,
-    request: &Request,
-) -> Result<Response>
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    let code = request.code() as u16;
-    let frame = Frame {
-        kind: FrameKind::Request,
-        request_id,
-        code,
-        body: request.encode_body(),
-    };
-    let lost = |reason: String| ClientError::ConnectionLost {
-        addr: addr.to_string(),
-        reason,
-    };
-    writer
-        .write_frame(&frame)
-        .await
-        .map_err(|e| lost(format!("write failed during authentication: {e}")))?;
-    writer
-        .flush()
-        .await
-        .map_err(|e| lost(format!("write failed during authentication: {e}")))?;
-    let answer = reader
-        .read_frame()
-        .await
-        .map_err(|e| lost(format!("during authentication: {e}")))?
-        .ok_or_else(|| lost("closed by the broker during authentication".into()))?;
-    match answer.kind {
-        FrameKind::Error => Err(ClientError::Server(ErrorReply::decode(answer.body)?)),
-        FrameKind::Response if answer.request_id == request_id => {
-            Ok(Response::decode(code, answer.body)?)
-        }
-        _ => Err(ClientError::UnexpectedResponse(request.code().name())),
-    }
 }
