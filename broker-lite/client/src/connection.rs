@@ -78,7 +78,9 @@ impl Connection {
     }
 
     /// Connects to `addr` within `timeout` with `security`: TLS first when set, then
-    /// authentication when credentials are set, all within `timeout`.
+    /// authentication when credentials are set, else a ping that completes an open broker's
+    /// handshake, all within `timeout`. A broker that wants TLS or credentials the client does
+    /// not offer refuses here, not at the first request.
     ///
     /// # Errors
     ///
