@@ -167,17 +167,24 @@ async fn the_console_replays_a_failure_and_traces_a_message_in_a_real_browser(po
         .unwrap();
     let stdout = child.stdout.take().unwrap();
     let relay = Killed(child);
-    let mut lines = BufReader::new(stdout).lines();
-    let listen = loop {
-        let line = lines
-            .next()
-            .expect("the relay exited before it printed its HTTP address")
-            .unwrap();
-        if let Some(address) = line.strip_prefix("outbox-relay http on ") {
-            break address.trim().to_owned();
-        }
-    };
-    std::thread::spawn(move || lines.for_each(drop));
+    // Read on a blocking thread: the relay connects to the broker embedded in this test's
+    // runtime, which must answer its opening ping while the relay's first lines are awaited.
+    let listen = tokio::task::spawn_blocking(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        let listen = loop {
+            let line = lines
+                .next()
+                .expect("the relay exited before it printed its HTTP address")
+                .unwrap();
+            if let Some(address) = line.strip_prefix("outbox-relay http on ") {
+                break address.trim().to_owned();
+            }
+        };
+        std::thread::spawn(move || lines.for_each(drop));
+        listen
+    })
+    .await
+    .unwrap();
 
     // One message the broker cannot take yet (no such topic) and one it can.
     let invoice = Message::new("invoices", r#"{"invoice":7,"amount":"12.50"}"#)

@@ -11,7 +11,9 @@ use uuid::Uuid;
 
 const RELAY: &str = env!("CARGO_BIN_EXE_outbox-relay");
 
-#[tokio::test]
+// Multi-threaded: `Relay::start` blocks its thread reading the relay's first line, and the relay
+// connects to the broker embedded in this runtime, which must answer its opening ping meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_console_reads_a_mysql_outbox() {
     let db = MySqlTestDatabase::create().await;
     let url = db.url();
