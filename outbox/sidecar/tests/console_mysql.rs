@@ -11,9 +11,7 @@ use uuid::Uuid;
 
 const RELAY: &str = env!("CARGO_BIN_EXE_outbox-relay");
 
-// Multi-threaded: `Relay::start` blocks its thread reading the relay's first line, and the relay
-// connects to the broker embedded in this runtime, which must answer its opening ping meanwhile.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn the_console_reads_a_mysql_outbox() {
     let db = MySqlTestDatabase::create().await;
     let url = db.url();
@@ -62,7 +60,7 @@ async fn the_console_reads_a_mysql_outbox() {
     .await
     .unwrap();
 
-    let (broker, _data) = start_broker().await;
+    let broker = start_broker().await;
     let addr = broker.addr().to_string();
     let relay = Relay::start(&url, &addr, "127.0.0.1:0", "run", Some(TOKEN));
     let bearer = format!("Bearer {TOKEN}");

@@ -11,7 +11,7 @@ courier_test_support::postgres_for_tests!();
 
 #[sqlx::test(migrator = "courier_outbox::MIGRATOR")]
 async fn a_long_replay_runs_in_the_background_with_progress_and_needs_the_token(pool: PgPool) {
-    let (broker, _data) = start_broker().await;
+    let broker = start_broker().await;
     broker.broker().create_topic("payments", 4).await.unwrap();
     let addr = broker.addr().to_string();
     // More than one chunk (1000) of failures.
@@ -99,7 +99,7 @@ async fn a_long_replay_runs_in_the_background_with_progress_and_needs_the_token(
 
 #[sqlx::test(migrator = "courier_outbox::MIGRATOR")]
 async fn off_loopback_the_pages_need_a_sign_in_too(pool: PgPool) {
-    let (broker, _data) = start_broker().await;
+    let broker = start_broker().await;
     let addr = broker.addr().to_string();
     let url = pool.connect_options().to_url_lossy().to_string();
     let relay = Relay::start(&url, &addr, "0.0.0.0:0", "run", Some(TOKEN));
@@ -132,7 +132,7 @@ async fn off_loopback_the_pages_need_a_sign_in_too(pool: PgPool) {
 /// `outbox-relay console`: the console alone, beside an application that relays in-process.
 #[sqlx::test(migrator = "courier_outbox::MIGRATOR")]
 async fn the_console_runs_alone_beside_an_embedded_relay(pool: PgPool) {
-    let (broker, _data) = start_broker().await;
+    let broker = start_broker().await;
     let addr = broker.addr().to_string();
     sqlx::query(
         "INSERT INTO outbox.failures (id, seq, topic, key, headers, payload, created_at, attempts, last_error)
@@ -168,7 +168,7 @@ async fn the_console_runs_alone_beside_an_embedded_relay(pool: PgPool) {
 async fn a_long_redrive_goes_page_by_page_with_progress(pool: PgPool) {
     use broker_lite_client::{Consumer, ConsumerConfig, Producer, ProducerConfig};
     const DEAD: usize = 250;
-    let (broker, _data) = start_broker().await;
+    let broker = start_broker().await;
     broker.broker().create_topic("orders", 2).await.unwrap();
     let addr = broker.addr().to_string();
     // Subscribed before anything is sent, so the group sees every message.

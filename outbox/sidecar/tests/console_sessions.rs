@@ -16,7 +16,7 @@ const PURGE: &str = "action=purge&scope=matching&topic=payments";
 
 #[sqlx::test(migrator = "courier_outbox::MIGRATOR")]
 async fn a_session_survives_a_restart_and_ends_at_sign_out(pool: PgPool) {
-    let (broker, _data) = start_broker().await;
+    let broker = start_broker().await;
     let addr = broker.addr().to_string();
     let url = pool.connect_options().to_url_lossy().to_string();
     let start = move || Relay::start(&url, &addr, "127.0.0.1:0", "console", Some(TOKEN));
@@ -101,7 +101,7 @@ async fn without_the_audit_table_the_sign_in_says_to_migrate(pool: PgPool) {
         .execute(&pool)
         .await
         .unwrap();
-    let (broker, _data) = start_broker().await;
+    let broker = start_broker().await;
     let addr = broker.addr().to_string();
     let url = pool.connect_options().to_url_lossy().to_string();
     tokio::task::spawn_blocking(move || {

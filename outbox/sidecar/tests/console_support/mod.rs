@@ -86,14 +86,76 @@ impl Relay {
     }
 }
 
-/// An embedded broker-lite on a free loopback port, and its data directory (removed on drop:
-/// keep it as long as the broker).
-pub(crate) async fn start_broker() -> (EmbeddedBroker, TempDir) {
+/// An embedded broker-lite on a free loopback port, served by a runtime of its own.
+///
+/// The tests talk to the relay with blocking HTTP calls and `sqlx::test` runs them on a
+/// single-threaded runtime; a broker served by that runtime could not answer the relay (its
+/// opening ping, a replay's publish) while the test waits for the relay's answer. On its own
+/// runtime it always can.
+pub(crate) struct TestBroker {
+    broker: Option<EmbeddedBroker>,
+    runtime: Option<tokio::runtime::Runtime>,
+    _data: TempDir,
+}
+
+impl TestBroker {
+    /// The address the broker listens on.
+    pub(crate) fn addr(&self) -> std::net::SocketAddr {
+        self.embedded().addr()
+    }
+
+    /// The in-process broker handle.
+    pub(crate) fn broker(&self) -> &broker_lite::Broker {
+        self.embedded().broker()
+    }
+
+    /// Stops the server and closes the broker (offsets saved, log flushed).
+    pub(crate) async fn shutdown(mut self) -> Result<(), broker_lite::embedded::EmbeddedError> {
+        let broker = self.broker.take().expect("shut down once");
+        let closed = self
+            .runtime
+            .as_ref()
+            .expect("the broker's runtime lives as long as the broker")
+            .spawn(broker.shutdown());
+        closed.await.expect("the broker's shutdown task")
+    }
+
+    fn embedded(&self) -> &EmbeddedBroker {
+        self.broker.as_ref().expect("not shut down")
+    }
+}
+
+impl Drop for TestBroker {
+    fn drop(&mut self) {
+        drop(self.broker.take());
+        // Dropping a runtime may block, which a test's async context does not allow.
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// Starts a [`TestBroker`] with the default configuration.
+pub(crate) async fn start_broker() -> TestBroker {
+    start_broker_with(EmbeddedConfig::default()).await
+}
+
+/// Starts a [`TestBroker`] with `config`.
+pub(crate) async fn start_broker_with(config: EmbeddedConfig) -> TestBroker {
     let data = tempfile::tempdir().unwrap();
-    let broker = embedded::start(data.path(), EmbeddedConfig::default())
-        .await
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("test-broker")
+        .enable_all()
+        .build()
         .unwrap();
-    (broker, data)
+    let started = runtime.spawn(embedded::start(data.path().to_owned(), config));
+    let broker = started.await.unwrap().unwrap();
+    TestBroker {
+        broker: Some(broker),
+        runtime: Some(runtime),
+        _data: data,
+    }
 }
 
 /// One HTTP/1.1 request; the status and the whole response (headers and body).
