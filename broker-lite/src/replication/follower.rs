@@ -1,9 +1,12 @@
 //! The follower side: the fetch loop that copies the leader's log and state checkpoints into the
 //! local store.
 //!
-//! The loop asks from its own log end, which under `SYNC_FLUSH` (required on a follower) is
-//! durable once an append returns: asking from a position *is* the report that everything below
-//! it is on this follower's disk. Records are appended in the leader's order with the leader's
+//! The loop asks from its own written log end and fetches again as soon as a batch is written,
+//! while the store's writer fsyncs it (`SYNC_FLUSH` is required on a follower): the next records
+//! are on their way during the fsync instead of after it. What is durable is reported apart, with
+//! every fetch and, after each fsync, with a `ReplicaAck` on the same connection, so a
+//! `SYNC_MASTER` send waiting for this follower is answered when its fsync completes, not when
+//! the next fetch happens to go out. Records are appended in the leader's order with the leader's
 //! segment size, so each lands at the leader's log position and queue offset; a record that
 //! would land elsewhere stops the loop (the logs diverged) instead of silently storing a
 //! different log.
@@ -29,8 +32,8 @@ use tokio_util::sync::CancellationToken;
 use super::epochs;
 use crate::broker::STATE_CHECKPOINTS;
 use crate::client::{Connection, Security};
-use crate::protocol::{EpochStart, ReplicaBatch, ReplicaFetch, Request, Response};
-use crate::storage::{FlushOutcome, NewRecord, Store, StoreConfig};
+use crate::protocol::{EpochStart, ReplicaAck, ReplicaBatch, ReplicaFetch, Request, Response};
+use crate::storage::{NewRecord, Store, StoreConfig};
 
 /// How a follower reaches and copies its leader.
 #[derive(Debug, Clone)]
@@ -100,6 +103,12 @@ pub(crate) async fn run(
     let mut store = store;
     let result = follow(&mut store, &dir, &store_config, &config, &progress, &stop).await;
     let closed = store.close().await.map_err(|e| e.to_string());
+    if closed.is_ok() {
+        // Closing fsyncs what the last fetches wrote.
+        progress
+            .position
+            .fetch_max(store.progress().flushed, Ordering::AcqRel);
+    }
     result.and(closed)
 }
 
@@ -222,6 +231,7 @@ fn truncation_point(
     (point < end).then_some(point)
 }
 
+/// Fetches and applies batches on `c`, reporting each fsync beside, until an error.
 async fn copy(
     c: &Connection,
     store: &Store,
@@ -229,23 +239,31 @@ async fn copy(
     history: &mut Vec<EpochStart>,
     progress: &FollowerProgress,
 ) -> Result<(), Failure> {
+    let epoch = AtomicU64::new(epochs::current(history));
+    tokio::select! {
+        r = fetch_loop(c, store, config, history, &epoch, progress) => r,
+        r = report_durable(c, store, config, &epoch, progress) => r,
+    }
+}
+
+async fn fetch_loop(
+    c: &Connection,
+    store: &Store,
+    config: &FollowerConfig,
+    history: &mut Vec<EpochStart>,
+    epoch: &AtomicU64,
+    progress: &FollowerProgress,
+) -> Result<(), Failure> {
     let mut last_checkpoints: Option<tokio::time::Instant> = None;
     loop {
         let want_checkpoints =
             last_checkpoints.is_none_or(|t| t.elapsed() >= config.checkpoint_interval);
-        let mut p = store.progress();
-        if p.written != p.flushed {
-            // An append answered FLUSH_DISK_TIMEOUT: report nothing past the durable end.
-            store
-                .flush()
-                .await
-                .map_err(|e| Failure::Retry(e.to_string()))?;
-            p = store.progress();
-        }
+        let p = store.progress();
         let fetch = ReplicaFetch {
             follower: config.name.clone(),
             epoch: epochs::current(history),
             from_position: p.written,
+            durable_position: p.flushed,
             max_bytes: config.max_fetch_bytes,
             max_wait_ms: u32::try_from(config.max_wait.as_millis()).unwrap_or(u32::MAX),
             want_checkpoints,
@@ -262,29 +280,64 @@ async fn copy(
         if want_checkpoints {
             last_checkpoints = Some(tokio::time::Instant::now());
         }
-        apply(store, &batch, history).await?;
+        let (commit, log_end, acked_end) = (batch.commit_position, batch.log_end, batch.acked_end);
+        apply(store, batch, history).await?;
+        epoch.store(epochs::current(history), Ordering::Release);
         progress
             .epoch
             .store(epochs::current(history), Ordering::Release);
         progress
             .position
-            .store(store.progress().written, Ordering::Release);
-        progress
-            .leader_commit
-            .store(batch.commit_position, Ordering::Release);
-        progress
-            .leader_log_end
-            .store(batch.log_end, Ordering::Release);
+            .fetch_max(store.progress().flushed, Ordering::AcqRel);
+        progress.leader_commit.store(commit, Ordering::Release);
+        progress.leader_log_end.store(log_end, Ordering::Release);
         progress
             .leader_acked_end
-            .store(batch.acked_end, Ordering::Release);
+            .store(acked_end, Ordering::Release);
         *progress.last_contact.lock().unwrap() = Some(std::time::Instant::now());
+    }
+}
+
+/// Tells the leader the durable log end after each fsync of the store (coalesced: while one
+/// report is on its way, later fsyncs wait for the next).
+async fn report_durable(
+    c: &Connection,
+    store: &Store,
+    config: &FollowerConfig,
+    epoch: &AtomicU64,
+    progress: &FollowerProgress,
+) -> Result<(), Failure> {
+    let mut changes = store.subscribe();
+    let mut reported = store.progress().flushed;
+    loop {
+        if changes.changed().await.is_err() {
+            return Err(Failure::Retry("the follower's store closed".into()));
+        }
+        let flushed = changes.borrow_and_update().flushed;
+        if flushed <= reported {
+            continue;
+        }
+        reported = flushed;
+        progress.position.fetch_max(flushed, Ordering::AcqRel);
+        let ack = ReplicaAck {
+            follower: config.name.clone(),
+            epoch: epoch.load(Ordering::Acquire),
+            durable_position: flushed,
+        };
+        match c
+            .request(&Request::ReplicaAck(ack), Duration::from_secs(10))
+            .await
+        {
+            Ok(Response::Done) => {}
+            Ok(other) => return Err(Failure::Retry(format!("unexpected answer {other:?}"))),
+            Err(e) => return Err(Failure::Retry(e.to_string())),
+        }
     }
 }
 
 async fn apply(
     store: &Store,
-    batch: &ReplicaBatch,
+    batch: ReplicaBatch,
     history: &mut Vec<EpochStart>,
 ) -> Result<(), Failure> {
     if batch.segment_size != store.segment_size() {
@@ -300,46 +353,45 @@ async fn apply(
         epochs::save(store, &batch.epochs)
             .await
             .map_err(|e| Failure::Retry(e.to_string()))?;
-        *history = batch.epochs.clone();
+        *history = batch.epochs;
     }
     if !batch.records.is_empty() {
+        let mut places = Vec::with_capacity(batch.records.len());
         let records: Vec<NewRecord> = batch
             .records
-            .iter()
+            .into_iter()
             .map(|r| {
-                let mut n = NewRecord::new(r.topic.clone(), r.queue_id, r.body.clone());
+                places.push((r.log_position, r.message_id));
+                let mut n = NewRecord::new(r.topic, r.queue_id, r.body);
                 n.message_id = r.message_id;
-                n.key = r.key.clone();
-                n.tag = r.tag.clone();
-                n.properties = r.properties.clone();
+                n.key = r.key;
+                n.tag = r.tag;
+                n.properties = r.properties;
                 n.born_timestamp_ms = r.born_timestamp_ms;
                 n.flags = r.flags;
                 n
             })
             .collect();
+        // Written, not yet fsynced: `report_durable` tells the leader when they are.
         let appended = store
-            .append_batch(records)
+            .append_batch_written(records)
             .await
             .map_err(|e| Failure::Retry(format!("storing replicated records failed: {e}")))?;
-        for (a, r) in appended.iter().zip(&batch.records) {
-            if a.log_position != r.log_position {
+        for (a, (position, id)) in appended.iter().zip(places) {
+            if a.log_position != position {
                 return Err(Failure::Fatal(format!(
-                    "replicated record {} landed at position {} instead of the leader's {}: the \
-                     logs diverged; move this follower's data directory away and start it empty",
-                    r.message_id, a.log_position, r.log_position
+                    "replicated record {id} landed at position {} instead of the leader's \
+                     {position}: the logs diverged; move this follower's data directory away and \
+                     start it empty",
+                    a.log_position
                 )));
-            }
-            if a.outcome != FlushOutcome::Flushed {
-                return Err(Failure::Retry(
-                    "replicated records not fsynced in time; fetching again".into(),
-                ));
             }
         }
     }
-    for (name, bytes) in &batch.checkpoints {
+    for (name, bytes) in batch.checkpoints {
         if STATE_CHECKPOINTS.contains(&name.as_str()) {
             store
-                .save_checkpoint(name, bytes.clone())
+                .save_checkpoint(&name, bytes)
                 .await
                 .map_err(|e| Failure::Retry(e.to_string()))?;
         }

@@ -19,8 +19,9 @@
 //!
 //! The commit position is therefore the lower of two positions:
 //! - the *replicated* position: the `min_sync_replicas`-th highest durable position among the
-//!   in-sync followers (a follower's fetch position is its report: it holds everything below it
-//!   fsynced); it only grows;
+//!   in-sync followers (a follower reports it with each fetch and, after each of its fsyncs, with
+//!   a [`ReplicaAck`](crate::protocol::ReplicaAck), so that it fetches the next records while
+//!   the previous ones are being fsynced); it only grows;
 //! - the leader's own [`durable_position`](Store::durable_position).
 //!
 //! A `SYNC_MASTER` send is `SEND_OK` only once the commit position passes it: on the leader's
@@ -258,14 +259,7 @@ impl Leader {
     pub(crate) async fn fetch(&self, f: ReplicaFetch) -> Result<ReplicaBatch, BrokerError> {
         let epoch = self.epoch();
         if f.epoch > epoch {
-            if !self.fenced.swap(true, Ordering::AcqRel) {
-                tracing::error!(
-                    epoch,
-                    follower_epoch = f.epoch,
-                    follower = f.follower,
-                    "a follower knows a newer epoch: this leader is fenced and refuses sends"
-                );
-            }
+            self.fence(f.epoch, &f.follower);
             return Err(fenced_error(epoch));
         }
         if let Some(end) = epochs::end_of(&self.epochs, f.epoch)
@@ -379,9 +373,11 @@ impl Leader {
 
     fn note_fetch(&self, f: &ReplicaFetch) {
         let now = Instant::now();
+        // Nobody holds durably what they have not written.
+        let durable = f.durable_position.min(f.from_position);
         let mut sessions = self.sessions.lock().unwrap();
         let s = sessions.entry(f.follower.clone()).or_insert(Session {
-            acked: f.from_position,
+            acked: durable,
             last_fetch: now,
             caught_up_at: None,
             last_sent_end: u64::MAX,
@@ -390,18 +386,62 @@ impl Leader {
             // A follower restarted empty or lost an unsynced tail: it no longer holds what it
             // reported; it re-enters the set once caught up again.
             s.caught_up_at = None;
+            s.acked = durable;
+        } else {
+            // A fetch and a later report may be taken in either order (one task per request):
+            // a durable position below the last report is an older one, not a loss.
+            s.acked = s.acked.max(durable);
         }
-        s.acked = f.from_position;
         s.last_fetch = now;
         if f.from_position >= s.last_sent_end {
             s.caught_up_at = Some(now);
         }
-        let lag = self
-            .store
-            .replicable_position()
-            .saturating_sub(f.from_position);
+        let lag = self.store.replicable_position().saturating_sub(durable);
         metrics::gauge!("broker_lite_replication_follower_lag_bytes", "follower" => f.follower.clone())
             .set(lag as f64);
+        self.advance(sessions, now);
+    }
+
+    /// Takes a follower's report that it holds everything below `ack.durable_position` durably
+    /// (sent after each of its fsyncs, between fetches) and moves the commit position. A report
+    /// only moves a follower forward, and only one of this epoch counts: a follower of an older
+    /// epoch may hold records this log does not have, and its next fetch tells it where to cut.
+    ///
+    /// # Errors
+    /// [`BrokerError::Replication`] for a follower of a newer epoch (this leader is then fenced).
+    pub(crate) fn ack(&self, ack: &crate::protocol::ReplicaAck) -> Result<(), BrokerError> {
+        let epoch = self.epoch();
+        if ack.epoch > epoch {
+            self.fence(ack.epoch, &ack.follower);
+            return Err(fenced_error(epoch));
+        }
+        if ack.epoch < epoch {
+            return Ok(());
+        }
+        let now = Instant::now();
+        let mut sessions = self.sessions.lock().unwrap();
+        let Some(s) = sessions.get_mut(&ack.follower) else {
+            // Reports count only for a follower whose fetches the leader has seen.
+            return Ok(());
+        };
+        s.last_fetch = now;
+        // Never past what it was sent: a report is about records of this log.
+        let durable = ack.durable_position.min(s.last_sent_end);
+        if durable <= s.acked {
+            return Ok(());
+        }
+        s.acked = durable;
+        self.advance(sessions, now);
+        Ok(())
+    }
+
+    /// Publishes the in-sync count and, under `SYNC_MASTER`, moves the replicated position to the
+    /// `min_sync_replicas`-th highest durable position of the in-sync followers.
+    fn advance(
+        &self,
+        sessions: std::sync::MutexGuard<'_, BTreeMap<String, Session>>,
+        now: Instant,
+    ) {
         let in_sync = sessions
             .values()
             .filter(|s| self.is_in_sync(s, now))
@@ -433,6 +473,17 @@ impl Leader {
                 metrics::gauge!("broker_lite_replication_commit_position")
                     .set(self.commit_position() as f64);
             }
+        }
+    }
+
+    fn fence(&self, newer: u64, follower: &str) {
+        if !self.fenced.swap(true, Ordering::AcqRel) {
+            tracing::error!(
+                epoch = self.epoch(),
+                follower_epoch = newer,
+                follower,
+                "a follower knows a newer epoch: this leader is fenced and refuses sends"
+            );
         }
     }
 }

@@ -76,6 +76,7 @@ pub(super) fn authorize(principal: &Principal, request: &Request) -> Result<(), 
         Request::RedriveDeadLetters { .. } => admin("redrive_dead_letters"),
         // A follower reads the whole log and reports offsets that decide SEND_OK.
         Request::ReplicaFetch(_) => admin("replica_fetch"),
+        Request::ReplicaAck(_) => admin("replica_ack"),
         // Promotion changes which node takes sends and may lose acknowledged messages.
         Request::Promote(_) => admin("promote"),
         Request::AuthStart(_) | Request::AuthFinish(_) => Err(ErrorReply::new(

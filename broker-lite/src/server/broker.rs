@@ -364,15 +364,11 @@ impl BrokerHandler {
                 &self.security,
                 b.replication().map(|l| l.status()),
             )),
-            Request::ReplicaFetch(fetch) => match b.replication() {
-                Some(leader) => Response::ReplicaBatch(leader.fetch(fetch).await?),
-                None => {
-                    return Err(BrokerError::Replication(
-                        "this broker-lite is not a replication leader: start it with `--role leader` to serve followers"
-                            .into(),
-                    ));
-                }
-            },
+            Request::ReplicaFetch(fetch) => Response::ReplicaBatch(leading(b)?.fetch(fetch).await?),
+            Request::ReplicaAck(ack) => {
+                leading(b)?.ack(&ack)?;
+                Response::Done
+            }
             // A leader or a single node: promotion is for followers (replication::FollowerNode).
             Request::Promote(_) => {
                 return Err(BrokerError::InvalidRequest(match b.replication() {
@@ -415,6 +411,17 @@ pub(crate) fn describe(
         listen: security.listen.clone(),
         replication_status,
     }
+}
+
+/// The broker's replication leadership, for a follower's requests.
+fn leading(b: &Broker) -> Result<&crate::replication::Leader, BrokerError> {
+    b.replication().ok_or_else(|| {
+        BrokerError::Replication(
+            "this broker-lite is not a replication leader: start it with `--role leader` to serve \
+             followers"
+                .into(),
+        )
+    })
 }
 
 fn millis(d: Duration) -> u64 {

@@ -182,39 +182,11 @@ impl Store {
     /// Not cancel safe: once sent to the writer, the records are written even if the future is
     /// dropped.
     pub async fn append_batch(&self, records: Vec<NewRecord>) -> Result<Vec<Appended>> {
+        let deadline = Instant::now() + self.inner.shared.config.sync_flush_timeout;
+        let placed = self.place(records, deadline).await?;
         let shared = &self.inner.shared;
-        if records.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut total = 0;
-        for r in &records {
-            total += r.check(shared.config.max_record_size)?;
-        }
-        if total > MAX_APPEND_BYTES {
-            return Err(StorageError::InvalidRecord(format!(
-                "a batch of {total} bytes exceeds the limit of {MAX_APPEND_BYTES} bytes per append; split it"
-            )));
-        }
-        shared.check_failed()?;
-        let deadline = Instant::now() + shared.config.sync_flush_timeout;
-        let (reply, rx) = oneshot::channel();
-        match timeout_at(
-            deadline,
-            self.inner.tx.send(Command::Append { records, reply }),
-        )
-        .await
-        {
-            Err(_) => return Err(StorageError::WriteTimeout),
-            Ok(Err(_)) => return Err(StorageError::Closed),
-            Ok(Ok(())) => {}
-        }
-        let placed: Vec<Placed> = match timeout_at(deadline, rx).await {
-            Err(_) => return Err(StorageError::WriteTimeout),
-            Ok(Err(_)) => return Err(StorageError::Closed),
-            Ok(Ok(r)) => r?,
-        };
         let outcome = match shared.config.flush_mode {
-            FlushMode::Sync => {
+            FlushMode::Sync if !placed.is_empty() => {
                 let end = placed.last().map_or(0, |p| p.end);
                 let mut progress = shared.progress.subscribe();
                 match timeout_at(
@@ -233,14 +205,57 @@ impl Store {
             }
             _ => FlushOutcome::InMemory,
         };
-        Ok(placed
-            .into_iter()
-            .map(|p| Appended {
-                queue_offset: p.queue_offset,
-                log_position: p.log_position,
-                outcome,
-            })
-            .collect())
+        Ok(appended(placed, outcome))
+    }
+
+    /// Appends records, in order, and returns once they are written, without waiting for the
+    /// fsync that covers them ([`FlushOutcome::InMemory`] whatever the flush mode): a replication
+    /// follower fetches its next records while the writer fsyncs these, and learns when they are
+    /// durable from [`progress`](Self::progress) / [`subscribe`](Self::subscribe).
+    ///
+    /// # Errors
+    /// As [`append_batch`](Self::append_batch).
+    pub(crate) async fn append_batch_written(
+        &self,
+        records: Vec<NewRecord>,
+    ) -> Result<Vec<Appended>> {
+        let deadline = Instant::now() + self.inner.shared.config.sync_flush_timeout;
+        let placed = self.place(records, deadline).await?;
+        Ok(appended(placed, FlushOutcome::InMemory))
+    }
+
+    /// Checks `records` and hands them to the writer; their places once written.
+    async fn place(&self, records: Vec<NewRecord>, deadline: Instant) -> Result<Vec<Placed>> {
+        let shared = &self.inner.shared;
+        if records.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut total = 0;
+        for r in &records {
+            total += r.check(shared.config.max_record_size)?;
+        }
+        if total > MAX_APPEND_BYTES {
+            return Err(StorageError::InvalidRecord(format!(
+                "a batch of {total} bytes exceeds the limit of {MAX_APPEND_BYTES} bytes per append; split it"
+            )));
+        }
+        shared.check_failed()?;
+        let (reply, rx) = oneshot::channel();
+        match timeout_at(
+            deadline,
+            self.inner.tx.send(Command::Append { records, reply }),
+        )
+        .await
+        {
+            Err(_) => return Err(StorageError::WriteTimeout),
+            Ok(Err(_)) => return Err(StorageError::Closed),
+            Ok(Ok(())) => {}
+        }
+        match timeout_at(deadline, rx).await {
+            Err(_) => Err(StorageError::WriteTimeout),
+            Ok(Err(_)) => Err(StorageError::Closed),
+            Ok(Ok(r)) => r,
+        }
     }
 
     /// A receiver that is notified whenever records become readable (after each write under async
@@ -359,4 +374,15 @@ pub(super) async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| StorageError::io("run a blocking storage task", std::io::Error::other(e)))?
+}
+
+fn appended(placed: Vec<Placed>, outcome: FlushOutcome) -> Vec<Appended> {
+    placed
+        .into_iter()
+        .map(|p| Appended {
+            queue_offset: p.queue_offset,
+            log_position: p.log_position,
+            outcome,
+        })
+        .collect()
 }

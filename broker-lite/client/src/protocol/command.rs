@@ -71,11 +71,13 @@ pub enum CommandCode {
     LookupByKeyPage = 26,
     /// Make a follower the leader, or report whether it could be (replication, admin).
     Promote = 27,
+    /// A follower's report of its durable position after an fsync (replication, admin).
+    ReplicaAck = 28,
 }
 
 impl CommandCode {
     /// Every command.
-    pub const ALL: [CommandCode; 27] = [
+    pub const ALL: [CommandCode; 28] = [
         CommandCode::Ping,
         CommandCode::Send,
         CommandCode::SendBatch,
@@ -103,6 +105,7 @@ impl CommandCode {
         CommandCode::DeadLettersPage,
         CommandCode::LookupByKeyPage,
         CommandCode::Promote,
+        CommandCode::ReplicaAck,
     ];
 
     /// From the wire value.
@@ -148,6 +151,7 @@ impl CommandCode {
             CommandCode::DeadLettersPage => "dead_letters_page",
             CommandCode::LookupByKeyPage => "lookup_by_key_page",
             CommandCode::Promote => "promote",
+            CommandCode::ReplicaAck => "replica_ack",
         }
     }
 }
@@ -269,6 +273,8 @@ pub enum Request {
     },
     /// [`CommandCode::Promote`].
     Promote(PromoteRequest),
+    /// [`CommandCode::ReplicaAck`]: answered with [`Response::Done`].
+    ReplicaAck(ReplicaAck),
 }
 
 impl Request {
@@ -302,6 +308,7 @@ impl Request {
             Request::DeadLettersPage { .. } => CommandCode::DeadLettersPage,
             Request::LookupByKeyPage { .. } => CommandCode::LookupByKeyPage,
             Request::Promote(_) => CommandCode::Promote,
+            Request::ReplicaAck(_) => CommandCode::ReplicaAck,
         }
     }
 
@@ -321,6 +328,7 @@ impl Request {
             Request::AuthStart(a) => a.put(&mut buf),
             Request::AuthFinish(a) => a.put(&mut buf),
             Request::ReplicaFetch(f) => f.put(&mut buf),
+            Request::ReplicaAck(a) => a.put(&mut buf),
             Request::Promote(p) => p.put(&mut buf),
             Request::CreateTopic(t) => t.put(&mut buf),
             Request::Lag { group } => put_str(&mut buf, group),
@@ -384,6 +392,7 @@ impl Request {
             CommandCode::AuthStart => Request::AuthStart(AuthStart::get(b)?),
             CommandCode::AuthFinish => Request::AuthFinish(AuthFinish::get(b)?),
             CommandCode::ReplicaFetch => Request::ReplicaFetch(ReplicaFetch::get(b)?),
+            CommandCode::ReplicaAck => Request::ReplicaAck(ReplicaAck::get(b)?),
             CommandCode::Promote => Request::Promote(PromoteRequest::get(b)?),
             CommandCode::Lag => Request::Lag {
                 group: get_str(b, "group")?,

@@ -57,6 +57,6 @@ pub use types::{
     AckRequest, AuthChallenge, AuthDone, AuthFinish, AuthStart, BrokerDescription, ConsumeModel,
     DeadLetterRequest, Delivery, EpochStart, FlushMode, FollowerView, GroupInfo, Member, Message,
     MessagePage, MessageView, NackRequest, NackResult, PromoteRequest, Promotion, PullRequest,
-    QueueLag, ReplicaBatch, ReplicaFetch, ReplicaRecord, Replication, ReplicationStatus,
-    SendResult, SendStatus, Subscription, TopicInfo, TraceEvent,
+    QueueLag, ReplicaAck, ReplicaBatch, ReplicaFetch, ReplicaRecord, Replication,
+    ReplicationStatus, SendResult, SendStatus, Subscription, TopicInfo, TraceEvent,
 };

@@ -100,6 +100,7 @@ impl Response {
             | CommandCode::Unsubscribe
             | CommandCode::Ack
             | CommandCode::DeadLetter
+            | CommandCode::ReplicaAck
             | CommandCode::CreateTopic => Response::Done,
             CommandCode::Nack => Response::Nacked(NackResult::get(b)?),
             CommandCode::Send => Response::Send(SendResult::get(b)?),

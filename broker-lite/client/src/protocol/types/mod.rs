@@ -23,7 +23,7 @@ pub use describe::{BrokerDescription, FlushMode, FollowerView, Replication, Repl
 pub use message::{Message, MessageView, SendResult, SendStatus};
 pub use page::MessagePage;
 pub use promote::{PromoteRequest, Promotion};
-pub use replica::{EpochStart, ReplicaBatch, ReplicaFetch, ReplicaRecord};
+pub use replica::{EpochStart, ReplicaAck, ReplicaBatch, ReplicaFetch, ReplicaRecord};
 
 /// A type with a compact binary encoding.
 pub(crate) trait Wire: Sized {

@@ -1,9 +1,11 @@
 //! Replication between broker-lite nodes (issue 13): what a follower asks its leader for and what
 //! the leader answers.
 //!
-//! A follower pulls: it sends [`ReplicaFetch`] with the log position it holds *durably* (fsynced),
-//! which is also its report of how far it got, and the leader answers with the records from there
-//! ([`ReplicaBatch`]). Positions are byte positions in the commit log; a follower configured with
+//! A follower pulls: it sends [`ReplicaFetch`] with the log position it has *written* (where the
+//! leader sends from) and the one it holds *durably* (fsynced: its report of how far it got), and
+//! the leader answers with the records from there ([`ReplicaBatch`]). Between fetches it reports
+//! each fsync with a [`ReplicaAck`], so that it can fetch the next records while the previous
+//! ones are being fsynced and the leader still hears at once when they are durable. Positions are byte positions in the commit log; a follower configured with
 //! the leader's segment size places every record at the leader's position, so "follower holds
 //! everything below `from_position`" is a statement about the leader's log too. Both carry the
 //! leadership epoch, so that a node hearing of a newer epoch stops acting on an older one.
@@ -24,7 +26,7 @@ use crate::protocol::wire::*;
 /// use broker_lite_client::protocol::{Request, ReplicaFetch};
 ///
 /// let fetch = ReplicaFetch { follower: "b2".into(), epoch: 3, from_position: 4096,
-///     max_bytes: 1 << 20, max_wait_ms: 200, want_checkpoints: true };
+///     durable_position: 2048, max_bytes: 1 << 20, max_wait_ms: 200, want_checkpoints: true };
 /// let request = Request::ReplicaFetch(fetch.clone());
 /// let decoded = Request::decode(request.code() as u16, request.encode_body()).unwrap();
 /// assert_eq!(decoded, Request::ReplicaFetch(fetch));
@@ -35,8 +37,10 @@ pub struct ReplicaFetch {
     pub follower: String,
     /// The newest leadership epoch the follower knows.
     pub epoch: u64,
-    /// The follower holds every record below this position durably; send from here.
+    /// The follower has written every record below this position; send from here.
     pub from_position: u64,
+    /// The follower holds every record below this position durably (at most `from_position`).
+    pub durable_position: u64,
     /// About how many record bytes to answer with (at least one record when any is readable).
     pub max_bytes: u32,
     /// How long the leader may wait for new records when there are none yet, in milliseconds.
@@ -50,6 +54,7 @@ impl Wire for ReplicaFetch {
         put_str(buf, &self.follower);
         buf.put_u64(self.epoch);
         buf.put_u64(self.from_position);
+        buf.put_u64(self.durable_position);
         buf.put_u32(self.max_bytes);
         buf.put_u32(self.max_wait_ms);
         buf.put_u8(u8::from(self.want_checkpoints));
@@ -60,9 +65,47 @@ impl Wire for ReplicaFetch {
             follower: get_str(buf, "follower")?,
             epoch: get_u64(buf, "epoch")?,
             from_position: get_u64(buf, "from position")?,
+            durable_position: get_u64(buf, "durable position")?,
             max_bytes: get_u32(buf, "max bytes")?,
             max_wait_ms: get_u32(buf, "max wait")?,
             want_checkpoints: get_bool(buf, "want checkpoints")?,
+        })
+    }
+}
+
+/// A follower's report that it holds every record below `durable_position` durably, sent after
+/// each fsync (answered with [`Response::Done`](crate::protocol::Response::Done)).
+///
+/// ```
+/// use broker_lite_client::protocol::{Request, ReplicaAck};
+///
+/// let ack = ReplicaAck { follower: "b2".into(), epoch: 3, durable_position: 4096 };
+/// let request = Request::ReplicaAck(ack.clone());
+/// let decoded = Request::decode(request.code() as u16, request.encode_body()).unwrap();
+/// assert_eq!(decoded, Request::ReplicaAck(ack));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaAck {
+    /// The follower's name, as in its fetches.
+    pub follower: String,
+    /// The newest leadership epoch the follower knows.
+    pub epoch: u64,
+    /// The follower holds every record below this position durably.
+    pub durable_position: u64,
+}
+
+impl Wire for ReplicaAck {
+    fn put(&self, buf: &mut BytesMut) {
+        put_str(buf, &self.follower);
+        buf.put_u64(self.epoch);
+        buf.put_u64(self.durable_position);
+    }
+
+    fn get(buf: &mut Bytes) -> Result<Self, DecodeError> {
+        Ok(ReplicaAck {
+            follower: get_str(buf, "follower")?,
+            epoch: get_u64(buf, "epoch")?,
+            durable_position: get_u64(buf, "durable position")?,
         })
     }
 }
