@@ -284,3 +284,27 @@ async fn only_an_earlier_row_not_due_holds_its_key(pool: PgPool) {
         vec![3]
     );
 }
+
+/// With no pending row scheduled later, no key can be held: the claim does not look each
+/// candidate's key up (a text key's lookup costs several times a timestamp's).
+#[sqlx::test(migrator = "crate::MIGRATOR")]
+async fn a_backlog_with_nothing_scheduled_skips_the_key_lookups(pool: PgPool) {
+    const BLOCKS: &str =
+        "SELECT pg_stat_get_xact_blocks_fetched('outbox.messages_pending_key_due'::regclass)";
+    fill(&pool, 1_000).await;
+    let mut conn = pool.acquire().await.unwrap();
+    let mut cursor = Cursor::default();
+    let mut tx = conn.begin().await.unwrap();
+    let before: i64 = sqlx::query_scalar(BLOCKS)
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+    let claimed = claim(&mut tx, &mut cursor, &ALL, 500).await.unwrap();
+    let after: i64 = sqlx::query_scalar(BLOCKS)
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+    tx.rollback().await.unwrap();
+    assert_eq!(claimed.len(), 500);
+    assert_eq!(after - before, 0, "blocks of messages_pending_key_due read");
+}
