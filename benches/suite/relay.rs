@@ -244,12 +244,17 @@ pub(crate) async fn run(
                     p.finish.as_secs_f64() * 1e6 / n,
                 );
             }
-            if p.claims > 0 {
-                // The claim itself (BEGIN and the claim statement, the relay's `outbox.claim`
-                // span), whether it ran between batches or ahead while one was published.
+            // The claim itself (BEGIN and the claim statement, the relay's `outbox.claim` span),
+            // whether it ran between batches or ahead while one was published: over the whole
+            // run (with the idle relay's polls while the backlog was being inserted, each of
+            // which walks the rows of that open transaction), and from the insert's commit on.
+            let drained = phases().since(&DRAIN_START.lock().unwrap().take().unwrap_or_default());
+            for (what, p) in [("claim per batch", &p), ("claim while draining", &drained)] {
+                if p.claims == 0 {
+                    continue;
+                }
                 let claim_us = p.claim_query.as_secs_f64() * 1e6 / p.claims as f64;
-                let metric =
-                    |size: &str| format!("claim per batch, {}{extra}, {size}", sink.label());
+                let metric = |size: &str| format!("{what}, {}{extra}, {size}", sink.label());
                 report.add(SCENARIO, &metric(&size), "µs/claim", claim_us);
                 // Against the 10k backlog of the same repeat, which ran just before (issue 15:
                 // within 1.2x).
@@ -266,6 +271,12 @@ pub(crate) async fn run(
                     );
                 }
             }
+            report.add(
+                SCENARIO,
+                &format!("claims per batch, {}{extra}, {size}", sink.label()),
+                "claims",
+                p.claims as f64 / p.batches.max(1) as f64,
+            );
         }
     }
     Ok(())
@@ -342,6 +353,7 @@ async fn relay_drain(
     .bind(crate::enqueue::PAYLOAD as i32)
     .execute(pool)
     .await?;
+    *DRAIN_START.lock().unwrap() = Some(phases());
     let started = Instant::now();
     let deadline = started + params.drain_timeout;
     while stored.load(Ordering::Relaxed) < backlog {
@@ -457,6 +469,9 @@ static PHASES: Mutex<Phases> = Mutex::new(Phases {
     claim_query: Duration::ZERO,
     last_close: None,
 });
+
+/// [`phases`] when the last drain's backlog insert had committed.
+static DRAIN_START: Mutex<Option<Phases>> = Mutex::new(None);
 
 fn phases() -> Phases {
     let mut p = PHASES.lock().unwrap();

@@ -17,6 +17,12 @@
 //! - `tcp_user_timeout` (PostgreSQL 12+) = `session_timeout`, for a backend blocked sending to a
 //!   peer that stopped acknowledging.
 //!
+//! The same round trip turns `jit` off for the session (skipped without a word on a server older
+//! than PostgreSQL 11, which has no JIT). The relay's statements are short and run thousands of
+//! times a second; the planner's JIT thresholds are costs, not times, and a claim's cost estimate
+//! on a large backlog passes them: one claim was seen spending 331 ms compiling, against a few
+//! milliseconds to run.
+//!
 //! When the server ends the session, its transaction rolls back and its advisory locks go: the
 //! other relays take the partitions at their next rebalance and the rows at their next claim. The
 //! frozen relay, if it wakes up, finds its connection gone and reconnects; what it had published
@@ -61,8 +67,8 @@ impl Liveness {
         self.timeout / 3
     }
 
-    /// Sets the server-side timeouts on `conn`; settings an older server lacks are skipped (and
-    /// logged), so the relay still runs there with the bounds that exist.
+    /// Sets the server-side timeouts on `conn`, and `jit = off`; settings an older server lacks
+    /// are skipped (the timeouts logged), so the relay still runs there with the bounds that exist.
     pub(crate) async fn apply(&self, conn: &mut PgConnection) -> sqlx::Result<()> {
         self.apply_with_idle(conn, Some(self.idle)).await
     }
@@ -79,16 +85,19 @@ impl Liveness {
         conn: &mut PgConnection,
         idle: Option<Duration>,
     ) -> sqlx::Result<()> {
+        let bound = |value: Option<Duration>| value.map_or(0, millis).to_string();
         let settings = [
-            ("idle_in_transaction_session_timeout", Some(self.timeout)),
-            ("idle_session_timeout", idle),
-            ("tcp_user_timeout", Some(self.timeout)),
+            (
+                "idle_in_transaction_session_timeout",
+                bound(Some(self.timeout)),
+            ),
+            ("idle_session_timeout", bound(idle)),
+            ("tcp_user_timeout", bound(Some(self.timeout))),
+            // Not a bound: see the module docs.
+            ("jit", "off".to_owned()),
         ];
         let names: Vec<&str> = settings.iter().map(|(name, _)| *name).collect();
-        let values: Vec<String> = settings
-            .iter()
-            .map(|(_, value)| value.map_or(0, millis).to_string())
-            .collect();
+        let values: Vec<&str> = settings.iter().map(|(_, value)| value.as_str()).collect();
         // One round trip. `pg_settings` lists only what this server knows, and the target list
         // is evaluated for the rows that pass the filter only.
         let set: Vec<(String, String)> = bounded(
@@ -106,6 +115,7 @@ impl Liveness {
         for name in names
             .iter()
             .filter(|name| !set.iter().any(|(set, _)| set == *name))
+            .filter(|name| **name != "jit")
         {
             tracing::warn!(
                 setting = name,
@@ -166,6 +176,29 @@ mod tests {
         assert_eq!(millis(Duration::from_micros(10)), 1);
         assert_eq!(millis(Duration::from_millis(1500)), 1500);
         assert_eq!(millis(Duration::MAX), i32::MAX as u64);
+    }
+
+    /// `#[sqlx::test]` needs `DATABASE_URL`.
+    #[sqlx::test]
+    async fn relay_sessions_run_without_jit(pool: sqlx::PgPool) {
+        let liveness = Liveness::new(&RelayConfig::default());
+        for spare in [false, true] {
+            let mut conn = pool.acquire().await.unwrap();
+            sqlx::query("SET jit = on")
+                .execute(&mut *conn)
+                .await
+                .unwrap();
+            if spare {
+                liveness.apply_spare(&mut conn).await.unwrap();
+            } else {
+                liveness.apply(&mut conn).await.unwrap();
+            }
+            let jit: String = sqlx::query_scalar("SHOW jit")
+                .fetch_one(&mut *conn)
+                .await
+                .unwrap();
+            assert_eq!(jit, "off", "spare connection: {spare}");
+        }
     }
 
     #[tokio::test(start_paused = true)]
