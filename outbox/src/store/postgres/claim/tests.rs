@@ -306,5 +306,12 @@ async fn a_backlog_with_nothing_scheduled_skips_the_key_lookups(pool: PgPool) {
         .unwrap();
     tx.rollback().await.unwrap();
     assert_eq!(claimed.len(), 500);
-    assert_eq!(after - before, 0, "blocks of messages_pending_key_due read");
+    // Planning may read the index's metapage for its height (once per backend, when the
+    // relcache has not cached it yet); the per-key lookups would read about one block per
+    // candidate (1001 for this backlog).
+    assert!(
+        after - before <= 2,
+        "{} blocks of messages_pending_key_due read",
+        after - before
+    );
 }
