@@ -55,6 +55,21 @@ fn http_get(addr: &str, path: &str) -> (u16, String) {
     (status, response)
 }
 
+/// The relay's first line, read on a blocking thread: before it prints it the relay pings the
+/// broker embedded in this test's single-threaded runtime, which must answer meanwhile. The rest
+/// of the output is drained, so the relay never blocks writing it.
+async fn first_line(stdout: std::process::ChildStdout) -> String {
+    tokio::task::spawn_blocking(move || {
+        let mut stdout = BufReader::new(stdout);
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
+        line
+    })
+    .await
+    .unwrap()
+}
+
 #[sqlx::test(migrator = "courier_outbox::MIGRATOR")]
 async fn relays_committed_messages_to_broker_lite_and_stops_on_sigterm(pool: PgPool) {
     let data = tempfile::tempdir().unwrap();
@@ -95,9 +110,7 @@ async fn relays_committed_messages_to_broker_lite_and_stops_on_sigterm(pool: PgP
             .spawn()
             .unwrap(),
     ));
-    let mut stdout = BufReader::new(child.0.as_mut().unwrap().stdout.take().unwrap());
-    let mut line = String::new();
-    stdout.read_line(&mut line).unwrap();
+    let line = first_line(child.0.as_mut().unwrap().stdout.take().unwrap()).await;
     let http = line
         .trim()
         .strip_prefix("outbox-relay http on ")
@@ -214,9 +227,7 @@ async fn readyz_is_503_while_the_broker_is_down_and_the_backlog_follows_its_retu
     let stdout = child.stdout.take().unwrap();
     // Killed if the test fails before it terminates the relay: no relay outlives the test.
     let mut child = KillOnDrop(Some(child));
-    let mut stdout = BufReader::new(stdout);
-    let mut line = String::new();
-    stdout.read_line(&mut line).unwrap();
+    let line = first_line(stdout).await;
     let http = line
         .trim()
         .strip_prefix("outbox-relay http on ")
