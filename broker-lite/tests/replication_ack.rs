@@ -63,6 +63,31 @@ async fn join(c: &Connection) -> (u64, u64) {
     (epoch, end)
 }
 
+/// A send in the background: it waits for the reports the test makes.
+fn send_one(broker: &EmbeddedBroker) -> tokio::task::JoinHandle<SendStatus> {
+    let addr = broker.addr();
+    tokio::spawn(async move {
+        let producer = Producer::connect(addr, ProducerConfig::default())
+            .await
+            .unwrap();
+        producer
+            .send(Message::new("orders", "one"))
+            .await
+            .unwrap()
+            .status
+    })
+}
+
+/// Fetches from `start` (reporting `start` durable) until the send's record comes.
+async fn fetch_record(c: &Connection, epoch: u64, start: u64) -> ReplicaBatch {
+    loop {
+        let b = fetch(c, epoch, start, start).await;
+        if !b.records.is_empty() {
+            return b;
+        }
+    }
+}
+
 #[tokio::test]
 async fn a_send_is_acknowledged_once_the_follower_reports_it_durable_not_once_written() {
     let dir = tempfile::tempdir().unwrap();
@@ -72,19 +97,11 @@ async fn a_send_is_acknowledged_once_the_follower_reports_it_durable_not_once_wr
         .unwrap();
     let (epoch, start) = join(&follower).await;
 
-    let producer = Producer::connect(broker.addr(), ProducerConfig::default())
-        .await
-        .unwrap();
-    let send = tokio::spawn(async move { producer.send(Message::new("orders", "one")).await });
+    let send = send_one(&broker);
 
     // The record reaches the follower, which writes it and fetches again at once, before its
     // fsync: the written position is past the record, the durable one is not.
-    let batch = loop {
-        let b = fetch(&follower, epoch, start, start).await;
-        if !b.records.is_empty() {
-            break b;
-        }
-    };
+    let batch = fetch_record(&follower, epoch, start).await;
     let written = batch.next_position;
     let _ = fetch(&follower, epoch, written, start).await;
     let leadership = broker.broker().replication().unwrap();
@@ -100,8 +117,7 @@ async fn a_send_is_acknowledged_once_the_follower_reports_it_durable_not_once_wr
 
     // Its fsync done, it says so between fetches.
     assert_eq!(ack(&follower, epoch, written).await, Ok(Response::Done));
-    let result = send.await.unwrap().unwrap();
-    assert_eq!(result.status, SendStatus::SendOk);
+    assert_eq!(send.await.unwrap(), SendStatus::SendOk);
     assert!(leadership.commit_position() >= written);
     assert_eq!(leadership.followers()[0].acked_position, written);
 
@@ -116,16 +132,8 @@ async fn reports_of_an_older_epoch_or_an_earlier_position_move_nothing() {
         .await
         .unwrap();
     let (epoch, start) = join(&follower).await;
-    let producer = Producer::connect(broker.addr(), ProducerConfig::default())
-        .await
-        .unwrap();
-    let send = tokio::spawn(async move { producer.send(Message::new("orders", "one")).await });
-    let written = loop {
-        let b = fetch(&follower, epoch, start, start).await;
-        if !b.records.is_empty() {
-            break b.next_position;
-        }
-    };
+    let send = send_one(&broker);
+    let written = fetch_record(&follower, epoch, start).await.next_position;
     let leadership = broker.broker().replication().unwrap();
 
     // A follower still on an older epoch may hold records this log does not: not counted.
@@ -136,7 +144,7 @@ async fn reports_of_an_older_epoch_or_an_earlier_position_move_nothing() {
     // The report, then a fetch that was built before it and is taken after it: the fetch's
     // older durable position is no loss, and the follower stays in sync.
     assert_eq!(ack(&follower, epoch, written).await, Ok(Response::Done));
-    assert_eq!(send.await.unwrap().unwrap().status, SendStatus::SendOk);
+    assert_eq!(send.await.unwrap(), SendStatus::SendOk);
     let _ = fetch(&follower, epoch, written, start).await;
     let status = &leadership.followers()[0];
     assert_eq!(status.acked_position, written, "{status:?}");

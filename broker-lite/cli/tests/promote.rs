@@ -142,17 +142,15 @@ async fn a_lagging_follower_is_refused_with_the_bytes_it_lacks() {
     )
     .await;
     let addr = free_port();
-    let args = [
-        "--role",
-        "follower",
-        "--leader-address",
+    let one_record_per_fetch = ["--replica-fetch-bytes", "1"];
+    let follow = follower_with(
+        &root.path().join("b"),
+        &addr,
         &lead.addr,
-        "--follower-name",
         "slow",
-        "--replica-fetch-bytes",
-        "1",
-    ];
-    let follow = spawn(&root.path().join("b"), &addr, &args).await;
+        &one_record_per_fetch,
+    )
+    .await;
     let acked = Arc::new(Mutex::new(Vec::new()));
     let stop = Arc::new(AtomicBool::new(false));
     let producer = Producer::connect(lead.addr.as_str(), producer_config())

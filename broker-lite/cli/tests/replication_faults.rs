@@ -67,17 +67,15 @@ async fn a_follower_restarted_empty_catches_up_from_zero() {
     kill9(&mut follow).await;
     until_status(&lead.addr, SendStatus::SlaveNotAvailable).await;
     std::fs::remove_dir_all(&follow.dir).unwrap();
-    let args = [
-        "--role",
-        "follower",
-        "--leader-address",
-        &lead.addr,
-        "--follower-name",
+    let small_fetches = ["--replica-fetch-bytes", "2048"];
+    let follow = follower_with(
+        &follow.dir,
         &follow.addr,
-        "--replica-fetch-bytes",
-        "2048",
-    ];
-    let follow = spawn(&follow.dir, &follow.addr, &args).await;
+        &lead.addr,
+        &follow.addr,
+        &small_fetches,
+    )
+    .await;
     until_status(&lead.addr, SendStatus::SendOk).await;
     acked.extend(send_acked(&lead.addr, 20).await);
     until_caught_up(&lead.addr, &follow.addr).await;

@@ -70,19 +70,27 @@ pub(crate) async fn leader(dir: &std::path::Path, addr: &str, extra: &[&str]) ->
 }
 
 pub(crate) async fn follower(dir: &std::path::Path, addr: &str, leader: &str) -> Node {
-    spawn(
-        dir,
-        addr,
-        &[
-            "--role",
-            "follower",
-            "--leader-address",
-            leader,
-            "--follower-name",
-            addr,
-        ],
-    )
-    .await
+    follower_with(dir, addr, leader, addr, &[]).await
+}
+
+/// A follower of `leader` named `name`, with `extra` arguments (`--replica-fetch-bytes`, ...).
+pub(crate) async fn follower_with(
+    dir: &std::path::Path,
+    addr: &str,
+    leader: &str,
+    name: &str,
+    extra: &[&str],
+) -> Node {
+    let mut args = vec![
+        "--role",
+        "follower",
+        "--leader-address",
+        leader,
+        "--follower-name",
+        name,
+    ];
+    args.extend_from_slice(extra);
+    spawn(dir, addr, &args).await
 }
 
 /// A leader (with `leader_args`) in `root/a` and its follower in `root/b`, once SEND_OK comes.
